@@ -1,0 +1,419 @@
+//! Framing: a `u32` little-endian payload length, then the bincode payload.
+//!
+//! The payload is encoded with bincode 2 in its serde mode and standard configuration
+//! (little-endian, variable-length integers). Readers check the announced length against their
+//! maximum *before* allocating anything, and decode with a bincode size limit, so no input can
+//! make either side allocate more than the maximum or panic.
+//!
+//! Three ways a stream can go wrong are kept apart: a clean end between frames
+//! (`Ok(None)`), an end in the middle of a frame ([`FrameError::Truncated`]) and a payload that
+//! does not decode ([`FrameError::Decode`]).
+//!
+//! [`FrameReader`] reads from any `std::io::Read`; [`FrameDecoder`] splits frames out of bytes
+//! pushed into it (what an event loop uses); with the `tokio` feature, [`AsyncFrameReader`]
+//! and [`write_frame_async`] work over tokio's I/O traits.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{Read, Write};
+
+/// Default largest payload accepted: 16 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Hard ceiling on what bincode may allocate while decoding one payload (1 GiB); the
+/// configured frame maximum is always below it.
+const DECODE_LIMIT: usize = 1 << 30;
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Framing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Reading or writing the pipe failed.
+    #[error("i/o error on the frame stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix announced more than the maximum. Nothing was allocated.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// Maximum in force.
+        max: u32,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended mid-frame: expected {expected} bytes, got {got}")]
+    Truncated {
+        /// Bytes the frame (header or payload) needed.
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
+    /// The payload is not a valid message.
+    #[error("undecodable payload: {0}")]
+    Decode(String),
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+impl FrameError {
+    /// A short class name, used in exit records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameError::Io(_) => "io",
+            FrameError::TooLarge { .. } => "frame_too_large",
+            FrameError::Truncated { .. } => "truncated_frame",
+            FrameError::Decode(_) => "undecodable_frame",
+            FrameError::Encode(_) => "unencodable_message",
+        }
+    }
+}
+
+/// Encode one message as a complete frame (header + payload).
+pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, FrameError> {
+    let mut buf = Vec::with_capacity(64);
+    encode_into(msg, &mut buf)?;
+    Ok(buf)
+}
+
+/// Append one complete frame to `buf`.
+pub fn encode_into<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    bincode::serde::encode_into_std_write(msg, buf, config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = buf.len() - start - 4;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len: len as u64,
+        max: u32::MAX,
+    })?;
+    buf[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+    Ok(())
+}
+
+/// Decode one payload (without its header). Trailing bytes are an error.
+pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Write one message as a frame, in a single `write_all`, and flush.
+pub fn write_frame<W: Write, M: Serialize>(w: &mut W, msg: &M) -> Result<(), FrameError> {
+    let buf = encode(msg)?;
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads frames from a blocking stream.
+pub struct FrameReader<R> {
+    inner: R,
+    max: u32,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader with the default maximum.
+    pub fn new(inner: R) -> Self {
+        Self::with_max(inner, DEFAULT_MAX_FRAME)
+    }
+
+    /// A reader refusing payloads longer than `max` bytes.
+    pub fn with_max(inner: R, max: u32) -> Self {
+        FrameReader {
+            inner,
+            max,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Change the maximum.
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+
+    /// The next message; `Ok(None)` at a clean end of stream between frames.
+    pub fn read_frame<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+        let mut header = [0u8; 4];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < 4 {
+            return Err(FrameError::Truncated { expected: 4, got });
+        }
+        let len = u32::from_le_bytes(header);
+        if len > self.max {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max,
+            });
+        }
+        let len = len as usize;
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        let got = read_full(&mut self.inner, &mut self.buf)?;
+        if got < len {
+            return Err(FrameError::Truncated { expected: len, got });
+        }
+        decode_payload(&self.buf).map(Some)
+    }
+}
+
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Splits frames out of bytes as they arrive, for event loops that read in chunks.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max: u32,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads longer than `max` bytes.
+    pub fn new(max: u32) -> Self {
+        FrameDecoder {
+            max,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// Append bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet consumed as frames.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// How many more bytes the frame under way needs before [`FrameDecoder::next`] can return
+    /// it (0 when a whole frame or nothing is buffered). Checks the length first: a too-large
+    /// announcement is an error here, before the payload is waited for.
+    pub fn wanted(&self) -> Result<usize, FrameError> {
+        let avail = self.pending();
+        if avail < 4 {
+            return Ok(if avail == 0 { 0 } else { 4 - avail });
+        }
+        let len = self.header_len()?;
+        Ok((4 + len).saturating_sub(avail))
+    }
+
+    fn header_len(&self) -> Result<usize, FrameError> {
+        let h = &self.buf[self.start..self.start + 4];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        if len > self.max {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max,
+            });
+        }
+        Ok(len as usize)
+    }
+
+    /// The next complete message, if one is buffered.
+    pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+        let avail = self.pending();
+        if avail < 4 {
+            return Ok(None);
+        }
+        let len = self.header_len()?;
+        if avail < 4 + len {
+            return Ok(None);
+        }
+        let payload = &self.buf[self.start + 4..self.start + 4 + len];
+        let msg = decode_payload(payload)?;
+        self.start += 4 + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(Some(msg))
+    }
+
+    /// Call at end of stream: an error if a partial frame is left.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        let avail = self.pending();
+        if avail == 0 {
+            return Ok(());
+        }
+        if avail < 4 {
+            return Err(FrameError::Truncated {
+                expected: 4,
+                got: avail,
+            });
+        }
+        let len = self.header_len()?;
+        Err(FrameError::Truncated {
+            expected: len,
+            got: avail - 4,
+        })
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod async_io {
+    use super::*;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// Reads frames from an async stream through a [`FrameDecoder`].
+    pub struct AsyncFrameReader<R> {
+        inner: R,
+        decoder: FrameDecoder,
+        chunk: Box<[u8]>,
+        eof: bool,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncFrameReader<R> {
+        /// A reader refusing payloads longer than `max` bytes.
+        pub fn new(inner: R, max: u32) -> Self {
+            AsyncFrameReader {
+                inner,
+                decoder: FrameDecoder::new(max),
+                chunk: vec![0; 64 * 1024].into_boxed_slice(),
+                eof: false,
+            }
+        }
+
+        /// The next message; `Ok(None)` at a clean end of stream between frames.
+        /// Cancel-safe: bytes read are kept in the decoder.
+        pub async fn read_frame<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
+            loop {
+                if let Some(m) = self.decoder.next()? {
+                    return Ok(Some(m));
+                }
+                if self.eof {
+                    self.decoder.finish()?;
+                    return Ok(None);
+                }
+                // Checks a too-large header before waiting for its payload.
+                self.decoder.wanted()?;
+                let n = self.inner.read(&mut self.chunk).await?;
+                if n == 0 {
+                    self.eof = true;
+                } else {
+                    self.decoder.push(&self.chunk[..n]);
+                }
+            }
+        }
+
+        /// The underlying stream.
+        pub fn get_mut(&mut self) -> &mut R {
+            &mut self.inner
+        }
+    }
+
+    /// Write one message as a frame.
+    pub async fn write_frame_async<W: AsyncWrite + Unpin, M: Serialize>(
+        w: &mut W,
+        msg: &M,
+    ) -> Result<(), FrameError> {
+        let buf = encode(msg)?;
+        w.write_all(&buf).await?;
+        w.flush().await?;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "tokio")]
+pub use async_io::{write_frame_async, AsyncFrameReader};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::*;
+
+    #[test]
+    fn round_trip_and_clean_eof() {
+        let mut bytes = encode(&Up::Heartbeat(Heartbeat { progress: 3 })).unwrap();
+        encode_into(&Up::Heartbeat(Heartbeat { progress: 4 }), &mut bytes).unwrap();
+        let mut r = FrameReader::new(&bytes[..]);
+        assert_eq!(
+            r.read_frame::<Up>().unwrap(),
+            Some(Up::Heartbeat(Heartbeat { progress: 3 }))
+        );
+        assert_eq!(
+            r.read_frame::<Up>().unwrap(),
+            Some(Up::Heartbeat(Heartbeat { progress: 4 }))
+        );
+        assert_eq!(r.read_frame::<Up>().unwrap(), None);
+    }
+
+    #[test]
+    fn distinct_errors() {
+        let bytes = encode(&Up::Heartbeat(Heartbeat { progress: 3 })).unwrap();
+        let mut r = FrameReader::new(&bytes[..bytes.len() - 1]);
+        assert!(matches!(
+            r.read_frame::<Up>(),
+            Err(FrameError::Truncated { .. })
+        ));
+        let mut r = FrameReader::new(&bytes[..2]);
+        assert!(matches!(
+            r.read_frame::<Up>(),
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+        let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
+        let mut r = FrameReader::new(&garbage[..]);
+        assert!(matches!(r.read_frame::<Up>(), Err(FrameError::Decode(_))));
+        let huge = u32::MAX.to_le_bytes();
+        let mut r = FrameReader::new(&huge[..]);
+        assert!(matches!(
+            r.read_frame::<Up>(),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn decoder_splits_chunks() {
+        let mut bytes = Vec::new();
+        for p in 0..100u64 {
+            encode_into(&Up::Heartbeat(Heartbeat { progress: p }), &mut bytes).unwrap();
+        }
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(3) {
+            d.push(chunk);
+            while let Some(Up::Heartbeat(h)) = d.next::<Up>().unwrap() {
+                got.push(h.progress);
+            }
+        }
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        d.finish().unwrap();
+    }
+}

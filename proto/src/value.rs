@@ -1,0 +1,272 @@
+//! [`Value`]: the self-describing payload tree carried by every task, output, memory note and
+//! tool call.
+//!
+//! bincode is not self-describing, so it cannot decode `serde_json::Value` (which relies on
+//! `deserialize_any`). `Value` is a plain enum that bincode round-trips, and it converts
+//! losslessly to and from JSON:
+//!
+//! | Value | JSON |
+//! |---|---|
+//! | `Null`, `Bool`, `String`, `List`, `Map` | the same |
+//! | `Int(i64)` | an integer number |
+//! | `Float(f64)` finite | a number with a fraction or exponent (`1.0`, not `1`) |
+//! | `Float` NaN / ±inf | `{"$float": "nan" \| "inf" \| "-inf"}` |
+//! | `Bytes` | `{"$bytes": "<standard base64>"}` |
+//!
+//! A JSON integer beyond `i64` becomes a `Float`. An object with the single key `$bytes` (or
+//! `$float`) holding a string is read back as bytes (or a float): those two key names are
+//! reserved.
+//!
+//! Any serde type converts with [`to_value`] and [`from_value`]; the SDK's typed API rides on them.
+
+use base64::Engine as _;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A self-describing value. Variant order is part of the wire format (see `docs/protocol.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum Value {
+    /// Absent or null. Wire tag 0.
+    #[default]
+    Null,
+    /// Wire tag 1.
+    Bool(bool),
+    /// Signed 64-bit integer. Wire tag 2.
+    Int(i64),
+    /// IEEE-754 double. Wire tag 3.
+    Float(f64),
+    /// UTF-8 text. Wire tag 4.
+    String(String),
+    /// Raw bytes. Wire tag 5.
+    Bytes(Vec<u8>),
+    /// Ordered list. Wire tag 6.
+    List(Vec<Value>),
+    /// Map with string keys, sorted by key. Wire tag 7.
+    Map(BTreeMap<String, Value>),
+}
+
+/// Conversion between [`Value`] and serde types failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// The typed value could not be turned into a `Value`.
+    #[error("cannot convert to a value: {0}")]
+    Serialize(String),
+    /// The `Value` does not have the shape the type expects.
+    #[error("value does not fit the expected type: {0}")]
+    Deserialize(String),
+}
+
+impl Value {
+    /// A short name of the variant, used in validation messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::String(_) => "string",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// Look a key up when this is a map.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(m) => m.get(key),
+            _ => None,
+        }
+    }
+
+    /// The string, when this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The integer, when this is one.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The boolean, when this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// Build a map from pairs.
+    pub fn map<K: Into<String>>(pairs: impl IntoIterator<Item = (K, Value)>) -> Value {
+        Value::Map(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+
+    /// Convert to JSON, losslessly (see the module docs for the two reserved forms).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::Number((*i).into()),
+            Value::Float(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => J::Number(n),
+                None => {
+                    let s = if f.is_nan() {
+                        "nan"
+                    } else if *f > 0.0 {
+                        "inf"
+                    } else {
+                        "-inf"
+                    };
+                    serde_json::json!({ "$float": s })
+                }
+            },
+            Value::String(s) => J::String(s.clone()),
+            Value::Bytes(b) => {
+                serde_json::json!({ "$bytes": base64::engine::general_purpose::STANDARD.encode(b) })
+            }
+            Value::List(l) => J::Array(l.iter().map(Value::to_json).collect()),
+            Value::Map(m) => J::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+        }
+    }
+
+    /// Convert from JSON (the inverse of [`Value::to_json`]).
+    pub fn from_json(json: &serde_json::Value) -> Value {
+        use serde_json::Value as J;
+        match json {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    if n.is_f64() {
+                        Value::Float(i as f64)
+                    } else {
+                        Value::Int(i)
+                    }
+                } else {
+                    Value::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            J::String(s) => Value::String(s.clone()),
+            J::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
+            J::Object(o) => {
+                if o.len() == 1 {
+                    if let Some(J::String(s)) = o.get("$bytes") {
+                        if let Ok(b) = base64::engine::general_purpose::STANDARD.decode(s) {
+                            return Value::Bytes(b);
+                        }
+                    }
+                    if let Some(J::String(s)) = o.get("$float") {
+                        match s.as_str() {
+                            "nan" => return Value::Float(f64::NAN),
+                            "inf" => return Value::Float(f64::INFINITY),
+                            "-inf" => return Value::Float(f64::NEG_INFINITY),
+                            _ => {}
+                        }
+                    }
+                }
+                Value::Map(
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+impl From<serde_json::Value> for Value {
+    fn from(j: serde_json::Value) -> Self {
+        Value::from_json(&j)
+    }
+}
+
+impl From<Value> for serde_json::Value {
+    fn from(v: Value) -> Self {
+        v.to_json()
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::String(s.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::String(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Value::Float(f)
+    }
+}
+
+/// Turn any serde type into a [`Value`] (through its JSON form).
+pub fn to_value<T: Serialize + ?Sized>(t: &T) -> Result<Value, ValueError> {
+    serde_json::to_value(t)
+        .map(|j| Value::from_json(&j))
+        .map_err(|e| ValueError::Serialize(e.to_string()))
+}
+
+/// Turn a [`Value`] into any serde type (through its JSON form).
+pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, ValueError> {
+    serde_json::from_value(v.to_json()).map_err(|e| ValueError::Deserialize(e.to_string()))
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_keeps_kinds() {
+        let v = Value::map([
+            ("i", Value::Int(-3)),
+            ("f", Value::Float(1.0)),
+            ("nan", Value::Float(f64::INFINITY)),
+            ("b", Value::Bytes(vec![0, 255, 7])),
+            ("l", Value::List(vec![Value::Null, Value::Bool(true)])),
+        ]);
+        let j = v.to_json();
+        assert_eq!(j["f"].to_string(), "1.0");
+        assert_eq!(Value::from_json(&j), v);
+    }
+
+    #[test]
+    fn typed_round_trip() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct T {
+            a: u32,
+            b: Option<String>,
+        }
+        let t = T { a: 7, b: None };
+        let v = to_value(&t).unwrap();
+        assert_eq!(v.get("a"), Some(&Value::Int(7)));
+        assert_eq!(from_value::<T>(&v).unwrap(), t);
+        assert!(from_value::<T>(&Value::Int(1)).is_err());
+    }
+}
