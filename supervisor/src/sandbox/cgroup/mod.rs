@@ -1,0 +1,1 @@
+//! Cgroup backends (in progress).
