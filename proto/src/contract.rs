@@ -14,7 +14,7 @@
 //! assert_eq!(err.path, "input.name");
 //! ```
 
-use crate::value::Value;
+use crate::value::{nested, Value};
 use serde::{Deserialize, Serialize};
 
 /// What a payload must look like.
@@ -35,15 +35,15 @@ pub enum Schema {
     /// Raw bytes.
     Bytes,
     /// A list whose items all match.
-    List(Box<Schema>),
+    List(#[serde(deserialize_with = "nested")] Box<Schema>),
     /// A map from string keys to values that all match.
-    Map(Box<Schema>),
+    Map(#[serde(deserialize_with = "nested")] Box<Schema>),
     /// A map with named fields.
-    Object(ObjectSchema),
+    Object(#[serde(deserialize_with = "nested")] ObjectSchema),
     /// Null or the inner schema.
-    Optional(Box<Schema>),
+    Optional(#[serde(deserialize_with = "nested")] Box<Schema>),
     /// Any one of the alternatives.
-    OneOf(Vec<Schema>),
+    OneOf(#[serde(deserialize_with = "nested")] Vec<Schema>),
 }
 
 /// The fields of an object schema.

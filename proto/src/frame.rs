@@ -23,12 +23,12 @@ pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// configured frame maximum is always below it.
 const DECODE_LIMIT: usize = 1 << 30;
 
-fn config() -> bincode::config::Configuration<
+fn config<const LIMIT: usize>() -> bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<DECODE_LIMIT>,
+    bincode::config::Limit<LIMIT>,
 > {
-    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
 /// Framing failed.
@@ -85,7 +85,7 @@ pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, FrameError> {
 pub fn encode_into<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
-    bincode::serde::encode_into_std_write(msg, buf, config())
+    bincode::serde::encode_into_std_write(msg, buf, config::<DECODE_LIMIT>())
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = buf.len() - start - 4;
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
@@ -98,8 +98,24 @@ pub fn encode_into<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), Frame
 
 /// Decode one payload (without its header). Trailing bytes are an error.
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    // bincode allocates a string's announced length once it fits the limit, before reading the
+    // bytes. A valid payload claims at most 8 bytes of limit per payload byte (a one-byte varint
+    // `u64` claims 8), so a limit scaled to the payload keeps a short frame announcing a huge
+    // string from allocating more than a small multiple of its own size.
+    let n = payload.len();
+    let (msg, used) = if n <= 1 << 12 {
+        decode_limited::<M, { 1 << 15 }>(payload)
+    } else if n <= 1 << 15 {
+        decode_limited::<M, { 1 << 18 }>(payload)
+    } else if n <= 1 << 18 {
+        decode_limited::<M, { 1 << 21 }>(payload)
+    } else if n <= 1 << 21 {
+        decode_limited::<M, { 1 << 24 }>(payload)
+    } else if n <= 1 << 24 {
+        decode_limited::<M, { 1 << 27 }>(payload)
+    } else {
+        decode_limited::<M, DECODE_LIMIT>(payload)
+    }?;
     if used != payload.len() {
         return Err(FrameError::Decode(format!(
             "{} trailing bytes after the message",
@@ -107,6 +123,13 @@ pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameErr
         )));
     }
     Ok(msg)
+}
+
+fn decode_limited<M: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(M, usize), FrameError> {
+    bincode::serde::decode_from_slice(payload, config::<LIMIT>())
+        .map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 /// Write one message as a frame, in a single `write_all`, and flush.

@@ -40,9 +40,43 @@ pub enum Value {
     /// Raw bytes. Wire tag 5.
     Bytes(Vec<u8>),
     /// Ordered list. Wire tag 6.
-    List(Vec<Value>),
+    List(#[serde(deserialize_with = "nested")] Vec<Value>),
     /// Map with string keys, sorted by key. Wire tag 7.
-    Map(BTreeMap<String, Value>),
+    Map(#[serde(deserialize_with = "nested")] BTreeMap<String, Value>),
+}
+
+/// Deepest nesting a decoder accepts: `List`/`Map` levels of a [`Value`], composite levels of a
+/// [`crate::Schema`] (the same as serde_json's recursion limit). Deeper input is a decode error,
+/// not a stack overflow: every level costs stack while decoding.
+pub(crate) const MAX_NESTING: usize = 128;
+
+thread_local! {
+    static NESTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Deserialize one nested level, failing past [`MAX_NESTING`] levels on this thread.
+pub(crate) fn nested<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            NESTING.with(|n| n.set(n.get() - 1));
+        }
+    }
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _leave = Leave;
+    if depth > MAX_NESTING {
+        return Err(serde::de::Error::custom(format_args!(
+            "nesting deeper than {MAX_NESTING} levels"
+        )));
+    }
+    T::deserialize(d)
 }
 
 /// Conversion between [`Value`] and serde types failed.

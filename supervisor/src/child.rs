@@ -1,1 +1,1064 @@
-//! (in progress)
+//! One supervised process, from spawn to exit record.
+//!
+//! [`run_attempt`] spawns an agent through the sandbox, does the handshake, sends one task,
+//! watches the agent (heartbeats, progress, deadlines, protocol, contract), relays tool calls to
+//! its owner over a channel, stops it with escalation (Shutdown → SIGTERM → `kill_grace` →
+//! SIGKILL of the whole group), reaps it with rusage and returns an [`ExitRecord`] saying exactly
+//! what happened. It never panics on anything the agent does and never blocks on it: frames are
+//! read from a non-blocking pipe into a bounded decoder, writes to the agent go through a queue
+//! drained by their own task, and stdout/stderr are always drained.
+//!
+//! The child knows nothing of plans, the journal or retries: the owner (see [`crate::run`])
+//! decides what follows and fills in `decision`, `backoff_ms` and the counters.
+
+use crate::config::AgentSpec;
+use crate::record::{ExitReason, ExitRecord, Phase, RecordedError, ToolTrace};
+use crate::sandbox::cgroup::{AgentCgroup, CgroupLimits, Cgroups};
+use crate::sandbox::process::{self, OrphanReaper, PidFd, Reaped};
+use crate::sandbox::spawn::{SpawnSpec, Spawner};
+use corral_proto::frame::{self, FrameDecoder};
+use corral_proto::{
+    AgentError, Contract, Down, Hello, Shutdown, Task, ToolCall, ToolResult, Up, Value,
+    PROTOCOL_VERSION,
+};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::sleep_until;
+
+/// How much of stderr the exit record keeps.
+const STDERR_TAIL: usize = 4096;
+
+/// What one attempt needs to know.
+#[derive(Clone)]
+pub struct AttemptSpec {
+    /// The agent, fully resolved from config.
+    pub agent: Arc<AgentSpec>,
+    /// The run this attempt belongs to.
+    pub run_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Largest frame accepted from the agent.
+    pub max_frame: u32,
+    /// Cgroup manager, when the host has one.
+    pub cgroups: Option<Arc<Cgroups>>,
+}
+
+/// The task to run.
+#[derive(Debug, Clone)]
+pub struct TaskInput {
+    /// Task id sent to the agent.
+    pub task_id: u64,
+    /// The input.
+    pub input: Value,
+    /// Notes handed down.
+    pub memory: Vec<Value>,
+}
+
+/// A tool call relayed to the owner, with where to send the answer.
+#[derive(Debug)]
+pub struct ToolRequest {
+    /// Which agent asked.
+    pub agent: String,
+    /// The call as the agent made it.
+    pub call: ToolCall,
+    /// The answer goes here.
+    pub reply: oneshot::Sender<Result<Value, AgentError>>,
+}
+
+/// What an attempt produced.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// The output, when the agent completed.
+    pub output: Option<Value>,
+    /// Notes to hand downstream.
+    pub memory: Vec<Value>,
+    /// The contract the agent declared, when it got that far.
+    pub contract: Option<Contract>,
+    /// The account of the attempt.
+    pub record: ExitRecord,
+}
+
+/// Handles for the owner while an attempt runs.
+pub struct AttemptControl {
+    /// Set to `Some(reason)` to stop the attempt (`cancelled`, `shutdown`).
+    pub stop: watch::Sender<Option<ExitReason>>,
+}
+
+/// What the loop decided, before the process is reaped.
+struct Verdict {
+    reason: Option<ExitReason>,
+    error: Option<RecordedError>,
+    graceful: bool,
+}
+
+fn err(kind: &str, message: impl Into<String>, retryable: bool) -> Option<RecordedError> {
+    Some(RecordedError {
+        kind: kind.to_string(),
+        message: message.into(),
+        retryable,
+    })
+}
+
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// The environment an agent starts with: nothing inherited but `env_pass`.
+pub fn agent_env(spec: &AgentSpec, run_id: &str, attempt: u32, home: &std::path::Path) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    env.insert("HOME".into(), home.display().to_string());
+    env.insert("TMPDIR".into(), home.display().to_string());
+    for name in &spec.env_pass {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.clone(), v);
+        }
+    }
+    env.insert("CORRAL_AGENT".into(), spec.name.clone());
+    env.insert("CORRAL_RUN_ID".into(), run_id.to_string());
+    env.insert("CORRAL_ATTEMPT".into(), attempt.to_string());
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("SIG{sig}"))
+}
+
+fn rss_kb(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
+}
+
+struct LogStats {
+    dropped: u64,
+    stderr_tail: Vec<u8>,
+}
+
+/// Drain stdout and stderr to the log, line by line, within `limit` bytes per attempt.
+async fn drain_logs(
+    out: pipe::Receiver,
+    errp: pipe::Receiver,
+    agent: String,
+    pid: i32,
+    limit: u64,
+) -> LogStats {
+    let mut stats = LogStats {
+        dropped: 0,
+        stderr_tail: Vec::new(),
+    };
+    let mut used: u64 = 0;
+    let mut bufs = [Vec::<u8>::new(), Vec::<u8>::new()];
+    let mut open = [true, true];
+    let mut chunk = vec![0u8; 64 * 1024];
+    let streams = [&out, &errp];
+    while open[0] || open[1] {
+        let which = tokio::select! {
+            r = out.readable(), if open[0] => { if r.is_err() { open[0] = false; continue; } 0 }
+            r = errp.readable(), if open[1] => { if r.is_err() { open[1] = false; continue; } 1 }
+        };
+        let n = match streams[which].try_read(&mut chunk) {
+            Ok(0) => {
+                open[which] = false;
+                0
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => {
+                open[which] = false;
+                0
+            }
+        };
+        let data = &chunk[..n];
+        if which == 1 {
+            stats.stderr_tail.extend_from_slice(data);
+            if stats.stderr_tail.len() > STDERR_TAIL {
+                let cut = stats.stderr_tail.len() - STDERR_TAIL;
+                stats.stderr_tail.drain(..cut);
+            }
+        }
+        let keep = (limit.saturating_sub(used)).min(n as u64) as usize;
+        used += keep as u64;
+        stats.dropped += (n - keep) as u64;
+        let buf = &mut bufs[which];
+        buf.extend_from_slice(&data[..keep]);
+        let stream = if which == 0 { "stdout" } else { "stderr" };
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
+            tracing::info!(agent = %agent, pid, stream, "{line}");
+            buf.drain(..=pos);
+        }
+        if buf.len() > 64 * 1024 || (!open[which] && !buf.is_empty()) {
+            let line = String::from_utf8_lossy(buf).into_owned();
+            tracing::info!(agent = %agent, pid, stream, "{line}");
+            buf.clear();
+        }
+    }
+    stats
+}
+
+/// Write queued frames to the agent; ends when the queue closes or the pipe breaks.
+async fn write_frames(mut tx: pipe::Sender, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(bytes) = rx.recv().await {
+        if tx.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds the per-attempt sandbox pieces that come from config.
+fn spawn_spec(
+    spec: &AgentSpec,
+    env: Vec<(String, String)>,
+    cwd: std::path::PathBuf,
+    cgroup: Option<&AgentCgroup>,
+    cgroup_mem: bool,
+) -> Result<SpawnSpec, String> {
+    let program = spec
+        .command
+        .first()
+        .ok_or_else(|| "empty command".to_string())?;
+    let mut s = SpawnSpec::new(program)
+        .args(spec.command.iter().skip(1).cloned())
+        .env(env)
+        .cwd(Some(cwd))
+        .rlimit(libc::RLIMIT_CORE, 0, 0);
+    if let Some(cpu) = spec.cpu_time {
+        let secs = cpu.as_secs().max(1);
+        // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
+        s = s.rlimit(libc::RLIMIT_CPU, secs, secs + 1);
+    }
+    if let Some(n) = spec.open_files {
+        s = s.rlimit(libc::RLIMIT_NOFILE, n, n);
+    }
+    if let Some(n) = spec.file_size {
+        s = s.rlimit(libc::RLIMIT_FSIZE, n, n);
+    }
+    if let (Some(m), false) = (spec.memory, cgroup_mem) {
+        s = s.rlimit(libc::RLIMIT_AS, m, m);
+    }
+    if let Some(cg) = cgroup {
+        s = s.cgroup_fds(cg.attach_fds().map_err(|e| e.to_string())?);
+    }
+    Ok(s)
+}
+
+/// Run one task on one fresh agent process and account for it.
+///
+/// `tools` receives the agent's tool calls (when `None`, every call is answered `denied`).
+/// `stop` lets the owner cancel the attempt.
+pub async fn run_attempt(
+    spec: AttemptSpec,
+    task: TaskInput,
+    tools: Option<mpsc::Sender<ToolRequest>>,
+    mut stop: watch::Receiver<Option<ExitReason>>,
+) -> AttemptOutcome {
+    let agent = spec.agent.clone();
+    let started_wall = SystemTime::now();
+    let t0 = Instant::now();
+    let mut record = ExitRecord {
+        agent: agent.name.clone(),
+        run_id: spec.run_id.clone(),
+        attempt: spec.attempt,
+        pid: None,
+        started_at: crate::record::rfc3339(started_wall),
+        ended_at: String::new(),
+        duration_ms: 0,
+        reason: ExitReason::SpawnFailed,
+        exit_code: None,
+        signal: None,
+        signal_name: None,
+        core_dumped: false,
+        signals_sent: Vec::new(),
+        cpu_user_ms: 0,
+        cpu_sys_ms: 0,
+        max_rss_kb: 0,
+        peak_rss_kb: None,
+        error: None,
+        stderr_tail: String::new(),
+        last_heartbeat_age_ms: None,
+        phase: Phase::Starting,
+        progress: 0,
+        retry_count: 0,
+        restart_count: 0,
+        backoff_ms: None,
+        decision: crate::record::Decision::None,
+        log_bytes_dropped: 0,
+        oom_killed: false,
+        tool_calls: Vec::new(),
+    };
+    let finish = |mut record: ExitRecord| {
+        record.ended_at = crate::record::rfc3339(SystemTime::now());
+        record.duration_ms = t0.elapsed().as_millis() as u64;
+        record
+    };
+    let spawn_failed = |mut record: ExitRecord, msg: String| AttemptOutcome {
+        output: None,
+        memory: Vec::new(),
+        contract: None,
+        record: {
+            record.reason = ExitReason::SpawnFailed;
+            record.error = err("spawn_failed", msg, false);
+            finish(record)
+        },
+    };
+
+    // Workspace: a fresh private directory per attempt.
+    let workspace = match tempfile::Builder::new()
+        .prefix(&format!("corral-{}-", agent.name))
+        .tempdir()
+    {
+        Ok(w) => w,
+        Err(e) => return spawn_failed(record, format!("create workspace: {e}")),
+    };
+    let cwd = agent
+        .cwd
+        .clone()
+        .unwrap_or_else(|| workspace.path().to_path_buf());
+    let env = agent_env(&agent, &spec.run_id, spec.attempt, workspace.path());
+
+    // Cgroup for the attempt.
+    let limits = CgroupLimits {
+        memory: agent.memory,
+        pids: agent.pids,
+        cpu_quota: agent.cpu_quota,
+    };
+    let cgroup = match &spec.cgroups {
+        Some(cg) => match cg.create(&format!("{}-{}-{}", agent.name, spec.run_id, spec.attempt), &limits) {
+            Ok(c) => Some(c),
+            Err(e) => return spawn_failed(record, format!("create cgroup: {e}")),
+        },
+        None => None,
+    };
+    let cgroup_mem = spec
+        .cgroups
+        .as_ref()
+        .map(|c| !c.unenforceable(&limits).contains(&"memory"))
+        .unwrap_or(false);
+
+    // Pipes: down (fd 3), up (fd 4), stdout, stderr.
+    let pipes = (|| -> std::io::Result<_> {
+        Ok((pipe_pair()?, pipe_pair()?, pipe_pair()?, pipe_pair()?))
+    })();
+    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => return spawn_failed(record, format!("create pipes: {e}")),
+    };
+    let devnull = match std::fs::File::open("/dev/null") {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => return spawn_failed(record, format!("open /dev/null: {e}")),
+    };
+    let sspec = match spawn_spec(&agent, env, cwd, cgroup.as_ref(), cgroup_mem) {
+        Ok(s) => s,
+        Err(e) => return spawn_failed(record, e),
+    };
+    let sspec = sspec
+        .fd(devnull, 0)
+        .fd(out_w, 1)
+        .fd(err_w, 2)
+        .fd(down_r, 3)
+        .fd(up_w, 4);
+    let spawned = match Spawner::global().spawn(sspec).await {
+        Ok(s) => s,
+        Err(e) => return spawn_failed(record, e.to_string()),
+    };
+    let pid = spawned.pid;
+    OrphanReaper::register(pid);
+    record.pid = Some(pid as u32);
+    let pidfd = match PidFd::new(pid, spawned.pidfd) {
+        Ok(p) => p,
+        Err(e) => {
+            process::kill_group(pid, libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            OrphanReaper::unregister(pid);
+            return spawn_failed(record, e.to_string());
+        }
+    };
+
+    // From here on, the process exists: every path below ends in teardown + reap.
+    let setup = (|| -> std::io::Result<_> {
+        Ok((
+            pipe::Receiver::from_owned_fd(up_r)?,
+            pipe::Sender::from_owned_fd(down_w)?,
+            pipe::Receiver::from_owned_fd(out_r)?,
+            pipe::Receiver::from_owned_fd(err_r)?,
+        ))
+    })();
+    let mut st = State::new(&spec, &task, t0);
+    let mut verdict;
+    let (log_task, writer_task, up) = match setup {
+        Ok((up, down, out, errp)) => {
+            let log_task = tokio::spawn(drain_logs(
+                out,
+                errp,
+                agent.name.clone(),
+                pid,
+                agent.log_limit,
+            ));
+            let (wtx, wrx) = mpsc::unbounded_channel();
+            let writer_task = tokio::spawn(write_frames(down, wrx));
+            st.writer = Some(wtx);
+            st.send(&Down::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                agent_id: agent.name.clone(),
+                run_id: spec.run_id.clone(),
+                attempt: spec.attempt,
+                heartbeat_interval_ms: agent.heartbeat_interval.as_millis() as u64,
+                max_frame: spec.max_frame,
+            }));
+            verdict = st.watch(&up, &pidfd, tools, &mut stop).await;
+            (Some(log_task), Some(writer_task), Some(up))
+        }
+        Err(e) => {
+            verdict = Verdict {
+                reason: Some(ExitReason::SpawnFailed),
+                error: err("spawn_failed", format!("set up pipes: {e}"), false),
+                graceful: false,
+            };
+            (None, None, None)
+        }
+    };
+
+    // Teardown: stop the process (whole group), reap it, account.
+    let reaped = st.stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful).await;
+    if let Some(up) = &up {
+        // Frames the agent wrote just before it exited are still in the pipe.
+        let late = st.drain_after_exit(up);
+        if verdict.reason.is_none() {
+            if let Some(v) = late {
+                verdict = v;
+            }
+        }
+    }
+    OrphanReaper::unregister(pid);
+    st.writer = None;
+    if let Some(w) = writer_task {
+        w.abort();
+    }
+    let stats = match log_task {
+        Some(mut t) => {
+            // Stragglers are dead, so the pipes reach EOF; an escaped process that still holds
+            // them must not hold up the record.
+            match tokio::time::timeout(Duration::from_millis(250), &mut t).await {
+                Ok(Ok(s)) => Some(s),
+                _ => {
+                    t.abort();
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(s) = stats {
+        record.log_bytes_dropped = s.dropped;
+        record.stderr_tail = String::from_utf8_lossy(&s.stderr_tail).into_owned();
+    }
+    if agent.keep_workspace {
+        let kept = workspace.keep();
+        tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
+    }
+
+    let oom = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0) > 0;
+    let pids_hits = cgroup.as_ref().map(|c| c.pids_limit_hits()).unwrap_or(0);
+    if let Some(c) = &cgroup {
+        if let Err(e) = c.remove() {
+            tracing::warn!(agent = %agent.name, pid, "remove cgroup: {e}");
+        }
+    }
+    let r = reaped.unwrap_or_default();
+    record.exit_code = r.exit_code;
+    record.signal = r.signal;
+    record.signal_name = r.signal.map(signal_name);
+    record.core_dumped = r.core_dumped;
+    record.cpu_user_ms = r.cpu_user_ms;
+    record.cpu_sys_ms = r.cpu_sys_ms;
+    record.max_rss_kb = r.max_rss_kb;
+    record.oom_killed = oom;
+    record.signals_sent = st.signals_sent.clone();
+    record.peak_rss_kb = st.peak_rss_kb;
+    record.progress = st.progress;
+    record.phase = st.phase;
+    record.last_heartbeat_age_ms = st
+        .last_frame
+        .map(|t| Instant::now().saturating_duration_since(t).as_millis() as u64);
+    record.tool_calls = std::mem::take(&mut st.tool_trace);
+
+    let (reason, error) = match verdict.reason {
+        Some(reason) => (reason, verdict.error),
+        None => classify(&r, oom, pids_hits, &agent, st.truncated.take()),
+    };
+    record.reason = reason;
+    record.error = error;
+    let output = if reason == ExitReason::Completed {
+        st.output.take()
+    } else {
+        None
+    };
+    AttemptOutcome {
+        output,
+        memory: if reason == ExitReason::Completed {
+            std::mem::take(&mut st.memory_out)
+        } else {
+            Vec::new()
+        },
+        contract: st.contract.take(),
+        record: finish(record),
+    }
+}
+
+/// Why a process that ended on its own ended, from evidence.
+fn classify(
+    r: &Reaped,
+    oom: bool,
+    pids_hits: u64,
+    agent: &AgentSpec,
+    truncated: Option<String>,
+) -> (ExitReason, Option<RecordedError>) {
+    let cpu_ms = r.cpu_user_ms + r.cpu_sys_ms;
+    let cpu_limit_ms = agent.cpu_time.map(|d| d.as_millis() as u64);
+    let trunc = truncated.map(|t| format!(" ({t})")).unwrap_or_default();
+    if oom {
+        return (
+            ExitReason::OomKilled,
+            err(
+                "oom_killed",
+                format!("the kernel OOM-killed the agent at its memory limit{trunc}"),
+                true,
+            ),
+        );
+    }
+    if r.signal == Some(libc::SIGXCPU)
+        || (r.signal == Some(libc::SIGKILL)
+            && cpu_limit_ms.is_some_and(|lim| cpu_ms + 50 >= lim))
+    {
+        return (
+            ExitReason::CpuLimit,
+            err(
+                "cpu_limit",
+                format!("CPU time limit reached after {cpu_ms} ms of CPU{trunc}"),
+                false,
+            ),
+        );
+    }
+    if pids_hits > 0 {
+        return (
+            ExitReason::PidsLimit,
+            err(
+                "pids_limit",
+                format!("the pids limit refused {pids_hits} fork(s){trunc}"),
+                false,
+            ),
+        );
+    }
+    if let Some(sig) = r.signal {
+        return (
+            ExitReason::Signal,
+            err(
+                "signal",
+                format!("killed by {}{}{trunc}", signal_name(sig), if r.core_dumped { " (core dumped)" } else { "" }),
+                true,
+            ),
+        );
+    }
+    let code = r.exit_code.unwrap_or(-1);
+    (
+        ExitReason::ExitCode,
+        err(
+            "exit_code",
+            format!("exited with code {code} before finishing its task{trunc}"),
+            true,
+        ),
+    )
+}
+
+/// The attempt's mutable state while the agent runs.
+struct State<'a> {
+    spec: &'a AttemptSpec,
+    task: &'a TaskInput,
+    t0: Instant,
+    phase: Phase,
+    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    decoder: FrameDecoder,
+    contract: Option<Contract>,
+    output: Option<Value>,
+    memory_out: Vec<Value>,
+    last_frame: Option<Instant>,
+    progress: u64,
+    last_progress_at: Instant,
+    task_sent_at: Option<Instant>,
+    last_sample: Option<Instant>,
+    peak_rss_kb: Option<u64>,
+    signals_sent: Vec<String>,
+    tool_trace: Vec<ToolTrace>,
+    tool_started: std::collections::HashMap<u64, (String, Instant)>,
+    truncated: Option<String>,
+    up_open: bool,
+}
+
+enum Step {
+    Continue,
+    End(Verdict),
+}
+
+impl<'a> State<'a> {
+    fn new(spec: &'a AttemptSpec, task: &'a TaskInput, t0: Instant) -> Self {
+        State {
+            spec,
+            task,
+            t0,
+            phase: Phase::Starting,
+            writer: None,
+            decoder: FrameDecoder::new(spec.max_frame),
+            contract: None,
+            output: None,
+            memory_out: Vec::new(),
+            last_frame: None,
+            progress: 0,
+            last_progress_at: t0,
+            task_sent_at: None,
+            last_sample: None,
+            peak_rss_kb: None,
+            signals_sent: Vec::new(),
+            tool_trace: Vec::new(),
+            tool_started: std::collections::HashMap::new(),
+            truncated: None,
+            up_open: true,
+        }
+    }
+
+    fn agent(&self) -> &AgentSpec {
+        &self.spec.agent
+    }
+
+    fn send(&self, msg: &Down) {
+        if let (Some(w), Ok(bytes)) = (&self.writer, frame::encode(msg)) {
+            let _ = w.send(bytes);
+        }
+    }
+
+    /// The earliest moment a watchdog fires, and the reason it would give.
+    fn next_deadline(&self) -> (Instant, ExitReason) {
+        let a = self.agent();
+        match self.phase {
+            Phase::Starting => (self.t0 + a.startup_timeout, ExitReason::StartupTimeout),
+            _ => {
+                let mut best = (
+                    self.last_frame.unwrap_or(self.t0) + a.heartbeat_timeout,
+                    ExitReason::Hung,
+                );
+                if let Some(sent) = self.task_sent_at {
+                    if matches!(self.phase, Phase::Busy | Phase::ToolCall) {
+                        // Waiting on a tool is not a stall of the agent.
+                        if self.phase == Phase::Busy {
+                            let stall = self.last_progress_at + a.stall_timeout;
+                            if stall < best.0 {
+                                best = (stall, ExitReason::Stalled);
+                            }
+                        }
+                        let wall = sent + a.wall_time;
+                        if wall < best.0 {
+                            best = (wall, ExitReason::Deadline);
+                        }
+                    }
+                }
+                best
+            }
+        }
+    }
+
+    fn violation(&self, message: String) -> Step {
+        Step::End(self.violation_verdict(message))
+    }
+
+    fn violation_verdict(&self, message: String) -> Verdict {
+        tracing::warn!(agent = %self.agent().name, "protocol violation: {message}");
+        Verdict {
+            reason: Some(ExitReason::ProtocolViolation),
+            error: err("protocol_violation", message, false),
+            graceful: false,
+        }
+    }
+
+    fn sample(&mut self, pid: i32, now: Instant) {
+        let due = self
+            .last_sample
+            .is_none_or(|t| now.duration_since(t) >= self.agent().sample_interval);
+        if due {
+            self.last_sample = Some(now);
+            if let Some(kb) = rss_kb(pid) {
+                self.peak_rss_kb = Some(self.peak_rss_kb.unwrap_or(0).max(kb));
+            }
+        }
+    }
+
+    /// Handle one message from the agent.
+    fn on_frame(
+        &mut self,
+        msg: Up,
+        now: Instant,
+        tools: &Option<mpsc::Sender<ToolRequest>>,
+        done_tx: &mpsc::UnboundedSender<(u64, Result<Value, AgentError>)>,
+    ) -> Step {
+        self.last_frame = Some(now);
+        match (self.phase, msg) {
+            (_, Up::Log(l)) => {
+                tracing::info!(agent = %self.agent().name, level = ?l.level, "{}", l.message);
+                Step::Continue
+            }
+            (Phase::Starting, Up::Ready(r)) => {
+                if r.protocol != PROTOCOL_VERSION {
+                    return self.violation(corral_proto::message::version_mismatch(
+                        PROTOCOL_VERSION,
+                        r.protocol,
+                    ));
+                }
+                if let Err(e) = r.contract.input.validate(&self.task.input, "input") {
+                    self.contract = Some(r.contract);
+                    self.phase = Phase::Idle;
+                    return Step::End(Verdict {
+                        reason: Some(ExitReason::ContractViolation),
+                        error: err("contract_violation", e.to_string(), false),
+                        graceful: true,
+                    });
+                }
+                self.contract = Some(r.contract);
+                self.send(&Down::Task(Task {
+                    task_id: self.task.task_id,
+                    input: self.task.input.clone(),
+                    memory: self.task.memory.clone(),
+                }));
+                self.phase = Phase::Busy;
+                self.task_sent_at = Some(now);
+                self.last_progress_at = now;
+                Step::Continue
+            }
+            (Phase::Starting, Up::Failed(f)) if f.task_id == 0 => {
+                let reason = if f.error.kind == "protocol_mismatch" {
+                    ExitReason::ProtocolViolation
+                } else {
+                    ExitReason::AgentError
+                };
+                Step::End(Verdict {
+                    reason: Some(reason),
+                    error: Some(f.error.into()),
+                    graceful: true,
+                })
+            }
+            (Phase::Busy | Phase::ToolCall | Phase::Idle, Up::Heartbeat(h)) => {
+                if h.progress != self.progress {
+                    self.progress = h.progress;
+                    self.last_progress_at = now;
+                }
+                Step::Continue
+            }
+            (Phase::Busy | Phase::ToolCall, Up::ToolCall(call)) => {
+                self.phase = Phase::ToolCall;
+                self.tool_started
+                    .insert(call.call_id, (call.tool.clone(), now));
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let call_id = call.call_id;
+                let declared = self
+                    .contract
+                    .as_ref()
+                    .is_some_and(|c| c.tools.iter().any(|t| t == &call.tool || t == "*"));
+                let done_tx = done_tx.clone();
+                if !declared {
+                    let _ = done_tx.send((
+                        call_id,
+                        Err(AgentError::new(
+                            "undeclared_tool",
+                            format!("tool `{}` is not declared in the agent's contract", call.tool),
+                            false,
+                        )),
+                    ));
+                    return Step::Continue;
+                }
+                match tools {
+                    Some(t) => {
+                        let req = ToolRequest {
+                            agent: self.agent().name.clone(),
+                            call,
+                            reply: reply_tx,
+                        };
+                        if t.try_send(req).is_err() {
+                            let _ = done_tx.send((
+                                call_id,
+                                Err(AgentError::new("unavailable", "tool broker is busy or gone", true)),
+                            ));
+                        } else {
+                            tokio::spawn(async move {
+                                let res = reply_rx.await.unwrap_or_else(|_| {
+                                    Err(AgentError::new("unavailable", "tool broker dropped the call", true))
+                                });
+                                let _ = done_tx.send((call_id, res));
+                            });
+                        }
+                    }
+                    None => {
+                        let _ = done_tx.send((
+                            call_id,
+                            Err(AgentError::new(
+                                "denied",
+                                format!("no tools are configured for agent `{}`", self.agent().name),
+                                false,
+                            )),
+                        ));
+                    }
+                }
+                Step::Continue
+            }
+            (Phase::Busy | Phase::ToolCall, Up::Done(d)) => {
+                if d.task_id != self.task.task_id {
+                    return self.violation(format!(
+                        "Done for task {} while task {} runs",
+                        d.task_id, self.task.task_id
+                    ));
+                }
+                self.phase = Phase::Idle;
+                if let Some(c) = &self.contract {
+                    if let Err(e) = c.output.validate(&d.output, "output") {
+                        return Step::End(Verdict {
+                            reason: Some(ExitReason::ContractViolation),
+                            error: err("contract_violation", e.to_string(), false),
+                            graceful: true,
+                        });
+                    }
+                }
+                self.output = Some(d.output);
+                self.memory_out = d.memory;
+                Step::End(Verdict {
+                    reason: Some(ExitReason::Completed),
+                    error: None,
+                    graceful: true,
+                })
+            }
+            (Phase::Busy | Phase::ToolCall, Up::Failed(f)) => {
+                if f.task_id != self.task.task_id {
+                    return self.violation(format!(
+                        "Failed for task {} while task {} runs",
+                        f.task_id, self.task.task_id
+                    ));
+                }
+                self.phase = Phase::Idle;
+                Step::End(Verdict {
+                    reason: Some(ExitReason::AgentError),
+                    error: Some(f.error.into()),
+                    graceful: true,
+                })
+            }
+            (phase, msg) => self.violation(format!(
+                "unexpected `{}` message while {}",
+                msg.name(),
+                match phase {
+                    Phase::Starting => "starting (before Ready)",
+                    Phase::Idle => "idle",
+                    Phase::Busy => "busy",
+                    Phase::ToolCall => "waiting for a tool",
+                    Phase::Stopping => "stopping",
+                }
+            )),
+        }
+    }
+
+    /// Read what is available on the up pipe into the decoder. `Ok(false)` at EOF.
+    fn read_available(&mut self, up: &pipe::Receiver) -> Result<bool, corral_proto::FrameError> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            // Refuse a too-large length before reading its payload.
+            self.decoder.wanted()?;
+            match up.try_read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.decoder.push(&chunk[..n]);
+                    if n < chunk.len() {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Decode and handle every complete frame buffered.
+    fn handle_buffered(
+        &mut self,
+        now: Instant,
+        tools: &Option<mpsc::Sender<ToolRequest>>,
+        done_tx: &mpsc::UnboundedSender<(u64, Result<Value, AgentError>)>,
+    ) -> Step {
+        loop {
+            match self.decoder.next::<Up>() {
+                Ok(Some(msg)) => {
+                    if let Step::End(v) = self.on_frame(msg, now, tools, done_tx) {
+                        return Step::End(v);
+                    }
+                }
+                Ok(None) => return Step::Continue,
+                Err(e) => return self.violation(format!("{} ({})", e, e.kind())),
+            }
+        }
+    }
+
+    /// The event loop: frames, exit, watchdogs, tool results, stop requests.
+    async fn watch(
+        &mut self,
+        up: &pipe::Receiver,
+        pidfd: &PidFd,
+        tools: Option<mpsc::Sender<ToolRequest>>,
+        stop: &mut watch::Receiver<Option<ExitReason>>,
+    ) -> Verdict {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let pid = pidfd.pid();
+        loop {
+            let (deadline, why) = self.next_deadline();
+            tokio::select! {
+                biased;
+                r = up.readable(), if self.up_open => {
+                    let now = Instant::now();
+                    if r.is_err() { self.up_open = false; continue; }
+                    match self.read_available(up) {
+                        Ok(open) => {
+                            if let Step::End(v) = self.handle_buffered(now, &tools, &done_tx) {
+                                return v;
+                            }
+                            if !open {
+                                self.up_open = false;
+                                if let Err(e) = self.decoder.finish() {
+                                    // The writer end closed mid-frame: usually the agent died
+                                    // while writing; its exit tells more.
+                                    self.truncated = Some(e.to_string());
+                                }
+                            }
+                        }
+                        Err(e) => return self.violation_verdict(format!("{} ({})", e, e.kind())),
+                    }
+                    self.sample(pid, now);
+                }
+                Some((call_id, result)) = done_rx.recv() => {
+                    let now = Instant::now();
+                    if let Some((tool, at)) = self.tool_started.remove(&call_id) {
+                        self.tool_trace.push(ToolTrace {
+                            call_id,
+                            tool,
+                            ok: result.is_ok(),
+                            error_kind: result.as_ref().err().map(|e| e.kind.clone()),
+                            duration_ms: now.duration_since(at).as_millis() as u64,
+                        });
+                    }
+                    if self.tool_started.is_empty() && self.phase == Phase::ToolCall {
+                        self.phase = Phase::Busy;
+                        // The agent could not progress while it waited.
+                        self.last_progress_at = now;
+                    }
+                    self.send(&Down::ToolResult(ToolResult { call_id, result }));
+                }
+                _ = pidfd.exited() => {
+                    return Verdict { reason: None, error: None, graceful: false };
+                }
+                r = stop.changed() => {
+                    let reason = if r.is_ok() { *stop.borrow() } else { None };
+                    if let Some(reason) = reason {
+                        return Verdict {
+                            reason: Some(reason),
+                            error: err(reason.as_str(), format!("stopped by its owner: {reason}"), false),
+                            graceful: true,
+                        };
+                    }
+                }
+                _ = sleep_until(deadline.into()) => {
+                    // Re-check: an event may have moved the deadline while we slept.
+                    if Instant::now() >= self.next_deadline().0 {
+                        return self.timeout_verdict(why);
+                    }
+                }
+            }
+        }
+    }
+
+    fn timeout_verdict(&self, why: ExitReason) -> Verdict {
+        let a = self.agent();
+        let message = match why {
+            ExitReason::StartupTimeout => format!("no Ready within startup_timeout ({:?})", a.startup_timeout),
+            ExitReason::Hung => format!("no frame within heartbeat_timeout ({:?})", a.heartbeat_timeout),
+            ExitReason::Stalled => format!(
+                "heartbeats continued but progress stayed at {} for stall_timeout ({:?})",
+                self.progress, a.stall_timeout
+            ),
+            ExitReason::Deadline => format!("task ran past wall_time ({:?})", a.wall_time),
+            other => other.to_string(),
+        };
+        tracing::warn!(agent = %a.name, reason = %why, "{message}");
+        Verdict {
+            reason: Some(why),
+            error: err(why.as_str(), message, true),
+            graceful: false,
+        }
+    }
+
+    /// Process frames the agent wrote before it exited (non-blocking). Returns a verdict when
+    /// one of them ends the task (e.g. `Done` raced with the exit).
+    fn drain_after_exit(&mut self, up: &pipe::Receiver) -> Option<Verdict> {
+        if self.output.is_some() {
+            return None;
+        }
+        let _ = self.read_available(up);
+        let (done_tx, _rx) = mpsc::unbounded_channel();
+        match self.handle_buffered(Instant::now(), &None, &done_tx) {
+            Step::End(v) => Some(v),
+            Step::Continue => None,
+        }
+    }
+
+    /// Stop the process tree with escalation, then reap the leader.
+    async fn stop_and_reap(
+        &mut self,
+        pidfd: &PidFd,
+        cgroup: Option<&AgentCgroup>,
+        graceful: bool,
+    ) -> Option<Reaped> {
+        let pid = pidfd.pid();
+        let grace = self.agent().kill_grace;
+        // Did it already exit? (Polls once; does not reap, so the group id stays reserved.)
+        let exited_already = tokio::time::timeout(Duration::ZERO, pidfd.exited())
+            .await
+            .is_ok();
+        if !exited_already {
+            self.send(&Down::Shutdown(Shutdown {
+                grace_ms: grace.as_millis() as u64,
+            }));
+            if !graceful {
+                process::kill_group(pid, libc::SIGTERM);
+                self.signals_sent.push("SIGTERM".into());
+            }
+            if tokio::time::timeout(grace, pidfd.exited()).await.is_err() {
+                process::kill_group(pid, libc::SIGKILL);
+                pidfd.signal(libc::SIGKILL);
+                self.signals_sent.push("SIGKILL".into());
+                pidfd.exited().await;
+            }
+        }
+        // Nothing the agent started survives it: the group (the leader is a zombie, so its
+        // id cannot have been reused) and the cgroup, before the leader is reaped.
+        process::kill_group(pid, libc::SIGKILL);
+        if let Some(cg) = cgroup {
+            if let Err(e) = cg.kill_all() {
+                tracing::warn!(agent = %self.agent().name, pid, "kill cgroup: {e}");
+            }
+        }
+        let reaped = process::try_reap(pid);
+        reaped
+    }
+}

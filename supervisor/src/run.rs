@@ -1,1 +1,489 @@
-//! (in progress)
+//! Running tasks on agents, with the restart policy applied: the owner of children.
+//!
+//! A [`Supervisor`] holds the resolved config, the host's cgroup manager, and per agent type
+//! the policy state that outlives attempts: restart intensity, circuit breaker and quarantine.
+//! [`Supervisor::call`] runs one task to its end: admission (intensity, breaker, quarantine),
+//! attempts through [`crate::child::run_attempt`], the decision after each (retry after a
+//! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
+
+use crate::child::{self, AttemptSpec, TaskInput, ToolRequest};
+use crate::config::{AgentSpec, Config};
+use crate::policy::{
+    self, Admission, Backoff, Breaker, Fingerprint, Intensity, IntensityState, IntensityVerdict,
+    Quarantine, RetryRules, SplitMix64,
+};
+use crate::record::{Decision, ExitReason, ExitRecord, Phase, RecordedError};
+use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
+use corral_proto::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+
+/// Running a task failed before any attempt could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No agent of that name in the config.
+    #[error("no agent named `{name}` in {config}; configured: {known}")]
+    UnknownAgent {
+        /// The name asked for.
+        name: String,
+        /// The config file.
+        config: String,
+        /// The names that exist.
+        known: String,
+    },
+    /// A limit cannot be enforced and the agent is `strict`.
+    #[error("agent `{agent}` is strict and this host cannot enforce: {limits}")]
+    Unenforceable {
+        /// The agent.
+        agent: String,
+        /// What cannot be enforced.
+        limits: String,
+    },
+    /// Supervisor set-up failed.
+    #[error("supervisor set-up: {0}")]
+    Setup(String),
+}
+
+/// Policy state of one agent type, shared by all its tasks.
+struct TypeState {
+    intensity: Intensity,
+    breaker: Breaker,
+    quarantine: Quarantine,
+}
+
+/// What a finished call produced.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    /// The output of the successful attempt.
+    pub output: Option<Value>,
+    /// Notes handed downstream by the successful attempt.
+    pub memory: Vec<Value>,
+    /// Every attempt, in order.
+    pub attempts: Vec<ExitRecord>,
+}
+
+impl CallOutcome {
+    /// Whether the task succeeded.
+    pub fn ok(&self) -> bool {
+        self.output.is_some()
+    }
+
+    /// The last attempt's record.
+    pub fn last(&self) -> Option<&ExitRecord> {
+        self.attempts.last()
+    }
+}
+
+/// Options of one call.
+#[derive(Default)]
+pub struct CallOptions {
+    /// Run id to use (generated when `None`).
+    pub run_id: Option<String>,
+    /// Notes handed down with the task.
+    pub memory: Vec<Value>,
+    /// Where tool calls go (`None`: every call is denied).
+    pub tools: Option<mpsc::Sender<ToolRequest>>,
+    /// Stop the call: set to `Some(reason)`.
+    pub stop: Option<watch::Receiver<Option<ExitReason>>>,
+}
+
+/// Owner of agent processes for one config.
+pub struct Supervisor {
+    config: Arc<Config>,
+    cgroups: Option<Arc<Cgroups>>,
+    types: Mutex<HashMap<String, TypeState>>,
+    rng: Mutex<SplitMix64>,
+    seq: AtomicU64,
+}
+
+/// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
+pub fn new_run_id(seq: u64) -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!("r{}-{}-{}", base36(ms), std::process::id(), seq)
+}
+
+fn base36(mut n: u64) -> String {
+    const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(D[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+impl Supervisor {
+    /// Set up: subreaper, orphan reaper, cgroup detection and a sweep of stale cgroups.
+    /// Must be called inside a tokio runtime.
+    pub fn new(config: Config) -> Result<Supervisor, RunError> {
+        Self::with_cgroups(config, Some(Cgroups::detect()))
+    }
+
+    /// Like [`Supervisor::new`] with a given cgroup manager (`None`: no cgroups at all).
+    pub fn with_cgroups(config: Config, cgroups: Option<Cgroups>) -> Result<Supervisor, RunError> {
+        crate::sandbox::become_subreaper()
+            .map_err(|e| RunError::Setup(format!("become child subreaper: {e}")))?;
+        crate::sandbox::OrphanReaper::start()
+            .map_err(|e| RunError::Setup(format!("watch SIGCHLD: {e}")))?;
+        if let Some(cg) = &cgroups {
+            match cg.sweep_stale() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("removed {n} stale cgroup(s) of dead supervisors"),
+                Err(e) => tracing::warn!("sweeping stale cgroups: {e}"),
+            }
+        }
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ std::process::id() as u64;
+        Ok(Supervisor {
+            config: Arc::new(config),
+            cgroups: cgroups.map(Arc::new),
+            types: Mutex::new(HashMap::new()),
+            rng: Mutex::new(SplitMix64::new(seed)),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The cgroup manager, if any.
+    pub fn cgroups(&self) -> Option<&Cgroups> {
+        self.cgroups.as_deref()
+    }
+
+    /// Lines saying how each agent's limits are enforced on this host (for start-up reports).
+    pub fn enforcement_report(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, a) in &self.config.agents {
+            let limits = limits_of(a);
+            match &self.cgroups {
+                Some(cg) => {
+                    for line in cg.report(&limits) {
+                        out.push(format!("{name}: {line}"));
+                    }
+                }
+                None => out.push(format!("{name}: cgroups disabled; memory by RLIMIT_AS only")),
+            }
+        }
+        out
+    }
+
+    fn agent(&self, name: &str) -> Result<Arc<AgentSpec>, RunError> {
+        let spec = self
+            .config
+            .agents
+            .get(name)
+            .ok_or_else(|| RunError::UnknownAgent {
+                name: name.to_string(),
+                config: self.config.path.display().to_string(),
+                known: self
+                    .config
+                    .agents
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if spec.strict {
+            if let Some(cg) = &self.cgroups {
+                let missing = cg.unenforceable(&limits_of(spec));
+                if !missing.is_empty() {
+                    return Err(RunError::Unenforceable {
+                        agent: name.to_string(),
+                        limits: missing.join(", "),
+                    });
+                }
+            }
+        }
+        Ok(Arc::new(spec.clone()))
+    }
+
+    fn with_type<R>(&self, spec: &AgentSpec, f: impl FnOnce(&mut TypeState) -> R) -> R {
+        let mut types = self.types.lock().unwrap_or_else(|p| p.into_inner());
+        let st = types.entry(spec.name.clone()).or_insert_with(|| TypeState {
+            intensity: Intensity::new(spec.intensity.clone()),
+            breaker: Breaker::new(spec.breaker.clone()),
+            quarantine: Quarantine::new(spec.quarantine_after),
+        });
+        f(st)
+    }
+
+    /// An operator's explicit restart: clears fatal, breaker and quarantine of an agent type.
+    pub fn reset_agent(&self, name: &str) {
+        let mut types = self.types.lock().unwrap_or_else(|p| p.into_inner());
+        types.remove(name);
+    }
+
+    /// Run one task on `agent` to its end, with retries by policy.
+    pub async fn call(
+        &self,
+        agent: &str,
+        input: Value,
+        opts: CallOptions,
+    ) -> Result<CallOutcome, RunError> {
+        let spec = self.agent(agent)?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
+        let input_key = policy::input_key(
+            &corral_proto::frame::encode(&input).unwrap_or_default(),
+        );
+        let mut backoff = Backoff::new(spec.backoff.clone());
+        let mut attempts: Vec<ExitRecord> = Vec::new();
+        let (_keep_stop_tx, default_stop) = watch::channel(None);
+        let stop = opts.stop.clone().unwrap_or(default_stop);
+        let mut retries: u32 = 0;
+        loop {
+            let attempt_no = attempts.len() as u32 + 1;
+            // Admission: quarantine, intensity, breaker.
+            let now = Instant::now();
+            let gate = self.with_type(&spec, |t| {
+                if t.quarantine.is_quarantined(&input_key) {
+                    return Err((
+                        ExitReason::Quarantined,
+                        format!(
+                            "input {input_key} is quarantined after {} identical failures",
+                            t.quarantine.after()
+                        ),
+                    ));
+                }
+                if let IntensityState::Fatal { until } = t.intensity.state(now) {
+                    return Err((
+                        ExitReason::CircuitOpen,
+                        format!(
+                            "agent type `{}` is fatal (restart intensity exceeded) for another {} ms",
+                            spec.name,
+                            until.saturating_duration_since(now).as_millis()
+                        ),
+                    ));
+                }
+                match t.breaker.admit(now) {
+                    Admission::Rejected { retry_after } => Err((
+                        ExitReason::CircuitOpen,
+                        format!(
+                            "circuit breaker of `{}` is open; next probe in {} ms",
+                            spec.name,
+                            retry_after.as_millis()
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            });
+            if let Err((reason, message)) = gate {
+                let mut rec = not_started(&spec, &run_id, attempt_no, reason, message);
+                rec.retry_count = retries;
+                rec.decision = if reason == ExitReason::Quarantined {
+                    Decision::Quarantine
+                } else {
+                    Decision::Abort
+                };
+                attempts.push(rec);
+                return Ok(CallOutcome {
+                    output: None,
+                    memory: Vec::new(),
+                    attempts,
+                });
+            }
+
+            let aspec = AttemptSpec {
+                agent: spec.clone(),
+                run_id: run_id.clone(),
+                attempt: attempt_no,
+                max_frame: self.config.supervisor.max_frame,
+                cgroups: self.cgroups.clone(),
+            };
+            let task = TaskInput {
+                task_id: attempt_no as u64,
+                input: input.clone(),
+                memory: opts.memory.clone(),
+            };
+            let out = child::run_attempt(aspec, task, opts.tools.clone(), stop.clone()).await;
+            let mut rec = out.record;
+            rec.retry_count = retries;
+            let reason = rec.reason;
+            let outcome = policy::AttemptOutcome {
+                reason,
+                retryable: rec.error.as_ref().map(|e| e.retryable),
+                exit_code: rec.exit_code,
+            };
+            let now = Instant::now();
+            let ran_for = Duration::from_millis(rec.duration_ms);
+            // Breaker and quarantine learn from every attempt.
+            let quarantined_now = self.with_type(&spec, |t| {
+                if reason.is_success() {
+                    t.breaker.on_success(now);
+                    t.quarantine.record_success(&input_key);
+                    false
+                } else {
+                    if outcome.counts_for_breaker() {
+                        t.breaker.on_failure(now);
+                    } else {
+                        t.breaker.on_uncounted();
+                    }
+                    let fp = Fingerprint {
+                        reason,
+                        signal: rec.signal,
+                        exit_code: rec.exit_code,
+                        last_message: rec.error.as_ref().map(|e| e.kind.clone()),
+                    };
+                    counts_for_quarantine(reason) && t.quarantine.record_failure(&input_key, &fp)
+                }
+            });
+            backoff.on_healthy_run(ran_for);
+            let rules = RetryRules {
+                policy: spec.restart,
+                max_retries: spec.max_retries,
+                no_retry_exit_codes: &spec.no_retry_exit_codes,
+            };
+            match policy::decide(&rules, &outcome, retries) {
+                policy::Verdict::Done => {
+                    rec.decision = Decision::None;
+                    attempts.push(rec);
+                    return Ok(CallOutcome {
+                        output: out.output,
+                        memory: out.memory,
+                        attempts,
+                    });
+                }
+                policy::Verdict::GiveUp { why } => {
+                    rec.decision = if quarantined_now {
+                        Decision::Quarantine
+                    } else {
+                        Decision::Abort
+                    };
+                    tracing::info!(agent = %spec.name, run = %run_id, attempt = attempt_no, "giving up: {why}");
+                    attempts.push(rec);
+                    return Ok(CallOutcome {
+                        output: None,
+                        memory: Vec::new(),
+                        attempts,
+                    });
+                }
+                policy::Verdict::Retry => {
+                    if quarantined_now {
+                        rec.decision = Decision::Quarantine;
+                        attempts.push(rec);
+                        return Ok(CallOutcome {
+                            output: None,
+                            memory: Vec::new(),
+                            attempts,
+                        });
+                    }
+                    let verdict = self.with_type(&spec, |t| t.intensity.record_restart(now));
+                    match verdict {
+                        IntensityVerdict::Fatal { restart_count, .. } => {
+                            rec.restart_count = restart_count;
+                            rec.decision = Decision::Escalate;
+                            tracing::warn!(agent = %spec.name, restart_count, "restart intensity exceeded: agent type is fatal");
+                            attempts.push(rec);
+                            return Ok(CallOutcome {
+                                output: None,
+                                memory: Vec::new(),
+                                attempts,
+                            });
+                        }
+                        IntensityVerdict::Allowed { restart_count } => {
+                            rec.restart_count = restart_count;
+                        }
+                    }
+                    let r = self
+                        .rng
+                        .lock()
+                        .map(|mut g| g.next_f64())
+                        .unwrap_or(0.5);
+                    let delay = backoff.next_delay(r);
+                    rec.backoff_ms = Some(delay.as_millis() as u64);
+                    rec.decision = Decision::Retry;
+                    attempts.push(rec);
+                    retries += 1;
+                    let mut stop_wait = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop_wait.wait_for(|s| s.is_some()) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quarantine tracks crashes of an input, not refusals or admin stops.
+fn counts_for_quarantine(reason: ExitReason) -> bool {
+    !matches!(
+        reason,
+        ExitReason::Completed
+            | ExitReason::Cancelled
+            | ExitReason::Shutdown
+            | ExitReason::CircuitOpen
+            | ExitReason::Quarantined
+            | ExitReason::SpawnFailed
+    )
+}
+
+fn limits_of(a: &AgentSpec) -> CgroupLimits {
+    CgroupLimits {
+        memory: a.memory,
+        pids: a.pids,
+        cpu_quota: a.cpu_quota,
+    }
+}
+
+/// The record of an attempt that was refused before a process existed.
+fn not_started(
+    spec: &AgentSpec,
+    run_id: &str,
+    attempt: u32,
+    reason: ExitReason,
+    message: String,
+) -> ExitRecord {
+    let now = crate::record::rfc3339(SystemTime::now());
+    ExitRecord {
+        agent: spec.name.clone(),
+        run_id: run_id.to_string(),
+        attempt,
+        pid: None,
+        started_at: now.clone(),
+        ended_at: now,
+        duration_ms: 0,
+        reason,
+        exit_code: None,
+        signal: None,
+        signal_name: None,
+        core_dumped: false,
+        signals_sent: Vec::new(),
+        cpu_user_ms: 0,
+        cpu_sys_ms: 0,
+        max_rss_kb: 0,
+        peak_rss_kb: None,
+        error: Some(RecordedError {
+            kind: reason.as_str().to_string(),
+            message,
+            retryable: reason == ExitReason::CircuitOpen,
+        }),
+        stderr_tail: String::new(),
+        last_heartbeat_age_ms: None,
+        phase: Phase::Starting,
+        progress: 0,
+        retry_count: 0,
+        restart_count: 0,
+        backoff_ms: None,
+        decision: Decision::Abort,
+        log_bytes_dropped: 0,
+        oom_killed: false,
+        tool_calls: Vec::new(),
+    }
+}

@@ -1,1 +1,356 @@
-//! corral.toml (in progress).
+//! `corral.toml`: the schema, its validation with `file:line:col` messages, and resolution of
+//! every agent into a complete [`AgentSpec`] (built-in defaults, then `[defaults]`, then
+//! `[agents.NAME]`, per key).
+//!
+//! The room is pure apart from [`load`] reading the file: nothing here spawns, sandboxes or
+//! decides. Relative paths are resolved against the config file's directory so that the rest of
+//! corral only ever sees absolute paths (and bare command names, looked up in `PATH` at spawn).
+//!
+//! Layout: `units` reads sizes and durations; `schema` is the raw serde view of the file
+//! with spans kept where a later check needs a location; `resolve` merges the layers and runs
+//! the semantic checks. The key reference for users is `docs/config.md`.
+
+mod resolve;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
+
+/// Default `max_frame`: 16 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
+/// Smallest accepted `max_frame`: 1 KiB.
+pub const MIN_MAX_FRAME: u32 = 1 << 10;
+/// Largest accepted `max_frame`: 1 GiB.
+pub const MAX_MAX_FRAME: u32 = 1 << 30;
+/// Default `state_dir`, relative to the config file's directory.
+pub const DEFAULT_STATE_DIR: &str = ".corral-state";
+
+/// A 1-based position in the config file (`column` counts characters, not bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+}
+
+impl Location {
+    /// The position of byte `offset` in `text` (clamped to the text; a leading byte-order mark
+    /// does not count as a column).
+    pub fn from_offset(text: &str, offset: usize) -> Location {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line_text = &before[line_start..];
+        let line_text = line_text.strip_prefix('\u{feff}').unwrap_or(line_text);
+        Location {
+            line: before.matches('\n').count() + 1,
+            column: line_text.chars().count() + 1,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// Why a config could not be loaded. Renders as `FILE:LINE:COL: message` when the place is
+/// known, else `FILE: message`; the CLI prints it and exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config: {source}", .path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, or does not fit the schema (unknown key, wrong type, bad
+    /// size or duration).
+    #[error("{}", located(.path, .location, .message))]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// Where, when known.
+        location: Option<Location>,
+        /// What is wrong, on one line.
+        message: String,
+    },
+    /// The file fits the schema but a value is not acceptable (empty command, timeouts in the
+    /// wrong order, out-of-range numbers, bad names).
+    #[error("{}", located(.path, .location, .message))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Where, when known.
+        location: Option<Location>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The config file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Read { path, .. }
+            | ConfigError::Syntax { path, .. }
+            | ConfigError::Invalid { path, .. } => path,
+        }
+    }
+
+    /// Where in the file, when known.
+    pub fn location(&self) -> Option<Location> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { location, .. } | ConfigError::Invalid { location, .. } => {
+                *location
+            }
+        }
+    }
+}
+
+fn located(path: &Path, location: &Option<Location>, message: &str) -> String {
+    match location {
+        Some(at) => format!("{}:{at}: {message}", path.display()),
+        None => format!("{}: {message}", path.display()),
+    }
+}
+
+/// A loaded `corral.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, as given.
+    pub path: PathBuf,
+    /// `[supervisor]`.
+    pub supervisor: SupervisorConfig,
+    /// Every `[agents.NAME]`, fully resolved (defaults merged in), by name.
+    pub agents: BTreeMap<String, AgentSpec>,
+}
+
+/// `[supervisor]`: settings of corral itself.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Where corral keeps its journal and workspaces (`state_dir`); default
+    /// `<config dir>/.corral-state`.
+    pub state_dir: PathBuf,
+    /// Largest frame accepted from an agent, in bytes (`max_frame`); default 16 MiB.
+    pub max_frame: u32,
+}
+
+/// A Linux namespace an agent is put in (`namespaces = ["pid", …]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Namespace {
+    /// Own process-id space; the agent is pid 1 of it.
+    Pid,
+    /// Own System V IPC and POSIX message queues.
+    Ipc,
+    /// Own host name.
+    Uts,
+    /// Own mount table.
+    Mount,
+    /// Own network stack (loopback only).
+    Net,
+    /// Own user and group ids.
+    User,
+}
+
+impl Namespace {
+    /// The name used in the config file.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Namespace::Pid => "pid",
+            Namespace::Ipc => "ipc",
+            Namespace::Uts => "uts",
+            Namespace::Mount => "mount",
+            Namespace::Net => "net",
+            Namespace::User => "user",
+        }
+    }
+}
+
+/// Everything corral needs to run one agent type, fully resolved. Keys are documented in
+/// `docs/config.md`.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The name (`[agents.NAME]`).
+    pub name: String,
+    /// Program and arguments; a program containing `/` is an absolute path, a bare name is
+    /// looked up in `PATH` at spawn time.
+    pub command: Vec<String>,
+    /// Environment set for the agent (`[defaults]` env merged with the agent's, per key).
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute), if any.
+    pub cwd: Option<PathBuf>,
+    // --- sandbox (limits and isolation) ---
+    /// Memory limit in bytes; `None` is unlimited.
+    pub memory: Option<u64>,
+    /// CPU time limit (RLIMIT_CPU); `None` is unlimited.
+    pub cpu_time: Option<Duration>,
+    /// CPU bandwidth as a fraction of one core; `None` is unlimited.
+    pub cpu_quota: Option<f64>,
+    /// Most processes and threads; `None` is unlimited.
+    pub pids: Option<u64>,
+    /// Most open file descriptors; `None` is unlimited.
+    pub open_files: Option<u64>,
+    /// Largest file the agent may write, in bytes; `None` is unlimited.
+    pub file_size: Option<u64>,
+    /// Whether the agent shares the host's network. When true, [`Namespace::Net`] is never in
+    /// `namespaces`.
+    pub network: bool,
+    /// Namespaces the agent is put in, without duplicates.
+    pub namespaces: Vec<Namespace>,
+    /// User to run as.
+    pub user: Option<String>,
+    /// Group to run as.
+    pub group: Option<String>,
+    /// Paths (absolute) visible read-only.
+    pub readonly_paths: Vec<PathBuf>,
+    /// Paths (absolute) visible and writable.
+    pub writable_paths: Vec<PathBuf>,
+    /// Names of supervisor environment variables passed through to the agent.
+    pub env_pass: Vec<String>,
+    /// Keep the per-attempt workspace after the attempt ends.
+    pub keep_workspace: bool,
+    /// Fail the spawn when an isolation feature is unavailable instead of degrading.
+    pub strict: bool,
+    // --- supervision ---
+    /// How often the agent is expected to send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// No frame for this long means `hung`; always greater than `heartbeat_interval`.
+    pub heartbeat_timeout: Duration,
+    /// Progress unchanged for this long means `stalled`.
+    pub stall_timeout: Duration,
+    /// No `Ready` within this long of the spawn means `startup_timeout`.
+    pub startup_timeout: Duration,
+    /// Longest a task may run (`deadline`).
+    pub wall_time: Duration,
+    /// Time between the polite stop and SIGKILL.
+    pub kill_grace: Duration,
+    /// How often resource use is sampled.
+    pub sample_interval: Duration,
+    /// Bytes of stderr kept per attempt.
+    pub log_limit: u64,
+    /// When to restart.
+    pub restart: RestartPolicy,
+    /// Retries of one task after its first attempt.
+    pub max_retries: u32,
+    /// Exit codes that mean "do not retry".
+    pub no_retry_exit_codes: Vec<i32>,
+    /// Delays between retries.
+    pub backoff: BackoffConfig,
+    /// Restart intensity (too many restarts make the type fatal).
+    pub intensity: IntensityConfig,
+    /// Circuit breaker per agent type.
+    pub breaker: BreakerConfig,
+    /// Identical crashes on one input before that input is quarantined.
+    pub quarantine_after: u32,
+}
+
+impl AgentSpec {
+    /// An agent with every built-in default, for tests and embedding. `command` is taken as
+    /// is (not resolved against any directory).
+    pub fn builtin(name: &str, command: Vec<String>) -> AgentSpec {
+        AgentSpec {
+            name: name.to_string(),
+            command,
+            env: BTreeMap::new(),
+            cwd: None,
+            memory: Some(512 << 20),
+            cpu_time: Some(Duration::from_secs(60)),
+            cpu_quota: Some(1.0),
+            pids: Some(64),
+            open_files: Some(256),
+            file_size: Some(1 << 30),
+            network: false,
+            namespaces: vec![
+                Namespace::Pid,
+                Namespace::Ipc,
+                Namespace::Uts,
+                Namespace::Mount,
+                Namespace::Net,
+            ],
+            user: None,
+            group: None,
+            readonly_paths: Vec::new(),
+            writable_paths: Vec::new(),
+            env_pass: vec!["RUST_LOG".to_string()],
+            keep_workspace: false,
+            strict: false,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(60),
+            startup_timeout: Duration::from_secs(10),
+            wall_time: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(2),
+            sample_interval: Duration::from_secs(1),
+            log_limit: 1 << 20,
+            restart: RestartPolicy::OnFailure,
+            max_retries: 3,
+            no_retry_exit_codes: Vec::new(),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                factor: 2.0,
+                jitter: 0.1,
+                reset_after: Duration::from_secs(60),
+            },
+            intensity: IntensityConfig {
+                max: 10,
+                period: Duration::from_secs(60),
+                fatal_cooldown: Duration::from_secs(300),
+            },
+            breaker: BreakerConfig {
+                failures: 5,
+                open_for: Duration::from_secs(30),
+            },
+            quarantine_after: 2,
+        }
+    }
+}
+
+/// Reads and parses the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses config `text`. `path` names the file in messages, and its directory is the base for
+/// relative paths (made absolute against the current directory if it is relative).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        location: e.span().map(|span| Location::from_offset(text, span.start)),
+        message: one_line(e.message()),
+    })?;
+    resolve::resolve(file, text, path)
+}
+
+/// Joins a multi-line toml message into one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,7 +1,50 @@
 //! Restart, backoff, intensity, circuit breaker and quarantine: pure decisions over an injected
-//! clock (in progress).
+//! clock.
+//!
+//! Everything here decides; nothing here acts. No function in this module (or its submodules)
+//! spawns a process, starts a thread, reads the real clock, sleeps, or does I/O: the caller passes
+//! `now` (an [`Instant`]) or a [`Duration`] explicitly, and randomness (backoff jitter) is passed in
+//! as a sample in `[0, 1)` — [`SplitMix64`] is a small seeded generator the caller may use to make
+//! those samples reproducibly. That keeps every decision testable against a fake clock.
+//!
+//! - [`backoff`]: how long to wait before the next attempt ([`Backoff`]).
+//! - [`intensity`]: Erlang/OTP restart intensity per agent type ([`Intensity`]).
+//! - [`breaker`]: circuit breaker per agent type ([`Breaker`]).
+//! - [`quarantine`]: poison-input detection ([`Quarantine`], [`input_key`]).
+//! - [`restart`]: whether a finished attempt is retried ([`decide`], [`counts_for_breaker`]).
+//! - [`rng`]: the injected jitter source ([`SplitMix64`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+pub mod backoff;
+pub mod breaker;
+pub mod intensity;
+pub mod quarantine;
+pub mod restart;
+pub mod rng;
+
+pub use backoff::{Backoff, BackoffError};
+pub use breaker::{Admission, Breaker, BreakerState};
+pub use intensity::{Intensity, IntensityState, IntensityVerdict};
+pub use quarantine::{input_key, Fingerprint, Quarantine};
+pub use restart::{counts_for_breaker, decide, AttemptOutcome, RetryRules, Verdict};
+pub use rng::SplitMix64;
+
+/// `now + d`, or the latest representable instant on the way there: never panics, whatever `d`.
+///
+/// `Instant + Duration` panics on overflow, and a configured cooldown of `u64::MAX` seconds is
+/// caller-controlled input; halving the step until it fits lands at least half-way to the
+/// representable limit, which for any wait is "forever".
+pub(crate) fn instant_after(now: Instant, d: Duration) -> Instant {
+    let mut step = d;
+    loop {
+        if let Some(t) = now.checked_add(step) {
+            return t;
+        }
+        // Terminates: `step` halves towards zero, and `now + 0` always fits.
+        step /= 2;
+    }
+}
 
 /// Exponential backoff settings (`backoff = { … }`).
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,554 @@
+//! From the raw file to a [`Config`]: semantic checks located at the offending key or value,
+//! path resolution against the config file's directory, and the per-key merge
+//! built-in ← `[defaults]` ← `[agents.NAME]` (nested tables `backoff`, `intensity`, `breaker`
+//! merge per key; `env` merges per variable; lists replace).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::schema::{File, Restart, Settings};
+use super::units::{Count, Dur, Limit, Real, Size};
+use super::{
+    AgentSpec, Config, ConfigError, Location, Namespace, SupervisorConfig, DEFAULT_MAX_FRAME,
+    DEFAULT_STATE_DIR, MAX_MAX_FRAME, MIN_MAX_FRAME,
+};
+use crate::policy::RestartPolicy;
+
+/// What every check needs: the text (for locations), the file name and the base directory.
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+    base: PathBuf,
+}
+
+impl Ctx<'_> {
+    /// An error at byte `offset`.
+    fn at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            location: Some(Location::from_offset(self.text, offset)),
+            message: message.into(),
+        }
+    }
+
+    /// An error at the value spanned by `span`.
+    fn at_value(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        self.at(span.start, message)
+    }
+
+    /// An error at the key whose value is spanned by `span` (the value itself if the key cannot
+    /// be found in front of it).
+    fn at_key(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let offset = key_start(self.text, span.start).unwrap_or(span.start);
+        self.at(offset, message)
+    }
+
+    /// `text` as a path: absolute as is, relative joined to the config directory.
+    fn resolve_path(&self, text: &str) -> PathBuf {
+        normalize(&self.base.join(text))
+    }
+}
+
+/// The start of the key in `key = value` given the value's start, scanning backwards over
+/// `=`, blanks and a bare or quoted key.
+fn key_start(text: &str, value_start: usize) -> Option<usize> {
+    let before = text.get(..value_start)?;
+    let before = before.trim_end_matches([' ', '\t']).strip_suffix('=')?;
+    let before = before.trim_end_matches([' ', '\t']);
+    match before.chars().last()? {
+        quote @ ('"' | '\'') => before[..before.len() - 1].rfind(quote),
+        _ => {
+            let start = before
+                .trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                .len();
+            (start < before.len()).then_some(start)
+        }
+    }
+}
+
+/// Drops `.` components and repeated separators (never `..`: that would change meaning across
+/// symbolic links).
+fn normalize(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect::<PathBuf>()
+}
+
+/// The directory relative paths are resolved against: the config file's directory, made
+/// absolute against the current directory.
+fn base_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    normalize(&dir)
+}
+
+/// Valid agent names: `[A-Za-z0-9_-]+`.
+fn valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Why `name` cannot be an environment variable name, if it cannot.
+fn env_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('=') {
+        Some("contains '='")
+    } else if name.contains('\0') {
+        Some("contains a NUL character")
+    } else {
+        None
+    }
+}
+
+pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx {
+        text,
+        path,
+        base: base_dir(path),
+    };
+    let supervisor = supervisor(&ctx, file.supervisor)?;
+    let defaults = file.defaults.unwrap_or_default();
+    if let Some(command) = &defaults.command {
+        return Err(ctx.at_key(
+            command.span(),
+            "`command` cannot be set in [defaults]; give it in each [agents.NAME]",
+        ));
+    }
+    check_layer(&ctx, &defaults)?;
+    let mut agents = BTreeMap::new();
+    for (name, settings) in file.agents.unwrap_or_default() {
+        let name_span = name.span();
+        let name = name.into_inner();
+        if !valid_agent_name(&name) {
+            let shown = if name.is_empty() {
+                "an empty agent name".to_string()
+            } else {
+                format!("agent name {name:?}")
+            };
+            return Err(ctx.at(
+                name_span.start,
+                format!("{shown} is not allowed: use letters, digits, '_' and '-'"),
+            ));
+        }
+        check_layer(&ctx, &settings)?;
+        let Some(command) = &settings.command else {
+            return Err(ctx.at(name_span.start, format!("agent `{name}` has no `command`")));
+        };
+        let spec = agent(&ctx, &name, command, &defaults, &settings)?;
+        agents.insert(name, spec);
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        supervisor,
+        agents,
+    })
+}
+
+fn supervisor(
+    ctx: &Ctx<'_>,
+    raw: Option<super::schema::Supervisor>,
+) -> Result<SupervisorConfig, ConfigError> {
+    let mut out = SupervisorConfig {
+        state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
+        max_frame: DEFAULT_MAX_FRAME,
+    };
+    let Some(raw) = raw else { return Ok(out) };
+    if let Some(dir) = &raw.state_dir {
+        check_path(ctx, dir, "state_dir")?;
+        out.state_dir = ctx.resolve_path(dir.get_ref());
+    }
+    if let Some(size) = &raw.max_frame {
+        let Size(bytes) = *size.get_ref();
+        match u32::try_from(bytes) {
+            Ok(b) if (MIN_MAX_FRAME..=MAX_MAX_FRAME).contains(&b) => out.max_frame = b,
+            _ => {
+                return Err(ctx.at_value(
+                    size.span(),
+                    format!("max_frame must be between 1KiB and 1GiB, found {bytes} bytes"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn check_path(ctx: &Ctx<'_>, p: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+    if p.get_ref().is_empty() {
+        return Err(ctx.at_value(p.span(), format!("{key}: the path is empty")));
+    }
+    if p.get_ref().contains('\0') {
+        return Err(ctx.at_value(
+            p.span(),
+            format!("{key}: the path contains a NUL character"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_positive(ctx: &Ctx<'_>, d: &Option<Spanned<Dur>>, key: &str) -> Result<(), ConfigError> {
+    match d {
+        Some(d) if d.get_ref().0.is_zero() => {
+            Err(ctx.at_value(d.span(), format!("{key} must be greater than 0")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_nonzero_limit<T>(
+    ctx: &Ctx<'_>,
+    v: &Option<Spanned<Limit<T>>>,
+    key: &str,
+    is_zero: impl Fn(&T) -> bool,
+) -> Result<(), ConfigError> {
+    match v {
+        Some(v) if v.get_ref().0.as_ref().is_some_and(is_zero) => Err(ctx.at_value(
+            v.span(),
+            format!("{key} must be greater than 0 (write \"unlimited\" for no limit)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The checks a layer passes on its own, whatever it is merged with.
+fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
+    if let Some(command) = &s.command {
+        let Some(program) = command.get_ref().first() else {
+            return Err(ctx.at_value(command.span(), "command is empty"));
+        };
+        if program.get_ref().is_empty() {
+            return Err(ctx.at_value(program.span(), "the program name is empty"));
+        }
+        for arg in command.get_ref() {
+            if arg.get_ref().contains('\0') {
+                return Err(ctx.at_value(arg.span(), "command contains a NUL character"));
+            }
+        }
+    }
+    for (key, value) in s.env.iter().flatten() {
+        if let Some(problem) = env_name_problem(key.get_ref()) {
+            return Err(ctx.at(
+                key.span().start,
+                format!("environment variable name {:?} {problem}", key.get_ref()),
+            ));
+        }
+        if value.get_ref().contains('\0') {
+            return Err(ctx.at_value(
+                value.span(),
+                format!(
+                    "environment variable {} contains a NUL character",
+                    key.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(cwd) = &s.cwd {
+        check_path(ctx, cwd, "cwd")?;
+    }
+    for p in s.readonly_paths.iter().flatten() {
+        check_path(ctx, p, "readonly_paths")?;
+    }
+    for p in s.writable_paths.iter().flatten() {
+        check_path(ctx, p, "writable_paths")?;
+    }
+    check_nonzero_limit(ctx, &s.memory, "memory", |Size(b)| *b == 0)?;
+    check_nonzero_limit(ctx, &s.cpu_time, "cpu_time", |Dur(d)| d.is_zero())?;
+    check_nonzero_limit(ctx, &s.pids, "pids", |Count(n)| *n == 0)?;
+    check_nonzero_limit(ctx, &s.open_files, "open_files", |Count(n)| *n == 0)?;
+    if let Some(q) = &s.cpu_quota {
+        if let Some(Real(x)) = q.get_ref().0 {
+            if !(x > 0.0 && x.is_finite()) {
+                return Err(ctx.at_value(
+                    q.span(),
+                    format!(
+                        "cpu_quota must be a fraction of one core greater than 0 \
+                         (write \"unlimited\" for no limit), found {x}"
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(namespaces) = &s.namespaces {
+        for (i, ns) in namespaces.iter().enumerate() {
+            if namespaces[..i].iter().any(|n| n.get_ref() == ns.get_ref()) {
+                return Err(ctx.at_value(
+                    ns.span(),
+                    format!("namespace \"{}\" is listed twice", ns.get_ref().as_str()),
+                ));
+            }
+        }
+    }
+    for (key, v) in [("user", &s.user), ("group", &s.group)] {
+        if let Some(v) = v {
+            if v.get_ref().is_empty() || v.get_ref().contains('\0') {
+                return Err(ctx.at_value(
+                    v.span(),
+                    format!("{key} must be a non-empty name or number without NUL"),
+                ));
+            }
+        }
+    }
+    for name in s.env_pass.iter().flatten() {
+        if let Some(problem) = env_name_problem(name.get_ref()) {
+            return Err(ctx.at_value(
+                name.span(),
+                format!("env_pass: variable name {:?} {problem}", name.get_ref()),
+            ));
+        }
+    }
+    for (key, d) in [
+        ("heartbeat_interval", &s.heartbeat_interval),
+        ("heartbeat_timeout", &s.heartbeat_timeout),
+        ("stall_timeout", &s.stall_timeout),
+        ("startup_timeout", &s.startup_timeout),
+        ("wall_time", &s.wall_time),
+        ("sample_interval", &s.sample_interval),
+    ] {
+        check_positive(ctx, d, key)?;
+    }
+    for code in s.no_retry_exit_codes.iter().flatten() {
+        if !(0..=255).contains(code.get_ref()) {
+            return Err(ctx.at_value(
+                code.span(),
+                format!(
+                    "no_retry_exit_codes: an exit code is between 0 and 255, found {}",
+                    code.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(b) = &s.backoff {
+        if let Some(f) = &b.factor {
+            let Real(x) = *f.get_ref();
+            if !(x >= 1.0 && x.is_finite()) {
+                return Err(ctx.at_value(
+                    f.span(),
+                    format!("backoff.factor must be at least 1.0, found {x}"),
+                ));
+            }
+        }
+        if let Some(j) = &b.jitter {
+            let Real(x) = *j.get_ref();
+            if !(0.0..=1.0).contains(&x) {
+                return Err(ctx.at_value(
+                    j.span(),
+                    format!("backoff.jitter must be between 0.0 and 1.0, found {x}"),
+                ));
+            }
+        }
+    }
+    if let Some(i) = &s.intensity {
+        check_positive(ctx, &i.period, "intensity.period")?;
+    }
+    if let Some(f) = s.breaker.as_ref().and_then(|b| b.failures.as_ref()) {
+        if *f.get_ref() == 0 {
+            return Err(ctx.at_value(f.span(), "breaker.failures must be at least 1"));
+        }
+    }
+    if let Some(q) = &s.quarantine_after {
+        if *q.get_ref() == 0 {
+            return Err(ctx.at_value(q.span(), "quarantine_after must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+/// Builds one agent: built-ins, then `[defaults]`, then its own table; then the checks that
+/// involve more than one key.
+fn agent(
+    ctx: &Ctx<'_>,
+    name: &str,
+    command: &Spanned<Vec<Spanned<String>>>,
+    defaults: &Settings,
+    own: &Settings,
+) -> Result<AgentSpec, ConfigError> {
+    let mut args: Vec<String> = command
+        .get_ref()
+        .iter()
+        .map(|a| a.get_ref().clone())
+        .collect();
+    if let Some(program) = args.first_mut() {
+        if program.contains('/') {
+            let resolved = ctx.resolve_path(program);
+            *program = resolved.into_os_string().into_string().map_err(|_| {
+                ctx.at_value(
+                    command.span(),
+                    "the program's path is not valid UTF-8 once resolved against the \
+                     config directory",
+                )
+            })?;
+        }
+    }
+    let mut spec = AgentSpec::builtin(name, args);
+    apply(ctx, &mut spec, defaults);
+    apply(ctx, &mut spec, own);
+    if spec.network {
+        spec.namespaces.retain(|n| *n != Namespace::Net);
+    }
+
+    // The most specific key involved is the one that makes the pair wrong.
+    let dur_span = |d: &Option<Spanned<Dur>>| d.as_ref().map(Spanned::span);
+    if spec.heartbeat_timeout <= spec.heartbeat_interval {
+        let culprit = [
+            dur_span(&own.heartbeat_timeout),
+            dur_span(&own.heartbeat_interval),
+            dur_span(&defaults.heartbeat_timeout),
+            dur_span(&defaults.heartbeat_interval),
+        ];
+        let message = format!(
+            "agent `{name}`: heartbeat_timeout ({}) must be greater than heartbeat_interval ({})",
+            show(spec.heartbeat_timeout),
+            show(spec.heartbeat_interval),
+        );
+        return Err(blame(ctx, &culprit, message));
+    }
+    if spec.backoff.max < spec.backoff.initial {
+        let initial = |s: &Settings| s.backoff.as_ref().and_then(|b| dur_span(&b.initial));
+        let max = |s: &Settings| s.backoff.as_ref().and_then(|b| dur_span(&b.max));
+        let culprit = [max(own), initial(own), max(defaults), initial(defaults)];
+        let message = format!(
+            "agent `{name}`: backoff.max ({}) must not be less than backoff.initial ({})",
+            show(spec.backoff.max),
+            show(spec.backoff.initial),
+        );
+        return Err(blame(ctx, &culprit, message));
+    }
+    Ok(spec)
+}
+
+/// The error at the first key that was set, in order of preference.
+fn blame(ctx: &Ctx<'_>, culprits: &[Option<Range<usize>>], message: String) -> ConfigError {
+    match culprits.iter().find_map(Clone::clone) {
+        Some(span) => ctx.at_key(span, message),
+        None => ConfigError::Invalid {
+            path: ctx.path.to_path_buf(),
+            location: None,
+            message,
+        },
+    }
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Overlays one layer on `spec`, key by key.
+fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
+    fn set<T: Clone>(target: &mut T, v: &Option<T>) {
+        if let Some(v) = v {
+            *target = v.clone();
+        }
+    }
+    fn strings(v: &[Spanned<String>]) -> impl Iterator<Item = &String> {
+        v.iter().map(Spanned::get_ref)
+    }
+    let dur = |v: &Option<Spanned<Dur>>| v.as_ref().map(|d| d.get_ref().0);
+    let plain_dur = |v: &Option<Dur>| v.map(|d| d.0);
+
+    for (k, v) in s.env.iter().flatten() {
+        spec.env.insert(k.get_ref().clone(), v.get_ref().clone());
+    }
+    if let Some(cwd) = &s.cwd {
+        spec.cwd = Some(ctx.resolve_path(cwd.get_ref()));
+    }
+    if let Some(v) = &s.memory {
+        spec.memory = v.get_ref().0.map(|Size(b)| b);
+    }
+    if let Some(v) = &s.cpu_time {
+        spec.cpu_time = v.get_ref().0.map(|Dur(d)| d);
+    }
+    if let Some(v) = &s.cpu_quota {
+        spec.cpu_quota = v.get_ref().0.map(|Real(x)| x);
+    }
+    if let Some(v) = &s.pids {
+        spec.pids = v.get_ref().0.map(|Count(n)| n);
+    }
+    if let Some(v) = &s.open_files {
+        spec.open_files = v.get_ref().0.map(|Count(n)| n);
+    }
+    if let Some(v) = &s.file_size {
+        spec.file_size = v.0.map(|Size(b)| b);
+    }
+    set(&mut spec.network, &s.network);
+    if let Some(v) = &s.namespaces {
+        spec.namespaces = v.iter().map(|n| *n.get_ref()).collect();
+    }
+    if let Some(v) = &s.user {
+        spec.user = Some(v.get_ref().clone());
+    }
+    if let Some(v) = &s.group {
+        spec.group = Some(v.get_ref().clone());
+    }
+    if let Some(v) = &s.readonly_paths {
+        spec.readonly_paths = strings(v).map(|p| ctx.resolve_path(p)).collect();
+    }
+    if let Some(v) = &s.writable_paths {
+        spec.writable_paths = strings(v).map(|p| ctx.resolve_path(p)).collect();
+    }
+    if let Some(v) = &s.env_pass {
+        spec.env_pass = strings(v).cloned().collect();
+    }
+    set(&mut spec.keep_workspace, &s.keep_workspace);
+    set(&mut spec.strict, &s.strict);
+
+    set(&mut spec.heartbeat_interval, &dur(&s.heartbeat_interval));
+    set(&mut spec.heartbeat_timeout, &dur(&s.heartbeat_timeout));
+    set(&mut spec.stall_timeout, &dur(&s.stall_timeout));
+    set(&mut spec.startup_timeout, &dur(&s.startup_timeout));
+    set(&mut spec.wall_time, &dur(&s.wall_time));
+    set(&mut spec.kill_grace, &plain_dur(&s.kill_grace));
+    set(&mut spec.sample_interval, &dur(&s.sample_interval));
+    set(&mut spec.log_limit, &s.log_limit.map(|Size(b)| b));
+    if let Some(r) = s.restart {
+        spec.restart = match r {
+            Restart::Never => RestartPolicy::Never,
+            Restart::OnFailure => RestartPolicy::OnFailure,
+            Restart::Always => RestartPolicy::Always,
+        };
+    }
+    set(&mut spec.max_retries, &s.max_retries);
+    if let Some(v) = &s.no_retry_exit_codes {
+        spec.no_retry_exit_codes = v.iter().map(|c| *c.get_ref()).collect();
+    }
+    if let Some(b) = &s.backoff {
+        set(&mut spec.backoff.initial, &dur(&b.initial));
+        set(&mut spec.backoff.max, &dur(&b.max));
+        set(
+            &mut spec.backoff.factor,
+            &b.factor.as_ref().map(|f| f.get_ref().0),
+        );
+        set(
+            &mut spec.backoff.jitter,
+            &b.jitter.as_ref().map(|j| j.get_ref().0),
+        );
+        set(&mut spec.backoff.reset_after, &plain_dur(&b.reset_after));
+    }
+    if let Some(i) = &s.intensity {
+        set(&mut spec.intensity.max, &i.max);
+        set(&mut spec.intensity.period, &dur(&i.period));
+        set(
+            &mut spec.intensity.fatal_cooldown,
+            &plain_dur(&i.fatal_cooldown),
+        );
+    }
+    if let Some(b) = &s.breaker {
+        set(
+            &mut spec.breaker.failures,
+            &b.failures.as_ref().map(|f| *f.get_ref()),
+        );
+        set(&mut spec.breaker.open_for, &plain_dur(&b.open_for));
+    }
+    set(
+        &mut spec.quarantine_after,
+        &s.quarantine_after.as_ref().map(|q| *q.get_ref()),
+    );
+}

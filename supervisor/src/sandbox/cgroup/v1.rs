@@ -1,0 +1,304 @@
+//! cgroup v1: one hierarchy per controller, each mounted on its own (usually
+//! `/sys/fs/cgroup/<controller>`).
+//!
+//! For each controller used (memory, pids and cpu for limits; cpuacct and freezer for the CPU
+//! counter and for freezing before a kill) the supervisor's own directory is the mount point
+//! (from `/proc/self/mountinfo`, matched on the controller in the super options) joined with
+//! its own path in that hierarchy (from `/proc/self/cgroup`). An attempt gets
+//! `<own>/corral/<leaf>` in every such hierarchy; co-mounted controllers (`cpu,cpuacct`) share
+//! one directory.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{
+    cpu_quota_us, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_leaf, read_file,
+    read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file, CgroupError,
+    CgroupLimits, CgroupMount, Enforcement, OwnCgroup, Stats, CORRAL_DIR, CPU_PERIOD_US,
+};
+
+/// How long a freeze may take before killing anyway (the kill then lands at thaw).
+const FREEZE_DEADLINE: Duration = Duration::from_millis(100);
+
+/// The v1 hierarchies the supervisor can use.
+#[derive(Debug, Clone)]
+pub(super) struct V1 {
+    /// The supervisor's own directory in each hierarchy used, without duplicates.
+    bases: Vec<PathBuf>,
+    /// Index into `bases` per controller, when usable.
+    memory: Option<usize>,
+    pids: Option<usize>,
+    cpu: Option<usize>,
+    cpuacct: Option<usize>,
+    freezer: Option<usize>,
+    /// `memory.memsw.limit_in_bytes` exists (swap accounting is on).
+    memsw: bool,
+    /// `cpu.cfs_quota_us` exists (the kernel has CFS bandwidth control).
+    cfs: bool,
+}
+
+/// Where the supervisor's own cgroup for `controller` is, if it is usable.
+fn locate(controller: &str, mounts: &[CgroupMount], own: &[OwnCgroup]) -> Result<PathBuf, String> {
+    let line = own
+        .iter()
+        .find(|o| o.hierarchy != 0 && o.controllers.iter().any(|c| c == controller))
+        .ok_or_else(|| format!("no v1 {controller} hierarchy in /proc/self/cgroup"))?;
+    let candidates: Vec<&CgroupMount> = mounts
+        .iter()
+        .filter(|m| !m.v2 && m.options.iter().any(|o| o == controller))
+        .collect();
+    if candidates.is_empty() {
+        return Err(format!("the v1 {controller} hierarchy is not mounted"));
+    }
+    let dir = candidates
+        .iter()
+        .find_map(|m| m.dir_of(&line.path))
+        .ok_or_else(|| {
+            format!(
+                "own {controller} cgroup {} is outside the mounted part ({})",
+                line.path,
+                candidates[0].mount_point.display()
+            )
+        })?;
+    if !dir.is_dir() {
+        return Err(format!("{} does not exist", dir.display()));
+    }
+    writable(&dir)?;
+    Ok(dir)
+}
+
+/// Find the hierarchies. `Err` when there is no v1 hierarchy at all; otherwise each limit says
+/// how it is enforced or why not.
+pub(super) fn probe(
+    mounts: &[CgroupMount],
+    own: &[OwnCgroup],
+) -> Result<(V1, Enforcement), String> {
+    if !mounts.iter().any(|m| !m.v2) {
+        return Err("no cgroup v1 hierarchy mounted".to_string());
+    }
+    let mut bases: Vec<PathBuf> = Vec::new();
+    let mut index = |dir: PathBuf| match bases.iter().position(|b| *b == dir) {
+        Some(i) => i,
+        None => {
+            bases.push(dir);
+            bases.len() - 1
+        }
+    };
+    let memory = locate("memory", mounts, own)
+        .and_then(|dir| {
+            if dir.join("memory.limit_in_bytes").exists() {
+                Ok(dir)
+            } else {
+                Err(format!("no memory.limit_in_bytes in {}", dir.display()))
+            }
+        })
+        .map(&mut index);
+    let pids = locate("pids", mounts, own).map(&mut index);
+    let cpu = locate("cpu", mounts, own).map(&mut index);
+    let cpuacct = locate("cpuacct", mounts, own).map(&mut index).ok();
+    let freezer = locate("freezer", mounts, own).map(&mut index).ok();
+
+    let memsw = memory
+        .as_ref()
+        .is_ok_and(|&i| bases[i].join("memory.memsw.limit_in_bytes").exists());
+    let cfs = cpu
+        .as_ref()
+        .is_ok_and(|&i| bases[i].join("cpu.cfs_quota_us").exists());
+    let at = |i: usize| bases[i].join(CORRAL_DIR).display().to_string();
+    let enforcement: Enforcement = [
+        memory.as_ref().map_err(Clone::clone).map(|&i| {
+            let swap = if memsw {
+                " + memory.memsw.limit_in_bytes (no swap)"
+            } else {
+                " (no swap accounting: memory.memsw.* missing)"
+            };
+            format!("cgroup v1 memory.limit_in_bytes{swap} under {}", at(i))
+        }),
+        pids.as_ref()
+            .map_err(Clone::clone)
+            .map(|&i| format!("cgroup v1 pids.max under {}", at(i))),
+        cpu.as_ref().map_err(Clone::clone).and_then(|&i| {
+            if cfs {
+                Ok(format!(
+                    "cgroup v1 cpu.cfs_quota_us per cpu.cfs_period_us {CPU_PERIOD_US} under {}",
+                    at(i)
+                ))
+            } else {
+                Err(format!(
+                    "the kernel has no CFS bandwidth control (no cpu.cfs_quota_us in {})",
+                    bases[i].display()
+                ))
+            }
+        }),
+    ];
+    let v1 = V1 {
+        memory: memory.ok(),
+        pids: pids.ok(),
+        cpu: cpu.ok(),
+        cpuacct,
+        freezer,
+        memsw,
+        cfs,
+        bases,
+    };
+    Ok((v1, enforcement))
+}
+
+impl V1 {
+    /// The (not yet created) leaf `name` in every hierarchy.
+    pub(super) fn leaf(&self, name: &str) -> Leaf {
+        Leaf {
+            dirs: self
+                .bases
+                .iter()
+                .map(|b| b.join(CORRAL_DIR).join(name))
+                .collect(),
+            v1: self.clone(),
+        }
+    }
+
+    /// Create the leaf in every hierarchy and write the limits. On failure whatever was
+    /// created is removed again.
+    pub(super) fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Leaf, CgroupError> {
+        let leaf = self.leaf(name);
+        let made = self
+            .bases
+            .iter()
+            .try_for_each(|base| mkdir_leaf(&base.join(CORRAL_DIR), name).map(drop))
+            .and_then(|()| leaf.apply(limits));
+        if let Err(e) = made {
+            if let Err(cleanup) = leaf.remove() {
+                tracing::warn!(error = %cleanup, "cgroup v1: cleaning up a failed create");
+            }
+            return Err(e);
+        }
+        Ok(leaf)
+    }
+
+    /// Names of all leaves (ours and other supervisors') in the shared directories.
+    pub(super) fn leaf_names(&self) -> Result<BTreeSet<String>, CgroupError> {
+        let mut names = BTreeSet::new();
+        for base in &self.bases {
+            leaf_names_in(&base.join(CORRAL_DIR), &mut names)?;
+        }
+        Ok(names)
+    }
+}
+
+/// One attempt's directories, one per hierarchy (same order as `V1::bases`).
+#[derive(Debug)]
+pub(super) struct Leaf {
+    v1: V1,
+    dirs: Vec<PathBuf>,
+}
+
+impl Leaf {
+    fn dir(&self, controller: Option<usize>) -> Option<&Path> {
+        controller.map(|i| self.dirs[i].as_path())
+    }
+
+    fn all(&self) -> Vec<&Path> {
+        self.dirs.iter().map(PathBuf::as_path).collect()
+    }
+
+    fn apply(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        if let (Some(dir), Some(bytes)) = (self.dir(self.v1.memory), limits.memory) {
+            let bytes = bytes.to_string();
+            write_file(&dir.join("memory.limit_in_bytes"), &bytes)?;
+            // After limit_in_bytes: memsw must never be below it. Equal means "no swap", so
+            // an overrun is an OOM kill rather than a slow swap-out.
+            if self.v1.memsw {
+                write_file(&dir.join("memory.memsw.limit_in_bytes"), &bytes)?;
+            }
+        }
+        if let (Some(dir), Some(max)) = (self.dir(self.v1.pids), limits.pids) {
+            write_file(&dir.join("pids.max"), &max.to_string())?;
+        }
+        if let (Some(dir), Some(fraction), true) =
+            (self.dir(self.v1.cpu), limits.cpu_quota, self.v1.cfs)
+        {
+            write_file(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write_file(
+                &dir.join("cpu.cfs_quota_us"),
+                &cpu_quota_us(fraction).to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.clone()
+    }
+
+    /// Members across all hierarchies (a process half-attached is still found).
+    pub(super) fn members(&self) -> Result<BTreeSet<u32>, CgroupError> {
+        members(&self.all())
+    }
+
+    /// Freeze (when the freezer is mounted, so nothing forks between reading and killing),
+    /// SIGKILL every member, thaw (frozen tasks die only once thawed), then kill stragglers and
+    /// wait until empty.
+    pub(super) fn kill_all(&self) -> Result<usize, CgroupError> {
+        let all = self.all();
+        if members(&all)?.is_empty() {
+            return Ok(0);
+        }
+        let mut killed = BTreeSet::new();
+        if let Some(freezer) = self.dir(self.v1.freezer).filter(|d| d.is_dir()) {
+            let state = freezer.join("freezer.state");
+            write_file(&state, "FROZEN")?;
+            let started = Instant::now();
+            while started.elapsed() < FREEZE_DEADLINE {
+                match read_file(&state) {
+                    Ok(s) if s.trim() == "FROZEN" => break,
+                    Ok(_) => thread::sleep(Duration::from_micros(500)),
+                    Err(_) => break,
+                }
+            }
+            let pass = kill_pass(&all);
+            let thawed = write_file(&state, "THAWED");
+            killed = pass?;
+            thawed?;
+        }
+        kill_until_empty(&all, &mut killed)?;
+        Ok(killed.len())
+    }
+
+    pub(super) fn stats(&self) -> Stats {
+        let memory = self.dir(self.v1.memory);
+        Stats {
+            oom_kills: memory
+                .and_then(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill"))
+                .unwrap_or(0),
+            pids_limit_hits: self
+                .dir(self.v1.pids)
+                .and_then(|d| read_keyed(&d.join("pids.events"), "max"))
+                .unwrap_or(0),
+            memory_peak_bytes: memory
+                .and_then(|d| read_number(&d.join("memory.max_usage_in_bytes"))),
+            cpu_usage_us: self
+                .dir(self.v1.cpuacct)
+                .and_then(|d| read_number(&d.join("cpuacct.usage")))
+                .map(|ns| ns / 1000),
+        }
+    }
+
+    /// `rmdir` the leaf in every hierarchy (all are tried; the first error is returned), then
+    /// the shared `corral` directories if they are now empty.
+    pub(super) fn remove(&self) -> Result<(), CgroupError> {
+        let mut first = None;
+        for dir in &self.dirs {
+            if let Err(e) = rmdir_tree(dir) {
+                first.get_or_insert(e);
+            }
+        }
+        for dir in &self.dirs {
+            if let Some(shared) = dir.parent() {
+                rmdir_shared_if_empty(shared);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,237 @@
+//! Processes after the spawn: waiting for exit through a pidfd, reaping with rusage, signalling
+//! a whole process group, and the subreaper that adopts whatever an agent double-forks.
+//!
+//! The supervisor is a child subreaper, so orphans of agents are reparented to it. Agent
+//! owners reap their own agent (with `wait4`, for status and rusage); the [`OrphanReaper`]
+//! reaps everything else without ever stealing an agent's exit status: it peeks with
+//! `WNOWAIT` and leaves registered pids to their owners.
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::io::unix::AsyncFd;
+
+/// How a process ended, and what it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reaped {
+    /// Exit code when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// Whether a core was dumped.
+    pub core_dumped: bool,
+    /// User CPU, including reaped descendants.
+    pub cpu_user_ms: u64,
+    /// System CPU, including reaped descendants.
+    pub cpu_sys_ms: u64,
+    /// Peak RSS in KiB.
+    pub max_rss_kb: u64,
+}
+
+/// Process-level errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Registering the pidfd with the runtime failed.
+    #[error("watch pidfd of pid {pid}: {source}")]
+    Watch {
+        /// The process.
+        pid: i32,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Reap `pid` if it has exited. `None` while it still runs.
+pub fn try_reap(pid: i32) -> Option<Reaped> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+    if r != pid {
+        return None;
+    }
+    let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
+    let mut out = Reaped {
+        cpu_user_ms: ms(ru.ru_utime),
+        cpu_sys_ms: ms(ru.ru_stime),
+        max_rss_kb: ru.ru_maxrss.max(0) as u64,
+        ..Default::default()
+    };
+    if libc::WIFEXITED(status) {
+        out.exit_code = Some(libc::WEXITSTATUS(status));
+    } else if libc::WIFSIGNALED(status) {
+        out.signal = Some(libc::WTERMSIG(status));
+        out.core_dumped = libc::WCOREDUMP(status);
+    }
+    OrphanReaper::poke();
+    Some(out)
+}
+
+/// A pidfd registered with the runtime: readable once the process has exited.
+pub struct PidFd {
+    fd: AsyncFd<OwnedFd>,
+    pid: i32,
+}
+
+impl PidFd {
+    /// Watch `pidfd` of `pid`.
+    pub fn new(pid: i32, pidfd: OwnedFd) -> Result<PidFd, ProcessError> {
+        // SAFETY: an OwnedFd is a valid open fd that stays open, and refers to the same pidfd,
+        // for as long as the AsyncFd owns it; its as_raw_fd always returns that fd.
+        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProcessError::Watch {
+                pid,
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        Ok(PidFd { fd, pid })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Wait until the process has exited (it is then a zombie until reaped).
+    pub async fn exited(&self) {
+        // A pidfd stays readable once the process has exited: no need to clear readiness.
+        let _ = self.fd.readable().await;
+    }
+
+    /// Send a signal to the process itself, race-free (cannot hit a reused pid).
+    pub fn signal(&self, sig: i32) -> bool {
+        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.get_ref().as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0
+        }
+    }
+}
+
+/// Send `sig` to every process of process group `pgid`. Returns whether any existed.
+pub fn kill_group(pgid: i32, sig: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: kill with a negative pid signals the group; pgid > 1 excludes "all processes".
+    unsafe { libc::kill(-pgid, sig) == 0 }
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    pid > 0 && unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Make this process a child subreaper: orphans of its descendants are reparented to it
+/// instead of init, so they stay ours to reap and kill.
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with constant arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps adopted orphans (see the module docs).
+pub struct OrphanReaper {
+    owned: Mutex<HashSet<i32>>,
+    notify: tokio::sync::Notify,
+}
+
+impl OrphanReaper {
+    fn global() -> &'static Arc<OrphanReaper> {
+        static R: OnceLock<Arc<OrphanReaper>> = OnceLock::new();
+        R.get_or_init(|| {
+            Arc::new(OrphanReaper {
+                owned: Mutex::new(HashSet::new()),
+                notify: tokio::sync::Notify::new(),
+            })
+        })
+    }
+
+    /// Mark `pid` as reaped by its owner, not by the orphan reaper.
+    pub fn register(pid: i32) {
+        if let Ok(mut s) = Self::global().owned.lock() {
+            s.insert(pid);
+        }
+    }
+
+    /// The owner has reaped `pid`.
+    pub fn unregister(pid: i32) {
+        if let Ok(mut s) = Self::global().owned.lock() {
+            s.remove(&pid);
+        }
+    }
+
+    /// Ask the reaper to look again.
+    pub fn poke() {
+        if let Some(r) = OrphanReaper::global_if_started() {
+            r.notify.notify_one();
+        }
+    }
+
+    fn global_if_started() -> Option<&'static Arc<OrphanReaper>> {
+        Some(Self::global())
+    }
+
+    /// Reap every exited process that no owner registered. Returns how many.
+    pub fn reap_now() -> usize {
+        let me = Self::global();
+        let mut n = 0;
+        loop {
+            // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: si_pid is valid for SIGCHLD-type siginfo filled by waitid.
+            let pid = unsafe { info.si_pid() };
+            if r != 0 || pid == 0 {
+                return n;
+            }
+            let owned = me.owned.lock().map(|s| s.contains(&pid)).unwrap_or(true);
+            if owned {
+                // Its owner reaps it and pokes us afterwards.
+                return n;
+            }
+            let mut status = 0;
+            // SAFETY: reaping a specific exited child that no owner claims.
+            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            n += 1;
+        }
+    }
+
+    /// Run the reaper on the current runtime: on every SIGCHLD and every poke.
+    pub fn start() -> std::io::Result<()> {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        if STARTED.get().is_some() {
+            return Ok(());
+        }
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let _ = STARTED.set(());
+        let me = Self::global().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = sigchld.recv() => {}
+                    _ = me.notify.notified() => {}
+                }
+                Self::reap_now();
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,504 @@
+//! The spawn path: a vfork-style `clone(CLONE_VM | CLONE_VFORK)` that runs a few raw system
+//! calls in the child and then `execve`s the agent.
+//!
+//! Why not `std::process::Command`: its `pre_exec` forces a full `fork()`, whose cost grows with
+//! the supervisor's memory (tens of milliseconds for a 1 GiB parent). A `CLONE_VM` child shares
+//! the parent's memory until `execve`, so spawning costs the same whatever the supervisor's size.
+//!
+//! The price is discipline: between `clone` and `execve` the child runs on a private stack in the
+//! parent's address space, so it may only make async-signal-safe system calls over data prepared
+//! beforehand. It allocates nothing, takes no locks and touches no Rust runtime state. Every
+//! string, array and number it needs lives in a [`Prepared`] built in the parent. Errors travel
+//! back through the same shared memory (the stage and the errno), which the parent reads once
+//! `clone` returns (with `CLONE_VFORK` that is after the child's `execve` or `_exit`).
+//!
+//! Spawning happens on a dedicated thread that lives as long as the process
+//! ([`Spawner`]): `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits, so
+//! it must not be a pool thread that may retire; and the async runtime is never blocked.
+//!
+//! What the child does, in order: reset signal dispositions and unblock signals; `setsid`;
+//! attach itself to its cgroups (writes `0` to each `cgroup.procs` fd); rlimits; `chdir`;
+//! arrange fds 0–4; drop group/user; `PR_SET_PDEATHSIG` (after the uid change, which clears it)
+//! and the `getppid` check; `no_new_privs`; landlock; close every other fd; `execve`.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+
+/// Spawning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A string contained a NUL byte.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which string.
+        what: &'static str,
+    },
+    /// The program could not be found.
+    #[error("program `{0}` not found in PATH")]
+    NotFound(String),
+    /// A system call in the parent failed.
+    #[error("{op}: {source}")]
+    Parent {
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A step in the child failed before exec.
+    #[error("in the child, {stage} failed: {source}")]
+    Child {
+        /// The failing step.
+        stage: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The spawner thread is gone.
+    #[error("the spawner thread is not running")]
+    SpawnerGone,
+}
+
+/// One resource limit: `(resource, soft, hard)`.
+pub type Rlimit = (libc::__rlimit_resource_t, u64, u64);
+
+/// Everything about how to start one process. Build it, then hand it to [`Spawner::spawn`].
+#[derive(Debug, Default)]
+pub struct SpawnSpec {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+    fds: Vec<(OwnedFd, RawFd)>,
+    rlimits: Vec<Rlimit>,
+    cgroup_fds: Vec<OwnedFd>,
+    uid_gid: Option<(u32, u32)>,
+    no_new_privs: bool,
+    landlock: Option<OwnedFd>,
+    pdeathsig: bool,
+}
+
+impl SpawnSpec {
+    /// A process running `program` (looked up in PATH when it has no `/`).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        SpawnSpec {
+            program: program.into(),
+            no_new_privs: true,
+            pdeathsig: true,
+            ..Default::default()
+        }
+    }
+
+    /// Arguments after argv[0].
+    pub fn args(mut self, args: impl IntoIterator<Item = String>) -> Self {
+        self.args = args.into_iter().collect();
+        self
+    }
+
+    /// The complete environment (nothing is inherited).
+    pub fn env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Working directory.
+    pub fn cwd(mut self, cwd: Option<PathBuf>) -> Self {
+        self.cwd = cwd;
+        self
+    }
+
+    /// Make `fd` appear as `target` in the child (targets 0..=4 are supported).
+    pub fn fd(mut self, fd: OwnedFd, target: RawFd) -> Self {
+        self.fds.push((fd, target));
+        self
+    }
+
+    /// Add a resource limit.
+    pub fn rlimit(mut self, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Self {
+        self.rlimits.push((resource, soft, hard));
+        self
+    }
+
+    /// `cgroup.procs` fds the child writes itself into before exec.
+    pub fn cgroup_fds(mut self, fds: Vec<OwnedFd>) -> Self {
+        self.cgroup_fds = fds;
+        self
+    }
+
+    /// Drop to this uid/gid (root supervisors only).
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.uid_gid = Some((uid, gid));
+        self
+    }
+
+    /// A landlock ruleset fd to restrict the child with.
+    pub fn landlock(mut self, ruleset: Option<OwnedFd>) -> Self {
+        self.landlock = ruleset;
+        self
+    }
+
+    /// The program as given.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid (also its process group and session id).
+    pub pid: i32,
+    /// A pidfd for it: readable when it exits; signals sent through it cannot hit a reused pid.
+    pub pidfd: OwnedFd,
+}
+
+/// Steps of the child, for error reports. Index = stage number.
+const STAGES: &[&str] = &[
+    "none",
+    "sigaction",
+    "sigprocmask",
+    "setsid",
+    "cgroup attach",
+    "setrlimit",
+    "chdir",
+    "dup2",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "prctl(PR_SET_PDEATHSIG)",
+    "parent check",
+    "prctl(PR_SET_NO_NEW_PRIVS)",
+    "landlock_restrict_self",
+    "close_range",
+    "execve",
+];
+
+/// Everything the child reads, prepared in the parent. Raw pointers point into the owned
+/// vectors kept alongside, which outlive the child's use of them (the parent is suspended
+/// until `execve`/`_exit`).
+struct Prepared {
+    path: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    _strings: Vec<CString>,
+    cwd: Option<CString>,
+    fds: Vec<(RawFd, RawFd)>,
+    rlimits: Vec<Rlimit>,
+    cgroup_fds: Vec<RawFd>,
+    uid_gid: Option<(u32, u32)>,
+    no_new_privs: bool,
+    landlock: Option<RawFd>,
+    pdeathsig: bool,
+    parent_pid: libc::pid_t,
+    // Written by the child on failure.
+    err_stage: i32,
+    err_errno: i32,
+}
+
+fn cstr(s: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul { what })
+}
+
+/// Find `program` in `PATH` when it has no slash.
+pub fn resolve_program(program: &Path) -> Result<PathBuf, SpawnError> {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return Ok(program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&cand) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(SpawnError::NotFound(program.display().to_string()))
+}
+
+impl Prepared {
+    fn new(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
+        let path = cstr(resolve_program(&spec.program)?.as_os_str(), "program path")?;
+        let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 1);
+        strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
+        for a in &spec.args {
+            strings.push(cstr(OsStr::new(a), "an argument")?);
+        }
+        let argc = strings.len();
+        for (k, v) in &spec.env {
+            strings.push(cstr(OsStr::new(&format!("{k}={v}")), "an environment entry")?);
+        }
+        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let cwd = match &spec.cwd {
+            Some(c) => Some(cstr(c.as_os_str(), "working directory")?),
+            None => None,
+        };
+        Ok(Prepared {
+            path,
+            argv,
+            envp,
+            _strings: strings,
+            cwd,
+            fds: spec
+                .fds
+                .iter()
+                .map(|(fd, t)| (fd.as_raw_fd(), *t))
+                .collect(),
+            rlimits: spec.rlimits.clone(),
+            cgroup_fds: spec.cgroup_fds.iter().map(|f| f.as_raw_fd()).collect(),
+            uid_gid: spec.uid_gid,
+            no_new_privs: spec.no_new_privs,
+            landlock: spec.landlock.as_ref().map(|f| f.as_raw_fd()),
+            pdeathsig: spec.pdeathsig,
+            // SAFETY: getpid has no preconditions.
+            parent_pid: unsafe { libc::getpid() },
+            err_stage: 0,
+            err_errno: 0,
+        })
+    }
+}
+
+/// The highest fd number a spec may map to. Sources are moved above it first.
+const MAX_TARGET: RawFd = 4;
+
+/// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range.
+fn lift_low_fds(spec: &mut SpawnSpec) -> Result<(), SpawnError> {
+    for (fd, _) in spec.fds.iter_mut() {
+        if fd.as_raw_fd() <= MAX_TARGET {
+            // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we then own.
+            let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, MAX_TARGET + 1) };
+            if new < 0 {
+                return Err(SpawnError::Parent {
+                    op: "fcntl(F_DUPFD_CLOEXEC)",
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+            *fd = unsafe { OwnedFd::from_raw_fd(new) };
+        }
+    }
+    Ok(())
+}
+
+/// The child side. Runs in the parent's address space on its own stack: raw syscalls only.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Prepared` the parent passed to clone; the parent is suspended
+    // (CLONE_VFORK) until we exec or exit, so nothing else touches it meanwhile.
+    let p = unsafe { &mut *(arg as *mut Prepared) };
+    // SAFETY: every call below is an async-signal-safe libc wrapper over data prepared by the
+    // parent; no allocation, no locks.
+    unsafe {
+        let fail = |p: &mut Prepared, stage: i32| -> libc::c_int {
+            p.err_stage = stage;
+            p.err_errno = *libc::__errno_location();
+            libc::_exit(127)
+        };
+        // 1. Default dispositions, so no parent handler runs here or survives into the agent
+        //    (exec resets handled signals, but not ignored ones such as Rust's SIGPIPE).
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // EINVAL for the few reserved numbers is fine.
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return fail(p, 2);
+        }
+        // 2. Own session and process group: the group is what we kill.
+        if libc::setsid() < 0 {
+            return fail(p, 3);
+        }
+        // 3. Attach to cgroups before anything else can fork.
+        for &fd in &p.cgroup_fds {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return fail(p, 4);
+            }
+        }
+        // 4. rlimits.
+        for &(res, soft, hard) in &p.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(res, &lim) != 0 {
+                return fail(p, 5);
+            }
+        }
+        if let Some(cwd) = &p.cwd {
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return fail(p, 6);
+            }
+        }
+        // 5. fds: sources are all above MAX_TARGET (see lift_low_fds), so no dup2 clobbers
+        //    another source.
+        for &(src, target) in &p.fds {
+            if libc::dup2(src, target) < 0 {
+                return fail(p, 7);
+            }
+        }
+        // 6. Privileges.
+        if let Some((uid, gid)) = p.uid_gid {
+            if libc::setgroups(0, std::ptr::null()) != 0 {
+                return fail(p, 8);
+            }
+            if libc::setgid(gid) != 0 {
+                return fail(p, 9);
+            }
+            if libc::setuid(uid) != 0 {
+                return fail(p, 10);
+            }
+        }
+        // 7. Die with the supervisor. Set after the uid change (which clears it), then check
+        //    the parent did not die before it took effect.
+        if p.pdeathsig {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return fail(p, 11);
+            }
+            if libc::getppid() != p.parent_pid {
+                *libc::__errno_location() = libc::ESRCH;
+                return fail(p, 12);
+            }
+        }
+        if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return fail(p, 13);
+        }
+        if let Some(rs) = p.landlock {
+            if libc::syscall(libc::SYS_landlock_restrict_self, rs, 0) != 0 {
+                return fail(p, 14);
+            }
+        }
+        // 8. Nothing but 0..=4 crosses exec.
+        if libc::syscall(libc::SYS_close_range, (MAX_TARGET + 1) as libc::c_uint, libc::c_uint::MAX, 0) != 0 {
+            return fail(p, 15);
+        }
+        libc::execve(p.path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        fail(p, 16)
+    }
+}
+
+/// Size of the child's private stack. The child makes a handful of system calls.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Start a process now, on the calling thread. Prefer [`Spawner::spawn`]: the thread that
+/// calls this must outlive the child (PDEATHSIG is tied to it).
+pub fn spawn_blocking(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, SpawnError> {
+    lift_low_fds(&mut spec)?;
+    let mut prepared = Prepared::new(&spec)?;
+    if stack.len() < CHILD_STACK {
+        stack.resize(CHILD_STACK, 0);
+    }
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: blocking every signal around clone keeps parent handlers from running in the
+    // child before it resets them; the old mask is restored right after.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    // The stack grows down: pass its (16-byte aligned) top.
+    let top = {
+        let end = stack.as_mut_ptr() as usize + stack.len();
+        (end & !15) as *mut libc::c_void
+    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: `child_main` only performs raw system calls over `prepared`, which stays alive
+    // and untouched until clone returns (CLONE_VFORK suspends us until the child execs or
+    // exits). `top` is the top of a live, writable, aligned buffer of CHILD_STACK bytes.
+    // With CLONE_PIDFD the kernel stores the pidfd through the parent_tid pointer.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top,
+            flags,
+            (&mut prepared as *mut Prepared).cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_err = std::io::Error::last_os_error();
+    // SAFETY: restoring the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    if pid < 0 {
+        return Err(SpawnError::Parent {
+            op: "clone",
+            source: clone_err,
+        });
+    }
+    // SAFETY: the kernel installed a fresh pidfd for us (CLONE_PIDFD).
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // Volatile: the child wrote these through another path the compiler cannot see.
+    // SAFETY: plain reads of fields of a live local.
+    let (stage, errno) = unsafe {
+        (
+            std::ptr::read_volatile(&prepared.err_stage),
+            std::ptr::read_volatile(&prepared.err_errno),
+        )
+    };
+    drop(spec); // our copies of the child's fds close here
+    if stage != 0 {
+        let mut status = 0;
+        // SAFETY: reaping our own child, which has exited (it called _exit).
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(SpawnError::Child {
+            stage: STAGES.get(stage as usize).copied().unwrap_or("unknown"),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    Ok(Spawned { pid, pidfd })
+}
+
+type Job = (
+    SpawnSpec,
+    tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
+);
+
+/// A long-lived thread that spawns processes, so the async runtime never blocks on a spawn and
+/// PDEATHSIG is tied to a thread that never exits.
+pub struct Spawner {
+    tx: std::sync::Mutex<mpsc::Sender<Job>>,
+}
+
+impl Spawner {
+    /// The process-wide spawner (started on first use).
+    pub fn global() -> &'static Spawner {
+        static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+        SPAWNER.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let _ = std::thread::Builder::new()
+                .name("corral-spawner".into())
+                .spawn(move || {
+                    let mut stack = vec![0u8; CHILD_STACK];
+                    while let Ok((spec, reply)) = rx.recv() {
+                        let _ = reply.send(spawn_blocking(spec, &mut stack));
+                    }
+                });
+            Spawner {
+                tx: std::sync::Mutex::new(tx),
+            }
+        })
+    }
+
+    /// Spawn on the spawner thread and wait (asynchronously) for the result.
+    pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .map_err(|_| SpawnError::SpawnerGone)?
+            .send((spec, reply))
+            .map_err(|_| SpawnError::SpawnerGone)?;
+        rx.await.map_err(|_| SpawnError::SpawnerGone)?
+    }
+}
