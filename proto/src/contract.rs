@@ -174,7 +174,9 @@ impl Schema {
                     let p = format!("{path}.{}", f.name);
                     match m.get(&f.name) {
                         None | Some(Value::Null) if f.required => {
-                            if matches!(f.schema, Schema::Any | Schema::Null) && m.contains_key(&f.name) {
+                            if matches!(f.schema, Schema::Any | Schema::Null)
+                                && m.contains_key(&f.name)
+                            {
                                 continue;
                             }
                             return Err(SchemaError {
@@ -292,7 +294,10 @@ mod tests {
         assert_eq!(e.expected, "string");
         assert_eq!(e.found, "int");
         let v = Value::from_json(&serde_json::json!({"items":[{}]}));
-        assert_eq!(s.validate(&v, "input").unwrap_err().path, "input.items[0].name");
+        assert_eq!(
+            s.validate(&v, "input").unwrap_err().path,
+            "input.items[0].name"
+        );
         let v = Value::from_json(&serde_json::json!({"items":[], "x": 1}));
         assert_eq!(s.validate(&v, "input").unwrap_err().path, "input.x");
         let v = Value::from_json(&serde_json::json!({"items":[]}));

@@ -93,6 +93,14 @@ fn up_vectors() -> Vec<(&'static str, Up, &'static str)> {
             "210000000001046563686f05312e302e300901036d73670501000800010673656172636801",
         ),
         (
+            "Ready minimal",
+            Up::Ready(Ready {
+                protocol: 1,
+                contract: Contract::new("a", "1"),
+            }),
+            "0a00000000010161013100000000",
+        ),
+        (
             "Heartbeat",
             Up::Heartbeat(Heartbeat { progress: 5 }),
             "020000000105",
@@ -138,6 +146,18 @@ fn up_vectors() -> Vec<(&'static str, Up, &'static str)> {
             }),
             "1800000005010d696e76616c69645f696e707574066e6f206d736700",
         ),
+        (
+            "Failed protocol_mismatch",
+            Up::Failed(Failed {
+                task_id: 0,
+                error: AgentError::new(
+                    "protocol_mismatch",
+                    corral_proto::message::version_mismatch(2, 1),
+                    false,
+                ),
+            }),
+            "6600000005001170726f746f636f6c5f6d69736d617463685070726f746f636f6c2076657273696f6e206d69736d617463683a2073757065727669736f7220737065616b7320636f7272616c2070726f746f636f6c2076322c206167656e7420737065616b7320763100",
+        ),
     ]
 }
 
@@ -154,12 +174,20 @@ fn value_vectors() -> Vec<(&'static str, Value, &'static str)> {
         ("Int(300)", Value::Int(300), "02fb5802"),
         ("Int(-300)", Value::Int(-300), "02fb5702"),
         ("Int(70000)", Value::Int(70_000), "02fce0220200"),
-        ("Int(i64::MIN)", Value::Int(i64::MIN), "02fdffffffffffffffff"),
+        (
+            "Int(i64::MIN)",
+            Value::Int(i64::MIN),
+            "02fdffffffffffffffff",
+        ),
         ("Float(1.5)", Value::Float(1.5), "03000000000000f83f"),
         ("Float(-0.0)", Value::Float(-0.0), "030000000000000080"),
         ("String(\"hi\")", Value::from("hi"), "04026869"),
         ("String(\"é\")", Value::from("é"), "0402c3a9"),
-        ("Bytes", Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef]), "0504deadbeef"),
+        (
+            "Bytes",
+            Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef]),
+            "0504deadbeef",
+        ),
         (
             "List",
             Value::List(vec![Value::Int(1), Value::Null, Value::from("a")]),
@@ -186,7 +214,11 @@ fn down_frames_match_their_golden_bytes() {
         assert_eq!(hex(&bytes), golden, "encoding of {name}");
         let raw = unhex(&golden);
         let mut r = FrameReader::new(&raw[..]);
-        assert_eq!(r.read_frame::<Down>().unwrap(), Some(msg), "decoding {name}");
+        assert_eq!(
+            r.read_frame::<Down>().unwrap(),
+            Some(msg),
+            "decoding {name}"
+        );
         assert_eq!(r.read_frame::<Down>().unwrap(), None);
     }
 }
@@ -341,8 +373,8 @@ fn map_keys_are_written_sorted_and_read_in_any_order() {
     let back: Value = decode_payload(&unhex("070201620100016100")).unwrap();
     assert_eq!(back, sorted);
     // A repeated key: the last one wins.
-    let back: Value = decode_payload(&unhex("07020161000161 0101".replace(' ', "").as_str()))
-        .unwrap();
+    let back: Value =
+        decode_payload(&unhex("07020161000161 0101".replace(' ', "").as_str())).unwrap();
     assert_eq!(back, Value::map([("a", Value::Bool(true))]));
 }
 

@@ -96,8 +96,15 @@ fn value_with(float: impl Strategy<Value = f64> + 'static) -> impl Strategy<Valu
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::Int),
-        prop_oneof![Just(0i64), Just(-1), Just(250), Just(251), Just(i64::MIN), Just(i64::MAX)]
-            .prop_map(Value::Int),
+        prop_oneof![
+            Just(0i64),
+            Just(-1),
+            Just(250),
+            Just(251),
+            Just(i64::MIN),
+            Just(i64::MAX)
+        ]
+        .prop_map(Value::Int),
         float.prop_map(Value::Float),
         text().prop_map(Value::String),
         vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
@@ -126,13 +133,12 @@ fn schema() -> impl Strategy<Value = Schema> {
         Just(Schema::Bytes),
     ];
     leaf.prop_recursive(4, 32, 4, |inner| {
-        let field = (text(), inner.clone(), any::<bool>()).prop_map(|(name, schema, required)| {
-            Field {
+        let field =
+            (text(), inner.clone(), any::<bool>()).prop_map(|(name, schema, required)| Field {
                 name,
                 schema,
                 required,
-            }
-        });
+            });
         prop_oneof![
             inner.clone().prop_map(|s| Schema::List(Box::new(s))),
             inner.clone().prop_map(|s| Schema::Map(Box::new(s))),
@@ -271,8 +277,11 @@ fn up() -> impl Strategy<Value = Up> {
             .prop_map(|(protocol, contract)| Up::Ready(Ready { protocol, contract })),
         u64_edges().prop_map(|progress| Up::Heartbeat(Heartbeat { progress })),
         (log_level(), text()).prop_map(|(level, message)| Up::Log(Log { level, message })),
-        (u64_edges(), text(), value())
-            .prop_map(|(call_id, tool, args)| Up::ToolCall(ToolCall { call_id, tool, args })),
+        (u64_edges(), text(), value()).prop_map(|(call_id, tool, args)| Up::ToolCall(ToolCall {
+            call_id,
+            tool,
+            args
+        })),
         (u64_edges(), value(), vec(value(), 0..3)).prop_map(|(task_id, output, memory)| {
             Up::Done(Done {
                 task_id,
@@ -308,9 +317,7 @@ fn same_bits(a: &Value, b: &Value) -> bool {
 /// Equality after JSON: any NaN equals any NaN (JSON keeps "nan", not the payload bits).
 fn same_json(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Float(x), Value::Float(y)) if x.is_nan() || y.is_nan() => {
-            x.is_nan() && y.is_nan()
-        }
+        (Value::Float(x), Value::Float(y)) if x.is_nan() || y.is_nan() => x.is_nan() && y.is_nan(),
         (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
         (Value::List(x), Value::List(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
@@ -438,8 +445,11 @@ fn noisy_frames(valid: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = 
             }
             out
         }),
-        (valid, vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)).prop_map(
-            |(mut bytes, edits)| {
+        (
+            valid,
+            vec((any::<prop::sample::Index>(), any::<u8>()), 1..4)
+        )
+            .prop_map(|(mut bytes, edits)| {
                 for (at, b) in edits {
                     let i = at.index(bytes.len());
                     // Leave the 4-byte header alone most of the time, so the payload is decoded.
@@ -448,8 +458,7 @@ fn noisy_frames(valid: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = 
                     }
                 }
                 bytes
-            }
-        ),
+            }),
         (vec(any::<u8>(), 1..64), any::<prop::sample::Index>()).prop_map(|(mut b, cut)| {
             b.truncate(cut.index(b.len()));
             b
@@ -726,7 +735,8 @@ fn lying_length<M: serde::de::DeserializeOwned + std::fmt::Debug>(
     bound: usize,
 ) {
     let bytes = framed(payload);
-    let (res, largest) = largest_alloc(|| FrameReader::with_max(&bytes[..], 1024).read_frame::<M>());
+    let (res, largest) =
+        largest_alloc(|| FrameReader::with_max(&bytes[..], 1024).read_frame::<M>());
     assert!(
         matches!(res, Err(FrameError::Decode(_))),
         "{what}: expected Decode, got {res:?}"
@@ -747,9 +757,15 @@ fn inner_length_of_2_pow_60_fails_without_allocating() {
         // Down::Hello { protocol: 1, agent_id: <2^60 bytes> .. }
         ("Hello.agent_id", cat(&[&[0x00, 0x01], &wide_len(n)])),
         // Down::Task { task_id: 1, input: Value::String(<2^60 bytes>) .. }
-        ("Task.input String", cat(&[&[0x01, 0x01, 0x04], &wide_len(n)])),
+        (
+            "Task.input String",
+            cat(&[&[0x01, 0x01, 0x04], &wide_len(n)]),
+        ),
         // Down::ToolResult { call_id: 1, result: Err(AgentError { kind: <2^60> .. }) }
-        ("ToolResult.error.kind", cat(&[&[0x02, 0x01, 0x01], &wide_len(n)])),
+        (
+            "ToolResult.error.kind",
+            cat(&[&[0x02, 0x01, 0x01], &wide_len(n)]),
+        ),
     ];
     for (what, p) in &strings {
         lying_length::<Down>(what, p, 1024);
@@ -768,7 +784,10 @@ fn inner_length_of_2_pow_60_fails_without_allocating() {
     // Sequences and maps go through serde, which pre-allocates at most 1 MiB whatever the
     // announcement, then run out of bytes.
     let seqs: Vec<(&str, Vec<u8>)> = vec![
-        ("Task.input Bytes", cat(&[&[0x01, 0x01, 0x05], &wide_len(n)])),
+        (
+            "Task.input Bytes",
+            cat(&[&[0x01, 0x01, 0x05], &wide_len(n)]),
+        ),
         ("Task.input List", cat(&[&[0x01, 0x01, 0x06], &wide_len(n)])),
         ("Task.input Map", cat(&[&[0x01, 0x01, 0x07], &wide_len(n)])),
         // Down::Task { task_id: 1, input: Null, memory: <2^60 values> }
@@ -807,7 +826,14 @@ fn large_string_lengths_in_a_small_frame_fail_without_allocating() {
 fn biggest_payload_per_limit_step_still_decodes() {
     // The decode limit steps up with the payload size; a payload just at each step boundary,
     // made of the most limit-hungry content (one-byte varints that decode to u64s), decodes.
-    for size in [1usize << 12, (1 << 12) + 1, 1 << 15, (1 << 15) + 1, 1 << 18, (1 << 18) + 1] {
+    for size in [
+        1usize << 12,
+        (1 << 12) + 1,
+        1 << 15,
+        (1 << 15) + 1,
+        1 << 18,
+        (1 << 18) + 1,
+    ] {
         // Value::List of Int(0): tag 06, varint count, then 02 00 per item.
         for count in (size / 2).saturating_sub(4)..=size / 2 {
             let v = Value::List(vec![Value::Int(0); count]);
@@ -973,7 +999,10 @@ fn lying_length_any<M: serde::de::DeserializeOwned + std::fmt::Debug>(what: &str
 fn json_reserved_forms() {
     use serde_json::json;
     assert_eq!(Value::Float(f64::NAN).to_json(), json!({"$float": "nan"}));
-    assert_eq!(Value::Float(f64::INFINITY).to_json(), json!({"$float": "inf"}));
+    assert_eq!(
+        Value::Float(f64::INFINITY).to_json(),
+        json!({"$float": "inf"})
+    );
     assert_eq!(
         Value::Float(f64::NEG_INFINITY).to_json(),
         json!({"$float": "-inf"})

@@ -433,13 +433,10 @@ pub async fn run_attempt(
 
     // Teardown: stop the process (whole group), reap it, account.
     let reaped = st.stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful).await;
-    if let Some(up) = &up {
+    if let (Some(up), None) = (&up, verdict.reason) {
         // Frames the agent wrote just before it exited are still in the pipe.
-        let late = st.drain_after_exit(up);
-        if verdict.reason.is_none() {
-            if let Some(v) = late {
-                verdict = v;
-            }
+        if let Some(v) = st.drain_after_exit(up) {
+            verdict = v;
         }
     }
     OrphanReaper::unregister(pid);

@@ -70,6 +70,7 @@ heartbeat_timeout = "1s"
 startup_timeout = "5s"
 kill_grace = "500ms"
 backoff = {{ initial = "50ms", max = "1s" }}
+breaker = {{ failures = 12, open_for = "10s" }}
 max_retries = 2
 
 [agents.echo]
@@ -100,11 +101,12 @@ fn load_config(path: Option<&Path>) -> Result<Config, config::ConfigError> {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: Option<u8>) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        None => "error",
+        Some(0) => "warn",
+        Some(1) => "info",
+        Some(_) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -127,7 +129,9 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.verbose);
+    // The demo prints its own table; its warnings would only repeat it.
+    let quiet_demo = matches!(cli.command, Command::Demo) && cli.verbose == 0;
+    init_tracing(if quiet_demo { None } else { Some(cli.verbose) });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -264,7 +268,7 @@ async fn demo() -> ExitCode {
         ("chaos", r#"{"do":"hang"}"#),
     ];
     println!(
-        "{:<6} {:<34} {:<9} {:<20} {:>5} {:>8}  detail",
+        "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  detail",
         "agent", "input", "result", "reasons", "tries", "ms"
     );
     for (agent, input) in cases {
@@ -286,7 +290,7 @@ async fn demo() -> ExitCode {
                     _ => String::new(),
                 };
                 println!(
-                    "{:<6} {:<34} {:<9} {:<20} {:>5} {:>8}  {}",
+                    "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  {}",
                     agent,
                     input,
                     if o.ok() { "ok" } else { "failed" },

@@ -1,1 +1,172 @@
-//! End-to-end test crate (tests live in tests/).
+//! Helpers for corral's end-to-end tests: build the real binaries once, write configs that
+//! point at them, run `corral` and parse its `--json` output.
+//!
+//! Tests here start real agent processes over real pipes; they assert on recorded facts (exit
+//! records, pids), never on how long something took.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Directory holding the `corral`, `echo` and `chaos` binaries (built on first use).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test-binary> → target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "corral", "-p", "corral-examples"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        dir
+    })
+}
+
+/// Path of one built binary.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Whether isolation capabilities are required (`CORRAL_REQUIRE_ISOLATION=1`): a skip is then
+/// a failure.
+pub fn require_isolation() -> bool {
+    std::env::var("CORRAL_REQUIRE_ISOLATION").is_ok_and(|v| v == "1")
+}
+
+/// Skip (print why) or, under `CORRAL_REQUIRE_ISOLATION=1`, fail.
+pub fn skip_or_fail(why: &str) {
+    if require_isolation() {
+        panic!("required isolation capability missing: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
+/// A temporary directory with a `corral.toml` whose `[agents]` point at the built examples.
+pub struct Fixture {
+    /// The directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+/// The standard agents (echo, chaos, shout) with fast test timings, plus `extra` TOML.
+pub fn fixture(extra: &str) -> Fixture {
+    fixture_with_defaults("", extra)
+}
+
+/// Like [`fixture`] with extra keys in `[defaults]`.
+pub fn fixture_with_defaults(defaults: &str, extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        r#"[supervisor]
+state_dir = "state"
+
+[defaults]
+heartbeat_interval = "100ms"
+heartbeat_timeout = "1s"
+startup_timeout = "5s"
+kill_grace = "300ms"
+backoff = {{ initial = "10ms", max = "100ms", jitter = 0.0 }}
+{defaults}
+
+[agents.echo]
+command = ["{echo}"]
+
+[agents.chaos]
+command = ["{chaos}"]
+
+[agents.shout]
+command = ["{shout}"]
+
+{extra}
+"#,
+        echo = bin("echo").display(),
+        chaos = bin("chaos").display(),
+        shout = bin("shout").display(),
+    );
+    let config = dir.path().join("corral.toml");
+    std::fs::write(&config, text).expect("write config");
+    Fixture { dir, config }
+}
+
+/// Run `corral` with arguments.
+pub fn corral(args: &[&str]) -> Output {
+    Command::new(bin("corral"))
+        .args(args)
+        .output()
+        .expect("run corral")
+}
+
+/// The result of `corral call --json`.
+pub struct Called {
+    /// Process exit code.
+    pub code: i32,
+    /// The parsed document.
+    pub doc: serde_json::Value,
+    /// stderr, for messages.
+    pub stderr: String,
+}
+
+impl Called {
+    /// The attempts.
+    pub fn attempts(&self) -> &Vec<serde_json::Value> {
+        self.doc["attempts"].as_array().expect("attempts array")
+    }
+
+    /// The last attempt.
+    pub fn last(&self) -> &serde_json::Value {
+        self.attempts().last().expect("at least one attempt")
+    }
+
+    /// Reasons of all attempts.
+    pub fn reasons(&self) -> Vec<String> {
+        self.attempts()
+            .iter()
+            .map(|a| a["reason"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+}
+
+/// `corral call AGENT --config F --input JSON --json`.
+pub fn call_json(fx: &Fixture, agent: &str, input: &str) -> Called {
+    let out = corral(&[
+        "call",
+        agent,
+        "--config",
+        fx.config.to_str().expect("utf-8 path"),
+        "--input",
+        input,
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    Called {
+        code: out.status.code().unwrap_or(-1),
+        doc,
+        stderr,
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // state is the field after the parenthesised command name
+            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}

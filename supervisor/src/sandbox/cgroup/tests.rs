@@ -15,7 +15,12 @@ const MIB: u64 = 1 << 20;
 /// A unique attempt name within this test process (the leaf prefix adds pid and start time).
 fn unique(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("test-{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    // The pid too: the fake owners of the sweep test share a prefix across test processes.
+    format!(
+        "test-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A detected manager that enforces `need`, or `None` after printing why the test is skipped.
@@ -402,17 +407,19 @@ fn attach_fds_let_a_child_attach_itself() {
         cmd.arg(format!("/proc/{me}/fd/{}", fd.as_raw_fd()));
     }
     let mut child = Reaped::spawn(&mut cmd);
+    // Every hierarchy ends up holding it (the child writes them one after the other).
+    let everywhere = || {
+        agent.paths().iter().all(|dir| {
+            fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim() == child.id().to_string()
+        })
+    };
     assert!(
-        eventually(5, || agent.pids().unwrap() == [child.id()]),
+        eventually(5, everywhere),
         "child never attached: {:?}",
         agent.pids()
     );
+    assert_eq!(agent.pids().unwrap(), [child.id()]);
     drop(fds);
-    // Every hierarchy holds it.
-    for dir in agent.paths() {
-        let procs = read_trim(&dir.join("cgroup.procs"));
-        assert_eq!(procs, child.id().to_string(), "{}", dir.display());
-    }
     assert_eq!(agent.kill_all().unwrap(), 1);
     assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
     agent.remove().unwrap();

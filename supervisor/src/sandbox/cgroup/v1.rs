@@ -159,18 +159,29 @@ impl V1 {
         }
     }
 
-    /// Create the leaf in every hierarchy and write the limits. On failure whatever was
-    /// created is removed again.
+    /// Create the leaf in every hierarchy and write the limits. On failure the directories
+    /// this call made are removed again (never ones that already existed).
     pub(super) fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Leaf, CgroupError> {
         let leaf = self.leaf(name);
-        let made = self
-            .bases
-            .iter()
-            .try_for_each(|base| mkdir_leaf(&base.join(CORRAL_DIR), name).map(drop))
-            .and_then(|()| leaf.apply(limits));
-        if let Err(e) = made {
-            if let Err(cleanup) = leaf.remove() {
-                tracing::warn!(error = %cleanup, "cgroup v1: cleaning up a failed create");
+        let mut made = Vec::new();
+        let mut result = Ok(());
+        for base in &self.bases {
+            match mkdir_leaf(&base.join(CORRAL_DIR), name) {
+                Ok(dir) => made.push(dir),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result.and_then(|()| leaf.apply(limits)) {
+            for dir in &made {
+                if let Err(cleanup) = rmdir_tree(dir) {
+                    tracing::warn!(error = %cleanup, "cgroup v1: cleaning up a failed create");
+                }
+                if let Some(shared) = dir.parent() {
+                    rmdir_shared_if_empty(shared);
+                }
             }
             return Err(e);
         }

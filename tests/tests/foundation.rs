@@ -1,0 +1,207 @@
+//! Foundation: one agent supervised end to end, through the real `corral` binary.
+//! Each exit reason the foundation detects is asserted on the `--json` record.
+
+use corral_e2e::*;
+
+#[test]
+fn echo_round_trip_prints_the_output() {
+    let fx = fixture("");
+    let out = corral(&[
+        "call",
+        "echo",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "--input",
+        r#"{"msg":"hi","n":[1,2.5,null]}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!({"msg":"hi","n":[1,2.5,null]}));
+}
+
+#[test]
+fn completed_record_has_every_field() {
+    let fx = fixture("");
+    let c = call_json(&fx, "echo", r#"{"x":1}"#);
+    assert_eq!(c.code, 0, "{}", c.stderr);
+    assert_eq!(c.doc["output"], serde_json::json!({"x":1}));
+    let a = c.last();
+    assert_eq!(a["reason"], "completed");
+    assert_eq!(a["agent"], "echo");
+    assert_eq!(a["attempt"], 1);
+    assert_eq!(a["decision"], "none");
+    assert!(a["pid"].as_u64().unwrap() > 1);
+    for key in [
+        "started_at", "ended_at", "duration_ms", "exit_code", "signal", "core_dumped",
+        "cpu_user_ms", "cpu_sys_ms", "max_rss_kb", "error", "stderr_tail",
+    ] {
+        assert!(a.get(key).is_some(), "exit record lacks `{key}`: {a}");
+    }
+    assert!(a["max_rss_kb"].as_u64().unwrap() > 0, "rusage was read: {a}");
+    // A completed agent exits by itself on Shutdown.
+    assert_eq!(a["exit_code"], 0, "{a}");
+    assert!(!alive(a["pid"].as_i64().unwrap() as i32));
+}
+
+#[test]
+fn agent_error_is_structured_and_not_retried_when_not_retryable() {
+    let fx = fixture("");
+    let c = call_json(&fx, "chaos", r#"{"do":"fail","retryable":false}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["agent_error"]);
+    let e = &c.last()["error"];
+    assert_eq!(e["kind"], "chaos");
+    assert_eq!(e["retryable"], false);
+    assert_eq!(c.last()["decision"], "abort");
+    assert!(c.doc["output"].is_null());
+}
+
+#[test]
+fn exit_code_is_recorded() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(&fx, "chaos", r#"{"do":"exit","code":3}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["exit_code"]);
+    assert_eq!(c.last()["exit_code"], 3);
+    assert!(c.last()["signal"].is_null());
+}
+
+#[test]
+fn signal_death_keeps_the_signal() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(&fx, "chaos", r#"{"do":"crash"}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["signal"]);
+    assert_eq!(c.last()["signal"], libc::SIGABRT);
+    assert_eq!(c.last()["signal_name"], "SIGABRT");
+    assert!(c.last()["exit_code"].is_null());
+    assert_eq!(c.last()["signals_sent"], serde_json::json!([]), "corral sent no signal");
+}
+
+#[test]
+fn startup_timeout_when_no_ready() {
+    let fx = fixture(
+        r#"
+[agents.mute]
+command = ["sleep", "30"]
+startup_timeout = "300ms"
+max_retries = 0
+"#,
+    );
+    let c = call_json(&fx, "mute", "null");
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["startup_timeout"]);
+    let a = c.last();
+    assert_eq!(a["phase"], "starting");
+    assert_eq!(a["signals_sent"][0], "SIGTERM");
+    assert_eq!(a["signal"], libc::SIGTERM);
+    assert!(!alive(a["pid"].as_i64().unwrap() as i32));
+}
+
+#[test]
+fn spawn_failed_names_the_cause() {
+    let fx = fixture(
+        r#"
+[agents.ghost]
+command = ["/nonexistent/agent-binary"]
+"#,
+    );
+    let c = call_json(&fx, "ghost", "null");
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["spawn_failed"], "spawn failures are not retried");
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("execve") && msg.contains("No such file"), "{msg}");
+    assert!(c.last()["pid"].is_null());
+}
+
+#[test]
+fn garbage_frame_is_a_protocol_violation() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(&fx, "chaos", r#"{"do":"garbage"}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["protocol_violation"]);
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("undecodable"), "{msg}");
+    assert!(!alive(c.last()["pid"].as_i64().unwrap() as i32));
+}
+
+#[test]
+fn huge_frame_is_refused_before_allocating() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(&fx, "chaos", r#"{"do":"huge_frame"}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["protocol_violation"]);
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("4294967295") && msg.contains("exceeds"), "{msg}");
+}
+
+#[test]
+fn contract_violation_on_input_names_the_field() {
+    let fx = fixture("");
+    let c = call_json(&fx, "shout", r#"{"text":7}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["contract_violation"], "bad input is never retried");
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("input.text:"), "{msg}");
+}
+
+#[test]
+fn contract_violation_on_output_names_the_field() {
+    let fx = fixture("");
+    let c = call_json(&fx, "shout", r#"{"text":"a","lie":true}"#);
+    assert_eq!(c.code, 1);
+    assert_eq!(c.reasons(), ["contract_violation"]);
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("output.shout: expected string"), "{msg}");
+    let ok = call_json(&fx, "shout", r#"{"text":"a"}"#);
+    assert_eq!(ok.doc["output"], serde_json::json!({"shout":"A"}));
+}
+
+#[test]
+fn config_errors_show_file_line_col_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[supervisor]\n\n[agents.x]\ncommand = [\"a\"]\nhearbeat_timeout = \"1s\"\n").unwrap();
+    let out = corral(&["validate", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("{}:5:1:", bad.display())), "{err}");
+    assert!(err.contains("hearbeat_timeout"), "{err}");
+
+    std::fs::write(&bad, "[defaults]\nmemory = \"12 parsecs\"\n").unwrap();
+    let out = corral(&["call", "x", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("{}:2:10:", bad.display())), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let fx = fixture("");
+    let out = corral(&["call", "echo", "--config", fx.config.to_str().unwrap(), "--input", "{not json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = corral(&["call", "nobody", "--config", fx.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no agent named `nobody`"));
+    let out = corral(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sdk_outside_corral_says_so_and_exits_2() {
+    let out = std::process::Command::new(bin("echo")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("start it under corral"), "{err}");
+}
+
+#[test]
+fn demo_runs_real_agents() {
+    let out = corral(&["demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for reason in ["completed", "agent_error", "exit_code", "signal", "protocol_violation", "hung"] {
+        assert!(text.contains(reason), "demo output lacks {reason}:\n{text}");
+    }
+}
