@@ -265,6 +265,7 @@ impl FrameDecoder {
     }
 
     /// The next complete message, if one is buffered.
+    #[allow(clippy::should_implement_trait)] // fallible and generic: not an `Iterator`
     pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
         let avail = self.pending();
         if avail < 4 {
