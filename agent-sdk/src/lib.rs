@@ -216,7 +216,10 @@ impl Misbehave<'_> {
 
     /// Ignore `Shutdown` and SIGTERM from now on.
     pub fn ignore_shutdown(&self) {
-        self.ctx.shared.ignore_shutdown.store(true, Ordering::SeqCst);
+        self.ctx
+            .shared
+            .ignore_shutdown
+            .store(true, Ordering::SeqCst);
     }
 
     /// Write raw bytes on the agent→supervisor pipe, bypassing framing.
@@ -314,7 +317,10 @@ where
     }))?;
 
     let (tx, rx) = channel();
-    spawn_heartbeats(&shared, Duration::from_millis(hello.heartbeat_interval_ms.max(1)));
+    spawn_heartbeats(
+        &shared,
+        Duration::from_millis(hello.heartbeat_interval_ms.max(1)),
+    );
     spawn_sigterm_watch(&shared, tx.clone());
     spawn_reader(reader, &shared, tx);
 

@@ -30,7 +30,7 @@ pub mod value;
 pub use contract::{Contract, Field, ObjectSchema, Schema, SchemaError, SideEffects};
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use message::{
-    AgentError, Cancel, Done, Down, Failed, Heartbeat, Hello, Log, LogLevel, Ready, Shutdown,
-    Task, ToolCall, ToolResult, Up, PROTOCOL_VERSION,
+    AgentError, Cancel, Done, Down, Failed, Heartbeat, Hello, Log, LogLevel, Ready, Shutdown, Task,
+    ToolCall, ToolResult, Up, PROTOCOL_VERSION,
 };
 pub use value::{Value, ValueError};

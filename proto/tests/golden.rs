@@ -17,7 +17,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length: {s}");
+    assert_eq!(s.len() % 2, 0, "odd hex length: {s}");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -265,7 +265,7 @@ fn every_golden_vector_appears_in_protocol_md() {
         .chain(value_vectors().into_iter().map(|(n, _, h)| (n, h)));
     for (name, golden) in all {
         let golden = compact(golden);
-        if !lines.iter().any(|l| *l == golden.as_str()) {
+        if !lines.contains(&golden.as_str()) {
             missing.push(format!("{name}: {golden}"));
         }
     }

@@ -965,11 +965,11 @@ fn hostile_nesting_does_not_overflow_the_stack() {
         // Up::Ready { protocol: 1, contract: { name: "", version: "", input: Optional(Optional(..
         // one byte a level.
         let mut p = vec![0x00, 0x01, 0x00, 0x00];
-        p.extend(std::iter::repeat(0x0A).take(depth));
+        p.resize(p.len() + depth, 0x0A);
         lying_length_any::<Up>("deep Optional schema", &p);
-        // Schema::List is tag 8, one byte a level as well.
+        // Schema::List is tag 7, one byte a level as well.
         let mut p = vec![0x00, 0x01, 0x00, 0x00];
-        p.extend(std::iter::repeat(0x08).take(depth));
+        p.resize(p.len() + depth, 0x07);
         lying_length_any::<Up>("deep List schema", &p);
         // Value nested inside a ToolResult's Ok.
         let mut p = vec![0x02, 0x01, 0x00];

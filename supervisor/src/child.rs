@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::sleep_until;
 
 /// How much of stderr the exit record keeps.
 const STDERR_TAIL: usize = 4096;
@@ -44,6 +43,33 @@ pub struct AttemptSpec {
     pub max_frame: u32,
     /// Cgroup manager, when the host has one.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// Where to report life events of the attempt (for status displays, tests, benchmarks).
+    pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
+}
+
+/// Life events of an attempt, reported as they happen.
+#[derive(Debug, Clone)]
+pub enum AttemptEvent {
+    /// The process exists.
+    Spawned {
+        /// Agent name.
+        agent: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Its pid.
+        pid: i32,
+    },
+    /// The handshake finished.
+    Ready {
+        /// Agent name.
+        agent: String,
+        /// Attempt number.
+        attempt: u32,
+        /// Its pid.
+        pid: i32,
+    },
+    /// The attempt is over.
+    Exited(Box<ExitRecord>),
 }
 
 /// The task to run.
@@ -107,7 +133,12 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The environment an agent starts with: nothing inherited but `env_pass`.
-pub fn agent_env(spec: &AgentSpec, run_id: &str, attempt: u32, home: &std::path::Path) -> Vec<(String, String)> {
+pub fn agent_env(
+    spec: &AgentSpec,
+    run_id: &str,
+    attempt: u32,
+    home: &std::path::Path,
+) -> Vec<(String, String)> {
     let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     env.insert(
         "PATH".into(),
@@ -336,7 +367,10 @@ pub async fn run_attempt(
         cpu_quota: agent.cpu_quota,
     };
     let cgroup = match &spec.cgroups {
-        Some(cg) => match cg.create(&format!("{}-{}-{}", agent.name, spec.run_id, spec.attempt), &limits) {
+        Some(cg) => match cg.create(
+            &format!("{}-{}-{}", agent.name, spec.run_id, spec.attempt),
+            &limits,
+        ) {
             Ok(c) => Some(c),
             Err(e) => return spawn_failed(record, format!("create cgroup: {e}")),
         },
@@ -376,6 +410,11 @@ pub async fn run_attempt(
     };
     let pid = spawned.pid;
     OrphanReaper::register(pid);
+    spec.emit(|| AttemptEvent::Spawned {
+        agent: agent.name.clone(),
+        attempt: spec.attempt,
+        pid,
+    });
     record.pid = Some(pid as u32);
     let pidfd = match PidFd::new(pid, spawned.pidfd) {
         Ok(p) => p,
@@ -396,7 +435,7 @@ pub async fn run_attempt(
             pipe::Receiver::from_owned_fd(err_r)?,
         ))
     })();
-    let mut st = State::new(&spec, &task, t0);
+    let mut st = State::new(&spec, &task, t0, pid);
     let mut verdict;
     let (log_task, writer_task, up) = match setup {
         Ok((up, down, out, errp)) => {
@@ -432,7 +471,9 @@ pub async fn run_attempt(
     };
 
     // Teardown: stop the process (whole group), reap it, account.
-    let reaped = st.stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful).await;
+    let reaped = st
+        .stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful)
+        .await;
     if let (Some(up), None) = (&up, verdict.reason) {
         // Frames the agent wrote just before it exited are still in the pipe.
         if let Some(v) = st.drain_after_exit(up) {
@@ -503,6 +544,8 @@ pub async fn run_attempt(
     } else {
         None
     };
+    let record = finish(record);
+    spec.emit(|| AttemptEvent::Exited(Box::new(record.clone())));
     AttemptOutcome {
         output,
         memory: if reason == ExitReason::Completed {
@@ -511,7 +554,15 @@ pub async fn run_attempt(
             Vec::new()
         },
         contract: st.contract.take(),
-        record: finish(record),
+        record,
+    }
+}
+
+impl AttemptSpec {
+    fn emit(&self, ev: impl FnOnce() -> AttemptEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(ev());
+        }
     }
 }
 
@@ -537,8 +588,7 @@ fn classify(
         );
     }
     if r.signal == Some(libc::SIGXCPU)
-        || (r.signal == Some(libc::SIGKILL)
-            && cpu_limit_ms.is_some_and(|lim| cpu_ms + 50 >= lim))
+        || (r.signal == Some(libc::SIGKILL) && cpu_limit_ms.is_some_and(|lim| cpu_ms + 50 >= lim))
     {
         return (
             ExitReason::CpuLimit,
@@ -564,7 +614,11 @@ fn classify(
             ExitReason::Signal,
             err(
                 "signal",
-                format!("killed by {}{}{trunc}", signal_name(sig), if r.core_dumped { " (core dumped)" } else { "" }),
+                format!(
+                    "killed by {}{}{trunc}",
+                    signal_name(sig),
+                    if r.core_dumped { " (core dumped)" } else { "" }
+                ),
                 true,
             ),
         );
@@ -583,6 +637,7 @@ fn classify(
 /// The attempt's mutable state while the agent runs.
 struct State<'a> {
     spec: &'a AttemptSpec,
+    pid: i32,
     task: &'a TaskInput,
     t0: Instant,
     phase: Phase,
@@ -610,9 +665,10 @@ enum Step {
 }
 
 impl<'a> State<'a> {
-    fn new(spec: &'a AttemptSpec, task: &'a TaskInput, t0: Instant) -> Self {
+    fn new(spec: &'a AttemptSpec, task: &'a TaskInput, t0: Instant, pid: i32) -> Self {
         State {
             spec,
+            pid,
             task,
             t0,
             phase: Phase::Starting,
@@ -731,6 +787,11 @@ impl<'a> State<'a> {
                     });
                 }
                 self.contract = Some(r.contract);
+                self.spec.emit(|| AttemptEvent::Ready {
+                    agent: self.agent().name.clone(),
+                    attempt: self.spec.attempt,
+                    pid: self.pid,
+                });
                 self.send(&Down::Task(Task {
                     task_id: self.task.task_id,
                     input: self.task.input.clone(),
@@ -776,7 +837,10 @@ impl<'a> State<'a> {
                         call_id,
                         Err(AgentError::new(
                             "undeclared_tool",
-                            format!("tool `{}` is not declared in the agent's contract", call.tool),
+                            format!(
+                                "tool `{}` is not declared in the agent's contract",
+                                call.tool
+                            ),
                             false,
                         )),
                     ));
@@ -792,12 +856,20 @@ impl<'a> State<'a> {
                         if t.try_send(req).is_err() {
                             let _ = done_tx.send((
                                 call_id,
-                                Err(AgentError::new("unavailable", "tool broker is busy or gone", true)),
+                                Err(AgentError::new(
+                                    "unavailable",
+                                    "tool broker is busy or gone",
+                                    true,
+                                )),
                             ));
                         } else {
                             tokio::spawn(async move {
                                 let res = reply_rx.await.unwrap_or_else(|_| {
-                                    Err(AgentError::new("unavailable", "tool broker dropped the call", true))
+                                    Err(AgentError::new(
+                                        "unavailable",
+                                        "tool broker dropped the call",
+                                        true,
+                                    ))
                                 });
                                 let _ = done_tx.send((call_id, res));
                             });
@@ -808,7 +880,10 @@ impl<'a> State<'a> {
                             call_id,
                             Err(AgentError::new(
                                 "denied",
-                                format!("no tools are configured for agent `{}`", self.agent().name),
+                                format!(
+                                    "no tools are configured for agent `{}`",
+                                    self.agent().name
+                                ),
                                 false,
                             )),
                         ));
@@ -919,8 +994,16 @@ impl<'a> State<'a> {
     ) -> Verdict {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let pid = pidfd.pid();
+        // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
+        // comes closer, but not later on every frame: when it fires early, the loop re-arms
+        // it for the real deadline. A heartbeat therefore costs no timer operation.
+        let sleep = tokio::time::sleep_until(self.next_deadline().0.into());
+        tokio::pin!(sleep);
         loop {
-            let (deadline, why) = self.next_deadline();
+            let (deadline, _) = self.next_deadline();
+            if deadline < sleep.deadline().into_std() {
+                sleep.as_mut().reset(deadline.into());
+            }
             tokio::select! {
                 biased;
                 r = up.readable(), if self.up_open => {
@@ -975,11 +1058,13 @@ impl<'a> State<'a> {
                         };
                     }
                 }
-                _ = sleep_until(deadline.into()) => {
-                    // Re-check: an event may have moved the deadline while we slept.
-                    if Instant::now() >= self.next_deadline().0 {
+                _ = &mut sleep => {
+                    // Re-check: events may have moved the deadline while we slept.
+                    let (real, why) = self.next_deadline();
+                    if Instant::now() >= real {
                         return self.timeout_verdict(why);
                     }
+                    sleep.as_mut().reset(real.into());
                 }
             }
         }
@@ -988,8 +1073,13 @@ impl<'a> State<'a> {
     fn timeout_verdict(&self, why: ExitReason) -> Verdict {
         let a = self.agent();
         let message = match why {
-            ExitReason::StartupTimeout => format!("no Ready within startup_timeout ({:?})", a.startup_timeout),
-            ExitReason::Hung => format!("no frame within heartbeat_timeout ({:?})", a.heartbeat_timeout),
+            ExitReason::StartupTimeout => {
+                format!("no Ready within startup_timeout ({:?})", a.startup_timeout)
+            }
+            ExitReason::Hung => format!(
+                "no frame within heartbeat_timeout ({:?})",
+                a.heartbeat_timeout
+            ),
             ExitReason::Stalled => format!(
                 "heartbeats continued but progress stayed at {} for stall_timeout ({:?})",
                 self.progress, a.stall_timeout
@@ -1055,7 +1145,6 @@ impl<'a> State<'a> {
                 tracing::warn!(agent = %self.agent().name, pid, "kill cgroup: {e}");
             }
         }
-        let reaped = process::try_reap(pid);
-        reaped
+        process::try_reap(pid)
     }
 }

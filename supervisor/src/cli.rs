@@ -58,7 +58,12 @@ pub fn embedded_default() -> String {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("."));
-    let esc = |p: PathBuf| p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let esc = |p: PathBuf| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
     format!(
         r#"# Embedded defaults: the example agents built next to this binary.
 [supervisor]

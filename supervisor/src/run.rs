@@ -88,6 +88,8 @@ pub struct CallOptions {
     pub tools: Option<mpsc::Sender<ToolRequest>>,
     /// Stop the call: set to `Some(reason)`.
     pub stop: Option<watch::Receiver<Option<ExitReason>>>,
+    /// Where to report attempts' life events.
+    pub events: Option<mpsc::UnboundedSender<child::AttemptEvent>>,
 }
 
 /// Owner of agent processes for one config.
@@ -177,7 +179,9 @@ impl Supervisor {
                         out.push(format!("{name}: {line}"));
                     }
                 }
-                None => out.push(format!("{name}: cgroups disabled; memory by RLIMIT_AS only")),
+                None => out.push(format!(
+                    "{name}: cgroups disabled; memory by RLIMIT_AS only"
+                )),
             }
         }
         out
@@ -239,9 +243,7 @@ impl Supervisor {
         let spec = self.agent(agent)?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
-        let input_key = policy::input_key(
-            &corral_proto::frame::encode(&input).unwrap_or_default(),
-        );
+        let input_key = policy::input_key(&corral_proto::frame::encode(&input).unwrap_or_default());
         let mut backoff = Backoff::new(spec.backoff.clone());
         let mut attempts: Vec<ExitRecord> = Vec::new();
         let (_keep_stop_tx, default_stop) = watch::channel(None);
@@ -305,6 +307,7 @@ impl Supervisor {
                 attempt: attempt_no,
                 max_frame: self.config.supervisor.max_frame,
                 cgroups: self.cgroups.clone(),
+                events: opts.events.clone(),
             };
             let task = TaskInput {
                 task_id: attempt_no as u64,
@@ -400,11 +403,7 @@ impl Supervisor {
                             rec.restart_count = restart_count;
                         }
                     }
-                    let r = self
-                        .rng
-                        .lock()
-                        .map(|mut g| g.next_f64())
-                        .unwrap_or(0.5);
+                    let r = self.rng.lock().map(|mut g| g.next_f64()).unwrap_or(0.5);
                     let delay = backoff.next_delay(r);
                     rec.backoff_ms = Some(delay.as_millis() as u64);
                     rec.decision = Decision::Retry;

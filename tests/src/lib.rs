@@ -67,16 +67,33 @@ pub fn fixture(extra: &str) -> Fixture {
 /// Like [`fixture`] with extra keys in `[defaults]`.
 pub fn fixture_with_defaults(defaults: &str, extra: &str) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Test timings, unless the caller sets the same key.
+    let base = [
+        ("heartbeat_interval", "\"100ms\""),
+        ("heartbeat_timeout", "\"1s\""),
+        ("startup_timeout", "\"5s\""),
+        ("kill_grace", "\"300ms\""),
+        (
+            "backoff",
+            "{ initial = \"10ms\", max = \"100ms\", jitter = 0.0 }",
+        ),
+    ];
+    let given: Vec<&str> = defaults
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .map(str::trim)
+        .collect();
+    let mut defaults = defaults.to_string();
+    for (k, v) in base {
+        if !given.contains(&k) {
+            defaults.push_str(&format!("\n{k} = {v}"));
+        }
+    }
     let text = format!(
         r#"[supervisor]
 state_dir = "state"
 
 [defaults]
-heartbeat_interval = "100ms"
-heartbeat_timeout = "1s"
-startup_timeout = "5s"
-kill_grace = "300ms"
-backoff = {{ initial = "10ms", max = "100ms", jitter = 0.0 }}
 {defaults}
 
 [agents.echo]
@@ -164,9 +181,17 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // state is the field after the parenthesised command name
-            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
     }
+}
+
+/// Parse a fixture's config with the library (for tests that drive `corral::run` directly).
+pub fn load(fx: &Fixture) -> corral::config::Config {
+    corral::config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -14,7 +14,12 @@ fn echo_round_trip_prints_the_output() {
         "--input",
         r#"{"msg":"hi","n":[1,2.5,null]}"#,
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"msg":"hi","n":[1,2.5,null]}));
 }
@@ -32,12 +37,24 @@ fn completed_record_has_every_field() {
     assert_eq!(a["decision"], "none");
     assert!(a["pid"].as_u64().unwrap() > 1);
     for key in [
-        "started_at", "ended_at", "duration_ms", "exit_code", "signal", "core_dumped",
-        "cpu_user_ms", "cpu_sys_ms", "max_rss_kb", "error", "stderr_tail",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "exit_code",
+        "signal",
+        "core_dumped",
+        "cpu_user_ms",
+        "cpu_sys_ms",
+        "max_rss_kb",
+        "error",
+        "stderr_tail",
     ] {
         assert!(a.get(key).is_some(), "exit record lacks `{key}`: {a}");
     }
-    assert!(a["max_rss_kb"].as_u64().unwrap() > 0, "rusage was read: {a}");
+    assert!(
+        a["max_rss_kb"].as_u64().unwrap() > 0,
+        "rusage was read: {a}"
+    );
     // A completed agent exits by itself on Shutdown.
     assert_eq!(a["exit_code"], 0, "{a}");
     assert!(!alive(a["pid"].as_i64().unwrap() as i32));
@@ -75,7 +92,11 @@ fn signal_death_keeps_the_signal() {
     assert_eq!(c.last()["signal"], libc::SIGABRT);
     assert_eq!(c.last()["signal_name"], "SIGABRT");
     assert!(c.last()["exit_code"].is_null());
-    assert_eq!(c.last()["signals_sent"], serde_json::json!([]), "corral sent no signal");
+    assert_eq!(
+        c.last()["signals_sent"],
+        serde_json::json!([]),
+        "corral sent no signal"
+    );
 }
 
 #[test]
@@ -108,9 +129,16 @@ command = ["/nonexistent/agent-binary"]
     );
     let c = call_json(&fx, "ghost", "null");
     assert_eq!(c.code, 1);
-    assert_eq!(c.reasons(), ["spawn_failed"], "spawn failures are not retried");
+    assert_eq!(
+        c.reasons(),
+        ["spawn_failed"],
+        "spawn failures are not retried"
+    );
     let msg = c.last()["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("execve") && msg.contains("No such file"), "{msg}");
+    assert!(
+        msg.contains("execve") && msg.contains("No such file"),
+        "{msg}"
+    );
     assert!(c.last()["pid"].is_null());
 }
 
@@ -132,7 +160,10 @@ fn huge_frame_is_refused_before_allocating() {
     assert_eq!(c.code, 1);
     assert_eq!(c.reasons(), ["protocol_violation"]);
     let msg = c.last()["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("4294967295") && msg.contains("exceeds"), "{msg}");
+    assert!(
+        msg.contains("4294967295") && msg.contains("exceeds"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -140,7 +171,11 @@ fn contract_violation_on_input_names_the_field() {
     let fx = fixture("");
     let c = call_json(&fx, "shout", r#"{"text":7}"#);
     assert_eq!(c.code, 1);
-    assert_eq!(c.reasons(), ["contract_violation"], "bad input is never retried");
+    assert_eq!(
+        c.reasons(),
+        ["contract_violation"],
+        "bad input is never retried"
+    );
     let msg = c.last()["error"]["message"].as_str().unwrap();
     assert!(msg.starts_with("input.text:"), "{msg}");
 }
@@ -161,7 +196,11 @@ fn contract_violation_on_output_names_the_field() {
 fn config_errors_show_file_line_col_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[supervisor]\n\n[agents.x]\ncommand = [\"a\"]\nhearbeat_timeout = \"1s\"\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[supervisor]\n\n[agents.x]\ncommand = [\"a\"]\nhearbeat_timeout = \"1s\"\n",
+    )
+    .unwrap();
     let out = corral(&["validate", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -172,13 +211,23 @@ fn config_errors_show_file_line_col_and_exit_2() {
     let out = corral(&["call", "x", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("{}:2:10:", bad.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:2:10:", bad.display())),
+        "{err}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
     let fx = fixture("");
-    let out = corral(&["call", "echo", "--config", fx.config.to_str().unwrap(), "--input", "{not json"]);
+    let out = corral(&[
+        "call",
+        "echo",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "--input",
+        "{not json",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let out = corral(&["call", "nobody", "--config", fx.config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
@@ -199,9 +248,21 @@ fn sdk_outside_corral_says_so_and_exits_2() {
 #[test]
 fn demo_runs_real_agents() {
     let out = corral(&["demo"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    for reason in ["completed", "agent_error", "exit_code", "signal", "protocol_violation", "hung"] {
+    for reason in [
+        "completed",
+        "agent_error",
+        "exit_code",
+        "signal",
+        "protocol_violation",
+        "hung",
+    ] {
         assert!(text.contains(reason), "demo output lacks {reason}:\n{text}");
     }
 }

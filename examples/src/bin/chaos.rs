@@ -39,10 +39,13 @@ fn forever() -> ! {
 }
 
 fn arg_i64(input: &Value, key: &str) -> Result<i64, AgentError> {
-    input
-        .get(key)
-        .and_then(Value::as_i64)
-        .ok_or_else(|| AgentError::new("invalid_input", format!("`{key}` must be an integer"), false))
+    input.get(key).and_then(Value::as_i64).ok_or_else(|| {
+        AgentError::new(
+            "invalid_input",
+            format!("`{key}` must be an integer"),
+            false,
+        )
+    })
 }
 
 fn arg_str<'a>(input: &'a Value, key: &str) -> Result<&'a str, AgentError> {
@@ -60,7 +63,10 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
         "crash" => std::process::abort(),
         "exit" => std::process::exit(arg_i64(&input, "code")? as i32),
         "fail" => {
-            let retryable = input.get("retryable").and_then(Value::as_bool).unwrap_or(true);
+            let retryable = input
+                .get("retryable")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
             Err(AgentError::new("chaos", "failed on request", retryable))
         }
         "hang" => {
@@ -86,7 +92,10 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 ctx.progress();
             }
             std::hint::black_box(&v);
-            Ok(Value::map([("ok", Value::Bool(true)), ("mb", Value::Int(mb as i64))]))
+            Ok(Value::map([
+                ("ok", Value::Bool(true)),
+                ("mb", Value::Int(mb as i64)),
+            ]))
         }
         "fork_bomb" => loop {
             // SAFETY: fork in a test agent; the children only fork again and sleep, touching no
@@ -115,7 +124,10 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             forever()
         }
         "flood" => {
-            let limit = input.get("mb").and_then(Value::as_i64).map(|m| (m.max(0) as u64) << 20);
+            let limit = input
+                .get("mb")
+                .and_then(Value::as_i64)
+                .map(|m| (m.max(0) as u64) << 20);
             let line = [b'x'; 1023];
             let mut out = std::io::stdout().lock();
             let mut written: u64 = 0;
@@ -128,12 +140,15 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 let _ = out.write_all(&line);
                 let _ = out.write_all(b"\n");
                 written += 1024;
-                if written % (1 << 20) == 0 {
+                if written.is_multiple_of(1 << 20) {
                     ctx.progress();
                 }
             }
             let _ = out.flush();
-            Ok(Value::map([("ok", Value::Bool(true)), ("bytes", Value::Int(written as i64))]))
+            Ok(Value::map([
+                ("ok", Value::Bool(true)),
+                ("bytes", Value::Int(written as i64)),
+            ]))
         }
         "escape" => escape(),
         "net" => {
@@ -144,14 +159,20 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)));
             Ok(match res {
                 Ok(_) => Value::map([("connected", Value::Bool(true)), ("error", Value::from(""))]),
-                Err(e) => Value::map([("connected", Value::Bool(false)), ("error", Value::from(e.to_string()))]),
+                Err(e) => Value::map([
+                    ("connected", Value::Bool(false)),
+                    ("error", Value::from(e.to_string())),
+                ]),
             })
         }
         "read" => {
             let path = arg_str(&input, "path")?;
             Ok(match std::fs::read(path) {
                 Ok(_) => Value::map([("ok", Value::Bool(true)), ("error", Value::from(""))]),
-                Err(e) => Value::map([("ok", Value::Bool(false)), ("error", Value::from(e.to_string()))]),
+                Err(e) => Value::map([
+                    ("ok", Value::Bool(false)),
+                    ("error", Value::from(e.to_string())),
+                ]),
             })
         }
         "tool" => {
@@ -160,7 +181,8 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             ctx.call_tool(&name, args)
         }
         "sleep_ms" => {
-            let until = Instant::now() + Duration::from_millis(arg_i64(&input, "ms")?.max(0) as u64);
+            let until =
+                Instant::now() + Duration::from_millis(arg_i64(&input, "ms")?.max(0) as u64);
             while Instant::now() < until {
                 std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
                 ctx.progress();
@@ -169,7 +191,11 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
         }
         "env" => Ok(Value::map([(
             "env",
-            Value::Map(std::env::vars().map(|(k, v)| (k, Value::String(v))).collect()),
+            Value::Map(
+                std::env::vars()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            ),
         )])),
         "id" => {
             // SAFETY: getuid/getgid cannot fail and touch no memory.
@@ -180,7 +206,11 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 ("pid", Value::Int(std::process::id() as i64)),
             ]))
         }
-        other => Err(AgentError::new("invalid_input", format!("unknown misbehaviour `{other}`"), false)),
+        other => Err(AgentError::new(
+            "invalid_input",
+            format!("unknown misbehaviour `{other}`"),
+            false,
+        )),
     }
 }
 
@@ -218,7 +248,10 @@ fn escape() -> Result<Value, AgentError> {
         libc::close(fds[0]);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
-    Ok(Value::map([("escaped_pid", Value::Int(i32::from_le_bytes(buf) as i64))]))
+    Ok(Value::map([(
+        "escaped_pid",
+        Value::Int(i32::from_le_bytes(buf) as i64),
+    )]))
 }
 
 fn main() -> std::process::ExitCode {

@@ -81,9 +81,9 @@ impl PidFd {
         // for as long as the AsyncFd owns it; its as_raw_fd always returns that fd.
         let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
             .map_err(|e| ProcessError::Watch {
-                pid,
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            pid,
+            source: std::io::Error::other(e.to_string()),
+        })?;
         Ok(PidFd { fd, pid })
     }
 
@@ -219,8 +219,7 @@ impl OrphanReaper {
         if STARTED.get().is_some() {
             return Ok(());
         }
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let _ = STARTED.set(());
         let me = Self::global().clone();
         tokio::spawn(async move {

@@ -229,7 +229,10 @@ impl Prepared {
         }
         let argc = strings.len();
         for (k, v) in &spec.env {
-            strings.push(cstr(OsStr::new(&format!("{k}={v}")), "an environment entry")?);
+            strings.push(cstr(
+                OsStr::new(&format!("{k}={v}")),
+                "an environment entry",
+            )?);
         }
         let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -362,7 +365,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // 7. Die with the supervisor. Set after the uid change (which clears it), then check
         //    the parent did not die before it took effect.
         if p.pdeathsig {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return fail(p, 11);
             }
             if libc::getppid() != p.parent_pid {
@@ -379,7 +389,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         // 8. Nothing but 0..=4 crosses exec.
-        if libc::syscall(libc::SYS_close_range, (MAX_TARGET + 1) as libc::c_uint, libc::c_uint::MAX, 0) != 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            (MAX_TARGET + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) != 0
+        {
             return fail(p, 15);
         }
         libc::execve(p.path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());

@@ -8,11 +8,11 @@
 //!
 //! [`Cgroups::detect`] looks at the machine once per supervisor and picks a backend:
 //!
-//! - `v2` ([`v2`]): the unified hierarchy with the controllers delegated to the supervisor's
+//! - `v2` (`v2.rs`): the unified hierarchy with the controllers delegated to the supervisor's
 //!   own cgroup (systemd `Delegate=yes`). Attempts live under `<own>/corral/`.
-//! - `v1` ([`v1`]): one hierarchy per controller (memory, pids, cpu, and cpuacct / freezer for
-//!   statistics and freezing). Attempts live under `<mount>/<own>/corral/` in each.
-//! - `none` ([`none`]): no usable cgroup (not root, read-only, nothing delegated). Nothing is
+//! - `v1` (`v1.rs`): one hierarchy per controller (memory, pids, cpu, and cpuacct / freezer
+//!   for statistics and freezing). Attempts live under `<mount>/<own>/corral/` in each.
+//! - `none` (`none.rs`): no usable cgroup (not root, read-only, nothing delegated). Nothing is
 //!   enforced and [`Cgroups::report`] says why, limit by limit.
 //!
 //! Detection never fails; whatever part of the limits the machine can enforce is enforced and
@@ -237,6 +237,17 @@ struct Owner {
 }
 
 impl Owner {
+    /// This process (start time 0 if `/proc/self/stat` cannot be read).
+    fn current() -> Owner {
+        Owner {
+            pid: std::process::id(),
+            start: fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|s| parse_stat_start_time(&s))
+                .unwrap_or(0),
+        }
+    }
+
     fn prefix(self) -> String {
         format!("{LEAF_PREFIX}{}-{}-", self.pid, self.start)
     }
@@ -278,13 +289,7 @@ impl Cgroups {
     /// so that controllers can be enabled for the `corral` subtree (the no-internal-processes
     /// rule), as systemd-delegated daemons do.
     pub fn detect() -> Cgroups {
-        let owner = Owner {
-            pid: std::process::id(),
-            start: fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| parse_stat_start_time(&s))
-                .unwrap_or(0),
-        };
+        let owner = Owner::current();
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let proc_cgroup = match fs::read_to_string("/proc/self/cgroup") {
             Ok(s) => s,
@@ -328,17 +333,17 @@ impl Cgroups {
             owner,
             enforcement: chosen.1,
         };
-        tracing::debug!(backend = %cgroups.backend(), enforcement = ?cgroups.enforcement, "cgroups detected");
+        tracing::debug!(
+            backend = %cgroups.backend(),
+            enforcement = ?cgroups.enforcement,
+            "cgroups detected"
+        );
         cgroups
     }
 
     /// A manager that uses no cgroup at all (e.g. cgroups switched off in the config).
     pub fn disabled(reason: &str) -> Cgroups {
-        let owner = Owner {
-            pid: std::process::id(),
-            start: 0,
-        };
-        Cgroups::disabled_with(owner, reason)
+        Cgroups::disabled_with(Owner::current(), reason)
     }
 
     fn disabled_with(owner: Owner, reason: &str) -> Cgroups {
@@ -526,7 +531,12 @@ impl CgroupMount {
         if !(rel.is_empty() || rel.starts_with('/')) {
             return None;
         }
-        Some(self.mount_point.join(rel.trim_start_matches('/')))
+        let rel = rel.trim_start_matches('/');
+        Some(if rel.is_empty() {
+            self.mount_point.clone()
+        } else {
+            self.mount_point.join(rel)
+        })
     }
 }
 
@@ -675,7 +685,11 @@ fn rmdir_shared_if_empty(shared: &Path) {
             Some(libc::EBUSY | libc::ENOTEMPTY | libc::ENOENT | libc::EEXIST)
         );
         if !benign {
-            tracing::debug!(path = %shared.display(), error = %e, "cannot remove shared cgroup dir");
+            tracing::debug!(
+                path = %shared.display(),
+                error = %e,
+                "cannot remove shared cgroup dir"
+            );
         }
     }
 }

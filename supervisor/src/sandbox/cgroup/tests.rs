@@ -32,9 +32,14 @@ fn usable(need: &[&str]) -> Option<Cgroups> {
         cpu_quota: need.contains(&"cpu_quota").then_some(1.0),
     };
     let why = if cgroups.backend() == Backend::None {
+        let all = CgroupLimits {
+            memory: Some(64 * MIB),
+            pids: Some(64),
+            cpu_quota: Some(1.0),
+        };
         Some(format!(
             "no writable cgroup: {}",
-            cgroups.report(&CgroupLimits::default()).join("; ")
+            cgroups.report(&all).join("; ")
         ))
     } else {
         let missing = cgroups.unenforceable(&wanted);
@@ -215,6 +220,14 @@ fn cpu_quota_is_a_fraction_of_the_period() {
             })
         ));
     }
+}
+
+#[test]
+fn handles_are_shareable_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Cgroups>();
+    shareable::<AgentCgroup>();
+    shareable::<CgroupError>();
 }
 
 #[test]
@@ -520,10 +533,11 @@ fn create_refuses_a_name_in_use() {
     let name = unique("twice");
     let first = cgroups.create(&name, &CgroupLimits::default()).unwrap();
     let err = cgroups.create(&name, &CgroupLimits::default()).unwrap_err();
-    assert!(
-        matches!(&err, CgroupError::CreateDir { source, .. } if source.kind() == io::ErrorKind::AlreadyExists),
-        "{err}"
+    let exists = matches!(
+        &err,
+        CgroupError::CreateDir { source, .. } if source.kind() == io::ErrorKind::AlreadyExists
     );
+    assert!(exists, "{err}");
     // The failed create must not have removed the first one's directories.
     for p in first.paths() {
         assert!(p.is_dir(), "{}", p.display());
@@ -544,12 +558,24 @@ fn sweep_removes_dead_owners_only() {
         pid: dead_pid,
         start: 1,
     };
-    let stale = crashed
-        .create(&unique("stale"), &CgroupLimits::default())
-        .unwrap();
-    let stale_paths = stale.paths();
     let mut orphan = sleeper();
-    stale.attach(orphan.id()).unwrap();
+    // Test processes running at the same time sweep too and may take this stale cgroup
+    // before the orphan is in it: then make another.
+    let mut tries = 0;
+    let stale = loop {
+        let stale = crashed
+            .create(&unique("stale"), &CgroupLimits::default())
+            .unwrap();
+        match stale.attach(orphan.id()) {
+            Ok(()) => break stale,
+            Err(e) if tries < 5 => {
+                eprintln!("stale cgroup swept by someone else before attach: {e}");
+                tries += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let stale_paths = stale.paths();
     std::mem::forget(stale); // nobody left to clean up
 
     // A live supervisor sharing the parent cgroup (pid 1 stands in for it), and this one.
@@ -582,4 +608,88 @@ fn sweep_removes_dead_owners_only() {
     assert!(my_child.0.try_wait().unwrap().is_none());
     cgroups.sweep_stale().unwrap();
     assert!(mine.paths().iter().all(|p| p.is_dir()));
+}
+
+/// Removes a test-made v2 base directory (and what is left in it) at the end of the test.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = rmdir_tree(&self.0);
+    }
+}
+
+/// The v2 directory handling (leaves, attach, `cgroup.kill`, sweep) on whatever v2 hierarchy
+/// there is, even one with no controllers: a hybrid host runs the code production v2 hosts use.
+#[test]
+fn v2_leaves_attach_kill_and_sweep() {
+    let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let own = parse_proc_cgroup(&fs::read_to_string("/proc/self/cgroup").unwrap());
+    let dir = own
+        .iter()
+        .find(|o| o.hierarchy == 0 && o.controllers.is_empty())
+        .and_then(|o| {
+            mounts
+                .iter()
+                .filter(|m| m.v2)
+                .find_map(|m| m.dir_of(&o.path))
+        });
+    let Some(dir) = dir.filter(|d| writable(d).is_ok()) else {
+        eprintln!("skipped: no writable cgroup v2 directory");
+        return;
+    };
+    let base = dir.join(format!("corral-v2test-{}", std::process::id()));
+    mkdir_existing_ok(&base).unwrap();
+    let _cleanup = RemoveDir(base.clone());
+    let owner = Cgroups::detect().owner;
+    let cgroups = Cgroups {
+        inner: Inner::V2(v2::V2::without_controllers(base.clone())),
+        owner,
+        enforcement: Limit::ALL.map(|_| Err("test: no controllers".to_string())),
+    };
+    assert_eq!(cgroups.backend(), Backend::V2);
+
+    let agent = cgroups
+        .create(&unique("v2"), &CgroupLimits::default())
+        .unwrap();
+    assert_eq!(agent.paths(), [base.join(CORRAL_DIR).join(agent.name())]);
+    assert_eq!(agent.attach_fds().unwrap().len(), 1);
+    let mut child = sleeper();
+    agent.attach(child.id()).unwrap();
+    assert_eq!(agent.pids().unwrap(), [child.id()]);
+    let has_kill = agent.paths()[0].join("cgroup.kill").exists();
+    assert_eq!(agent.kill_all().unwrap(), 1);
+    assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
+    eprintln!(
+        "cgroup.kill present: {has_kill}; cpu usage {:?}",
+        agent.cpu_usage_us()
+    );
+    agent.remove().unwrap();
+    assert!(!agent.paths()[0].exists());
+    assert!(
+        !base.join(CORRAL_DIR).exists(),
+        "empty shared dir left behind"
+    );
+
+    let mut crashed = cgroups.clone();
+    crashed.owner = Owner {
+        pid: u32::MAX - 1,
+        start: 1,
+    };
+    let stale = crashed
+        .create(&unique("v2-stale"), &CgroupLimits::default())
+        .unwrap();
+    let mut orphan = sleeper();
+    stale.attach(orphan.id()).unwrap();
+    let stale_paths = stale.paths();
+    std::mem::forget(stale);
+    let mine = cgroups
+        .create(&unique("v2-mine"), &CgroupLimits::default())
+        .unwrap();
+    assert_eq!(cgroups.sweep_stale().unwrap(), 1);
+    assert_eq!(orphan.wait().signal(), Some(libc::SIGKILL));
+    assert!(!stale_paths[0].exists());
+    assert!(mine.paths()[0].is_dir());
+    drop(mine);
+    assert!(!base.join(CORRAL_DIR).exists());
 }

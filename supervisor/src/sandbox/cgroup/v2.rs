@@ -102,8 +102,8 @@ pub(super) fn probe(
                 format!("it lists {:?}", available.join(" "))
             };
             reasons[limit as usize] = Some(format!(
-                "no {c} controller in {}/cgroup.controllers ({listed})",
-                base.display()
+                "no {c} controller in {} ({listed})",
+                base.join("cgroup.controllers").display()
             ));
         }
     }
@@ -116,18 +116,18 @@ pub(super) fn probe(
     }
     let mut enabled = Vec::new();
     if !wanted.is_empty() {
-        match enable_in_own(&base, &wanted) {
-            Ok(()) => {}
-            Err(e) => tracing::debug!(error = %e, "cgroup v2: enabling controllers"),
-        }
+        let failure = match enable_in_own(&base, &wanted) {
+            Ok(()) => String::new(),
+            Err(e) => format!(": {e}"),
+        };
         let now = controllers(&base.join("cgroup.subtree_control")).unwrap_or_default();
         for c in wanted {
             if now.iter().any(|s| s == c) {
                 enabled.push(c);
             } else {
                 reasons[limit_of(c) as usize] = Some(format!(
-                    "cannot enable {c} in {}/cgroup.subtree_control",
-                    base.display()
+                    "cannot enable {c} in {}{failure}",
+                    base.join("cgroup.subtree_control").display()
                 ));
             }
         }
@@ -196,11 +196,25 @@ fn evacuate(base: &Path) -> Result<(), CgroupError> {
             other => other?,
         }
     }
-    tracing::info!(from = %base.display(), to = %leaf.display(), "cgroup v2: moved processes into a leaf to delegate controllers");
+    tracing::info!(
+        from = %base.display(),
+        to = %leaf.display(),
+        "cgroup v2: moved processes into a leaf to delegate controllers"
+    );
     Ok(())
 }
 
 impl V2 {
+    /// A manager rooted at `base` with no controllers (tests of the directory handling on a
+    /// host whose v2 hierarchy has none).
+    #[cfg(test)]
+    pub(super) fn without_controllers(base: PathBuf) -> V2 {
+        V2 {
+            base,
+            enabled: Vec::new(),
+        }
+    }
+
     fn shared(&self) -> PathBuf {
         self.base.join(CORRAL_DIR)
     }

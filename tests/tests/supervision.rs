@@ -1,0 +1,240 @@
+//! Supervision end to end: hangs, stalls, deadlines, kill escalation, crash loops with backoff
+//! and restart intensity, circuit breakers, quarantine, log floods, and isolation of one hung
+//! agent from the others. Real `chaos` agent processes, assertions on exit records.
+
+use corral::record::{Decision, ExitReason};
+use corral::run::{CallOptions, CallOutcome, Supervisor};
+use corral_e2e::*;
+use corral_proto::Value;
+use std::time::Duration;
+
+fn input(json: &str) -> Value {
+    Value::from_json(&serde_json::from_str(json).unwrap())
+}
+
+fn sup(defaults: &str) -> (Fixture, Supervisor) {
+    let fx = fixture_with_defaults(defaults, "");
+    let cfg = load(&fx);
+    (fx, Supervisor::new(cfg).unwrap())
+}
+
+async fn call(s: &Supervisor, agent: &str, json: &str) -> CallOutcome {
+    s.call(agent, input(json), CallOptions::default())
+        .await
+        .unwrap()
+}
+
+fn reasons(o: &CallOutcome) -> Vec<ExitReason> {
+    o.attempts.iter().map(|a| a.reason).collect()
+}
+
+fn decisions(o: &CallOutcome) -> Vec<Decision> {
+    o.attempts.iter().map(|a| a.decision).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hang_is_detected_and_retried() {
+    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 1\nquarantine_after = 10");
+    let o = call(&s, "chaos", r#"{"do":"hang"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Hung, ExitReason::Hung]);
+    assert_eq!(decisions(&o), [Decision::Retry, Decision::Abort]);
+    let a = &o.attempts[0];
+    assert_eq!(a.phase, corral::record::Phase::Busy);
+    assert!(a.last_heartbeat_age_ms.unwrap() >= 400, "{a:?}");
+    assert_eq!(a.backoff_ms, Some(10));
+    assert_eq!(o.attempts[1].retry_count, 1);
+    for a in &o.attempts {
+        assert!(!alive(a.pid.unwrap() as i32));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_is_told_apart_from_hang() {
+    let (_fx, s) = sup("stall_timeout = \"500ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"stall"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Stalled]);
+    let a = &o.attempts[0];
+    // Heartbeats kept coming: the last frame is recent, unlike a hang.
+    assert!(a.last_heartbeat_age_ms.unwrap() < 500, "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_past_wall_time_is_a_deadline() {
+    let (_fx, s) = sup("wall_time = \"500ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"spin"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Deadline]);
+    let a = &o.attempts[0];
+    assert!(a.progress > 0, "spin progresses: {a:?}");
+    assert!(a.cpu_user_ms > 0, "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ignorer_is_killed_after_grace() {
+    let (_fx, s) = sup("heartbeat_timeout = \"300ms\"\nkill_grace = \"200ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"ignore_term"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Hung]);
+    let a = &o.attempts[0];
+    assert_eq!(a.signals_sent, ["SIGTERM", "SIGKILL"]);
+    assert_eq!(a.signal, Some(libc::SIGKILL));
+    assert!(!alive(a.pid.unwrap() as i32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_backs_off_goes_fatal_and_recovers() {
+    let (_fx, s) = sup("max_retries = 10\nquarantine_after = 100\n\
+         backoff = { initial = \"10ms\", factor = 2.0, max = \"1s\", jitter = 0.0 }\n\
+         intensity = { max = 3, period = \"60s\", fatal_cooldown = \"400ms\" }\n\
+         breaker = { failures = 100 }");
+    let o = call(&s, "chaos", r#"{"do":"crash"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Signal; 4]);
+    let backoffs: Vec<_> = o.attempts.iter().map(|a| a.backoff_ms).collect();
+    assert_eq!(backoffs, [Some(10), Some(20), Some(40), None]);
+    assert_eq!(
+        decisions(&o),
+        [
+            Decision::Retry,
+            Decision::Retry,
+            Decision::Retry,
+            Decision::Escalate
+        ]
+    );
+    let restarts: Vec<_> = o.attempts.iter().map(|a| a.restart_count).collect();
+    assert_eq!(restarts, [1, 2, 3, 4]);
+
+    // Fatal: pending work fails fast, without a process.
+    let fast = call(&s, "chaos", r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&fast), [ExitReason::CircuitOpen]);
+    assert!(fast.attempts[0].pid.is_none());
+    assert!(fast.attempts[0]
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("fatal"));
+
+    // Unlike a permanent start-limit, fatal ends by itself after the cooldown.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let back = call(&s, "chaos", r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&back), [ExitReason::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_then_half_opens() {
+    let (_fx, s) = sup(
+        "max_retries = 0\nquarantine_after = 100\nbreaker = { failures = 2, open_for = \"300ms\" }",
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            reasons(&call(&s, "chaos", r#"{"do":"crash"}"#).await),
+            [ExitReason::Signal]
+        );
+    }
+    let open = call(&s, "chaos", r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&open), [ExitReason::CircuitOpen]);
+    assert!(open.attempts[0].pid.is_none());
+
+    // Half-open: one probe; its failure reopens the breaker.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        reasons(&call(&s, "chaos", r#"{"do":"crash"}"#).await),
+        [ExitReason::Signal]
+    );
+    assert_eq!(
+        reasons(&call(&s, "chaos", r#"{"do":"ok"}"#).await),
+        [ExitReason::CircuitOpen]
+    );
+
+    // Next probe succeeds and closes it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        reasons(&call(&s, "chaos", r#"{"do":"ok"}"#).await),
+        [ExitReason::Completed]
+    );
+    assert_eq!(
+        reasons(&call(&s, "chaos", r#"{"do":"ok"}"#).await),
+        [ExitReason::Completed]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_input_is_quarantined_while_others_proceed() {
+    let (_fx, s) = sup("max_retries = 5\nquarantine_after = 2\nbreaker = { failures = 100 }");
+    let o = call(&s, "chaos", r#"{"do":"exit","code":7}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::ExitCode, ExitReason::ExitCode]);
+    assert_eq!(decisions(&o), [Decision::Retry, Decision::Quarantine]);
+    let again = call(&s, "chaos", r#"{"do":"exit","code":7}"#).await;
+    assert_eq!(reasons(&again), [ExitReason::Quarantined]);
+    assert!(again.attempts[0].pid.is_none());
+    let other = call(&s, "chaos", r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&other), [ExitReason::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_exit_codes_and_non_retryable_errors_are_final() {
+    let (_fx, s) = sup("max_retries = 5\nno_retry_exit_codes = [3]");
+    let o = call(&s, "chaos", r#"{"do":"exit","code":3}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::ExitCode]);
+    assert_eq!(decisions(&o), [Decision::Abort]);
+    let o = call(&s, "chaos", r#"{"do":"fail","retryable":false}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::AgentError]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_never_blocks_and_drops_are_counted() {
+    let (_fx, s) = sup("log_limit = \"1MiB\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"flood","mb":8}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed]);
+    let dropped = o.attempts[0].log_bytes_dropped;
+    assert!(
+        (7 << 20..=8 << 20).contains(&dropped),
+        "8 MiB written, 1 MiB allowed, {dropped} dropped"
+    );
+    // An endless flood ends at its deadline while another agent completes meanwhile.
+    let (_fx2, s2) = sup("wall_time = \"1s\"\nmax_retries = 0");
+    let (flood, echo) = tokio::join!(
+        call(&s2, "chaos", r#"{"do":"flood"}"#),
+        call(&s2, "echo", r#"{"x":1}"#)
+    );
+    assert_eq!(reasons(&echo), [ExitReason::Completed]);
+    assert_eq!(reasons(&flood), [ExitReason::Deadline]);
+    assert!(flood.attempts[0].log_bytes_dropped > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_hung_agents_do_not_delay_forty_others() {
+    let (_fx, s) = sup("heartbeat_timeout = \"60s\"\nmax_retries = 0\nkill_grace = \"200ms\"");
+    let s = std::sync::Arc::new(s);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..50 {
+        let (s, stop_rx, done_tx) = (s.clone(), stop_rx.clone(), done_tx.clone());
+        tokio::spawn(async move {
+            let hang = i % 5 == 0;
+            let json = if hang {
+                r#"{"do":"hang"}"#
+            } else {
+                r#"{"do":"sleep_ms","ms":20}"#
+            };
+            let opts = CallOptions {
+                stop: Some(stop_rx),
+                ..Default::default()
+            };
+            let o = s.call("chaos", input(json), opts).await.unwrap();
+            let _ = done_tx.send((hang, o));
+        });
+    }
+    // The first forty to finish are exactly the forty healthy ones, all completed, while the
+    // ten hung agents are still running.
+    for _ in 0..40 {
+        let (hang, o) = done_rx.recv().await.unwrap();
+        assert!(!hang, "a hung agent finished before the healthy ones");
+        assert_eq!(reasons(&o), [ExitReason::Completed]);
+    }
+    stop_tx.send(Some(ExitReason::Cancelled)).unwrap();
+    for _ in 0..10 {
+        let (hang, o) = done_rx.recv().await.unwrap();
+        assert!(hang);
+        assert_eq!(reasons(&o), [ExitReason::Cancelled]);
+        assert!(!alive(o.attempts[0].pid.unwrap() as i32));
+    }
+}
