@@ -68,6 +68,17 @@ pub enum AttemptEvent {
         /// Its pid.
         pid: i32,
     },
+    /// A watchdog fired (hung, stalled, deadline, startup_timeout); the kill follows at once.
+    Watchdog {
+        /// Agent name.
+        agent: String,
+        /// Its pid.
+        pid: i32,
+        /// Why.
+        reason: ExitReason,
+        /// How late after the deadline the watchdog ran, in microseconds.
+        late_us: u64,
+    },
     /// The attempt is over.
     Exited(Box<ExitRecord>),
 }
@@ -1061,7 +1072,14 @@ impl<'a> State<'a> {
                 _ = &mut sleep => {
                     // Re-check: events may have moved the deadline while we slept.
                     let (real, why) = self.next_deadline();
-                    if Instant::now() >= real {
+                    let now = Instant::now();
+                    if now >= real {
+                        self.spec.emit(|| AttemptEvent::Watchdog {
+                            agent: self.agent().name.clone(),
+                            pid,
+                            reason: why,
+                            late_us: now.duration_since(real).as_micros() as u64,
+                        });
                         return self.timeout_verdict(why);
                     }
                     sleep.as_mut().reset(real.into());

@@ -22,6 +22,7 @@
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
+//! | `{"do":"frames","n":N}` | sends N small `Log` frames as fast as it can, then `{"ok":true}` |
 //! | `{"do":"id"}` | `{"uid":U,"gid":G,"pid":P}` |
 
 use corral_sdk::{run_value, AgentError, Contract, Ctx, Schema, SideEffects, Value};
@@ -186,6 +187,13 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             while Instant::now() < until {
                 std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
                 ctx.progress();
+            }
+            Ok(ok())
+        }
+        "frames" => {
+            let n = arg_i64(&input, "n")?.max(0);
+            for _ in 0..n {
+                ctx.log_at(corral_proto::LogLevel::Trace, "x");
             }
             Ok(ok())
         }

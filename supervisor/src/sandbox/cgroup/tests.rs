@@ -501,6 +501,17 @@ fn memory_hog_is_oom_killed_and_counted() {
     );
     assert!(!out.contains("survived 200000000"), "{out}");
     let peak = agent.memory_peak_bytes().unwrap();
+    for dir in agent.paths() {
+        for file in ["memory.oom_control", "memory.events"] {
+            if let Ok(text) = fs::read_to_string(dir.join(file)) {
+                eprintln!("{}/{file}:\n{text}", dir.display());
+            }
+        }
+    }
+    eprintln!(
+        "status {status:?}, oom_kills {}, peak {peak}",
+        agent.oom_kills()
+    );
     assert!(peak > 10 * MIB && peak <= limit + 4 * MIB, "peak {peak}");
     agent.kill_all().unwrap();
     agent.remove().unwrap();
