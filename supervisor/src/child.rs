@@ -43,6 +43,8 @@ pub struct AttemptSpec {
     pub max_frame: u32,
     /// Cgroup manager, when the host has one.
     pub cgroups: Option<Arc<Cgroups>>,
+    /// The supervisor's state directory (workspaces live under `work/`).
+    pub state_dir: std::path::PathBuf,
     /// Where to report life events of the attempt (for status displays, tests, benchmarks).
     pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
 }
@@ -260,23 +262,84 @@ async fn write_frames(mut tx: pipe::Sender, mut rx: mpsc::UnboundedReceiver<Vec<
     }
 }
 
-/// Builds the per-attempt sandbox pieces that come from config.
+/// System paths every agent may read (and execute): enough for a dynamically linked program.
+const SYSTEM_READ: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+    "/sys/devices/system/cpu",
+];
+/// Devices every agent may write.
+const SYSTEM_WRITE: &[&str] = &["/dev/null"];
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Resolve `user`/`group` names (or numbers) to ids.
+fn resolve_ids(spec: &AgentSpec) -> Result<Option<(u32, u32)>, String> {
+    let Some(user) = &spec.user else {
+        return Ok(None);
+    };
+    let u = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(user),
+    }
+    .map_err(|e| format!("look up user `{user}`: {e}"))?
+    .ok_or_else(|| format!("no such user `{user}`"))?;
+    let gid = match &spec.group {
+        None => u.gid.as_raw(),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("look up group `{g}`: {e}"))?
+                .ok_or_else(|| format!("no such group `{g}`"))?
+                .gid
+                .as_raw(),
+        },
+    };
+    Ok(Some((u.uid.as_raw(), gid)))
+}
+
+/// The per-attempt spawn specification from config: limits, namespaces, privileges, landlock.
+/// Returns the read end of the init's status pipe when the agent runs under `corral-init`.
 fn spawn_spec(
     spec: &AgentSpec,
     env: Vec<(String, String)>,
     cwd: std::path::PathBuf,
+    workspace: &std::path::Path,
     cgroup: Option<&AgentCgroup>,
     cgroup_mem: bool,
-) -> Result<SpawnSpec, String> {
+) -> Result<(SpawnSpec, Option<OwnedFd>), String> {
+    use crate::config::Namespace;
     let program = spec
         .command
         .first()
         .ok_or_else(|| "empty command".to_string())?;
+    let resolved = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
+        .map_err(|e| e.to_string())?;
+    // Fail here, before any process exists, when the program cannot be executed.
+    nix::unistd::access(&resolved, nix::unistd::AccessFlags::X_OK).map_err(|e| {
+        format!(
+            "cannot execute {}: {}",
+            resolved.display(),
+            std::io::Error::from(e)
+        )
+    })?;
     let mut s = SpawnSpec::new(program)
         .args(spec.command.iter().skip(1).cloned())
         .env(env)
         .cwd(Some(cwd))
-        .rlimit(libc::RLIMIT_CORE, 0, 0);
+        .rlimit(libc::RLIMIT_CORE, 0, 0)
+        .seccomp(spec.seccomp);
     if let Some(cpu) = spec.cpu_time {
         let secs = cpu.as_secs().max(1);
         // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
@@ -294,7 +357,111 @@ fn spawn_spec(
     if let Some(cg) = cgroup {
         s = s.cgroup_fds(cg.attach_fds().map_err(|e| e.to_string())?);
     }
-    Ok(s)
+    let root = is_root();
+    let has = |n: Namespace| spec.namespaces.contains(&n);
+    let user_ns = has(Namespace::User) || (!root && !spec.namespaces.is_empty());
+    let mut ns = crate::sandbox::spawn::Namespaces {
+        pid: has(Namespace::Pid),
+        ipc: has(Namespace::Ipc),
+        uts: has(Namespace::Uts)
+            .then(|| format!("corral-{}", spec.name).chars().take(64).collect()),
+        mount: has(Namespace::Mount),
+        net_join: None,
+        net_own: false,
+        keep_in_tmp: None,
+        user_map: user_ns.then(|| {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        }),
+    };
+    if has(Namespace::Net) && !spec.network {
+        // Joining the shared namespace needs privilege over the host's user namespace.
+        match (user_ns, crate::sandbox::netns::shared()) {
+            (false, Ok(fd)) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
+            _ => ns.net_own = true,
+        }
+    }
+    let mut status_rx = None;
+    let mut read_paths: Vec<std::path::PathBuf> = SYSTEM_READ.iter().map(Into::into).collect();
+    read_paths.push(resolved.clone());
+    if ns.pid {
+        let init = crate::sandbox::init_path()
+            .ok_or("a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH")?;
+        let (rx, tx) = pipe_pair().map_err(|e| format!("create status pipe: {e}"))?;
+        s = s.init(init.clone(), tx);
+        read_paths.push(init.clone());
+        status_rx = Some(rx);
+    }
+    let ids = if root { resolve_ids(spec)? } else { None };
+    if let Some((uid, gid)) = ids {
+        nix::unistd::chown(workspace, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| format!("chown workspace {}: {e}", workspace.display()))?;
+        s = s.user(uid, gid);
+    }
+    if ns.mount && workspace.starts_with("/tmp") {
+        s = s.keep_in_tmp(workspace);
+    }
+    s = s.drop_caps(root && !user_ns).namespaces(ns);
+    read_paths.extend(spec.readonly_paths.iter().cloned());
+    let mut write_paths: Vec<std::path::PathBuf> = SYSTEM_WRITE.iter().map(Into::into).collect();
+    write_paths.push(workspace.to_path_buf());
+    write_paths.extend(spec.writable_paths.iter().cloned());
+    match crate::sandbox::landlock::Ruleset::build(
+        read_paths.iter().map(|p| p.as_path()),
+        write_paths.iter().map(|p| p.as_path()),
+    ) {
+        Ok(rs) => {
+            let rw = rs.handled();
+            s = s.landlock(Some(rs.into_fd()), rw);
+        }
+        Err(e) if spec.strict => return Err(format!("strict: {e}")),
+        Err(e) => tracing::debug!(agent = %spec.name, "file-system confinement off: {e}"),
+    }
+    Ok((s, status_rx))
+}
+
+/// Read the record `corral-init` wrote about the agent (see its docs). `Err(errno)` when the
+/// agent could not be started inside the namespace.
+fn read_init_status(fd: OwnedFd) -> Option<Result<Reaped, i32>> {
+    use std::io::Read;
+    let mut buf = [0u8; 29];
+    let mut f = std::fs::File::from(fd);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if n < buf.len() {
+        return None;
+    }
+    let status = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    if buf[0] == 1 {
+        return Some(Err(status));
+    }
+    let mut r = Reaped {
+        cpu_user_ms: u64_at(5),
+        cpu_sys_ms: u64_at(13),
+        max_rss_kb: u64_at(21),
+        ..Default::default()
+    };
+    if libc::WIFEXITED(status) {
+        r.exit_code = Some(libc::WEXITSTATUS(status));
+    } else if libc::WIFSIGNALED(status) {
+        r.signal = Some(libc::WTERMSIG(status));
+        r.core_dumped = libc::WCOREDUMP(status);
+    }
+    Some(Ok(r))
 }
 
 /// Run one task on one fresh agent process and account for it.
@@ -357,11 +524,14 @@ pub async fn run_attempt(
         },
     };
 
-    // Workspace: a fresh private directory per attempt.
-    let workspace = match tempfile::Builder::new()
-        .prefix(&format!("corral-{}-", agent.name))
-        .tempdir()
-    {
+    // Workspace: a fresh private directory per attempt, under the state directory (not under
+    // /tmp, which the agent's mount namespace replaces with a private tmpfs).
+    let work_root = spec.state_dir.join("work");
+    let workspace = match std::fs::create_dir_all(&work_root).and_then(|_| {
+        tempfile::Builder::new()
+            .prefix(&format!("{}-", agent.name))
+            .tempdir_in(&work_root)
+    }) {
         Ok(w) => w,
         Err(e) => return spawn_failed(record, format!("create workspace: {e}")),
     };
@@ -405,7 +575,14 @@ pub async fn run_attempt(
         Ok(f) => OwnedFd::from(f),
         Err(e) => return spawn_failed(record, format!("open /dev/null: {e}")),
     };
-    let sspec = match spawn_spec(&agent, env, cwd, cgroup.as_ref(), cgroup_mem) {
+    let (sspec, status_rx) = match spawn_spec(
+        &agent,
+        env,
+        cwd,
+        workspace.path(),
+        cgroup.as_ref(),
+        cgroup_mem,
+    ) {
         Ok(s) => s,
         Err(e) => return spawn_failed(record, e),
     };
@@ -524,6 +701,26 @@ pub async fn run_attempt(
     if let Some(c) = &cgroup {
         if let Err(e) = c.remove() {
             tracing::warn!(agent = %agent.name, pid, "remove cgroup: {e}");
+        }
+    }
+    // Under corral-init, the agent's own end is in the init's report; without one (the init
+    // itself was killed), the init's status stands for the tree.
+    let mut reaped = reaped;
+    if let Some(fd) = status_rx {
+        match read_init_status(fd) {
+            Some(Ok(r)) => reaped = Some(r),
+            Some(Err(errno)) => {
+                verdict.reason = Some(ExitReason::SpawnFailed);
+                verdict.error = err(
+                    "spawn_failed",
+                    format!(
+                        "in the child, execve of the agent failed: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                    false,
+                );
+            }
+            None => {}
         }
     }
     let r = reaped.unwrap_or_default();

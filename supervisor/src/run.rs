@@ -307,6 +307,7 @@ impl Supervisor {
                 attempt: attempt_no,
                 max_frame: self.config.supervisor.max_frame,
                 cgroups: self.cgroups.clone(),
+                state_dir: self.config.supervisor.state_dir.clone(),
                 events: opts.events.clone(),
             };
             let task = TaskInput {

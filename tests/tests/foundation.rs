@@ -136,7 +136,7 @@ command = ["/nonexistent/agent-binary"]
     );
     let msg = c.last()["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("execve") && msg.contains("No such file"),
+        msg.contains("/nonexistent/agent-binary") && msg.contains("No such file"),
         "{msg}"
     );
     assert!(c.last()["pid"].is_null());

@@ -228,6 +228,8 @@ pub struct AgentSpec {
     pub env_pass: Vec<String>,
     /// Keep the per-attempt workspace after the attempt ends.
     pub keep_workspace: bool,
+    /// Deny dangerous system calls (ptrace, mount, kexec, bpf, …) with a seccomp filter.
+    pub seccomp: bool,
     /// Fail the spawn when an isolation feature is unavailable instead of degrading.
     pub strict: bool,
     // --- supervision ---
@@ -292,6 +294,7 @@ impl AgentSpec {
             writable_paths: Vec::new(),
             env_pass: vec!["RUST_LOG".to_string()],
             keep_workspace: false,
+            seccomp: true,
             strict: false,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),

@@ -498,6 +498,7 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         spec.env_pass = strings(v).cloned().collect();
     }
     set(&mut spec.keep_workspace, &s.keep_workspace);
+    set(&mut spec.seccomp, &s.seccomp);
     set(&mut spec.strict, &s.strict);
 
     set(&mut spec.heartbeat_interval, &dur(&s.heartbeat_interval));

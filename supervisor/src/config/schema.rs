@@ -60,6 +60,7 @@ pub(super) struct Settings {
     pub writable_paths: Option<Vec<Spanned<String>>>,
     pub env_pass: Option<Vec<Spanned<String>>>,
     pub keep_workspace: Option<bool>,
+    pub seccomp: Option<bool>,
     pub strict: Option<bool>,
     // supervision
     pub heartbeat_interval: Option<Spanned<Dur>>,

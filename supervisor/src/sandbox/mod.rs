@@ -10,3 +10,34 @@ pub mod spawn;
 
 pub use process::{become_subreaper, kill_group, OrphanReaper, PidFd, Reaped};
 pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};
+pub mod landlock;
+pub mod netns;
+pub mod seccomp;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Where `corral-init` is: `$CORRAL_INIT`, else next to the running executable (or one
+/// directory up, for test binaries in `target/*/deps`), else on `PATH`.
+pub fn init_path() -> Option<&'static PathBuf> {
+    static P: OnceLock<Option<PathBuf>> = OnceLock::new();
+    P.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CORRAL_INIT") {
+            return Some(PathBuf::from(p));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            let mut dir = exe.parent().map(PathBuf::from);
+            for _ in 0..2 {
+                if let Some(d) = &dir {
+                    let cand = d.join("corral-init");
+                    if cand.is_file() {
+                        return Some(cand);
+                    }
+                    dir = d.parent().map(PathBuf::from);
+                }
+            }
+        }
+        spawn::resolve_program(std::path::Path::new("corral-init")).ok()
+    })
+    .as_ref()
+}

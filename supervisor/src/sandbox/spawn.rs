@@ -77,7 +77,60 @@ pub struct SpawnSpec {
     uid_gid: Option<(u32, u32)>,
     no_new_privs: bool,
     landlock: Option<OwnedFd>,
+    landlock_rw: u64,
     pdeathsig: bool,
+    ns: Namespaces,
+    init: Option<PathBuf>,
+    drop_caps: bool,
+    seccomp: bool,
+}
+
+/// Which namespaces the child gets, and how they are set up.
+#[derive(Debug, Default, Clone)]
+pub struct Namespaces {
+    /// Own pid namespace (the agent runs under `corral-init`).
+    pub pid: bool,
+    /// Own IPC namespace.
+    pub ipc: bool,
+    /// Own UTS namespace, with this host name.
+    pub uts: Option<String>,
+    /// Own mount namespace: private propagation, a fresh tmpfs on `/tmp`, and (with `pid`)
+    /// a `/proc` of its own.
+    pub mount: bool,
+    /// Network: `None` shares the host's; `Some(fd)` joins that namespace; see `net_own`.
+    pub net_join: Option<RawFd>,
+    /// A network namespace of its own, loopback only.
+    pub net_own: bool,
+    /// A user namespace mapping root inside to this uid/gid outside (unprivileged supervisor).
+    pub user_map: Option<(u32, u32)>,
+    /// A directory under `/tmp` (the workspace) to keep visible at the same path on top of
+    /// the private `/tmp`.
+    pub keep_in_tmp: Option<PathBuf>,
+}
+
+impl Namespaces {
+    fn clone_flags(&self) -> libc::c_int {
+        let mut f = 0;
+        if self.pid {
+            f |= libc::CLONE_NEWPID;
+        }
+        if self.ipc {
+            f |= libc::CLONE_NEWIPC;
+        }
+        if self.uts.is_some() {
+            f |= libc::CLONE_NEWUTS;
+        }
+        if self.mount {
+            f |= libc::CLONE_NEWNS;
+        }
+        if self.net_own {
+            f |= libc::CLONE_NEWNET;
+        }
+        if self.user_map.is_some() {
+            f |= libc::CLONE_NEWUSER;
+        }
+        f
+    }
 }
 
 impl SpawnSpec {
@@ -109,7 +162,7 @@ impl SpawnSpec {
         self
     }
 
-    /// Make `fd` appear as `target` in the child (targets 0..=4 are supported).
+    /// Make `fd` appear as `target` in the child (targets 0..=5 are supported).
     pub fn fd(mut self, fd: OwnedFd, target: RawFd) -> Self {
         self.fds.push((fd, target));
         self
@@ -133,9 +186,47 @@ impl SpawnSpec {
         self
     }
 
-    /// A landlock ruleset fd to restrict the child with.
-    pub fn landlock(mut self, ruleset: Option<OwnedFd>) -> Self {
+    /// A landlock ruleset fd to restrict the child with; `rw` are the rights the child grants
+    /// itself on the private `/tmp` it mounts (read rights go to its `/proc`).
+    pub fn landlock(mut self, ruleset: Option<OwnedFd>, rw: u64) -> Self {
         self.landlock = ruleset;
+        self.landlock_rw = rw;
+        self
+    }
+
+    /// Namespaces to create or join (keeps a directory set by [`SpawnSpec::keep_in_tmp`]).
+    pub fn namespaces(mut self, ns: Namespaces) -> Self {
+        let keep = self.ns.keep_in_tmp.take();
+        self.ns = ns;
+        if self.ns.keep_in_tmp.is_none() {
+            self.ns.keep_in_tmp = keep;
+        }
+        self
+    }
+
+    /// Run the program under this init (required with a pid namespace); its status record
+    /// arrives on `status`, which becomes fd 5.
+    pub fn init(mut self, init: PathBuf, status: OwnedFd) -> Self {
+        self.init = Some(init);
+        self.fds.push((status, 5));
+        self
+    }
+
+    /// Drop every capability (bounding set included) before exec.
+    pub fn drop_caps(mut self, on: bool) -> Self {
+        self.drop_caps = on;
+        self
+    }
+
+    /// Keep `dir` (under `/tmp`) visible in the child's private `/tmp`.
+    pub fn keep_in_tmp(mut self, dir: &Path) -> Self {
+        self.ns.keep_in_tmp = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Install the seccomp deny list before exec.
+    pub fn seccomp(mut self, on: bool) -> Self {
+        self.seccomp = on;
         self
     }
 
@@ -173,7 +264,25 @@ const STAGES: &[&str] = &[
     "landlock_restrict_self",
     "close_range",
     "execve",
+    "write user namespace maps",
+    "setns(network)",
+    "make mounts private",
+    "mount tmpfs on /tmp",
+    "mount /proc",
+    "sethostname",
+    "bring up loopback",
+    "landlock rule for /tmp or /proc",
+    "drop capability bounding set",
+    "capset",
+    "seccomp",
+    "open_tree(workspace)",
+    "move_mount(workspace)",
+    "mkdir in private /tmp",
 ];
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Everything the child reads, prepared in the parent. Raw pointers point into the owned
 /// vectors kept alongside, which outlive the child's use of them (the parent is suspended
@@ -192,6 +301,15 @@ struct Prepared {
     landlock: Option<RawFd>,
     pdeathsig: bool,
     parent_pid: libc::pid_t,
+    ns: Namespaces,
+    hostname: Option<CString>,
+    user_maps: Option<[CString; 2]>,
+    landlock_rw: u64,
+    drop_caps: bool,
+    seccomp: Option<&'static [libc::sock_filter]>,
+    // Directories to create in the private /tmp, then bind source → target.
+    tmp_dirs: Vec<CString>,
+    tmp_keep: Option<CString>,
     // Written by the child on failure.
     err_stage: i32,
     err_errno: i32,
@@ -221,9 +339,19 @@ pub fn resolve_program(program: &Path) -> Result<PathBuf, SpawnError> {
 
 impl Prepared {
     fn new(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
-        let path = cstr(resolve_program(&spec.program)?.as_os_str(), "program path")?;
-        let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 1);
-        strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
+        let program = resolve_program(&spec.program)?;
+        let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 2);
+        let path = match &spec.init {
+            Some(init) => {
+                strings.push(cstr(init.as_os_str(), "init path")?);
+                strings.push(cstr(program.as_os_str(), "program path")?);
+                cstr(init.as_os_str(), "init path")?
+            }
+            None => {
+                strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
+                cstr(program.as_os_str(), "program path")?
+            }
+        };
         for a in &spec.args {
             strings.push(cstr(OsStr::new(a), "an argument")?);
         }
@@ -261,6 +389,38 @@ impl Prepared {
             pdeathsig: spec.pdeathsig,
             // SAFETY: getpid has no preconditions.
             parent_pid: unsafe { libc::getpid() },
+            ns: spec.ns.clone(),
+            hostname: match &spec.ns.uts {
+                Some(h) => Some(cstr(OsStr::new(h), "host name")?),
+                None => None,
+            },
+            user_maps: match spec.ns.user_map {
+                Some((uid, gid)) => Some([
+                    cstr(OsStr::new(&format!("0 {uid} 1")), "uid map")?,
+                    cstr(OsStr::new(&format!("0 {gid} 1")), "gid map")?,
+                ]),
+                None => None,
+            },
+            landlock_rw: spec.landlock_rw,
+            tmp_dirs: match (&spec.ns.keep_in_tmp, spec.ns.mount) {
+                (Some(dir), true) => {
+                    let mut v = Vec::new();
+                    for anc in dir.ancestors().collect::<Vec<_>>().into_iter().rev() {
+                        if anc.starts_with("/tmp") && anc != Path::new("/tmp") {
+                            v.push(cstr(anc.as_os_str(), "workspace path")?);
+                        }
+                    }
+                    v
+                }
+                _ => Vec::new(),
+            },
+            tmp_keep: match (&spec.ns.keep_in_tmp, spec.ns.mount) {
+                (Some(dir), true) => Some(cstr(dir.as_os_str(), "workspace path")?),
+                _ => None,
+            },
+            drop_caps: spec.drop_caps,
+            // Built here, in the parent: the child must not allocate.
+            seccomp: spec.seccomp.then(crate::sandbox::seccomp::program),
             err_stage: 0,
             err_errno: 0,
         })
@@ -268,7 +428,7 @@ impl Prepared {
 }
 
 /// The highest fd number a spec may map to. Sources are moved above it first.
-const MAX_TARGET: RawFd = 4;
+const MAX_TARGET: RawFd = 5;
 
 /// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range.
 fn lift_low_fds(spec: &mut SpawnSpec) -> Result<(), SpawnError> {
@@ -328,6 +488,108 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 4);
             }
         }
+        // 3b. Namespaces: user maps first (they grant the rest), then network, mounts, name.
+        if let Some(maps) = &p.user_maps {
+            if write_file(c"/proc/self/setgroups", b"deny") != 0
+                || write_file(c"/proc/self/uid_map", maps[0].as_bytes()) != 0
+                || write_file(c"/proc/self/gid_map", maps[1].as_bytes()) != 0
+            {
+                return fail(p, 17);
+            }
+        }
+        if let Some(fd) = p.ns.net_join {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return fail(p, 18);
+            }
+        }
+        if p.ns.net_own && loopback_up_raw() != 0 {
+            return fail(p, 23);
+        }
+        if p.ns.mount {
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail(p, 19);
+            }
+            // Clone the workspace's mount (in this namespace) before /tmp is covered.
+            let mut kept = -1;
+            if let Some(dir) = &p.tmp_keep {
+                kept = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    dir.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+                ) as libc::c_int;
+                if kept < 0 {
+                    return fail(p, 28);
+                }
+            }
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr().cast(),
+            ) != 0
+            {
+                return fail(p, 20);
+            }
+            for d in &p.tmp_dirs {
+                if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST
+                {
+                    return fail(p, 30);
+                }
+            }
+            if let Some(dir) = &p.tmp_keep {
+                if libc::syscall(
+                    libc::SYS_move_mount,
+                    kept,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dir.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) != 0
+                {
+                    return fail(p, 29);
+                }
+                libc::close(kept);
+            }
+            if p.ns.pid
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return fail(p, 21);
+            }
+            // The parent could not name these fresh mounts: grant them here.
+            if let Some(rs) = p.landlock {
+                for (path, access) in [
+                    (c"/tmp", p.landlock_rw),
+                    (c"/proc", crate::sandbox::landlock::READ),
+                ] {
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                    if fd < 0 || crate::sandbox::landlock::add_rule_raw(rs, fd, access) != 0 {
+                        return fail(p, 24);
+                    }
+                    libc::close(fd);
+                }
+            }
+        }
+        if let Some(h) = &p.hostname {
+            if libc::sethostname(h.as_ptr(), h.as_bytes().len()) != 0 {
+                return fail(p, 22);
+            }
+        }
         // 4. rlimits.
         for &(res, soft, hard) in &p.rlimits {
             let lim = libc::rlimit {
@@ -350,7 +612,17 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 7);
             }
         }
-        // 6. Privileges.
+        // 6. Privileges: the bounding set goes first (it needs CAP_SETPCAP), then the ids,
+        //    then whatever capabilities are left.
+        if p.drop_caps {
+            for cap in 0..64 {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    return fail(p, 25);
+                }
+            }
+        }
         if let Some((uid, gid)) = p.uid_gid {
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return fail(p, 8);
@@ -360,6 +632,38 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
             if libc::setuid(uid) != 0 {
                 return fail(p, 10);
+            }
+        }
+        if p.drop_caps {
+            #[repr(C)]
+            struct CapHeader {
+                version: u32,
+                pid: i32,
+            }
+            #[repr(C)]
+            struct CapData {
+                effective: u32,
+                permitted: u32,
+                inheritable: u32,
+            }
+            let hdr = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let data = [
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+            ];
+            if libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) != 0 {
+                return fail(p, 26);
             }
         }
         // 7. Die with the supervisor. Set after the uid change (which clears it), then check
@@ -375,7 +679,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             {
                 return fail(p, 11);
             }
-            if libc::getppid() != p.parent_pid {
+            // In a new pid namespace the parent is outside it and getppid() reads 0.
+            let expected = if p.ns.pid { 0 } else { p.parent_pid };
+            if libc::getppid() != expected {
                 *libc::__errno_location() = libc::ESRCH;
                 return fail(p, 12);
             }
@@ -388,7 +694,23 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 14);
             }
         }
-        // 8. Nothing but 0..=4 crosses exec.
+        if let Some(prog) = p.seccomp {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as libc::c_ushort,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &fprog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0,
+            ) != 0
+            {
+                return fail(p, 27);
+            }
+        }
+        // 8. Nothing but 0..=5 crosses exec.
         if libc::syscall(
             libc::SYS_close_range,
             (MAX_TARGET + 1) as libc::c_uint,
@@ -401,6 +723,45 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::execve(p.path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
         fail(p, 16)
     }
+}
+
+/// Write `data` to a file by path with raw calls (for the child). Returns 0 on success.
+///
+/// # Safety
+/// Only raw system calls; callable between clone and exec.
+unsafe fn write_file(path: &std::ffi::CStr, data: &[u8]) -> libc::c_int {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return -1;
+    }
+    let n = libc::write(fd, data.as_ptr().cast(), data.len());
+    libc::close(fd);
+    if n == data.len() as isize {
+        0
+    } else {
+        -1
+    }
+}
+
+/// Set IFF_UP on `lo` with raw calls (for the child). Returns 0 on success.
+///
+/// # Safety
+/// Only raw system calls over a stack-allocated request; callable between clone and exec.
+unsafe fn loopback_up_raw() -> libc::c_int {
+    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if sock < 0 {
+        return -1;
+    }
+    let mut req: libc::ifreq = std::mem::zeroed();
+    req.ifr_name[0] = b'l' as libc::c_char;
+    req.ifr_name[1] = b'o' as libc::c_char;
+    let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+    if rc == 0 {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+    }
+    libc::close(sock);
+    rc
 }
 
 /// Size of the child's private stack. The child makes a handful of system calls.
@@ -428,7 +789,11 @@ pub fn spawn_blocking(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawne
         let end = stack.as_mut_ptr() as usize + stack.len();
         (end & !15) as *mut libc::c_void
     };
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_PIDFD
+        | libc::SIGCHLD
+        | prepared.ns.clone_flags();
     // SAFETY: `child_main` only performs raw system calls over `prepared`, which stays alive
     // and untouched until clone returns (CLONE_VFORK suspends us until the child execs or
     // exits). `top` is the top of a live, writable, aligned buffer of CHILD_STACK bytes.

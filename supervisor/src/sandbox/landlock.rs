@@ -1,0 +1,199 @@
+//! Landlock: confine what an agent may read and write in the file system.
+//!
+//! The parent builds a ruleset per attempt ([`Ruleset::build`]): read-only system paths, the
+//! agent's own binary, `readonly_paths`, and read-write for the workspace and
+//! `writable_paths`. The child adds rules for mounts it makes itself (its private `/tmp` and
+//! `/proc`, which the parent cannot name) with [`add_rule_raw`], then restricts itself with
+//! `landlock_restrict_self` (after `no_new_privs`). Raw system calls, because the child may
+//! not allocate.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+const CREATE_RULESET_VERSION: u32 = 1 << 0;
+const RULE_PATH_BENEATH: libc::c_int = 1;
+
+/// Rights that apply to files (the rest apply to directories only).
+const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV;
+const EXECUTE: u64 = 1 << 0;
+const WRITE_FILE: u64 = 1 << 1;
+const READ_FILE: u64 = 1 << 2;
+const READ_DIR: u64 = 1 << 3;
+const TRUNCATE: u64 = 1 << 14;
+const IOCTL_DEV: u64 = 1 << 15;
+
+/// Read and execute.
+pub const READ: u64 = EXECUTE | READ_FILE | READ_DIR;
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// Landlock failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    /// The kernel has no landlock (or it is disabled).
+    #[error("landlock is not available on this kernel: {0}")]
+    Unavailable(std::io::Error),
+    /// A system call failed.
+    #[error("landlock: {op} {path}: {source}")]
+    Call {
+        /// Operation.
+        op: &'static str,
+        /// Path involved.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The landlock ABI version of this kernel, or why there is none.
+pub fn abi() -> Result<u32, LandlockError> {
+    // SAFETY: the version query takes no attribute pointer.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        return Err(LandlockError::Unavailable(std::io::Error::last_os_error()));
+    }
+    Ok(v as u32)
+}
+
+/// Every file-system right this ABI knows.
+fn handled(abi: u32) -> u64 {
+    let mut all: u64 = (1 << 13) - 1; // ABI 1: bits 0..=12
+    if abi >= 2 {
+        all |= 1 << 13; // REFER
+    }
+    if abi >= 3 {
+        all |= TRUNCATE;
+    }
+    if abi >= 5 {
+        all |= IOCTL_DEV;
+    }
+    all
+}
+
+/// A ruleset under construction (owned fd).
+#[derive(Debug)]
+pub struct Ruleset {
+    fd: OwnedFd,
+    handled: u64,
+}
+
+impl Ruleset {
+    /// Create a ruleset handling every right of this kernel's ABI, with rules for `read`
+    /// paths (read + execute) and `write` paths (everything). Paths that do not exist are
+    /// skipped.
+    pub fn build<'a>(
+        read: impl IntoIterator<Item = &'a Path>,
+        write: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<Ruleset, LandlockError> {
+        let abi = abi()?;
+        let handled = handled(abi);
+        let attr = RulesetAttr {
+            handled_access_fs: handled,
+        };
+        // SAFETY: attr is a valid ruleset attribute of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                &attr as *const RulesetAttr,
+                std::mem::size_of::<RulesetAttr>(),
+                0u32,
+            )
+        };
+        if fd < 0 {
+            return Err(LandlockError::Call {
+                op: "create ruleset",
+                path: String::new(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: the kernel returned a new fd that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let rs = Ruleset { fd, handled };
+        for p in read {
+            rs.add(p, READ)?;
+        }
+        for p in write {
+            rs.add(p, handled)?;
+        }
+        Ok(rs)
+    }
+
+    /// Allow `access` beneath `path` (skipped when it does not exist).
+    pub fn add(&self, path: &Path, access: u64) -> Result<(), LandlockError> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(LandlockError::Call {
+                    op: "open",
+                    path: path.display().to_string(),
+                    source: e,
+                })
+            }
+        };
+        let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+        let mut access = access & self.handled;
+        if !is_dir {
+            access &= FILE_RIGHTS;
+        }
+        if add_rule_raw(self.fd.as_raw_fd(), file.as_raw_fd(), access) != 0 {
+            return Err(LandlockError::Call {
+                op: "add rule for",
+                path: path.display().to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// All rights this ruleset handles.
+    pub fn handled(&self) -> u64 {
+        self.handled
+    }
+
+    /// The ruleset fd, for the child.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `landlock_add_rule` for a path-beneath rule. Async-signal-safe: usable in the spawn child.
+/// Returns the raw result (0 on success).
+pub fn add_rule_raw(ruleset: RawFd, parent_fd: RawFd, access: u64) -> libc::c_long {
+    let rule = PathBeneath {
+        allowed_access: access,
+        parent_fd,
+    };
+    // SAFETY: rule is a valid path-beneath attribute for the duration of the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            RULE_PATH_BENEATH,
+            &rule as *const PathBeneath,
+            0u32,
+        )
+    }
+}
