@@ -165,7 +165,10 @@ pub fn isolation_of(pid: i32) -> String {
         }
     }
     let cg = |p: String| std::fs::read_to_string(p).ok();
-    let cgroup = match (cg(format!("/proc/{pid}/cgroup")), cg("/proc/self/cgroup".into())) {
+    let cgroup = match (
+        cg(format!("/proc/{pid}/cgroup")),
+        cg("/proc/self/cgroup".into()),
+    ) {
         (Some(a), Some(b)) if a != b => "own",
         (Some(_), Some(_)) => "shared",
         _ => "unknown",
@@ -201,8 +204,10 @@ pub fn cpu_time() -> Duration {
 /// An executable named `name` in `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

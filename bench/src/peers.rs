@@ -33,8 +33,10 @@ pub fn bwrap(env: &Env, full: Option<&[Duration]>, sec: &mut Section) -> Result<
                 )
                 .target("≤ 0.5× bwrap", None),
         );
-        sec.note("2d: bwrap is not on PATH, so the peer figure was not measured (Debian/Ubuntu: \
-                  `apt-get install bubblewrap`)");
+        sec.note(
+            "2d: bwrap is not on PATH, so the peer figure was not measured (Debian/Ubuntu: \
+                  `apt-get install bubblewrap`)",
+        );
         return Ok(());
     };
     let args = [

@@ -176,7 +176,10 @@ fn variant(
                 row = row.target("≤ 1.5 ms p50", met);
             }
             sec.rows.push(row);
-            let iso = s.isolation.clone().unwrap_or_else(|| "not inspected".into());
+            let iso = s
+                .isolation
+                .clone()
+                .unwrap_or_else(|| "not inspected".into());
             sec.note(format!(
                 "{}: {} samples after {WARMUP} warm-up, each corral call followed by one raw \
                  sample; {}; agent had {iso}{}",
@@ -309,8 +312,10 @@ pub fn row3(env: &Env, row1: Option<&SpawnSamples>, sec: &mut Section) -> Result
                 h.ready.len(),
                 breakdown(&h)
             ));
-            sec.note("3b: the hand-written baseline of row 1 repeated under the same ballast \
-                      (posix_spawn is vfork-like in glibc, so it should not care either)");
+            sec.note(
+                "3b: the hand-written baseline of row 1 repeated under the same ballast \
+                      (posix_spawn is vfork-like in glibc, so it should not care either)",
+            );
         }
         Err(msg) => sec.rows.push(Row::new(
             "3a",

@@ -741,6 +741,34 @@ pub async fn run_attempt(
         .map(|t| Instant::now().saturating_duration_since(t).as_millis() as u64);
     record.tool_calls = std::mem::take(&mut st.tool_trace);
 
+    // A watchdog fired, but the kernel's counters say a limit was hit first: that is the
+    // cause (a fork bomb stopped by its deadline is a pids_limit).
+    if matches!(
+        verdict.reason,
+        Some(ExitReason::Hung | ExitReason::Stalled | ExitReason::Deadline)
+    ) && (oom || pids_hits > 0)
+    {
+        let watchdog = verdict.reason.map(|r| r.as_str()).unwrap_or_default();
+        let (reason, kind, what) = if oom {
+            (
+                ExitReason::OomKilled,
+                "oom_killed",
+                "the kernel OOM-killed a process of the agent".to_string(),
+            )
+        } else {
+            (
+                ExitReason::PidsLimit,
+                "pids_limit",
+                format!("the pids limit refused {pids_hits} fork(s)"),
+            )
+        };
+        verdict.reason = Some(reason);
+        verdict.error = err(
+            kind,
+            format!("{what}; then the {watchdog} watchdog ended it"),
+            false,
+        );
+    }
     let (reason, error) = match verdict.reason {
         Some(reason) => (reason, verdict.error),
         None => classify(&r, oom, pids_hits, &agent, st.truncated.take()),

@@ -144,6 +144,7 @@ impl Supervisor {
                 Err(e) => tracing::warn!("sweeping stale cgroups: {e}"),
             }
         }
+        report_unenforced(&config, cgroups.as_ref());
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -417,6 +418,40 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Say once, at start-up, which configured limits this host cannot enforce and what stands in.
+fn report_unenforced(config: &Config, cgroups: Option<&Cgroups>) {
+    let landlock = crate::sandbox::landlock::abi();
+    for (name, a) in &config.agents {
+        let limits = limits_of(a);
+        let missing = cgroups
+            .map(|c| c.unenforceable(&limits))
+            .unwrap_or_else(|| {
+                let mut v = Vec::new();
+                if a.memory.is_some() {
+                    v.push("memory");
+                }
+                if a.pids.is_some() {
+                    v.push("pids");
+                }
+                if a.cpu_quota.is_some() {
+                    v.push("cpu_quota");
+                }
+                v
+            });
+        for m in missing {
+            let instead = match m {
+                "memory" => "RLIMIT_AS (address space) instead",
+                "pids" => "nothing instead (RLIMIT_NPROC is per user, not per agent)",
+                _ => "RLIMIT_CPU (cpu_time) bounds total CPU instead",
+            };
+            tracing::warn!(agent = %name, "{m} limit not enforced by a cgroup on this host: {instead}");
+        }
+        if let Err(e) = &landlock {
+            tracing::warn!(agent = %name, "{e}: readonly_paths/writable_paths are not enforced");
         }
     }
 }

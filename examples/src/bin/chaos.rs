@@ -22,6 +22,7 @@
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
+//! | `{"do":"ptrace"}` | `{"ok":B,"error":S}` from `ptrace(PTRACE_TRACEME)` (seccomp denies it) |
 //! | `{"do":"frames","n":N}` | sends N small `Log` frames as fast as it can, then `{"ok":true}` |
 //! | `{"do":"id"}` | `{"uid":U,"gid":G,"pid":P}` |
 
@@ -189,6 +190,18 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 ctx.progress();
             }
             Ok(ok())
+        }
+        "ptrace" => {
+            // SAFETY: PTRACE_TRACEME takes no pointers.
+            let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            let e = std::io::Error::last_os_error();
+            Ok(Value::map([
+                ("ok", Value::Bool(r == 0)),
+                (
+                    "error",
+                    Value::from(if r == 0 { String::new() } else { e.to_string() }),
+                ),
+            ]))
         }
         "frames" => {
             let n = arg_i64(&input, "n")?.max(0);

@@ -1,0 +1,304 @@
+//! Sandbox end to end: limits, namespaces, privileges and confinement hold for real agent
+//! processes, and nothing an agent starts survives it. A test that needs a capability this
+//! machine lacks prints why it skipped (a failure under `CORRAL_REQUIRE_ISOLATION=1`).
+
+use corral::record::ExitReason;
+use corral::run::{CallOptions, CallOutcome, Supervisor};
+use corral_e2e::*;
+use corral_proto::Value;
+
+fn input(json: &str) -> Value {
+    Value::from_json(&serde_json::from_str(json).unwrap())
+}
+
+fn sup_with(defaults: &str, extra: &str) -> (Fixture, Supervisor) {
+    let fx = fixture_with_defaults(defaults, extra);
+    let cfg = load(&fx);
+    (fx, Supervisor::new(cfg).unwrap())
+}
+
+async fn call(s: &Supervisor, agent: &str, json: &str) -> CallOutcome {
+    s.call(agent, input(json), CallOptions::default())
+        .await
+        .unwrap()
+}
+
+fn reasons(o: &CallOutcome) -> Vec<ExitReason> {
+    o.attempts.iter().map(|a| a.reason).collect()
+}
+
+fn output(o: &CallOutcome) -> serde_json::Value {
+    o.output.as_ref().map(Value::to_json).unwrap_or_default()
+}
+
+/// Whether cgroups can enforce memory and pids here; skip (or fail) otherwise.
+fn cgroups_ok(what: &str) -> bool {
+    let cg = corral::sandbox::cgroup::Cgroups::detect();
+    let limits = corral::sandbox::cgroup::CgroupLimits {
+        memory: Some(1 << 20),
+        pids: Some(1),
+        cpu_quota: None,
+    };
+    let missing = cg.unenforceable(&limits);
+    if missing.is_empty() {
+        return true;
+    }
+    skip_or_fail(&format!("{what}: cgroups cannot enforce {missing:?} here"));
+    false
+}
+
+fn root_ok(what: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip_or_fail(&format!("{what}: needs root"));
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_is_oom_killed() {
+    if !cgroups_ok("oom") {
+        return;
+    }
+    let (_fx, s) = sup_with("memory = \"64MiB\"\nmax_retries = 0", "");
+    let o = call(&s, "chaos", r#"{"do":"hog_mb","mb":300}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::OomKilled], "{:?}", o.attempts);
+    assert!(o.attempts[0].oom_killed);
+    assert_eq!(o.attempts[0].signal, Some(libc::SIGKILL));
+    // Under the limit, the same agent is fine.
+    let ok = call(&s, "chaos", r#"{"do":"hog_mb","mb":16}"#).await;
+    assert_eq!(reasons(&ok), [ExitReason::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_is_contained_by_pids() {
+    if !cgroups_ok("fork bomb") {
+        return;
+    }
+    let (_fx, s) = sup_with("pids = 16\nwall_time = \"1s\"\nmax_retries = 0", "");
+    // The machine stays responsive: another agent completes while the bomb runs.
+    let (bomb, echo) = tokio::join!(call(&s, "chaos", r#"{"do":"fork_bomb"}"#), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        call(&s, "echo", r#"{"still":"here"}"#).await
+    });
+    assert_eq!(reasons(&echo), [ExitReason::Completed]);
+    assert_eq!(
+        reasons(&bomb),
+        [ExitReason::PidsLimit],
+        "{:?}",
+        bomb.attempts
+    );
+    let msg = &bomb.attempts[0].error.as_ref().unwrap().message;
+    assert!(msg.contains("pids limit refused"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_time_limit_is_told_apart() {
+    let (_fx, s) = sup_with(
+        "cpu_time = \"1s\"\nwall_time = \"30s\"\nmax_retries = 0",
+        "",
+    );
+    let o = call(&s, "chaos", r#"{"do":"spin"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::CpuLimit], "{:?}", o.attempts);
+    let a = &o.attempts[0];
+    assert_eq!(a.signal, Some(libc::SIGXCPU));
+    assert!(a.cpu_user_ms + a.cpu_sys_ms >= 900, "{a:?}");
+}
+
+/// A private copy of the chaos binary, so its processes can be counted by their executable
+/// without seeing other tests' agents.
+fn private_chaos(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("chaos-escape");
+    std::fs::copy(bin("chaos"), &p).unwrap();
+    p
+}
+
+fn processes_running(exe: &std::path::Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|l| l == exe) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escaped_grandchild_does_not_survive() {
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let exe = private_chaos(work.path());
+    let extra = format!(
+        "[agents.esc]\ncommand = [\"{}\"]\nmax_retries = 0\n\n\
+         [agents.esc_nopidns]\ncommand = [\"{}\"]\nmax_retries = 0\nnamespaces = [\"mount\", \"net\"]\n",
+        exe.display(),
+        exe.display()
+    );
+    let (_fx, s) = sup_with("", &extra);
+    // In a pid namespace: the grandchild dies with the namespace's init.
+    let o = call(&s, "esc", r#"{"do":"escape"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed]);
+    assert!(output(&o)["escaped_pid"].as_i64().unwrap() > 0);
+    assert_eq!(
+        processes_running(&exe),
+        Vec::<i32>::new(),
+        "a process of the agent survived"
+    );
+    // Without a pid namespace, the cgroup catches it (its pid is a host pid here).
+    if cgroups_ok("escape without pid namespace") {
+        let o = call(&s, "esc_nopidns", r#"{"do":"escape"}"#).await;
+        assert_eq!(reasons(&o), [ExitReason::Completed]);
+        let pid = output(&o)["escaped_pid"].as_i64().unwrap() as i32;
+        assert!(!alive(pid), "escaped pid {pid} survived");
+        assert_eq!(processes_running(&exe), Vec::<i32>::new());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_is_loopback_only_unless_allowed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_fx, s) = sup_with(
+        "max_retries = 0",
+        &format!(
+            "[agents.online]\ncommand = [\"{}\"]\nnetwork = true\n",
+            bin("chaos").display()
+        ),
+    );
+    let req = format!(r#"{{"do":"net","addr":"{addr}"}}"#);
+    let off = call(&s, "chaos", &req).await;
+    assert_eq!(output(&off)["connected"], false, "{:?}", output(&off));
+    let on = call(&s, "online", &req).await;
+    assert_eq!(output(&on)["connected"], true, "{:?}", output(&on));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_outside_allowed_paths_are_denied() {
+    if corral::sandbox::landlock::abi().is_err() {
+        return skip_or_fail("landlock is not available on this kernel");
+    }
+    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let allowed = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let shared = allowed.path().join("shared.txt");
+    std::fs::write(&shared, "hello").unwrap();
+    let (_fx, s) = sup_with(
+        &format!(
+            "readonly_paths = [\"{}\"]\nmax_retries = 0",
+            allowed.path().display()
+        ),
+        "",
+    );
+    let read = |p: &std::path::Path| format!(r#"{{"do":"read","path":"{}"}}"#, p.display());
+    let denied = call(&s, "chaos", &read(&secret)).await;
+    assert_eq!(output(&denied)["ok"], false);
+    assert!(output(&denied)["error"]
+        .as_str()
+        .unwrap()
+        .contains("Permission denied"));
+    let ok = call(&s, "chaos", &read(&shared)).await;
+    assert_eq!(output(&ok)["ok"], true, "{:?}", output(&ok));
+    let sys = call(&s, "chaos", r#"{"do":"read","path":"/etc/hostname"}"#).await;
+    assert_eq!(output(&sys)["ok"], true, "{:?}", output(&sys));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_namespace_hides_the_host_and_seccomp_denies_ptrace() {
+    let (_fx, s) = sup_with("max_retries = 0", "");
+    let id = output(&call(&s, "chaos", r#"{"do":"id"}"#).await);
+    assert_eq!(
+        id["pid"], 2,
+        "the agent runs as pid 2 under corral-init: {id}"
+    );
+    let me = std::process::id();
+    let peek = output(
+        &call(
+            &s,
+            "chaos",
+            &format!(r#"{{"do":"read","path":"/proc/{me}/status"}}"#),
+        )
+        .await,
+    );
+    assert_eq!(peek["ok"], false, "the agent sees the supervisor: {peek}");
+    let pt = output(&call(&s, "chaos", r#"{"do":"ptrace"}"#).await);
+    assert_eq!(pt["ok"], false, "{pt}");
+    assert!(
+        pt["error"].as_str().unwrap().contains("not permitted"),
+        "{pt}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileges_are_dropped_to_the_configured_user() {
+    if !root_ok("user drop") {
+        return;
+    }
+    let (_fx, s) = sup_with("user = \"nobody\"\nmax_retries = 0", "");
+    let o = call(&s, "chaos", r#"{"do":"id"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    let id = output(&o);
+    assert_ne!(id["uid"], 0, "{id}");
+    assert_eq!(id["uid"].as_i64(), Some(65534), "{id}");
+}
+
+#[test]
+fn environment_is_scrubbed_and_no_cgroup_is_left_behind() {
+    let fx = fixture("[agents.envy]\ncommand = [\"placeholder\"]\n");
+    // Rewrite the extra agent to chaos with an env entry of its own.
+    let text = std::fs::read_to_string(&fx.config).unwrap().replace(
+        "command = [\"placeholder\"]",
+        &format!(
+            "command = [\"{}\"]\nenv = {{ FROM_CONFIG = \"yes\" }}",
+            bin("chaos").display()
+        ),
+    );
+    std::fs::write(&fx.config, text).unwrap();
+    let child = std::process::Command::new(bin("corral"))
+        .args([
+            "call",
+            "envy",
+            "--config",
+            fx.config.to_str().unwrap(),
+            "--input",
+            r#"{"do":"env"}"#,
+        ])
+        .env("SECRET_TOKEN", "hunter2")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let corral_pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env = v["env"].as_object().unwrap();
+    assert!(!env.contains_key("SECRET_TOKEN"), "{env:?}");
+    assert_eq!(env["RUST_LOG"], "error", "env_pass lets RUST_LOG through");
+    assert_eq!(env["FROM_CONFIG"], "yes");
+    assert_eq!(env["CORRAL_AGENT"], "envy");
+    // No cgroup directory of that supervisor remains.
+    let prefix = format!("corral-{corral_pid}-");
+    for root in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup",
+    ] {
+        let walk = std::process::Command::new("find")
+            .args([root, "-maxdepth", "6", "-name", &format!("{prefix}*")])
+            .output()
+            .unwrap();
+        let found = String::from_utf8_lossy(&walk.stdout);
+        assert!(found.trim().is_empty(), "left behind: {found}");
+    }
+}
