@@ -84,8 +84,6 @@ pub struct ReadySample {
     pub ready: Duration,
     /// To the `Spawned` event.
     pub spawned: Option<Duration>,
-    /// The agent's pid.
-    pub pid: i32,
     /// What isolation the agent had (when asked to inspect).
     pub isolation: Option<String>,
     /// Whether the call completed its task.
@@ -132,10 +130,9 @@ pub async fn corral_ready(
     let (out, (spawned, ready, isolation)) = tokio::join!(call, watch);
     let out = out.map_err(|e| e.to_string())?;
     match ready {
-        Some((ready, pid)) => Ok(ReadySample {
+        Some((ready, _pid)) => Ok(ReadySample {
             ready,
             spawned,
-            pid,
             isolation,
             completed: out.ok(),
         }),

@@ -27,8 +27,6 @@ pub struct Summary {
     pub p50: f64,
     /// 99th percentile.
     pub p99: f64,
-    /// How many samples.
-    pub n: usize,
 }
 
 impl Summary {
@@ -42,7 +40,6 @@ impl Summary {
         Some(Summary {
             p50: percentile(&s, 0.50),
             p99: percentile(&s, 0.99),
-            n: s.len(),
         })
     }
 
@@ -292,6 +289,5 @@ pub fn rate_summary(rates: &[f64]) -> Option<Summary> {
     Some(Summary {
         p50: percentile(&s, 0.50),
         p99: percentile(&s, 0.01),
-        n: s.len(),
     })
 }
