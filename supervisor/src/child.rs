@@ -900,6 +900,17 @@ enum Step {
     End(Verdict),
 }
 
+/// What one bounded read found.
+#[derive(PartialEq)]
+enum ReadState {
+    /// Nothing more buffered in the pipe right now.
+    Drained,
+    /// More may be waiting.
+    More,
+    /// The writer side is closed.
+    Eof,
+}
+
 impl<'a> State<'a> {
     fn new(spec: &'a AttemptSpec, task: &'a TaskInput, t0: Instant, pid: i32) -> Self {
         State {
@@ -1181,23 +1192,32 @@ impl<'a> State<'a> {
     }
 
     /// Read what is available on the up pipe into the decoder. `Ok(false)` at EOF.
-    fn read_available(&mut self, up: &pipe::Receiver) -> Result<bool, corral_proto::FrameError> {
+    fn read_available(
+        &mut self,
+        up: &pipe::Receiver,
+        max_chunks: usize,
+    ) -> Result<ReadState, corral_proto::FrameError> {
+        // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
+        // handled between calls) nor keep this task from its timers.
         let mut chunk = [0u8; 16 * 1024];
-        loop {
+        for _ in 0..max_chunks {
             // Refuse a too-large length before reading its payload.
             self.decoder.wanted()?;
             match up.try_read(&mut chunk) {
-                Ok(0) => return Ok(false),
+                Ok(0) => return Ok(ReadState::Eof),
                 Ok(n) => {
                     self.decoder.push(&chunk[..n]);
                     if n < chunk.len() {
-                        return Ok(true);
+                        return Ok(ReadState::Drained);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(ReadState::Drained)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(ReadState::More)
     }
 
     /// Decode and handle every complete frame buffered.
@@ -1240,17 +1260,28 @@ impl<'a> State<'a> {
             if deadline < sleep.deadline().into_std() {
                 sleep.as_mut().reset(deadline.into());
             }
+            // Checked here as well as by the timer: an agent flooding frames keeps the read
+            // branch ready, and must not keep its watchdog from firing.
+            let (due, why) = self.next_deadline();
+            if Instant::now() >= due {
+                self.spec.emit(|| AttemptEvent::Watchdog {
+                    agent: self.agent().name.clone(),
+                    pid,
+                    reason: why,
+                    late_us: Instant::now().duration_since(due).as_micros() as u64,
+                });
+                return self.timeout_verdict(why);
+            }
             tokio::select! {
-                biased;
                 r = up.readable(), if self.up_open => {
                     let now = Instant::now();
                     if r.is_err() { self.up_open = false; continue; }
-                    match self.read_available(up) {
-                        Ok(open) => {
+                    match self.read_available(up, 4) {
+                        Ok(state) => {
                             if let Step::End(v) = self.handle_buffered(now, &tools, &done_tx) {
                                 return v;
                             }
-                            if !open {
+                            if state == ReadState::Eof {
                                 self.up_open = false;
                                 if let Err(e) = self.decoder.finish() {
                                     // The writer end closed mid-frame: usually the agent died
@@ -1287,6 +1318,9 @@ impl<'a> State<'a> {
                 r = stop.changed() => {
                     let reason = if r.is_ok() { *stop.borrow() } else { None };
                     if let Some(reason) = reason {
+                        if reason == ExitReason::Cancelled {
+                            self.send(&Down::Cancel(corral_proto::Cancel { task_id: self.task.task_id }));
+                        }
                         return Verdict {
                             reason: Some(reason),
                             error: err(reason.as_str(), format!("stopped by its owner: {reason}"), false),
@@ -1344,11 +1378,15 @@ impl<'a> State<'a> {
         if self.output.is_some() {
             return None;
         }
-        let _ = self.read_available(up);
         let (done_tx, _rx) = mpsc::unbounded_channel();
-        match self.handle_buffered(Instant::now(), &None, &done_tx) {
-            Step::End(v) => Some(v),
-            Step::Continue => None,
+        loop {
+            let state = self.read_available(up, 4);
+            if let Step::End(v) = self.handle_buffered(Instant::now(), &None, &done_tx) {
+                return Some(v);
+            }
+            if !matches!(state, Ok(ReadState::More)) {
+                return None;
+            }
         }
     }
 

@@ -238,3 +238,11 @@ async fn ten_hung_agents_do_not_delay_forty_others() {
         assert!(!alive(o.attempts[0].pid.unwrap() as i32));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_frame_flood_still_meets_its_deadline() {
+    let (_fx, s) = sup("wall_time = \"1s\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"frames","n":1000000000000}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Deadline], "{:?}", o.attempts);
+    assert!(!alive(o.attempts[0].pid.unwrap() as i32));
+}
