@@ -6,7 +6,6 @@ use crate::harness::{self, Env};
 use crate::raw::{self, Program};
 use crate::stats::{Figure, Row, Section, Summary, Unit};
 use anyhow::{anyhow, Context, Result};
-use corral::sandbox::OrphanReaper;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -211,7 +210,6 @@ fn supervisord_samples(svd: &Path, iters: usize) -> Result<Vec<Duration>> {
         .spawn()
         .context("start supervisord")?;
     let pid = child.id() as i32;
-    OrphanReaper::register(pid);
     let result = (|| -> Result<Vec<Duration>> {
         let mut cur = find_sleep(pid, None, Duration::from_secs(15))
             .ok_or_else(|| anyhow!("supervisord did not start `sleep` within 15 s"))?;
@@ -242,6 +240,5 @@ fn supervisord_samples(svd: &Path, iters: usize) -> Result<Vec<Duration>> {
             unsafe { libc::kill(c, libc::SIGKILL) };
         }
     }
-    OrphanReaper::unregister(pid);
     result
 }

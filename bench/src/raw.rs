@@ -15,7 +15,6 @@
 //! process it reaps every exited child it does not know), so their exit status stays ours.
 
 use anyhow::{anyhow, bail, Context, Result};
-use corral::sandbox::OrphanReaper;
 use corral_proto::frame::{self, FrameDecoder, FrameReader};
 use corral_proto::{Down, Hello, Log, LogLevel, Up, PROTOCOL_VERSION};
 use std::ffi::CString;
@@ -119,7 +118,6 @@ fn posix_spawn(prog: &Program, dups: &[(i32, i32)], devnull_stdin: bool) -> Resu
             return Err(std::io::Error::from_raw_os_error(r)).context("posix_spawn");
         }
     }
-    OrphanReaper::register(pid);
     Ok(pid)
 }
 
@@ -128,7 +126,6 @@ fn reap(pid: i32) -> Option<i32> {
     let mut status = 0;
     // SAFETY: waiting for our own child with a valid out-pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    OrphanReaper::unregister(pid);
     (r == pid).then_some(status)
 }
 
@@ -175,8 +172,9 @@ fn hello() -> Result<Vec<u8>> {
     }))?)
 }
 
-/// Spawn `prog` and do the handshake; returns the running agent.
-pub fn start_agent(prog: &Program) -> Result<RawAgent> {
+/// Spawn `prog` and do the handshake; returns the running agent and the instant
+/// `posix_spawn` returned (after the child's `exec`).
+pub fn start_agent_at(prog: &Program) -> Result<(RawAgent, Instant)> {
     let (down_r, down_w) = pipe()?;
     let (up_r, up_w) = pipe()?;
     let pid = posix_spawn(
@@ -184,6 +182,7 @@ pub fn start_agent(prog: &Program) -> Result<RawAgent> {
         &[(down_r.as_raw_fd(), 3), (up_w.as_raw_fd(), 4)],
         true,
     )?;
+    let spawned = Instant::now();
     drop(down_r);
     drop(up_w);
     let agent = RawAgent {
@@ -195,18 +194,24 @@ pub fn start_agent(prog: &Program) -> Result<RawAgent> {
     (&agent._down).write_all(&hello()?)?;
     let mut reader = FrameReader::new(&agent._up);
     match reader.read_frame::<Up>()? {
-        Some(Up::Ready(_)) => Ok(agent),
+        Some(Up::Ready(_)) => Ok((agent, spawned)),
         other => Err(anyhow!("expected Ready, got {other:?}")),
     }
 }
 
-/// Time `posix_spawn` + handshake of `prog` until `Ready` is decoded.
-pub fn spawn_ready(prog: &Program) -> Result<Duration> {
+/// Spawn `prog` and do the handshake; returns the running agent.
+pub fn start_agent(prog: &Program) -> Result<RawAgent> {
+    Ok(start_agent_at(prog)?.0)
+}
+
+/// Time `posix_spawn` + handshake of `prog`: (until `posix_spawn` returned, until `Ready`
+/// is decoded).
+pub fn spawn_ready(prog: &Program) -> Result<(Duration, Duration)> {
     let t0 = Instant::now();
-    let agent = start_agent(prog)?;
+    let (agent, spawned) = start_agent_at(prog)?;
     let d = t0.elapsed();
     drop(agent);
-    Ok(d)
+    Ok((spawned - t0, d))
 }
 
 /// Time `posix_spawn` of `prog` (stdin `/dev/null`) to its exit; an exit status other than 0
@@ -236,10 +241,8 @@ pub fn command_pre_exec(program: &Path) -> Result<Duration> {
     let t0 = Instant::now();
     let mut child = cmd.spawn()?;
     let d = t0.elapsed();
-    OrphanReaper::register(child.id() as i32);
     let _ = child.kill();
     let _ = child.wait();
-    OrphanReaper::unregister(child.id() as i32);
     Ok(d)
 }
 

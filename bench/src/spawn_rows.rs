@@ -20,6 +20,8 @@ pub struct SpawnSamples {
     pub handshake: Vec<Duration>,
     /// The interleaved raw baseline.
     pub raw: Vec<Duration>,
+    /// The raw baseline until `posix_spawn` returned.
+    pub raw_spawned: Vec<Duration>,
     /// Isolation the first agent had.
     pub isolation: Option<String>,
     /// Calls that got ready but did not complete their task.
@@ -40,6 +42,7 @@ fn measure(env: &Env, sup: &Sup, raw: Option<&Program>, n: usize) -> Result<Spaw
         spawned: Vec::with_capacity(n),
         handshake: Vec::with_capacity(n),
         raw: Vec::with_capacity(n),
+        raw_spawned: Vec::with_capacity(n),
         isolation: None,
         incomplete: 0,
     };
@@ -57,9 +60,10 @@ fn measure(env: &Env, sup: &Sup, raw: Option<&Program>, n: usize) -> Result<Spaw
             s.isolation = sample.isolation.clone();
         }
         if let Some(r) = raw {
-            let d = raw::spawn_ready(r).map_err(|e| format!("raw baseline: {e:#}"))?;
+            let (sp, d) = raw::spawn_ready(r).map_err(|e| format!("raw baseline: {e:#}"))?;
             if i >= WARMUP {
                 s.raw.push(d);
+                s.raw_spawned.push(sp);
             }
         }
         if i >= WARMUP {
@@ -90,10 +94,19 @@ fn p50(d: &[Duration]) -> String {
 }
 
 fn breakdown(s: &SpawnSamples) -> String {
+    let raw_hs: Vec<Duration> = s
+        .raw
+        .iter()
+        .zip(&s.raw_spawned)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
     format!(
-        "call→Spawned p50 {}, Spawned→Ready p50 {}",
+        "call→Spawned p50 {}, Spawned→Ready p50 {} (raw: posix_spawn returned p50 {}, then \
+         Ready p50 {})",
         p50(&s.spawned),
-        p50(&s.handshake)
+        p50(&s.handshake),
+        p50(&s.raw_spawned),
+        p50(&raw_hs)
     )
 }
 

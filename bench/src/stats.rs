@@ -217,8 +217,8 @@ fn figure_cells(f: &Figure, unit: Unit) -> (String, String) {
 const HEADER: [&str; 10] = [
     "#",
     "measurement",
-    "corral p50",
-    "corral p99",
+    "p50",
+    "p99",
     "baseline (same run)",
     "base p50",
     "base p99",

@@ -14,7 +14,7 @@
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, ExitRecord, Phase, RecordedError, ToolTrace};
 use crate::sandbox::cgroup::{AgentCgroup, CgroupLimits, Cgroups};
-use crate::sandbox::process::{self, OrphanReaper, PidFd, Reaped};
+use crate::sandbox::process::{self, PidFd, Reaped};
 use crate::sandbox::spawn::{SpawnSpec, Spawner};
 use corral_proto::frame::{self, FrameDecoder};
 use corral_proto::{
@@ -597,7 +597,6 @@ pub async fn run_attempt(
         Err(e) => return spawn_failed(record, e.to_string()),
     };
     let pid = spawned.pid;
-    OrphanReaper::register(pid);
     spec.emit(|| AttemptEvent::Spawned {
         agent: agent.name.clone(),
         attempt: spec.attempt,
@@ -609,7 +608,6 @@ pub async fn run_attempt(
         Err(e) => {
             process::kill_group(pid, libc::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            OrphanReaper::unregister(pid);
             return spawn_failed(record, e.to_string());
         }
     };
@@ -646,6 +644,7 @@ pub async fn run_attempt(
                 max_frame: spec.max_frame,
             }));
             verdict = st.watch(&up, &pidfd, tools, &mut stop).await;
+            st.decided_at = Some(Instant::now());
             (Some(log_task), Some(writer_task), Some(up))
         }
         Err(e) => {
@@ -668,7 +667,6 @@ pub async fn run_attempt(
             verdict = v;
         }
     }
-    OrphanReaper::unregister(pid);
     st.writer = None;
     if let Some(w) = writer_task {
         w.abort();
@@ -736,9 +734,11 @@ pub async fn run_attempt(
     record.peak_rss_kb = st.peak_rss_kb;
     record.progress = st.progress;
     record.phase = st.phase;
+    // Measured when the end was decided, not after the teardown that followed.
+    let decided_at = st.decided_at.unwrap_or_else(Instant::now);
     record.last_heartbeat_age_ms = st
         .last_frame
-        .map(|t| Instant::now().saturating_duration_since(t).as_millis() as u64);
+        .map(|t| decided_at.saturating_duration_since(t).as_millis() as u64);
     record.tool_calls = std::mem::take(&mut st.tool_trace);
 
     // A watchdog fired, but the kernel's counters say a limit was hit first: that is the
@@ -893,6 +893,7 @@ struct State<'a> {
     tool_started: std::collections::HashMap<u64, (String, Instant)>,
     truncated: Option<String>,
     up_open: bool,
+    decided_at: Option<Instant>,
 }
 
 enum Step {
@@ -935,6 +936,7 @@ impl<'a> State<'a> {
             tool_started: std::collections::HashMap::new(),
             truncated: None,
             up_open: true,
+            decided_at: None,
         }
     }
 
@@ -1422,9 +1424,12 @@ impl<'a> State<'a> {
         // id cannot have been reused) and the cgroup, before the leader is reaped.
         process::kill_group(pid, libc::SIGKILL);
         if let Some(cg) = cgroup {
+            let members = cg.pids().unwrap_or_default();
             if let Err(e) = cg.kill_all() {
                 tracing::warn!(agent = %self.agent().name, pid, "kill cgroup: {e}");
             }
+            // Escapees reparented to us (no pid namespace) are zombies of ours now.
+            process::reap_adopted(&members);
         }
         process::try_reap(pid)
     }

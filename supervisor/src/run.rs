@@ -98,7 +98,6 @@ pub struct Supervisor {
     cgroups: Option<Arc<Cgroups>>,
     types: Mutex<HashMap<String, TypeState>>,
     rng: Mutex<SplitMix64>,
-    seq: AtomicU64,
 }
 
 /// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
@@ -135,8 +134,6 @@ impl Supervisor {
     pub fn with_cgroups(config: Config, cgroups: Option<Cgroups>) -> Result<Supervisor, RunError> {
         crate::sandbox::become_subreaper()
             .map_err(|e| RunError::Setup(format!("become child subreaper: {e}")))?;
-        crate::sandbox::OrphanReaper::start()
-            .map_err(|e| RunError::Setup(format!("watch SIGCHLD: {e}")))?;
         if let Some(cg) = &cgroups {
             match cg.sweep_stale() {
                 Ok(0) => {}
@@ -155,7 +152,6 @@ impl Supervisor {
             cgroups: cgroups.map(Arc::new),
             types: Mutex::new(HashMap::new()),
             rng: Mutex::new(SplitMix64::new(seed)),
-            seq: AtomicU64::new(0),
         })
     }
 
@@ -242,7 +238,9 @@ impl Supervisor {
         opts: CallOptions,
     ) -> Result<CallOutcome, RunError> {
         let spec = self.agent(agent)?;
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        // Process-wide, so that several supervisors in one process never share a run id.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
         let input_key = policy::input_key(&corral_proto::frame::encode(&input).unwrap_or_default());
         let mut backoff = Backoff::new(spec.backoff.clone());

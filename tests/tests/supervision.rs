@@ -86,7 +86,7 @@ async fn crash_loop_backs_off_goes_fatal_and_recovers() {
          intensity = { max = 3, period = \"60s\", fatal_cooldown = \"400ms\" }\n\
          breaker = { failures = 100 }");
     let o = call(&s, "chaos", r#"{"do":"crash"}"#).await;
-    assert_eq!(reasons(&o), [ExitReason::Signal; 4]);
+    assert_eq!(reasons(&o), [ExitReason::Signal; 4], "{:?}", o.attempts);
     let backoffs: Vec<_> = o.attempts.iter().map(|a| a.backoff_ms).collect();
     assert_eq!(backoffs, [Some(10), Some(20), Some(40), None]);
     assert_eq!(

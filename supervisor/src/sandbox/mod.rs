@@ -8,7 +8,7 @@ pub mod cgroup;
 pub mod process;
 pub mod spawn;
 
-pub use process::{become_subreaper, kill_group, OrphanReaper, PidFd, Reaped};
+pub use process::{become_subreaper, kill_group, reap_adopted, PidFd, Reaped};
 pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};
 pub mod landlock;
 pub mod netns;

@@ -1,14 +1,13 @@
 //! Processes after the spawn: waiting for exit through a pidfd, reaping with rusage, signalling
 //! a whole process group, and the subreaper that adopts whatever an agent double-forks.
 //!
-//! The supervisor is a child subreaper, so orphans of agents are reparented to it. Agent
-//! owners reap their own agent (with `wait4`, for status and rusage); the [`OrphanReaper`]
-//! reaps everything else without ever stealing an agent's exit status: it peeks with
-//! `WNOWAIT` and leaves registered pids to their owners.
+//! The supervisor is a child subreaper, so orphans of agents are reparented to it. Each
+//! attempt reaps its own agent (with `wait4`, for status and rusage) and, after killing its
+//! cgroup, exactly the pids that were in it ([`reap_adopted`]). Nothing here waits for "any
+//! child": a program embedding corral keeps its own children's exit statuses. (With a pid
+//! namespace, orphans go to the namespace's `corral-init` instead.)
 
-use std::collections::HashSet;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::unix::AsyncFd;
 
 /// How a process ended, and what it used.
@@ -64,7 +63,6 @@ pub fn try_reap(pid: i32) -> Option<Reaped> {
         out.signal = Some(libc::WTERMSIG(status));
         out.core_dumped = libc::WCOREDUMP(status);
     }
-    OrphanReaper::poke();
     Some(out)
 }
 
@@ -138,99 +136,17 @@ pub fn become_subreaper() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reaps adopted orphans (see the module docs).
-pub struct OrphanReaper {
-    owned: Mutex<HashSet<i32>>,
-    notify: tokio::sync::Notify,
-}
-
-impl OrphanReaper {
-    fn global() -> &'static Arc<OrphanReaper> {
-        static R: OnceLock<Arc<OrphanReaper>> = OnceLock::new();
-        R.get_or_init(|| {
-            Arc::new(OrphanReaper {
-                owned: Mutex::new(HashSet::new()),
-                notify: tokio::sync::Notify::new(),
-            })
-        })
-    }
-
-    /// Mark `pid` as reaped by its owner, not by the orphan reaper.
-    pub fn register(pid: i32) {
-        if let Ok(mut s) = Self::global().owned.lock() {
-            s.insert(pid);
-        }
-    }
-
-    /// The owner has reaped `pid`.
-    pub fn unregister(pid: i32) {
-        if let Ok(mut s) = Self::global().owned.lock() {
-            s.remove(&pid);
-        }
-    }
-
-    /// Ask the reaper to look again.
-    pub fn poke() {
-        if let Some(r) = OrphanReaper::global_if_started() {
-            r.notify.notify_one();
-        }
-    }
-
-    fn global_if_started() -> Option<&'static Arc<OrphanReaper>> {
-        Some(Self::global())
-    }
-
-    /// Reap every exited process that no owner registered. Returns how many.
-    pub fn reap_now() -> usize {
-        let me = Self::global();
-        let mut n = 0;
-        loop {
-            // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the child waitable.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_ALL,
-                    0,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            // SAFETY: si_pid is valid for SIGCHLD-type siginfo filled by waitid.
-            let pid = unsafe { info.si_pid() };
-            if r != 0 || pid == 0 {
-                return n;
-            }
-            let owned = me.owned.lock().map(|s| s.contains(&pid)).unwrap_or(true);
-            if owned {
-                // Its owner reaps it and pokes us afterwards.
-                return n;
-            }
-            let mut status = 0;
-            // SAFETY: reaping a specific exited child that no owner claims.
-            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+/// Reap processes of an agent's tree that were reparented to this subreaper. Only the pids
+/// given are touched (never a child some other part of the program is waiting for); pids that
+/// are not our children, or not yet exited, are left alone. Returns how many were reaped.
+pub fn reap_adopted(pids: &[u32]) -> usize {
+    let mut n = 0;
+    for &pid in pids {
+        let mut status = 0;
+        // SAFETY: waitpid on a specific pid with WNOHANG; ECHILD for pids that are not ours.
+        if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == pid as i32 {
             n += 1;
         }
     }
-
-    /// Run the reaper on the current runtime: on every SIGCHLD and every poke.
-    pub fn start() -> std::io::Result<()> {
-        static STARTED: OnceLock<()> = OnceLock::new();
-        if STARTED.get().is_some() {
-            return Ok(());
-        }
-        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-        let _ = STARTED.set(());
-        let me = Self::global().clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = sigchld.recv() => {}
-                    _ = me.notify.notified() => {}
-                }
-                Self::reap_now();
-            }
-        });
-        Ok(())
-    }
+    n
 }
