@@ -302,3 +302,53 @@ fn environment_is_scrubbed_and_no_cgroup_is_left_behind() {
         assert!(found.trim().is_empty(), "left behind: {found}");
     }
 }
+
+#[test]
+fn unprivileged_supervisor_uses_a_user_namespace_and_reports_what_it_cannot_enforce() {
+    if !root_ok("run corral as nobody") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/setpriv").exists() {
+        return skip_or_fail("setpriv (util-linux) is not installed");
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = dir.path().join("corral.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[supervisor]\nstate_dir = \"state\"\n[defaults]\nnamespaces = [\"user\", \"pid\", \"ipc\", \"uts\", \"mount\", \"net\"]\nmax_retries = 0\n[agents.chaos]\ncommand = [\"{}\"]\n",
+            bin("chaos").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("corral"))
+        .args([
+            "call",
+            "chaos",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--input",
+            r#"{"do":"id"}"#,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let id: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(id["uid"], 0, "root inside its user namespace: {id}");
+    assert_eq!(id["pid"], 2, "{id}");
+    // Without cgroups the limits it cannot enforce are said once, with what stands in.
+    assert!(
+        stderr.contains("memory limit not enforced by a cgroup on this host: RLIMIT_AS"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("memory limit not enforced").count(),
+        1,
+        "{stderr}"
+    );
+}
