@@ -477,37 +477,8 @@ pub async fn run_attempt(
     let agent = spec.agent.clone();
     let started_wall = SystemTime::now();
     let t0 = Instant::now();
-    let mut record = ExitRecord {
-        agent: agent.name.clone(),
-        run_id: spec.run_id.clone(),
-        attempt: spec.attempt,
-        pid: None,
-        started_at: crate::record::rfc3339(started_wall),
-        ended_at: String::new(),
-        duration_ms: 0,
-        reason: ExitReason::SpawnFailed,
-        exit_code: None,
-        signal: None,
-        signal_name: None,
-        core_dumped: false,
-        signals_sent: Vec::new(),
-        cpu_user_ms: 0,
-        cpu_sys_ms: 0,
-        max_rss_kb: 0,
-        peak_rss_kb: None,
-        error: None,
-        stderr_tail: String::new(),
-        last_heartbeat_age_ms: None,
-        phase: Phase::Starting,
-        progress: 0,
-        retry_count: 0,
-        restart_count: 0,
-        backoff_ms: None,
-        decision: crate::record::Decision::None,
-        log_bytes_dropped: 0,
-        oom_killed: false,
-        tool_calls: Vec::new(),
-    };
+    let mut record = ExitRecord::begin(&agent.name, &spec.run_id, spec.attempt);
+    record.started_at = crate::record::rfc3339(started_wall);
     let finish = |mut record: ExitRecord| {
         record.ended_at = crate::record::rfc3339(SystemTime::now());
         record.duration_ms = t0.elapsed().as_millis() as u64;

@@ -218,6 +218,45 @@ pub struct ToolTrace {
     pub duration_ms: u64,
 }
 
+impl ExitRecord {
+    /// A record of an attempt that starts now: no process yet, nothing measured, reason
+    /// `spawn_failed` until something better is known.
+    pub fn begin(agent: &str, run_id: &str, attempt: u32) -> ExitRecord {
+        let now = rfc3339(std::time::SystemTime::now());
+        ExitRecord {
+            agent: agent.to_string(),
+            run_id: run_id.to_string(),
+            attempt,
+            pid: None,
+            started_at: now.clone(),
+            ended_at: now,
+            duration_ms: 0,
+            reason: ExitReason::SpawnFailed,
+            exit_code: None,
+            signal: None,
+            signal_name: None,
+            core_dumped: false,
+            signals_sent: Vec::new(),
+            cpu_user_ms: 0,
+            cpu_sys_ms: 0,
+            max_rss_kb: 0,
+            peak_rss_kb: None,
+            error: None,
+            stderr_tail: String::new(),
+            last_heartbeat_age_ms: None,
+            phase: Phase::Starting,
+            progress: 0,
+            retry_count: 0,
+            restart_count: 0,
+            backoff_ms: None,
+            decision: Decision::None,
+            log_bytes_dropped: 0,
+            oom_killed: false,
+            tool_calls: Vec::new(),
+        }
+    }
+}
+
 /// Format a system time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

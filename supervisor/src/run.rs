@@ -12,7 +12,7 @@ use crate::policy::{
     self, Admission, Backoff, Breaker, Fingerprint, Intensity, IntensityState, IntensityVerdict,
     Quarantine, RetryRules, SplitMix64,
 };
-use crate::record::{Decision, ExitReason, ExitRecord, Phase, RecordedError};
+use crate::record::{Decision, ExitReason, ExitRecord, RecordedError};
 use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
 use corral_proto::Value;
 use std::collections::HashMap;
@@ -483,40 +483,13 @@ fn not_started(
     reason: ExitReason,
     message: String,
 ) -> ExitRecord {
-    let now = crate::record::rfc3339(SystemTime::now());
-    ExitRecord {
-        agent: spec.name.clone(),
-        run_id: run_id.to_string(),
-        attempt,
-        pid: None,
-        started_at: now.clone(),
-        ended_at: now,
-        duration_ms: 0,
-        reason,
-        exit_code: None,
-        signal: None,
-        signal_name: None,
-        core_dumped: false,
-        signals_sent: Vec::new(),
-        cpu_user_ms: 0,
-        cpu_sys_ms: 0,
-        max_rss_kb: 0,
-        peak_rss_kb: None,
-        error: Some(RecordedError {
-            kind: reason.as_str().to_string(),
-            message,
-            retryable: reason == ExitReason::CircuitOpen,
-        }),
-        stderr_tail: String::new(),
-        last_heartbeat_age_ms: None,
-        phase: Phase::Starting,
-        progress: 0,
-        retry_count: 0,
-        restart_count: 0,
-        backoff_ms: None,
-        decision: Decision::Abort,
-        log_bytes_dropped: 0,
-        oom_killed: false,
-        tool_calls: Vec::new(),
-    }
+    let mut rec = ExitRecord::begin(&spec.name, run_id, attempt);
+    rec.reason = reason;
+    rec.decision = Decision::Abort;
+    rec.error = Some(RecordedError {
+        kind: reason.as_str().to_string(),
+        message,
+        retryable: reason == ExitReason::CircuitOpen,
+    });
+    rec
 }

@@ -195,3 +195,40 @@ pub fn alive(pid: i32) -> bool {
 pub fn load(fx: &Fixture) -> corral::config::Config {
     corral::config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A JSON string as a [`corral_proto::Value`].
+pub fn input(json: &str) -> corral_proto::Value {
+    corral_proto::Value::from_json(&serde_json::from_str(json).expect("test input is JSON"))
+}
+
+/// A fixture and a library-level supervisor on it.
+pub fn sup_with(defaults: &str, extra: &str) -> (Fixture, corral::run::Supervisor) {
+    let fx = fixture_with_defaults(defaults, extra);
+    let cfg = load(&fx);
+    let s = corral::run::Supervisor::new(cfg).expect("supervisor set-up");
+    (fx, s)
+}
+
+/// One call through the library, with default options.
+pub async fn call(
+    s: &corral::run::Supervisor,
+    agent: &str,
+    json: &str,
+) -> corral::run::CallOutcome {
+    s.call(agent, input(json), corral::run::CallOptions::default())
+        .await
+        .expect("known agent")
+}
+
+/// The reasons of all attempts.
+pub fn reasons(o: &corral::run::CallOutcome) -> Vec<corral::record::ExitReason> {
+    o.attempts.iter().map(|a| a.reason).collect()
+}
+
+/// The output as JSON (null when there is none).
+pub fn output(o: &corral::run::CallOutcome) -> serde_json::Value {
+    o.output
+        .as_ref()
+        .map(corral_proto::Value::to_json)
+        .unwrap_or_default()
+}

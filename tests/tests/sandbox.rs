@@ -3,33 +3,7 @@
 //! machine lacks prints why it skipped (a failure under `CORRAL_REQUIRE_ISOLATION=1`).
 
 use corral::record::ExitReason;
-use corral::run::{CallOptions, CallOutcome, Supervisor};
 use corral_e2e::*;
-use corral_proto::Value;
-
-fn input(json: &str) -> Value {
-    Value::from_json(&serde_json::from_str(json).unwrap())
-}
-
-fn sup_with(defaults: &str, extra: &str) -> (Fixture, Supervisor) {
-    let fx = fixture_with_defaults(defaults, extra);
-    let cfg = load(&fx);
-    (fx, Supervisor::new(cfg).unwrap())
-}
-
-async fn call(s: &Supervisor, agent: &str, json: &str) -> CallOutcome {
-    s.call(agent, input(json), CallOptions::default())
-        .await
-        .unwrap()
-}
-
-fn reasons(o: &CallOutcome) -> Vec<ExitReason> {
-    o.attempts.iter().map(|a| a.reason).collect()
-}
-
-fn output(o: &CallOutcome) -> serde_json::Value {
-    o.output.as_ref().map(Value::to_json).unwrap_or_default()
-}
 
 /// Whether cgroups can enforce memory and pids here; skip (or fail) otherwise.
 fn cgroups_ok(what: &str) -> bool {

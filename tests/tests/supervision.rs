@@ -5,27 +5,10 @@
 use corral::record::{Decision, ExitReason};
 use corral::run::{CallOptions, CallOutcome, Supervisor};
 use corral_e2e::*;
-use corral_proto::Value;
 use std::time::Duration;
 
-fn input(json: &str) -> Value {
-    Value::from_json(&serde_json::from_str(json).unwrap())
-}
-
 fn sup(defaults: &str) -> (Fixture, Supervisor) {
-    let fx = fixture_with_defaults(defaults, "");
-    let cfg = load(&fx);
-    (fx, Supervisor::new(cfg).unwrap())
-}
-
-async fn call(s: &Supervisor, agent: &str, json: &str) -> CallOutcome {
-    s.call(agent, input(json), CallOptions::default())
-        .await
-        .unwrap()
-}
-
-fn reasons(o: &CallOutcome) -> Vec<ExitReason> {
-    o.attempts.iter().map(|a| a.reason).collect()
+    sup_with(defaults, "")
 }
 
 fn decisions(o: &CallOutcome) -> Vec<Decision> {
