@@ -205,7 +205,8 @@ async fn drain_logs(
     let mut used: u64 = 0;
     let mut bufs = [Vec::<u8>::new(), Vec::<u8>::new()];
     let mut open = [true, true];
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Small: touched pages count, and a thousand idle agents each hold one.
+    let mut chunk = vec![0u8; 8 * 1024];
     let streams = [&out, &errp];
     while open[0] || open[1] {
         let which = tokio::select! {
