@@ -266,3 +266,42 @@ fn demo_runs_real_agents() {
         assert!(text.contains(reason), "demo output lacks {reason}:\n{text}");
     }
 }
+
+#[test]
+fn handler_panic_becomes_a_structured_error() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(&fx, "chaos", r#"{"do":"panic"}"#);
+    assert_eq!(c.reasons(), ["agent_error"]);
+    let e = &c.last()["error"];
+    assert_eq!(e["kind"], "panic");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("panicking on request"),
+        "{e}"
+    );
+    assert!(
+        c.last()["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("panicked"),
+        "the panic message reaches the log"
+    );
+}
+
+#[test]
+fn tool_calls_without_a_broker_are_denied_and_traced() {
+    let fx = fixture_with_defaults("max_retries = 0", "");
+    let c = call_json(
+        &fx,
+        "chaos",
+        r#"{"do":"tool","name":"search","args":{"q":"x"}}"#,
+    );
+    assert_eq!(c.reasons(), ["agent_error"]);
+    assert_eq!(c.last()["error"]["kind"], "denied");
+    let trace = &c.last()["tool_calls"];
+    assert_eq!(trace[0]["tool"], "search");
+    assert_eq!(trace[0]["ok"], false);
+    assert_eq!(trace[0]["error_kind"], "denied");
+}

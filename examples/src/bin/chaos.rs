@@ -22,6 +22,7 @@
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
+//! | `{"do":"panic"}` | panics in the handler (the SDK reports `Failed {kind: "panic"}`) |
 //! | `{"do":"ptrace"}` | `{"ok":B,"error":S}` from `ptrace(PTRACE_TRACEME)` (seccomp denies it) |
 //! | `{"do":"frames","n":N}` | sends N small `Log` frames as fast as it can, then `{"ok":true}` |
 //! | `{"do":"id"}` | `{"uid":U,"gid":G,"pid":P}` |
@@ -191,6 +192,7 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             }
             Ok(ok())
         }
+        "panic" => panic!("chaos: panicking on request"),
         "ptrace" => {
             // SAFETY: PTRACE_TRACEME takes no pointers.
             let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
