@@ -21,6 +21,7 @@ use corral_proto::{
     AgentError, Contract, Down, Hello, Shutdown, Task, ToolCall, ToolResult, Up, Value,
     PROTOCOL_VERSION,
 };
+use std::future::Future as _;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -205,15 +206,26 @@ async fn drain_logs(
     let mut used: u64 = 0;
     let mut bufs = [Vec::<u8>::new(), Vec::<u8>::new()];
     let mut open = [true, true];
-    // Small: touched pages count, and a thousand idle agents each hold one.
-    let mut chunk = vec![0u8; 8 * 1024];
     let streams = [&out, &errp];
     while open[0] || open[1] {
         let which = tokio::select! {
             r = out.readable(), if open[0] => { if r.is_err() { open[0] = false; continue; } 0 }
             r = errp.readable(), if open[1] => { if r.is_err() { open[1] = false; continue; } 1 }
         };
-        let n = match streams[which].try_read(&mut chunk) {
+        // Read into a per-thread buffer (not held across an await): a thousand idle agents do
+        // not each keep one.
+        thread_local! {
+            static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+        }
+        let mut data = Vec::new();
+        let n = match CHUNK.with(|c| {
+            let mut c = c.borrow_mut();
+            let r = streams[which].try_read(&mut c);
+            if let Ok(n) = r {
+                data.extend_from_slice(&c[..n]);
+            }
+            r
+        }) {
             Ok(0) => {
                 open[which] = false;
                 0
@@ -225,7 +237,7 @@ async fn drain_logs(
                 0
             }
         };
-        let data = &chunk[..n];
+        let data = &data[..n];
         if which == 1 {
             stats.stderr_tail.extend_from_slice(data);
             if stats.stderr_tail.len() > STDERR_TAIL {
@@ -251,16 +263,6 @@ async fn drain_logs(
         }
     }
     stats
-}
-
-/// Write queued frames to the agent; ends when the queue closes or the pipe breaks.
-async fn write_frames(mut tx: pipe::Sender, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    use tokio::io::AsyncWriteExt;
-    while let Some(bytes) = rx.recv().await {
-        if tx.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// System paths every agent may read (and execute): enough for a dynamically linked program.
@@ -595,7 +597,7 @@ pub async fn run_attempt(
     })();
     let mut st = State::new(&spec, &task, t0, pid);
     let mut verdict;
-    let (log_task, writer_task, up) = match setup {
+    let (log_task, up) = match setup {
         Ok((up, down, out, errp)) => {
             let log_task = tokio::spawn(drain_logs(
                 out,
@@ -604,9 +606,7 @@ pub async fn run_attempt(
                 pid,
                 agent.log_limit,
             ));
-            let (wtx, wrx) = mpsc::unbounded_channel();
-            let writer_task = tokio::spawn(write_frames(down, wrx));
-            st.writer = Some(wtx);
+            st.down = Some(down);
             st.send(&Down::Hello(Hello {
                 protocol: PROTOCOL_VERSION,
                 agent_id: agent.name.clone(),
@@ -617,7 +617,7 @@ pub async fn run_attempt(
             }));
             verdict = st.watch(&up, &pidfd, tools, &mut stop).await;
             st.decided_at = Some(Instant::now());
-            (Some(log_task), Some(writer_task), Some(up))
+            (Some(log_task), Some(up))
         }
         Err(e) => {
             verdict = Verdict {
@@ -625,7 +625,7 @@ pub async fn run_attempt(
                 error: err("spawn_failed", format!("set up pipes: {e}"), false),
                 graceful: false,
             };
-            (None, None, None)
+            (None, None)
         }
     };
 
@@ -639,10 +639,7 @@ pub async fn run_attempt(
             verdict = v;
         }
     }
-    st.writer = None;
-    if let Some(w) = writer_task {
-        w.abort();
-    }
+    st.down = None;
     let stats = match log_task {
         Some(mut t) => {
             // Stragglers are dead, so the pipes reach EOF; an escaped process that still holds
@@ -842,6 +839,37 @@ fn classify(
     )
 }
 
+/// The first tool answer to arrive among those awaited (removing it).
+async fn next_tool_answer(
+    waits: &mut Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
+) -> (u64, Result<Value, AgentError>) {
+    std::future::poll_fn(|cx| {
+        for i in 0..waits.len() {
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut waits[i].1).poll(cx) {
+                let (id, _) = waits.swap_remove(i);
+                let r = r.unwrap_or_else(|_| {
+                    Err(AgentError::new(
+                        "unavailable",
+                        "tool broker dropped the call",
+                        true,
+                    ))
+                });
+                return std::task::Poll::Ready((id, r));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Wait until the pipe to the agent takes more bytes (forever when there is none).
+async fn writable(down: &Option<pipe::Sender>) -> std::io::Result<()> {
+    match down {
+        Some(d) => d.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The attempt's mutable state while the agent runs.
 struct State<'a> {
     spec: &'a AttemptSpec,
@@ -849,7 +877,14 @@ struct State<'a> {
     task: &'a TaskInput,
     t0: Instant,
     phase: Phase,
-    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The supervisor→agent pipe, written without blocking; what does not fit waits in
+    /// `pending` for the pipe to become writable.
+    down: Option<pipe::Sender>,
+    pending: Vec<u8>,
+    /// Tool calls waiting for the owner's answer.
+    tool_waits: Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
+    /// Tool answers ready to send (refusals decided here).
+    tool_ready: Vec<(u64, Result<Value, AgentError>)>,
     decoder: FrameDecoder,
     contract: Option<Contract>,
     output: Option<Value>,
@@ -892,7 +927,10 @@ impl<'a> State<'a> {
             task,
             t0,
             phase: Phase::Starting,
-            writer: None,
+            down: None,
+            pending: Vec::new(),
+            tool_waits: Vec::new(),
+            tool_ready: Vec::new(),
             decoder: FrameDecoder::new(spec.max_frame),
             contract: None,
             output: None,
@@ -916,10 +954,57 @@ impl<'a> State<'a> {
         &self.spec.agent
     }
 
-    fn send(&self, msg: &Down) {
-        if let (Some(w), Ok(bytes)) = (&self.writer, frame::encode(msg)) {
-            let _ = w.send(bytes);
+    fn send(&mut self, msg: &Down) {
+        if self.down.is_none() {
+            return;
         }
+        if frame::encode_into(msg, &mut self.pending).is_ok() {
+            self.flush();
+        }
+    }
+
+    /// Write as much of `pending` as the pipe takes now.
+    fn flush(&mut self) {
+        let Some(down) = &self.down else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match down.try_write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // The agent closed its end: nothing more can be said to it.
+                    self.pending.clear();
+                    self.down = None;
+                    return;
+                }
+            }
+        }
+        if self.pending.capacity() > 64 * 1024 {
+            self.pending = Vec::new();
+        }
+    }
+
+    /// Send a tool's answer and account for it.
+    fn deliver(&mut self, call_id: u64, result: Result<Value, AgentError>, now: Instant) {
+        if let Some((tool, at)) = self.tool_started.remove(&call_id) {
+            self.tool_trace.push(ToolTrace {
+                call_id,
+                tool,
+                ok: result.is_ok(),
+                error_kind: result.as_ref().err().map(|e| e.kind.clone()),
+                duration_ms: now.duration_since(at).as_millis() as u64,
+            });
+        }
+        if self.tool_started.is_empty() && self.phase == Phase::ToolCall {
+            self.phase = Phase::Busy;
+            // The agent could not progress while it waited.
+            self.last_progress_at = now;
+        }
+        self.send(&Down::ToolResult(ToolResult { call_id, result }));
     }
 
     /// The earliest moment a watchdog fires, and the reason it would give.
@@ -983,7 +1068,6 @@ impl<'a> State<'a> {
         msg: Up,
         now: Instant,
         tools: &Option<mpsc::Sender<ToolRequest>>,
-        done_tx: &mpsc::UnboundedSender<(u64, Result<Value, AgentError>)>,
     ) -> Step {
         self.last_frame = Some(now);
         match (self.phase, msg) {
@@ -1046,68 +1130,46 @@ impl<'a> State<'a> {
                 self.phase = Phase::ToolCall;
                 self.tool_started
                     .insert(call.call_id, (call.tool.clone(), now));
-                let (reply_tx, reply_rx) = oneshot::channel();
                 let call_id = call.call_id;
                 let declared = self
                     .contract
                     .as_ref()
                     .is_some_and(|c| c.tools.iter().any(|t| t == &call.tool || t == "*"));
-                let done_tx = done_tx.clone();
                 if !declared {
-                    let _ = done_tx.send((
-                        call_id,
-                        Err(AgentError::new(
-                            "undeclared_tool",
-                            format!(
-                                "tool `{}` is not declared in the agent's contract",
-                                call.tool
-                            ),
-                            false,
-                        )),
-                    ));
+                    let refusal = AgentError::new(
+                        "undeclared_tool",
+                        format!(
+                            "tool `{}` is not declared in the agent's contract",
+                            call.tool
+                        ),
+                        false,
+                    );
+                    self.tool_ready.push((call_id, Err(refusal)));
                     return Step::Continue;
                 }
                 match tools {
                     Some(t) => {
+                        let (reply_tx, reply_rx) = oneshot::channel();
                         let req = ToolRequest {
                             agent: self.agent().name.clone(),
                             call,
                             reply: reply_tx,
                         };
                         if t.try_send(req).is_err() {
-                            let _ = done_tx.send((
-                                call_id,
-                                Err(AgentError::new(
-                                    "unavailable",
-                                    "tool broker is busy or gone",
-                                    true,
-                                )),
-                            ));
+                            let busy =
+                                AgentError::new("unavailable", "tool broker is busy or gone", true);
+                            self.tool_ready.push((call_id, Err(busy)));
                         } else {
-                            tokio::spawn(async move {
-                                let res = reply_rx.await.unwrap_or_else(|_| {
-                                    Err(AgentError::new(
-                                        "unavailable",
-                                        "tool broker dropped the call",
-                                        true,
-                                    ))
-                                });
-                                let _ = done_tx.send((call_id, res));
-                            });
+                            self.tool_waits.push((call_id, reply_rx));
                         }
                     }
                     None => {
-                        let _ = done_tx.send((
-                            call_id,
-                            Err(AgentError::new(
-                                "denied",
-                                format!(
-                                    "no tools are configured for agent `{}`",
-                                    self.agent().name
-                                ),
-                                false,
-                            )),
-                        ));
+                        let denied = AgentError::new(
+                            "denied",
+                            format!("no tools are configured for agent `{}`", self.agent().name),
+                            false,
+                        );
+                        self.tool_ready.push((call_id, Err(denied)));
                     }
                 }
                 Step::Continue
@@ -1195,16 +1257,11 @@ impl<'a> State<'a> {
     }
 
     /// Decode and handle every complete frame buffered.
-    fn handle_buffered(
-        &mut self,
-        now: Instant,
-        tools: &Option<mpsc::Sender<ToolRequest>>,
-        done_tx: &mpsc::UnboundedSender<(u64, Result<Value, AgentError>)>,
-    ) -> Step {
+    fn handle_buffered(&mut self, now: Instant, tools: &Option<mpsc::Sender<ToolRequest>>) -> Step {
         loop {
             match self.decoder.next::<Up>() {
                 Ok(Some(msg)) => {
-                    if let Step::End(v) = self.on_frame(msg, now, tools, done_tx) {
+                    if let Step::End(v) = self.on_frame(msg, now, tools) {
                         return Step::End(v);
                     }
                 }
@@ -1222,7 +1279,6 @@ impl<'a> State<'a> {
         tools: Option<mpsc::Sender<ToolRequest>>,
         stop: &mut watch::Receiver<Option<ExitReason>>,
     ) -> Verdict {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let pid = pidfd.pid();
         // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
         // comes closer, but not later on every frame: when it fires early, the loop re-arms
@@ -1252,8 +1308,11 @@ impl<'a> State<'a> {
                     if r.is_err() { self.up_open = false; continue; }
                     match self.read_available(up, 4) {
                         Ok(state) => {
-                            if let Step::End(v) = self.handle_buffered(now, &tools, &done_tx) {
+                            if let Step::End(v) = self.handle_buffered(now, &tools) {
                                 return v;
+                            }
+                            for (call_id, result) in std::mem::take(&mut self.tool_ready) {
+                                self.deliver(call_id, result, now);
                             }
                             if state == ReadState::Eof {
                                 self.up_open = false;
@@ -1268,23 +1327,15 @@ impl<'a> State<'a> {
                     }
                     self.sample(pid, now);
                 }
-                Some((call_id, result)) = done_rx.recv() => {
-                    let now = Instant::now();
-                    if let Some((tool, at)) = self.tool_started.remove(&call_id) {
-                        self.tool_trace.push(ToolTrace {
-                            call_id,
-                            tool,
-                            ok: result.is_ok(),
-                            error_kind: result.as_ref().err().map(|e| e.kind.clone()),
-                            duration_ms: now.duration_since(at).as_millis() as u64,
-                        });
+                (call_id, result) = next_tool_answer(&mut self.tool_waits), if !self.tool_waits.is_empty() => {
+                    self.deliver(call_id, result, Instant::now());
+                }
+                r = writable(&self.down), if !self.pending.is_empty() => {
+                    if r.is_ok() {
+                        self.flush();
+                    } else {
+                        self.pending.clear();
                     }
-                    if self.tool_started.is_empty() && self.phase == Phase::ToolCall {
-                        self.phase = Phase::Busy;
-                        // The agent could not progress while it waited.
-                        self.last_progress_at = now;
-                    }
-                    self.send(&Down::ToolResult(ToolResult { call_id, result }));
                 }
                 _ = pidfd.exited() => {
                     return Verdict { reason: None, error: None, graceful: false };
@@ -1352,10 +1403,9 @@ impl<'a> State<'a> {
         if self.output.is_some() {
             return None;
         }
-        let (done_tx, _rx) = mpsc::unbounded_channel();
         loop {
             let state = self.read_available(up, 4);
-            if let Step::End(v) = self.handle_buffered(Instant::now(), &None, &done_tx) {
+            if let Step::End(v) = self.handle_buffered(Instant::now(), &None) {
                 return Some(v);
             }
             if !matches!(state, Ok(ReadState::More)) {
