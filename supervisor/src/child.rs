@@ -13,7 +13,8 @@
 
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, ExitRecord, Phase, RecordedError, ToolTrace};
-use crate::sandbox::cgroup::{AgentCgroup, CgroupLimits, Cgroups};
+use crate::sandbox::cgroup::{AgentCgroup, CgroupLimits};
+use crate::sandbox::pool::{CgroupPool, WorkspacePool};
 use crate::sandbox::process::{self, PidFd, Reaped};
 use crate::sandbox::spawn::{SpawnSpec, Spawner};
 use corral_proto::frame::{self, FrameDecoder};
@@ -42,10 +43,10 @@ pub struct AttemptSpec {
     pub attempt: u32,
     /// Largest frame accepted from the agent.
     pub max_frame: u32,
-    /// Cgroup manager, when the host has one.
-    pub cgroups: Option<Arc<Cgroups>>,
-    /// The supervisor's state directory (workspaces live under `work/`).
-    pub state_dir: std::path::PathBuf,
+    /// Cgroups (made ahead of time), when the host has them.
+    pub cgroups: Option<Arc<CgroupPool>>,
+    /// Workspaces (made ahead of time).
+    pub workspaces: Arc<WorkspacePool>,
     /// Where to report life events of the attempt (for status displays, tests, benchmarks).
     pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
 }
@@ -500,12 +501,7 @@ pub async fn run_attempt(
 
     // Workspace: a fresh private directory per attempt, under the state directory (not under
     // /tmp, which the agent's mount namespace replaces with a private tmpfs).
-    let work_root = spec.state_dir.join("work");
-    let workspace = match std::fs::create_dir_all(&work_root).and_then(|_| {
-        tempfile::Builder::new()
-            .prefix(&format!("{}-", agent.name))
-            .tempdir_in(&work_root)
-    }) {
+    let workspace = match spec.workspaces.take() {
         Ok(w) => w,
         Err(e) => return spawn_failed(record, format!("create workspace: {e}")),
     };
@@ -521,12 +517,9 @@ pub async fn run_attempt(
         pids: agent.pids,
         cpu_quota: agent.cpu_quota,
     };
-    let cgroup = match &spec.cgroups {
-        Some(cg) => match cg.create(
-            &format!("{}-{}-{}", agent.name, spec.run_id, spec.attempt),
-            &limits,
-        ) {
-            Ok(c) => Some(c),
+    let cgroup: Option<Arc<AgentCgroup>> = match &spec.cgroups {
+        Some(pool) => match pool.take(&agent.name, &limits) {
+            Ok(c) => Some(Arc::new(c)),
             Err(e) => return spawn_failed(record, format!("create cgroup: {e}")),
         },
         None => None,
@@ -534,7 +527,7 @@ pub async fn run_attempt(
     let cgroup_mem = spec
         .cgroups
         .as_ref()
-        .map(|c| !c.unenforceable(&limits).contains(&"memory"))
+        .map(|c| !c.cgroups().unenforceable(&limits).contains(&"memory"))
         .unwrap_or(false);
 
     // Pipes: down (fd 3), up (fd 4), stdout, stderr.
@@ -554,7 +547,7 @@ pub async fn run_attempt(
         env,
         cwd,
         workspace.path(),
-        cgroup.as_ref(),
+        cgroup.as_deref(),
         cgroup_mem,
     ) {
         Ok(s) => s,
@@ -661,14 +654,34 @@ pub async fn run_attempt(
     if agent.keep_workspace {
         let kept = workspace.keep();
         tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
+    } else {
+        // Removing a tree is blocking file-system work: off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
     }
 
-    let oom = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0) > 0;
-    let pids_hits = cgroup.as_ref().map(|c| c.pids_limit_hits()).unwrap_or(0);
-    if let Some(c) = &cgroup {
-        if let Err(e) = c.remove() {
-            tracing::warn!(agent = %agent.name, pid, "remove cgroup: {e}");
+    // Counters first, then the directories go (off the runtime; removal keeps the counters).
+    let (oom, pids_hits, mem_peak) = match cgroup {
+        Some(c) => {
+            let name = agent.name.clone();
+            tokio::task::spawn_blocking(move || {
+                let counters = (
+                    c.oom_kills() > 0,
+                    c.pids_limit_hits(),
+                    c.memory_peak_bytes(),
+                );
+                if let Err(e) = c.remove() {
+                    tracing::warn!(agent = %name, pid, "remove cgroup: {e}");
+                }
+                counters
+            })
+            .await
+            .unwrap_or((false, 0, None))
         }
+        None => (false, 0, None),
+    };
+    if let Some(peak) = mem_peak {
+        let kb = peak / 1024;
+        st.peak_rss_kb = Some(st.peak_rss_kb.unwrap_or(0).max(kb));
     }
     // Under corral-init, the agent's own end is in the init's report; without one (the init
     // itself was killed), the init's status stands for the tree.
@@ -1418,7 +1431,7 @@ impl<'a> State<'a> {
     async fn stop_and_reap(
         &mut self,
         pidfd: &PidFd,
-        cgroup: Option<&AgentCgroup>,
+        cgroup: Option<&Arc<AgentCgroup>>,
         graceful: bool,
     ) -> Option<Reaped> {
         let pid = pidfd.pid();
@@ -1446,12 +1459,18 @@ impl<'a> State<'a> {
         // id cannot have been reused) and the cgroup, before the leader is reaped.
         process::kill_group(pid, libc::SIGKILL);
         if let Some(cg) = cgroup {
-            let members = cg.pids().unwrap_or_default();
-            if let Err(e) = cg.kill_all() {
-                tracing::warn!(agent = %self.agent().name, pid, "kill cgroup: {e}");
-            }
-            // Escapees reparented to us (no pid namespace) are zombies of ours now.
-            process::reap_adopted(&members);
+            // cgroup file I/O can take milliseconds (v1 waits on RCU): off the runtime.
+            let cg = cg.clone();
+            let name = self.agent().name.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let members = cg.pids().unwrap_or_default();
+                if let Err(e) = cg.kill_all() {
+                    tracing::warn!(agent = %name, pid, "kill cgroup: {e}");
+                }
+                // Escapees reparented to us (no pid namespace) are zombies of ours now.
+                process::reap_adopted(&members);
+            })
+            .await;
         }
         process::try_reap(pid)
     }

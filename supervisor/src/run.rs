@@ -14,6 +14,7 @@ use crate::policy::{
 };
 use crate::record::{Decision, ExitReason, ExitRecord, RecordedError};
 use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
+use crate::sandbox::pool::{CgroupPool, WorkspacePool};
 use corral_proto::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +96,9 @@ pub struct CallOptions {
 /// Owner of agent processes for one config.
 pub struct Supervisor {
     config: Arc<Config>,
-    cgroups: Option<Arc<Cgroups>>,
+    specs: HashMap<String, Arc<AgentSpec>>,
+    cgroups: Option<Arc<CgroupPool>>,
+    workspaces: Arc<WorkspacePool>,
     types: Mutex<HashMap<String, TypeState>>,
     rng: Mutex<SplitMix64>,
 }
@@ -147,9 +150,17 @@ impl Supervisor {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ std::process::id() as u64;
+        let specs = config
+            .agents
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect();
+        let workspaces = WorkspacePool::new(config.supervisor.state_dir.join("work"));
         Ok(Supervisor {
             config: Arc::new(config),
-            cgroups: cgroups.map(Arc::new),
+            specs,
+            workspaces,
+            cgroups: cgroups.map(|c| CgroupPool::new(Arc::new(c))),
             types: Mutex::new(HashMap::new()),
             rng: Mutex::new(SplitMix64::new(seed)),
         })
@@ -162,7 +173,7 @@ impl Supervisor {
 
     /// The cgroup manager, if any.
     pub fn cgroups(&self) -> Option<&Cgroups> {
-        self.cgroups.as_deref()
+        self.cgroups.as_deref().map(CgroupPool::cgroups)
     }
 
     /// Lines saying how each agent's limits are enforced on this host (for start-up reports).
@@ -172,7 +183,7 @@ impl Supervisor {
             let limits = limits_of(a);
             match &self.cgroups {
                 Some(cg) => {
-                    for line in cg.report(&limits) {
+                    for line in cg.cgroups().report(&limits) {
                         out.push(format!("{name}: {line}"));
                     }
                 }
@@ -185,24 +196,20 @@ impl Supervisor {
     }
 
     fn agent(&self, name: &str) -> Result<Arc<AgentSpec>, RunError> {
-        let spec = self
-            .config
-            .agents
-            .get(name)
-            .ok_or_else(|| RunError::UnknownAgent {
-                name: name.to_string(),
-                config: self.config.path.display().to_string(),
-                known: self
-                    .config
-                    .agents
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
+        let spec = self.specs.get(name).ok_or_else(|| RunError::UnknownAgent {
+            name: name.to_string(),
+            config: self.config.path.display().to_string(),
+            known: self
+                .config
+                .agents
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
         if spec.strict {
             if let Some(cg) = &self.cgroups {
-                let missing = cg.unenforceable(&limits_of(spec));
+                let missing = cg.cgroups().unenforceable(&limits_of(spec));
                 if !missing.is_empty() {
                     return Err(RunError::Unenforceable {
                         agent: name.to_string(),
@@ -211,7 +218,7 @@ impl Supervisor {
                 }
             }
         }
-        Ok(Arc::new(spec.clone()))
+        Ok(spec.clone())
     }
 
     fn with_type<R>(&self, spec: &AgentSpec, f: impl FnOnce(&mut TypeState) -> R) -> R {
@@ -306,7 +313,7 @@ impl Supervisor {
                 attempt: attempt_no,
                 max_frame: self.config.supervisor.max_frame,
                 cgroups: self.cgroups.clone(),
-                state_dir: self.config.supervisor.state_dir.clone(),
+                workspaces: self.workspaces.clone(),
                 events: opts.events.clone(),
             };
             let task = TaskInput {
@@ -409,10 +416,14 @@ impl Supervisor {
                     rec.decision = Decision::Retry;
                     attempts.push(rec);
                     retries += 1;
-                    let mut stop_wait = stop.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop_wait.wait_for(|s| s.is_some()) => {}
+                    // A zero backoff restarts at once (a zero-length sleep still waits for the
+                    // timer wheel's next tick, about a millisecond).
+                    if !delay.is_zero() {
+                        let mut stop_wait = stop.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop_wait.wait_for(|s| s.is_some()) => {}
+                        }
                     }
                 }
             }

@@ -41,3 +41,4 @@ pub fn init_path() -> Option<&'static PathBuf> {
     })
     .as_ref()
 }
+pub mod pool;

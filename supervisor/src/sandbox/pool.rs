@@ -1,0 +1,172 @@
+//! Spares made ahead of time, so that a spawn does not wait for a `mkdir`: per-attempt
+//! workspaces and per-attempt cgroups are created in the background (on tokio's blocking
+//! pool) and taken ready-made. Each spare is still used once and removed after its attempt.
+
+use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// How many spares of each kind are kept ready.
+const SPARES: usize = 2;
+
+/// Fresh private workspace directories under one root.
+pub struct WorkspacePool {
+    root: PathBuf,
+    spare: Mutex<Vec<tempfile::TempDir>>,
+    refilling: Mutex<bool>,
+}
+
+impl WorkspacePool {
+    /// A pool making directories under `root` (created when missing).
+    pub fn new(root: PathBuf) -> Arc<WorkspacePool> {
+        Arc::new(WorkspacePool {
+            root,
+            spare: Mutex::new(Vec::new()),
+            refilling: Mutex::new(false),
+        })
+    }
+
+    fn make(&self) -> std::io::Result<tempfile::TempDir> {
+        std::fs::create_dir_all(&self.root)?;
+        tempfile::Builder::new()
+            .prefix("ws-")
+            .tempdir_in(&self.root)
+    }
+
+    /// A fresh directory: a spare if one is ready, else made now. Tops the spares up in the
+    /// background (when called inside a tokio runtime).
+    pub fn take(self: &Arc<Self>) -> std::io::Result<tempfile::TempDir> {
+        let ready = self.spare.lock().ok().and_then(|mut s| s.pop());
+        let dir = match ready {
+            Some(d) => d,
+            None => self.make()?,
+        };
+        self.refill();
+        Ok(dir)
+    }
+
+    fn refill(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        {
+            let Ok(mut busy) = self.refilling.lock() else {
+                return;
+            };
+            if *busy {
+                return;
+            }
+            *busy = true;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            while me.spare.lock().map(|s| s.len() < SPARES).unwrap_or(false) {
+                match me.make() {
+                    Ok(d) => {
+                        if let Ok(mut s) = me.spare.lock() {
+                            s.push(d);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Ok(mut busy) = me.refilling.lock() {
+                *busy = false;
+            }
+        });
+    }
+}
+
+/// Leaf cgroups made ahead of time, per agent type (each type has its own limits).
+pub struct CgroupPool {
+    cgroups: Arc<Cgroups>,
+    spare: Mutex<HashMap<String, Vec<AgentCgroup>>>,
+    refilling: Mutex<HashMap<String, bool>>,
+}
+
+impl CgroupPool {
+    /// A pool over a cgroup manager.
+    pub fn new(cgroups: Arc<Cgroups>) -> Arc<CgroupPool> {
+        Arc::new(CgroupPool {
+            cgroups,
+            spare: Mutex::new(HashMap::new()),
+            refilling: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The manager.
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    fn make(&self, agent: &str, limits: &CgroupLimits) -> Result<AgentCgroup, CgroupError> {
+        // Process-wide: several pools (supervisors) in one process share the parent cgroup.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        self.cgroups.create(&format!("{agent}-{n}"), limits)
+    }
+
+    /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. Tops the
+    /// spares up in the background.
+    pub fn take(
+        self: &Arc<Self>,
+        agent: &str,
+        limits: &CgroupLimits,
+    ) -> Result<AgentCgroup, CgroupError> {
+        let ready = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get_mut(agent).and_then(Vec::pop));
+        let cg = match ready {
+            Some(c) => c,
+            None => self.make(agent, limits)?,
+        };
+        self.refill(agent, *limits);
+        Ok(cg)
+    }
+
+    fn refill(self: &Arc<Self>, agent: &str, limits: CgroupLimits) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        {
+            let Ok(mut busy) = self.refilling.lock() else {
+                return;
+            };
+            let flag = busy.entry(agent.to_string()).or_insert(false);
+            if *flag {
+                return;
+            }
+            *flag = true;
+        }
+        let me = self.clone();
+        let agent = agent.to_string();
+        tokio::task::spawn_blocking(move || {
+            let short = |me: &CgroupPool| {
+                me.spare
+                    .lock()
+                    .map(|s| s.get(&agent).map_or(0, Vec::len) < SPARES)
+                    .unwrap_or(false)
+            };
+            while short(&me) {
+                match me.make(&agent, &limits) {
+                    Ok(c) => {
+                        if let Ok(mut s) = me.spare.lock() {
+                            s.entry(agent.clone()).or_default().push(c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %agent, "making a spare cgroup: {e}");
+                        break;
+                    }
+                }
+            }
+            if let Ok(mut busy) = me.refilling.lock() {
+                busy.insert(agent, false);
+            }
+        });
+    }
+}
