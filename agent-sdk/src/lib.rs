@@ -394,7 +394,7 @@ fn spawn_heartbeats(shared: &Arc<Shared>, every: Duration) {
             let (lock, cv) = &shared.heartbeats;
             let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let (guard, _) = cv
-                .wait_timeout(guard, every)
+                .wait_timeout(guard, until_next_tick(every))
                 .unwrap_or_else(|p| p.into_inner());
             if *guard {
                 // Suspended on purpose: never beat again.
@@ -409,6 +409,21 @@ fn spawn_heartbeats(shared: &Arc<Shared>, every: Duration) {
                 return; // supervisor gone
             }
         });
+}
+
+/// Time until the next multiple of `every` on the system-wide monotonic clock. Agents with the
+/// same interval beat in step, so the supervisor handles their heartbeats in batches instead of
+/// waking once per agent.
+fn until_next_tick(every: Duration) -> Duration {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return every;
+    }
+    let now = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+    let step = every.as_nanos().max(1);
+    let next = (now / step + 1) * step;
+    Duration::from_nanos((next - now).min(u64::MAX as u128) as u64)
 }
 
 fn spawn_sigterm_watch(shared: &Arc<Shared>, tx: Sender<Event>) {

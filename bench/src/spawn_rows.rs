@@ -122,12 +122,12 @@ struct Variant {
 const PLAIN: Variant = Variant {
     id: "1",
     what: "spawn→ready, plain (echo)",
-    keys: "namespaces = []\nnetwork = true\n",
+    keys: "namespaces = []\nnetwork = true\nseccomp = false\nlandlock = false\n",
     cgroups: false,
     want_ns: &[],
 };
 
-const ISOLATED: [Variant; 3] = [
+const ISOLATED: [Variant; 4] = [
     Variant {
         id: "2a",
         what: "spawn→ready, ns pid+ipc+uts+mount",
@@ -139,6 +139,13 @@ const ISOLATED: [Variant; 3] = [
         id: "2b",
         what: "spawn→ready, ns +net",
         keys: "namespaces = [\"pid\", \"ipc\", \"uts\", \"mount\", \"net\"]\nnetwork = false\n",
+        cgroups: false,
+        want_ns: &["pid", "ipc", "uts", "mnt", "net"],
+    },
+    Variant {
+        id: "2b'",
+        what: "spawn→ready, ns +net (private netns)",
+        keys: "namespaces = [\"pid\", \"ipc\", \"uts\", \"mount\", \"net\"]\nnetwork = false\nnetns = \"private\"\n",
         cgroups: false,
         want_ns: &["pid", "ipc", "uts", "mnt", "net"],
     },

@@ -181,10 +181,27 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("SIG{sig}"))
 }
 
-fn rss_kb(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4)
+/// `/proc/<pid>/statm` of the agent: the process itself, or under `corral-init` its child.
+fn open_statm(pid: i32, under_init: bool) -> Option<std::fs::File> {
+    let target = if under_init {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        kids.split_whitespace().next()?.parse::<i32>().ok()?
+    } else {
+        pid
+    };
+    std::fs::File::open(format!("/proc/{target}/statm")).ok()
+}
+
+/// The page size in KiB.
+fn page_kb() -> u64 {
+    static KB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *KB.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map(|b| (b as u64) / 1024)
+            .unwrap_or(4)
+    })
 }
 
 struct LogStats {
@@ -382,8 +399,9 @@ fn spawn_spec(
     };
     if has(Namespace::Net) && !spec.network {
         // Joining the shared namespace needs privilege over the host's user namespace.
-        match (user_ns, crate::sandbox::netns::shared()) {
-            (false, Ok(fd)) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
+        let shared = spec.netns == crate::config::Netns::Shared;
+        match (shared && !user_ns, crate::sandbox::netns::shared()) {
+            (true, Ok(fd)) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
             _ => ns.net_own = true,
         }
     }
@@ -412,6 +430,9 @@ fn spawn_spec(
     let mut write_paths: Vec<std::path::PathBuf> = SYSTEM_WRITE.iter().map(Into::into).collect();
     write_paths.push(workspace.to_path_buf());
     write_paths.extend(spec.writable_paths.iter().cloned());
+    if !spec.landlock {
+        return Ok((s, status_rx));
+    }
     match crate::sandbox::landlock::Ruleset::build(
         read_paths.iter().map(|p| p.as_path()),
         write_paths.iter().map(|p| p.as_path()),
@@ -907,6 +928,7 @@ struct State<'a> {
     last_progress_at: Instant,
     task_sent_at: Option<Instant>,
     last_sample: Option<Instant>,
+    sampler: Option<std::fs::File>,
     peak_rss_kb: Option<u64>,
     signals_sent: Vec<String>,
     tool_trace: Vec<ToolTrace>,
@@ -953,6 +975,7 @@ impl<'a> State<'a> {
             last_progress_at: t0,
             task_sent_at: None,
             last_sample: None,
+            sampler: None,
             peak_rss_kb: None,
             signals_sent: Vec::new(),
             tool_trace: Vec::new(),
@@ -1067,11 +1090,33 @@ impl<'a> State<'a> {
         let due = self
             .last_sample
             .is_none_or(|t| now.duration_since(t) >= self.agent().sample_interval);
-        if due {
-            self.last_sample = Some(now);
-            if let Some(kb) = rss_kb(pid) {
-                self.peak_rss_kb = Some(self.peak_rss_kb.unwrap_or(0).max(kb));
-            }
+        if !due {
+            return;
+        }
+        self.last_sample = Some(now);
+        if self.sampler.is_none() {
+            self.sampler = open_statm(
+                pid,
+                self.agent()
+                    .namespaces
+                    .contains(&crate::config::Namespace::Pid),
+            );
+        }
+        let Some(f) = &self.sampler else { return };
+        // One pread of an open file per sample: cheap enough for every heartbeat.
+        let mut buf = [0u8; 128];
+        let kb = std::os::unix::fs::FileExt::read_at(f, &mut buf, 0)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok().map(str::to_owned))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u64>().ok())
+            })
+            .map(|pages| pages * page_kb());
+        match kb {
+            Some(kb) => self.peak_rss_kb = Some(self.peak_rss_kb.unwrap_or(0).max(kb)),
+            None => self.sampler = None,
         }
     }
 

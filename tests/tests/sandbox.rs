@@ -147,6 +147,14 @@ async fn network_is_loopback_only_unless_allowed() {
     assert_eq!(output(&off)["connected"], false, "{:?}", output(&off));
     let on = call(&s, "online", &req).await;
     assert_eq!(output(&on)["connected"], true, "{:?}", output(&on));
+    // Loopback is up inside, shared or private: nothing listens there, so the connection is
+    // refused rather than unreachable.
+    let (_fx2, s2) = sup_with("max_retries = 0\nnetns = \"private\"", "");
+    for s in [&s, &s2] {
+        let lo = output(&call(s, "chaos", r#"{"do":"net","addr":"127.0.0.1:9"}"#).await);
+        assert_eq!(lo["connected"], false, "{lo}");
+        assert!(lo["error"].as_str().unwrap().contains("refused"), "{lo}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
+pub use schema::Netns;
 
 /// Default `max_frame`: 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -214,6 +215,8 @@ pub struct AgentSpec {
     /// Whether the agent shares the host's network. When true, [`Namespace::Net`] is never in
     /// `namespaces`.
     pub network: bool,
+    /// Without network: share one loopback-only namespace, or have one per attempt.
+    pub netns: Netns,
     /// Namespaces the agent is put in, without duplicates.
     pub namespaces: Vec<Namespace>,
     /// User to run as.
@@ -230,6 +233,8 @@ pub struct AgentSpec {
     pub keep_workspace: bool,
     /// Deny dangerous system calls (ptrace, mount, kexec, bpf, …) with a seccomp filter.
     pub seccomp: bool,
+    /// Confine file-system access with landlock (where the kernel has it).
+    pub landlock: bool,
     /// Fail the spawn when an isolation feature is unavailable instead of degrading.
     pub strict: bool,
     // --- supervision ---
@@ -281,6 +286,7 @@ impl AgentSpec {
             open_files: Some(256),
             file_size: Some(1 << 30),
             network: false,
+            netns: Netns::Shared,
             namespaces: vec![
                 Namespace::Pid,
                 Namespace::Ipc,
@@ -295,6 +301,7 @@ impl AgentSpec {
             env_pass: vec!["RUST_LOG".to_string()],
             keep_workspace: false,
             seccomp: true,
+            landlock: true,
             strict: false,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),

@@ -479,6 +479,7 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         spec.file_size = v.0.map(|Size(b)| b);
     }
     set(&mut spec.network, &s.network);
+    set(&mut spec.netns, &s.netns);
     if let Some(v) = &s.namespaces {
         spec.namespaces = v.iter().map(|n| *n.get_ref()).collect();
     }
@@ -499,6 +500,7 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
     }
     set(&mut spec.keep_workspace, &s.keep_workspace);
     set(&mut spec.seccomp, &s.seccomp);
+    set(&mut spec.landlock, &s.landlock);
     set(&mut spec.strict, &s.strict);
 
     set(&mut spec.heartbeat_interval, &dur(&s.heartbeat_interval));

@@ -38,6 +38,16 @@ pub(super) enum Restart {
     Always,
 }
 
+/// `netns = …`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Netns {
+    /// One loopback-only namespace shared by all agents without network (cheap to join).
+    Shared,
+    /// A loopback-only namespace of its own per attempt (agents cannot reach each other).
+    Private,
+}
+
 /// One layer of agent settings: `[defaults]` or `[agents.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table of agent settings")]
@@ -53,6 +63,7 @@ pub(super) struct Settings {
     pub open_files: Option<Spanned<Limit<Count>>>,
     pub file_size: Option<Limit<Size>>,
     pub network: Option<bool>,
+    pub netns: Option<Netns>,
     pub namespaces: Option<Vec<Spanned<Namespace>>>,
     pub user: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
@@ -61,6 +72,7 @@ pub(super) struct Settings {
     pub env_pass: Option<Vec<Spanned<String>>>,
     pub keep_workspace: Option<bool>,
     pub seccomp: Option<bool>,
+    pub landlock: Option<bool>,
     pub strict: Option<bool>,
     // supervision
     pub heartbeat_interval: Option<Spanned<Dur>>,
