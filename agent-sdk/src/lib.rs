@@ -135,8 +135,12 @@ impl Ctx {
 
     /// Call a tool through the supervisor and wait for its result. The tool must be declared
     /// in the contract and allowed by the supervisor's config.
-    pub fn call_tool(&mut self, tool: &str, args: impl Serialize) -> Result<Value, AgentError> {
-        let args = corral_proto::value::to_value(&args)
+    pub fn call_tool<A: Serialize + 'static>(
+        &mut self,
+        tool: &str,
+        args: A,
+    ) -> Result<Value, AgentError> {
+        let args = corral_proto::value::to_value_owned(args)
             .map_err(|e| AgentError::new("invalid_args", e.to_string(), false))?;
         self.next_call += 1;
         let call_id = self.next_call;
@@ -242,15 +246,15 @@ fn fd_is_open(fd: i32) -> bool {
 /// Run an agent with a typed handler. Returns the process exit code for `main`.
 pub fn run<I, O, F>(contract: Contract, mut handler: F) -> ExitCode
 where
-    I: DeserializeOwned,
-    O: Serialize,
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
     F: FnMut(&mut Ctx, I) -> Result<O, AgentError>,
 {
     run_value(contract, move |ctx, input| {
-        let typed: I = corral_proto::value::from_value(&input)
+        let typed: I = corral_proto::value::from_value_owned(input)
             .map_err(|e| AgentError::new("invalid_input", e.to_string(), false))?;
         let out = handler(ctx, typed)?;
-        corral_proto::value::to_value(&out)
+        corral_proto::value::to_value_owned(out)
             .map_err(|e| AgentError::new("invalid_output", e.to_string(), false))
     })
 }

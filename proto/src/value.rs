@@ -266,6 +266,31 @@ pub fn from_value<T: DeserializeOwned>(v: &Value) -> Result<T, ValueError> {
     serde_json::from_value(v.to_json()).map_err(|e| ValueError::Deserialize(e.to_string()))
 }
 
+/// Like [`to_value`], but a `Value` passes through unchanged (instead of being serialised as
+/// the tagged enum it is on the wire). Used by the SDK's typed API.
+pub fn to_value_owned<T: Serialize + 'static>(t: T) -> Result<Value, ValueError> {
+    let any: Box<dyn std::any::Any> = Box::new(t);
+    match any.downcast::<Value>() {
+        Ok(v) => Ok(*v),
+        Err(any) => match any.downcast::<T>() {
+            Ok(t) => to_value(&*t),
+            Err(_) => Err(ValueError::Serialize("type confusion".into())),
+        },
+    }
+}
+
+/// Like [`from_value`], but asking for a `Value` returns it unchanged.
+pub fn from_value_owned<T: DeserializeOwned + 'static>(v: Value) -> Result<T, ValueError> {
+    let any: Box<dyn std::any::Any> = Box::new(v);
+    match any.downcast::<T>() {
+        Ok(t) => Ok(*t),
+        Err(any) => match any.downcast::<Value>() {
+            Ok(v) => from_value(&v),
+            Err(_) => Err(ValueError::Deserialize("type confusion".into())),
+        },
+    }
+}
+
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.to_json())
@@ -288,6 +313,15 @@ mod tests {
         let j = v.to_json();
         assert_eq!(j["f"].to_string(), "1.0");
         assert_eq!(Value::from_json(&j), v);
+    }
+
+    #[test]
+    fn owned_conversions_pass_values_through() {
+        let v = Value::map([("text", Value::from("hi"))]);
+        assert_eq!(to_value_owned(v.clone()).unwrap(), v);
+        assert_eq!(from_value_owned::<Value>(v.clone()).unwrap(), v);
+        assert_eq!(to_value_owned(7u8).unwrap(), Value::Int(7));
+        assert_eq!(from_value_owned::<u8>(Value::Int(7)).unwrap(), 7);
     }
 
     #[test]

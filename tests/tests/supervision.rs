@@ -229,3 +229,66 @@ async fn endless_frame_flood_still_meets_its_deadline() {
     assert_eq!(reasons(&o), [ExitReason::Deadline], "{:?}", o.attempts);
     assert!(!alive(o.attempts[0].pid.unwrap() as i32));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
+    let (_fx, s) = sup("max_retries = 0");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::child::ToolRequest>(8);
+    // A tiny broker: `upper` answers, everything else fails with a structured error.
+    let broker = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(req) = rx.recv().await {
+            seen.push((req.agent.clone(), req.call.tool.clone()));
+            let answer = match req.call.tool.as_str() {
+                "upper" => {
+                    let text = req
+                        .call
+                        .args
+                        .get("text")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("");
+                    Ok(corral_proto::Value::from(text.to_uppercase()))
+                }
+                other => Err(corral_proto::AgentError::new("unknown_tool", other, false)),
+            };
+            let _ = req.reply.send(answer);
+        }
+        seen
+    });
+    let opts = |tx: &tokio::sync::mpsc::Sender<_>| CallOptions {
+        tools: Some(tx.clone()),
+        ..Default::default()
+    };
+    let ok = s
+        .call(
+            "chaos",
+            input(r#"{"do":"tool","name":"upper","args":{"text":"hi"}}"#),
+            opts(&tx),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reasons(&ok), [ExitReason::Completed]);
+    assert_eq!(output(&ok), serde_json::json!("HI"));
+    let trace = &ok.attempts[0].tool_calls;
+    assert_eq!(trace.len(), 1);
+    assert!(trace[0].ok && trace[0].tool == "upper");
+    let bad = s
+        .call(
+            "chaos",
+            input(r#"{"do":"tool","name":"nope","args":null}"#),
+            opts(&tx),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reasons(&bad), [ExitReason::AgentError]);
+    assert_eq!(bad.attempts[0].error.as_ref().unwrap().kind, "unknown_tool");
+    drop(tx);
+    let seen = broker.await.unwrap();
+    assert_eq!(
+        seen,
+        [
+            ("chaos".into(), "upper".into()),
+            ("chaos".into(), "nope".into())
+        ]
+    );
+}
