@@ -202,10 +202,28 @@ async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> Exit
             return ExitCode::from(2);
         }
     };
-    let outcome = match sup
-        .call(agent, Value::from_json(&input), CallOptions::default())
-        .await
-    {
+    // SIGINT/SIGTERM stop the agent with escalation and still print its record (reason
+    // `shutdown`), instead of leaving it to PDEATHSIG.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop_tx.send(Some(crate::record::ExitReason::Shutdown));
+    });
+    let opts = CallOptions {
+        stop: Some(stop_rx),
+        ..Default::default()
+    };
+    let outcome = match sup.call(agent, Value::from_json(&input), opts).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!("corral: {e}");

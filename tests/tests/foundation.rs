@@ -305,3 +305,42 @@ fn tool_calls_without_a_broker_are_denied_and_traced() {
     assert_eq!(trace[0]["ok"], false);
     assert_eq!(trace[0]["error_kind"], "denied");
 }
+
+#[test]
+fn sigterm_to_corral_stops_the_agent_and_still_records_it() {
+    use std::io::BufRead;
+    let fx = fixture_with_defaults("max_retries = 0\nheartbeat_timeout = \"60s\"", "");
+    let mut child = std::process::Command::new(bin("corral"))
+        .args([
+            "-v",
+            "call",
+            "chaos",
+            "--config",
+            fx.config.to_str().unwrap(),
+            "--input",
+            r#"{"do":"hang"}"#,
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The agent logs what it is about to do: once that line is out, it is working on the task.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 && !line.contains("chaos: hang") {
+        line.clear();
+    }
+    assert!(
+        line.contains("chaos: hang"),
+        "the agent never started its task"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &doc["attempts"][0];
+    assert_eq!(a["reason"], "shutdown", "{a}");
+    assert!(!alive(a["pid"].as_i64().unwrap() as i32));
+}
