@@ -389,7 +389,7 @@ fn spawn_spec(
         mount: has(Namespace::Mount),
         net_join: None,
         net_own: false,
-        keep_in_tmp: None,
+        keep_in_tmp: Vec::new(),
         user_map: user_ns.then(|| {
             (
                 nix::unistd::geteuid().as_raw(),
@@ -422,8 +422,41 @@ fn spawn_spec(
             .map_err(|e| format!("chown workspace {}: {e}", workspace.display()))?;
         s = s.user(uid, gid);
     }
-    if ns.mount && workspace.starts_with("/tmp") {
+    if ns.mount {
+        // The private /tmp covers the host's: keep what the agent needs from under it.
         s = s.keep_in_tmp(workspace);
+        for p in [
+            Some(resolved.as_path()),
+            crate::sandbox::init_path().map(|p| p.as_path()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(dir) = p.parent() {
+                s = s.keep_in_tmp(dir);
+            }
+        }
+        // Arguments naming files under /tmp (a script for an interpreter, a data file).
+        let arg_paths: Vec<std::path::PathBuf> = spec
+            .command
+            .iter()
+            .skip(1)
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute() && p.exists())
+            .collect();
+        for p in spec
+            .cwd
+            .iter()
+            .chain(&spec.readonly_paths)
+            .chain(&spec.writable_paths)
+            .chain(&arg_paths)
+        {
+            s = s.keep_in_tmp(if p.is_dir() {
+                p
+            } else {
+                p.parent().unwrap_or(p)
+            });
+        }
     }
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     read_paths.extend(spec.readonly_paths.iter().cloned());

@@ -103,10 +103,13 @@ pub struct Namespaces {
     pub net_own: bool,
     /// A user namespace mapping root inside to this uid/gid outside (unprivileged supervisor).
     pub user_map: Option<(u32, u32)>,
-    /// A directory under `/tmp` (the workspace) to keep visible at the same path on top of
-    /// the private `/tmp`.
-    pub keep_in_tmp: Option<PathBuf>,
+    /// Directories under `/tmp` (the workspace, the program's and the init's directories, …)
+    /// to keep visible at the same paths on top of the private `/tmp`.
+    pub keep_in_tmp: Vec<PathBuf>,
 }
+
+/// At most this many directories can be kept visible under a private `/tmp`.
+pub const MAX_KEPT: usize = 16;
 
 impl Namespaces {
     fn clone_flags(&self) -> libc::c_int {
@@ -194,13 +197,11 @@ impl SpawnSpec {
         self
     }
 
-    /// Namespaces to create or join (keeps a directory set by [`SpawnSpec::keep_in_tmp`]).
+    /// Namespaces to create or join (keeps directories added by [`SpawnSpec::keep_in_tmp`]).
     pub fn namespaces(mut self, ns: Namespaces) -> Self {
-        let keep = self.ns.keep_in_tmp.take();
+        let keep = std::mem::take(&mut self.ns.keep_in_tmp);
         self.ns = ns;
-        if self.ns.keep_in_tmp.is_none() {
-            self.ns.keep_in_tmp = keep;
-        }
+        self.ns.keep_in_tmp.extend(keep);
         self
     }
 
@@ -218,9 +219,12 @@ impl SpawnSpec {
         self
     }
 
-    /// Keep `dir` (under `/tmp`) visible in the child's private `/tmp`.
+    /// Keep `dir` visible in the child's private `/tmp` when it lies under `/tmp` (else a
+    /// no-op).
     pub fn keep_in_tmp(mut self, dir: &Path) -> Self {
-        self.ns.keep_in_tmp = Some(dir.to_path_buf());
+        if dir.starts_with("/tmp") && dir != Path::new("/tmp") {
+            self.ns.keep_in_tmp.push(dir.to_path_buf());
+        }
         self
     }
 
@@ -275,8 +279,8 @@ const STAGES: &[&str] = &[
     "drop capability bounding set",
     "capset",
     "seccomp",
-    "open_tree(workspace)",
-    "move_mount(workspace)",
+    "open_tree(kept directory under /tmp)",
+    "move_mount(kept directory under /tmp)",
     "mkdir in private /tmp",
 ];
 
@@ -309,7 +313,8 @@ struct Prepared {
     seccomp: Option<&'static [libc::sock_filter]>,
     // Directories to create in the private /tmp, then bind source → target.
     tmp_dirs: Vec<CString>,
-    tmp_keep: Option<CString>,
+    tmp_keep: Vec<CString>,
+    kept_fds: [libc::c_int; MAX_KEPT],
     // Written by the child on failure.
     err_stage: i32,
     err_errno: i32,
@@ -337,8 +342,55 @@ pub fn resolve_program(program: &Path) -> Result<PathBuf, SpawnError> {
     Err(SpawnError::NotFound(program.display().to_string()))
 }
 
+/// The outermost of the directories to keep (one inside another is kept with it), and every
+/// directory to create in the private `/tmp` so they can be mounted back, parents first.
+fn plan_kept(keep: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut outer: Vec<PathBuf> = Vec::new();
+    let mut sorted: Vec<&PathBuf> = keep.iter().collect();
+    sorted.sort_by_key(|p| p.components().count());
+    for p in sorted {
+        if !outer.iter().any(|o| p.starts_with(o)) {
+            outer.push(p.clone());
+        }
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in &outer {
+        for anc in p.ancestors().collect::<Vec<_>>().into_iter().rev() {
+            if anc.starts_with("/tmp") && anc != Path::new("/tmp") && !dirs.iter().any(|d| d == anc)
+            {
+                dirs.push(anc.to_path_buf());
+            }
+        }
+    }
+    dirs.sort_by_key(|p| p.components().count());
+    (outer, dirs)
+}
+
 impl Prepared {
     fn new(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
+        let mut p = Self::build(spec)?;
+        if spec.ns.mount && !spec.ns.keep_in_tmp.is_empty() {
+            let (outer, dirs) = plan_kept(&spec.ns.keep_in_tmp);
+            if outer.len() > MAX_KEPT {
+                return Err(SpawnError::Parent {
+                    op: "keep directories under /tmp",
+                    source: std::io::Error::other(format!(
+                        "{} directories under /tmp to keep visible; at most {MAX_KEPT}",
+                        outer.len()
+                    )),
+                });
+            }
+            for d in &dirs {
+                p.tmp_dirs.push(cstr(d.as_os_str(), "kept path")?);
+            }
+            for o in &outer {
+                p.tmp_keep.push(cstr(o.as_os_str(), "kept path")?);
+            }
+        }
+        Ok(p)
+    }
+
+    fn build(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
         let program = resolve_program(&spec.program)?;
         let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 2);
         let path = match &spec.init {
@@ -402,22 +454,9 @@ impl Prepared {
                 None => None,
             },
             landlock_rw: spec.landlock_rw,
-            tmp_dirs: match (&spec.ns.keep_in_tmp, spec.ns.mount) {
-                (Some(dir), true) => {
-                    let mut v = Vec::new();
-                    for anc in dir.ancestors().collect::<Vec<_>>().into_iter().rev() {
-                        if anc.starts_with("/tmp") && anc != Path::new("/tmp") {
-                            v.push(cstr(anc.as_os_str(), "workspace path")?);
-                        }
-                    }
-                    v
-                }
-                _ => Vec::new(),
-            },
-            tmp_keep: match (&spec.ns.keep_in_tmp, spec.ns.mount) {
-                (Some(dir), true) => Some(cstr(dir.as_os_str(), "workspace path")?),
-                _ => None,
-            },
+            tmp_dirs: Vec::new(),
+            tmp_keep: Vec::new(),
+            kept_fds: [-1; MAX_KEPT],
             drop_caps: spec.drop_caps,
             // Built here, in the parent: the child must not allocate.
             seccomp: spec.seccomp.then(crate::sandbox::seccomp::program),
@@ -517,18 +556,19 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             {
                 return fail(p, 19);
             }
-            // Clone the workspace's mount (in this namespace) before /tmp is covered.
-            let mut kept = -1;
-            if let Some(dir) = &p.tmp_keep {
-                kept = libc::syscall(
+            // Clone the mounts of what must stay visible (in this namespace) before /tmp is
+            // covered.
+            for (i, dir) in p.tmp_keep.iter().enumerate() {
+                let fd = libc::syscall(
                     libc::SYS_open_tree,
                     libc::AT_FDCWD,
                     dir.as_ptr(),
                     OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
                 ) as libc::c_int;
-                if kept < 0 {
+                if fd < 0 {
                     return fail(p, 28);
                 }
+                p.kept_fds[i] = fd;
             }
             if libc::mount(
                 c"tmpfs".as_ptr(),
@@ -546,10 +586,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                     return fail(p, 30);
                 }
             }
-            if let Some(dir) = &p.tmp_keep {
+            for (i, dir) in p.tmp_keep.iter().enumerate() {
+                let fd = p.kept_fds[i];
                 if libc::syscall(
                     libc::SYS_move_mount,
-                    kept,
+                    fd,
                     c"".as_ptr(),
                     libc::AT_FDCWD,
                     dir.as_ptr(),
@@ -558,7 +599,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 {
                     return fail(p, 29);
                 }
-                libc::close(kept);
+                libc::close(fd);
             }
             if p.ns.pid
                 && libc::mount(
