@@ -162,10 +162,17 @@ async fn reads_outside_allowed_paths_are_denied() {
     if corral::sandbox::landlock::abi().is_err() {
         return skip_or_fail("landlock is not available on this kernel");
     }
-    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Outside /tmp (the checkout may be under /tmp, which the agent's mount namespace
+    // covers): these files are visible to the agent, so only landlock can refuse them.
+    let base = if std::path::Path::new("/var/tmp").is_dir() {
+        std::path::PathBuf::from("/var/tmp")
+    } else {
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    };
+    let outside = tempfile::tempdir_in(&base).unwrap();
     let secret = outside.path().join("secret.txt");
     std::fs::write(&secret, "s3cret").unwrap();
-    let allowed = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let allowed = tempfile::tempdir_in(&base).unwrap();
     let shared = allowed.path().join("shared.txt");
     std::fs::write(&shared, "hello").unwrap();
     let (_fx, s) = sup_with(
@@ -178,10 +185,14 @@ async fn reads_outside_allowed_paths_are_denied() {
     let read = |p: &std::path::Path| format!(r#"{{"do":"read","path":"{}"}}"#, p.display());
     let denied = call(&s, "chaos", &read(&secret)).await;
     assert_eq!(output(&denied)["ok"], false);
-    assert!(output(&denied)["error"]
-        .as_str()
-        .unwrap()
-        .contains("Permission denied"));
+    assert!(
+        output(&denied)["error"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{}",
+        output(&denied)
+    );
     let ok = call(&s, "chaos", &read(&shared)).await;
     assert_eq!(output(&ok)["ok"], true, "{:?}", output(&ok));
     let sys = call(&s, "chaos", r#"{"do":"read","path":"/etc/hostname"}"#).await;
@@ -332,5 +343,46 @@ fn unprivileged_supervisor_uses_a_user_namespace_and_reports_what_it_cannot_enfo
         stderr.matches("memory limit not enforced").count(),
         1,
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_under_tmp_stay_visible_under_the_private_tmp() {
+    // The agent's binary and a file it reads live under the host's /tmp, which the agent's
+    // mount namespace covers with a private tmpfs.
+    let host_tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let exe = host_tmp.path().join("chaos-in-tmp");
+    std::fs::copy(bin("chaos"), &exe).unwrap();
+    let data = host_tmp.path().join("data.txt");
+    std::fs::write(&data, "x").unwrap();
+    let extra = format!(
+        "[agents.tmpagent]\ncommand = [\"{}\"]\nreadonly_paths = [\"{}\"]\nmax_retries = 0\n",
+        exe.display(),
+        data.display()
+    );
+    let (_fx, s) = sup_with("", &extra);
+    let o = call(
+        &s,
+        "tmpagent",
+        &format!(r#"{{"do":"read","path":"{}"}}"#, data.display()),
+    )
+    .await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    assert_eq!(output(&o)["ok"], true, "{}", output(&o));
+    // The rest of the host's /tmp is not there.
+    let other = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    let o = call(
+        &s,
+        "tmpagent",
+        &format!(r#"{{"do":"read","path":"{}"}}"#, other.path().display()),
+    )
+    .await;
+    assert!(
+        output(&o)["error"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{}",
+        output(&o)
     );
 }
