@@ -292,3 +292,11 @@ async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_task_alive_and_carry_progress() {
+    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nstall_timeout = \"600ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"sleep_ms","ms":1500}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    assert!(o.attempts[0].progress > 0, "progress carried by heartbeats");
+}
