@@ -99,11 +99,17 @@ impl Unit for Dur {
         ))
     }
     fn from_text(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|_| format!("found {s:?}"))
+        let d = humantime::parse_duration(s.trim()).map_err(|_| format!("found {s:?}"))?;
+        // Far beyond any real timeout, and far inside what clocks can add without overflow.
+        if d > MAX_DURATION {
+            return Err(format!("found {s:?}, longer than the maximum of 100 years"));
+        }
+        Ok(Dur(d))
     }
 }
+
+/// The longest duration accepted anywhere: 100 years.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A non-negative whole number (a count of processes, files, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +309,13 @@ mod tests {
             Ok(Dur(Duration::from_secs(5400)))
         );
         assert_eq!(probe::<Dur>("\"0s\""), Ok(Dur(Duration::ZERO)));
+    }
+
+    #[test]
+    fn durations_beyond_a_century_are_refused() {
+        assert!(Dur::from_text("99y").is_ok());
+        let e = Dur::from_text("500000000000y").unwrap_err();
+        assert!(e.contains("maximum of 100 years"), "{e}");
     }
 
     #[test]
