@@ -162,6 +162,18 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// A supervisor on a loaded config, or the exit code after saying what is wrong (2).
+fn start(cfg: Result<Config, config::ConfigError>) -> Result<Supervisor, ExitCode> {
+    let cfg = cfg.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    Supervisor::new(cfg).map_err(|e| {
+        eprintln!("corral: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn validate(path: Option<&Path>) -> ExitCode {
     match load_config(path) {
         Ok(cfg) => {
@@ -181,13 +193,6 @@ fn validate(path: Option<&Path>) -> ExitCode {
 }
 
 async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> ExitCode {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     let input: serde_json::Value = match serde_json::from_str(input) {
         Ok(v) => v,
         Err(e) => {
@@ -195,12 +200,9 @@ async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> Exit
             return ExitCode::from(2);
         }
     };
-    let sup = match Supervisor::new(cfg) {
+    let sup = match start(load_config(path)) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("corral: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // SIGINT/SIGTERM stop the agent with escalation and still print its record (reason
     // `shutdown`), instead of leaving it to PDEATHSIG.
@@ -265,19 +267,12 @@ pub fn describe_failure(last: &ExitRecord, attempts: usize) -> String {
 }
 
 async fn demo() -> ExitCode {
-    let cfg = match config::parse(&embedded_default(), Path::new("<embedded defaults>")) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    let sup = match Supervisor::new(cfg) {
+    let sup = match start(config::parse(
+        &embedded_default(),
+        Path::new("<embedded defaults>"),
+    )) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("corral: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     println!("corral demo: real agent processes on the embedded defaults\n");
     let cases: &[(&str, &str)] = &[
