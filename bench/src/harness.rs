@@ -122,7 +122,7 @@ pub async fn corral_ready(
                     }
                 }
                 AttemptEvent::Exited(_) => break,
-                AttemptEvent::Watchdog { .. } => {}
+                AttemptEvent::Watchdog { .. } | AttemptEvent::Sample { .. } => {}
             }
         }
         (spawned, ready, iso)

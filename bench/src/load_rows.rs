@@ -185,7 +185,7 @@ pub fn row5(env: &Env, sec: &mut Section) -> Result<()> {
                         kill_to_exit.push(now - at);
                     }
                 }
-                AttemptEvent::Spawned { .. } => {}
+                AttemptEvent::Spawned { .. } | AttemptEvent::Sample { .. } => {}
             }
         }
         let total = t0.elapsed();

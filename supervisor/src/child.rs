@@ -83,6 +83,17 @@ pub enum AttemptEvent {
         /// How late after the deadline the watchdog ran, in microseconds.
         late_us: u64,
     },
+    /// A health sample (every `sample_interval`, taken when the agent speaks).
+    Sample {
+        /// Agent name.
+        agent: String,
+        /// The supervised pid.
+        pid: i32,
+        /// Resident set of the agent process, KiB.
+        rss_kb: u64,
+        /// CPU used by the agent process so far, ms (user + system).
+        cpu_ms: Option<u64>,
+    },
     /// The attempt is over.
     Exited(Box<ExitRecord>),
 }
@@ -181,15 +192,32 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("SIG{sig}"))
 }
 
-/// `/proc/<pid>/statm` of the agent: the process itself, or under `corral-init` its child.
-fn open_statm(pid: i32, under_init: bool) -> Option<std::fs::File> {
+/// `/proc/<pid>/statm` and `/proc/<pid>/stat` of the agent: the process itself, or under
+/// `corral-init` its child.
+fn open_sampler(pid: i32, under_init: bool) -> Option<(std::fs::File, std::fs::File)> {
     let target = if under_init {
         let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
         kids.split_whitespace().next()?.parse::<i32>().ok()?
     } else {
         pid
     };
-    std::fs::File::open(format!("/proc/{target}/statm")).ok()
+    Some((
+        std::fs::File::open(format!("/proc/{target}/statm")).ok()?,
+        std::fs::File::open(format!("/proc/{target}/stat")).ok()?,
+    ))
+}
+
+/// Clock ticks per second (for /proc CPU times).
+fn clock_ticks() -> u64 {
+    static T: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)
+            .map(|t| t as u64)
+            .unwrap_or(100)
+    })
 }
 
 /// The page size in KiB.
@@ -768,6 +796,7 @@ pub async fn run_attempt(
     record.oom_killed = oom;
     record.signals_sent = st.signals_sent.clone();
     record.peak_rss_kb = st.peak_rss_kb;
+    record.last_rss_kb = st.last_rss_kb;
     record.progress = st.progress;
     record.phase = st.phase;
     // Measured when the end was decided, not after the teardown that followed.
@@ -961,7 +990,8 @@ struct State<'a> {
     last_progress_at: Instant,
     task_sent_at: Option<Instant>,
     last_sample: Option<Instant>,
-    sampler: Option<std::fs::File>,
+    sampler: Option<(std::fs::File, std::fs::File)>,
+    last_rss_kb: Option<u64>,
     peak_rss_kb: Option<u64>,
     signals_sent: Vec<String>,
     tool_trace: Vec<ToolTrace>,
@@ -1009,6 +1039,7 @@ impl<'a> State<'a> {
             task_sent_at: None,
             last_sample: None,
             sampler: None,
+            last_rss_kb: None,
             peak_rss_kb: None,
             signals_sent: Vec::new(),
             tool_trace: Vec::new(),
@@ -1128,29 +1159,48 @@ impl<'a> State<'a> {
         }
         self.last_sample = Some(now);
         if self.sampler.is_none() {
-            self.sampler = open_statm(
-                pid,
-                self.agent()
-                    .namespaces
-                    .contains(&crate::config::Namespace::Pid),
-            );
+            let under_init = self
+                .agent()
+                .namespaces
+                .contains(&crate::config::Namespace::Pid);
+            self.sampler = open_sampler(pid, under_init);
         }
-        let Some(f) = &self.sampler else { return };
-        // One pread of an open file per sample: cheap enough for every heartbeat.
-        let mut buf = [0u8; 128];
-        let kb = std::os::unix::fs::FileExt::read_at(f, &mut buf, 0)
-            .ok()
-            .and_then(|n| std::str::from_utf8(&buf[..n]).ok().map(str::to_owned))
+        let Some((statm, stat)) = &self.sampler else {
+            return;
+        };
+        // Two preads of files kept open: cheap enough for every heartbeat.
+        let read = |f: &std::fs::File| {
+            let mut buf = [0u8; 512];
+            std::os::unix::fs::FileExt::read_at(f, &mut buf, 0)
+                .ok()
+                .and_then(|n| std::str::from_utf8(&buf[..n]).ok().map(str::to_owned))
+        };
+        let rss_kb = read(statm)
             .and_then(|s| {
                 s.split_whitespace()
                     .nth(1)
                     .and_then(|p| p.parse::<u64>().ok())
             })
             .map(|pages| pages * page_kb());
-        match kb {
-            Some(kb) => self.peak_rss_kb = Some(self.peak_rss_kb.unwrap_or(0).max(kb)),
-            None => self.sampler = None,
-        }
+        // Fields after the command name: state is the first, utime the 12th, stime the 13th.
+        let cpu_ms = read(stat).and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 1000 / clock_ticks())
+        });
+        let Some(kb) = rss_kb else {
+            self.sampler = None;
+            return;
+        };
+        self.last_rss_kb = Some(kb);
+        self.peak_rss_kb = Some(self.peak_rss_kb.unwrap_or(0).max(kb));
+        self.spec.emit(|| AttemptEvent::Sample {
+            agent: self.agent().name.clone(),
+            pid,
+            rss_kb: kb,
+            cpu_ms,
+        });
     }
 
     /// Handle one message from the agent.

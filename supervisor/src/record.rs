@@ -177,6 +177,8 @@ pub struct ExitRecord {
     pub max_rss_kb: u64,
     /// Peak resident set in KiB, from sampling (null if never sampled).
     pub peak_rss_kb: Option<u64>,
+    /// Last sampled resident set in KiB (null if never sampled).
+    pub last_rss_kb: Option<u64>,
     /// The agent's structured error, or corral's description of the failure.
     pub error: Option<RecordedError>,
     /// Last bytes of stderr, capped.
@@ -241,6 +243,7 @@ impl ExitRecord {
             cpu_sys_ms: 0,
             max_rss_kb: 0,
             peak_rss_kb: None,
+            last_rss_kb: None,
             error: None,
             stderr_tail: String::new(),
             last_heartbeat_age_ms: None,

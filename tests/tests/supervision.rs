@@ -300,3 +300,31 @@ async fn heartbeats_keep_a_long_task_alive_and_carry_progress() {
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
     assert!(o.attempts[0].progress > 0, "progress carried by heartbeats");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_samples_report_rss_and_cpu() {
+    let (_fx, s) = sup("sample_interval = \"100ms\"\nmax_retries = 0");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = CallOptions {
+        events: Some(tx),
+        ..Default::default()
+    };
+    let o = s
+        .call("chaos", input(r#"{"do":"hog_mb","mb":32}"#), opts)
+        .await
+        .unwrap();
+    assert_eq!(reasons(&o), [ExitReason::Completed]);
+    let mut samples = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let corral::child::AttemptEvent::Sample { rss_kb, cpu_ms, .. } = ev {
+            samples.push((rss_kb, cpu_ms));
+        }
+    }
+    assert!(!samples.is_empty(), "no health sample was taken");
+    assert!(samples.iter().all(|(kb, cpu)| *kb > 0 && cpu.is_some()));
+    let a = &o.attempts[0];
+    assert!(
+        a.last_rss_kb.is_some() && a.peak_rss_kb >= a.last_rss_kb,
+        "{a:?}"
+    );
+}
