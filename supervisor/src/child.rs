@@ -558,6 +558,21 @@ pub async fn run_attempt(
     spec: AttemptSpec,
     task: TaskInput,
     tools: Option<mpsc::Sender<ToolRequest>>,
+    stop: watch::Receiver<Option<ExitReason>>,
+) -> AttemptOutcome {
+    let events = spec.events.clone();
+    let out = attempt(spec, task, tools, stop).await;
+    // Every attempt ends with this event, whichever way it ended (a failed spawn included).
+    if let Some(tx) = events {
+        let _ = tx.send(AttemptEvent::Exited(Box::new(out.record.clone())));
+    }
+    out
+}
+
+async fn attempt(
+    spec: AttemptSpec,
+    task: TaskInput,
+    tools: Option<mpsc::Sender<ToolRequest>>,
     mut stop: watch::Receiver<Option<ExitReason>>,
 ) -> AttemptOutcome {
     let agent = spec.agent.clone();
@@ -581,8 +596,8 @@ pub async fn run_attempt(
         },
     };
 
-    // Workspace: a fresh private directory per attempt, under the state directory (not under
-    // /tmp, which the agent's mount namespace replaces with a private tmpfs).
+    // Workspace: a fresh private directory per attempt, under the state directory (made ahead
+    // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
     let workspace = match spec.workspaces.take() {
         Ok(w) => w,
         Err(e) => return spawn_failed(record, format!("create workspace: {e}")),
@@ -846,7 +861,6 @@ pub async fn run_attempt(
         None
     };
     let record = finish(record);
-    spec.emit(|| AttemptEvent::Exited(Box::new(record.clone())));
     AttemptOutcome {
         output,
         memory: if reason == ExitReason::Completed {

@@ -257,6 +257,24 @@ impl Supervisor {
         let mut retries: u32 = 0;
         loop {
             let attempt_no = attempts.len() as u32 + 1;
+            // Stopped (during a backoff, or before the first attempt): say so, start nothing.
+            let stopped = *stop.borrow();
+            if let Some(reason) = stopped {
+                let mut rec = not_started(
+                    &spec,
+                    &run_id,
+                    attempt_no,
+                    reason,
+                    format!("stopped by its owner before the attempt started: {reason}"),
+                );
+                rec.retry_count = retries;
+                attempts.push(rec);
+                return Ok(CallOutcome {
+                    output: None,
+                    memory: Vec::new(),
+                    attempts,
+                });
+            }
             // Admission: quarantine, intensity, breaker.
             let now = Instant::now();
             let gate = self.with_type(&spec, |t| {

@@ -328,3 +328,39 @@ async fn health_samples_report_rss_and_cpu() {
         "{a:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_backoff_starts_no_further_attempt() {
+    let (_fx, s) = sup(
+        "max_retries = 5\nquarantine_after = 100\nbackoff = { initial = \"30s\", jitter = 0.0 }",
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = CallOptions {
+        stop: Some(stop_rx),
+        events: Some(tx),
+        ..Default::default()
+    };
+    let call = s.call("chaos", input(r#"{"do":"crash"}"#), opts);
+    tokio::pin!(call);
+    // Once the first attempt has ended, the call sits in its 30 s backoff: stop it there.
+    let outcome = loop {
+        tokio::select! {
+            o = &mut call => break o.unwrap(),
+            Some(ev) = rx.recv() => {
+                if matches!(ev, corral::child::AttemptEvent::Exited(_)) {
+                    stop_tx.send(Some(ExitReason::Shutdown)).unwrap();
+                }
+            }
+        }
+    };
+    assert_eq!(
+        reasons(&outcome),
+        [ExitReason::Signal, ExitReason::Shutdown]
+    );
+    assert_eq!(outcome.attempts[0].backoff_ms, Some(30_000));
+    assert!(
+        outcome.attempts[1].pid.is_none(),
+        "no process for the stopped retry"
+    );
+}
