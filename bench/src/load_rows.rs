@@ -3,7 +3,7 @@
 
 use crate::harness::{self, Env};
 use crate::raw::{self, Program};
-use crate::stats::{self, Figure, Row, Section, Summary, Unit};
+use crate::stats::{self, fig, p50, p99, Figure, Row, Section, Summary, Unit};
 use anyhow::{anyhow, Result};
 use corral::child::AttemptEvent;
 use corral::record::ExitReason;
@@ -18,25 +18,6 @@ const PLAIN: &str = "namespaces = []\nnetwork = true\n";
 
 fn input(json: serde_json::Value) -> Value {
     Value::from_json(&json)
-}
-
-fn fig(d: &[Duration]) -> Figure {
-    match Summary::of_durations(d) {
-        Some(s) => Figure::Measured(s),
-        None => Figure::NotMeasured("no samples".into()),
-    }
-}
-
-fn p50(d: &[Duration]) -> String {
-    Summary::of_durations(d)
-        .map(|s| Unit::Time.fmt(s.p50))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn p99(d: &[Duration]) -> String {
-    Summary::of_durations(d)
-        .map(|s| Unit::Time.fmt(s.p99))
-        .unwrap_or_else(|| "-".into())
 }
 
 fn reasons(counts: &BTreeMap<String, usize>) -> String {

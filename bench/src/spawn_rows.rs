@@ -4,7 +4,7 @@
 
 use crate::harness::{self, corral_ready, Env, Sup};
 use crate::raw::{self, Program};
-use crate::stats::{Figure, Row, Section, Summary, Unit};
+use crate::stats::{fig, p50, Figure, Row, Section, Unit};
 use anyhow::Result;
 use corral_proto::Value;
 use std::path::Path;
@@ -78,19 +78,6 @@ fn measure(env: &Env, sup: &Sup, raw: Option<&Program>, n: usize) -> Result<Spaw
         }
     }
     Ok(s)
-}
-
-fn fig(d: &[Duration]) -> Figure {
-    match Summary::of_durations(d) {
-        Some(s) => Figure::Measured(s),
-        None => Figure::NotMeasured("no samples".into()),
-    }
-}
-
-fn p50(d: &[Duration]) -> String {
-    Summary::of_durations(d)
-        .map(|s| Unit::Time.fmt(s.p50))
-        .unwrap_or_else(|| "-".into())
 }
 
 fn breakdown(s: &SpawnSamples) -> String {

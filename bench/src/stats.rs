@@ -291,3 +291,25 @@ pub fn rate_summary(rates: &[f64]) -> Option<Summary> {
         p99: percentile(&s, 0.01),
     })
 }
+
+/// A time figure from samples (or "no samples").
+pub fn fig(d: &[Duration]) -> Figure {
+    match Summary::of_durations(d) {
+        Some(s) => Figure::Measured(s),
+        None => Figure::NotMeasured("no samples".into()),
+    }
+}
+
+/// The p50 of samples, formatted (or "-").
+pub fn p50(d: &[Duration]) -> String {
+    Summary::of_durations(d)
+        .map(|s| Unit::Time.fmt(s.p50))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The p99 of samples, formatted (or "-").
+pub fn p99(d: &[Duration]) -> String {
+    Summary::of_durations(d)
+        .map(|s| Unit::Time.fmt(s.p99))
+        .unwrap_or_else(|| "-".into())
+}
