@@ -333,18 +333,36 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Resolve `user`/`group` names (or numbers) to ids.
+/// Resolve `user`/`group` names (or numbers) to ids, once per pair: a name service lookup can
+/// be slow (NSS over the network), and it runs on the spawn path.
 fn resolve_ids(spec: &AgentSpec) -> Result<Option<(u32, u32)>, String> {
+    type Key = (String, Option<String>);
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<Key, (u32, u32)>>,
+    > = std::sync::OnceLock::new();
     let Some(user) = &spec.user else {
         return Ok(None);
     };
+    let key = (user.clone(), spec.group.clone());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(ids) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+        return Ok(Some(ids));
+    }
+    let ids = lookup_ids(user, spec.group.as_deref())?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, ids);
+    }
+    Ok(Some(ids))
+}
+
+fn lookup_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
     let u = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(uid.into()),
         Err(_) => nix::unistd::User::from_name(user),
     }
     .map_err(|e| format!("look up user `{user}`: {e}"))?
     .ok_or_else(|| format!("no such user `{user}`"))?;
-    let gid = match &spec.group {
+    let gid = match group {
         None => u.gid.as_raw(),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
@@ -355,7 +373,7 @@ fn resolve_ids(spec: &AgentSpec) -> Result<Option<(u32, u32)>, String> {
                 .as_raw(),
         },
     };
-    Ok(Some((u.uid.as_raw(), gid)))
+    Ok((u.uid.as_raw(), gid))
 }
 
 /// The per-attempt spawn specification from config: limits, namespaces, privileges, landlock.
