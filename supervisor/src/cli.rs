@@ -75,7 +75,7 @@ heartbeat_timeout = "1s"
 startup_timeout = "5s"
 kill_grace = "500ms"
 backoff = {{ initial = "50ms", max = "1s" }}
-breaker = {{ failures = 12, open_for = "10s" }}
+breaker = {{ failures = 20, open_for = "10s" }}
 max_retries = 2
 
 [agents.echo]
@@ -284,6 +284,8 @@ async fn demo() -> ExitCode {
         ("chaos", r#"{"do":"garbage"}"#),
         ("chaos", r#"{"do":"huge_frame"}"#),
         ("chaos", r#"{"do":"hang"}"#),
+        ("chaos", r#"{"do":"hog_mb","mb":600}"#),
+        ("chaos", r#"{"do":"read","path":"/root/.profile"}"#),
     ];
     println!(
         "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  detail",

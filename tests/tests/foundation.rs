@@ -265,6 +265,18 @@ fn demo_runs_real_agents() {
     ] {
         assert!(text.contains(reason), "demo output lacks {reason}:\n{text}");
     }
+    // The memory hog is OOM-killed where a cgroup enforces memory.
+    let cg = corral::sandbox::cgroup::Cgroups::detect();
+    let mem = corral::sandbox::cgroup::CgroupLimits {
+        memory: Some(1 << 20),
+        pids: None,
+        cpu_quota: None,
+    };
+    if cg.unenforceable(&mem).is_empty() {
+        assert!(text.contains("oom_killed"), "{text}");
+    } else {
+        skip_or_fail("demo: no memory cgroup, so no oom_killed row");
+    }
 }
 
 #[test]
