@@ -451,6 +451,15 @@ fn spawn_spec(
             _ => ns.net_own = true,
         }
     }
+    // Arguments naming existing files (a script for an interpreter, a data file): the agent
+    // may read them, and they stay visible under a private /tmp.
+    let arg_paths: Vec<std::path::PathBuf> = spec
+        .command
+        .iter()
+        .skip(1)
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute() && p.exists())
+        .collect();
     let mut status_rx = None;
     let mut read_paths: Vec<std::path::PathBuf> = SYSTEM_READ.iter().map(Into::into).collect();
     read_paths.push(resolved.clone());
@@ -482,14 +491,6 @@ fn spawn_spec(
                 s = s.keep_in_tmp(dir);
             }
         }
-        // Arguments naming files under /tmp (a script for an interpreter, a data file).
-        let arg_paths: Vec<std::path::PathBuf> = spec
-            .command
-            .iter()
-            .skip(1)
-            .map(std::path::PathBuf::from)
-            .filter(|p| p.is_absolute() && p.exists())
-            .collect();
         for p in spec
             .cwd
             .iter()
@@ -506,6 +507,7 @@ fn spawn_spec(
     }
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     read_paths.extend(spec.readonly_paths.iter().cloned());
+    read_paths.extend(arg_paths.iter().cloned());
     let mut write_paths: Vec<std::path::PathBuf> = SYSTEM_WRITE.iter().map(Into::into).collect();
     write_paths.push(workspace.to_path_buf());
     write_paths.extend(spec.writable_paths.iter().cloned());

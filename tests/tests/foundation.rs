@@ -356,3 +356,42 @@ fn sigterm_to_corral_stops_the_agent_and_still_records_it() {
     assert_eq!(a["reason"], "shutdown", "{a}");
     assert!(!alive(a["pid"].as_i64().unwrap() as i32));
 }
+
+/// An agent in another language, written from `docs/protocol.md` alone.
+fn python_agent(extra_args: &str) -> Option<Fixture> {
+    let python = std::path::Path::new("/usr/bin/python3");
+    if !python.exists() {
+        skip_or_fail("/usr/bin/python3 is not installed");
+        return None;
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python/agent.py");
+    Some(fixture(&format!(
+        "[agents.py]\ncommand = [\"/usr/bin/python3\", \"{}\"{extra_args}]\nmax_retries = 0\n",
+        script.display()
+    )))
+}
+
+#[test]
+fn an_agent_in_python_speaks_the_protocol() {
+    let Some(fx) = python_agent("") else { return };
+    let c = call_json(&fx, "py", r#"{"anything":[1,2]}"#);
+    assert_eq!(c.code, 0, "{}\n{}", c.stderr, c.doc);
+    assert_eq!(
+        c.doc["output"],
+        serde_json::json!({"lang":"python","task":1})
+    );
+    assert_eq!(c.reasons(), ["completed"]);
+    assert_eq!(c.last()["exit_code"], 0, "it exits on Shutdown");
+}
+
+#[test]
+fn a_protocol_version_mismatch_names_both_versions() {
+    let Some(fx) = python_agent(", \"--protocol\", \"99\"") else {
+        return;
+    };
+    let c = call_json(&fx, "py", "null");
+    assert_eq!(c.reasons(), ["protocol_violation"]);
+    let msg = c.last()["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("v1") && msg.contains("v99"), "{msg}");
+}
