@@ -3,7 +3,9 @@
 //! An agent must not be pid 1 of its namespace: the kernel drops signals that pid 1 has no
 //! handler for, so `abort()` would not die by SIGABRT and a default SIGTERM would be ignored,
 //! and nobody would reap the agent's orphans. Like tini in containers, this tiny program is
-//! pid 1 instead. It starts the agent (`argv[1..]`, same environment and fds 0–4), forwards
+//! pid 1 instead. With `--adopt` (how corral runs it) the agent was already started by the
+//! process that then exec'd this program, as pid 2; otherwise it starts the agent itself
+//! (`argv[1..]`, same environment and fds 0–4). It forwards
 //! termination signals to every process of the namespace, reaps orphans, and when the agent
 //! ends writes how it ended (raw wait status and rusage) to fd 5 for the supervisor, then
 //! exits — which makes the kernel kill whatever else is left in the namespace.
@@ -66,7 +68,9 @@ fn run(args: Vec<CString>) -> libc::c_int {
     // SAFETY: zeroed rusage is valid.
     let zero: libc::rusage = unsafe { std::mem::zeroed() };
     if args.is_empty() {
-        eprintln!("corral-init: usage: corral-init PROGRAM [ARGS...] (started by corral)");
+        eprintln!(
+            "corral-init: usage: corral-init --adopt | corral-init PROGRAM [ARGS...] (started by corral)"
+        );
         report(1, libc::EINVAL, &zero);
         return 2;
     }
@@ -76,6 +80,11 @@ fn run(args: Vec<CString>) -> libc::c_int {
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         for sig in FORWARDED {
             libc::signal(sig, forward as *const () as libc::sighandler_t);
+        }
+        if args[0].as_bytes() == b"--adopt" {
+            // corral started the agent before exec'ing us: it is our child, pid 2 of the
+            // namespace (the first process after its init).
+            return wait_for(2, &zero);
         }
         let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
         argv.push(std::ptr::null_mut());
@@ -111,18 +120,25 @@ fn run(args: Vec<CString>) -> libc::c_int {
             report(1, rc, &zero);
             std::process::exit(127);
         }
-        loop {
-            let mut status = 0;
-            let mut ru: libc::rusage = std::mem::zeroed();
-            let r = libc::wait4(-1, &mut status, 0, &mut ru);
-            if r == pid {
-                report(0, status, &ru);
-                std::process::exit(0);
-            }
-            if r < 0 && *libc::__errno_location() == libc::ECHILD {
-                report(1, libc::ECHILD, &zero);
-                std::process::exit(1);
-            }
+        wait_for(pid, &zero)
+    }
+}
+
+/// Reap children until `pid` (the agent) ends; report it; exit (the kernel then kills what is
+/// left in the namespace).
+fn wait_for(pid: libc::pid_t, zero: &libc::rusage) -> libc::c_int {
+    loop {
+        let mut status = 0;
+        // SAFETY: zeroed rusage is a valid out-parameter; wait4 on our own children.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
+        if r == pid {
+            report(0, status, &ru);
+            std::process::exit(0);
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            report(1, libc::ECHILD, zero);
+            std::process::exit(1);
         }
     }
 }

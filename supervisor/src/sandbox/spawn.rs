@@ -282,6 +282,7 @@ const STAGES: &[&str] = &[
     "open_tree(kept directory under /tmp)",
     "move_mount(kept directory under /tmp)",
     "mkdir in private /tmp",
+    "clone(agent)",
 ];
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -292,6 +293,11 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// vectors kept alongside, which outlive the child's use of them (the parent is suspended
 /// until `execve`/`_exit`).
 struct Prepared {
+    /// With an init: the agent, started by the child before it execs the init.
+    agent_path: Option<CString>,
+    agent_argv: Vec<*const libc::c_char>,
+    agent_stack: Vec<u8>,
+    agent_errno: i32,
     path: CString,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
@@ -392,18 +398,9 @@ impl Prepared {
 
     fn build(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
         let program = resolve_program(&spec.program)?;
-        let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 2);
-        let path = match &spec.init {
-            Some(init) => {
-                strings.push(cstr(init.as_os_str(), "init path")?);
-                strings.push(cstr(program.as_os_str(), "program path")?);
-                cstr(init.as_os_str(), "init path")?
-            }
-            None => {
-                strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
-                cstr(program.as_os_str(), "program path")?
-            }
-        };
+        let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 3);
+        // The agent's argv: the program as given, then its arguments.
+        strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
         for a in &spec.args {
             strings.push(cstr(OsStr::new(a), "an argument")?);
         }
@@ -414,15 +411,37 @@ impl Prepared {
                 "an environment entry",
             )?);
         }
-        let mut argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<_> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+        let envc = strings.len();
+        let mut agent_argv: Vec<_> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
+        agent_argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[argc..envc].iter().map(|s| s.as_ptr()).collect();
         envp.push(std::ptr::null());
+        let program_c = cstr(program.as_os_str(), "program path")?;
+        // Under an init, the child starts the agent itself (so the agent is on its way while
+        // the init starts), then becomes the init, which adopts it.
+        let (path, argv, agent_path) = match &spec.init {
+            Some(init) => {
+                strings.push(cstr(init.as_os_str(), "init path")?);
+                strings.push(cstr(OsStr::new("--adopt"), "init argument")?);
+                let mut argv: Vec<_> = strings[envc..].iter().map(|s| s.as_ptr()).collect();
+                argv.push(std::ptr::null());
+                (cstr(init.as_os_str(), "init path")?, argv, Some(program_c))
+            }
+            None => (program_c, agent_argv.clone(), None),
+        };
         let cwd = match &spec.cwd {
             Some(c) => Some(cstr(c.as_os_str(), "working directory")?),
             None => None,
         };
         Ok(Prepared {
+            agent_stack: if agent_path.is_some() {
+                vec![0u8; CHILD_STACK]
+            } else {
+                Vec::new()
+            },
+            agent_path,
+            agent_argv,
+            agent_errno: 0,
             path,
             argv,
             envp,
@@ -761,8 +780,48 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         {
             return fail(p, 15);
         }
+        if p.agent_path.is_some() {
+            // The agent first (pid 2 of the namespace), in a vfork-style clone of its own; we
+            // resume once it has exec'd, then become its init.
+            let top = {
+                let end = p.agent_stack.as_mut_ptr() as usize + p.agent_stack.len();
+                (end & !15) as *mut libc::c_void
+            };
+            let arg = (p as *mut Prepared).cast();
+            let agent = libc::clone(
+                agent_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                arg,
+            );
+            if agent < 0 {
+                return fail(p, 31);
+            }
+            let errno = std::ptr::read_volatile(&p.agent_errno);
+            if errno != 0 {
+                libc::waitpid(agent, std::ptr::null_mut(), 0);
+                *libc::__errno_location() = errno;
+                return fail(p, 16);
+            }
+        }
         libc::execve(p.path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
         fail(p, 16)
+    }
+}
+
+/// The agent's side under an init: everything is set up already (it shares the child's
+/// namespaces, limits and restrictions); it only drops the init's status fd and execs.
+extern "C" fn agent_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `Prepared`; the child that cloned us is suspended
+    // (CLONE_VFORK) until we exec or exit. Raw system calls only.
+    unsafe {
+        let p = &mut *(arg as *mut Prepared);
+        libc::close(5);
+        if let Some(path) = &p.agent_path {
+            libc::execve(path.as_ptr(), p.agent_argv.as_ptr(), p.envp.as_ptr());
+        }
+        std::ptr::write_volatile(&mut p.agent_errno, (*libc::__errno_location()).max(1));
+        libc::_exit(127)
     }
 }
 
