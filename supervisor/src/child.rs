@@ -192,19 +192,15 @@ fn signal_name(sig: i32) -> String {
         .unwrap_or_else(|_| format!("SIG{sig}"))
 }
 
-/// `/proc/<pid>/statm` and `/proc/<pid>/stat` of the agent: the process itself, or under
-/// `corral-init` its child.
-fn open_sampler(pid: i32, under_init: bool) -> Option<(std::fs::File, std::fs::File)> {
+/// `/proc/<pid>/stat` of the agent: the process itself, or under `corral-init` its child.
+fn open_sampler(pid: i32, under_init: bool) -> Option<std::fs::File> {
     let target = if under_init {
         let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
         kids.split_whitespace().next()?.parse::<i32>().ok()?
     } else {
         pid
     };
-    Some((
-        std::fs::File::open(format!("/proc/{target}/statm")).ok()?,
-        std::fs::File::open(format!("/proc/{target}/stat")).ok()?,
-    ))
+    std::fs::File::open(format!("/proc/{target}/stat")).ok()
 }
 
 /// Clock ticks per second (for /proc CPU times).
@@ -1024,7 +1020,7 @@ struct State<'a> {
     last_progress_at: Instant,
     task_sent_at: Option<Instant>,
     last_sample: Option<Instant>,
-    sampler: Option<(std::fs::File, std::fs::File)>,
+    sampler: Option<std::fs::File>,
     last_rss_kb: Option<u64>,
     peak_rss_kb: Option<u64>,
     signals_sent: Vec<String>,
@@ -1199,30 +1195,25 @@ impl<'a> State<'a> {
                 .contains(&crate::config::Namespace::Pid);
             self.sampler = open_sampler(pid, under_init);
         }
-        let Some((statm, stat)) = &self.sampler else {
+        let Some(stat) = &self.sampler else {
             return;
         };
-        // Two preads of files kept open: cheap enough for every heartbeat.
-        let read = |f: &std::fs::File| {
-            let mut buf = [0u8; 512];
-            std::os::unix::fs::FileExt::read_at(f, &mut buf, 0)
-                .ok()
-                .and_then(|n| std::str::from_utf8(&buf[..n]).ok().map(str::to_owned))
-        };
-        let rss_kb = read(statm)
-            .and_then(|s| {
-                s.split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.parse::<u64>().ok())
-            })
-            .map(|pages| pages * page_kb());
-        // Fields after the command name: state is the first, utime the 12th, stime the 13th.
-        let cpu_ms = read(stat).and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(ticks * 1000 / clock_ticks())
-        });
+        // One pread of a file kept open: RSS and CPU both come from /proc/<pid>/stat.
+        let mut buf = [0u8; 1024];
+        let text = std::os::unix::fs::FileExt::read_at(stat, &mut buf, 0)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok());
+        // Fields after the command name: state is the first, utime the 12th, stime the 13th,
+        // rss (pages) the 22nd.
+        let fields: Vec<&str> = text
+            .and_then(|s| s.rsplit_once(')'))
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        let rss_kb = num(21).map(|pages| pages * page_kb());
+        let cpu_ms = num(11)
+            .zip(num(12))
+            .map(|(u, s)| (u + s) * 1000 / clock_ticks());
         let Some(kb) = rss_kb else {
             self.sampler = None;
             return;

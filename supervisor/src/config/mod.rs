@@ -309,7 +309,7 @@ impl AgentSpec {
             startup_timeout: Duration::from_secs(10),
             wall_time: Duration::from_secs(600),
             kill_grace: Duration::from_secs(2),
-            sample_interval: Duration::from_secs(1),
+            sample_interval: Duration::from_secs(5),
             log_limit: 1 << 20,
             restart: RestartPolicy::OnFailure,
             max_retries: 3,
