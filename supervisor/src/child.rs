@@ -398,6 +398,7 @@ fn spawn_spec(
         )
     })?;
     let mut s = SpawnSpec::new(program)
+        .resolved(resolved.clone())
         .args(spec.command.iter().skip(1).cloned())
         .env(env)
         .cwd(Some(cwd))

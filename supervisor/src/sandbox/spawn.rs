@@ -68,6 +68,7 @@ pub type Rlimit = (libc::__rlimit_resource_t, u64, u64);
 #[derive(Debug, Default)]
 pub struct SpawnSpec {
     program: PathBuf,
+    resolved: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
@@ -238,6 +239,12 @@ impl SpawnSpec {
     pub fn program(&self) -> &Path {
         &self.program
     }
+
+    /// The program's path, already looked up (skips the `PATH` search at spawn).
+    pub fn resolved(mut self, path: PathBuf) -> Self {
+        self.resolved = Some(path);
+        self
+    }
 }
 
 /// A started process.
@@ -397,7 +404,10 @@ impl Prepared {
     }
 
     fn build(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
-        let program = resolve_program(&spec.program)?;
+        let program = match &spec.resolved {
+            Some(p) => p.clone(),
+            None => resolve_program(&spec.program)?,
+        };
         let mut strings = Vec::with_capacity(spec.args.len() + spec.env.len() + 3);
         // The agent's argv: the program as given, then its arguments.
         strings.push(cstr(spec.program.as_os_str(), "argv[0]")?);
