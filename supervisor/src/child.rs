@@ -458,14 +458,15 @@ fn spawn_spec(
         .filter(|p| p.is_absolute() && p.exists())
         .collect();
     let mut status_rx = None;
-    let mut read_paths: Vec<std::path::PathBuf> = SYSTEM_READ.iter().map(Into::into).collect();
+    // Beside the system paths (kept open once, see below).
+    let mut read_paths: Vec<std::path::PathBuf> = Vec::new();
     read_paths.push(resolved.clone());
+    let under_init = ns.pid;
     if ns.pid {
         let init = crate::sandbox::init_path()
             .ok_or("a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH")?;
         let (rx, tx) = pipe_pair().map_err(|e| format!("create status pipe: {e}"))?;
         s = s.init(init.clone(), tx);
-        read_paths.push(init.clone());
         status_rx = Some(rx);
     }
     let ids = if root { resolve_ids(spec)? } else { None };
@@ -505,13 +506,19 @@ fn spawn_spec(
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     read_paths.extend(spec.readonly_paths.iter().cloned());
     read_paths.extend(arg_paths.iter().cloned());
-    let mut write_paths: Vec<std::path::PathBuf> = SYSTEM_WRITE.iter().map(Into::into).collect();
+    let mut write_paths: Vec<std::path::PathBuf> = Vec::new();
     write_paths.push(workspace.to_path_buf());
     write_paths.extend(spec.writable_paths.iter().cloned());
     if !spec.landlock {
         return Ok((s, status_rx));
     }
-    match crate::sandbox::landlock::Ruleset::build(
+    let init = crate::sandbox::init_path().filter(|_| under_init);
+    match crate::sandbox::landlock::Ruleset::build_with(
+        SYSTEM_READ
+            .iter()
+            .map(std::path::Path::new)
+            .chain(init.map(|p| p.as_path())),
+        SYSTEM_WRITE.iter().map(std::path::Path::new),
         read_paths.iter().map(|p| p.as_path()),
         write_paths.iter().map(|p| p.as_path()),
     ) {

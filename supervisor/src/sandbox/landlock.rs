@@ -101,7 +101,23 @@ impl Ruleset {
         read: impl IntoIterator<Item = &'a Path>,
         write: impl IntoIterator<Item = &'a Path>,
     ) -> Result<Ruleset, LandlockError> {
-        let abi = abi()?;
+        Self::build_with(std::iter::empty(), std::iter::empty(), read, write)
+    }
+
+    /// Like [`Ruleset::build`], with paths that stay the same for the life of the process
+    /// (system paths, `corral-init`): those are opened once and their fds kept, so a spawn does
+    /// not look them up again.
+    pub fn build_with<'a>(
+        static_read: impl IntoIterator<Item = &'a Path>,
+        static_write: impl IntoIterator<Item = &'a Path>,
+        read: impl IntoIterator<Item = &'a Path>,
+        write: impl IntoIterator<Item = &'a Path>,
+    ) -> Result<Ruleset, LandlockError> {
+        static ABI: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
+        let abi = match ABI.get_or_init(|| abi().map_err(|e| e.to_string())) {
+            Ok(v) => *v,
+            Err(_) => abi()?,
+        };
         let handled = handled(abi);
         let attr = RulesetAttr {
             handled_access_fs: handled,
@@ -125,6 +141,12 @@ impl Ruleset {
         // SAFETY: the kernel returned a new fd that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         let rs = Ruleset { fd, handled };
+        for p in static_read {
+            rs.add_kept(p, READ)?;
+        }
+        for p in static_write {
+            rs.add_kept(p, handled)?;
+        }
         for p in read {
             rs.add(p, READ)?;
         }
@@ -136,27 +158,42 @@ impl Ruleset {
 
     /// Allow `access` beneath `path` (skipped when it does not exist).
     pub fn add(&self, path: &Path, access: u64) -> Result<(), LandlockError> {
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(LandlockError::Call {
-                    op: "open",
-                    path: path.display().to_string(),
-                    source: e,
-                })
-            }
-        };
-        let is_dir = file.metadata().map(|m| m.is_dir()).unwrap_or(false);
+        match open_path(path)? {
+            Some((file, is_dir)) => self.add_fd(path, file.as_raw_fd(), is_dir, access),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Ruleset::add`] for a path that never changes: its fd is opened once and kept.
+    fn add_kept(&self, path: &Path, access: u64) -> Result<(), LandlockError> {
+        type Kept = std::collections::HashMap<std::path::PathBuf, Option<(std::fs::File, bool)>>;
+        static KEPT: std::sync::OnceLock<std::sync::Mutex<Kept>> = std::sync::OnceLock::new();
+        let mut kept = KEPT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !kept.contains_key(path) {
+            let opened = open_path(path)?;
+            kept.insert(path.to_path_buf(), opened);
+        }
+        match kept.get(path) {
+            Some(Some((file, is_dir))) => self.add_fd(path, file.as_raw_fd(), *is_dir, access),
+            _ => Ok(()),
+        }
+    }
+
+    fn add_fd(
+        &self,
+        path: &Path,
+        fd: RawFd,
+        is_dir: bool,
+        access: u64,
+    ) -> Result<(), LandlockError> {
         let mut access = access & self.handled;
         if !is_dir {
             access &= FILE_RIGHTS;
         }
-        if add_rule_raw(self.fd.as_raw_fd(), file.as_raw_fd(), access) != 0 {
+        if add_rule_raw(self.fd.as_raw_fd(), fd, access) != 0 {
             return Err(LandlockError::Call {
                 op: "add rule for",
                 path: path.display().to_string(),
@@ -178,6 +215,26 @@ impl Ruleset {
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// An O_PATH fd for `path` and whether it is a directory; `None` when it does not exist.
+fn open_path(path: &Path) -> Result<Option<(std::fs::File, bool)>, LandlockError> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => {
+            let is_dir = f.metadata().map(|m| m.is_dir()).unwrap_or(false);
+            Ok(Some((f, is_dir)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LandlockError::Call {
+            op: "open",
+            path: path.display().to_string(),
+            source: e,
+        }),
+    }
+}
 
 /// `landlock_add_rule` for a path-beneath rule. Async-signal-safe: usable in the spawn child.
 /// Returns the raw result (0 on success).
