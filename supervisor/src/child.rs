@@ -233,6 +233,66 @@ struct LogStats {
     stderr_tail: Vec<u8>,
 }
 
+/// Where an agent's stdout/stderr bytes go: lines to the log, within the attempt's budget.
+struct LogSink {
+    agent: String,
+    pid: i32,
+    limit: u64,
+    used: u64,
+    /// Partial last line per stream (stdout, stderr).
+    partial: [Vec<u8>; 2],
+    stats: LogStats,
+}
+
+impl LogSink {
+    /// Take bytes just read from stream `which` (0 stdout, 1 stderr); `eof` flushes its partial
+    /// line.
+    fn consume(&mut self, which: usize, data: &[u8], eof: bool) {
+        if which == 1 {
+            let tail = &mut self.stats.stderr_tail;
+            tail.extend_from_slice(data);
+            if tail.len() > STDERR_TAIL {
+                let cut = tail.len() - STDERR_TAIL;
+                tail.drain(..cut);
+            }
+        }
+        let keep = self.limit.saturating_sub(self.used).min(data.len() as u64) as usize;
+        self.used += keep as u64;
+        self.stats.dropped += (data.len() - keep) as u64;
+        let stream = if which == 0 { "stdout" } else { "stderr" };
+        let (agent, pid) = (&self.agent, self.pid);
+        let emit = |line: &[u8]| {
+            tracing::info!(agent = %agent, pid, stream, "{}", String::from_utf8_lossy(line));
+        };
+        let buf = &mut self.partial[which];
+        let mut rest = &data[..keep];
+        // Complete the pending partial line, then emit whole lines straight from the chunk.
+        if !buf.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(pos) => {
+                    buf.extend_from_slice(&rest[..pos]);
+                    emit(buf);
+                    buf.clear();
+                    rest = &rest[pos + 1..];
+                }
+                None => {
+                    buf.extend_from_slice(rest);
+                    rest = &[];
+                }
+            }
+        }
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+            emit(&rest[..pos]);
+            rest = &rest[pos + 1..];
+        }
+        buf.extend_from_slice(rest);
+        if buf.len() > 64 * 1024 || (eof && !buf.is_empty()) {
+            emit(buf);
+            buf.clear();
+        }
+    }
+}
+
 /// Drain stdout and stderr to the log, line by line, within `limit` bytes per attempt.
 async fn drain_logs(
     out: pipe::Receiver,
@@ -241,70 +301,49 @@ async fn drain_logs(
     pid: i32,
     limit: u64,
 ) -> LogStats {
-    let mut stats = LogStats {
-        dropped: 0,
-        stderr_tail: Vec::new(),
+    let mut sink = LogSink {
+        agent,
+        pid,
+        limit,
+        used: 0,
+        partial: [Vec::new(), Vec::new()],
+        stats: LogStats {
+            dropped: 0,
+            stderr_tail: Vec::new(),
+        },
     };
-    let mut used: u64 = 0;
-    let mut bufs = [Vec::<u8>::new(), Vec::<u8>::new()];
     let mut open = [true, true];
     let streams = [&out, &errp];
+    // Read into a per-thread buffer (not held across an await): a thousand idle agents do not
+    // each keep one. What is read is consumed before the next await.
+    thread_local! {
+        static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+    }
     while open[0] || open[1] {
         let which = tokio::select! {
             r = out.readable(), if open[0] => { if r.is_err() { open[0] = false; continue; } 0 }
             r = errp.readable(), if open[1] => { if r.is_err() { open[1] = false; continue; } 1 }
         };
-        // Read into a per-thread buffer (not held across an await): a thousand idle agents do
-        // not each keep one.
-        thread_local! {
-            static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
-        }
-        let mut data = Vec::new();
-        let n = match CHUNK.with(|c| {
+        let result = CHUNK.with(|c| {
             let mut c = c.borrow_mut();
             let r = streams[which].try_read(&mut c);
-            if let Ok(n) = r {
-                data.extend_from_slice(&c[..n]);
+            match &r {
+                Ok(n) => sink.consume(which, &c[..*n], *n == 0),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    sink.consume(which, &[], true)
+                }
+                Err(_) => {}
             }
             r
-        }) {
-            Ok(0) => {
-                open[which] = false;
-                0
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => {
-                open[which] = false;
-                0
-            }
-        };
-        let data = &data[..n];
-        if which == 1 {
-            stats.stderr_tail.extend_from_slice(data);
-            if stats.stderr_tail.len() > STDERR_TAIL {
-                let cut = stats.stderr_tail.len() - STDERR_TAIL;
-                stats.stderr_tail.drain(..cut);
-            }
-        }
-        let keep = (limit.saturating_sub(used)).min(n as u64) as usize;
-        used += keep as u64;
-        stats.dropped += (n - keep) as u64;
-        let buf = &mut bufs[which];
-        buf.extend_from_slice(&data[..keep]);
-        let stream = if which == 0 { "stdout" } else { "stderr" };
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&buf[..pos]).into_owned();
-            tracing::info!(agent = %agent, pid, stream, "{line}");
-            buf.drain(..=pos);
-        }
-        if buf.len() > 64 * 1024 || (!open[which] && !buf.is_empty()) {
-            let line = String::from_utf8_lossy(buf).into_owned();
-            tracing::info!(agent = %agent, pid, stream, "{line}");
-            buf.clear();
+        });
+        match result {
+            Ok(0) => open[which] = false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => open[which] = false,
         }
     }
-    stats
+    sink.stats
 }
 
 /// System paths every agent may read (and execute): enough for a dynamically linked program.
@@ -1634,5 +1673,63 @@ impl<'a> State<'a> {
             .await;
         }
         process::try_reap(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(limit: u64) -> LogSink {
+        LogSink {
+            agent: "t".into(),
+            pid: 1,
+            limit,
+            used: 0,
+            partial: [Vec::new(), Vec::new()],
+            stats: LogStats {
+                dropped: 0,
+                stderr_tail: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn lines_split_across_reads_are_joined() {
+        let mut s = sink(1 << 20);
+        s.consume(0, b"ab\ncd", false);
+        assert_eq!(s.partial[0], b"cd");
+        s.consume(0, b"e", false);
+        assert_eq!(s.partial[0], b"cde");
+        s.consume(0, b"f\ng\nh", false);
+        assert_eq!(s.partial[0], b"h");
+        s.consume(0, b"", true);
+        assert!(
+            s.partial[0].is_empty(),
+            "end of stream flushes the last line"
+        );
+    }
+
+    #[test]
+    fn bytes_over_the_limit_are_counted_not_kept() {
+        let mut s = sink(4);
+        s.consume(0, b"0123456789", false);
+        assert_eq!(s.stats.dropped, 6);
+        assert_eq!(s.partial[0], b"0123");
+        s.consume(1, b"oops\n", false);
+        assert_eq!(s.stats.dropped, 11);
+        assert_eq!(
+            s.stats.stderr_tail, b"oops\n",
+            "the stderr tail is kept beyond the limit"
+        );
+    }
+
+    #[test]
+    fn stderr_tail_keeps_the_last_bytes() {
+        let mut s = sink(0);
+        s.consume(1, &vec![b'a'; STDERR_TAIL], false);
+        s.consume(1, b"END", false);
+        assert_eq!(s.stats.stderr_tail.len(), STDERR_TAIL);
+        assert!(s.stats.stderr_tail.ends_with(b"aEND"));
     }
 }

@@ -51,11 +51,28 @@ async fn fork_bomb_is_contained_by_pids() {
         return;
     }
     let (_fx, s) = sup_with("pids = 16\nwall_time = \"1s\"\nmax_retries = 0", "");
-    // The machine stays responsive: another agent completes while the bomb runs.
-    let (bomb, echo) = tokio::join!(call(&s, "chaos", r#"{"do":"fork_bomb"}"#), async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        call(&s, "echo", r#"{"still":"here"}"#).await
+    let s = std::sync::Arc::new(s);
+    // The machine stays responsive: once the bomb is running, another agent completes.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let bomb = tokio::spawn({
+        let s = s.clone();
+        async move {
+            let opts = corral::run::CallOptions {
+                events: Some(tx),
+                ..Default::default()
+            };
+            s.call("chaos", input(r#"{"do":"fork_bomb"}"#), opts)
+                .await
+                .unwrap()
+        }
     });
+    while let Some(ev) = rx.recv().await {
+        if matches!(ev, corral::child::AttemptEvent::Ready { .. }) {
+            break;
+        }
+    }
+    let echo = call(&s, "echo", r#"{"still":"here"}"#).await;
+    let bomb = bomb.await.unwrap();
     assert_eq!(reasons(&echo), [ExitReason::Completed]);
     assert_eq!(
         reasons(&bomb),
