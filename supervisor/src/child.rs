@@ -22,9 +22,10 @@ use corral_proto::{
     AgentError, Contract, Down, Hello, Shutdown, Task, ToolCall, ToolResult, Up, Value,
     PROTOCOL_VERSION,
 };
-use std::future::Future as _;
+use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -103,8 +104,8 @@ pub enum AttemptEvent {
 pub struct TaskInput {
     /// Task id sent to the agent.
     pub task_id: u64,
-    /// The input.
-    pub input: Value,
+    /// The input (shared with the caller, which keeps it for retries).
+    pub input: std::sync::Arc<Value>,
     /// Notes handed down.
     pub memory: Vec<Value>,
 }
@@ -293,6 +294,12 @@ impl LogSink {
     }
 }
 
+thread_local! {
+    /// Per-thread read buffer (never held across an await): a thousand idle agents do not each
+    /// keep one, and no read zeroes a fresh one. What is read is consumed before the next await.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+}
+
 /// Drain stdout and stderr to the log, line by line, within `limit` bytes per attempt.
 async fn drain_logs(
     out: pipe::Receiver,
@@ -314,17 +321,12 @@ async fn drain_logs(
     };
     let mut open = [true, true];
     let streams = [&out, &errp];
-    // Read into a per-thread buffer (not held across an await): a thousand idle agents do not
-    // each keep one. What is read is consumed before the next await.
-    thread_local! {
-        static CHUNK: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
-    }
     while open[0] || open[1] {
         let which = tokio::select! {
             r = out.readable(), if open[0] => { if r.is_err() { open[0] = false; continue; } 0 }
             r = errp.readable(), if open[1] => { if r.is_err() { open[1] = false; continue; } 1 }
         };
-        let result = CHUNK.with(|c| {
+        let result = SCRATCH.with(|c| {
             let mut c = c.borrow_mut();
             let r = streams[which].try_read(&mut c);
             match &r {
@@ -1012,34 +1014,60 @@ fn classify(
     )
 }
 
-/// The first tool answer to arrive among those awaited (removing it).
-async fn next_tool_answer(
-    waits: &mut Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
-) -> (u64, Result<Value, AgentError>) {
-    std::future::poll_fn(|cx| {
-        for i in 0..waits.len() {
-            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut waits[i].1).poll(cx) {
-                let (id, _) = waits.swap_remove(i);
-                let r = r.unwrap_or_else(|_| {
-                    Err(AgentError::new(
-                        "unavailable",
-                        "tool broker dropped the call",
-                        true,
-                    ))
-                });
-                return std::task::Poll::Ready((id, r));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
+/// What woke the watch loop.
+enum Wake {
+    Up(std::io::Result<()>),
+    Tool(u64, Result<Value, AgentError>),
+    Writable(std::io::Result<()>),
+    Exited,
+    Stop(ExitReason),
+    Timer,
 }
 
-/// Wait until the pipe to the agent takes more bytes (forever when there is none).
-async fn writable(down: &Option<pipe::Sender>) -> std::io::Result<()> {
-    match down {
-        Some(d) => d.writable().await,
-        None => std::future::pending().await,
+/// The owner's stop request, awaited by one future kept for the whole watch (made again only
+/// when the value changed to "no stop"), on a clone of the receiver so that the value can be
+/// read while it waits.
+struct StopWait {
+    fut: Option<std::pin::Pin<Box<StopFuture>>>,
+}
+
+type StopFuture =
+    dyn Future<Output = (Option<ExitReason>, watch::Receiver<Option<ExitReason>>)> + Send;
+
+impl StopWait {
+    fn new(rx: watch::Receiver<Option<ExitReason>>) -> StopWait {
+        let mut w = StopWait { fut: None };
+        w.arm(rx);
+        w
+    }
+
+    fn arm(&mut self, mut rx: watch::Receiver<Option<ExitReason>>) {
+        self.fut = Some(Box::pin(async move {
+            if rx.changed().await.is_err() {
+                // The owner is gone without asking for a stop: nothing will ever come.
+                std::future::pending::<()>().await;
+            }
+            let v = *rx.borrow_and_update();
+            (v, rx)
+        }));
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<ExitReason> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready((Some(reason), _)) => {
+                self.fut = None;
+                Poll::Ready(reason)
+            }
+            Poll::Ready((None, rx)) => {
+                self.arm(rx);
+                // Registers the new future's waker.
+                self.poll(cx)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -1312,7 +1340,7 @@ impl<'a> State<'a> {
                 });
                 self.send(&Down::Task(Task {
                     task_id: self.task.task_id,
-                    input: self.task.input.clone(),
+                    input: Value::clone(&self.task.input),
                     memory: self.task.memory.clone(),
                 }));
                 self.phase = Phase::Busy;
@@ -1448,25 +1476,45 @@ impl<'a> State<'a> {
     ) -> Result<ReadState, corral_proto::FrameError> {
         // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
         // handled between calls) nor keep this task from its timers.
-        let mut chunk = [0u8; 16 * 1024];
-        for _ in 0..max_chunks {
-            // Refuse a too-large length before reading its payload.
-            self.decoder.wanted()?;
-            match up.try_read(&mut chunk) {
-                Ok(0) => return Ok(ReadState::Eof),
-                Ok(n) => {
-                    self.decoder.push(&chunk[..n]);
-                    if n < chunk.len() {
+        use std::os::fd::AsRawFd;
+        SCRATCH.with(|c| {
+            let mut c = c.borrow_mut();
+            let chunk = &mut c[..16 * 1024];
+            let mut chunks = 0;
+            while chunks < max_chunks {
+                // Refuse a too-large length before reading its payload.
+                self.decoder.wanted()?;
+                let mut got = None;
+                // A short read proves the pipe empty: it is reported to the runtime as
+                // WouldBlock, which clears the readiness now, instead of one more wake-up and
+                // one more read() to learn it.
+                let r = up.try_io(|| {
+                    let n =
+                        nix::unistd::read(up.as_raw_fd(), chunk).map_err(std::io::Error::from)?;
+                    got = Some(n);
+                    if n > 0 && n < chunk.len() {
+                        Err(std::io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
+                });
+                match (r, got) {
+                    (_, Some(0)) => return Ok(ReadState::Eof),
+                    (Ok(n), _) => self.decoder.push(&chunk[..n]),
+                    (Err(_), Some(n)) => {
+                        self.decoder.push(&chunk[..n]);
                         return Ok(ReadState::Drained);
                     }
+                    (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Ok(ReadState::Drained)
+                    }
+                    (Err(e), None) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    (Err(e), None) => return Err(e.into()),
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Ok(ReadState::Drained)
-                }
-                Err(e) => return Err(e.into()),
+                chunks += 1;
             }
-        }
-        Ok(ReadState::More)
+            Ok(ReadState::More)
+        })
     }
 
     /// Decode and handle every complete frame buffered.
@@ -1498,6 +1546,7 @@ impl<'a> State<'a> {
         // it for the real deadline. A heartbeat therefore costs no timer operation.
         let sleep = tokio::time::sleep_until(self.next_deadline().0.into());
         tokio::pin!(sleep);
+        let mut stop_wait = StopWait::new(stop.clone());
         loop {
             let (deadline, _) = self.next_deadline();
             if deadline < sleep.deadline().into_std() {
@@ -1515,10 +1564,17 @@ impl<'a> State<'a> {
                 });
                 return self.timeout_verdict(why);
             }
-            tokio::select! {
-                r = up.readable(), if self.up_open => {
+            let wake = std::future::poll_fn(|cx| {
+                self.poll_wake(cx, up, pidfd, &mut stop_wait, sleep.as_mut())
+            })
+            .await;
+            match wake {
+                Wake::Up(r) => {
                     let now = Instant::now();
-                    if r.is_err() { self.up_open = false; continue; }
+                    if r.is_err() {
+                        self.up_open = false;
+                        continue;
+                    }
                     match self.read_available(up, 4) {
                         Ok(state) => {
                             if let Step::End(v) = self.handle_buffered(now, &tools) {
@@ -1540,33 +1596,38 @@ impl<'a> State<'a> {
                     }
                     self.sample(pid, now);
                 }
-                (call_id, result) = next_tool_answer(&mut self.tool_waits), if !self.tool_waits.is_empty() => {
-                    self.deliver(call_id, result, Instant::now());
-                }
-                r = writable(&self.down), if !self.pending.is_empty() => {
+                Wake::Tool(call_id, result) => self.deliver(call_id, result, Instant::now()),
+                Wake::Writable(r) => {
                     if r.is_ok() {
                         self.flush();
                     } else {
                         self.pending.clear();
                     }
                 }
-                _ = pidfd.exited() => {
-                    return Verdict { reason: None, error: None, graceful: false };
+                Wake::Exited => {
+                    return Verdict {
+                        reason: None,
+                        error: None,
+                        graceful: false,
+                    };
                 }
-                r = stop.changed() => {
-                    let reason = if r.is_ok() { *stop.borrow() } else { None };
-                    if let Some(reason) = reason {
-                        if reason == ExitReason::Cancelled {
-                            self.send(&Down::Cancel(corral_proto::Cancel { task_id: self.task.task_id }));
-                        }
-                        return Verdict {
-                            reason: Some(reason),
-                            error: err(reason.as_str(), format!("stopped by its owner: {reason}"), false),
-                            graceful: true,
-                        };
+                Wake::Stop(reason) => {
+                    if reason == ExitReason::Cancelled {
+                        self.send(&Down::Cancel(corral_proto::Cancel {
+                            task_id: self.task.task_id,
+                        }));
                     }
+                    return Verdict {
+                        reason: Some(reason),
+                        error: err(
+                            reason.as_str(),
+                            format!("stopped by its owner: {reason}"),
+                            false,
+                        ),
+                        graceful: true,
+                    };
                 }
-                _ = &mut sleep => {
+                Wake::Timer => {
                     // Re-check: events may have moved the deadline while we slept.
                     let (real, why) = self.next_deadline();
                     let now = Instant::now();
@@ -1583,6 +1644,55 @@ impl<'a> State<'a> {
                 }
             }
         }
+    }
+
+    /// What woke the watch loop. Sources are polled in place (no future is built per turn):
+    /// a heartbeat costs one readiness check per source, not a registration and removal of
+    /// a waiter on each. The owner's stop, the exit and the timer come first so that a
+    /// flooding agent, whose pipe is always ready, cannot hide them.
+    fn poll_wake(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        up: &pipe::Receiver,
+        pidfd: &PidFd,
+        stop_wait: &mut StopWait,
+        sleep: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Poll<Wake> {
+        if let Poll::Ready(reason) = stop_wait.poll(cx) {
+            return Poll::Ready(Wake::Stop(reason));
+        }
+        if pidfd.poll_exited(cx).is_ready() {
+            return Poll::Ready(Wake::Exited);
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        for i in 0..self.tool_waits.len() {
+            if let Poll::Ready(r) = std::pin::Pin::new(&mut self.tool_waits[i].1).poll(cx) {
+                let (id, _) = self.tool_waits.swap_remove(i);
+                let r = r.unwrap_or_else(|_| {
+                    Err(AgentError::new(
+                        "unavailable",
+                        "tool broker dropped the call",
+                        true,
+                    ))
+                });
+                return Poll::Ready(Wake::Tool(id, r));
+            }
+        }
+        if !self.pending.is_empty() {
+            if let Some(down) = &self.down {
+                if let Poll::Ready(r) = down.poll_write_ready(cx) {
+                    return Poll::Ready(Wake::Writable(r));
+                }
+            }
+        }
+        if self.up_open {
+            if let Poll::Ready(r) = up.poll_read_ready(cx) {
+                return Poll::Ready(Wake::Up(r));
+            }
+        }
+        Poll::Pending
     }
 
     fn timeout_verdict(&self, why: ExitReason) -> Verdict {

@@ -252,8 +252,16 @@ impl Supervisor {
         let input_key = policy::input_key(&corral_proto::frame::encode(&input).unwrap_or_default());
         let mut backoff = Backoff::new(spec.backoff.clone());
         let mut attempts: Vec<ExitRecord> = Vec::new();
-        let (_keep_stop_tx, default_stop) = watch::channel(None);
-        let stop = opts.stop.clone().unwrap_or(default_stop);
+        // A stop channel of our own only when the caller has none (a channel is ~350 bytes, per
+        // call, for as long as the call lasts).
+        let (_keep_stop_tx, stop) = match opts.stop.clone() {
+            Some(s) => (None, s),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                (Some(tx), rx)
+            }
+        };
+        let input = std::sync::Arc::new(input);
         let mut retries: u32 = 0;
         loop {
             let attempt_no = attempts.len() as u32 + 1;
@@ -339,7 +347,10 @@ impl Supervisor {
                 input: input.clone(),
                 memory: opts.memory.clone(),
             };
-            let out = child::run_attempt(aspec, task, opts.tools.clone(), stop.clone()).await;
+            // Boxed: the outcome outlives the attempt's future, which would otherwise keep a hole
+            // of its size beside that future in every call's state for the whole attempt.
+            let out =
+                Box::new(child::run_attempt(aspec, task, opts.tools.clone(), stop.clone()).await);
             let mut rec = out.record;
             rec.retry_count = retries;
             let reason = rec.reason;

@@ -96,6 +96,11 @@ impl PidFd {
         let _ = self.fd.readable().await;
     }
 
+    /// Poll form of [`PidFd::exited`]: registers the task's waker, no future to keep.
+    pub fn poll_exited(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.fd.poll_read_ready(cx).map(|_| ())
+    }
+
     /// Send a signal to the process itself, race-free (cannot hit a reused pid).
     pub fn signal(&self, sig: i32) -> bool {
         // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
