@@ -35,6 +35,7 @@
 //! from transient state, and the supervisor's quarantine stops an input that panics the same way
 //! again and again.
 
+use corral_proto::beat::BEAT_FD;
 use corral_proto::frame::{self, FrameReader};
 use corral_proto::{
     Done, Down, Failed, Heartbeat, Hello, Log, LogLevel, Ready, ToolCall, Up, PROTOCOL_VERSION,
@@ -78,6 +79,8 @@ struct Shared {
     cancelled: AtomicBool,
     ignore_shutdown: AtomicBool,
     heartbeats: (Mutex<bool>, Condvar), // true = suspended
+    /// The beat pipe, when corral gave one.
+    beat: Option<File>,
 }
 
 impl Shared {
@@ -226,6 +229,18 @@ impl Misbehave<'_> {
             .store(true, Ordering::SeqCst);
     }
 
+    /// Write raw bytes on the beat pipe (fd 6), bypassing the beat format. Returns what one
+    /// `write` returned (the pipe does not block: a full pipe is `WouldBlock`).
+    pub fn write_beat_raw(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self.ctx.shared.beat.as_ref() {
+            Some(mut b) => b.write(bytes),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no beat pipe (fd 6) was given",
+            )),
+        }
+    }
+
     /// Write raw bytes on the agent→supervisor pipe, bypassing framing.
     pub fn write_raw(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut w = self
@@ -305,6 +320,7 @@ where
         cancelled: AtomicBool::new(false),
         ignore_shutdown: AtomicBool::new(false),
         heartbeats: (Mutex::new(false), Condvar::new()),
+        beat: open_beat_pipe(),
     });
     if hello.protocol != PROTOCOL_VERSION {
         let msg = corral_proto::message::version_mismatch(hello.protocol, PROTOCOL_VERSION);
@@ -390,6 +406,17 @@ where
     }
 }
 
+/// The beat pipe, when corral gave one (see `corral_proto::beat`): beats there cost the
+/// supervisor no wake-up. Without it, beats are `Heartbeat` frames on fd 4.
+fn open_beat_pipe() -> Option<File> {
+    if !fd_is_open(BEAT_FD) {
+        return None;
+    }
+    // SAFETY: checked open above; corral hands it to this process and nothing else in it owns
+    // it.
+    Some(unsafe { File::from_raw_fd(BEAT_FD) })
+}
+
 fn spawn_heartbeats(shared: &Arc<Shared>, every: Duration) {
     let shared = shared.clone();
     let _ = std::thread::Builder::new()
@@ -409,6 +436,14 @@ fn spawn_heartbeats(shared: &Arc<Shared>, every: Duration) {
             }
             drop(guard);
             let progress = shared.progress.load(Ordering::Relaxed);
+            if let (Some(mut b), Some(now)) = (shared.beat.as_ref(), monotonic_ns()) {
+                let record = corral_proto::beat::encode(progress, now);
+                // One write of a record shorter than PIPE_BUF: all of it or nothing (EAGAIN
+                // when the pipe is full; then the frame below says it instead).
+                if matches!(b.write(&record), Ok(n) if n == record.len()) {
+                    continue;
+                }
+            }
             if shared.send(&Up::Heartbeat(Heartbeat { progress })).is_err() {
                 return; // supervisor gone
             }
@@ -419,15 +454,23 @@ fn spawn_heartbeats(shared: &Arc<Shared>, every: Duration) {
 /// same interval beat in step, so the supervisor handles their heartbeats in batches instead of
 /// waking once per agent.
 fn until_next_tick(every: Duration) -> Duration {
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+    let Some(now) = monotonic_ns() else {
         return every;
-    }
-    let now = ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128;
+    };
+    let now = u128::from(now);
     let step = every.as_nanos().max(1);
     let next = (now / step + 1) * step;
     Duration::from_nanos((next - now).min(u64::MAX as u128) as u64)
+}
+
+/// The system-wide monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
+fn monotonic_ns() -> Option<u64> {
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
 fn spawn_sigterm_watch(shared: &Arc<Shared>, tx: Sender<Event>) {

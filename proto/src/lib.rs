@@ -22,6 +22,7 @@
 //! assert_eq!(back, Down::Shutdown(Shutdown { grace_ms: 500 }));
 //! ```
 
+pub mod beat;
 pub mod contract;
 pub mod frame;
 pub mod message;

@@ -33,6 +33,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// How much of stderr the exit record keeps.
 const STDERR_TAIL: usize = 4096;
 
+use corral_proto::beat::{BEAT_FD, BEAT_LEN};
+
+/// The grid watchdog checks are moved onto (at most the heartbeat interval): see
+/// `State::next_wake`.
+const WAKE_GRID: Duration = Duration::from_millis(100);
+
+/// The system-wide monotonic clock (`CLOCK_MONOTONIC`, the clock of `Instant` and of the
+/// agents' beats), in nanoseconds.
+fn monotonic_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(
+        (t.tv_sec().max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec().max(0) as u64),
+    )
+}
+
 /// What one attempt needs to know.
 #[derive(Clone)]
 pub struct AttemptSpec {
@@ -692,14 +709,17 @@ async fn attempt(
         .map(|c| !c.cgroups().unenforceable(&limits).contains(&"memory"))
         .unwrap_or(false);
 
-    // Pipes: down (fd 3), up (fd 4), stdout, stderr.
+    // Pipes: down (fd 3), up (fd 4), stdout, stderr, beats (fd 6; both ends non-blocking).
     let pipes = (|| -> std::io::Result<_> {
-        Ok((pipe_pair()?, pipe_pair()?, pipe_pair()?, pipe_pair()?))
+        let beat = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        Ok((pipe_pair()?, pipe_pair()?, pipe_pair()?, pipe_pair()?, beat))
     })();
-    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w)) = match pipes {
-        Ok(p) => p,
-        Err(e) => return spawn_failed(record, format!("create pipes: {e}")),
-    };
+    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w)) =
+        match pipes {
+            Ok(p) => p,
+            Err(e) => return spawn_failed(record, format!("create pipes: {e}")),
+        };
     let devnull = match std::fs::File::open("/dev/null") {
         Ok(f) => OwnedFd::from(f),
         Err(e) => return spawn_failed(record, format!("open /dev/null: {e}")),
@@ -720,7 +740,8 @@ async fn attempt(
         .fd(out_w, 1)
         .fd(err_w, 2)
         .fd(down_r, 3)
-        .fd(up_w, 4);
+        .fd(up_w, 4)
+        .fd(beat_w, BEAT_FD);
     let spawned = match Spawner::global().spawn(sspec).await {
         Ok(s) => s,
         Err(e) => return spawn_failed(record, e.to_string()),
@@ -751,6 +772,7 @@ async fn attempt(
         ))
     })();
     let mut st = State::new(&spec, &task, t0, pid);
+    st.beats = Some(beat_r);
     let mut verdict;
     let (log_task, up) = match setup {
         Ok((up, down, out, errp)) => {
@@ -794,6 +816,9 @@ async fn attempt(
             verdict = v;
         }
     }
+    // Beats not read yet still tell when the agent was last alive, and how far it got.
+    st.absorb_beats();
+    st.beats = None;
     st.down = None;
     let stats = match log_task {
         Some(mut t) => {
@@ -1091,6 +1116,12 @@ struct State<'a> {
     output: Option<Value>,
     memory_out: Vec<Value>,
     last_frame: Option<Instant>,
+    /// The beat pipe (read end), read only when a watchdog is due and at the end: a beat
+    /// costs the supervisor no wake-up.
+    beats: Option<OwnedFd>,
+    /// Bytes of a beat record cut short by a read (only a misbehaving agent writes partial
+    /// records).
+    beat_rest: ([u8; BEAT_LEN], usize),
     progress: u64,
     last_progress_at: Instant,
     task_sent_at: Option<Instant>,
@@ -1139,6 +1170,8 @@ impl<'a> State<'a> {
             output: None,
             memory_out: Vec::new(),
             last_frame: None,
+            beats: None,
+            beat_rest: ([0; BEAT_LEN], 0),
             progress: 0,
             last_progress_at: t0,
             task_sent_at: None,
@@ -1212,6 +1245,96 @@ impl<'a> State<'a> {
         self.send(&Down::ToolResult(ToolResult { call_id, result }));
     }
 
+    /// Read the beats waiting in the beat pipe (a few bounded reads, never blocking): each is
+    /// a sign of life at the moment the agent wrote it (clamped to now) with its progress.
+    fn absorb_beats(&mut self) {
+        use std::os::fd::AsRawFd;
+        let Some(raw) = self.beats.as_ref().map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(mono_now) = monotonic_ns() else {
+            return;
+        };
+        SCRATCH.with(|c| {
+            let mut c = c.borrow_mut();
+            // A pipe holds 64 KiB by default: a couple of reads drain it.
+            for _ in 0..4 {
+                let (rest, kept) = self.beat_rest;
+                c[..kept].copy_from_slice(&rest[..kept]);
+                let n = match nix::unistd::read(raw, &mut c[kept..]) {
+                    Ok(n) if n > 0 => n,
+                    _ => return, // empty (EAGAIN), or the agent closed its end
+                };
+                let total = kept + n;
+                let whole = total - total % BEAT_LEN;
+                for rec in c[..whole].chunks_exact(BEAT_LEN) {
+                    let mut r = [0u8; BEAT_LEN];
+                    r.copy_from_slice(rec);
+                    let (progress, at_ns) = corral_proto::beat::decode(&r);
+                    let age = Duration::from_nanos(mono_now.saturating_sub(at_ns));
+                    let at = now.checked_sub(age).unwrap_or(self.t0).max(self.t0);
+                    if self.last_frame.is_none_or(|t| at > t) {
+                        self.last_frame = Some(at);
+                    }
+                    if progress != self.progress && at >= self.last_progress_at {
+                        self.progress = progress;
+                        self.last_progress_at = at;
+                    }
+                }
+                let mut rest = [0u8; BEAT_LEN];
+                rest[..total - whole].copy_from_slice(&c[whole..total]);
+                self.beat_rest = (rest, total - whole);
+                if n < c.len() - kept {
+                    return; // a short read: the pipe is empty
+                }
+            }
+        });
+    }
+
+    /// The watchdog that is due now, if any. Beats are read first when the one due is `hung`
+    /// or `stalled`: only they tell whether it really is.
+    fn overdue(&mut self) -> Option<(Instant, ExitReason)> {
+        let (due, why) = self.next_deadline();
+        if Instant::now() < due {
+            return None;
+        }
+        if matches!(why, ExitReason::Hung | ExitReason::Stalled) {
+            self.absorb_beats();
+            let (due, why) = self.next_deadline();
+            return (Instant::now() >= due).then_some((due, why));
+        }
+        Some((due, why))
+    }
+
+    /// When the watch loop must wake next: a watchdog's deadline or the next health sample,
+    /// moved earlier onto a grid of the system's monotonic clock so that the wake-ups of many
+    /// agents coincide and the runtime wakes once for all of them (a thousand agents whose
+    /// checks were spread over the second woke it ~200 times a second). Early is harmless: if
+    /// nothing is due yet, the next wake is the exact deadline, so a real hang is caught on time.
+    fn next_wake(&self) -> Instant {
+        let (deadline, _) = self.next_deadline();
+        let exact = match self.last_sample {
+            Some(t) => deadline.min(t + self.agent().sample_interval.max(Duration::from_millis(1))),
+            None => deadline,
+        };
+        let grid = self
+            .agent()
+            .heartbeat_interval
+            .clamp(Duration::from_millis(1), WAKE_GRID)
+            .as_nanos() as u64;
+        let now = Instant::now();
+        if let Some(mono_now) = monotonic_ns() {
+            let ahead = exact.saturating_duration_since(now).as_nanos() as u64;
+            let at = mono_now.saturating_add(ahead);
+            let on_grid = at - at % grid;
+            if on_grid > mono_now {
+                return now + Duration::from_nanos(on_grid - mono_now);
+            }
+        }
+        exact
+    }
+
     /// The earliest moment a watchdog fires, and the reason it would give.
     fn next_deadline(&self) -> (Instant, ExitReason) {
         let a = self.agent();
@@ -1255,10 +1378,11 @@ impl<'a> State<'a> {
         }
     }
 
-    fn sample(&mut self, pid: i32, now: Instant) {
+    /// Take a health sample if one is due by `now + early`.
+    fn sample(&mut self, pid: i32, now: Instant, early: Duration) {
         let due = self
             .last_sample
-            .is_none_or(|t| now.duration_since(t) >= self.agent().sample_interval);
+            .is_none_or(|t| (now + early).duration_since(t) >= self.agent().sample_interval);
         if !due {
             return;
         }
@@ -1543,19 +1667,19 @@ impl<'a> State<'a> {
         let pid = pidfd.pid();
         // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
         // comes closer, but not later on every frame: when it fires early, the loop re-arms
-        // it for the real deadline. A heartbeat therefore costs no timer operation.
-        let sleep = tokio::time::sleep_until(self.next_deadline().0.into());
+        // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
+        // on the beat pipe no wake-up at all: beats are read when the timer fires).
+        let sleep = tokio::time::sleep_until(self.next_wake().into());
         tokio::pin!(sleep);
         let mut stop_wait = StopWait::new(stop.clone());
         loop {
-            let (deadline, _) = self.next_deadline();
-            if deadline < sleep.deadline().into_std() {
-                sleep.as_mut().reset(deadline.into());
+            let wake_at = self.next_wake();
+            if wake_at < sleep.deadline().into_std() {
+                sleep.as_mut().reset(wake_at.into());
             }
             // Checked here as well as by the timer: an agent flooding frames keeps the read
             // branch ready, and must not keep its watchdog from firing.
-            let (due, why) = self.next_deadline();
-            if Instant::now() >= due {
+            if let Some((due, why)) = self.overdue() {
                 self.spec.emit(|| AttemptEvent::Watchdog {
                     agent: self.agent().name.clone(),
                     pid,
@@ -1594,7 +1718,7 @@ impl<'a> State<'a> {
                         }
                         Err(e) => return self.violation_verdict(format!("{} ({})", e, e.kind())),
                     }
-                    self.sample(pid, now);
+                    self.sample(pid, now, Duration::ZERO);
                 }
                 Wake::Tool(call_id, result) => self.deliver(call_id, result, Instant::now()),
                 Wake::Writable(r) => {
@@ -1628,19 +1752,25 @@ impl<'a> State<'a> {
                     };
                 }
                 Wake::Timer => {
-                    // Re-check: events may have moved the deadline while we slept.
-                    let (real, why) = self.next_deadline();
-                    let now = Instant::now();
-                    if now >= real {
+                    // Re-check: events (and beats, read now) may have moved the deadline. The
+                    // beats are read even when the wake-up came early (on the grid), so that
+                    // an agent that is alive is not woken for again at its exact deadline.
+                    self.absorb_beats();
+                    if let Some((due, why)) = self.overdue() {
                         self.spec.emit(|| AttemptEvent::Watchdog {
                             agent: self.agent().name.clone(),
                             pid,
                             reason: why,
-                            late_us: now.duration_since(real).as_micros() as u64,
+                            late_us: Instant::now().duration_since(due).as_micros() as u64,
                         });
                         return self.timeout_verdict(why);
                     }
-                    sleep.as_mut().reset(real.into());
+                    // A sample due within a quarter of its interval is taken now rather than
+                    // with a wake-up of its own.
+                    let now = Instant::now();
+                    let quarter = self.agent().sample_interval / 4;
+                    self.sample(pid, now, quarter);
+                    sleep.as_mut().reset(self.next_wake().into());
                 }
             }
         }

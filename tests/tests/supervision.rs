@@ -364,3 +364,43 @@ async fn a_stop_during_backoff_starts_no_further_attempt() {
         "no process for the stopped retry"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_from_the_future_does_not_hide_a_hang() {
+    // One beat dated u64::MAX ns, then silence: the beat counts as "now" when it is read, no
+    // later, so the agent is hung one heartbeat_timeout after that.
+    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"beat_future"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Hung], "{:?}", o.attempts);
+    let a = &o.attempts[0];
+    assert_eq!(a.progress, 7, "the beat pipe was read: {a:?}");
+    assert!(a.last_heartbeat_age_ms.unwrap() >= 400, "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_beat_pipe_falls_back_to_frames_and_is_drained() {
+    // The agent fills its beat pipe with beats dated at boot, then works for three
+    // heartbeat_timeouts: its SDK's beats find the pipe full and go as frames, the supervisor
+    // drains the pipe, and the task completes (stale beats never make it look hung).
+    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"beat_fill","ms":1200}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    let filled = o
+        .output
+        .as_ref()
+        .and_then(|v| v.get("filled"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    assert!(
+        filled >= 4096,
+        "the pipe took {filled} bytes before it was full"
+    );
+    let room = o.output.as_ref().and_then(|v| v.get("room_after")).cloned();
+    assert_eq!(
+        room,
+        Some(corral_proto::Value::Bool(true)),
+        "the pipe was drained"
+    );
+    let a = &o.attempts[0];
+    assert!(a.last_heartbeat_age_ms.unwrap() < 400, "{a:?}");
+}

@@ -26,6 +26,8 @@
 //! | `{"do":"ptrace"}` | `{"ok":B,"error":S}` from `ptrace(PTRACE_TRACEME)` (seccomp denies it) |
 //! | `{"do":"frames","n":N}` | sends N small `Log` frames as fast as it can, then `{"ok":true}` |
 //! | `{"do":"id"}` | `{"uid":U,"gid":G,"pid":P}` |
+//! | `{"do":"beat_future"}` | one beat on fd 6 dated in the far future (progress 7), then hangs |
+//! | `{"do":"beat_fill","ms":N}` | fills the beat pipe with beats dated at boot, then sleeps N ms, beating, then `{"filled":BYTES,"room_after":B}` |
 
 use corral_sdk::{run_value, AgentError, Contract, Ctx, Schema, SideEffects, Value};
 use std::io::Write;
@@ -204,6 +206,33 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                     "error",
                     Value::from(if r == 0 { String::new() } else { e.to_string() }),
                 ),
+            ]))
+        }
+        "beat_future" => {
+            let _ = ctx
+                .misbehave()
+                .write_beat_raw(&corral_proto::beat::encode(7, u64::MAX));
+            ctx.misbehave().stop_heartbeats();
+            forever()
+        }
+        "beat_fill" => {
+            let ms = arg_i64(&input, "ms")?.max(0) as u64;
+            let stale = corral_proto::beat::encode(0, 0);
+            let mut filled = 0usize;
+            // Until the pipe is full (it does not block): the SDK's beats must then fall back
+            // to frames, and the supervisor must drain the pipe.
+            while let Ok(n) = ctx.misbehave().write_beat_raw(&stale) {
+                filled += n;
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            // Room again only if the supervisor drained the pipe meanwhile.
+            let room = ctx
+                .misbehave()
+                .write_beat_raw(&corral_proto::beat::encode(0, 0))
+                .is_ok();
+            Ok(Value::map([
+                ("filled", Value::from(filled as i64)),
+                ("room_after", Value::Bool(room)),
             ]))
         }
         "frames" => {

@@ -166,7 +166,7 @@ impl SpawnSpec {
         self
     }
 
-    /// Make `fd` appear as `target` in the child (targets 0..=5 are supported).
+    /// Make `fd` appear as `target` in the child (targets 0..=6 are supported).
     pub fn fd(mut self, fd: OwnedFd, target: RawFd) -> Self {
         self.fds.push((fd, target));
         self
@@ -496,7 +496,7 @@ impl Prepared {
 }
 
 /// The highest fd number a spec may map to. Sources are moved above it first.
-const MAX_TARGET: RawFd = 5;
+const MAX_TARGET: RawFd = 6;
 
 /// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range.
 fn lift_low_fds(spec: &mut SpawnSpec) -> Result<(), SpawnError> {
@@ -780,7 +780,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 27);
             }
         }
-        // 8. Nothing but 0..=5 crosses exec.
+        // 8. Nothing but 0..=6 crosses exec.
         if libc::syscall(
             libc::SYS_close_range,
             (MAX_TARGET + 1) as libc::c_uint,
