@@ -17,7 +17,7 @@
 //! it must not be a pool thread that may retire; and the async runtime is never blocked.
 //!
 //! What the child does, in order: reset signal dispositions and unblock signals; `setsid`;
-//! attach itself to its cgroups (writes `0` to each `cgroup.procs` fd); rlimits; `chdir`;
+//! attach itself to its cgroups (writes `0` to each attach fd: `tasks` on v1, `cgroup.procs` on v2); rlimits; `chdir`;
 //! arrange fds 0–4; drop group/user; `PR_SET_PDEATHSIG` (after the uid change, which clears it)
 //! and the `getppid` check; `no_new_privs`; landlock; close every other fd; `execve`.
 
@@ -178,7 +178,7 @@ impl SpawnSpec {
         self
     }
 
-    /// `cgroup.procs` fds the child writes itself into before exec.
+    /// Attach fds (`tasks` on v1, `cgroup.procs` on v2) the child writes itself into before exec.
     pub fn cgroup_fds(mut self, fds: Vec<OwnedFd>) -> Self {
         self.cgroup_fds = fds;
         self
