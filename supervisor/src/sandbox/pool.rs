@@ -108,6 +108,13 @@ impl CgroupPool {
         self.cgroups.create(&format!("{agent}-{n}"), limits)
     }
 
+    /// A spare made ahead of time also gets its attach fds opened ahead.
+    fn make_spare(&self, agent: &str, limits: &CgroupLimits) -> Result<AgentCgroup, CgroupError> {
+        let cg = self.make(agent, limits)?;
+        cg.open_attach_ahead()?;
+        Ok(cg)
+    }
+
     /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. Tops the
     /// spares up in the background.
     pub fn take(
@@ -152,7 +159,7 @@ impl CgroupPool {
                     .unwrap_or(false)
             };
             while short(&me) {
-                match me.make(&agent, &limits) {
+                match me.make_spare(&agent, &limits) {
                     Ok(c) => {
                         if let Ok(mut s) = me.spare.lock() {
                             s.entry(agent.clone()).or_default().push(c);
