@@ -88,6 +88,8 @@ pub struct ReadySample {
     pub isolation: Option<String>,
     /// Whether the call completed its task.
     pub completed: bool,
+    /// Whether the agent started in a warm stem.
+    pub warm: bool,
 }
 
 /// Call `agent` with `input` and time the way to `Ready`. An attempt that never got ready is
@@ -107,11 +109,15 @@ pub async fn corral_ready(
     let call = sup.call(&agent, input, opts);
     let watch = async {
         let mut spawned = None;
+        let mut warm_start = false;
         let mut ready = None;
         let mut iso = None;
         while let Some(ev) = rx.recv().await {
             match ev {
-                AttemptEvent::Spawned { .. } => spawned = Some(t0.elapsed()),
+                AttemptEvent::Spawned { warm, .. } => {
+                    spawned = Some(t0.elapsed());
+                    warm_start = warm;
+                }
                 AttemptEvent::Ready { pid, .. } => {
                     let at = t0.elapsed();
                     if ready.is_none() {
@@ -125,9 +131,9 @@ pub async fn corral_ready(
                 AttemptEvent::Watchdog { .. } | AttemptEvent::Sample { .. } => {}
             }
         }
-        (spawned, ready, iso)
+        (spawned, ready, iso, warm_start)
     };
-    let (out, (spawned, ready, isolation)) = tokio::join!(call, watch);
+    let (out, (spawned, ready, isolation, warm)) = tokio::join!(call, watch);
     let out = out.map_err(|e| e.to_string())?;
     match ready {
         Some((ready, _pid)) => Ok(ReadySample {
@@ -135,6 +141,7 @@ pub async fn corral_ready(
             spawned,
             isolation,
             completed: out.ok(),
+            warm,
         }),
         None => Err(match out.last() {
             Some(rec) => format!(

@@ -26,6 +26,8 @@ pub struct SpawnSamples {
     pub isolation: Option<String>,
     /// Calls that got ready but did not complete their task.
     pub incomplete: usize,
+    /// Calls whose agent started in a warm stem.
+    pub warm: usize,
 }
 
 const WARMUP: usize = 3;
@@ -45,6 +47,7 @@ fn measure(env: &Env, sup: &Sup, raw: Option<&Program>, n: usize) -> Result<Spaw
         raw_spawned: Vec::with_capacity(n),
         isolation: None,
         incomplete: 0,
+        warm: 0,
     };
     for i in 0..WARMUP + n {
         let first = i == 0;
@@ -75,6 +78,9 @@ fn measure(env: &Env, sup: &Sup, raw: Option<&Program>, n: usize) -> Result<Spaw
             if !sample.completed {
                 s.incomplete += 1;
             }
+            if sample.warm {
+                s.warm += 1;
+            }
         }
     }
     Ok(s)
@@ -89,11 +95,13 @@ fn breakdown(s: &SpawnSamples) -> String {
         .collect();
     format!(
         "call→Spawned p50 {}, Spawned→Ready p50 {} (raw: posix_spawn returned p50 {}, then \
-         Ready p50 {})",
+         Ready p50 {}); {} of {} agents started in a warm stem",
         p50(&s.spawned),
         p50(&s.handshake),
         p50(&s.raw_spawned),
-        p50(&raw_hs)
+        p50(&raw_hs),
+        s.warm,
+        s.ready.len()
     )
 }
 
@@ -114,7 +122,7 @@ const PLAIN: Variant = Variant {
     want_ns: &[],
 };
 
-const ISOLATED: [Variant; 4] = [
+const ISOLATED: [Variant; 5] = [
     Variant {
         id: "2a",
         what: "spawn→ready, ns pid+ipc+uts+mount",
@@ -141,6 +149,14 @@ const ISOLATED: [Variant; 4] = [
         what: "spawn→ready, ns +net +cgroups",
         keys: "namespaces = [\"pid\", \"ipc\", \"uts\", \"mount\", \"net\"]\nnetwork = false\n\
                memory = \"256MiB\"\npids = 64\ncpu_quota = 1.0\n",
+        cgroups: true,
+        want_ns: &["pid", "ipc", "uts", "mnt", "net"],
+    },
+    Variant {
+        id: "2c'",
+        what: "same, cold (prewarm = false)",
+        keys: "namespaces = [\"pid\", \"ipc\", \"uts\", \"mount\", \"net\"]\nnetwork = false\n\
+               memory = \"256MiB\"\npids = 64\ncpu_quota = 1.0\nprewarm = false\n",
         cgroups: true,
         want_ns: &["pid", "ipc", "uts", "mnt", "net"],
     },

@@ -65,8 +65,26 @@ pub struct AttemptSpec {
     pub cgroups: Option<Arc<CgroupPool>>,
     /// Workspaces (made ahead of time).
     pub workspaces: Arc<WorkspacePool>,
+    /// Warm stems (see [`StemPool`]).
+    pub stems: Option<Arc<StemPool>>,
     /// Where to report life events of the attempt (for status displays, tests, benchmarks).
     pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
+}
+
+impl AttemptSpec {
+    /// Make a warm stem of this agent type in the background, if it gets one (see
+    /// [`StemPool::refill`]).
+    fn refill_stem(&self) {
+        if let Some(stems) = &self.stems {
+            stems.refill(
+                self.agent.clone(),
+                Pools {
+                    workspaces: self.workspaces.clone(),
+                    cgroups: self.cgroups.clone(),
+                },
+            );
+        }
+    }
 }
 
 /// Life events of an attempt, reported as they happen.
@@ -80,6 +98,8 @@ pub enum AttemptEvent {
         attempt: u32,
         /// Its pid.
         pid: i32,
+        /// Started in a warm stem (its sandbox made ahead), not made for this attempt.
+        warm: bool,
     },
     /// The handshake finished.
     Ready {
@@ -651,6 +671,340 @@ pub async fn run_attempt(
     out
 }
 
+/// The pools an attempt draws from.
+#[derive(Clone)]
+pub struct Pools {
+    /// Workspaces.
+    pub workspaces: Arc<WorkspacePool>,
+    /// Cgroups, when the host has them.
+    pub cgroups: Option<Arc<CgroupPool>>,
+}
+
+/// A process made for an attempt, with everything the supervisor keeps of it.
+struct Launched {
+    spawned: crate::sandbox::spawn::Spawned,
+    workspace: tempfile::TempDir,
+    cgroup: Option<Arc<AgentCgroup>>,
+    status_rx: Option<OwnedFd>,
+    up_r: OwnedFd,
+    down_w: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    beat_r: OwnedFd,
+    /// A stem's fd 7: where the agent's start record goes.
+    control: Option<OwnedFd>,
+}
+
+/// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
+/// sandbox and its `corral-init` are made, waiting for [`Stem::release`].
+async fn launch(
+    agent: &AgentSpec,
+    pools: &Pools,
+    run_id: &str,
+    attempt: u32,
+    stem: bool,
+) -> Result<Launched, String> {
+    // Workspace: a fresh private directory per attempt, under the state directory (made ahead
+    // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
+    let workspace = pools
+        .workspaces
+        .take()
+        .map_err(|e| format!("create workspace: {e}"))?;
+    let cwd = agent
+        .cwd
+        .clone()
+        .unwrap_or_else(|| workspace.path().to_path_buf());
+    let env = agent_env(agent, run_id, attempt, workspace.path());
+
+    // Cgroup for the attempt.
+    let limits = CgroupLimits {
+        memory: agent.memory,
+        pids: agent.pids,
+        cpu_quota: agent.cpu_quota,
+    };
+    let cgroup: Option<Arc<AgentCgroup>> = match &pools.cgroups {
+        Some(pool) => Some(Arc::new(
+            pool.take(&agent.name, &limits)
+                .map_err(|e| format!("create cgroup: {e}"))?,
+        )),
+        None => None,
+    };
+    let cgroup_mem = pools
+        .cgroups
+        .as_ref()
+        .map(|c| !c.cgroups().unenforceable(&limits).contains(&"memory"))
+        .unwrap_or(false);
+
+    // Pipes: down (fd 3), up (fd 4), stdout, stderr, beats (fd 6; both ends non-blocking), and
+    // a stem's control pipe (fd 7).
+    let pipes = (|| -> std::io::Result<_> {
+        let beat = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        let control = if stem { Some(pipe_pair()?) } else { None };
+        Ok((
+            pipe_pair()?,
+            pipe_pair()?,
+            pipe_pair()?,
+            pipe_pair()?,
+            beat,
+            control,
+        ))
+    })();
+    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w), control) =
+        pipes.map_err(|e| format!("create pipes: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let (sspec, status_rx) = spawn_spec(
+        agent,
+        env,
+        cwd,
+        workspace.path(),
+        cgroup.as_deref(),
+        cgroup_mem,
+    )?;
+    let mut sspec = sspec
+        .fd(devnull, 0)
+        .fd(out_w, 1)
+        .fd(err_w, 2)
+        .fd(down_r, 3)
+        .fd(up_w, 4)
+        .fd(beat_w, BEAT_FD);
+    let control = match control {
+        Some((rx, tx)) => {
+            sspec = sspec.stem(rx);
+            Some(tx)
+        }
+        None => None,
+    };
+    let spawned = Spawner::global()
+        .spawn(sspec)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Launched {
+        spawned,
+        workspace,
+        cgroup,
+        status_rx,
+        up_r,
+        down_w,
+        out_r,
+        err_r,
+        beat_r,
+        control,
+    })
+}
+
+/// A warm sandbox: a [`launch`]ed stem whose `corral-init` waits for its agent.
+struct Stem(Launched);
+
+impl Stem {
+    /// Start the agent in it, with this attempt's environment (one write of the start record
+    /// `corral-init --stem` reads on fd 7). A stem that is gone is discarded.
+    fn release(self, agent: &AgentSpec, run_id: &str, attempt: u32) -> Result<Launched, String> {
+        let mut l = self.0;
+        let pid = nix::unistd::Pid::from_raw(l.spawned.pid);
+        if !matches!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        ) {
+            // Reaped just now (or not ours): its parts go with `l`.
+            return Err("the stem is no longer running".into());
+        }
+        let started = (|| {
+            let program = agent.command.first().ok_or("empty command")?;
+            let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
+                .map_err(|e| e.to_string())?;
+            let env = agent_env(agent, run_id, attempt, l.workspace.path());
+            let record = start_record(&path, &agent.command, &env)?;
+            let control = l.control.take().ok_or("not a stem")?;
+            let mut f = std::fs::File::from(control);
+            std::io::Write::write_all(&mut f, &record).map_err(|e| format!("start the agent: {e}"))
+        })();
+        match started {
+            Ok(()) => Ok(l),
+            Err(e) => {
+                Stem(l).discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// End an unused stem: its init exits at once on end of file of fd 7; SIGKILL as well,
+    /// then reap. The workspace and cgroup go with it.
+    fn discard(self) {
+        let l = self.0;
+        drop(l.control);
+        // SAFETY-free: pidfd_send_signal through the pidfd we hold cannot hit a reused pid.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(l.spawned.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.spawned.pid), None);
+        // Workspace and cgroup are removed as they drop.
+    }
+}
+
+/// The start record of `corral-init --stem`: `argc: u32 LE, envc: u32 LE`, then the program
+/// path, the `argc` arguments and the `envc` `NAME=value` entries, each NUL-terminated.
+fn start_record(
+    path: &std::path::Path,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    let mut push = |b: &[u8]| -> Result<(), String> {
+        if b.contains(&0) {
+            return Err("a NUL byte in the command or environment".into());
+        }
+        out.extend_from_slice(b);
+        out.push(0);
+        Ok(())
+    };
+    push(path.as_os_str().as_bytes())?;
+    for a in argv {
+        push(a.as_bytes())?;
+    }
+    for (k, v) in env {
+        push(format!("{k}={v}").as_bytes())?;
+    }
+    Ok(out)
+}
+
+/// Warm stems, at most one per agent type, made again in the background each time one is used.
+/// An agent type gets one only when it runs under `corral-init` (a pid namespace) and
+/// `prewarm` is on: the stem is its whole sandbox, made ahead, so a call pays only for the
+/// agent's own start.
+#[derive(Default)]
+pub struct StemPool {
+    spare: std::sync::Mutex<std::collections::HashMap<String, Stem>>,
+    making: std::sync::Mutex<std::collections::HashSet<String>>,
+    disabled: std::sync::atomic::AtomicBool,
+}
+
+impl StemPool {
+    /// A new, empty pool.
+    pub fn new() -> Arc<StemPool> {
+        Arc::new(StemPool::default())
+    }
+
+    /// The warm stems waiting now: agent name and the pid of the stem's `corral-init`.
+    pub fn waiting(&self) -> Vec<(String, i32)> {
+        self.spare
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| (k.clone(), v.0.spawned.pid))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn take(&self, agent: &str) -> Option<Stem> {
+        self.spare.lock().ok()?.remove(agent)
+    }
+
+    /// Whether `agent` gets stems at all: `prewarm` on, a pid namespace, and the pool enabled.
+    fn wants(&self, agent: &AgentSpec) -> bool {
+        agent.prewarm
+            && agent.namespaces.contains(&crate::config::Namespace::Pid)
+            && !self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Make no more stems (one-shot callers such as `corral call`, for which a stem made after
+    /// the call would only be thrown away).
+    pub fn disable(&self) {
+        self.disabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Make a stem for `agent` now unless one is waiting, and wait until it is. `Ok(false)`
+    /// when this agent type gets no stems.
+    pub async fn make_now(&self, agent: Arc<AgentSpec>, pools: Pools) -> Result<bool, String> {
+        if !self.wants(&agent) {
+            return Ok(false);
+        }
+        if self.spare.lock().is_ok_and(|s| s.contains_key(&agent.name)) {
+            return Ok(true);
+        }
+        let l = launch(&agent, &pools, "", 0, true).await?;
+        let old = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
+        if let Some(old) = old {
+            let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+        }
+        Ok(true)
+    }
+
+    /// Make a stem for `agent` in the background unless one is there or on its way.
+    pub fn refill(self: &Arc<Self>, agent: Arc<AgentSpec>, pools: Pools) {
+        if !self.wants(&agent) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if self
+            .spare
+            .lock()
+            .map_or(true, |s| s.contains_key(&agent.name))
+        {
+            return;
+        }
+        if !self
+            .making
+            .lock()
+            .is_ok_and(|mut m| m.insert(agent.name.clone()))
+        {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let made = launch(&agent, &pools, "", 0, true).await;
+            let Some(me) = me.upgrade() else {
+                if let Ok(l) = made {
+                    let _ = tokio::task::spawn_blocking(move || Stem(l).discard()).await;
+                }
+                return;
+            };
+            match made {
+                Ok(l) => {
+                    let old = me
+                        .spare
+                        .lock()
+                        .ok()
+                        .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
+                    if let Some(old) = old {
+                        let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+                    }
+                }
+                Err(e) => tracing::debug!(agent = %agent.name, "making a warm stem: {e}"),
+            }
+            if let Ok(mut m) = me.making.lock() {
+                m.remove(&agent.name);
+            };
+        });
+    }
+}
+
+impl Drop for StemPool {
+    fn drop(&mut self) {
+        let spares = match self.spare.get_mut() {
+            Ok(s) => std::mem::take(s),
+            Err(p) => std::mem::take(p.into_inner()),
+        };
+        for (_, stem) in spares {
+            stem.discard();
+        }
+    }
+}
+
 async fn attempt(
     spec: AttemptSpec,
     task: TaskInput,
@@ -678,79 +1032,47 @@ async fn attempt(
         },
     };
 
-    // Workspace: a fresh private directory per attempt, under the state directory (made ahead
-    // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
-    let workspace = match spec.workspaces.take() {
-        Ok(w) => w,
-        Err(e) => return spawn_failed(record, format!("create workspace: {e}")),
+    // The process: a warm stem of this agent type when one is waiting (released with this
+    // attempt's environment), else made now.
+    let pools = Pools {
+        workspaces: spec.workspaces.clone(),
+        cgroups: spec.cgroups.clone(),
     };
-    let cwd = agent
-        .cwd
-        .clone()
-        .unwrap_or_else(|| workspace.path().to_path_buf());
-    let env = agent_env(&agent, &spec.run_id, spec.attempt, workspace.path());
-
-    // Cgroup for the attempt.
-    let limits = CgroupLimits {
-        memory: agent.memory,
-        pids: agent.pids,
-        cpu_quota: agent.cpu_quota,
-    };
-    let cgroup: Option<Arc<AgentCgroup>> = match &spec.cgroups {
-        Some(pool) => match pool.take(&agent.name, &limits) {
-            Ok(c) => Some(Arc::new(c)),
-            Err(e) => return spawn_failed(record, format!("create cgroup: {e}")),
+    let mut warm = None;
+    if let Some(stems) = &spec.stems {
+        if let Some(stem) = stems.take(&agent.name) {
+            match stem.release(&agent, &spec.run_id, spec.attempt) {
+                Ok(l) => warm = Some(l),
+                Err(e) => tracing::debug!(agent = %agent.name, "warm stem unusable: {e}"),
+            }
+        }
+    }
+    let was_warm = warm.is_some();
+    let launched = match warm {
+        Some(l) => l,
+        None => match launch(&agent, &pools, &spec.run_id, spec.attempt, false).await {
+            Ok(l) => l,
+            Err(e) => return spawn_failed(record, e),
         },
-        None => None,
     };
-    let cgroup_mem = spec
-        .cgroups
-        .as_ref()
-        .map(|c| !c.cgroups().unenforceable(&limits).contains(&"memory"))
-        .unwrap_or(false);
-
-    // Pipes: down (fd 3), up (fd 4), stdout, stderr, beats (fd 6; both ends non-blocking).
-    let pipes = (|| -> std::io::Result<_> {
-        let beat = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(std::io::Error::from)?;
-        Ok((pipe_pair()?, pipe_pair()?, pipe_pair()?, pipe_pair()?, beat))
-    })();
-    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w)) =
-        match pipes {
-            Ok(p) => p,
-            Err(e) => return spawn_failed(record, format!("create pipes: {e}")),
-        };
-    let devnull = match std::fs::File::open("/dev/null") {
-        Ok(f) => OwnedFd::from(f),
-        Err(e) => return spawn_failed(record, format!("open /dev/null: {e}")),
-    };
-    let (sspec, status_rx) = match spawn_spec(
-        &agent,
-        env,
-        cwd,
-        workspace.path(),
-        cgroup.as_deref(),
-        cgroup_mem,
-    ) {
-        Ok(s) => s,
-        Err(e) => return spawn_failed(record, e),
-    };
-    let sspec = sspec
-        .fd(devnull, 0)
-        .fd(out_w, 1)
-        .fd(err_w, 2)
-        .fd(down_r, 3)
-        .fd(up_w, 4)
-        .fd(beat_w, BEAT_FD);
-    let spawned = match Spawner::global().spawn(sspec).await {
-        Ok(s) => s,
-        Err(e) => return spawn_failed(record, e.to_string()),
-    };
+    let Launched {
+        spawned,
+        workspace,
+        cgroup,
+        status_rx,
+        up_r,
+        down_w,
+        out_r,
+        err_r,
+        beat_r,
+        control: _,
+    } = launched;
     let pid = spawned.pid;
     spec.emit(|| AttemptEvent::Spawned {
         agent: agent.name.clone(),
         attempt: spec.attempt,
         pid,
+        warm: was_warm,
     });
     record.pid = Some(pid as u32);
     let pidfd = match PidFd::new(pid, spawned.pidfd) {
@@ -810,6 +1132,8 @@ async fn attempt(
     let reaped = st
         .stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful)
         .await;
+    // (Also here: an agent that never got ready did not ask for the next stem.)
+    spec.refill_stem();
     if let (Some(up), None) = (&up, verdict.reason) {
         // Frames the agent wrote just before it exited are still in the pipe.
         if let Some(v) = st.drain_after_exit(up) {
@@ -1462,6 +1786,9 @@ impl<'a> State<'a> {
                     attempt: self.spec.attempt,
                     pid: self.pid,
                 });
+                // The next stem is made now, not at the spawn: its making would compete with
+                // this agent's own start for the CPU.
+                self.spec.refill_stem();
                 self.send(&Down::Task(Task {
                     task_id: self.task.task_id,
                     input: Value::clone(&self.task.input),

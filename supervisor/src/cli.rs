@@ -204,6 +204,8 @@ async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> Exit
         Ok(s) => s,
         Err(code) => return code,
     };
+    // One call: a warm stem made after it would only be thrown away at exit.
+    sup.disable_prewarm();
     // SIGINT/SIGTERM stop the agent with escalation and still print its record (reason
     // `shutdown`), instead of leaving it to PDEATHSIG.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);

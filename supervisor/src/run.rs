@@ -6,7 +6,7 @@
 //! attempts through [`crate::child::run_attempt`], the decision after each (retry after a
 //! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
 
-use crate::child::{self, AttemptSpec, TaskInput, ToolRequest};
+use crate::child::{self, AttemptSpec, StemPool, TaskInput, ToolRequest};
 use crate::config::{AgentSpec, Config};
 use crate::policy::{
     self, Admission, Backoff, Breaker, Fingerprint, Intensity, IntensityState, IntensityVerdict,
@@ -99,6 +99,7 @@ pub struct Supervisor {
     specs: HashMap<String, Arc<AgentSpec>>,
     cgroups: Option<Arc<CgroupPool>>,
     workspaces: Arc<WorkspacePool>,
+    stems: Arc<StemPool>,
     types: Mutex<HashMap<String, TypeState>>,
     rng: Mutex<SplitMix64>,
 }
@@ -160,10 +161,39 @@ impl Supervisor {
             config: Arc::new(config),
             specs,
             workspaces,
+            stems: StemPool::new(),
             cgroups: cgroups.map(|c| CgroupPool::new(Arc::new(c))),
             types: Mutex::new(HashMap::new()),
             rng: Mutex::new(SplitMix64::new(seed)),
         })
+    }
+
+    /// The warm stems waiting now (agent name, pid of the stem's `corral-init`): see the
+    /// `prewarm` key.
+    pub fn prewarmed(&self) -> Vec<(String, i32)> {
+        self.stems.waiting()
+    }
+
+    /// Make a warm stem of `agent` now (unless one is waiting) and wait until it is ready, so
+    /// that the next call pays only for the agent's own start. `Ok(false)` when the agent type
+    /// gets none (`prewarm = false`, or no pid namespace).
+    pub async fn prewarm(&self, agent: &str) -> Result<bool, RunError> {
+        let spec = self.agent(agent)?;
+        self.stems
+            .make_now(
+                spec,
+                child::Pools {
+                    workspaces: self.workspaces.clone(),
+                    cgroups: self.cgroups.clone(),
+                },
+            )
+            .await
+            .map_err(RunError::Setup)
+    }
+
+    /// Make no warm stems from now on (for one-shot use, where one would only be thrown away).
+    pub fn disable_prewarm(&self) {
+        self.stems.disable();
     }
 
     /// The config in force.
@@ -340,6 +370,7 @@ impl Supervisor {
                 max_frame: self.config.supervisor.max_frame,
                 cgroups: self.cgroups.clone(),
                 workspaces: self.workspaces.clone(),
+                stems: Some(self.stems.clone()),
                 events: opts.events.clone(),
             };
             let task = TaskInput {

@@ -403,3 +403,111 @@ async fn agents_under_tmp_stay_visible_under_the_private_tmp() {
         output(&o)
     );
 }
+
+/// One call with its events: the outcome and whether its agent started in a warm stem.
+async fn call_warm(
+    s: &corral::run::Supervisor,
+    json: &str,
+) -> (corral::run::CallOutcome, Vec<bool>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = corral::run::CallOptions {
+        events: Some(tx),
+        ..Default::default()
+    };
+    let input = corral_proto::Value::from_json(&serde_json::from_str(json).unwrap());
+    let o = s.call("chaos", input, opts).await.unwrap();
+    let mut warm = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let corral::child::AttemptEvent::Spawned { warm: w, .. } = ev {
+            warm.push(w);
+        }
+    }
+    (o, warm)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_stems_start_agents_with_the_same_isolation_and_leave_nothing() {
+    let (_fx, s) = sup_with("max_retries = 0", "");
+    let (first, warm) = call_warm(&s, r#"{"do":"id"}"#).await;
+    assert_eq!(warm, [false], "nothing is warm before the first call");
+    assert_eq!(output(&first)["pid"], 2);
+    assert!(
+        s.prewarm("chaos").await.unwrap(),
+        "chaos runs under corral-init"
+    );
+    let stems = s.prewarmed();
+    assert_eq!(stems.len(), 1, "{stems:?}");
+    let stem_pid = stems[0].1;
+    assert!(alive(stem_pid));
+
+    // The agent of a warm stem: its own run id, attempt and workspace, pid 2 of its own pid
+    // namespace, the same confinement.
+    let (o, warm) = call_warm(&s, r#"{"do":"env"}"#).await;
+    assert_eq!(warm, [true], "{:?}", o.attempts);
+    assert_eq!(
+        o.attempts[0].pid,
+        Some(stem_pid as u32),
+        "the stem's init is the attempt's pid"
+    );
+    let env = output(&o)["env"].clone();
+    assert_eq!(env["CORRAL_RUN_ID"], o.attempts[0].run_id.as_str(), "{env}");
+    assert_eq!(env["CORRAL_ATTEMPT"], "1", "{env}");
+    assert_eq!(env["CORRAL_AGENT"], "chaos", "{env}");
+    assert!(
+        env["HOME"].as_str().unwrap().contains("/work/ws-"),
+        "a workspace of its own: {env}"
+    );
+    assert!(!alive(stem_pid), "the stem ended with its agent");
+    s.prewarm("chaos").await.unwrap();
+    let (o, warm) = call_warm(&s, r#"{"do":"id"}"#).await;
+    assert_eq!(warm, [true]);
+    assert_eq!(output(&o)["pid"], 2, "{:?}", output(&o));
+    s.prewarm("chaos").await.unwrap();
+    let me = std::process::id();
+    let (o, warm) = call_warm(
+        &s,
+        &format!(r#"{{"do":"read","path":"/proc/{me}/status"}}"#),
+    )
+    .await;
+    assert_eq!(warm, [true]);
+    assert_eq!(output(&o)["ok"], false, "the agent sees the supervisor");
+
+    // A stem that died while it waited is not used: the call starts cold and succeeds.
+    s.prewarm("chaos").await.unwrap();
+    let dead = s.prewarmed()[0].1;
+    // SAFETY: pidfd_open/kill/poll on a pid we own (our child, unreaped until we take it) and
+    // a pollfd we own; the pidfd is closed after.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, dead, 0) as i32;
+        assert!(fd >= 0);
+        libc::kill(dead, libc::SIGKILL);
+        // Readable once it has exited (a zombie: nobody reaped it yet).
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        assert_eq!(libc::poll(&mut p, 1, 10_000), 1, "the stem did not die");
+        libc::close(fd);
+    }
+    let (o, warm) = call_warm(&s, r#"{"do":"ok"}"#).await;
+    assert_eq!(warm, [false]);
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+
+    // Dropping the supervisor ends the stem that waits.
+    s.prewarm("chaos").await.unwrap();
+    let last = s.prewarmed()[0].1;
+    drop(s);
+    assert!(!alive(last), "a stem outlived its supervisor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_off_means_no_stem() {
+    let (_fx, s) = sup_with("max_retries = 0\nprewarm = false", "");
+    let (_, warm) = call_warm(&s, r#"{"do":"ok"}"#).await;
+    assert_eq!(warm, [false]);
+    assert!(!s.prewarm("chaos").await.unwrap());
+    let (_, warm) = call_warm(&s, r#"{"do":"ok"}"#).await;
+    assert_eq!(warm, [false]);
+    assert!(s.prewarmed().is_empty());
+}

@@ -13,6 +13,12 @@
 //! Record on fd 5 (little-endian, 29 bytes): kind u8 (0 = agent ended, 1 = agent could not be
 //! started), status i32 (raw wait status, or errno for kind 1), utime_ms u64, stime_ms u64,
 //! maxrss_kb u64.
+//!
+//! With `--stem` it is a warm sandbox: everything around the agent is in place (namespaces,
+//! cgroup, limits, privileges, fds 0–6) and it waits on fd 7 for the agent to start:
+//! `argc: u32 LE, envc: u32 LE`, then `1 + argc + envc` NUL-terminated strings (the program's
+//! path, its argv, then its environment). End of file instead means the stem is not needed: it
+//! exits quietly.
 
 #![no_main]
 // No Rust runtime set-up (stack-guard discovery reads /proc/self/maps, which costs a measurable
@@ -21,6 +27,9 @@
 use std::ffi::{CStr, CString};
 
 const STATUS_FD: i32 = 5;
+const CONTROL_FD: i32 = 7;
+/// The largest start record accepted on fd 7.
+const MAX_START: usize = 4 << 20;
 const FORWARDED: [i32; 6] = [
     libc::SIGTERM,
     libc::SIGINT,
@@ -86,11 +95,31 @@ fn run(args: Vec<CString>) -> libc::c_int {
             // namespace (the first process after its init).
             return wait_for(2, &zero);
         }
-        let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
-        argv.push(std::ptr::null_mut());
         extern "C" {
             static environ: *const *mut libc::c_char;
         }
+        let (path, args, env) = if args[0].as_bytes() == b"--stem" {
+            libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+            match read_start() {
+                Some(start) => start,
+                None => std::process::exit(0), // not needed after all
+            }
+        } else {
+            (args[0].clone(), args, Vec::new())
+        };
+        if args.is_empty() {
+            report(1, libc::EINVAL, &zero);
+            std::process::exit(127);
+        }
+        let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
+        argv.push(std::ptr::null_mut());
+        let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut _).collect();
+        envp.push(std::ptr::null_mut());
+        let envp_ptr = if env.is_empty() {
+            environ
+        } else {
+            envp.as_ptr()
+        };
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
         libc::posix_spawnattr_init(&mut attr);
         let mut def: libc::sigset_t = std::mem::zeroed();
@@ -110,17 +139,64 @@ fn run(args: Vec<CString>) -> libc::c_int {
         let mut pid: libc::pid_t = 0;
         let rc = libc::posix_spawn(
             &mut pid,
-            args[0].as_ptr(),
+            path.as_ptr(),
             std::ptr::null(),
             &attr,
             argv.as_ptr(),
-            environ,
+            envp_ptr,
         );
         if rc != 0 {
             report(1, rc, &zero);
             std::process::exit(127);
         }
         wait_for(pid, &zero)
+    }
+}
+
+/// Read the start record from fd 7 (see the module docs). `None` at end of file or on a
+/// malformed record.
+fn read_start() -> Option<(CString, Vec<CString>, Vec<CString>)> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut want = 8usize;
+    let mut counts = None;
+    loop {
+        while buf.len() < want {
+            // SAFETY: reading into a buffer we own from an fd we were handed.
+            let n = unsafe { libc::read(CONTROL_FD, chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if n <= 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n as usize]);
+            if buf.len() > MAX_START {
+                return None;
+            }
+        }
+        let (argc, envc) = match counts {
+            Some(c) => c,
+            None => {
+                let argc = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                let envc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+                counts = Some((argc, envc));
+                (argc, envc)
+            }
+        };
+        let strings: Vec<&[u8]> = buf[8..].split_inclusive(|b| *b == 0).collect();
+        let whole = strings.iter().filter(|s| s.last() == Some(&0)).count();
+        if whole > argc + envc {
+            let mut out = strings
+                .into_iter()
+                .take(1 + argc + envc)
+                .map(|s| CStr::from_bytes_with_nul(s).ok().map(CStr::to_owned));
+            let path = out.next()??;
+            let args: Option<Vec<CString>> = out.by_ref().take(argc).collect();
+            let env: Option<Vec<CString>> = out.collect();
+            return Some((path, args?, env?));
+        }
+        want = buf.len() + 1;
     }
 }
 

@@ -231,6 +231,10 @@ pub struct AgentSpec {
     pub env_pass: Vec<String>,
     /// Keep the per-attempt workspace after the attempt ends.
     pub keep_workspace: bool,
+    /// Keep one warm sandbox of this agent type ready (with a pid namespace only): its
+    /// namespaces, cgroup, mounts and restrictions made ahead, so that a call pays only for the
+    /// agent's own start.
+    pub prewarm: bool,
     /// Deny dangerous system calls (ptrace, mount, kexec, bpf, …) with a seccomp filter.
     pub seccomp: bool,
     /// Confine file-system access with landlock (where the kernel has it).
@@ -300,6 +304,7 @@ impl AgentSpec {
             writable_paths: Vec::new(),
             env_pass: vec!["RUST_LOG".to_string()],
             keep_workspace: false,
+            prewarm: true,
             seccomp: true,
             landlock: true,
             strict: false,

@@ -499,6 +499,7 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         spec.env_pass = strings(v).cloned().collect();
     }
     set(&mut spec.keep_workspace, &s.keep_workspace);
+    set(&mut spec.prewarm, &s.prewarm);
     set(&mut spec.seccomp, &s.seccomp);
     set(&mut spec.landlock, &s.landlock);
     set(&mut spec.strict, &s.strict);

@@ -71,6 +71,7 @@ pub(super) struct Settings {
     pub writable_paths: Option<Vec<Spanned<String>>>,
     pub env_pass: Option<Vec<Spanned<String>>>,
     pub keep_workspace: Option<bool>,
+    pub prewarm: Option<bool>,
     pub seccomp: Option<bool>,
     pub landlock: Option<bool>,
     pub strict: Option<bool>,

@@ -82,6 +82,9 @@ pub struct SpawnSpec {
     pdeathsig: bool,
     ns: Namespaces,
     init: Option<PathBuf>,
+    /// With an init: start only the init, which waits on fd 7 for the agent's argv and
+    /// environment (a warm sandbox; see `corral-init --stem`).
+    stem: bool,
     drop_caps: bool,
     seccomp: bool,
 }
@@ -166,7 +169,7 @@ impl SpawnSpec {
         self
     }
 
-    /// Make `fd` appear as `target` in the child (targets 0..=6 are supported).
+    /// Make `fd` appear as `target` in the child (targets 0..=7 are supported).
     pub fn fd(mut self, fd: OwnedFd, target: RawFd) -> Self {
         self.fds.push((fd, target));
         self
@@ -211,6 +214,14 @@ impl SpawnSpec {
     pub fn init(mut self, init: PathBuf, status: OwnedFd) -> Self {
         self.init = Some(init);
         self.fds.push((status, 5));
+        self
+    }
+
+    /// Make this a stem: the init starts alone and waits for the agent's start record on
+    /// `control`, which becomes fd 7 (requires [`SpawnSpec::init`]).
+    pub fn stem(mut self, control: OwnedFd) -> Self {
+        self.stem = true;
+        self.fds.push((control, 7));
         self
     }
 
@@ -430,6 +441,13 @@ impl Prepared {
         // Under an init, the child starts the agent itself (so the agent is on its way while
         // the init starts), then becomes the init, which adopts it.
         let (path, argv, agent_path) = match &spec.init {
+            Some(init) if spec.stem => {
+                strings.push(cstr(init.as_os_str(), "init path")?);
+                strings.push(cstr(OsStr::new("--stem"), "init argument")?);
+                let mut argv: Vec<_> = strings[envc..].iter().map(|s| s.as_ptr()).collect();
+                argv.push(std::ptr::null());
+                (cstr(init.as_os_str(), "init path")?, argv, None)
+            }
             Some(init) => {
                 strings.push(cstr(init.as_os_str(), "init path")?);
                 strings.push(cstr(OsStr::new("--adopt"), "init argument")?);
@@ -496,7 +514,7 @@ impl Prepared {
 }
 
 /// The highest fd number a spec may map to. Sources are moved above it first.
-const MAX_TARGET: RawFd = 6;
+const MAX_TARGET: RawFd = 7;
 
 /// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range.
 fn lift_low_fds(spec: &mut SpawnSpec) -> Result<(), SpawnError> {
@@ -780,7 +798,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 27);
             }
         }
-        // 8. Nothing but 0..=6 crosses exec.
+        // 8. Nothing but 0..=7 crosses exec.
         if libc::syscall(
             libc::SYS_close_range,
             (MAX_TARGET + 1) as libc::c_uint,
