@@ -693,6 +693,18 @@ struct Launched {
     beat_r: OwnedFd,
     /// A stem's fd 7: where the agent's start record goes.
     control: Option<OwnedFd>,
+    /// The agent's program when the sandbox was made (device, inode): its landlock rule names
+    /// that file, so a stem is not used for a program replaced since.
+    program: Option<(u64, u64)>,
+}
+
+/// Device and inode of the program `agent` runs.
+fn program_identity(agent: &AgentSpec) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let program = agent.command.first()?;
+    let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program)).ok()?;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
@@ -792,6 +804,7 @@ async fn launch(
         err_r,
         beat_r,
         control,
+        program: program_identity(agent),
     })
 }
 
@@ -812,6 +825,9 @@ impl Stem {
             return Err("the stem is no longer running".into());
         }
         let started = (|| {
+            if l.program.is_none() || l.program != program_identity(agent) {
+                return Err("the agent's program changed since the stem was made".to_string());
+            }
             let program = agent.command.first().ok_or("empty command")?;
             let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
                 .map_err(|e| e.to_string())?;
@@ -835,11 +851,8 @@ impl Stem {
     fn discard(self) {
         let l = self.0;
         drop(l.control);
-        // SAFETY-free: pidfd_send_signal through the pidfd we hold cannot hit a reused pid.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(l.spawned.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // Through the pidfd: it cannot hit a reused pid.
+        process::pidfd_kill(&l.spawned.pidfd);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.spawned.pid), None);
         // Workspace and cgroup are removed as they drop.
     }
@@ -1066,6 +1079,7 @@ async fn attempt(
         err_r,
         beat_r,
         control: _,
+        program: _,
     } = launched;
     let pid = spawned.pid;
     spec.emit(|| AttemptEvent::Spawned {

@@ -409,13 +409,21 @@ async fn call_warm(
     s: &corral::run::Supervisor,
     json: &str,
 ) -> (corral::run::CallOutcome, Vec<bool>) {
+    call_warm_on(s, "chaos", json).await
+}
+
+async fn call_warm_on(
+    s: &corral::run::Supervisor,
+    agent: &str,
+    json: &str,
+) -> (corral::run::CallOutcome, Vec<bool>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = corral::run::CallOptions {
         events: Some(tx),
         ..Default::default()
     };
     let input = corral_proto::Value::from_json(&serde_json::from_str(json).unwrap());
-    let o = s.call("chaos", input, opts).await.unwrap();
+    let o = s.call(agent, input, opts).await.unwrap();
     let mut warm = Vec::new();
     while let Ok(ev) = rx.try_recv() {
         if let corral::child::AttemptEvent::Spawned { warm: w, .. } = ev {
@@ -510,4 +518,30 @@ async fn prewarm_off_means_no_stem() {
     let (_, warm) = call_warm(&s, r#"{"do":"ok"}"#).await;
     assert_eq!(warm, [false]);
     assert!(s.prewarmed().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stem_is_not_used_for_a_replaced_program() {
+    // Landlock names the program's file when the stem is made; a program replaced since (a
+    // deploy renaming a new build into place) gets a sandbox made for it instead.
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let exe = private_chaos(work.path());
+    let extra = format!(
+        "[agents.mine]\ncommand = [\"{}\"]\nmax_retries = 0\n",
+        exe.display()
+    );
+    let (_fx, s) = sup_with("", &extra);
+    assert!(s.prewarm("mine").await.unwrap());
+    let (o, warm) = call_warm_on(&s, "mine", r#"{"do":"ok"}"#).await;
+    assert_eq!(
+        (reasons(&o), warm),
+        (vec![ExitReason::Completed], vec![true])
+    );
+    assert!(s.prewarm("mine").await.unwrap());
+    let next = work.path().join("next");
+    std::fs::copy(bin("chaos"), &next).unwrap();
+    std::fs::rename(&next, &exe).unwrap();
+    let (o, warm) = call_warm_on(&s, "mine", r#"{"do":"ok"}"#).await;
+    assert_eq!(warm, [false], "{:?}", o.attempts);
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
 }

@@ -116,6 +116,21 @@ impl PidFd {
     }
 }
 
+/// SIGKILL the process of a pidfd (not registered with the runtime). Returns whether it was
+/// sent.
+pub fn pidfd_kill(pidfd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal with a pidfd we hold and no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
+    }
+}
+
 /// Send `sig` to every process of process group `pgid`. Returns whether any existed.
 pub fn kill_group(pgid: i32, sig: i32) -> bool {
     if pgid <= 1 {
