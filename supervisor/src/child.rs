@@ -1069,30 +1069,26 @@ async fn attempt(
                 Box::pin(launch(&agent, &pools, &spec.run_id, spec.attempt, false)).await
             }
         };
-        launched.map(|l| {
-            let Launched {
-                spawned,
-                workspace,
-                cgroup,
-                status_rx,
-                up_r,
-                down_w,
-                out_r,
-                err_r,
-                beat_r,
-                control: _,
-                program: _,
-            } = l;
-            (
-                was_warm, spawned, workspace, cgroup, status_rx, up_r, down_w, out_r, err_r, beat_r,
-            )
-        })
+        launched.map(|l| (was_warm, l))
     };
-    let (was_warm, spawned, workspace, cgroup, status_rx, up_r, down_w, out_r, err_r, beat_r) =
-        match made {
-            Ok(m) => m,
-            Err(e) => return spawn_failed(record, e),
-        };
+    let (
+        was_warm,
+        Launched {
+            spawned,
+            workspace,
+            cgroup,
+            status_rx,
+            up_r,
+            down_w,
+            out_r,
+            err_r,
+            beat_r,
+            ..
+        },
+    ) = match made {
+        Ok(m) => m,
+        Err(e) => return spawn_failed(record, e),
+    };
     let pid = spawned.pid;
     spec.emit(|| AttemptEvent::Spawned {
         agent: agent.name.clone(),
