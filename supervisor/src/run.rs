@@ -157,6 +157,10 @@ impl Supervisor {
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
         let workspaces = WorkspacePool::new(config.supervisor.state_dir.join("work"));
+        match workspaces.sweep_stale() {
+            0 => {}
+            n => tracing::info!("removed {n} workspace(s) left by dead supervisors"),
+        }
         Ok(Supervisor {
             config: Arc::new(config),
             specs,

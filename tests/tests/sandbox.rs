@@ -545,3 +545,39 @@ async fn a_stem_is_not_used_for_a_replaced_program() {
     assert_eq!(warm, [false], "{:?}", o.attempts);
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_left_by_a_dead_supervisor_are_swept_at_start() {
+    let fx = fixture("");
+    let work = fx.dir.path().join("state/work");
+    std::fs::create_dir_all(&work).unwrap();
+    // A supervisor that is gone: a pid that exited (reaped), with any start time.
+    let gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    let _ = gone.wait_with_output();
+    let stale = work.join(format!("ws-{gone_pid}-12345-abcdef"));
+    std::fs::create_dir_all(stale.join("deep/er")).unwrap();
+    std::fs::write(stale.join("deep/er/file"), b"left over").unwrap();
+    // A live one (this test process, with its real start time) and a name without an owner.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let live = work.join(format!("ws-{}-{start}-xyz", std::process::id()));
+    let foreign = work.join("not-a-workspace");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&foreign).unwrap();
+
+    let s = corral::run::Supervisor::new(load(&fx)).unwrap();
+    assert!(!stale.exists(), "a dead supervisor's workspace was left");
+    assert!(live.exists(), "a live supervisor's workspace was removed");
+    assert!(foreign.exists());
+    // Workspaces made now carry this supervisor's name.
+    let o = call(&s, "chaos", r#"{"do":"env"}"#).await;
+    let home = output(&o)["env"]["HOME"].as_str().unwrap().to_string();
+    let me = format!("/work/ws-{}-", std::process::id());
+    assert!(home.contains(&me), "{home}");
+}

@@ -5,6 +5,7 @@
 //! knows nothing of the protocol, plans or the journal.
 
 pub mod cgroup;
+pub(crate) mod owner;
 pub mod process;
 pub mod spawn;
 

@@ -3,6 +3,10 @@
 //! pool) and taken ready-made. Each spare is still used once and removed after its attempt.
 
 use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
+use crate::sandbox::owner::Owner;
+
+/// How workspace directories are named: `ws-<pid>-<start>-<random>`.
+const WS_PREFIX: &str = "ws-";
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,8 @@ const SPARES: usize = 2;
 /// Fresh private workspace directories under one root.
 pub struct WorkspacePool {
     root: PathBuf,
+    /// `ws-<pid>-<start>-`: whose workspaces these are (see [`WorkspacePool::sweep_stale`]).
+    prefix: String,
     spare: Mutex<Vec<tempfile::TempDir>>,
     refilling: Mutex<bool>,
 }
@@ -23,6 +29,7 @@ impl WorkspacePool {
     pub fn new(root: PathBuf) -> Arc<WorkspacePool> {
         Arc::new(WorkspacePool {
             root,
+            prefix: format!("{WS_PREFIX}{}-", Owner::current().tag()),
             spare: Mutex::new(Vec::new()),
             refilling: Mutex::new(false),
         })
@@ -31,8 +38,32 @@ impl WorkspacePool {
     fn make(&self) -> std::io::Result<tempfile::TempDir> {
         std::fs::create_dir_all(&self.root)?;
         tempfile::Builder::new()
-            .prefix("ws-")
+            .prefix(&self.prefix)
             .tempdir_in(&self.root)
+    }
+
+    /// Remove the workspaces that supervisors no longer running left under `root` (killed
+    /// before they could remove them). Workspaces of live supervisors, this one included, and
+    /// names without an owner are left alone. Returns how many were removed.
+    pub fn sweep_stale(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(owner) = name.to_str().and_then(|n| Owner::parse(n, WS_PREFIX)) else {
+                continue;
+            };
+            if !owner.is_gone() {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => tracing::warn!(path = %e.path().display(), "stale workspace: {err}"),
+            }
+        }
+        removed
     }
 
     /// A fresh directory: a spare if one is ready, else made now. Tops the spares up in the

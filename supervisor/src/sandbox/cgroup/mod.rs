@@ -229,39 +229,9 @@ impl Limit {
 /// For each [`Limit`]: how the backend enforces it (`Ok`), or why it cannot (`Err`).
 pub(crate) type Enforcement = [Result<String, String>; 3];
 
-/// The supervisor process that owns attempt directories: encoded in each leaf's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    pid: u32,
-    start: u64,
-}
-
-impl Owner {
-    /// This process (start time 0 if `/proc/self/stat` cannot be read).
-    fn current() -> Owner {
-        Owner {
-            pid: std::process::id(),
-            start: fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| parse_stat_start_time(&s))
-                .unwrap_or(0),
-        }
-    }
-
-    fn prefix(self) -> String {
-        format!("{LEAF_PREFIX}{}-{}-", self.pid, self.start)
-    }
-
-    /// Whether the supervisor that made a leaf is gone: its `/proc/<pid>/stat` is missing, or
-    /// the pid now belongs to a process started at another time. Unreadable or unparsable stat
-    /// files count as alive (never kill what we are not sure about).
-    fn is_gone(self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
-            Ok(stat) => parse_stat_start_time(&stat).is_some_and(|start| start != self.start),
-        }
-    }
-}
+#[cfg(test)]
+use crate::sandbox::owner::parse_stat_start_time;
+pub(crate) use crate::sandbox::owner::Owner;
 
 /// The backend chosen at detection.
 #[derive(Debug, Clone)]
@@ -481,7 +451,7 @@ fn cpu_quota_us(fraction: f64) -> u64 {
 /// `corral-<pid>-<start>-<name>`, with `name` made safe for a directory name and the whole
 /// cut to the kernel's limit.
 fn leaf_name(owner: Owner, name: &str) -> String {
-    let mut leaf = owner.prefix();
+    let mut leaf = format!("{LEAF_PREFIX}{}-", owner.tag());
     leaf.extend(name.chars().map(|c| {
         if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
             c
@@ -495,20 +465,7 @@ fn leaf_name(owner: Owner, name: &str) -> String {
 
 /// The owner encoded in a leaf name, if it is one of ours.
 fn parse_leaf_owner(leaf: &str) -> Option<Owner> {
-    let rest = leaf.strip_prefix(LEAF_PREFIX)?;
-    let mut parts = rest.splitn(3, '-');
-    let pid = parts.next()?.parse().ok()?;
-    let start = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some(Owner { pid, start })
-}
-
-/// Field 22 (`starttime`, in clock ticks since boot) of a `/proc/<pid>/stat` line. The command
-/// name (field 2) may hold spaces and parentheses, so fields are counted after the last `)`.
-fn parse_stat_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at field 3; field 22 is the 20th of them.
-    after.split_whitespace().nth(19)?.parse().ok()
+    Owner::parse(leaf, LEAF_PREFIX)
 }
 
 /// One cgroup filesystem mount from `/proc/self/mountinfo`.
