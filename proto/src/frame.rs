@@ -441,3 +441,49 @@ mod tests {
         d.finish().unwrap();
     }
 }
+
+#[cfg(all(test, feature = "tokio"))]
+mod async_tests {
+    use super::*;
+    use crate::message::{Heartbeat, Up};
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn frames_cross_reads_and_a_clean_end_is_none() {
+        let (mut w, r) = tokio::io::duplex(7); // smaller than one frame: every frame is split
+        let writer = tokio::spawn(async move {
+            for p in [1u64, 2, 1 << 40] {
+                write_frame_async(&mut w, &Up::Heartbeat(Heartbeat { progress: p }))
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut reader = AsyncFrameReader::new(r, 1024);
+        let mut got = Vec::new();
+        while let Some(Up::Heartbeat(h)) = reader.read_frame::<Up>().await.unwrap() {
+            got.push(h.progress);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, [1, 2, 1 << 40]);
+    }
+
+    #[tokio::test]
+    async fn a_huge_length_is_refused_before_its_payload_and_a_cut_frame_is_truncated() {
+        let (mut w, r) = tokio::io::duplex(64);
+        // Announces 4 GiB and sends nothing more, keeping the stream open: the reader must not
+        // wait for the payload.
+        w.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        let mut reader = AsyncFrameReader::new(r, 1024);
+        let e = reader.read_frame::<Up>().await.unwrap_err();
+        assert_eq!(e.kind(), "frame_too_large", "{e}");
+        drop(w);
+
+        let (mut w, r) = tokio::io::duplex(64);
+        let whole = encode(&Up::Heartbeat(Heartbeat { progress: 9 })).unwrap();
+        w.write_all(&whole[..whole.len() - 1]).await.unwrap();
+        drop(w);
+        let mut reader = AsyncFrameReader::new(r, 1024);
+        let e = reader.read_frame::<Up>().await.unwrap_err();
+        assert_eq!(e.kind(), "truncated_frame", "{e}");
+    }
+}

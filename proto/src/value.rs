@@ -40,9 +40,12 @@ pub enum Value {
     /// Raw bytes. Wire tag 5.
     Bytes(Vec<u8>),
     /// Ordered list. Wire tag 6.
-    List(#[serde(deserialize_with = "nested")] Vec<Value>),
+    List(#[serde(deserialize_with = "nested", serialize_with = "nested_ser")] Vec<Value>),
     /// Map with string keys, sorted by key. Wire tag 7.
-    Map(#[serde(deserialize_with = "nested")] BTreeMap<String, Value>),
+    Map(
+        #[serde(deserialize_with = "nested", serialize_with = "nested_ser")]
+        BTreeMap<String, Value>,
+    ),
 }
 
 /// Deepest nesting a decoder accepts: `List`/`Map` levels of a [`Value`], composite levels of a
@@ -77,6 +80,36 @@ where
         )));
     }
     T::deserialize(d)
+}
+
+thread_local! {
+    static NESTING_SER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Serialize one nested level, failing past [`MAX_NESTING`] levels: what no decoder would
+/// accept is refused when it is encoded, with a clear error, instead of reaching the peer.
+fn nested_ser<S, T>(v: &T, s: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: Serialize,
+{
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            NESTING_SER.with(|n| n.set(n.get() - 1));
+        }
+    }
+    let depth = NESTING_SER.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _leave = Leave;
+    if depth > MAX_NESTING {
+        return Err(serde::ser::Error::custom(format_args!(
+            "nesting deeper than {MAX_NESTING} levels"
+        )));
+    }
+    v.serialize(s)
 }
 
 /// Conversion between [`Value`] and serde types failed.

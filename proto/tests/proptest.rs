@@ -927,10 +927,17 @@ fn nesting_up_to_128_levels_round_trips() {
 #[test]
 fn nesting_past_128_levels_is_a_decode_error() {
     on_small_stack(|| {
-        for v in [nested_list(129), nested_map(129)] {
-            let bytes = frame::encode(&task_with(v)).unwrap();
+        // The encoder refuses these (see below), so one more level is spliced into the bytes
+        // of 128: after `Task`'s tag and task id come the levels, `06 01` (a one-item list) or
+        // `07 01 01 6b` (a one-entry map, key "k") each.
+        for (v, level) in [
+            (nested_list(128), &[0x06, 0x01][..]),
+            (nested_map(128), &[0x07, 0x01, 0x01, b'k'][..]),
+        ] {
+            let mut payload = frame::encode(&task_with(v)).unwrap()[4..].to_vec();
+            payload.splice(2..2, level.iter().copied());
             assert!(matches!(
-                decode_payload::<Down>(&bytes[4..]),
+                decode_payload::<Down>(&payload),
                 Err(FrameError::Decode(_))
             ));
         }
@@ -943,6 +950,20 @@ fn nesting_past_128_levels_is_a_decode_error() {
         let msg = task_with(nested_list(128));
         let bytes = frame::encode(&msg).unwrap();
         assert_eq!(decode_payload::<Down>(&bytes[4..]).unwrap(), msg);
+    });
+}
+
+#[test]
+fn nesting_past_128_levels_is_refused_when_encoding() {
+    on_small_stack(|| {
+        for v in [nested_list(129), nested_map(129)] {
+            match frame::encode(&task_with(v)) {
+                Err(e) => assert!(e.to_string().contains("nesting deeper than 128"), "{e}"),
+                Ok(_) => panic!("a value no decoder accepts was encoded"),
+            }
+        }
+        // The count is per encode: a refused value leaves nothing behind.
+        assert!(frame::encode(&task_with(nested_list(128))).is_ok());
     });
 }
 

@@ -1555,6 +1555,15 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Send a frame encoded already.
+    fn send_encoded(&mut self, frame: &[u8]) {
+        if self.down.is_none() {
+            return;
+        }
+        self.pending.extend_from_slice(frame);
+        self.flush();
+    }
+
     /// Write as much of `pending` as the pipe takes now.
     fn flush(&mut self) {
         let Some(down) = &self.down else {
@@ -1818,11 +1827,41 @@ impl<'a> State<'a> {
                 // The next stem is made now, not at the spawn: its making would compete with
                 // this agent's own start for the CPU.
                 self.spec.refill_stem();
-                self.send(&Down::Task(Task {
+                let task = Down::Task(Task {
                     task_id: self.task.task_id,
                     input: Value::clone(&self.task.input),
                     memory: self.task.memory.clone(),
-                }));
+                });
+                // The agent was told max_frame in Hello: a larger Task it would refuse.
+                match frame::encode(&task) {
+                    Ok(b) if b.len() - 4 <= self.spec.max_frame as usize => self.send_encoded(&b),
+                    Ok(b) => {
+                        return Step::End(Verdict {
+                            reason: Some(ExitReason::ContractViolation),
+                            error: err(
+                                "contract_violation",
+                                format!(
+                                    "the task is {} bytes encoded, more than max_frame ({} bytes)",
+                                    b.len() - 4,
+                                    self.spec.max_frame
+                                ),
+                                false,
+                            ),
+                            graceful: true,
+                        })
+                    }
+                    Err(e) => {
+                        return Step::End(Verdict {
+                            reason: Some(ExitReason::ContractViolation),
+                            error: err(
+                                "contract_violation",
+                                format!("the task cannot be encoded: {e}"),
+                                false,
+                            ),
+                            graceful: true,
+                        })
+                    }
+                }
                 self.phase = Phase::Busy;
                 self.task_sent_at = Some(now);
                 self.last_progress_at = now;

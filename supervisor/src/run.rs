@@ -283,7 +283,39 @@ impl Supervisor {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
-        let input_key = policy::input_key(&corral_proto::frame::encode(&input).unwrap_or_default());
+        // An input no agent could decode (nesting past the protocol's limit, a frame past
+        // `max_frame`) is refused here, before any process exists, with its reason.
+        let max_frame = self.config.supervisor.max_frame;
+        let encoded = corral_proto::frame::encode(&input)
+            .map_err(|e| format!("the input cannot be sent to an agent: {e}"))
+            .and_then(|b| {
+                if b.len() - 4 > max_frame as usize {
+                    Err(format!(
+                        "the input is {} bytes encoded, more than max_frame ({max_frame} bytes)",
+                        b.len() - 4
+                    ))
+                } else {
+                    Ok(b)
+                }
+            });
+        let encoded = match encoded {
+            Ok(b) => b,
+            Err(message) => {
+                return Ok(CallOutcome {
+                    output: None,
+                    memory: Vec::new(),
+                    attempts: vec![not_started(
+                        &spec,
+                        &run_id,
+                        1,
+                        ExitReason::ContractViolation,
+                        message,
+                    )],
+                })
+            }
+        };
+        let input_key = policy::input_key(&encoded);
+        drop(encoded);
         let mut backoff = Backoff::new(spec.backoff.clone());
         let mut attempts: Vec<ExitRecord> = Vec::new();
         // A stop channel of our own only when the caller has none (a channel is ~350 bytes, per

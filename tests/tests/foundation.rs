@@ -395,3 +395,34 @@ fn a_protocol_version_mismatch_names_both_versions() {
     let msg = c.last()["error"]["message"].as_str().unwrap();
     assert!(msg.contains("v1") && msg.contains("v99"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_no_agent_could_decode_is_refused_before_any_process() {
+    let (_fx, s) = sup_with("", "");
+    // 200 levels of lists: past the protocol's nesting limit of 128.
+    let mut deep = serde_json::json!(null);
+    for _ in 0..200 {
+        deep = serde_json::json!([deep]);
+    }
+    // 17 MiB of text: past the default max_frame of 16 MiB.
+    let big = serde_json::json!({ "text": "x".repeat(17 << 20) });
+    for (input, why) in [
+        (deep, "nesting deeper than 128"),
+        (big, "more than max_frame"),
+    ] {
+        let o = s
+            .call(
+                "echo",
+                corral_proto::Value::from_json(&input),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.attempts.len(), 1);
+        let a = &o.attempts[0];
+        assert_eq!(a.reason, corral::record::ExitReason::ContractViolation);
+        assert_eq!(a.pid, None, "no process was made");
+        let msg = &a.error.as_ref().unwrap().message;
+        assert!(msg.contains(why), "{msg}");
+    }
+}
