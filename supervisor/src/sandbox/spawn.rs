@@ -8,7 +8,7 @@
 //! The price is discipline: between `clone` and `execve` the child runs on a private stack in the
 //! parent's address space, so it may only make async-signal-safe system calls over data prepared
 //! beforehand. It allocates nothing, takes no locks and touches no Rust runtime state. Every
-//! string, array and number it needs lives in a [`Prepared`] built in the parent. Errors travel
+//! string, array and number it needs lives in a `Prepared` built in the parent. Errors travel
 //! back through the same shared memory (the stage and the errno), which the parent reads once
 //! `clone` returns (with `CLONE_VFORK` that is after the child's `execve` or `_exit`).
 //!
@@ -151,7 +151,7 @@ impl SpawnSpec {
         }
     }
 
-    /// Arguments after argv[0].
+    /// Arguments after `argv[0]`.
     pub fn args(mut self, args: impl IntoIterator<Item = String>) -> Self {
         self.args = args.into_iter().collect();
         self

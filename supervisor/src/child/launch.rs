@@ -1,0 +1,619 @@
+//! How the process of an attempt is made: its environment, the spawn specification from
+//! config (limits, namespaces, privileges, landlock), its workspace, cgroup and pipes, and the
+//! warm stems (sandboxes made ahead, each waiting for its agent; see `docs/isolation.md`).
+
+use super::{AgentCgroup, AgentSpec, CgroupLimits, CgroupPool, WorkspacePool};
+use crate::sandbox::process;
+use crate::sandbox::spawn::{SpawnSpec, Spawner};
+use corral_proto::beat::BEAT_FD;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// The environment an agent starts with: nothing inherited but `env_pass`.
+pub fn agent_env(
+    spec: &AgentSpec,
+    run_id: &str,
+    attempt: u32,
+    home: &std::path::Path,
+) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    env.insert("HOME".into(), home.display().to_string());
+    env.insert("TMPDIR".into(), home.display().to_string());
+    for name in &spec.env_pass {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.clone(), v);
+        }
+    }
+    env.insert("CORRAL_AGENT".into(), spec.name.clone());
+    env.insert("CORRAL_RUN_ID".into(), run_id.to_string());
+    env.insert("CORRAL_ATTEMPT".into(), attempt.to_string());
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+/// System paths every agent may read (and execute): enough for a dynamically linked program.
+const SYSTEM_READ: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/dev/urandom",
+    "/dev/random",
+    "/dev/zero",
+    "/sys/devices/system/cpu",
+];
+/// Devices every agent may write.
+const SYSTEM_WRITE: &[&str] = &["/dev/null"];
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Resolve `user`/`group` names (or numbers) to ids, once per pair: a name service lookup can
+/// be slow (NSS over the network), and it runs on the spawn path.
+fn resolve_ids(spec: &AgentSpec) -> Result<Option<(u32, u32)>, String> {
+    type Key = (String, Option<String>);
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<Key, (u32, u32)>>,
+    > = std::sync::OnceLock::new();
+    let Some(user) = &spec.user else {
+        return Ok(None);
+    };
+    let key = (user.clone(), spec.group.clone());
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(ids) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+        return Ok(Some(ids));
+    }
+    let ids = lookup_ids(user, spec.group.as_deref())?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, ids);
+    }
+    Ok(Some(ids))
+}
+
+fn lookup_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
+    let u = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(user),
+    }
+    .map_err(|e| format!("look up user `{user}`: {e}"))?
+    .ok_or_else(|| format!("no such user `{user}`"))?;
+    let gid = match group {
+        None => u.gid.as_raw(),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("look up group `{g}`: {e}"))?
+                .ok_or_else(|| format!("no such group `{g}`"))?
+                .gid
+                .as_raw(),
+        },
+    };
+    Ok((u.uid.as_raw(), gid))
+}
+
+/// The per-attempt spawn specification from config: limits, namespaces, privileges, landlock.
+/// Returns the read end of the init's status pipe when the agent runs under `corral-init`.
+fn spawn_spec(
+    spec: &AgentSpec,
+    env: Vec<(String, String)>,
+    cwd: std::path::PathBuf,
+    workspace: &std::path::Path,
+    cgroup: Option<&AgentCgroup>,
+    cgroup_mem: bool,
+) -> Result<(SpawnSpec, Option<OwnedFd>), String> {
+    use crate::config::Namespace;
+    let program = spec
+        .command
+        .first()
+        .ok_or_else(|| "empty command".to_string())?;
+    let resolved = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
+        .map_err(|e| e.to_string())?;
+    // Fail here, before any process exists, when the program cannot be executed.
+    nix::unistd::access(&resolved, nix::unistd::AccessFlags::X_OK).map_err(|e| {
+        format!(
+            "cannot execute {}: {}",
+            resolved.display(),
+            std::io::Error::from(e)
+        )
+    })?;
+    let mut s = SpawnSpec::new(program)
+        .resolved(resolved.clone())
+        .args(spec.command.iter().skip(1).cloned())
+        .env(env)
+        .cwd(Some(cwd))
+        .rlimit(libc::RLIMIT_CORE, 0, 0)
+        .seccomp(spec.seccomp);
+    if let Some(cpu) = spec.cpu_time {
+        let secs = cpu.as_secs().max(1);
+        // SIGXCPU at the soft limit, SIGKILL one second later at the hard limit.
+        s = s.rlimit(libc::RLIMIT_CPU, secs, secs + 1);
+    }
+    if let Some(n) = spec.open_files {
+        s = s.rlimit(libc::RLIMIT_NOFILE, n, n);
+    }
+    if let Some(n) = spec.file_size {
+        s = s.rlimit(libc::RLIMIT_FSIZE, n, n);
+    }
+    if let (Some(m), false) = (spec.memory, cgroup_mem) {
+        s = s.rlimit(libc::RLIMIT_AS, m, m);
+    }
+    if let Some(cg) = cgroup {
+        s = s.cgroup_fds(cg.attach_fds().map_err(|e| e.to_string())?);
+    }
+    let root = is_root();
+    let has = |n: Namespace| spec.namespaces.contains(&n);
+    let user_ns = has(Namespace::User) || (!root && !spec.namespaces.is_empty());
+    let mut ns = crate::sandbox::spawn::Namespaces {
+        pid: has(Namespace::Pid),
+        ipc: has(Namespace::Ipc),
+        uts: has(Namespace::Uts)
+            .then(|| format!("corral-{}", spec.name).chars().take(64).collect()),
+        mount: has(Namespace::Mount),
+        net_join: None,
+        net_own: false,
+        keep_in_tmp: Vec::new(),
+        user_map: user_ns.then(|| {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        }),
+    };
+    if has(Namespace::Net) && !spec.network {
+        // Joining the shared namespace needs privilege over the host's user namespace.
+        let shared = spec.netns == crate::config::Netns::Shared;
+        match (shared && !user_ns, crate::sandbox::netns::shared()) {
+            (true, Ok(fd)) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
+            _ => ns.net_own = true,
+        }
+    }
+    // Arguments naming existing files (a script for an interpreter, a data file): the agent
+    // may read them, and they stay visible under a private /tmp.
+    let arg_paths: Vec<std::path::PathBuf> = spec
+        .command
+        .iter()
+        .skip(1)
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute() && p.exists())
+        .collect();
+    let mut status_rx = None;
+    // Beside the system paths (kept open once, see below).
+    let mut read_paths: Vec<std::path::PathBuf> = Vec::new();
+    read_paths.push(resolved.clone());
+    let under_init = ns.pid;
+    if ns.pid {
+        let init = crate::sandbox::init_path()
+            .ok_or("a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH")?;
+        let (rx, tx) = pipe_pair().map_err(|e| format!("create status pipe: {e}"))?;
+        s = s.init(init.clone(), tx);
+        status_rx = Some(rx);
+    }
+    let ids = if root { resolve_ids(spec)? } else { None };
+    if let Some((uid, gid)) = ids {
+        nix::unistd::chown(workspace, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| format!("chown workspace {}: {e}", workspace.display()))?;
+        s = s.user(uid, gid);
+    }
+    if ns.mount {
+        // The private /tmp covers the host's: keep what the agent needs from under it.
+        s = s.keep_in_tmp(workspace);
+        for p in [
+            Some(resolved.as_path()),
+            crate::sandbox::init_path().map(|p| p.as_path()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(dir) = p.parent() {
+                s = s.keep_in_tmp(dir);
+            }
+        }
+        for p in spec
+            .cwd
+            .iter()
+            .chain(&spec.readonly_paths)
+            .chain(&spec.writable_paths)
+            .chain(&arg_paths)
+        {
+            s = s.keep_in_tmp(if p.is_dir() {
+                p
+            } else {
+                p.parent().unwrap_or(p)
+            });
+        }
+    }
+    s = s.drop_caps(root && !user_ns).namespaces(ns);
+    read_paths.extend(spec.readonly_paths.iter().cloned());
+    read_paths.extend(arg_paths.iter().cloned());
+    let mut write_paths: Vec<std::path::PathBuf> = Vec::new();
+    write_paths.push(workspace.to_path_buf());
+    write_paths.extend(spec.writable_paths.iter().cloned());
+    if !spec.landlock {
+        return Ok((s, status_rx));
+    }
+    let init = crate::sandbox::init_path().filter(|_| under_init);
+    match crate::sandbox::landlock::Ruleset::build_with(
+        SYSTEM_READ
+            .iter()
+            .map(std::path::Path::new)
+            .chain(init.map(|p| p.as_path())),
+        SYSTEM_WRITE.iter().map(std::path::Path::new),
+        read_paths.iter().map(|p| p.as_path()),
+        write_paths.iter().map(|p| p.as_path()),
+    ) {
+        Ok(rs) => {
+            let rw = rs.handled();
+            s = s.landlock(Some(rs.into_fd()), rw);
+        }
+        Err(e) if spec.strict => return Err(format!("strict: {e}")),
+        Err(e) => tracing::debug!(agent = %spec.name, "file-system confinement off: {e}"),
+    }
+    Ok((s, status_rx))
+}
+
+/// The pools an attempt draws from.
+#[derive(Clone)]
+pub struct Pools {
+    /// Workspaces.
+    pub workspaces: Arc<WorkspacePool>,
+    /// Cgroups, when the host has them.
+    pub cgroups: Option<Arc<CgroupPool>>,
+}
+
+/// A process made for an attempt, with everything the supervisor keeps of it.
+pub(super) struct Launched {
+    pub(super) spawned: crate::sandbox::spawn::Spawned,
+    pub(super) workspace: tempfile::TempDir,
+    pub(super) cgroup: Option<Arc<AgentCgroup>>,
+    pub(super) status_rx: Option<OwnedFd>,
+    pub(super) up_r: OwnedFd,
+    pub(super) down_w: OwnedFd,
+    pub(super) out_r: OwnedFd,
+    pub(super) err_r: OwnedFd,
+    pub(super) beat_r: OwnedFd,
+    /// A stem's fd 7: where the agent's start record goes.
+    pub(super) control: Option<OwnedFd>,
+    /// The agent's program when the sandbox was made (device, inode): its landlock rule names
+    /// that file, so a stem is not used for a program replaced since.
+    pub(super) program: Option<(u64, u64)>,
+}
+
+/// Device and inode of the program `agent` runs.
+fn program_identity(agent: &AgentSpec) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let program = agent.command.first()?;
+    let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program)).ok()?;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
+/// sandbox and its `corral-init` are made, waiting for [`Stem::release`].
+pub(super) async fn launch(
+    agent: &AgentSpec,
+    pools: &Pools,
+    run_id: &str,
+    attempt: u32,
+    stem: bool,
+) -> Result<Launched, String> {
+    // Workspace: a fresh private directory per attempt, under the state directory (made ahead
+    // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
+    let workspace = pools
+        .workspaces
+        .take()
+        .map_err(|e| format!("create workspace: {e}"))?;
+    let cwd = agent
+        .cwd
+        .clone()
+        .unwrap_or_else(|| workspace.path().to_path_buf());
+    let env = agent_env(agent, run_id, attempt, workspace.path());
+
+    // Cgroup for the attempt.
+    let limits = CgroupLimits {
+        memory: agent.memory,
+        pids: agent.pids,
+        cpu_quota: agent.cpu_quota,
+    };
+    let cgroup: Option<Arc<AgentCgroup>> = match &pools.cgroups {
+        Some(pool) => Some(Arc::new(
+            pool.take(&agent.name, &limits)
+                .map_err(|e| format!("create cgroup: {e}"))?,
+        )),
+        None => None,
+    };
+    let cgroup_mem = pools
+        .cgroups
+        .as_ref()
+        .map(|c| !c.cgroups().unenforceable(&limits).contains(&"memory"))
+        .unwrap_or(false);
+
+    // Pipes: down (fd 3), up (fd 4), stdout, stderr, beats (fd 6; both ends non-blocking), and
+    // a stem's control pipe (fd 7).
+    let pipes = (|| -> std::io::Result<_> {
+        let beat = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        let control = if stem { Some(pipe_pair()?) } else { None };
+        Ok((
+            pipe_pair()?,
+            pipe_pair()?,
+            pipe_pair()?,
+            pipe_pair()?,
+            beat,
+            control,
+        ))
+    })();
+    let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w), control) =
+        pipes.map_err(|e| format!("create pipes: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let (sspec, status_rx) = spawn_spec(
+        agent,
+        env,
+        cwd,
+        workspace.path(),
+        cgroup.as_deref(),
+        cgroup_mem,
+    )?;
+    let mut sspec = sspec
+        .fd(devnull, 0)
+        .fd(out_w, 1)
+        .fd(err_w, 2)
+        .fd(down_r, 3)
+        .fd(up_w, 4)
+        .fd(beat_w, BEAT_FD);
+    let control = match control {
+        Some((rx, tx)) => {
+            sspec = sspec.stem(rx);
+            Some(tx)
+        }
+        None => None,
+    };
+    let spawned = Spawner::global()
+        .spawn(sspec)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Launched {
+        spawned,
+        workspace,
+        cgroup,
+        status_rx,
+        up_r,
+        down_w,
+        out_r,
+        err_r,
+        beat_r,
+        control,
+        program: program_identity(agent),
+    })
+}
+
+/// A warm sandbox: a [`launch`]ed stem whose `corral-init` waits for its agent.
+pub(super) struct Stem(Launched);
+
+impl Stem {
+    /// Start the agent in it, with this attempt's environment (one write of the start record
+    /// `corral-init --stem` reads on fd 7). A stem that is gone is discarded.
+    pub(super) fn release(
+        self,
+        agent: &AgentSpec,
+        run_id: &str,
+        attempt: u32,
+    ) -> Result<Launched, String> {
+        let mut l = self.0;
+        let pid = nix::unistd::Pid::from_raw(l.spawned.pid);
+        if !matches!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        ) {
+            // Reaped just now (or not ours): its parts go with `l`.
+            return Err("the stem is no longer running".into());
+        }
+        let started = (|| {
+            if l.program.is_none() || l.program != program_identity(agent) {
+                return Err("the agent's program changed since the stem was made".to_string());
+            }
+            let program = agent.command.first().ok_or("empty command")?;
+            let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
+                .map_err(|e| e.to_string())?;
+            let env = agent_env(agent, run_id, attempt, l.workspace.path());
+            let record = start_record(&path, &agent.command, &env)?;
+            let control = l.control.take().ok_or("not a stem")?;
+            let mut f = std::fs::File::from(control);
+            std::io::Write::write_all(&mut f, &record).map_err(|e| format!("start the agent: {e}"))
+        })();
+        match started {
+            Ok(()) => Ok(l),
+            Err(e) => {
+                Stem(l).discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// End an unused stem: its init exits at once on end of file of fd 7; SIGKILL as well,
+    /// then reap. The workspace and cgroup go with it.
+    fn discard(self) {
+        let l = self.0;
+        drop(l.control);
+        // Through the pidfd: it cannot hit a reused pid.
+        process::pidfd_kill(&l.spawned.pidfd);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.spawned.pid), None);
+        // Workspace and cgroup are removed as they drop.
+    }
+}
+
+/// The start record of `corral-init --stem`: `argc: u32 LE, envc: u32 LE`, then the program
+/// path, the `argc` arguments and the `envc` `NAME=value` entries, each NUL-terminated.
+fn start_record(
+    path: &std::path::Path,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(env.len() as u32).to_le_bytes());
+    let mut push = |b: &[u8]| -> Result<(), String> {
+        if b.contains(&0) {
+            return Err("a NUL byte in the command or environment".into());
+        }
+        out.extend_from_slice(b);
+        out.push(0);
+        Ok(())
+    };
+    push(path.as_os_str().as_bytes())?;
+    for a in argv {
+        push(a.as_bytes())?;
+    }
+    for (k, v) in env {
+        push(format!("{k}={v}").as_bytes())?;
+    }
+    Ok(out)
+}
+
+/// Warm stems, at most one per agent type, made again in the background each time one is used.
+/// An agent type gets one only when it runs under `corral-init` (a pid namespace) and
+/// `prewarm` is on: the stem is its whole sandbox, made ahead, so a call pays only for the
+/// agent's own start.
+#[derive(Default)]
+pub struct StemPool {
+    spare: std::sync::Mutex<std::collections::HashMap<String, Stem>>,
+    making: std::sync::Mutex<std::collections::HashSet<String>>,
+    disabled: std::sync::atomic::AtomicBool,
+}
+
+impl StemPool {
+    /// A new, empty pool.
+    pub fn new() -> Arc<StemPool> {
+        Arc::new(StemPool::default())
+    }
+
+    /// The warm stems waiting now: agent name and the pid of the stem's `corral-init`.
+    pub fn waiting(&self) -> Vec<(String, i32)> {
+        self.spare
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| (k.clone(), v.0.spawned.pid))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(super) fn take(&self, agent: &str) -> Option<Stem> {
+        self.spare.lock().ok()?.remove(agent)
+    }
+
+    /// Whether `agent` gets stems at all: `prewarm` on, a pid namespace, and the pool enabled.
+    fn wants(&self, agent: &AgentSpec) -> bool {
+        agent.prewarm
+            && agent.namespaces.contains(&crate::config::Namespace::Pid)
+            && !self.disabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Make no more stems (one-shot callers such as `corral call`, for which a stem made after
+    /// the call would only be thrown away).
+    pub fn disable(&self) {
+        self.disabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Make a stem for `agent` now unless one is waiting, and wait until it is. `Ok(false)`
+    /// when this agent type gets no stems.
+    pub async fn make_now(&self, agent: Arc<AgentSpec>, pools: Pools) -> Result<bool, String> {
+        if !self.wants(&agent) {
+            return Ok(false);
+        }
+        if self.spare.lock().is_ok_and(|s| s.contains_key(&agent.name)) {
+            return Ok(true);
+        }
+        let l = launch(&agent, &pools, "", 0, true).await?;
+        let old = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
+        if let Some(old) = old {
+            let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+        }
+        Ok(true)
+    }
+
+    /// Make a stem for `agent` in the background unless one is there or on its way.
+    pub fn refill(self: &Arc<Self>, agent: Arc<AgentSpec>, pools: Pools) {
+        if !self.wants(&agent) {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if self
+            .spare
+            .lock()
+            .map_or(true, |s| s.contains_key(&agent.name))
+        {
+            return;
+        }
+        if !self
+            .making
+            .lock()
+            .is_ok_and(|mut m| m.insert(agent.name.clone()))
+        {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let made = launch(&agent, &pools, "", 0, true).await;
+            let Some(me) = me.upgrade() else {
+                if let Ok(l) = made {
+                    let _ = tokio::task::spawn_blocking(move || Stem(l).discard()).await;
+                }
+                return;
+            };
+            match made {
+                Ok(l) => {
+                    let old = me
+                        .spare
+                        .lock()
+                        .ok()
+                        .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
+                    if let Some(old) = old {
+                        let _ = tokio::task::spawn_blocking(move || old.discard()).await;
+                    }
+                }
+                Err(e) => tracing::debug!(agent = %agent.name, "making a warm stem: {e}"),
+            }
+            if let Ok(mut m) = me.making.lock() {
+                m.remove(&agent.name);
+            };
+        });
+    }
+}
+
+impl Drop for StemPool {
+    fn drop(&mut self) {
+        let spares = match self.spare.get_mut() {
+            Ok(s) => std::mem::take(s),
+            Err(p) => std::mem::take(p.into_inner()),
+        };
+        for (_, stem) in spares {
+            stem.discard();
+        }
+    }
+}
