@@ -544,15 +544,20 @@ impl StemPool {
             return Ok(true);
         }
         let l = launch(&agent, &pools, "", 0, true).await?;
+        self.put(&agent.name, l).await;
+        Ok(true)
+    }
+
+    /// Keep `l` as the stem of `agent`; one made meanwhile by someone else is discarded.
+    async fn put(&self, agent: &str, l: Launched) {
         let old = self
             .spare
             .lock()
             .ok()
-            .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
+            .and_then(|mut s| s.insert(agent.to_string(), Stem(l)));
         if let Some(old) = old {
             let _ = tokio::task::spawn_blocking(move || old.discard()).await;
         }
-        Ok(true)
     }
 
     /// Make a stem for `agent` in the background unless one is there or on its way.
@@ -587,16 +592,7 @@ impl StemPool {
                 return;
             };
             match made {
-                Ok(l) => {
-                    let old = me
-                        .spare
-                        .lock()
-                        .ok()
-                        .and_then(|mut s| s.insert(agent.name.clone(), Stem(l)));
-                    if let Some(old) = old {
-                        let _ = tokio::task::spawn_blocking(move || old.discard()).await;
-                    }
-                }
+                Ok(l) => me.put(&agent.name, l).await,
                 Err(e) => tracing::debug!(agent = %agent.name, "making a warm stem: {e}"),
             }
             if let Ok(mut m) = me.making.lock() {
