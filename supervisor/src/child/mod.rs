@@ -1236,34 +1236,24 @@ impl<'a> State<'a> {
                     memory: self.task.memory.clone(),
                 });
                 // The agent was told max_frame in Hello: a larger Task it would refuse.
-                match frame::encode(&task) {
-                    Ok(b) if b.len() - 4 <= self.spec.max_frame as usize => self.send_encoded(&b),
-                    Ok(b) => {
-                        return Step::End(Verdict {
-                            reason: Some(ExitReason::ContractViolation),
-                            error: err(
-                                "contract_violation",
-                                format!(
-                                    "the task is {} bytes encoded, more than max_frame ({} bytes)",
-                                    b.len() - 4,
-                                    self.spec.max_frame
-                                ),
-                                false,
-                            ),
-                            graceful: true,
-                        })
+                let max = self.spec.max_frame as usize;
+                let refused = match frame::encode(&task) {
+                    Ok(b) if b.len() - 4 <= max => {
+                        self.send_encoded(&b);
+                        None
                     }
-                    Err(e) => {
-                        return Step::End(Verdict {
-                            reason: Some(ExitReason::ContractViolation),
-                            error: err(
-                                "contract_violation",
-                                format!("the task cannot be encoded: {e}"),
-                                false,
-                            ),
-                            graceful: true,
-                        })
-                    }
+                    Ok(b) => Some(format!(
+                        "the task is {} bytes encoded, more than max_frame ({max} bytes)",
+                        b.len() - 4
+                    )),
+                    Err(e) => Some(format!("the task cannot be encoded: {e}")),
+                };
+                if let Some(message) = refused {
+                    return Step::End(Verdict {
+                        reason: Some(ExitReason::ContractViolation),
+                        error: err("contract_violation", message, false),
+                        graceful: true,
+                    });
                 }
                 self.phase = Phase::Busy;
                 self.task_sent_at = Some(now);
