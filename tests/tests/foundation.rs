@@ -426,3 +426,23 @@ async fn an_input_no_agent_could_decode_is_refused_before_any_process() {
         assert!(msg.contains(why), "{msg}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_max_frame_with_its_memory_ends_as_a_contract_violation() {
+    // The input alone fits (10 MiB); with the memory handed down (10 MiB more) the Task frame
+    // would pass the 16 MiB the agent was told in Hello: it is refused, not sent.
+    let (_fx, s) = sup_with("", "");
+    let text = |n: usize| corral_proto::Value::String("x".repeat(n));
+    let opts = corral::run::CallOptions {
+        memory: vec![text(10 << 20)],
+        ..Default::default()
+    };
+    let input = corral_proto::Value::map([("text", text(10 << 20))]);
+    let o = s.call("echo", input, opts).await.unwrap();
+    assert_eq!(o.attempts.len(), 1, "{:?}", o.attempts);
+    let a = &o.attempts[0];
+    assert_eq!(a.reason, corral::record::ExitReason::ContractViolation);
+    assert!(a.pid.is_some(), "refused after the handshake");
+    let msg = &a.error.as_ref().unwrap().message;
+    assert!(msg.contains("more than max_frame"), "{msg}");
+}
