@@ -253,6 +253,11 @@ async fn privileges_are_dropped_to_the_configured_user() {
     let id = output(&o);
     assert_ne!(id["uid"], 0, "{id}");
     assert_eq!(id["uid"].as_i64(), Some(65534), "{id}");
+    // The same from a warm stem (its sandbox, ids included, made ahead).
+    assert!(s.prewarm("chaos").await.unwrap());
+    let (o, warm) = call_warm(&s, r#"{"do":"id"}"#).await;
+    assert_eq!(warm, [true]);
+    assert_eq!(output(&o)["uid"].as_i64(), Some(65534), "{:?}", output(&o));
 }
 
 #[test]
