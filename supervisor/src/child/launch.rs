@@ -293,13 +293,13 @@ pub(super) struct Launched {
     pub(super) program: Option<(u64, u64)>,
 }
 
-/// Device and inode of the program `agent` runs.
-fn program_identity(agent: &AgentSpec) -> Option<(u64, u64)> {
+/// The program `agent` runs: its path, and its device and inode.
+fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64))> {
     use std::os::unix::fs::MetadataExt;
     let program = agent.command.first()?;
     let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program)).ok()?;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.dev(), m.ino()))
+    let m = std::fs::metadata(&path).ok()?;
+    Some((path, (m.dev(), m.ino())))
 }
 
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
@@ -399,7 +399,12 @@ pub(super) async fn launch(
         err_r,
         beat_r,
         control,
-        program: program_identity(agent),
+        // Only a stem needs it (checked at its release): no extra lookups on a cold spawn.
+        program: if stem {
+            program_identity(agent).map(|(_, id)| id)
+        } else {
+            None
+        },
     })
 }
 
@@ -425,12 +430,10 @@ impl Stem {
             return Err("the stem is no longer running".into());
         }
         let started = (|| {
-            if l.program.is_none() || l.program != program_identity(agent) {
+            let (path, id) = program_identity(agent).ok_or("the agent's program is not there")?;
+            if l.program != Some(id) {
                 return Err("the agent's program changed since the stem was made".to_string());
             }
-            let program = agent.command.first().ok_or("empty command")?;
-            let path = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
-                .map_err(|e| e.to_string())?;
             let env = agent_env(agent, run_id, attempt, l.workspace.path());
             let record = start_record(&path, &agent.command, &env)?;
             let control = l.control.take().ok_or("not a stem")?;
