@@ -30,6 +30,9 @@ pub enum ExitReason {
     CpuLimit,
     /// The pids controller refused forks during the attempt and the agent then failed.
     PidsLimit,
+    /// The agent failed with its `disk` quota (workspace and `/tmp`) used up: its writes were
+    /// failing with `ENOSPC`.
+    DiskLimit,
     /// The process could not be started (exec failed, sandbox set-up failed).
     SpawnFailed,
     /// The agent broke the wire protocol: undecodable or oversized frame, wrong message, version
@@ -64,6 +67,7 @@ impl ExitReason {
             ExitReason::OomKilled => "oom_killed",
             ExitReason::CpuLimit => "cpu_limit",
             ExitReason::PidsLimit => "pids_limit",
+            ExitReason::DiskLimit => "disk_limit",
             ExitReason::SpawnFailed => "spawn_failed",
             ExitReason::ProtocolViolation => "protocol_violation",
             ExitReason::ContractViolation => "contract_violation",

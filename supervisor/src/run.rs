@@ -156,7 +156,10 @@ impl Supervisor {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
-        let workspaces = WorkspacePool::new(config.supervisor.state_dir.join("work"));
+        let workspaces = WorkspacePool::with_uid_range(
+            config.supervisor.state_dir.join("work"),
+            config.supervisor.uid_range,
+        );
         match workspaces.sweep_stale() {
             0 => {}
             n => tracing::info!("removed {n} workspace(s) left by dead supervisors"),

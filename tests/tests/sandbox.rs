@@ -200,7 +200,26 @@ async fn reads_outside_allowed_paths_are_denied() {
         "",
     );
     let read = |p: &std::path::Path| format!(r#"{{"do":"read","path":"{}"}}"#, p.display());
+    // In its own root the file is not there at all.
     let denied = call(&s, "chaos", &read(&secret)).await;
+    assert_eq!(output(&denied)["ok"], false);
+    assert!(
+        output(&denied)["error"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{}",
+        output(&denied)
+    );
+    // Without a mount namespace (an opt-out) it is visible, and landlock alone refuses it.
+    let (_fx2, s2) = sup_with(
+        &format!(
+            "readonly_paths = [\"{}\"]\nmax_retries = 0\nnamespaces = [\"pid\"]",
+            allowed.path().display()
+        ),
+        "",
+    );
+    let denied = call(&s2, "chaos", &read(&secret)).await;
     assert_eq!(output(&denied)["ok"], false);
     assert!(
         output(&denied)["error"]
@@ -210,6 +229,8 @@ async fn reads_outside_allowed_paths_are_denied() {
         "{}",
         output(&denied)
     );
+    let ok = call(&s2, "chaos", &read(&shared)).await;
+    assert_eq!(output(&ok)["ok"], true, "{:?}", output(&ok));
     let ok = call(&s, "chaos", &read(&shared)).await;
     assert_eq!(output(&ok)["ok"], true, "{:?}", output(&ok));
     let sys = call(&s, "chaos", r#"{"do":"read","path":"/etc/hostname"}"#).await;

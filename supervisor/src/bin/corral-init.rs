@@ -14,7 +14,12 @@
 //! started), status i32 (raw wait status, or errno for kind 1), utime_ms u64, stime_ms u64,
 //! maxrss_kb u64.
 //!
-//! With `--stem` it is a warm sandbox: everything around the agent is in place (namespaces,
+//! It cannot be reached from the agent: it keeps root (the agent has a uid of its own) with
+//! only `CAP_KILL` (and, for a stem, `CAP_SETUID`/`CAP_SETGID`), makes itself non-dumpable
+//! (so no `/proc/1/fd/5`, no ptrace, even for an agent of the same uid in a user namespace),
+//! and its fds 5 and 7 never reach the agent.
+//!
+//! With `--stem [UID GID]` it is a warm sandbox: everything around the agent is in place (namespaces,
 //! cgroup, limits, privileges, fds 0–6) and it waits on fd 7 for the agent to start:
 //! `argc: u32 LE, envc: u32 LE`, then `1 + argc + envc` NUL-terminated strings (the program's
 //! path, its argv, then its environment). End of file instead means the stem is not needed: it
@@ -86,6 +91,15 @@ fn run(args: Vec<CString>) -> libc::c_int {
     // SAFETY: plain libc calls on our own process: fd flags, signal dispositions, and a
     // posix_spawn whose argument arrays are NUL-terminated and outlive the call.
     unsafe {
+        // First of all: nothing of ours is readable through /proc by the agent.
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            report(
+                1,
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(1),
+                &zero,
+            );
+            return 127;
+        }
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         for sig in FORWARDED {
             libc::signal(sig, forward as *const () as libc::sighandler_t);
@@ -98,6 +112,17 @@ fn run(args: Vec<CString>) -> libc::c_int {
         extern "C" {
             static environ: *const *mut libc::c_char;
         }
+        // A stem starts its agent as this user (`--stem UID GID`).
+        let ids: Option<(u32, u32)> = match args.get(1..3) {
+            Some([u, g]) if args[0].as_bytes() == b"--stem" => match (parse_id(u), parse_id(g)) {
+                (Some(u), Some(g)) => Some((u, g)),
+                _ => {
+                    report(1, libc::EINVAL, &zero);
+                    return 2;
+                }
+            },
+            _ => None,
+        };
         let (path, args, env) = if args[0].as_bytes() == b"--stem" {
             libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC);
             match read_start() {
@@ -137,19 +162,80 @@ fn run(args: Vec<CString>) -> libc::c_int {
             (libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
         );
         let mut pid: libc::pid_t = 0;
-        let rc = libc::posix_spawn(
-            &mut pid,
-            path.as_ptr(),
-            std::ptr::null(),
-            &attr,
-            argv.as_ptr(),
-            envp_ptr,
-        );
+        let rc = match ids {
+            None => libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                std::ptr::null(),
+                &attr,
+                argv.as_ptr(),
+                envp_ptr,
+            ),
+            Some(ids) => spawn_as(&mut pid, &path, &argv, envp_ptr, ids),
+        };
         if rc != 0 {
             report(1, rc, &zero);
             std::process::exit(127);
         }
         wait_for(pid, &zero)
+    }
+}
+
+fn parse_id(s: &CString) -> Option<u32> {
+    s.to_str().ok()?.parse().ok()
+}
+
+/// Start the agent as `ids` (what `posix_spawn` cannot do): fork, default signals, drop every
+/// capability and take the ids, exec. Returns 0 or the errno of the failed step (told through
+/// a close-on-exec pipe).
+///
+/// # Safety
+/// `argv` and `envp` are NUL-terminated arrays of C strings that outlive the call.
+unsafe fn spawn_as(
+    pid: &mut libc::pid_t,
+    path: &CStr,
+    argv: &[*mut libc::c_char],
+    envp: *const *mut libc::c_char,
+    (uid, gid): (u32, u32),
+) -> libc::c_int {
+    let mut fds = [0; 2];
+    if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        return *libc::__errno_location();
+    }
+    let child = libc::fork();
+    if child < 0 {
+        return *libc::__errno_location();
+    }
+    if child == 0 {
+        // The child of a single-threaded process: raw calls until exec.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        for sig in FORWARDED.iter().chain(&[libc::SIGPIPE]) {
+            libc::signal(*sig, libc::SIG_DFL);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        if libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
+        {
+            libc::execve(path.as_ptr(), argv.as_ptr().cast(), envp.cast());
+        }
+        let e = *libc::__errno_location();
+        libc::write(fds[1], (&e as *const i32).cast(), 4);
+        libc::_exit(127);
+    }
+    libc::close(fds[1]);
+    let mut e: i32 = 0;
+    let n = libc::read(fds[0], (&mut e as *mut i32).cast(), 4);
+    libc::close(fds[0]);
+    *pid = child;
+    if n == 4 {
+        e.max(1)
+    } else {
+        0
     }
 }
 

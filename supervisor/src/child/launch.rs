@@ -5,6 +5,7 @@
 use super::{AgentCgroup, AgentSpec, CgroupLimits, CgroupPool, WorkspacePool};
 use crate::sandbox::process;
 use crate::sandbox::spawn::{SpawnSpec, Spawner};
+use crate::sandbox::workspace::{Workspace, WorkspaceOptions};
 use corral_proto::beat::BEAT_FD;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ const SYSTEM_READ: &[&str] = &[
     "/lib",
     "/lib64",
     "/lib32",
+    "/libx32",
     "/bin",
     "/sbin",
     "/etc",
@@ -56,7 +58,7 @@ const SYSTEM_READ: &[&str] = &[
     "/sys/devices/system/cpu",
 ];
 /// Devices every agent may write.
-const SYSTEM_WRITE: &[&str] = &["/dev/null"];
+const SYSTEM_WRITE: &[&str] = &["/dev/null", "/dev/full"];
 
 /// Whether this process runs as root.
 fn is_root() -> bool {
@@ -65,24 +67,21 @@ fn is_root() -> bool {
 
 /// Resolve `user`/`group` names (or numbers) to ids, once per pair: a name service lookup can
 /// be slow (NSS over the network), and it runs on the spawn path.
-fn resolve_ids(spec: &AgentSpec) -> Result<Option<(u32, u32)>, String> {
+fn resolve_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
     type Key = (String, Option<String>);
     static CACHE: std::sync::OnceLock<
         std::sync::Mutex<std::collections::HashMap<Key, (u32, u32)>>,
     > = std::sync::OnceLock::new();
-    let Some(user) = &spec.user else {
-        return Ok(None);
-    };
-    let key = (user.clone(), spec.group.clone());
+    let key = (user.to_string(), group.map(str::to_string));
     let cache = CACHE.get_or_init(Default::default);
     if let Some(ids) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
-        return Ok(Some(ids));
+        return Ok(ids);
     }
-    let ids = lookup_ids(user, spec.group.as_deref())?;
+    let ids = lookup_ids(user, group)?;
     if let Ok(mut c) = cache.lock() {
         c.insert(key, ids);
     }
-    Ok(Some(ids))
+    Ok(ids)
 }
 
 fn lookup_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
@@ -106,13 +105,56 @@ fn lookup_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
     Ok((u.uid.as_raw(), gid))
 }
 
-/// The per-attempt spawn specification from config: limits, namespaces, privileges, landlock.
-/// Returns the read end of the init's status pipe when the agent runs under `corral-init`.
+/// Who the agent runs as on the host: a dynamic uid (with its lease), a named user, or (not
+/// root) the supervisor's own uid.
+struct Identity {
+    /// Host (uid, gid) the agent's files and processes belong to.
+    host: Option<(u32, u32)>,
+    lease: Option<crate::sandbox::uids::UidLease>,
+}
+
+fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, String> {
+    if !is_root() {
+        // An unprivileged supervisor cannot change ids: the agent keeps ours (never root).
+        return Ok(Identity {
+            host: None,
+            lease: None,
+        });
+    }
+    if spec.dynamic_user() {
+        let uids = pools
+            .workspaces
+            .uids()
+            .ok_or("dynamic users need a uid range")?;
+        let lease = uids.take().map_err(|e| e.to_string())?;
+        let id = lease.uid();
+        return Ok(Identity {
+            host: Some((id, id)),
+            lease: Some(lease),
+        });
+    }
+    let user = spec.user.as_deref().unwrap_or("dynamic");
+    let (uid, gid) = resolve_ids(user, spec.group.as_deref())?;
+    if (uid == 0 || gid == 0) && !spec.allow_root {
+        return Err(format!(
+            "user `{user}` is uid {uid}, gid {gid}: root, which needs allow_root = true"
+        ));
+    }
+    Ok(Identity {
+        host: Some((uid, gid)),
+        lease: None,
+    })
+}
+
+/// The per-attempt spawn specification from config: limits, namespaces, privileges, the
+/// agent's root, landlock. Returns the read end of the init's status pipe when the agent runs
+/// under `corral-init`.
 fn spawn_spec(
     spec: &AgentSpec,
     env: Vec<(String, String)>,
     cwd: std::path::PathBuf,
-    workspace: &std::path::Path,
+    workspace: &crate::sandbox::workspace::Workspace,
+    ids: Option<(u32, u32)>,
     cgroup: Option<&AgentCgroup>,
     cgroup_mem: bool,
 ) -> Result<(SpawnSpec, Option<OwnedFd>), String> {
@@ -135,7 +177,7 @@ fn spawn_spec(
         .resolved(resolved.clone())
         .args(spec.command.iter().skip(1).cloned())
         .env(env)
-        .cwd(Some(cwd))
+        .cwd(Some(cwd.clone()))
         .rlimit(libc::RLIMIT_CORE, 0, 0)
         .seccomp(spec.seccomp);
     if let Some(cpu) = spec.cpu_time {
@@ -166,12 +208,13 @@ fn spawn_spec(
         mount: has(Namespace::Mount),
         net_join: None,
         net_own: false,
-        keep_in_tmp: Vec::new(),
+        // Root inside maps to the agent's own host ids (a root supervisor), else to ours:
+        // never to host root.
         user_map: user_ns.then(|| {
-            (
+            ids.unwrap_or((
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
-            )
+            ))
         }),
     };
     if has(Namespace::Net) && !spec.network {
@@ -183,7 +226,7 @@ fn spawn_spec(
         }
     }
     // Arguments naming existing files (a script for an interpreter, a data file): the agent
-    // may read them, and they stay visible under a private /tmp.
+    // may read them.
     let arg_paths: Vec<std::path::PathBuf> = spec
         .command
         .iter()
@@ -192,61 +235,47 @@ fn spawn_spec(
         .filter(|p| p.is_absolute() && p.exists())
         .collect();
     let mut status_rx = None;
-    // Beside the system paths (kept open once, see below).
-    let mut read_paths: Vec<std::path::PathBuf> = Vec::new();
-    read_paths.push(resolved.clone());
-    let under_init = ns.pid;
+    let init = crate::sandbox::init_path().filter(|_| ns.pid);
     if ns.pid {
-        let init = crate::sandbox::init_path()
-            .ok_or("a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH")?;
+        let init = init.ok_or(
+            "a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH",
+        )?;
         let (rx, tx) = pipe_pair().map_err(|e| format!("create status pipe: {e}"))?;
         s = s.init(init.clone(), tx);
         status_rx = Some(rx);
     }
-    let ids = if root { resolve_ids(spec)? } else { None };
-    if let Some((uid, gid)) = ids {
-        nix::unistd::chown(workspace, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| format!("chown workspace {}: {e}", workspace.display()))?;
+    if let (Some((uid, gid)), false) = (ids, user_ns) {
         s = s.user(uid, gid);
     }
+    // What the agent may read beyond the system paths: its program, its arguments' files, its
+    // cwd (unless in the workspace), `readonly_paths`; and write: its workspace (with the
+    // `.tmp` that is its /tmp) and `writable_paths`.
+    let mut read_paths: Vec<std::path::PathBuf> = vec![resolved.clone()];
+    read_paths.extend(arg_paths.iter().cloned());
+    if !cwd.starts_with(workspace.path()) {
+        read_paths.push(cwd.clone());
+    }
+    read_paths.extend(spec.readonly_paths.iter().cloned());
+    let mut write_paths: Vec<std::path::PathBuf> = vec![workspace.path().to_path_buf()];
+    write_paths.extend(spec.writable_paths.iter().cloned());
     if ns.mount {
-        // The private /tmp covers the host's: keep what the agent needs from under it.
-        s = s.keep_in_tmp(workspace);
-        for p in [
-            Some(resolved.as_path()),
-            crate::sandbox::init_path().map(|p| p.as_path()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if let Some(dir) = p.parent() {
-                s = s.keep_in_tmp(dir);
-            }
+        let mut plan = crate::sandbox::rootfs::RootPlan::new();
+        for p in read_paths.iter().chain(init) {
+            plan.read_only(p);
         }
-        for p in spec
-            .cwd
-            .iter()
-            .chain(&spec.readonly_paths)
-            .chain(&spec.writable_paths)
-            .chain(&arg_paths)
-        {
-            s = s.keep_in_tmp(if p.is_dir() {
-                p
-            } else {
-                p.parent().unwrap_or(p)
-            });
+        for p in &write_paths {
+            plan.writable(p);
         }
+        plan.tmp(&workspace.tmp()).own_proc(ns.pid);
+        s = s.root(
+            plan.compile()
+                .map_err(|e| format!("the agent's root: {e}"))?,
+        );
     }
     s = s.drop_caps(root && !user_ns).namespaces(ns);
-    read_paths.extend(spec.readonly_paths.iter().cloned());
-    read_paths.extend(arg_paths.iter().cloned());
-    let mut write_paths: Vec<std::path::PathBuf> = Vec::new();
-    write_paths.push(workspace.to_path_buf());
-    write_paths.extend(spec.writable_paths.iter().cloned());
     if !spec.landlock {
         return Ok((s, status_rx));
     }
-    let init = crate::sandbox::init_path().filter(|_| under_init);
     match crate::sandbox::landlock::Ruleset::build_with(
         SYSTEM_READ
             .iter()
@@ -255,11 +284,11 @@ fn spawn_spec(
         SYSTEM_WRITE.iter().map(std::path::Path::new),
         read_paths.iter().map(|p| p.as_path()),
         write_paths.iter().map(|p| p.as_path()),
+        // Without network and without a network namespace of its own (an opt-out), TCP is
+        // denied by landlock; in its own namespace the agent may use its loopback.
+        !spec.network && !has(Namespace::Net),
     ) {
-        Ok(rs) => {
-            let rw = rs.handled();
-            s = s.landlock(Some(rs.into_fd()), rw);
-        }
+        Ok(rs) => s = s.landlock(Some(rs.into_fd())),
         Err(e) if spec.strict => return Err(format!("strict: {e}")),
         Err(e) => tracing::debug!(agent = %spec.name, "file-system confinement off: {e}"),
     }
@@ -278,7 +307,7 @@ pub struct Pools {
 /// A process made for an attempt, with everything the supervisor keeps of it.
 pub(super) struct Launched {
     pub(super) spawned: crate::sandbox::spawn::Spawned,
-    pub(super) workspace: tempfile::TempDir,
+    pub(super) workspace: Workspace,
     pub(super) cgroup: Option<Arc<AgentCgroup>>,
     pub(super) status_rx: Option<OwnedFd>,
     pub(super) up_r: OwnedFd,
@@ -313,10 +342,27 @@ pub(super) async fn launch(
 ) -> Result<Launched, String> {
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
-    let workspace = pools
+    let dir = pools
         .workspaces
         .take()
         .map_err(|e| format!("create workspace: {e}"))?;
+    // Its user: a uid of its own unless the config names one.
+    let Identity { host: ids, lease } = identity(agent, pools)?;
+    let opts = WorkspaceOptions {
+        owner: ids,
+        disk: agent.disk.filter(|_| is_root() && !agent.keep_workspace),
+    };
+    let mut workspace = Workspace::prepare(dir, opts, lease).map_err(|e| e.to_string())?;
+    // Strays of an attempt with neither a pid namespace nor a cgroup are found by their uid;
+    // files it may leave in `writable_paths` keep the uid from being handed out again.
+    if let Some(lease) = workspace.uid_mut() {
+        if !agent.namespaces.contains(&crate::config::Namespace::Pid) && pools.cgroups.is_none() {
+            lease.sweep_on_release();
+        }
+        if !agent.writable_paths.is_empty() {
+            lease.retire();
+        }
+    }
     let cwd = agent
         .cwd
         .clone()
@@ -366,7 +412,8 @@ pub(super) async fn launch(
         agent,
         env,
         cwd,
-        workspace.path(),
+        &workspace,
+        ids,
         cgroup.as_deref(),
         cgroup_mem,
     )?;

@@ -595,6 +595,8 @@ async fn attempt(
         record.log_bytes_dropped = s.dropped;
         record.stderr_tail = String::from_utf8_lossy(&s.stderr_tail).into_owned();
     }
+    // Read before the workspace (and its quota's tmpfs) goes.
+    let disk_full = workspace.is_full();
     if agent.keep_workspace {
         let kept = workspace.keep();
         tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
@@ -699,6 +701,28 @@ async fn attempt(
     let (reason, error) = match verdict.reason {
         Some(reason) => (reason, verdict.error),
         None => classify(&r, oom, pids_hits, &agent, st.truncated.take()),
+    };
+    // The agent failed with its disk quota used up: that is the likely cause (its writes
+    // were failing with ENOSPC).
+    let (reason, error) = match reason {
+        ExitReason::ExitCode | ExitReason::Signal | ExitReason::AgentError if disk_full => {
+            let was = error
+                .as_ref()
+                .map(|e| format!(" ({}: {})", e.kind, e.message))
+                .unwrap_or_default();
+            (
+                ExitReason::DiskLimit,
+                err(
+                    "disk_limit",
+                    format!(
+                        "the agent failed with its disk quota ({} bytes of workspace and /tmp) used up{was}",
+                        agent.disk.unwrap_or(0)
+                    ),
+                    false,
+                ),
+            )
+        }
+        _ => (reason, error),
     };
     record.reason = reason;
     record.error = error;

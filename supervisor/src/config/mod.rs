@@ -152,7 +152,13 @@ pub struct SupervisorConfig {
     pub state_dir: PathBuf,
     /// Largest frame accepted from an agent, in bytes (`max_frame`); default 16 MiB.
     pub max_frame: u32,
+    /// Host uids (and gids of the same number) handed out to agents with `user = "dynamic"`,
+    /// inclusive (`uid_range`); default [`DEFAULT_UID_RANGE`].
+    pub uid_range: (u32, u32),
 }
+
+/// Default `uid_range`: systemd's DynamicUser range.
+pub const DEFAULT_UID_RANGE: (u32, u32) = (61184, 65519);
 
 /// A Linux namespace an agent is put in (`namespaces = ["pid", …]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,10 +225,16 @@ pub struct AgentSpec {
     pub netns: Netns,
     /// Namespaces the agent is put in, without duplicates.
     pub namespaces: Vec<Namespace>,
-    /// User to run as.
+    /// User to run as: `None` (or `"dynamic"`) is a host uid of its own per live attempt,
+    /// taken from `uid_range`; else a name or number.
     pub user: Option<String>,
     /// Group to run as.
     pub group: Option<String>,
+    /// Whether the agent may run as host uid 0 (`allow_root`; off by default).
+    pub allow_root: bool,
+    /// Total bytes the agent may write in its workspace and `/tmp` (`disk`); `None` is
+    /// unlimited.
+    pub disk: Option<u64>,
     /// Paths (absolute) visible read-only.
     pub readonly_paths: Vec<PathBuf>,
     /// Paths (absolute) visible and writable.
@@ -275,6 +287,11 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
+    /// Whether the agent runs as a dynamic uid (`user` unset or `"dynamic"`).
+    pub fn dynamic_user(&self) -> bool {
+        self.user.as_deref().is_none_or(|u| u == "dynamic")
+    }
+
     /// An agent with every built-in default, for tests and embedding. `command` is taken as
     /// is (not resolved against any directory).
     pub fn builtin(name: &str, command: Vec<String>) -> AgentSpec {
@@ -290,7 +307,7 @@ impl AgentSpec {
             open_files: Some(256),
             file_size: Some(1 << 30),
             network: false,
-            netns: Netns::Shared,
+            netns: Netns::Private,
             namespaces: vec![
                 Namespace::Pid,
                 Namespace::Ipc,
@@ -300,6 +317,8 @@ impl AgentSpec {
             ],
             user: None,
             group: None,
+            allow_root: false,
+            disk: Some(1 << 30),
             readonly_paths: Vec::new(),
             writable_paths: Vec::new(),
             env_pass: vec!["RUST_LOG".to_string()],

@@ -14,7 +14,7 @@ use super::schema::{File, Restart, Settings};
 use super::units::{Count, Dur, Limit, Real, Size};
 use super::{
     AgentSpec, Config, ConfigError, Location, Namespace, SupervisorConfig, DEFAULT_MAX_FRAME,
-    DEFAULT_STATE_DIR, MAX_MAX_FRAME, MIN_MAX_FRAME,
+    DEFAULT_STATE_DIR, DEFAULT_UID_RANGE, MAX_MAX_FRAME, MIN_MAX_FRAME,
 };
 use crate::policy::RestartPolicy;
 
@@ -161,6 +161,7 @@ fn supervisor(
     let mut out = SupervisorConfig {
         state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
         max_frame: DEFAULT_MAX_FRAME,
+        uid_range: DEFAULT_UID_RANGE,
     };
     let Some(raw) = raw else { return Ok(out) };
     if let Some(dir) = &raw.state_dir {
@@ -178,6 +179,19 @@ fn supervisor(
                 ))
             }
         }
+    }
+    if let Some(range) = &raw.uid_range {
+        let [lo, hi] = *range.get_ref();
+        if lo == 0 || hi < lo || hi >= 0xFFFF_FFFE {
+            return Err(ctx.at_value(
+                range.span(),
+                format!(
+                    "uid_range must be [FIRST, LAST] with 0 < FIRST <= LAST < 4294967294 \
+                     (uid 0 is root), found [{lo}, {hi}]"
+                ),
+            ));
+        }
+        out.uid_range = (lo, hi);
     }
     Ok(out)
 }
@@ -261,6 +275,7 @@ fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
         check_path(ctx, p, "writable_paths")?;
     }
     check_nonzero_limit(ctx, &s.memory, "memory", |Size(b)| *b == 0)?;
+    check_nonzero_limit(ctx, &s.disk, "disk", |Size(b)| *b == 0)?;
     check_nonzero_limit(ctx, &s.cpu_time, "cpu_time", |Dur(d)| d.is_zero())?;
     check_nonzero_limit(ctx, &s.pids, "pids", |Count(n)| *n == 0)?;
     check_nonzero_limit(ctx, &s.open_files, "open_files", |Count(n)| *n == 0)?;
@@ -394,6 +409,24 @@ fn agent(
     if spec.network {
         spec.namespaces.retain(|n| *n != Namespace::Net);
     }
+    // Root only when asked for by name: `user = "root"` or `"0"` needs `allow_root = true`.
+    if let Some(user) = &spec.user {
+        if (user == "root" || user == "0") && !spec.allow_root {
+            let span = own
+                .user
+                .as_ref()
+                .or(defaults.user.as_ref())
+                .map(Spanned::span);
+            return Err(blame(
+                ctx,
+                &[span],
+                format!(
+                    "agent `{name}`: user {user:?} is host uid 0, which owns the host's files; \
+                     set allow_root = true on this agent to run it as root anyway"
+                ),
+            ));
+        }
+    }
 
     // The most specific key involved is the one that makes the pair wrong.
     let dur_span = |d: &Option<Spanned<Dur>>| d.as_ref().map(Spanned::span);
@@ -502,6 +535,10 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
     set(&mut spec.prewarm, &s.prewarm);
     set(&mut spec.seccomp, &s.seccomp);
     set(&mut spec.landlock, &s.landlock);
+    set(&mut spec.allow_root, &s.allow_root);
+    if let Some(v) = &s.disk {
+        spec.disk = v.get_ref().0.map(|Size(b)| b);
+    }
     set(&mut spec.strict, &s.strict);
 
     set(&mut spec.heartbeat_interval, &dur(&s.heartbeat_interval));

@@ -27,6 +27,7 @@ pub(super) struct File {
 pub(super) struct Supervisor {
     pub state_dir: Option<Spanned<String>>,
     pub max_frame: Option<Spanned<Size>>,
+    pub uid_range: Option<Spanned<[u32; 2]>>,
 }
 
 /// `restart = …`, mapped onto [`crate::policy::RestartPolicy`].
@@ -42,9 +43,11 @@ pub(super) enum Restart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Netns {
-    /// One loopback-only namespace shared by all agents without network (cheap to join).
+    /// One loopback-only namespace shared by all agents without network (cheap to join, but
+    /// agents can reach each other's sockets on 127.0.0.1 and abstract Unix sockets).
     Shared,
-    /// A loopback-only namespace of its own per attempt (agents cannot reach each other).
+    /// A loopback-only namespace of its own per attempt (agents cannot reach each other); the
+    /// default.
     Private,
 }
 
@@ -67,6 +70,8 @@ pub(super) struct Settings {
     pub namespaces: Option<Vec<Spanned<Namespace>>>,
     pub user: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
+    pub allow_root: Option<bool>,
+    pub disk: Option<Spanned<Limit<Size>>>,
     pub readonly_paths: Option<Vec<Spanned<String>>>,
     pub writable_paths: Option<Vec<Spanned<String>>>,
     pub env_pass: Option<Vec<Spanned<String>>>,

@@ -144,6 +144,7 @@ pub fn decide(rules: &RetryRules, outcome: &AttemptOutcome, retries_so_far: u32)
         | ExitReason::OomKilled
         | ExitReason::CpuLimit
         | ExitReason::PidsLimit
+        | ExitReason::DiskLimit
         | ExitReason::ProtocolViolation
         | ExitReason::Lost => None,
     };
@@ -204,6 +205,7 @@ pub fn counts_for_breaker(reason: ExitReason) -> bool {
         | ExitReason::OomKilled
         | ExitReason::CpuLimit
         | ExitReason::PidsLimit
+        | ExitReason::DiskLimit
         | ExitReason::SpawnFailed
         | ExitReason::ProtocolViolation => true,
         ExitReason::Completed
@@ -275,6 +277,7 @@ mod tests {
             R::OomKilled => (GiveUp, Retry, Retry, true),
             R::CpuLimit => (GiveUp, Retry, Retry, true),
             R::PidsLimit => (GiveUp, Retry, Retry, true),
+            R::DiskLimit => (GiveUp, Retry, Retry, true),
             R::SpawnFailed => (GiveUp, GiveUp, Retry, true),
             R::ProtocolViolation => (GiveUp, Retry, Retry, true),
             R::ContractViolation => (GiveUp, GiveUp, GiveUp, false),

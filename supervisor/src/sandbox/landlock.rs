@@ -28,7 +28,16 @@ pub const READ: u64 = EXECUTE | READ_FILE | READ_DIR;
 #[repr(C)]
 struct RulesetAttr {
     handled_access_fs: u64,
+    /// ABI 4+: network rights handled (TCP bind and connect).
+    handled_access_net: u64,
+    /// ABI 6+: IPC scopes (abstract Unix sockets, signals).
+    scoped: u64,
 }
+
+const NET_BIND_TCP: u64 = 1 << 0;
+const NET_CONNECT_TCP: u64 = 1 << 1;
+const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
+const SCOPE_SIGNAL: u64 = 1 << 1;
 
 #[repr(C, packed)]
 struct PathBeneath {
@@ -101,17 +110,24 @@ impl Ruleset {
         read: impl IntoIterator<Item = &'a Path>,
         write: impl IntoIterator<Item = &'a Path>,
     ) -> Result<Ruleset, LandlockError> {
-        Self::build_with(std::iter::empty(), std::iter::empty(), read, write)
+        Self::build_with(std::iter::empty(), std::iter::empty(), read, write, false)
     }
 
     /// Like [`Ruleset::build`], with paths that stay the same for the life of the process
     /// (system paths, `corral-init`): those are opened once and their fds kept, so a spawn does
     /// not look them up again.
+    ///
+    /// Where the kernel has them, the ruleset also scopes the agent (ABI 6): it can neither
+    /// connect to an abstract Unix socket nor signal a process made outside its sandbox (the
+    /// supervisor, another agent), whatever namespaces it has. With `deny_tcp` (an agent
+    /// without network) TCP bind and connect are denied too (ABI 4), a second layer under the
+    /// network namespace.
     pub fn build_with<'a>(
         static_read: impl IntoIterator<Item = &'a Path>,
         static_write: impl IntoIterator<Item = &'a Path>,
         read: impl IntoIterator<Item = &'a Path>,
         write: impl IntoIterator<Item = &'a Path>,
+        deny_tcp: bool,
     ) -> Result<Ruleset, LandlockError> {
         static ABI: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
         let abi = match ABI.get_or_init(|| abi().map_err(|e| e.to_string())) {
@@ -121,13 +137,29 @@ impl Ruleset {
         let handled = handled(abi);
         let attr = RulesetAttr {
             handled_access_fs: handled,
+            handled_access_net: if deny_tcp && abi >= 4 {
+                NET_BIND_TCP | NET_CONNECT_TCP
+            } else {
+                0
+            },
+            scoped: if abi >= 6 {
+                SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+            } else {
+                0
+            },
         };
-        // SAFETY: attr is a valid ruleset attribute of the size passed.
+        // The attribute as long as this ABI knows it (older kernels refuse unknown fields).
+        let size = match abi {
+            0..=3 => 8,
+            4 | 5 => 16,
+            _ => std::mem::size_of::<RulesetAttr>(),
+        };
+        // SAFETY: attr is a valid ruleset attribute at least `size` bytes long.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_landlock_create_ruleset,
                 &attr as *const RulesetAttr,
-                std::mem::size_of::<RulesetAttr>(),
+                size,
                 0u32,
             )
         };

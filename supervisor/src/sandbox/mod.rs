@@ -7,7 +7,10 @@
 pub mod cgroup;
 pub(crate) mod owner;
 pub mod process;
+pub mod rootfs;
 pub mod spawn;
+pub mod uids;
+pub mod workspace;
 
 pub use process::{become_subreaper, kill_group, reap_adopted, PidFd, Reaped};
 pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};

@@ -4,6 +4,7 @@
 
 use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
 use crate::sandbox::owner::Owner;
+use crate::sandbox::uids::UidPool;
 
 /// How workspace directories are named: `ws-<pid>-<start>-<random>`.
 const WS_PREFIX: &str = "ws-";
@@ -22,17 +23,31 @@ pub struct WorkspacePool {
     prefix: String,
     spare: Mutex<Vec<tempfile::TempDir>>,
     refilling: Mutex<bool>,
+    /// The dynamic uids handed to the attempts these workspaces are for.
+    uids: Option<Arc<UidPool>>,
 }
 
 impl WorkspacePool {
-    /// A pool making directories under `root` (created when missing).
+    /// A pool making directories under `root` (created when missing), with dynamic uids from
+    /// the default range.
     pub fn new(root: PathBuf) -> Arc<WorkspacePool> {
+        Self::with_uid_range(root, crate::config::DEFAULT_UID_RANGE)
+    }
+
+    /// A pool making directories under `root`, for attempts with dynamic uids from `range`.
+    pub fn with_uid_range(root: PathBuf, range: (u32, u32)) -> Arc<WorkspacePool> {
         Arc::new(WorkspacePool {
             root,
             prefix: format!("{WS_PREFIX}{}-", Owner::current().tag()),
             spare: Mutex::new(Vec::new()),
             refilling: Mutex::new(false),
+            uids: Some(UidPool::new(range.0, range.1)),
         })
+    }
+
+    /// The dynamic uids.
+    pub fn uids(&self) -> Option<&Arc<UidPool>> {
+        self.uids.as_ref()
     }
 
     fn make(&self) -> std::io::Result<tempfile::TempDir> {
@@ -58,6 +73,8 @@ impl WorkspacePool {
             if !owner.is_gone() {
                 continue;
             }
+            // Its quota's tmpfs first (the supervisor died with it mounted).
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
             match std::fs::remove_dir_all(e.path()) {
                 Ok(()) => removed += 1,
                 Err(err) => tracing::warn!(path = %e.path().display(), "stale workspace: {err}"),

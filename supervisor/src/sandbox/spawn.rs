@@ -52,7 +52,7 @@ pub enum SpawnError {
     #[error("in the child, {stage} failed: {source}")]
     Child {
         /// The failing step.
-        stage: &'static str,
+        stage: String,
         /// The OS error.
         source: std::io::Error,
     },
@@ -78,7 +78,6 @@ pub struct SpawnSpec {
     uid_gid: Option<(u32, u32)>,
     no_new_privs: bool,
     landlock: Option<OwnedFd>,
-    landlock_rw: u64,
     pdeathsig: bool,
     ns: Namespaces,
     init: Option<PathBuf>,
@@ -87,6 +86,8 @@ pub struct SpawnSpec {
     stem: bool,
     drop_caps: bool,
     seccomp: bool,
+    /// With a mount namespace: the root built for the agent.
+    root: Option<crate::sandbox::rootfs::MountOps>,
 }
 
 /// Which namespaces the child gets, and how they are set up.
@@ -105,15 +106,9 @@ pub struct Namespaces {
     pub net_join: Option<RawFd>,
     /// A network namespace of its own, loopback only.
     pub net_own: bool,
-    /// A user namespace mapping root inside to this uid/gid outside (unprivileged supervisor).
+    /// A user namespace mapping root inside to this uid/gid outside.
     pub user_map: Option<(u32, u32)>,
-    /// Directories under `/tmp` (the workspace, the program's and the init's directories, …)
-    /// to keep visible at the same paths on top of the private `/tmp`.
-    pub keep_in_tmp: Vec<PathBuf>,
 }
-
-/// At most this many directories can be kept visible under a private `/tmp`.
-pub const MAX_KEPT: usize = 16;
 
 impl Namespaces {
     fn clone_flags(&self) -> libc::c_int {
@@ -193,19 +188,22 @@ impl SpawnSpec {
         self
     }
 
-    /// A landlock ruleset fd to restrict the child with; `rw` are the rights the child grants
-    /// itself on the private `/tmp` it mounts (read rights go to its `/proc`).
-    pub fn landlock(mut self, ruleset: Option<OwnedFd>, rw: u64) -> Self {
+    /// A landlock ruleset fd to restrict the child with (the child adds a read rule for the
+    /// `/proc` it mounts, which the parent cannot name).
+    pub fn landlock(mut self, ruleset: Option<OwnedFd>) -> Self {
         self.landlock = ruleset;
-        self.landlock_rw = rw;
         self
     }
 
-    /// Namespaces to create or join (keeps directories added by [`SpawnSpec::keep_in_tmp`]).
+    /// Namespaces to create or join.
     pub fn namespaces(mut self, ns: Namespaces) -> Self {
-        let keep = std::mem::take(&mut self.ns.keep_in_tmp);
         self.ns = ns;
-        self.ns.keep_in_tmp.extend(keep);
+        self
+    }
+
+    /// With a mount namespace: the root to build for the agent (see `sandbox::rootfs`).
+    pub fn root(mut self, ops: crate::sandbox::rootfs::MountOps) -> Self {
+        self.root = Some(ops);
         self
     }
 
@@ -228,15 +226,6 @@ impl SpawnSpec {
     /// Drop every capability (bounding set included) before exec.
     pub fn drop_caps(mut self, on: bool) -> Self {
         self.drop_caps = on;
-        self
-    }
-
-    /// Keep `dir` visible in the child's private `/tmp` when it lies under `/tmp` (else a
-    /// no-op).
-    pub fn keep_in_tmp(mut self, dir: &Path) -> Self {
-        if dir.starts_with("/tmp") && dir != Path::new("/tmp") {
-            self.ns.keep_in_tmp.push(dir.to_path_buf());
-        }
         self
     }
 
@@ -301,11 +290,14 @@ const STAGES: &[&str] = &[
     "move_mount(kept directory under /tmp)",
     "mkdir in private /tmp",
     "clone(agent)",
+    "build the agent's root",
+    "prctl(PR_SET_DUMPABLE)",
 ];
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const CAP_KILL: i32 = 5;
+const CAP_SETGID: i32 = 6;
+const CAP_SETUID: i32 = 7;
+/// Stage of a failed root build (the step is named by `MountOps::failed_step`).
+const STAGE_ROOT: i32 = 32;
 
 /// Everything the child reads, prepared in the parent. Raw pointers point into the owned
 /// vectors kept alongside, which outlive the child's use of them (the parent is suspended
@@ -332,13 +324,10 @@ struct Prepared {
     ns: Namespaces,
     hostname: Option<CString>,
     user_maps: Option<[CString; 2]>,
-    landlock_rw: u64,
     drop_caps: bool,
     seccomp: Option<&'static [libc::sock_filter]>,
-    // Directories to create in the private /tmp, then bind source → target.
-    tmp_dirs: Vec<CString>,
-    tmp_keep: Vec<CString>,
-    kept_fds: [libc::c_int; MAX_KEPT],
+    root: Option<crate::sandbox::rootfs::MountOps>,
+    init_kind: InitKind,
     // Written by the child on failure.
     err_stage: i32,
     err_errno: i32,
@@ -366,51 +355,10 @@ pub fn resolve_program(program: &Path) -> Result<PathBuf, SpawnError> {
     Err(SpawnError::NotFound(program.display().to_string()))
 }
 
-/// The outermost of the directories to keep (one inside another is kept with it), and every
-/// directory to create in the private `/tmp` so they can be mounted back, parents first.
-fn plan_kept(keep: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut outer: Vec<PathBuf> = Vec::new();
-    let mut sorted: Vec<&PathBuf> = keep.iter().collect();
-    sorted.sort_by_key(|p| p.components().count());
-    for p in sorted {
-        if !outer.iter().any(|o| p.starts_with(o)) {
-            outer.push(p.clone());
-        }
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for p in &outer {
-        for anc in p.ancestors().collect::<Vec<_>>().into_iter().rev() {
-            if anc.starts_with("/tmp") && anc != Path::new("/tmp") && !dirs.iter().any(|d| d == anc)
-            {
-                dirs.push(anc.to_path_buf());
-            }
-        }
-    }
-    dirs.sort_by_key(|p| p.components().count());
-    (outer, dirs)
-}
-
 impl Prepared {
-    fn new(spec: &SpawnSpec) -> Result<Prepared, SpawnError> {
+    fn new(spec: &mut SpawnSpec) -> Result<Prepared, SpawnError> {
         let mut p = Self::build(spec)?;
-        if spec.ns.mount && !spec.ns.keep_in_tmp.is_empty() {
-            let (outer, dirs) = plan_kept(&spec.ns.keep_in_tmp);
-            if outer.len() > MAX_KEPT {
-                return Err(SpawnError::Parent {
-                    op: "keep directories under /tmp",
-                    source: std::io::Error::other(format!(
-                        "{} directories under /tmp to keep visible; at most {MAX_KEPT}",
-                        outer.len()
-                    )),
-                });
-            }
-            for d in &dirs {
-                p.tmp_dirs.push(cstr(d.as_os_str(), "kept path")?);
-            }
-            for o in &outer {
-                p.tmp_keep.push(cstr(o.as_os_str(), "kept path")?);
-            }
-        }
+        p.root = spec.root.take();
         Ok(p)
     }
 
@@ -444,6 +392,11 @@ impl Prepared {
             Some(init) if spec.stem => {
                 strings.push(cstr(init.as_os_str(), "init path")?);
                 strings.push(cstr(OsStr::new("--stem"), "init argument")?);
+                // The stem's init starts the agent later, as this user.
+                if let Some((uid, gid)) = spec.uid_gid {
+                    strings.push(cstr(OsStr::new(&uid.to_string()), "init argument")?);
+                    strings.push(cstr(OsStr::new(&gid.to_string()), "init argument")?);
+                }
                 let mut argv: Vec<_> = strings[envc..].iter().map(|s| s.as_ptr()).collect();
                 argv.push(std::ptr::null());
                 (cstr(init.as_os_str(), "init path")?, argv, None)
@@ -500,10 +453,12 @@ impl Prepared {
                 ]),
                 None => None,
             },
-            landlock_rw: spec.landlock_rw,
-            tmp_dirs: Vec::new(),
-            tmp_keep: Vec::new(),
-            kept_fds: [-1; MAX_KEPT],
+            root: None,
+            init_kind: match (&spec.init, spec.stem) {
+                (None, _) => InitKind::None,
+                (Some(_), false) => InitKind::Adopt,
+                (Some(_), true) => InitKind::Stem,
+            },
             drop_caps: spec.drop_caps,
             // Built here, in the parent: the child must not allocate.
             seccomp: spec.seccomp.then(crate::sandbox::seccomp::program),
@@ -592,85 +547,37 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             return fail(p, 23);
         }
         if p.ns.mount {
-            let none = std::ptr::null::<libc::c_char>();
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                return fail(p, 19);
-            }
-            // Clone the mounts of what must stay visible (in this namespace) before /tmp is
-            // covered.
-            for (i, dir) in p.tmp_keep.iter().enumerate() {
-                let fd = libc::syscall(
-                    libc::SYS_open_tree,
-                    libc::AT_FDCWD,
-                    dir.as_ptr(),
-                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-                ) as libc::c_int;
-                if fd < 0 {
-                    return fail(p, 28);
+            // The agent's own root (see `sandbox::rootfs`), else only private propagation.
+            let rc = match &mut p.root {
+                Some(ops) => ops.apply(),
+                None => {
+                    let none = std::ptr::null::<libc::c_char>();
+                    libc::mount(
+                        none,
+                        c"/".as_ptr(),
+                        none,
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    )
                 }
-                p.kept_fds[i] = fd;
+            };
+            if rc != 0 {
+                return fail(p, STAGE_ROOT);
             }
-            if libc::mount(
-                c"tmpfs".as_ptr(),
-                c"/tmp".as_ptr(),
-                c"tmpfs".as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                c"mode=1777".as_ptr().cast(),
-            ) != 0
-            {
-                return fail(p, 20);
-            }
-            for d in &p.tmp_dirs {
-                if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST
+            // The parent could not name a fresh /proc: grant it here (everything else the
+            // agent sees is a bind of a host inode the parent's rules name).
+            if let (Some(rs), true) = (p.landlock, p.ns.pid) {
+                let fd = libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if fd < 0
+                    || crate::sandbox::landlock::add_rule_raw(
+                        rs,
+                        fd,
+                        crate::sandbox::landlock::READ,
+                    ) != 0
                 {
-                    return fail(p, 30);
-                }
-            }
-            for (i, dir) in p.tmp_keep.iter().enumerate() {
-                let fd = p.kept_fds[i];
-                if libc::syscall(
-                    libc::SYS_move_mount,
-                    fd,
-                    c"".as_ptr(),
-                    libc::AT_FDCWD,
-                    dir.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                ) != 0
-                {
-                    return fail(p, 29);
+                    return fail(p, 24);
                 }
                 libc::close(fd);
-            }
-            if p.ns.pid
-                && libc::mount(
-                    c"proc".as_ptr(),
-                    c"/proc".as_ptr(),
-                    c"proc".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return fail(p, 21);
-            }
-            // The parent could not name these fresh mounts: grant them here.
-            if let Some(rs) = p.landlock {
-                for (path, access) in [
-                    (c"/tmp", p.landlock_rw),
-                    (c"/proc", crate::sandbox::landlock::READ),
-                ] {
-                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-                    if fd < 0 || crate::sandbox::landlock::add_rule_raw(rs, fd, access) != 0 {
-                        return fail(p, 24);
-                    }
-                    libc::close(fd);
-                }
             }
         }
         if let Some(h) = &p.hostname {
@@ -702,16 +609,27 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         // 6. Privileges: the bounding set goes first (it needs CAP_SETPCAP), then the ids,
         //    then whatever capabilities are left.
+        // Under an init, the init keeps root (and its uid stays apart from the agent's, so the
+        // agent cannot reach it) with only the capabilities it needs: CAP_KILL to forward
+        // signals, and for a stem CAP_SETUID/CAP_SETGID to start its agent as the agent's user.
+        // The agent drops everything itself (`agent_main`, or the stem's init).
+        let under_init = p.init_kind != InitKind::None;
         if p.drop_caps {
             for cap in 0..64 {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                let keep = match p.init_kind {
+                    InitKind::None => false,
+                    InitKind::Adopt => cap == CAP_KILL,
+                    InitKind::Stem => [CAP_KILL, CAP_SETGID, CAP_SETUID].contains(&cap),
+                };
+                if !keep
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
                     && *libc::__errno_location() != libc::EINVAL
                 {
                     return fail(p, 25);
                 }
             }
         }
-        if let Some((uid, gid)) = p.uid_gid {
+        if let (Some((uid, gid)), false) = (p.uid_gid, under_init) {
             if libc::setgroups(0, std::ptr::null()) != 0 {
                 return fail(p, 8);
             }
@@ -722,37 +640,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(p, 10);
             }
         }
-        if p.drop_caps {
-            #[repr(C)]
-            struct CapHeader {
-                version: u32,
-                pid: i32,
-            }
-            #[repr(C)]
-            struct CapData {
-                effective: u32,
-                permitted: u32,
-                inheritable: u32,
-            }
-            let hdr = CapHeader {
-                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-                pid: 0,
-            };
-            let data = [
-                CapData {
-                    effective: 0,
-                    permitted: 0,
-                    inheritable: 0,
-                },
-                CapData {
-                    effective: 0,
-                    permitted: 0,
-                    inheritable: 0,
-                },
-            ];
-            if libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) != 0 {
-                return fail(p, 26);
-            }
+        if p.drop_caps && !under_init && clear_caps() != 0 {
+            return fail(p, 26);
         }
         // 7. Die with the supervisor. Set after the uid change (which clears it), then check
         //    the parent did not die before it took effect.
@@ -837,15 +726,79 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// The agent's side under an init: everything is set up already (it shares the child's
-/// namespaces, limits and restrictions); it only drops the init's status fd and execs.
+/// How the child relates to `corral-init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitKind {
+    /// No init: the child execs the agent.
+    None,
+    /// The child starts the agent, then execs the init, which adopts it.
+    Adopt,
+    /// The child execs the init alone; it starts the agent when told (a warm stem).
+    Stem,
+}
+
+/// Clear every capability of the calling thread (effective, permitted, inheritable).
+///
+/// # Safety
+/// A raw system call over stack data: callable between clone and exec.
+unsafe fn clear_caps() -> libc::c_long {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr())
+}
+
+/// The agent's side under an init: namespaces, limits, landlock and seccomp are in place (it
+/// shares the child's); it drops the init's status fd, every capability (the bounding set
+/// too) and takes the agent's ids, so that it shares nothing with its init but the sandbox,
+/// then execs.
 extern "C" fn agent_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the parent's `Prepared`; the child that cloned us is suspended
     // (CLONE_VFORK) until we exec or exit. Raw system calls only.
     unsafe {
         let p = &mut *(arg as *mut Prepared);
         libc::close(5);
-        if let Some(path) = &p.agent_path {
+        let mut ok = true;
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                ok = false;
+            }
+        }
+        if let (Some((uid, gid)), true) = (p.uid_gid, ok) {
+            ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(gid) == 0
+                && libc::setuid(uid) == 0;
+        }
+        if ok {
+            ok = clear_caps() == 0;
+        }
+        if let (Some(path), true) = (&p.agent_path, ok) {
             libc::execve(path.as_ptr(), p.agent_argv.as_ptr(), p.envp.as_ptr());
         }
         std::ptr::write_volatile(&mut p.agent_errno, (*libc::__errno_location()).max(1));
@@ -899,7 +852,7 @@ const CHILD_STACK: usize = 64 * 1024;
 /// calls this must outlive the child (PDEATHSIG is tied to it).
 pub fn spawn_blocking(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, SpawnError> {
     lift_low_fds(&mut spec)?;
-    let mut prepared = Prepared::new(&spec)?;
+    let mut prepared = Prepared::new(&mut spec)?;
     if stack.len() < CHILD_STACK {
         stack.resize(CHILD_STACK, 0);
     }
@@ -961,8 +914,16 @@ pub fn spawn_blocking(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawne
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited (it called _exit).
         unsafe { libc::waitpid(pid, &mut status, 0) };
+        let step = prepared.root.as_ref().and_then(|r| r.failed_step());
         return Err(SpawnError::Child {
-            stage: STAGES.get(stage as usize).copied().unwrap_or("unknown"),
+            stage: match (stage, step) {
+                (STAGE_ROOT, Some(step)) => format!("building the agent's root ({step})"),
+                _ => STAGES
+                    .get(stage as usize)
+                    .copied()
+                    .unwrap_or("unknown")
+                    .into(),
+            },
             source: std::io::Error::from_raw_os_error(errno),
         });
     }
