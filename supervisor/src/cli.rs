@@ -183,6 +183,20 @@ fn validate(path: Option<&Path>) -> ExitCode {
                 cfg.agents.len(),
                 cfg.agents.keys().cloned().collect::<Vec<_>>().join(", ")
             );
+            for (name, spec) in &cfg.agents {
+                let found = config::exposure::assess(spec);
+                if found.is_empty() {
+                    println!("agent `{name}`: fully contained (the default; docs/isolation.md)");
+                }
+                for e in found {
+                    println!(
+                        "agent `{name}`: {}: {}: {}",
+                        e.level.as_str(),
+                        e.key,
+                        e.gives_away
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

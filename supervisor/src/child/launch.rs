@@ -359,7 +359,9 @@ pub(super) async fn launch(
         if !agent.namespaces.contains(&crate::config::Namespace::Pid) && pools.cgroups.is_none() {
             lease.sweep_on_release();
         }
-        if !agent.writable_paths.is_empty() {
+        lease.reclaim_on_release(&agent.writable_paths);
+        if !agent.namespaces.contains(&crate::config::Namespace::Ipc) {
+            // System V objects of the uid would outlive the attempt.
             lease.retire();
         }
     }

@@ -8,9 +8,11 @@
 //! out the same uid; a supervisor that dies releases its locks with its open files). A lease is
 //! released when its attempt has ended: its processes are dead (pid namespace or cgroup kill,
 //! else a sweep that kills every process of the uid) and its workspace is gone. A uid that may
-//! still own files somewhere (the attempt could write `writable_paths`, or its workspace was
-//! kept) is *retired* instead: a `<uid>.retired` marker keeps every supervisor from handing it
-//! out again until the lock dir is cleared (at boot, `/run` being a tmpfs).
+//! still own files somewhere is given them back or *retired*: what it left in `writable_paths`
+//! is handed to the owner of each such directory (a bounded walk, [`RECLAIM_LIMIT`] entries);
+//! when that walk cannot finish, when its workspace is kept, or when it had no IPC namespace
+//! (System V objects of it may remain), a `<uid>.retired` marker keeps every supervisor from
+//! handing it out again until the lock dir is cleared (at boot, `/run` being a tmpfs).
 //!
 //! Ids named in `/etc/passwd` or `/etc/group` are never handed out.
 
@@ -20,6 +22,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+/// Most entries walked in `writable_paths` to give a released uid's files back.
+pub const RECLAIM_LIMIT: usize = 100_000;
 
 /// Where uid locks live unless `CORRAL_UID_LOCK_DIR` says otherwise.
 pub const LOCK_DIR: &str = "/run/corral/uids";
@@ -146,6 +151,7 @@ impl UidPool {
                 _lock: lock,
                 retire: false,
                 sweep: false,
+                reclaim: Vec::new(),
             });
         }
         Err(UidError::Exhausted {
@@ -163,6 +169,7 @@ pub struct UidLease {
     _lock: Flock<File>,
     retire: bool,
     sweep: bool,
+    reclaim: Vec<PathBuf>,
 }
 
 impl UidLease {
@@ -174,6 +181,50 @@ impl UidLease {
     /// Never hand this uid out again: files of it may remain (kept workspace, `writable_paths`).
     pub fn retire(&mut self) {
         self.retire = true;
+    }
+
+    /// Before release, give what this uid owns under `dirs` (writable to the attempt) to the
+    /// owner of each directory; retire the uid when that cannot be done.
+    pub fn reclaim_on_release(&mut self, dirs: &[PathBuf]) {
+        self.reclaim.extend(dirs.iter().cloned());
+    }
+
+    /// Give back what the uid owns under `self.reclaim`. `false` when something may remain.
+    fn reclaim(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mut budget = RECLAIM_LIMIT;
+        let mut stack: Vec<(PathBuf, u32, u32)> = Vec::new();
+        for d in &self.reclaim {
+            match std::fs::symlink_metadata(d) {
+                Ok(m) => stack.push((d.clone(), m.uid(), m.gid())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
+        while let Some((p, to_uid, to_gid)) = stack.pop() {
+            if budget == 0 {
+                return false;
+            }
+            budget -= 1;
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                return false;
+            };
+            if m.uid() == self.uid || m.gid() == self.uid {
+                if std::os::unix::fs::lchown(&p, Some(to_uid), Some(to_gid)).is_err() {
+                    return false;
+                }
+            }
+            if m.is_dir() {
+                let Ok(entries) = std::fs::read_dir(&p) else {
+                    return false;
+                };
+                for e in entries {
+                    let Ok(e) = e else { return false };
+                    stack.push((e.path(), to_uid, to_gid));
+                }
+            }
+        }
+        true
     }
 
     /// Kill every process of this uid before the uid is released (for attempts with neither a
@@ -213,6 +264,13 @@ impl Drop for UidLease {
     fn drop(&mut self) {
         if self.sweep {
             self.sweep();
+        }
+        if !self.reclaim.is_empty() && !self.reclaim() {
+            tracing::warn!(
+                uid = self.uid,
+                "files of the uid may remain in writable_paths (more than {RECLAIM_LIMIT} entries, or one could not be changed)"
+            );
+            self.retire = true;
         }
         if self.retire {
             let marker = self.dir.join(format!("{}.retired", self.uid));
@@ -281,6 +339,27 @@ mod tests {
             let l = p.take().expect("the other uid");
             assert_ne!(l.uid(), retired);
         }
+    }
+
+    #[test]
+    fn files_left_in_writable_paths_go_back_to_the_directory_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let (d, p) = pool(70040, 70040);
+        let out = d.path().join("out");
+        std::fs::create_dir_all(out.join("sub")).expect("mkdir");
+        std::fs::write(out.join("sub/f"), b"x").expect("write");
+        let mut lease = p.take().expect("uid");
+        let uid = lease.uid();
+        for f in [out.join("sub"), out.join("sub/f")] {
+            std::os::unix::fs::lchown(&f, Some(uid), Some(uid)).expect("chown (tests run as root)");
+        }
+        lease.reclaim_on_release(std::slice::from_ref(&out));
+        drop(lease);
+        let owner = std::fs::metadata(&out).expect("out").uid();
+        for f in [out.join("sub"), out.join("sub/f")] {
+            assert_eq!(std::fs::metadata(&f).expect("f").uid(), owner);
+        }
+        assert!(p.take().is_ok(), "given back, the uid is not retired");
     }
 
     #[test]
