@@ -146,6 +146,25 @@ fn chmods() -> Vec<(c_long, u8)> {
     v
 }
 
+/// Calls that create a file with a mode: number, index of the flags argument (`None`: the
+/// call always creates), index of the mode argument.
+fn creating() -> Vec<(c_long, Option<u8>, u8)> {
+    let mut v = vec![(libc::SYS_openat, Some(2), 3), (libc::SYS_mknodat, None, 2)];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        (libc::SYS_open, Some(1), 2),
+        (libc::SYS_creat, None, 1),
+        (libc::SYS_mknod, None, 1),
+    ]);
+    v
+}
+
+/// The `open` flags that create a file.
+const CREATE_FLAGS: [c_long; 2] = [
+    libc::O_CREAT as c_long,
+    (libc::O_TMPFILE & !libc::O_DIRECTORY) as c_long,
+];
+
 /// A 32-bit condition on argument `arg`.
 fn dword(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).map_err(SeccompError::from)
@@ -170,6 +189,27 @@ fn rules() -> Result<BpfProgram, SeccompError> {
     rules.insert(libc::SYS_clone, any_bit(0, ns)?);
     for (nr, mode) in chmods() {
         rules.insert(nr, any_bit(mode, SETID_BITS.map(u64::from))?);
+    }
+    // A set-id file cannot be created either (the mode of a file being created).
+    for (nr, flags, mode) in creating() {
+        let r = match flags {
+            None => any_bit(mode, SETID_BITS.map(u64::from))?,
+            Some(f) => {
+                let mut r = Vec::new();
+                for flag in CREATE_FLAGS {
+                    for bit in SETID_BITS {
+                        let bit = u64::from(bit);
+                        let flag = flag as u64;
+                        r.push(SeccompRule::new(vec![
+                            dword(f, SeccompCmpOp::MaskedEq(flag), flag)?,
+                            dword(mode, SeccompCmpOp::MaskedEq(bit), bit)?,
+                        ])?);
+                    }
+                }
+                r
+            }
+        };
+        rules.insert(nr, r);
     }
     // The kernel takes the persona as an `unsigned int`.
     let other_persona = PERSONAS
@@ -210,7 +250,7 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
 }
 
 /// What one `seccompiler` filter cannot say: kill calls of another ABI, and answer `clone3`
-/// with `ENOSYS`. Falls through to the next instruction for every other call.
+/// and `openat2` with `ENOSYS`. Falls through to the next instruction for every other call.
 fn prelude() -> Vec<sock_filter> {
     let mut p = vec![
         stmt(LD_W_ABS, ARCH_AT),
@@ -226,6 +266,9 @@ fn prelude() -> Vec<sock_filter> {
         p.push(stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS));
     }
     p.push(jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1));
+    p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    // openat2's mode is in memory too: callers fall back to openat, whose mode it can read.
+    p.push(jump(JEQ_K, libc::SYS_openat2 as u32, 0, 1));
     p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
     p
 }
@@ -339,12 +382,38 @@ mod tests {
         for nr in [
             libc::SYS_getpid,
             libc::SYS_read,
-            libc::SYS_openat,
+            libc::SYS_write,
             libc::SYS_seccomp,
         ] {
             assert_eq!(call(nr, [u64::MAX; 6]), ALLOW, "call {nr}");
         }
         assert_eq!(call(libc::SYS_clone3, [0; 6]), ENOSYS);
+        assert_eq!(call(libc::SYS_openat2, [0; 6]), ENOSYS);
+
+        // Creating a set-id file is refused; opening or creating a plain one is not.
+        let creat = libc::O_CREAT | libc::O_WRONLY;
+        let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
+        let openat = |flags: libc::c_int, mode: u64| {
+            call(libc::SYS_openat, [0, 0, flags as u32 as u64, mode, 0, 0])
+        };
+        assert_eq!(openat(creat, 0o4755), EPERM);
+        assert_eq!(openat(creat, 0o2755), EPERM);
+        assert_eq!(openat(tmpfile, 0o4755), EPERM);
+        assert_eq!(openat(creat, 0o644), ALLOW);
+        assert_eq!(
+            openat(libc::O_RDONLY, 0o4755),
+            ALLOW,
+            "no O_CREAT: mode unused"
+        );
+        assert_eq!(call(libc::SYS_mknodat, [0, 0, 0o104755, 0, 0, 0]), EPERM);
+        assert_eq!(call(libc::SYS_mknodat, [0, 0, 0o100644, 0, 0, 0]), ALLOW);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(call(libc::SYS_creat, [0, 0o4755, 0, 0, 0, 0]), EPERM);
+            assert_eq!(call(libc::SYS_creat, [0, 0o644, 0, 0, 0, 0]), ALLOW);
+            let open = [0, creat as u32 as u64, 0o6755, 0, 0, 0];
+            assert_eq!(call(libc::SYS_open, open), EPERM);
+        }
         // Another ABI, and x32 calls on x86_64, die.
         assert_eq!(eval(program(), 0x4000_0003, libc::SYS_getpid, [0; 6]), KILL);
         #[cfg(target_arch = "x86_64")]
