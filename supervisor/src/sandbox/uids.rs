@@ -209,10 +209,10 @@ impl UidLease {
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 return false;
             };
-            if m.uid() == self.uid || m.gid() == self.uid {
-                if std::os::unix::fs::lchown(&p, Some(to_uid), Some(to_gid)).is_err() {
-                    return false;
-                }
+            if (m.uid() == self.uid || m.gid() == self.uid)
+                && std::os::unix::fs::lchown(&p, Some(to_uid), Some(to_gid)).is_err()
+            {
+                return false;
             }
             if m.is_dir() {
                 let Ok(entries) = std::fs::read_dir(&p) else {
