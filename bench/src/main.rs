@@ -35,13 +35,15 @@ const GROUPS: [(&str, &str); 7] = [
     ("7", "idle"),
 ];
 
-const USAGE: &str = "usage: corral-bench [--quick] [--no-build] [ROW-FILTER...]\n\
+const USAGE: &str = "usage: corral-bench [--quick] [--no-build] [--setup-peers] [ROW-FILTER...]\n\
+  --setup-peers: first install the peer tools (bench/setup-peers: bubblewrap, supervisor)\n\
   ROW-FILTER: a row number 1-7 or part of a name: spawn-plain spawn-isolated ballast frames \
   hang restart idle";
 
 struct Args {
     quick: bool,
     build: bool,
+    setup_peers: bool,
     filters: Vec<String>,
 }
 
@@ -49,12 +51,14 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         quick: false,
         build: true,
+        setup_peers: false,
         filters: Vec::new(),
     };
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => a.quick = true,
             "--no-build" => a.build = false,
+            "--setup-peers" => a.setup_peers = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -137,6 +141,16 @@ fn guard(sec: &mut stats::Section, id: &str, r: Result<()>) {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.setup_peers {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("setup-peers");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .status()
+            .with_context(|| format!("run {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+    }
     let dir = agents_dir(args.build)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
