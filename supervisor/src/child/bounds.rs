@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes waiting to be written to the agent past which its frames are no longer read, until it
 /// reads what it was sent (one message more may be added past it).
@@ -185,6 +185,14 @@ impl LogBudget {
     pub(super) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// When a beat the agent dated `beat_ns` (`CLOCK_MONOTONIC`) was alive, read at `read_at`
+/// (`mono_now` on that clock): its date, clamped to the time it was read (a beat from the
+/// future counts as "now", so it cannot hide a hang) and to `floor` (the attempt's start).
+pub(super) fn beat_time(read_at: Instant, mono_now: u64, beat_ns: u64, floor: Instant) -> Instant {
+    let age = Duration::from_nanos(mono_now.saturating_sub(beat_ns));
+    read_at.checked_sub(age).unwrap_or(floor).max(floor)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -361,6 +369,23 @@ mod tests {
             "ok\\n2024-01-01T00:00:00Z  INFO corral: forged\\r\\x1b[2J\\x1b]0;t\\x07\\t\\x7f\\x85\\u{2028}\\u{202e}é"
         );
         assert!(!e.chars().any(unsafe_char));
+    }
+
+    #[test]
+    fn a_beat_is_dated_no_later_than_it_was_read_nor_before_the_attempt() {
+        let floor = Instant::now();
+        let read_at = floor + Duration::from_secs(10);
+        let mono = 1_000_000_000_000;
+        // From the future, near or far: when it was read.
+        assert_eq!(beat_time(read_at, mono, mono + 1, floor), read_at);
+        assert_eq!(beat_time(read_at, mono, u64::MAX, floor), read_at);
+        // From the past: its own date.
+        assert_eq!(
+            beat_time(read_at, mono, mono - 3_000_000_000, floor),
+            read_at - Duration::from_secs(3)
+        );
+        // From before the attempt (or boot): the attempt's start.
+        assert_eq!(beat_time(read_at, mono, 0, floor), floor);
     }
 
     #[test]

@@ -1080,8 +1080,7 @@ impl<'a> State<'a> {
                     let mut r = [0u8; BEAT_LEN];
                     r.copy_from_slice(rec);
                     let (progress, at_ns) = corral_proto::beat::decode(&r);
-                    let age = Duration::from_nanos(mono_now.saturating_sub(at_ns));
-                    let at = now.checked_sub(age).unwrap_or(self.t0).max(self.t0);
+                    let at = bounds::beat_time(now, mono_now, at_ns, self.t0);
                     if self.last_frame.is_none_or(|t| at > t) {
                         self.last_frame = Some(at);
                     }
