@@ -126,7 +126,8 @@ pub enum AttemptEvent {
         /// Its pid.
         pid: i32,
     },
-    /// A watchdog fired (hung, stalled, deadline, startup_timeout); the kill follows at once.
+    /// A watchdog fired (hung, stalled, deadline, startup_timeout, or protocol_violation for
+    /// an agent that left fd 3 unread); the kill follows at once.
     Watchdog {
         /// Agent name.
         agent: String,
@@ -504,8 +505,8 @@ async fn attempt(
     let pidfd = match PidFd::new(pid, spawned.pidfd) {
         Ok(p) => p,
         Err(e) => {
-            process::kill_group(pid, libc::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            // Not waited for here: the reaper thread reaps it.
+            process::kill_and_reap(pid, None, || {});
             return spawn_failed(record, e.to_string());
         }
     };
