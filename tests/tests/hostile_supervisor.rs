@@ -192,7 +192,8 @@ fn an_agent_that_never_reads_its_answers_is_held_back_then_ended() {
     let r = run(&fx, r#"{"do":"calls","n":0}"#, false);
     assert_eq!(r.reason(), "protocol_violation", "{}", r.doc);
     assert!(
-        r.message().contains("did not read its pipe (fd 3)"),
+        r.message()
+            .contains("the agent left more than 262144 bytes unread on its pipe (fd 3) for 1s"),
         "{}",
         r.message()
     );

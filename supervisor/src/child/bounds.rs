@@ -59,11 +59,11 @@ pub(super) enum BoundError {
         /// The call id.
         call_id: u64,
     },
-    /// The agent has not read fd 3 for too long.
+    /// The agent has left too much unread on fd 3 for too long.
     #[error(
-        "the agent did not read its pipe (fd 3) for {waited:?} (heartbeat_timeout): {bytes} \
-         bytes were waiting for it; corral buffers at most {MAX_PENDING} bytes and stops reading \
-         the agent's frames meanwhile"
+        "the agent left more than {MAX_PENDING} bytes unread on its pipe (fd 3) for {waited:?} \
+         (heartbeat_timeout), {bytes} at the end; corral does not read the agent's frames \
+         meanwhile"
     )]
     NotReading {
         /// Bytes waiting to be written.
