@@ -4,7 +4,7 @@
 //! `Log` frames share one budget), and agent text made safe to print. Pure and small: the
 //! attempt loop asks, this room answers.
 
-use crate::record::ToolTrace;
+use crate::record::{ExitReason, ToolTrace};
 use corral_proto::message::{
     MAX_OUTSTANDING_CALLS, MAX_TOOL_CALL, MAX_TOOL_NAME, UP_TOOL_CALL_TAG,
 };
@@ -71,6 +71,27 @@ pub(super) enum BoundError {
         /// How long it was so.
         waited: Duration,
     },
+}
+
+/// Whether `pending` bytes waiting to be written to the agent are too many: its frames are then
+/// left unread until it reads.
+pub(super) fn over_pending(pending: usize) -> bool {
+    pending > MAX_PENDING
+}
+
+/// The liveness watchdog: `hung` a heartbeat_timeout after the last sign of life; but while
+/// the agent's frames are left unread (`blocked_since`, see [`over_pending`]), it cannot be
+/// told hung, and is given a heartbeat_timeout from then to read what waits for it, or it is a
+/// `protocol_violation`.
+pub(super) fn liveness_deadline(
+    last_alive: Instant,
+    blocked_since: Option<Instant>,
+    timeout: Duration,
+) -> (Instant, ExitReason) {
+    match blocked_since {
+        Some(since) => (since + timeout, ExitReason::ProtocolViolation),
+        None => (last_alive + timeout, ExitReason::Hung),
+    }
 }
 
 /// Check the head of the next frame (its length and first payload byte, see
@@ -386,6 +407,21 @@ mod tests {
         );
         // From before the attempt (or boot): the attempt's start.
         assert_eq!(beat_time(read_at, mono, 0, floor), floor);
+    }
+
+    #[test]
+    fn an_agent_held_back_is_given_a_heartbeat_timeout_to_read_then_is_a_violation() {
+        assert!(!over_pending(MAX_PENDING));
+        assert!(over_pending(MAX_PENDING + 1));
+        let t = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(liveness_deadline(t, None, s), (t + s, ExitReason::Hung));
+        // Held back later than its last frame: judged from then, not hung meanwhile.
+        let since = t + Duration::from_millis(300);
+        assert_eq!(
+            liveness_deadline(t, Some(since), s),
+            (since + s, ExitReason::ProtocolViolation)
+        );
     }
 
     #[test]

@@ -1023,7 +1023,7 @@ impl<'a> State<'a> {
     /// `bounds::MAX_PENDING` bytes wait to be written to it. Reading resumes once it reads;
     /// after `heartbeat_timeout` so, the attempt ends as a protocol violation.
     fn backpressured(&self) -> bool {
-        self.down.is_some() && self.pending.len() > bounds::MAX_PENDING
+        self.down.is_some() && bounds::over_pending(self.pending.len())
     }
 
     /// Note when backpressure starts and ends.
@@ -1149,15 +1149,11 @@ impl<'a> State<'a> {
         match self.phase {
             Phase::Starting => (self.t0 + a.startup_timeout, ExitReason::StartupTimeout),
             _ => {
-                // While its frames are not read, the agent cannot be told hung: it is given
-                // heartbeat_timeout to read what waits for it.
-                let mut best = match self.blocked_since {
-                    Some(since) => (since + a.heartbeat_timeout, ExitReason::ProtocolViolation),
-                    None => (
-                        self.last_frame.unwrap_or(self.t0) + a.heartbeat_timeout,
-                        ExitReason::Hung,
-                    ),
-                };
+                let mut best = bounds::liveness_deadline(
+                    self.last_frame.unwrap_or(self.t0),
+                    self.blocked_since,
+                    a.heartbeat_timeout,
+                );
                 if let Some(sent) = self.task_sent_at {
                     if matches!(self.phase, Phase::Busy | Phase::ToolCall) {
                         // Waiting on a tool is not a stall of the agent, nor is waiting for
