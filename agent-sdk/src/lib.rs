@@ -85,9 +85,13 @@ struct Shared {
 
 impl Shared {
     fn send(&self, msg: &Up) -> Result<(), SdkError> {
-        let bytes = frame::encode(msg)?;
+        self.send_encoded(&frame::encode(msg)?)
+    }
+
+    /// Write one frame encoded already.
+    fn send_encoded(&self, bytes: &[u8]) -> Result<(), SdkError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(&bytes).map_err(corral_proto::FrameError::Io)?;
+        w.write_all(bytes).map_err(corral_proto::FrameError::Io)?;
         Ok(())
     }
 }
@@ -137,22 +141,48 @@ impl Ctx {
     }
 
     /// Call a tool through the supervisor and wait for its result. The tool must be declared
-    /// in the contract and allowed by the supervisor's config.
+    /// in the contract and allowed by the supervisor's config. A name over
+    /// [`corral_proto::message::MAX_TOOL_NAME`] bytes, or a call over
+    /// [`corral_proto::message::MAX_TOOL_CALL`] bytes encoded, is refused here (kind
+    /// `too_large`) instead of being sent: the supervisor would end the attempt for it.
     pub fn call_tool<A: Serialize + 'static>(
         &mut self,
         tool: &str,
         args: A,
     ) -> Result<Value, AgentError> {
+        use corral_proto::message::{MAX_TOOL_CALL, MAX_TOOL_NAME};
         let args = corral_proto::value::to_value_owned(args)
             .map_err(|e| AgentError::new("invalid_args", e.to_string(), false))?;
+        if tool.len() > MAX_TOOL_NAME {
+            return Err(AgentError::new(
+                "too_large",
+                format!(
+                    "a tool name is at most {MAX_TOOL_NAME} bytes; this one is {}",
+                    tool.len()
+                ),
+                false,
+            ));
+        }
         self.next_call += 1;
         let call_id = self.next_call;
+        let bytes = frame::encode(&Up::ToolCall(ToolCall {
+            call_id,
+            tool: tool.to_string(),
+            args,
+        }))
+        .map_err(|e| AgentError::new("invalid_args", e.to_string(), false))?;
+        if bytes.len() - 4 > MAX_TOOL_CALL {
+            return Err(AgentError::new(
+                "too_large",
+                format!(
+                    "a tool call is at most {MAX_TOOL_CALL} bytes encoded; this one is {}",
+                    bytes.len() - 4
+                ),
+                false,
+            ));
+        }
         self.shared
-            .send(&Up::ToolCall(ToolCall {
-                call_id,
-                tool: tool.to_string(),
-                args,
-            }))
+            .send_encoded(&bytes)
             .map_err(|e| AgentError::new("io", e.to_string(), true))?;
         loop {
             match self.events.recv() {

@@ -208,6 +208,9 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Buffer capacity a [`FrameDecoder`] keeps once empty; more (left by a large frame) is freed.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
 /// Splits frames out of bytes as they arrive, for event loops that read in chunks.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -229,10 +232,33 @@ impl FrameDecoder {
     /// Append bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+            self.reset();
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Empty the buffer; the room a large frame needed is given back rather than kept for the
+    /// rest of the stream.
+    fn reset(&mut self) {
+        self.start = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+    }
+
+    /// The announced payload length of the frame under way and its first payload byte (for an
+    /// enum message, its variant index when below 251), once both are buffered. Lets a reader
+    /// refuse a frame by kind and size before its payload is read. The length is not checked
+    /// against the maximum here.
+    pub fn peek_head(&self) -> Option<(usize, u8)> {
+        if self.pending() < 5 {
+            return None;
+        }
+        let h = &self.buf[self.start..self.start + 4];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        (len > 0).then(|| (len, self.buf[self.start + 4]))
     }
 
     /// Bytes buffered but not yet consumed as frames.
@@ -279,8 +305,7 @@ impl FrameDecoder {
         let msg = decode_payload(payload)?;
         self.start += 4 + len;
         if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+            self.reset();
         } else if self.start > 64 * 1024 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -439,6 +464,36 @@ mod tests {
         }
         assert_eq!(got, (0..100).collect::<Vec<_>>());
         d.finish().unwrap();
+    }
+
+    #[test]
+    fn peek_head_tells_kind_and_size_before_the_payload() {
+        let call = Up::ToolCall(ToolCall {
+            call_id: 1,
+            tool: "t".into(),
+            args: crate::Value::Null,
+        });
+        let bytes = encode(&call).unwrap();
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&bytes[..4]);
+        assert_eq!(d.peek_head(), None, "no payload byte yet");
+        d.push(&bytes[4..5]);
+        assert_eq!(d.peek_head(), Some((bytes.len() - 4, UP_TOOL_CALL_TAG)));
+        d.push(&bytes[5..]);
+        assert_eq!(d.next::<Up>().unwrap(), Some(call));
+        assert_eq!(d.peek_head(), None);
+    }
+
+    #[test]
+    fn a_large_frame_does_not_keep_its_room() {
+        let big = Up::Log(Log {
+            level: LogLevel::Info,
+            message: "x".repeat(1 << 20),
+        });
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&encode(&big).unwrap());
+        assert_eq!(d.next::<Up>().unwrap(), Some(big));
+        assert!(d.buf.capacity() <= KEEP_CAPACITY, "{}", d.buf.capacity());
     }
 }
 

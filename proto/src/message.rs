@@ -17,6 +17,21 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this crate speaks. Exchanged in `Hello` and `Ready`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Longest tool name, in bytes, a `ToolCall` may carry; a longer one is a protocol violation.
+pub const MAX_TOOL_NAME: usize = 256;
+
+/// Largest `ToolCall` payload, in bytes (its name and arguments, encoded), whatever
+/// `Hello.max_frame` allows; a larger one is a protocol violation, detected from the frame's
+/// first payload byte before the rest is read.
+pub const MAX_TOOL_CALL: usize = 1 << 20;
+
+/// Most tool calls an agent may have outstanding (asked, not yet answered) at once; a call past
+/// it is refused with kind `too_many_calls`.
+pub const MAX_OUTSTANDING_CALLS: usize = 64;
+
+/// The first payload byte of every `Up::ToolCall` frame: its variant index (a one-byte varint).
+pub const UP_TOOL_CALL_TAG: u8 = 3;
+
 /// Supervisor → agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Down {

@@ -205,8 +205,12 @@ pub struct ExitRecord {
     pub log_bytes_dropped: u64,
     /// Whether the cgroup recorded an OOM kill.
     pub oom_killed: bool,
-    /// Tool calls made during the attempt, in order.
+    /// Tool calls made during the attempt, in order: the first 64 and the last 64 at most.
     pub tool_calls: Vec<ToolTrace>,
+    /// Tool calls left out of `tool_calls` (those between the first and the last kept, and any
+    /// left out to keep the record within [`MAX_RECORD_BYTES`]).
+    #[serde(default)]
+    pub tool_calls_dropped: u64,
 }
 
 /// One tool call as traced in the exit record.
@@ -260,11 +264,153 @@ impl ExitRecord {
             log_bytes_dropped: 0,
             oom_killed: false,
             tool_calls: Vec::new(),
+            tool_calls_dropped: 0,
         }
     }
+
+    /// Keep the record within [`MAX_RECORD_BYTES`] as compact JSON whatever the agent sent:
+    /// `error.kind` is cut to [`MAX_ERROR_KIND`] bytes and `error.message` to
+    /// [`MAX_ERROR_MESSAGE`] (both marked with `…`), `stderr_tail` keeps its last
+    /// [`MAX_STDERR_TAIL`] bytes, a tool name to 256 bytes and an `error_kind` to
+    /// [`MAX_ERROR_KIND`]; then, while the record is still too large, tool calls are dropped
+    /// from the middle of `tool_calls` (counted in `tool_calls_dropped`).
+    pub fn bound(&mut self) {
+        if let Some(e) = &mut self.error {
+            cut(&mut e.kind, MAX_ERROR_KIND);
+            cut(&mut e.message, MAX_ERROR_MESSAGE);
+        }
+        if self.stderr_tail.len() > MAX_STDERR_TAIL {
+            let mut start = self.stderr_tail.len() - MAX_STDERR_TAIL;
+            while !self.stderr_tail.is_char_boundary(start) {
+                start += 1;
+            }
+            self.stderr_tail.drain(..start);
+        }
+        for t in &mut self.tool_calls {
+            cut(&mut t.tool, corral_proto::message::MAX_TOOL_NAME);
+            if let Some(k) = &mut t.error_kind {
+                cut(k, MAX_ERROR_KIND);
+            }
+        }
+        // Only a record that could be too large is measured (most are a few hundred bytes).
+        let mut size = json_len(self);
+        while size > MAX_RECORD_BYTES && !self.tool_calls.is_empty() {
+            // Enough calls at once to fit, judging by their average size (at least one).
+            let calls = self.tool_calls.len();
+            let per_call = self.tool_calls.iter().map(json_len).sum::<usize>() / calls + 1;
+            let n = ((size - MAX_RECORD_BYTES) / per_call + 1).min(calls);
+            let from = (calls - n) / 2;
+            self.tool_calls.drain(from..from + n);
+            self.tool_calls_dropped += n as u64;
+            size = json_len(self);
+        }
+    }
+}
+
+/// Largest exit record, as compact JSON, once [`ExitRecord::bound`] has run: 256 KiB.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+/// Longest `error.message` kept, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+/// Longest `error.kind` (and tool call `error_kind`) kept, in bytes.
+pub const MAX_ERROR_KIND: usize = 64;
+/// Longest `stderr_tail` kept, in bytes.
+pub const MAX_STDERR_TAIL: usize = 4096;
+
+/// Cut `s` to at most `max` bytes on a character boundary, ending it with `…` when cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push('…');
+}
+
+/// Length of a value as compact JSON.
+fn json_len<T: Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Format a system time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile() -> ExitRecord {
+        let mut r = ExitRecord::begin("a", "r", 1);
+        r.error = Some(RecordedError {
+            kind: "k".repeat(10_000),
+            message: "\u{1}é".repeat(1 << 20),
+            retryable: false,
+        });
+        r.stderr_tail = "\u{2}".repeat(10_000);
+        r.tool_calls = (0..5000)
+            .map(|i| ToolTrace {
+                call_id: i,
+                tool: "\u{3}".repeat(10_000),
+                ok: false,
+                error_kind: Some("\u{4}".repeat(1000)),
+                duration_ms: u64::MAX,
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn a_bound_record_fits_whatever_it_held() {
+        let mut r = hostile();
+        r.bound();
+        let size = serde_json::to_vec(&r).unwrap().len();
+        assert!(size <= MAX_RECORD_BYTES, "{size}");
+        let e = r.error.as_ref().unwrap();
+        assert!(e.message.len() <= MAX_ERROR_MESSAGE && e.message.ends_with('…'));
+        assert!(e.kind.len() <= MAX_ERROR_KIND);
+        assert_eq!(r.stderr_tail.len(), MAX_STDERR_TAIL);
+        assert!(!r.tool_calls.is_empty(), "as many calls as fit are kept");
+        assert_eq!(r.tool_calls.len() as u64 + r.tool_calls_dropped, 5000);
+        // The first and the last calls stay; those dropped came from the middle.
+        assert_eq!(r.tool_calls.first().map(|t| t.call_id), Some(0));
+        assert_eq!(r.tool_calls.last().map(|t| t.call_id), Some(4999));
+    }
+
+    #[test]
+    fn a_small_record_is_left_as_it_is() {
+        let mut r = ExitRecord::begin("a", "r", 1);
+        r.error = Some(RecordedError {
+            kind: "exit_code".into(),
+            message: "exited with code 3".into(),
+            retryable: true,
+        });
+        r.stderr_tail = "boom\n".into();
+        let before = r.clone();
+        r.bound();
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn an_old_record_without_the_dropped_count_still_reads() {
+        let mut v = serde_json::to_value(ExitRecord::begin("a", "r", 1)).unwrap();
+        v.as_object_mut().unwrap().remove("tool_calls_dropped");
+        let r: ExitRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(r.tool_calls_dropped, 0);
+    }
 }

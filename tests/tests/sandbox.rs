@@ -537,10 +537,11 @@ async fn warm_stems_start_agents_with_the_same_isolation_and_leave_nothing() {
     assert_eq!(warm, [false]);
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
 
-    // Dropping the supervisor ends the stem that waits.
+    // Dropping the supervisor ends the stem that waits (killed at once, reaped by the reaper).
     s.prewarm("chaos").await.unwrap();
     let last = s.prewarmed()[0].1;
     drop(s);
+    corral::sandbox::process::settled().await;
     assert!(!alive(last), "a stem outlived its supervisor");
 }
 

@@ -368,8 +368,9 @@ async fn a_stop_during_backoff_starts_no_further_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beat_from_the_future_does_not_hide_a_hang() {
     // One beat dated u64::MAX ns, then silence: the beat counts as "now" when it is read, no
-    // later, so the agent is hung one heartbeat_timeout after that.
-    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
+    // later, so the agent is hung one heartbeat_timeout after that. (Were the beat believed,
+    // the hang would be hidden until wall_time ended it as a deadline.)
+    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nwall_time = \"10s\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"beat_future"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Hung], "{:?}", o.attempts);
     let a = &o.attempts[0];

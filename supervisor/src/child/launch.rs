@@ -498,15 +498,22 @@ impl Stem {
         }
     }
 
-    /// End an unused stem: its init exits at once on end of file of fd 7; SIGKILL as well,
-    /// then reap. The workspace and cgroup go with it.
+    /// End an unused stem without blocking: its init exits at once on end of file of fd 7;
+    /// SIGKILL as well (through the pidfd), then the reaper thread reaps it and removes its
+    /// workspace and cgroup.
     fn discard(self) {
-        let l = self.0;
-        drop(l.control);
-        // Through the pidfd: it cannot hit a reused pid.
-        process::pidfd_kill(&l.spawned.pidfd);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(l.spawned.pid), None);
-        // Workspace and cgroup are removed as they drop.
+        let Launched {
+            spawned,
+            workspace,
+            cgroup,
+            control,
+            ..
+        } = self.0;
+        drop(control);
+        process::kill_and_reap(spawned.pid, Some(spawned.pidfd), move || {
+            drop(cgroup);
+            drop(workspace);
+        });
     }
 }
 

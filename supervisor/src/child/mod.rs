@@ -11,11 +11,20 @@
 //! stdout/stderr are always drained, and the beat pipe is read without blocking. One timer per
 //! attempt, moved early onto a shared grid so that agents beating in step share wake-ups.
 //!
+//! Whatever the agent sends, what the supervisor holds for it stays bounded (see `bounds`):
+//! tool calls, bytes waiting for an agent that does not read (its frames are then no longer
+//! read), the trace and the size of the exit record, log bytes. A dropped attempt still kills
+//! and reaps its process (see `guard`).
+//!
 //! The child knows nothing of plans, the journal or retries: the owner (see [`crate::run`])
 //! decides what follows and fills in `decision`, `backoff_ms` and the counters.
 
+mod bounds;
+mod guard;
 mod launch;
 
+use bounds::{BoundError, LogBudget, Trace};
+use guard::Teardown;
 pub use launch::{agent_env, Pools, StemPool};
 use launch::{launch, Launched};
 
@@ -117,7 +126,8 @@ pub enum AttemptEvent {
         /// Its pid.
         pid: i32,
     },
-    /// A watchdog fired (hung, stalled, deadline, startup_timeout); the kill follows at once.
+    /// A watchdog fired (hung, stalled, deadline, startup_timeout, or protocol_violation for
+    /// an agent that left fd 3 unread); the kill follows at once.
     Watchdog {
         /// Agent name.
         agent: String,
@@ -240,20 +250,15 @@ fn page_kb() -> u64 {
     })
 }
 
-struct LogStats {
-    dropped: u64,
-    stderr_tail: Vec<u8>,
-}
-
-/// Where an agent's stdout/stderr bytes go: lines to the log, within the attempt's budget.
+/// Where an agent's stdout/stderr bytes go: lines to the log (escaped), within the attempt's
+/// log budget.
 struct LogSink {
     agent: String,
     pid: i32,
-    limit: u64,
-    used: u64,
+    budget: Arc<LogBudget>,
     /// Partial last line per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
-    stats: LogStats,
+    stderr_tail: Vec<u8>,
 }
 
 impl LogSink {
@@ -261,20 +266,19 @@ impl LogSink {
     /// line.
     fn consume(&mut self, which: usize, data: &[u8], eof: bool) {
         if which == 1 {
-            let tail = &mut self.stats.stderr_tail;
+            let tail = &mut self.stderr_tail;
             tail.extend_from_slice(data);
             if tail.len() > STDERR_TAIL {
                 let cut = tail.len() - STDERR_TAIL;
                 tail.drain(..cut);
             }
         }
-        let keep = self.limit.saturating_sub(self.used).min(data.len() as u64) as usize;
-        self.used += keep as u64;
-        self.stats.dropped += (data.len() - keep) as u64;
+        let keep = self.budget.take(data.len());
         let stream = if which == 0 { "stdout" } else { "stderr" };
         let (agent, pid) = (&self.agent, self.pid);
         let emit = |line: &[u8]| {
-            tracing::info!(agent = %agent, pid, stream, "{}", String::from_utf8_lossy(line));
+            let text = String::from_utf8_lossy(line);
+            tracing::info!(agent = %agent, pid, stream, "{}", bounds::escape(&text));
         };
         let buf = &mut self.partial[which];
         let mut rest = &data[..keep];
@@ -311,24 +315,21 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
 }
 
-/// Drain stdout and stderr to the log, line by line, within `limit` bytes per attempt.
+/// Drain stdout and stderr to the log, line by line, within the attempt's log budget.
+/// Returns the last bytes of stderr.
 async fn drain_logs(
     out: pipe::Receiver,
     errp: pipe::Receiver,
     agent: String,
     pid: i32,
-    limit: u64,
-) -> LogStats {
+    budget: Arc<LogBudget>,
+) -> Vec<u8> {
     let mut sink = LogSink {
         agent,
         pid,
-        limit,
-        used: 0,
+        budget,
         partial: [Vec::new(), Vec::new()],
-        stats: LogStats {
-            dropped: 0,
-            stderr_tail: Vec::new(),
-        },
+        stderr_tail: Vec::new(),
     };
     let mut open = [true, true];
     let streams = [&out, &errp];
@@ -356,7 +357,7 @@ async fn drain_logs(
             Err(_) => open[which] = false,
         }
     }
-    sink.stats
+    sink.stderr_tail
 }
 
 /// Read the record `corral-init` wrote about the agent (see its docs). `Err(errno)` when the
@@ -434,6 +435,7 @@ async fn attempt(
     let finish = |mut record: ExitRecord| {
         record.ended_at = crate::record::rfc3339(SystemTime::now());
         record.duration_ms = t0.elapsed().as_millis() as u64;
+        record.bound();
         record
     };
     let spawn_failed = |mut record: ExitRecord, msg: String| AttemptOutcome {
@@ -503,13 +505,15 @@ async fn attempt(
     let pidfd = match PidFd::new(pid, spawned.pidfd) {
         Ok(p) => p,
         Err(e) => {
-            process::kill_group(pid, libc::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            // Not waited for here: the reaper thread reaps it.
+            process::kill_and_reap(pid, None, || {});
             return spawn_failed(record, e.to_string());
         }
     };
 
-    // From here on, the process exists: every path below ends in teardown + reap.
+    // From here on, the process exists: every path below ends in teardown + reap, and if this
+    // future is dropped before, the guard does it.
+    let mut guard = Teardown::new(pid, pidfd, cgroup.clone(), workspace);
     let mut st = State::new(&spec, &task, t0, pid);
     st.beats = Some(beat_r);
     let mut verdict;
@@ -528,12 +532,13 @@ async fn attempt(
             errp,
             agent.name.clone(),
             pid,
-            agent.log_limit,
+            st.log_budget.clone(),
         ));
         (log_task, up, down)
     });
     let (log_task, up, setup_error) = match piped {
         Ok((log_task, up, down)) => {
+            guard.set_logs(log_task.abort_handle());
             st.down = Some(down);
             (Some(log_task), Some(up), None)
         }
@@ -549,7 +554,7 @@ async fn attempt(
                 heartbeat_interval_ms: agent.heartbeat_interval.as_millis() as u64,
                 max_frame: spec.max_frame,
             }));
-            verdict = st.watch(up, &pidfd, tools, &mut stop).await;
+            verdict = st.watch(up, guard.pidfd(), tools, &mut stop).await;
             st.decided_at = Some(Instant::now());
         }
         (None, e) => {
@@ -564,7 +569,10 @@ async fn attempt(
 
     // Teardown: stop the process (whole group), reap it, account.
     // Boxed: a future the attempt awaits once, at its end, need not widen its state.
-    let reaped = Box::pin(st.stop_and_reap(&pidfd, cgroup.as_ref(), verdict.graceful)).await;
+    let reaped = Box::pin(st.stop_and_reap(guard.pidfd(), cgroup.as_ref(), verdict.graceful)).await;
+    if reaped.is_some() {
+        guard.set_reaped();
+    }
     // (Also here: an agent that never got ready did not ask for the next stem.)
     spec.refill_stem();
     if let (Some(up), None) = (&up, verdict.reason) {
@@ -591,18 +599,23 @@ async fn attempt(
         }
         None => None,
     };
-    if let Some(s) = stats {
-        record.log_bytes_dropped = s.dropped;
-        record.stderr_tail = String::from_utf8_lossy(&s.stderr_tail).into_owned();
+    if let Some(tail) = stats {
+        record.stderr_tail = String::from_utf8_lossy(&tail).into_owned();
     }
+    record.log_bytes_dropped = st.log_budget.dropped();
+    let workspace = guard.take_workspace();
     // Read before the workspace (and its quota's tmpfs) goes.
-    let disk_full = workspace.is_full();
-    if agent.keep_workspace {
-        let kept = workspace.keep();
-        tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
-    } else {
-        // Removing a tree is blocking file-system work: off the runtime.
-        let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
+    let disk_full = workspace.as_ref().is_some_and(|w| w.is_full());
+    match workspace {
+        Some(workspace) if agent.keep_workspace => {
+            let kept = workspace.keep();
+            tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
+        }
+        Some(workspace) => {
+            // Removing a tree is blocking file-system work: off the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop(workspace)).await;
+        }
+        None => {}
     }
 
     // Counters first, then the directories go (off the runtime; removal keeps the counters).
@@ -625,6 +638,8 @@ async fn attempt(
         }
         None => (false, 0, None),
     };
+    // Torn down: the process is reaped, the cgroup and workspace are gone.
+    guard.disarm();
     if let Some(peak) = mem_peak {
         let kb = peak / 1024;
         st.peak_rss_kb = Some(st.peak_rss_kb.unwrap_or(0).max(kb));
@@ -668,7 +683,7 @@ async fn attempt(
     record.last_heartbeat_age_ms = st
         .last_frame
         .map(|t| decided_at.saturating_duration_since(t).as_millis() as u64);
-    record.tool_calls = std::mem::take(&mut st.tool_trace);
+    (record.tool_calls, record.tool_calls_dropped) = st.trace.take();
 
     // A watchdog fired, but the kernel's counters say a limit was hit first: that is the
     // cause (a fork bomb stopped by its deadline is a pids_limit).
@@ -820,6 +835,11 @@ fn classify(
     )
 }
 
+/// A framing error as a protocol violation's message.
+fn frame_error(e: corral_proto::FrameError) -> String {
+    format!("{} ({})", e, e.kind())
+}
+
 /// What woke the watch loop.
 enum Wake {
     Up(std::io::Result<()>),
@@ -885,9 +905,12 @@ struct State<'a> {
     t0: Instant,
     phase: Phase,
     /// The supervisor→agent pipe, written without blocking; what does not fit waits in
-    /// `pending` for the pipe to become writable.
+    /// `pending` for the pipe to become writable. Past `bounds::MAX_PENDING` bytes waiting,
+    /// the agent's frames are not read until it reads (see `State::backpressured`).
     down: Option<pipe::Sender>,
     pending: Vec<u8>,
+    /// Since when the agent's frames are not read because it does not read its own.
+    blocked_since: Option<Instant>,
     /// Tool calls waiting for the owner's answer.
     tool_waits: Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
     /// Tool answers ready to send (refusals decided here).
@@ -911,8 +934,11 @@ struct State<'a> {
     last_rss_kb: Option<u64>,
     peak_rss_kb: Option<u64>,
     signals_sent: Vec<String>,
-    tool_trace: Vec<ToolTrace>,
+    trace: Trace,
+    /// Outstanding tool calls (at most `MAX_OUTSTANDING_CALLS`): tool name and start.
     tool_started: std::collections::HashMap<u64, (String, Instant)>,
+    /// The attempt's log budget, shared with the stdout/stderr drain.
+    log_budget: Arc<LogBudget>,
     truncated: Option<String>,
     up_open: bool,
     decided_at: Option<Instant>,
@@ -944,6 +970,7 @@ impl<'a> State<'a> {
             phase: Phase::Starting,
             down: None,
             pending: Vec::new(),
+            blocked_since: None,
             tool_waits: Vec::new(),
             tool_ready: Vec::new(),
             decoder: FrameDecoder::new(spec.max_frame),
@@ -961,8 +988,9 @@ impl<'a> State<'a> {
             last_rss_kb: None,
             peak_rss_kb: None,
             signals_sent: Vec::new(),
-            tool_trace: Vec::new(),
+            trace: Trace::default(),
             tool_started: std::collections::HashMap::new(),
+            log_budget: Arc::new(LogBudget::new(spec.agent.log_limit)),
             truncated: None,
             up_open: true,
             decided_at: None,
@@ -1016,10 +1044,26 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Whether the agent's frames are left unread because it does not read its own: more than
+    /// `bounds::MAX_PENDING` bytes wait to be written to it. Reading resumes once it reads;
+    /// after `heartbeat_timeout` so, the attempt ends as a protocol violation.
+    fn backpressured(&self) -> bool {
+        self.down.is_some() && bounds::over_pending(self.pending.len())
+    }
+
+    /// Note when backpressure starts and ends.
+    fn note_backpressure(&mut self, now: Instant) {
+        match (self.backpressured(), self.blocked_since) {
+            (true, None) => self.blocked_since = Some(now),
+            (false, Some(_)) => self.blocked_since = None,
+            _ => {}
+        }
+    }
+
     /// Send a tool's answer and account for it.
     fn deliver(&mut self, call_id: u64, result: Result<Value, AgentError>, now: Instant) {
         if let Some((tool, at)) = self.tool_started.remove(&call_id) {
-            self.tool_trace.push(ToolTrace {
+            self.trace.push(ToolTrace {
                 call_id,
                 tool,
                 ok: result.is_ok(),
@@ -1062,8 +1106,7 @@ impl<'a> State<'a> {
                     let mut r = [0u8; BEAT_LEN];
                     r.copy_from_slice(rec);
                     let (progress, at_ns) = corral_proto::beat::decode(&r);
-                    let age = Duration::from_nanos(mono_now.saturating_sub(at_ns));
-                    let at = now.checked_sub(age).unwrap_or(self.t0).max(self.t0);
+                    let at = bounds::beat_time(now, mono_now, at_ns, self.t0);
                     if self.last_frame.is_none_or(|t| at > t) {
                         self.last_frame = Some(at);
                     }
@@ -1131,14 +1174,16 @@ impl<'a> State<'a> {
         match self.phase {
             Phase::Starting => (self.t0 + a.startup_timeout, ExitReason::StartupTimeout),
             _ => {
-                let mut best = (
-                    self.last_frame.unwrap_or(self.t0) + a.heartbeat_timeout,
-                    ExitReason::Hung,
+                let mut best = bounds::liveness_deadline(
+                    self.last_frame.unwrap_or(self.t0),
+                    self.blocked_since,
+                    a.heartbeat_timeout,
                 );
                 if let Some(sent) = self.task_sent_at {
                     if matches!(self.phase, Phase::Busy | Phase::ToolCall) {
-                        // Waiting on a tool is not a stall of the agent.
-                        if self.phase == Phase::Busy {
+                        // Waiting on a tool is not a stall of the agent, nor is waiting for
+                        // it to read (its progress is not read meanwhile).
+                        if self.phase == Phase::Busy && self.blocked_since.is_none() {
                             let stall = self.last_progress_at + a.stall_timeout;
                             if stall < best.0 {
                                 best = (stall, ExitReason::Stalled);
@@ -1226,7 +1271,13 @@ impl<'a> State<'a> {
         self.last_frame = Some(now);
         match (self.phase, msg) {
             (_, Up::Log(l)) => {
-                tracing::info!(agent = %self.agent().name, level = ?l.level, "{}", l.message);
+                // Within the log budget shared with stdout and stderr; escaped, so that it
+                // stays one line of the supervisor's log.
+                let keep = self.log_budget.take(l.message.len());
+                if keep > 0 {
+                    let text = bounds::escape(bounds::clip(&l.message, keep));
+                    tracing::info!(agent = %self.agent().name, pid = self.pid, level = ?l.level, "{text}");
+                }
                 Step::Continue
             }
             (Phase::Starting, Up::Ready(r)) => {
@@ -1304,10 +1355,21 @@ impl<'a> State<'a> {
                 Step::Continue
             }
             (Phase::Busy | Phase::ToolCall, Up::ToolCall(call)) => {
+                let checked = bounds::check_call(&call, self.tool_started.len(), |id| {
+                    self.tool_started.contains_key(&id)
+                });
+                let refusal = match checked {
+                    Ok(refusal) => refusal,
+                    Err(e) => return self.violation(e.to_string()),
+                };
                 self.phase = Phase::ToolCall;
                 self.tool_started
                     .insert(call.call_id, (call.tool.clone(), now));
                 let call_id = call.call_id;
+                if let Some(refusal) = refusal {
+                    self.tool_ready.push((call_id, Err(refusal)));
+                    return Step::Continue;
+                }
                 let declared = self
                     .contract
                     .as_ref()
@@ -1404,12 +1466,13 @@ impl<'a> State<'a> {
         }
     }
 
-    /// Read what is available on the up pipe into the decoder. `Ok(false)` at EOF.
+    /// Read what is available on the up pipe into the decoder. `Err` is a protocol
+    /// violation's message.
     fn read_available(
         &mut self,
         up: &pipe::Receiver,
         max_chunks: usize,
-    ) -> Result<ReadState, corral_proto::FrameError> {
+    ) -> Result<ReadState, String> {
         // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
         // handled between calls) nor keep this task from its timers.
         use std::os::fd::AsRawFd;
@@ -1418,8 +1481,10 @@ impl<'a> State<'a> {
             let chunk = &mut c[..16 * 1024];
             let mut chunks = 0;
             while chunks < max_chunks {
-                // Refuse a too-large length before reading its payload.
-                self.decoder.wanted()?;
+                // Refuse a too-large length, or a too-large tool call, before reading its
+                // payload.
+                self.decoder.wanted().map_err(frame_error)?;
+                bounds::check_head(self.decoder.peek_head()).map_err(|e| e.to_string())?;
                 let mut got = None;
                 // A short read proves the pipe empty: it is reported to the runtime as
                 // WouldBlock, which clears the readiness now, instead of one more wake-up and
@@ -1445,7 +1510,7 @@ impl<'a> State<'a> {
                         return Ok(ReadState::Drained)
                     }
                     (Err(e), None) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    (Err(e), None) => return Err(e.into()),
+                    (Err(e), None) => return Err(frame_error(e.into())),
                 }
                 chunks += 1;
             }
@@ -1453,19 +1518,27 @@ impl<'a> State<'a> {
         })
     }
 
-    /// Decode and handle every complete frame buffered.
+    /// Decode and handle the complete frames buffered, and send the answers decided here,
+    /// until the agent is backpressured (the frames left wait in the decoder).
     fn handle_buffered(&mut self, now: Instant, tools: &Option<mpsc::Sender<ToolRequest>>) -> Step {
-        loop {
+        while !self.backpressured() {
+            if let Err(e) = bounds::check_head(self.decoder.peek_head()) {
+                return self.violation(e.to_string());
+            }
             match self.decoder.next::<Up>() {
                 Ok(Some(msg)) => {
                     if let Step::End(v) = self.on_frame(msg, now, tools) {
                         return Step::End(v);
                     }
+                    for (call_id, result) in std::mem::take(&mut self.tool_ready) {
+                        self.deliver(call_id, result, now);
+                    }
                 }
                 Ok(None) => return Step::Continue,
-                Err(e) => return self.violation(format!("{} ({})", e, e.kind())),
+                Err(e) => return self.violation(frame_error(e)),
             }
         }
+        Step::Continue
     }
 
     /// The event loop: frames, exit, watchdogs, tool results, stop requests.
@@ -1485,6 +1558,7 @@ impl<'a> State<'a> {
         tokio::pin!(sleep);
         let mut stop_wait = StopWait::new(stop.clone());
         loop {
+            self.note_backpressure(Instant::now());
             let wake_at = self.next_wake();
             if wake_at < sleep.deadline().into_std() {
                 sleep.as_mut().reset(wake_at.into());
@@ -1516,19 +1590,21 @@ impl<'a> State<'a> {
                             if let Step::End(v) = self.handle_buffered(now, &tools) {
                                 return v;
                             }
-                            for (call_id, result) in std::mem::take(&mut self.tool_ready) {
-                                self.deliver(call_id, result, now);
-                            }
                             if state == ReadState::Eof {
                                 self.up_open = false;
-                                if let Err(e) = self.decoder.finish() {
+                                // (Whole frames held back by backpressure are no truncation.)
+                                let finished = match self.backpressured() {
+                                    true => Ok(()),
+                                    false => self.decoder.finish(),
+                                };
+                                if let Err(e) = finished {
                                     // The writer end closed mid-frame: usually the agent died
                                     // while writing; its exit tells more.
                                     self.truncated = Some(e.to_string());
                                 }
                             }
                         }
-                        Err(e) => return self.violation_verdict(format!("{} ({})", e, e.kind())),
+                        Err(e) => return self.violation_verdict(e),
                     }
                     self.sample(pid, now, Duration::ZERO);
                 }
@@ -1538,6 +1614,10 @@ impl<'a> State<'a> {
                         self.flush();
                     } else {
                         self.pending.clear();
+                    }
+                    // The agent read: frames held back meanwhile are handled now.
+                    if let Step::End(v) = self.handle_buffered(Instant::now(), &tools) {
+                        return v;
                     }
                 }
                 Wake::Exited => {
@@ -1629,7 +1709,7 @@ impl<'a> State<'a> {
                 }
             }
         }
-        if self.up_open {
+        if self.up_open && !self.backpressured() {
             if let Poll::Ready(r) = up.poll_read_ready(cx) {
                 return Poll::Ready(Wake::Up(r));
             }
@@ -1652,6 +1732,15 @@ impl<'a> State<'a> {
                 self.progress, a.stall_timeout
             ),
             ExitReason::Deadline => format!("task ran past wall_time ({:?})", a.wall_time),
+            ExitReason::ProtocolViolation => {
+                return self.violation_verdict(
+                    BoundError::NotReading {
+                        bytes: self.pending.len(),
+                        waited: a.heartbeat_timeout,
+                    }
+                    .to_string(),
+                )
+            }
             other => other.to_string(),
         };
         tracing::warn!(agent = %a.name, reason = %why, "{message}");
@@ -1668,6 +1757,9 @@ impl<'a> State<'a> {
         if self.output.is_some() {
             return None;
         }
+        // The agent is gone: nothing more can be said to it, so nothing holds its frames back.
+        self.pending = Vec::new();
+        self.down = None;
         loop {
             let state = self.read_available(up, 4);
             if let Step::End(v) = self.handle_buffered(Instant::now(), &None) {
@@ -1736,13 +1828,9 @@ mod tests {
         LogSink {
             agent: "t".into(),
             pid: 1,
-            limit,
-            used: 0,
+            budget: Arc::new(LogBudget::new(limit)),
             partial: [Vec::new(), Vec::new()],
-            stats: LogStats {
-                dropped: 0,
-                stderr_tail: Vec::new(),
-            },
+            stderr_tail: Vec::new(),
         }
     }
 
@@ -1766,12 +1854,12 @@ mod tests {
     fn bytes_over_the_limit_are_counted_not_kept() {
         let mut s = sink(4);
         s.consume(0, b"0123456789", false);
-        assert_eq!(s.stats.dropped, 6);
+        assert_eq!(s.budget.dropped(), 6);
         assert_eq!(s.partial[0], b"0123");
         s.consume(1, b"oops\n", false);
-        assert_eq!(s.stats.dropped, 11);
+        assert_eq!(s.budget.dropped(), 11);
         assert_eq!(
-            s.stats.stderr_tail, b"oops\n",
+            s.stderr_tail, b"oops\n",
             "the stderr tail is kept beyond the limit"
         );
     }
@@ -1781,7 +1869,7 @@ mod tests {
         let mut s = sink(0);
         s.consume(1, &vec![b'a'; STDERR_TAIL], false);
         s.consume(1, b"END", false);
-        assert_eq!(s.stats.stderr_tail.len(), STDERR_TAIL);
-        assert!(s.stats.stderr_tail.ends_with(b"aEND"));
+        assert_eq!(s.stderr_tail.len(), STDERR_TAIL);
+        assert!(s.stderr_tail.ends_with(b"aEND"));
     }
 }

@@ -6,6 +6,11 @@
 //! cgroup, exactly the pids that were in it ([`reap_adopted`]). Nothing here waits for "any
 //! child": a program embedding corral keeps its own children's exit statuses. (With a pid
 //! namespace, orphans go to the namespace's `corral-init` instead.)
+//!
+//! The reaper ([`defer`], [`kill_and_reap`]) is one background thread for the blocking end of
+//! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
+//! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
+//! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
@@ -101,6 +106,12 @@ impl PidFd {
         self.fd.poll_read_ready(cx).map(|_| ())
     }
 
+    /// A second descriptor of the same pidfd (for the reaper, when this one goes with the
+    /// runtime it is registered with).
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        self.fd.get_ref().try_clone()
+    }
+
     /// Send a signal to the process itself, race-free (cannot hit a reused pid).
     pub fn signal(&self, sig: i32) -> bool {
         // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
@@ -169,4 +180,137 @@ pub fn reap_adopted(pids: &[u32]) -> usize {
         }
     }
     n
+}
+
+/// Blocking work handed to the reaper thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    static ON_REAPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How long the reaper waits for a killed process to exit before it leaves the wait to a
+/// thread of its own (a process stuck in the kernel must not hold up the others).
+const EXIT_WAIT_MS: u16 = 5000;
+
+/// Whether this thread is the reaper.
+pub fn on_reaper() -> bool {
+    ON_REAPER.with(|r| r.get())
+}
+
+/// Run `job` on the reaper thread, after the jobs handed to it before (at once, here, when
+/// called on the reaper itself or when the thread cannot be started).
+pub fn defer(job: impl FnOnce() + Send + 'static) {
+    static TX: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    if on_reaper() {
+        return job();
+    }
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("corral-reaper".into())
+            .spawn(move || {
+                ON_REAPER.with(|r| r.set(true));
+                while let Ok(job) = rx.recv() {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a reaper job panicked");
+                    }
+                }
+            });
+        if let Err(e) = started {
+            // The receiver went with the closure: every send fails and runs its job in place.
+            tracing::warn!("cannot start the reaper thread: {e}");
+        }
+        tx
+    });
+    if let Err(std::sync::mpsc::SendError(job)) = tx.send(Box::new(job)) {
+        job();
+    }
+}
+
+/// Wait until the jobs handed to the reaper before this call are done (for tests, and for a
+/// program that wants nothing left behind when it exits).
+pub async fn settled() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    defer(move || {
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+/// End a process that has not been reaped yet, without blocking: SIGKILL to it (through
+/// `pidfd` when given) and to its process group now; then, on the reaper thread, once it has
+/// exited, SIGKILL to the group again, `then` (to empty its cgroup, say), and the reap.
+pub fn kill_and_reap(pid: i32, pidfd: Option<OwnedFd>, then: impl FnOnce() + Send + 'static) {
+    if let Some(fd) = &pidfd {
+        pidfd_kill(fd);
+    }
+    kill_group(pid, libc::SIGKILL);
+    defer(move || {
+        if let Some(fd) = &pidfd {
+            use std::os::fd::AsFd;
+            let mut fds = [nix::poll::PollFd::new(
+                fd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, EXIT_WAIT_MS);
+        }
+        // The leader is not reaped, so the group id cannot have been reused.
+        kill_group(pid, libc::SIGKILL);
+        then();
+        if try_reap(pid).is_none() {
+            let waited = std::thread::Builder::new()
+                .name("corral-reap-wait".into())
+                .spawn(move || {
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    drop(pidfd);
+                });
+            if let Err(e) = waited {
+                tracing::warn!(pid, "cannot wait for a killed process: {e}");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_killed_process_is_reaped_by_the_reaper() {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        // SAFETY: pidfd_open on our own child, no pointers.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        // SAFETY: a fresh fd we own.
+        let pidfd =
+            (raw >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = ran.clone();
+        kill_and_reap(pid, pidfd, move || {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst)
+        });
+        settled().await;
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!pid_alive(pid), "{pid} is still there (a zombie?)");
+        drop(child);
+    }
+
+    #[tokio::test]
+    async fn jobs_run_in_order_and_on_the_reaper() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            defer(move || {
+                let _ = tx.send((i, on_reaper()));
+            });
+        }
+        settled().await;
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got, [(0, true), (1, true), (2, true)]);
+        assert!(!on_reaper());
+    }
 }
