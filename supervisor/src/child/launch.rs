@@ -272,10 +272,15 @@ fn spawn_spec(
                 .map_err(|e| format!("the agent's root: {e}"))?,
         );
     }
+    let own_tmp = ns.mount;
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     if !spec.landlock {
         return Ok((s, status_rx));
     }
+    // The agent's /tmp is a mount of the workspace's `.tmp` on its own: landlock walks the
+    // agent's view of the path, which reaches that directory without passing its workspace,
+    // so it needs a rule of its own.
+    let tmp = workspace.tmp();
     match crate::sandbox::landlock::Ruleset::build_with(
         SYSTEM_READ
             .iter()
@@ -283,7 +288,10 @@ fn spawn_spec(
             .chain(init.map(|p| p.as_path())),
         SYSTEM_WRITE.iter().map(std::path::Path::new),
         read_paths.iter().map(|p| p.as_path()),
-        write_paths.iter().map(|p| p.as_path()),
+        write_paths
+            .iter()
+            .map(|p| p.as_path())
+            .chain(own_tmp.then_some(tmp.as_path())),
         // Without network and without a network namespace of its own (an opt-out), TCP is
         // denied by landlock; in its own namespace the agent may use its loopback.
         !spec.network && !has(Namespace::Net),
