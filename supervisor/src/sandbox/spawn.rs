@@ -296,6 +296,7 @@ const STAGES: &[&str] = &[
 const CAP_KILL: i32 = 5;
 const CAP_SETGID: i32 = 6;
 const CAP_SETUID: i32 = 7;
+const CAP_SETPCAP: i32 = 8;
 /// Stage of a failed root build (the step is named by `MountOps::failed_step`).
 const STAGE_ROOT: i32 = 32;
 
@@ -611,7 +612,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         //    then whatever capabilities are left.
         // Under an init, the init keeps root (and its uid stays apart from the agent's, so the
         // agent cannot reach it) with only the capabilities it needs: CAP_KILL to forward
-        // signals, and for a stem CAP_SETUID/CAP_SETGID to start its agent as the agent's user.
+        // signals, and for a stem CAP_SETUID/CAP_SETGID to start its agent as the agent's user
+        // and CAP_SETPCAP to empty the agent's bounding set (else it would keep these three).
         // The agent drops everything itself (`agent_main`, or the stem's init).
         let under_init = p.init_kind != InitKind::None;
         if p.drop_caps {
@@ -619,7 +621,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 let keep = match p.init_kind {
                     InitKind::None => false,
                     InitKind::Adopt => cap == CAP_KILL,
-                    InitKind::Stem => [CAP_KILL, CAP_SETGID, CAP_SETUID].contains(&cap),
+                    InitKind::Stem => {
+                        [CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP].contains(&cap)
+                    }
                 };
                 if !keep
                     && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
