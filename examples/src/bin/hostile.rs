@@ -8,12 +8,12 @@
 //!
 //! | probe | args | attack | extra fields |
 //! |---|---|---|---|
-//! | `id` | | `ok` = it runs as uid or gid 0 | `uid`, `gid`, `euid`, `egid`, `groups`, `pid`, `ppid`, `caps` (`CapEff`, `CapPrm`, `CapInh`, `CapBnd`, `CapAmb` as in `/proc/self/status`) |
+//! | `id` | | `ok` = it runs as uid or gid 0 | `uid`, `gid`, `euid`, `egid`, `groups`, `pid`, `ppid`, `caps` (`CapEff`, `CapPrm`, `CapInh`, `CapBnd`, `CapAmb`, hex masks as in `/proc/self/status`), `fds` (its open descriptors and what they are) |
 //! | `hold` | | tool call `hold` with its ids, answered when the owner wants: the agent is alive meanwhile | as `id` |
 //! | `read` | `path` | reads the file | `bytes` |
 //! | `open` | `path`, `write` | opens it (for writing: `O_WRONLY`, no truncation, nothing written) | |
 //! | `list` | `path` | lists the directory | `entries` (sorted names) |
-//! | `create` | `dir` | creates a new file in it (removed again) | `path` |
+//! | `create` | `dir`, `keep` | creates a new file in it (removed again unless `keep`) | `path` |
 //! | `chmod` | `path`, `mode` | `chmod` | |
 //! | `chown` | `path` | `chown` to its own ids | |
 //! | `setxattr` | `path` | sets `user.hostile` | |
@@ -31,6 +31,7 @@
 //! | `kill` | `pid`, `sig` (default 0) | `kill(pid, sig)` | |
 //! | `kill_parent` | `sig` (default 0) | `kill(getppid(), sig)` | `ppid` |
 //! | `ptrace` | `pid` | `PTRACE_SEIZE` (detached again) | |
+//! | `fd` | `fd` | whether that descriptor is open in the agent (`fcntl(F_GETFD)`) | |
 //! | `proc_fds` | `pid` (default 1) | lists `/proc/PID/fd` and opens each entry (and 0..=7) for writing | `listed`, `entries`, `opened` |
 
 use corral_sdk::{run_value, AgentError, Contract, Ctx, Schema, SideEffects, Value};
@@ -174,13 +175,19 @@ fn ids() -> Fields {
     // SAFETY: getgroups writes at most `groups.len()` entries into the buffer we own.
     let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
     groups.truncate(n.max(0) as usize);
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps: BTreeMap<String, Value> = status
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.starts_with("Cap"))
-        .map(|(k, v)| (k.to_string(), Value::from(v.trim())))
-        .collect();
+    let fds: BTreeMap<String, Value> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    Some((
+                        e.file_name().to_string_lossy().into_owned(),
+                        Value::from(target.display().to_string()),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     vec![
         ("uid", Value::Int(i64::from(uid))),
         ("gid", Value::Int(i64::from(gid))),
@@ -192,8 +199,53 @@ fn ids() -> Fields {
         ),
         ("pid", Value::Int(i64::from(std::process::id()))),
         ("ppid", Value::Int(i64::from(ppid))),
-        ("caps", Value::Map(caps)),
+        ("caps", Value::Map(caps())),
+        ("fds", Value::Map(fds)),
     ]
+}
+
+/// Its capability sets, as hex masks: from `capget` (effective, permitted, inheritable) and
+/// `prctl` (bounding, ambient), which need no `/proc`.
+fn caps() -> BTreeMap<String, Value> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let mut hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [0u32; 6]; // two of { effective, permitted, inheritable }
+                              // SAFETY: capget writes two 12-byte records into `data`, which holds six u32.
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) };
+    let mut out = BTreeMap::new();
+    let hex =
+        |lo: u32, hi: u32| Value::from(format!("{:016x}", (u64::from(hi) << 32) | u64::from(lo)));
+    if r == 0 {
+        out.insert("CapEff".into(), hex(data[0], data[3]));
+        out.insert("CapPrm".into(), hex(data[1], data[4]));
+        out.insert("CapInh".into(), hex(data[2], data[5]));
+    }
+    let (mut bnd, mut amb) = (0u64, 0u64);
+    for cap in 0..64 {
+        // SAFETY: these prctl queries take integers only.
+        let (b, a) = unsafe {
+            (
+                libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0),
+                libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, cap, 0, 0),
+            )
+        };
+        if b == 1 {
+            bnd |= 1 << cap;
+        }
+        if a == 1 {
+            amb |= 1 << cap;
+        }
+    }
+    out.insert("CapBnd".into(), Value::from(format!("{bnd:016x}")));
+    out.insert("CapAmb".into(), Value::from(format!("{amb:016x}")));
+    out
 }
 
 fn id_seen() -> Seen {
@@ -244,7 +296,7 @@ fn list(path: &Path) -> Seen {
     }
 }
 
-fn create(dir: &Path) -> Seen {
+fn create(dir: &Path, keep: bool) -> Seen {
     let p = fresh(dir, "create");
     let r = std::fs::OpenOptions::new()
         .write(true)
@@ -252,7 +304,7 @@ fn create(dir: &Path) -> Seen {
         .open(&p);
     let made = r.is_ok();
     let s = Seen::of(r.map(drop)).with("path", p.display().to_string());
-    if made {
+    if made && !keep {
         let _ = std::fs::remove_file(&p);
     }
     s
@@ -428,7 +480,7 @@ fn unix_abstract(name: &str) -> Seen {
     Seen::of(r.map(drop))
 }
 
-/// Whether a connection is waiting on a listening socket (non-blocking accept).
+/// Whether a connection is waiting on a (non-blocking) listening socket.
 fn accepted(fd: libc::c_int) -> bool {
     // SAFETY: a non-blocking accept4 on a listening socket we own; null address out-params.
     let c = unsafe {
@@ -456,6 +508,9 @@ fn serve_tcp(ctx: &mut Ctx) -> Result<Seen, AgentError> {
         Ok(l) => l,
         Err(e) => return Ok(Seen::of(Err(e)).with("accepted", false)),
     };
+    if let Err(e) = l.set_nonblocking(true) {
+        return Ok(Seen::of(Err(e)).with("accepted", false));
+    }
     let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
     announce(ctx, Value::map([("port", Value::Int(i64::from(port)))]))?;
     Ok(Seen::of(Ok(()))
@@ -465,7 +520,7 @@ fn serve_tcp(ctx: &mut Ctx) -> Result<Seen, AgentError> {
 
 fn serve_abstract(ctx: &mut Ctx, name: &str) -> Result<Seen, AgentError> {
     let l = abstract_addr(name).and_then(|a| std::os::unix::net::UnixListener::bind_addr(&a));
-    let l = match l {
+    let l = match l.and_then(|l| l.set_nonblocking(true).map(|()| l)) {
         Ok(l) => l,
         Err(e) => return Ok(Seen::of(Err(e)).with("accepted", false)),
     };
@@ -654,7 +709,10 @@ fn probe(ctx: &mut Ctx, name: &str, input: &Value) -> Result<Seen, AgentError> {
             open(&arg_path(input, "path")?, write)
         }
         "list" => list(&arg_path(input, "path")?),
-        "create" => create(&arg_path(input, "dir")?),
+        "create" => {
+            let keep = input.get("keep").and_then(Value::as_bool).unwrap_or(false);
+            create(&arg_path(input, "dir")?, keep)
+        }
         "chmod" => chmod(
             &arg_path(input, "path")?,
             arg_int(input, "mode", Some(0o777))?,
@@ -697,6 +755,13 @@ fn probe(ctx: &mut Ctx, name: &str, input: &Value) -> Result<Seen, AgentError> {
         }
         "ptrace" => ptrace(arg_int(input, "pid", None)?),
         "proc_fds" => proc_fds(arg_int(input, "pid", Some(1))?),
+        "fd" => {
+            let fd = arg_int(input, "fd", None)?;
+            // SAFETY: F_GETFD reads the flags of a descriptor number; no memory is passed.
+            Seen::of(check(
+                unsafe { libc::fcntl(fd as libc::c_int, libc::F_GETFD) }.into(),
+            ))
+        }
         other => return Err(bad(format!("unknown probe `{other}`"))),
     })
 }
