@@ -57,6 +57,12 @@ const VARIANTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Variants only some tests use.
+const EXTRA_VARIANTS: &[(&str, &str)] = &[(
+    "root_no_pid_no_landlock",
+    "user = \"root\"\nallow_root = true\nlandlock = false\nnamespaces = [\"ipc\", \"uts\", \"mount\", \"net\"]",
+)];
+
 /// No sandbox at all beyond the uid.
 const BARE: &[&str] = &["bare", "root_bare", "nobody_bare"];
 /// Without a mount namespace of their own.
@@ -144,6 +150,7 @@ impl Lab {
         for name in variants {
             let (_, opts) = VARIANTS
                 .iter()
+                .chain(EXTRA_VARIANTS)
                 .find(|(n, _)| n == name)
                 .unwrap_or_else(|| panic!("no variant {name}"));
             agents.push_str(&format!(
@@ -551,6 +558,42 @@ async fn the_init_and_its_status_pipe_are_out_of_reach() {
     // What the record says is what happened.
     let o = lab.run("default", &json!({"probe": "nope"})).await;
     assert_eq!(reasons(&o), [ExitReason::AgentError], "{:?}", o.attempts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_settings_in_proc_are_read_only() {
+    if !can_run("/proc/sys") {
+        return;
+    }
+    let mut variants = runnable();
+    variants.push("root_no_pid_no_landlock");
+    let lab = Lab::new(&variants, "");
+    // Opened for writing, never written. Root-owned and guarded by their mode alone: only
+    // landlock or a read-only /proc keeps a root agent from every host setting.
+    let mut files = vec!["/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches"];
+    if Path::new("/proc/sysrq-trigger").exists() {
+        files.push("/proc/sysrq-trigger");
+    }
+    for f in files {
+        for v in &variants {
+            let out = lab
+                .probe(v, json!({"probe": "open", "path": f, "write": true}))
+                .await;
+            assert_eq!(ok(&out), *v == "root_bare", "{v} {f}: {out}");
+            // In its own root (with a /proc of its pid namespace or the host's), read-only.
+            let own_root = ["root_no_landlock", "root_no_pid_no_landlock"].contains(v);
+            if own_root {
+                assert_eq!(errno(&out), libc::EROFS, "{v} {f}: {out}");
+            }
+        }
+    }
+    let out = lab
+        .probe(
+            "root_no_landlock",
+            json!({"probe": "read", "path": "/proc/sys/kernel/core_pattern"}),
+        )
+        .await;
+    assert!(ok(&out), "still readable: {out}");
 }
 
 /// A host listener and the address agents are told.
