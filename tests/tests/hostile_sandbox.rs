@@ -561,7 +561,7 @@ async fn the_init_and_its_status_pipe_are_out_of_reach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kernel_settings_in_proc_are_read_only() {
+async fn kernel_settings_in_proc_and_sys_are_read_only() {
     if !can_run("/proc/sys") {
         return;
     }
@@ -571,8 +571,11 @@ async fn kernel_settings_in_proc_are_read_only() {
     // Opened for writing, never written. Root-owned and guarded by their mode alone: only
     // landlock or a read-only /proc keeps a root agent from every host setting.
     let mut files = vec!["/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches"];
-    if Path::new("/proc/sysrq-trigger").exists() {
-        files.push("/proc/sysrq-trigger");
+    // And the one writable-looking file of /sys the agent sees: taking a CPU off line.
+    for f in ["/proc/sysrq-trigger", "/sys/devices/system/cpu/cpu1/online"] {
+        if Path::new(f).exists() {
+            files.push(f);
+        }
     }
     for f in files {
         for v in &variants {
