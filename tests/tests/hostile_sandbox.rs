@@ -129,7 +129,8 @@ struct Lab {
     s: Arc<Supervisor>,
     /// Where the program copy lives (mode 0777: only the sandbox keeps agents from writing it).
     prog_dir: tempfile::TempDir,
-    _fx: Fixture,
+    /// The config and state directory.
+    fx: Fixture,
 }
 
 impl Lab {
@@ -162,7 +163,7 @@ impl Lab {
         Lab {
             s: Arc::new(s),
             prog_dir,
-            _fx: fx,
+            fx,
         }
     }
 
@@ -449,7 +450,7 @@ async fn host_directories_and_sockets_are_not_there() {
     for p in [
         lab.exe(),
         bin("corral-init"),
-        lab._fx.dir.path().to_path_buf(),
+        lab.fx.dir.path().to_path_buf(),
     ] {
         if let Some(std::path::Component::Normal(c)) = p.components().nth(1) {
             allowed.push(c.to_string_lossy().into_owned());
