@@ -32,7 +32,7 @@
 //! | `kill_parent` | `sig` (default 0) | `kill(getppid(), sig)` | `ppid` |
 //! | `ptrace` | `pid` | `PTRACE_SEIZE` (detached again) | |
 //! | `fd` | `fd` | whether that descriptor is open in the agent (`fcntl(F_GETFD)`) | |
-//! | `proc_fds` | `pid` (default 1) | lists `/proc/PID/fd` and opens each entry (and 0..=7) for writing | `listed`, `entries`, `opened` |
+//! | `proc_fds` | `pid` (default 1) | lists `/proc/PID/fd` and opens each entry (and 0..=7) for writing; `errno` is fd 5's | `listed`, `entries`, `opened` |
 
 use corral_sdk::{run_value, AgentError, Contract, Ctx, Schema, SideEffects, Value};
 use std::collections::BTreeMap;
@@ -610,15 +610,18 @@ fn proc_fds(pid: i64) -> Seen {
         }
     }
     let mut opened = Vec::new();
-    let mut last = Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+    // The error reported is that of fd 5, the init's status pipe.
+    let mut status_fd = Ok(());
     for n in &names {
         let r = open(&dir.join(n), true).result;
         if r.is_ok() {
             opened.push(Value::from(n.as_str()));
         }
-        last = r;
+        if n == "5" {
+            status_fd = r;
+        }
     }
-    let result = if opened.is_empty() { last } else { Ok(()) };
+    let result = if opened.is_empty() { status_fd } else { Ok(()) };
     Seen::of(result)
         .with("listed", listed.result.is_ok())
         .with("entries", entries)
