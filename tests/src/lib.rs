@@ -232,3 +232,39 @@ pub fn output(o: &corral::run::CallOutcome) -> serde_json::Value {
         .map(corral_proto::Value::to_json)
         .unwrap_or_default()
 }
+
+/// A temporary directory under `base` that every user may enter and read (mode 0755): agents
+/// run as uids of their own, so what they are meant to reach must be open to others.
+pub fn open_tempdir_in(base: &Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in(base).expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755");
+    dir
+}
+
+/// Like [`open_tempdir_in`], in the system's temporary directory.
+pub fn open_tempdir() -> tempfile::TempDir {
+    open_tempdir_in(&std::env::temp_dir())
+}
+
+/// The host pid of an attempt's agent, from the pid its events and record show: under a pid
+/// namespace that is its `corral-init`, whose only child is the agent.
+pub fn agent_pid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
+}
+
+/// The real uid of a live process, as the host sees it.
+pub fn host_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

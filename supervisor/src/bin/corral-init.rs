@@ -15,7 +15,8 @@
 //! maxrss_kb u64.
 //!
 //! It cannot be reached from the agent: it keeps root (the agent has a uid of its own) with
-//! only `CAP_KILL` (and, for a stem, `CAP_SETUID`/`CAP_SETGID`), makes itself non-dumpable
+//! only `CAP_KILL` (and, for a stem, `CAP_SETUID`/`CAP_SETGID`/`CAP_SETPCAP`, with which it
+//! starts its agent with no capability at all, bounding set included), makes itself non-dumpable
 //! (so no `/proc/1/fd/5`, no ptrace, even for an agent of the same uid in a user namespace),
 //! and its fds 5 and 7 never reach the agent.
 //!
@@ -185,9 +186,10 @@ fn parse_id(s: &CString) -> Option<u32> {
     s.to_str().ok()?.parse().ok()
 }
 
-/// Start the agent as `ids` (what `posix_spawn` cannot do): fork, default signals, drop every
-/// capability and take the ids, exec. Returns 0 or the errno of the failed step (told through
-/// a close-on-exec pipe).
+/// Start the agent as `ids` (what `posix_spawn` cannot do): fork, default signals, empty the
+/// bounding set (with our `CAP_SETPCAP`), take the ids, clear every capability left (a root
+/// agent keeps ours through `setuid(0)`), exec. Returns 0 or the errno of the failed step (told
+/// through a close-on-exec pipe); the agent is never started with less taken away.
 ///
 /// # Safety
 /// `argv` and `envp` are NUL-terminated arrays of C strings that outlive the call.
@@ -214,12 +216,21 @@ unsafe fn spawn_as(
             libc::signal(*sig, libc::SIG_DFL);
         }
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let mut ok = true;
         for cap in 0..64 {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            // EINVAL past the last capability this kernel knows.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                ok = false;
+                break;
+            }
         }
-        if libc::setgroups(0, std::ptr::null()) == 0
+        if ok
+            && libc::setgroups(0, std::ptr::null()) == 0
             && libc::setgid(gid) == 0
             && libc::setuid(uid) == 0
+            && clear_caps() == 0
         {
             libc::execve(path.as_ptr(), argv.as_ptr().cast(), envp.cast());
         }
@@ -237,6 +248,26 @@ unsafe fn spawn_as(
     } else {
         0
     }
+}
+
+/// Clear the effective, permitted and inheritable capabilities of the calling thread (the
+/// ambient ones go with them).
+///
+/// # Safety
+/// A raw system call over stack data: callable in a forked child.
+unsafe fn clear_caps() -> libc::c_long {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let hdr = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    // Two of { effective, permitted, inheritable }, all empty.
+    let data = [0u32; 6];
+    libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr())
 }
 
 /// Read the start record from fd 7 (see the module docs). `None` at end of file or on a

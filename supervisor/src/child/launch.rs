@@ -199,7 +199,18 @@ fn spawn_spec(
     }
     let root = is_root();
     let has = |n: Namespace| spec.namespaces.contains(&n);
-    let user_ns = has(Namespace::User) || (!root && !spec.namespaces.is_empty());
+    if root && has(Namespace::User) {
+        // The child of a root supervisor cannot map itself to another host uid, and under
+        // root the agent already has a uid of its own: the namespace would only make it root
+        // inside one.
+        return Err(format!(
+            "agent `{}`: a user namespace (namespaces: \"user\") is for an unprivileged \
+             supervisor; under root each agent already runs as a host uid of its own (remove \
+             \"user\")",
+            spec.name
+        ));
+    }
+    let user_ns = !root && !spec.namespaces.is_empty();
     let mut ns = crate::sandbox::spawn::Namespaces {
         pid: has(Namespace::Pid),
         ipc: has(Namespace::Ipc),
@@ -208,13 +219,12 @@ fn spawn_spec(
         mount: has(Namespace::Mount),
         net_join: None,
         net_own: false,
-        // Root inside maps to the agent's own host ids (a root supervisor), else to ours:
-        // never to host root.
+        // Root inside maps to our own (unprivileged) ids: never to host root.
         user_map: user_ns.then(|| {
-            ids.unwrap_or((
+            (
                 nix::unistd::geteuid().as_raw(),
                 nix::unistd::getegid().as_raw(),
-            ))
+            )
         }),
     };
     if has(Namespace::Net) && !spec.network {
@@ -272,10 +282,15 @@ fn spawn_spec(
                 .map_err(|e| format!("the agent's root: {e}"))?,
         );
     }
+    let own_tmp = ns.mount;
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     if !spec.landlock {
         return Ok((s, status_rx));
     }
+    // The agent's /tmp is a mount of the workspace's `.tmp` on its own: landlock walks the
+    // agent's view of the path, which reaches that directory without passing its workspace,
+    // so it needs a rule of its own.
+    let tmp = workspace.tmp();
     match crate::sandbox::landlock::Ruleset::build_with(
         SYSTEM_READ
             .iter()
@@ -283,7 +298,10 @@ fn spawn_spec(
             .chain(init.map(|p| p.as_path())),
         SYSTEM_WRITE.iter().map(std::path::Path::new),
         read_paths.iter().map(|p| p.as_path()),
-        write_paths.iter().map(|p| p.as_path()),
+        write_paths
+            .iter()
+            .map(|p| p.as_path())
+            .chain(own_tmp.then_some(tmp.as_path())),
         // Without network and without a network namespace of its own (an opt-out), TCP is
         // denied by landlock; in its own namespace the agent may use its loopback.
         !spec.network && !has(Namespace::Net),

@@ -119,6 +119,13 @@ pub fn assess(spec: &AgentSpec) -> Vec<Exposure> {
              listening TCP and UDP sockets",
         ));
     }
+    if has(Namespace::User) {
+        out.push(n(
+            "namespaces (user)",
+            "for an unprivileged supervisor only: a root supervisor refuses to start this agent \
+             (under root each agent already has a uid of its own)",
+        ));
+    }
     if !has(Namespace::Ipc) {
         out.push(n(
             "namespaces (no ipc)",

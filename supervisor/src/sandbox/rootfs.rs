@@ -9,7 +9,8 @@
 //!   directory, so both share the `disk` quota);
 //! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`, `tty`, and the `fd`/`std*`
 //!   links), and a `/proc` of its pid namespace (mounted with `hidepid=2`: processes of other
-//!   uids, such as its `corral-init`, are invisible).
+//!   uids, such as its `corral-init`, are invisible), with `/proc/sys`, `/proc/sysrq-trigger`
+//!   and the like read-only.
 //!
 //! Nothing else: no host `/run`, no `/home`, no socket files. Every mount is `nosuid` and
 //! `nodev` (the device binds alone keep devices), read-only ones through `mount_setattr`
@@ -50,6 +51,17 @@ pub const MASKED: &[&str] = &[
     "/etc/ssh/ssh_host_rsa_key",
     "/etc/ssh/ssh_host_ecdsa_key",
     "/etc/ssh/ssh_host_ed25519_key",
+];
+
+/// Parts of `/proc` made read-only (as Docker does): files there are owned by root and guarded
+/// by their mode alone, so a root agent without landlock could otherwise write kernel settings
+/// of the whole host (`/proc/sys/kernel/core_pattern`, `/proc/sysrq-trigger`, …).
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
 ];
 
 /// Device nodes of the agent's `/dev`.
@@ -409,6 +421,18 @@ impl Builder {
             });
         }
         self.made.push(p.to_path_buf());
+        for ro in PROC_READ_ONLY {
+            let ro = Path::new(ro);
+            if ro.exists() {
+                let at = self.dst(ro)?;
+                self.push(Op::Bind {
+                    src: at.clone(),
+                    dst: at,
+                    rdonly: true,
+                    dev: false,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -676,6 +700,9 @@ mod tests {
         assert!(pos("\"/oldroot/usr\"") < pos("pivot_root into the new root"));
         assert!(pos("on \"/newroot/tmp\"") < pos(&format!("on \"/newroot{}\"", ws.display())));
         assert!(pos("mount proc") > 0);
+        if Path::new("/proc/sys").exists() {
+            assert!(pos("bind \"/newroot/proc/sys\" on \"/newroot/proc/sys\"") > pos("mount proc"));
+        }
         assert!(pos("remount the new root read-only") < pos("pivot_root into the new root"));
         if Path::new("/etc/shadow").exists() {
             assert!(pos("mask \"/newroot/etc/shadow\"") > pos("\"/oldroot/etc\""));

@@ -11,7 +11,9 @@
 //! - `personality` with any persona but those Docker allows (Linux, 32-bit Linux, `UNAME26`,
 //!   both, and the query): no turning off address randomisation or `READ_IMPLIES_EXEC`.
 //! - `chmod`, `fchmod`, `fchmodat`, `fchmodat2` with `S_ISUID` or `S_ISGID` in the mode; plain
-//!   modes (0644, 0755, …) pass.
+//!   modes (0644, 0755, …) pass. The same bits at creation too: `open`/`openat` with `O_CREAT`
+//!   or `O_TMPFILE`, `creat`, `mknod`, `mknodat`. `openat2`, whose mode sits in memory, fails
+//!   with `ENOSYS` like `clone3` (callers fall back to `openat`).
 //!
 //! A call through another architecture's ABI (32-bit or x32 on x86_64) kills the process: its
 //! numbers would not match these rules. Calls the kernel no longer has (`create_module`,
@@ -23,7 +25,7 @@
 //! classic BPF with their jump offsets and argument halves right, which hand-written BPF easily
 //! gets wrong. One of its filters has a single action for every match and no x32 check, so a
 //! short hand-written prelude runs first: check the architecture, kill x32 calls, answer
-//! `clone3` with `ENOSYS`; every other call falls through to the compiled rules.
+//! `clone3` and `openat2` with `ENOSYS`; every other call falls through to the compiled rules.
 //!
 //! The program is built once, in the parent; the spawn child installs it with
 //! `prctl(PR_SET_SECCOMP)` after `no_new_privs`, with no allocation.
@@ -146,9 +148,9 @@ fn chmods() -> Vec<(c_long, u8)> {
     v
 }
 
-/// Calls that create a file with a mode: number, index of the flags argument (`None`: the
-/// call always creates), index of the mode argument.
-fn creating() -> Vec<(c_long, Option<u8>, u8)> {
+/// Calls that give a new file the mode in one of their arguments: the number, the argument
+/// holding the open flags (`None`: the mode is always used) and the mode's argument.
+fn creators() -> Vec<(c_long, Option<u8>, u8)> {
     let mut v = vec![(libc::SYS_openat, Some(2), 3), (libc::SYS_mknodat, None, 2)];
     #[cfg(target_arch = "x86_64")]
     v.extend([
@@ -159,11 +161,9 @@ fn creating() -> Vec<(c_long, Option<u8>, u8)> {
     v
 }
 
-/// The `open` flags that create a file.
-const CREATE_FLAGS: [c_long; 2] = [
-    libc::O_CREAT as c_long,
-    (libc::O_TMPFILE & !libc::O_DIRECTORY) as c_long,
-];
+/// The open flags with which the kernel uses the mode: `O_CREAT`, and `O_TMPFILE` (whose file
+/// can then be linked in), without the `O_DIRECTORY` bit that `O_TMPFILE` includes.
+const MODE_FLAGS: [libc::c_int; 2] = [libc::O_CREAT, libc::O_TMPFILE & !libc::O_DIRECTORY];
 
 /// A 32-bit condition on argument `arg`.
 fn dword(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
@@ -190,26 +190,27 @@ fn rules() -> Result<BpfProgram, SeccompError> {
     for (nr, mode) in chmods() {
         rules.insert(nr, any_bit(mode, SETID_BITS.map(u64::from))?);
     }
-    // A set-id file cannot be created either (the mode of a file being created).
-    for (nr, flags, mode) in creating() {
-        let r = match flags {
+    // The same bits given at creation: `open(O_CREAT, 04755)` or `mknod` would otherwise leave
+    // the set-id file that `chmod` may not.
+    for (nr, flags, mode) in creators() {
+        let rule = match flags {
             None => any_bit(mode, SETID_BITS.map(u64::from))?,
-            Some(f) => {
-                let mut r = Vec::new();
-                for flag in CREATE_FLAGS {
-                    for bit in SETID_BITS {
-                        let bit = u64::from(bit);
-                        let flag = flag as u64;
-                        r.push(SeccompRule::new(vec![
-                            dword(f, SeccompCmpOp::MaskedEq(flag), flag)?,
-                            dword(mode, SeccompCmpOp::MaskedEq(bit), bit)?,
+            Some(flags) => {
+                let mut v = Vec::new();
+                for f in MODE_FLAGS {
+                    for b in SETID_BITS {
+                        let f = f as u32 as u64;
+                        let b = u64::from(b);
+                        v.push(SeccompRule::new(vec![
+                            dword(flags, SeccompCmpOp::MaskedEq(f), f)?,
+                            dword(mode, SeccompCmpOp::MaskedEq(b), b)?,
                         ])?);
                     }
                 }
-                r
+                v
             }
         };
-        rules.insert(nr, r);
+        rules.insert(nr, rule);
     }
     // The kernel takes the persona as an `unsigned int`.
     let other_persona = PERSONAS
@@ -249,8 +250,8 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
-/// What one `seccompiler` filter cannot say: kill calls of another ABI, and answer `clone3`
-/// and `openat2` with `ENOSYS`. Falls through to the next instruction for every other call.
+/// What one `seccompiler` filter cannot say: kill calls of another ABI, and answer `clone3` and
+/// `openat2` with `ENOSYS`. Falls through to the next instruction for every other call.
 fn prelude() -> Vec<sock_filter> {
     let mut p = vec![
         stmt(LD_W_ABS, ARCH_AT),
@@ -265,9 +266,8 @@ fn prelude() -> Vec<sock_filter> {
         p.push(jump(JGE_K, 0x4000_0000, 0, 1));
         p.push(stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS));
     }
-    p.push(jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1));
-    p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
-    // openat2's mode is in memory too: callers fall back to openat, whose mode it can read.
+    // `clone3` and `openat2` keep their flags and mode in memory a filter cannot read.
+    p.push(jump(JEQ_K, libc::SYS_clone3 as u32, 1, 0));
     p.push(jump(JEQ_K, libc::SYS_openat2 as u32, 0, 1));
     p.push(stmt(RET_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
     p
@@ -365,6 +365,9 @@ mod tests {
         for (nr, _) in chmods() {
             assert!(!nrs.contains(&nr));
         }
+        for (nr, _, _) in creators() {
+            assert!(!nrs.contains(&nr));
+        }
         assert!(!nrs.contains(&libc::SYS_clone) && !nrs.contains(&libc::SYS_personality));
     }
 
@@ -388,32 +391,6 @@ mod tests {
             assert_eq!(call(nr, [u64::MAX; 6]), ALLOW, "call {nr}");
         }
         assert_eq!(call(libc::SYS_clone3, [0; 6]), ENOSYS);
-        assert_eq!(call(libc::SYS_openat2, [0; 6]), ENOSYS);
-
-        // Creating a set-id file is refused; opening or creating a plain one is not.
-        let creat = libc::O_CREAT | libc::O_WRONLY;
-        let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
-        let openat = |flags: libc::c_int, mode: u64| {
-            call(libc::SYS_openat, [0, 0, flags as u32 as u64, mode, 0, 0])
-        };
-        assert_eq!(openat(creat, 0o4755), EPERM);
-        assert_eq!(openat(creat, 0o2755), EPERM);
-        assert_eq!(openat(tmpfile, 0o4755), EPERM);
-        assert_eq!(openat(creat, 0o644), ALLOW);
-        assert_eq!(
-            openat(libc::O_RDONLY, 0o4755),
-            ALLOW,
-            "no O_CREAT: mode unused"
-        );
-        assert_eq!(call(libc::SYS_mknodat, [0, 0, 0o104755, 0, 0, 0]), EPERM);
-        assert_eq!(call(libc::SYS_mknodat, [0, 0, 0o100644, 0, 0, 0]), ALLOW);
-        #[cfg(target_arch = "x86_64")]
-        {
-            assert_eq!(call(libc::SYS_creat, [0, 0o4755, 0, 0, 0, 0]), EPERM);
-            assert_eq!(call(libc::SYS_creat, [0, 0o644, 0, 0, 0, 0]), ALLOW);
-            let open = [0, creat as u32 as u64, 0o6755, 0, 0, 0];
-            assert_eq!(call(libc::SYS_open, open), EPERM);
-        }
         // Another ABI, and x32 calls on x86_64, die.
         assert_eq!(eval(program(), 0x4000_0003, libc::SYS_getpid, [0; 6]), KILL);
         #[cfg(target_arch = "x86_64")]
@@ -451,6 +428,31 @@ mod tests {
             assert_eq!(call(nr, with(usize::from(3 - arg), 0o4755)), ALLOW);
         }
 
+        for (nr, flags, mode) in creators() {
+            let m = |f: libc::c_int, m: u32| {
+                let mut a = [0u64; 6];
+                if let Some(flags) = flags {
+                    a[usize::from(flags)] = f as u32 as u64;
+                }
+                a[usize::from(mode)] = u64::from(m);
+                call(nr, a)
+            };
+            let create = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+            let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
+            for plain in [0o644, 0o755, 0o1777, 0o600 | libc::S_IFREG] {
+                assert_eq!(m(create, plain), ALLOW, "call {nr} mode {plain:o}");
+            }
+            for setid in [0o4755, 0o2755, 0o6755, 0o4000 | libc::S_IFREG] {
+                assert_eq!(m(create, setid), EPERM, "call {nr} mode {setid:o}");
+                if flags.is_some() {
+                    assert_eq!(m(tmpfile, setid), EPERM, "call {nr} O_TMPFILE {setid:o}");
+                    // Without O_CREAT or O_TMPFILE the kernel ignores the mode.
+                    assert_eq!(m(libc::O_RDONLY, setid), ALLOW, "call {nr} no create");
+                }
+            }
+        }
+        assert_eq!(call(libc::SYS_openat2, [0; 6]), ENOSYS);
+
         let persona = |p: u64| call(libc::SYS_personality, with(0, p));
         for ok in PERSONAS {
             assert_eq!(persona(ok), ALLOW, "persona {ok:#x}");
@@ -467,7 +469,7 @@ mod tests {
     }
 
     /// The calls the probe child makes, in order.
-    const PROBES: [&str; 10] = [
+    const PROBES: [&str; 14] = [
         "clone(CLONE_NEWUSER)",
         "clone(CLONE_NEWNET)",
         "clone3",
@@ -478,6 +480,10 @@ mod tests {
         "chmod 0644",
         "fork",
         "personality(ADDR_NO_RANDOMIZE)",
+        "openat(O_CREAT) 04755",
+        "mknodat 02755",
+        "openat2",
+        "openat(O_CREAT) 0644",
     ];
 
     /// Runs the probes in a child that installs `filter` (after `no_new_privs`), then execs
@@ -487,6 +493,11 @@ mod tests {
         let file = dir.path().join("f");
         let opened = std::fs::File::create(&file).expect("create the probe file");
         let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).expect("no NUL");
+        let fresh = |name: &str| {
+            std::ffi::CString::new(dir.path().join(name).as_os_str().as_encoded_bytes())
+                .expect("no NUL")
+        };
+        let (created, node, plain) = (fresh("created"), fresh("node"), fresh("plain"));
         let fd = opened.as_raw_fd();
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two fresh fds into the array we own.
@@ -546,6 +557,8 @@ mod tests {
                     clone_probe(libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0))
                 };
                 let clone_args = [0u64; 11];
+                // struct open_how: flags, mode, resolve.
+                let how = [(libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0];
                 let p = path.as_ptr();
                 let out: [i32; PROBES.len()] = [
                     clone(libc::CLONE_NEWUSER | libc::SIGCHLD),
@@ -568,6 +581,34 @@ mod tests {
                     result(libc::chmod(p, 0o644) as c_long),
                     clone(libc::SIGCHLD),
                     result(libc::syscall(libc::SYS_personality, 0x0004_0000)),
+                    result(libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        created.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o4755,
+                    )),
+                    result(libc::syscall(
+                        libc::SYS_mknodat,
+                        libc::AT_FDCWD,
+                        node.as_ptr(),
+                        libc::S_IFREG | 0o2755,
+                        0,
+                    )),
+                    result(libc::syscall(
+                        libc::SYS_openat2,
+                        libc::AT_FDCWD,
+                        p,
+                        how.as_ptr(),
+                        std::mem::size_of_val(&how),
+                    )),
+                    result(libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        plain.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    )),
                 ];
                 let n = std::mem::size_of_val(&out);
                 if libc::write(wfd, out.as_ptr().cast(), n) != n as isize {
@@ -598,7 +639,22 @@ mod tests {
     fn a_filtered_child_is_refused_namespaces_and_setid_but_forks() {
         let seen = probe_under(program());
         let e = libc::EPERM;
-        let want = [e, e, libc::ENOSYS, e, e, e, e, 0, 0, e];
+        let want = [
+            e,
+            e,
+            libc::ENOSYS,
+            e,
+            e,
+            e,
+            e,
+            0,
+            0,
+            e,
+            e,
+            e,
+            libc::ENOSYS,
+            0,
+        ];
         assert_eq!(named(&seen), named(&want));
     }
 

@@ -296,6 +296,7 @@ const STAGES: &[&str] = &[
 const CAP_KILL: i32 = 5;
 const CAP_SETGID: i32 = 6;
 const CAP_SETUID: i32 = 7;
+const CAP_SETPCAP: i32 = 8;
 /// Stage of a failed root build (the step is named by `MountOps::failed_step`).
 const STAGE_ROOT: i32 = 32;
 
@@ -471,22 +472,35 @@ impl Prepared {
 /// The highest fd number a spec may map to. Sources are moved above it first.
 const MAX_TARGET: RawFd = 7;
 
-/// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range.
+/// Move fds that could collide with a target (numbers 0..=MAX_TARGET) above that range: the
+/// sources of the mapped fds, and the landlock ruleset, which the child uses after its `dup2`s
+/// (a ruleset that landed on a low number, free again in a long-running supervisor, was
+/// overwritten by a pipe and the spawn failed with EBADFD).
 fn lift_low_fds(spec: &mut SpawnSpec) -> Result<(), SpawnError> {
     for (fd, _) in spec.fds.iter_mut() {
-        if fd.as_raw_fd() <= MAX_TARGET {
-            // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we then own.
-            let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, MAX_TARGET + 1) };
-            if new < 0 {
-                return Err(SpawnError::Parent {
-                    op: "fcntl(F_DUPFD_CLOEXEC)",
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
-            *fd = unsafe { OwnedFd::from_raw_fd(new) };
-        }
+        lift(fd)?;
     }
+    if let Some(fd) = spec.landlock.as_mut() {
+        lift(fd)?;
+    }
+    Ok(())
+}
+
+/// Replace `fd` by a duplicate above MAX_TARGET when it is not already there.
+fn lift(fd: &mut OwnedFd) -> Result<(), SpawnError> {
+    if fd.as_raw_fd() > MAX_TARGET {
+        return Ok(());
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we then own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, MAX_TARGET + 1) };
+    if new < 0 {
+        return Err(SpawnError::Parent {
+            op: "fcntl(F_DUPFD_CLOEXEC)",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+    *fd = unsafe { OwnedFd::from_raw_fd(new) };
     Ok(())
 }
 
@@ -611,7 +625,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         //    then whatever capabilities are left.
         // Under an init, the init keeps root (and its uid stays apart from the agent's, so the
         // agent cannot reach it) with only the capabilities it needs: CAP_KILL to forward
-        // signals, and for a stem CAP_SETUID/CAP_SETGID to start its agent as the agent's user.
+        // signals, and for a stem CAP_SETUID/CAP_SETGID to start its agent as the agent's user
+        // and CAP_SETPCAP to empty the agent's bounding set (else it would keep these three).
         // The agent drops everything itself (`agent_main`, or the stem's init).
         let under_init = p.init_kind != InitKind::None;
         if p.drop_caps {
@@ -619,7 +634,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 let keep = match p.init_kind {
                     InitKind::None => false,
                     InitKind::Adopt => cap == CAP_KILL,
-                    InitKind::Stem => [CAP_KILL, CAP_SETGID, CAP_SETUID].contains(&cap),
+                    InitKind::Stem => {
+                        [CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP].contains(&cap)
+                    }
                 };
                 if !keep
                     && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
@@ -970,5 +987,35 @@ impl Spawner {
             .send((spec, reply))
             .map_err(|_| SpawnError::SpawnerGone)?;
         rx.await.map_err(|_| SpawnError::SpawnerGone)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An fd of ours numbered at most MAX_TARGET, if one is free now.
+    fn low_fd() -> Option<OwnedFd> {
+        let f = std::fs::File::open("/dev/null").ok()?;
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns the lowest free number >= 3, ours.
+        let low = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if low < 0 {
+            return None;
+        }
+        // SAFETY: `low` was just returned by fcntl and is owned by nobody else.
+        let low = unsafe { OwnedFd::from_raw_fd(low) };
+        (low.as_raw_fd() <= MAX_TARGET).then_some(low)
+    }
+
+    #[test]
+    fn a_ruleset_on_a_low_fd_is_lifted_above_the_targets() {
+        let Some(low) = low_fd() else {
+            eprintln!("skipped: no fd number up to {MAX_TARGET} is free in this process");
+            return;
+        };
+        let mut spec = SpawnSpec::new("true").landlock(Some(low));
+        lift_low_fds(&mut spec).expect("lift");
+        let lifted = spec.landlock.as_ref().expect("still there").as_raw_fd();
+        assert!(lifted > MAX_TARGET, "the ruleset stays on fd {lifted}");
     }
 }
