@@ -96,8 +96,26 @@ pub fn encode_into<M: Serialize>(msg: &M, buf: &mut Vec<u8>) -> Result<(), Frame
     Ok(())
 }
 
-/// Decode one payload (without its header). Trailing bytes are an error.
+/// Decode one payload (without its header) of a stream whose frames are at most
+/// [`DEFAULT_MAX_FRAME`] bytes. Trailing bytes are an error. See [`decode_payload_within`].
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
+    decode_payload_within(payload, DEFAULT_MAX_FRAME)
+}
+
+/// Decode one payload of a stream whose frames are at most `max_frame` bytes. The values it
+/// holds may take at most `2 × max_frame − payload length + 64 KiB` bytes of memory, so that
+/// the frame and what it decodes to never take much more than twice `max_frame`, whatever
+/// its content: a frame of millions of one-byte nulls (32 bytes each in memory) is refused
+/// instead of growing the decoder thirty-fold.
+pub fn decode_payload_within<M: DeserializeOwned>(
+    payload: &[u8],
+    max_frame: u32,
+) -> Result<M, FrameError> {
+    let budget = (2 * max_frame as usize).saturating_sub(payload.len()) + 64 * 1024;
+    crate::value::with_budget(budget, || decode_unbudgeted(payload))
+}
+
+fn decode_unbudgeted<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
     // bincode allocates a string's announced length once it fits the limit, before reading the
     // bytes. A valid payload claims at most 8 bytes of limit per payload byte (a one-byte varint
     // `u64` claims 8), so a limit scaled to the payload keeps a short frame announcing a huge
@@ -191,7 +209,7 @@ impl<R: Read> FrameReader<R> {
         if got < len {
             return Err(FrameError::Truncated { expected: len, got });
         }
-        decode_payload(&self.buf).map(Some)
+        decode_payload_within(&self.buf, self.max).map(Some)
     }
 }
 
@@ -233,6 +251,16 @@ impl FrameDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
         if self.start > 0 && self.start == self.buf.len() {
             self.reset();
+        }
+        // Room for the whole frame under way at once (its length is checked against the
+        // maximum first), rather than doubling past it.
+        if self.pending() >= 4 {
+            if let Ok(len) = self.header_len() {
+                let want = (self.start + 4 + len).saturating_sub(self.buf.len());
+                if want > bytes.len() {
+                    self.buf.reserve_exact(want);
+                }
+            }
         }
         self.buf.extend_from_slice(bytes);
     }
@@ -302,7 +330,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let payload = &self.buf[self.start + 4..self.start + 4 + len];
-        let msg = decode_payload(payload)?;
+        let msg = decode_payload_within(payload, self.max)?;
         self.start += 4 + len;
         if self.start == self.buf.len() {
             self.reset();
@@ -399,6 +427,55 @@ mod async_io {
 
 #[cfg(feature = "tokio")]
 pub use async_io::{write_frame_async, AsyncFrameReader};
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::Value;
+
+    fn encoded(v: &Value) -> Vec<u8> {
+        let mut b = encode(v).expect("encodes");
+        b.drain(..4);
+        b
+    }
+
+    #[test]
+    fn many_tiny_values_are_refused_past_twice_the_frame_limit() {
+        // 200 000 nulls: 200 KB on the wire, 6.4 MB in memory.
+        let nulls = Value::List(vec![Value::Null; 200_000]);
+        let payload = encoded(&nulls);
+        let err = decode_payload_within::<Value>(&payload, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("bytes of memory"), "{err}");
+        // With room for them (a 16 MiB limit) they decode.
+        assert_eq!(
+            decode_payload_within::<Value>(&payload, 16 << 20).unwrap(),
+            nulls
+        );
+    }
+
+    #[test]
+    fn a_map_of_many_keys_is_charged_too() {
+        let map = Value::Map(
+            (0..50_000)
+                .map(|i| (format!("k{i}"), Value::Null))
+                .collect(),
+        );
+        let payload = encoded(&map);
+        assert!(decode_payload_within::<Value>(&payload, 512 << 10).is_err());
+        assert_eq!(
+            decode_payload_within::<Value>(&payload, 16 << 20).unwrap(),
+            map
+        );
+    }
+
+    #[test]
+    fn large_strings_fit_the_budget_of_their_frame() {
+        let v = Value::List(vec![Value::String("x".repeat(1 << 20)); 3]);
+        let payload = encoded(&v);
+        let max = u32::try_from(payload.len()).expect("fits");
+        assert_eq!(decode_payload_within::<Value>(&payload, max).unwrap(), v);
+    }
+}
 
 #[cfg(test)]
 mod tests {

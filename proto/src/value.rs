@@ -36,16 +36,140 @@ pub enum Value {
     /// IEEE-754 double. Wire tag 3.
     Float(f64),
     /// UTF-8 text. Wire tag 4.
-    String(String),
+    String(#[serde(deserialize_with = "charged_string")] String),
     /// Raw bytes. Wire tag 5.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(deserialize_with = "charged_bytes")] Vec<u8>),
     /// Ordered list. Wire tag 6.
-    List(#[serde(deserialize_with = "nested", serialize_with = "nested_ser")] Vec<Value>),
+    List(#[serde(deserialize_with = "nested_list", serialize_with = "nested_ser")] Vec<Value>),
     /// Map with string keys, sorted by key. Wire tag 7.
     Map(
-        #[serde(deserialize_with = "nested", serialize_with = "nested_ser")]
+        #[serde(deserialize_with = "nested_map", serialize_with = "nested_ser")]
         BTreeMap<String, Value>,
     ),
+}
+
+thread_local! {
+    /// Bytes of memory decoded values may still take on this thread: (budget, left).
+    static BUDGET: std::cell::Cell<(usize, usize)> =
+        const { std::cell::Cell::new((usize::MAX, usize::MAX)) };
+}
+
+/// Run `f` (a decode) with at most `bytes` of memory for the [`Value`]s it makes: a list
+/// element costs `size_of::<Value>()` (a list is charged for its announced length before its
+/// elements are read), a map entry that plus its key, a `String` and a share of a tree node, a
+/// string or bytes their length. Past it the decode fails with a clear error instead of letting a
+/// small frame of many tiny values (a null is one byte on the wire and 32 in memory) grow the
+/// decoder's memory thirty-fold.
+pub(crate) fn with_budget<R>(bytes: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore((usize, usize));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BUDGET.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BUDGET.with(|b| b.replace((bytes, bytes))));
+    f()
+}
+
+fn charge<E: serde::de::Error>(n: usize) -> Result<(), E> {
+    BUDGET.with(|b| {
+        let (budget, left) = b.get();
+        match left.checked_sub(n) {
+            Some(rest) => {
+                b.set((budget, rest));
+                Ok(())
+            }
+            None => Err(E::custom(format_args!(
+                "the decoded value would take more than {budget} bytes of memory (many small \
+                 values: send large data as fewer strings or bytes)"
+            ))),
+        }
+    })
+}
+
+fn charged_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    charge::<D::Error>(s.len())?;
+    Ok(s)
+}
+
+fn charged_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let b = Vec::<u8>::deserialize(d)?;
+    charge::<D::Error>(b.len())?;
+    Ok(b)
+}
+
+/// A list level: nesting checked, each element charged to the budget before it is decoded.
+fn nested_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of values")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Value>, A::Error> {
+            // bincode gives the exact length: charged at once, and the list made that size (a
+            // list too long for the budget is refused before any element is read).
+            let slot = std::mem::size_of::<Value>();
+            let hint = seq.size_hint();
+            if let Some(n) = hint {
+                charge::<A::Error>(n.saturating_mul(slot))?;
+            }
+            let mut out = Vec::with_capacity(hint.unwrap_or(0));
+            loop {
+                if hint.is_none() {
+                    charge::<A::Error>(slot)?;
+                }
+                match seq.next_element::<Value>()? {
+                    Some(v) => out.push(v),
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
+    let _level = enter::<D::Error>()?;
+    d.deserialize_seq(V)
+}
+
+/// A map level: nesting checked, each entry charged to the budget before it is decoded.
+fn nested_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Value>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<BTreeMap<String, Value>, A::Error> {
+            let mut out = BTreeMap::new();
+            // A map entry: its value, its key's `String`, and the tree's share of a node.
+            let slot = std::mem::size_of::<Value>() + std::mem::size_of::<String>() + 16;
+            let hint = map.size_hint();
+            if let Some(n) = hint {
+                charge::<A::Error>(n.saturating_mul(slot))?;
+            }
+            loop {
+                if hint.is_none() {
+                    charge::<A::Error>(slot)?;
+                }
+                match map.next_key::<String>()? {
+                    Some(k) => {
+                        charge::<A::Error>(k.len())?;
+                        let v = map.next_value::<Value>()?;
+                        out.insert(k, v);
+                    }
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
+    let _level = enter::<D::Error>()?;
+    d.deserialize_map(V)
 }
 
 /// Deepest nesting a decoder accepts: `List`/`Map` levels of a [`Value`], composite levels of a
@@ -57,28 +181,37 @@ thread_local! {
     static NESTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// One level deeper on this thread, until the guard drops; an error past [`MAX_NESTING`].
+fn enter<E: serde::de::Error>() -> Result<Leave, E> {
+    let depth = NESTING.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let leave = Leave;
+    if depth > MAX_NESTING {
+        return Err(E::custom(format_args!(
+            "nesting deeper than {MAX_NESTING} levels"
+        )));
+    }
+    Ok(leave)
+}
+
+/// Leaves a level when dropped.
+struct Leave;
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get() - 1));
+    }
+}
+
 /// Deserialize one nested level, failing past [`MAX_NESTING`] levels on this thread.
 pub(crate) fn nested<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct Leave;
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            NESTING.with(|n| n.set(n.get() - 1));
-        }
-    }
-    let depth = NESTING.with(|n| {
-        n.set(n.get() + 1);
-        n.get()
-    });
-    let _leave = Leave;
-    if depth > MAX_NESTING {
-        return Err(serde::de::Error::custom(format_args!(
-            "nesting deeper than {MAX_NESTING} levels"
-        )));
-    }
+    let _level = enter::<D::Error>()?;
     T::deserialize(d)
 }
 

@@ -143,6 +143,17 @@ fn baseline_kb() -> u64 {
 }
 
 #[test]
+fn a_frame_of_millions_of_nulls_is_refused_before_it_grows_the_supervisor() {
+    // 15 million nulls: 15 MB on the wire (under the 16 MiB max_frame), 480 MB if decoded.
+    let fx = hostile_fixture("");
+    let r = run(&fx, r#"{"do":"nulls","n":15000000}"#, false);
+    assert_eq!(r.reason(), "protocol_violation", "{}", r.doc);
+    assert!(r.message().contains("bytes of memory"), "{}", r.message());
+    r.assert_records_bounded();
+    r.assert_rss_bounded();
+}
+
+#[test]
 fn a_flood_of_tool_calls_named_with_a_mebibyte_is_ended_at_the_first() {
     let fx = hostile_fixture("");
     let r = run(&fx, r#"{"do":"names","kb":1024,"n":0}"#, false);

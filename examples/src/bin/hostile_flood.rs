@@ -13,6 +13,7 @@
 //! | `{"do":"args","kb":K}` | one tool call with K KiB of arguments, never reading fd 3 |
 //! | `{"do":"logs","n":N,"kb":K}` | N `Log` frames of K KiB each, full of newlines, carriage returns, ANSI escapes and forged log lines; then `{"ok":true,"bytes":B}` (B: message bytes sent) |
 //! | `{"do":"beat_future"}` | one beat on fd 6 dated at the end of time (progress 7), then silence |
+//! | `{"do":"nulls","n":N}` | a `Done` whose output is a list of N nulls (N bytes on the wire, 32 N in memory), written without building it |
 //!
 //! Every forged log line contains `FORGED`, every probe's message an `ESC [2J` (clear screen).
 
@@ -56,6 +57,32 @@ fn done(up: &mut File, output: Value) -> Result<(), Fail> {
         }),
     )?;
     Ok(())
+}
+
+/// A `Done` frame whose output is a list of `n` nulls, made by hand: the encoding of such a list
+/// with 300 nulls, its length prefix widened to `n`'s and its run of zero bytes (a null is the
+/// tag 0) lengthened, so that the agent never holds the `n` values the supervisor would.
+fn nulls_frame(n: u32) -> Result<Vec<u8>, Fail> {
+    let small = frame::encode(&Up::Done(Done {
+        task_id: TASK_ID.load(std::sync::atomic::Ordering::Relaxed),
+        output: Value::List(vec![Value::Null; 300]),
+        memory: Vec::new(),
+    }))?;
+    // bincode's varint for 300: 0xfb then a u16; for a u32: 0xfc then four bytes.
+    let mut marker = vec![0xfb, 0x2c, 0x01];
+    marker.extend([0u8; 300]);
+    let at = small
+        .windows(marker.len())
+        .position(|w| w == marker.as_slice())
+        .ok_or("the list's encoding was not found")?;
+    let mut out = small[..at].to_vec();
+    out.push(0xfc);
+    out.extend(n.to_le_bytes());
+    out.resize(out.len() + n as usize, 0);
+    out.extend_from_slice(&small[at + marker.len()..]);
+    let len = u32::try_from(out.len() - 4)?;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(out)
 }
 
 /// Write `n` frames made by `make` (0: without end), never reading fd 3.
@@ -151,6 +178,13 @@ fn probe(input: &Value, down: &mut FrameReader<File>, up: &mut File) -> Result<(
                     ("bytes", Value::Int((n as usize * message.len()) as i64)),
                 ]),
             )
+        }
+        "nulls" => {
+            let n = u32::try_from(int(input, "n"))?;
+            up.write_all(&nulls_frame(n)?)?;
+            loop {
+                std::thread::park();
+            }
         }
         "beat_future" => {
             // SAFETY: fd 6 is the beat pipe corral hands every agent; nothing else owns it.
