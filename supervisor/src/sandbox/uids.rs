@@ -14,7 +14,8 @@
 //! (System V objects of it may remain), a `<uid>.retired` marker keeps every supervisor from
 //! handing it out again until the lock dir is cleared (at boot, `/run` being a tmpfs).
 //!
-//! Ids named in `/etc/passwd` or `/etc/group` are never handed out.
+//! Ids named in `/etc/passwd` or `/etc/group`, and those systemd has handed to a
+//! `DynamicUser=` service (its lock files in `/run/systemd/dynamic-uid`), are never handed out.
 
 use nix::fcntl::{Flock, FlockArg};
 use std::collections::HashSet;
@@ -116,7 +117,10 @@ impl UidPool {
         for _ in 0..span {
             let i = self.cursor.fetch_add(1, Ordering::Relaxed) % span;
             let uid = self.lo + i;
-            if self.named.contains(&uid) || dir.join(format!("{uid}.retired")).exists() {
+            if self.named.contains(&uid)
+                || dir.join(format!("{uid}.retired")).exists()
+                || systemd_holds(uid)
+            {
                 continue;
             }
             let file = match std::fs::OpenOptions::new()
@@ -159,6 +163,14 @@ impl UidPool {
             hi: self.hi,
         })
     }
+}
+
+/// Whether systemd has handed `uid` to a `DynamicUser=` service (the default range is
+/// systemd's own): it keeps a lock file named by the number in `/run/systemd/dynamic-uid`.
+fn systemd_holds(uid: u32) -> bool {
+    Path::new("/run/systemd/dynamic-uid")
+        .join(uid.to_string())
+        .exists()
 }
 
 /// One uid, held for one attempt (or one warm stem and the attempt that uses it).
