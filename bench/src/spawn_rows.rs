@@ -117,7 +117,8 @@ struct Variant {
 const PLAIN: Variant = Variant {
     id: "1",
     what: "spawn→ready, plain (echo)",
-    keys: "namespaces = []\nnetwork = true\nseccomp = false\nlandlock = false\n",
+    keys: "namespaces = []\nnetwork = true\nseccomp = false\nlandlock = false\n\
+           user = \"root\"\nallow_root = true\ndisk = \"unlimited\"\n",
     cgroups: false,
     want_ns: &[],
 };

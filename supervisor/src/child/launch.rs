@@ -380,7 +380,7 @@ pub(super) async fn launch(
         lease.reclaim_on_release(&agent.writable_paths);
         if !agent.namespaces.contains(&crate::config::Namespace::Ipc) {
             // System V objects of the uid would outlive the attempt.
-            lease.retire();
+            lease.remove_ipc_on_release();
         }
     }
     let cwd = agent

@@ -9,10 +9,11 @@
 //! released when its attempt has ended: its processes are dead (pid namespace or cgroup kill,
 //! else a sweep that kills every process of the uid) and its workspace is gone. A uid that may
 //! still own files somewhere is given them back or *retired*: what it left in `writable_paths`
-//! is handed to the owner of each such directory (a bounded walk, [`RECLAIM_LIMIT`] entries);
-//! when that walk cannot finish, when its workspace is kept, or when it had no IPC namespace
-//! (System V objects of it may remain), a `<uid>.retired` marker keeps every supervisor from
-//! handing it out again until the lock dir is cleared (at boot, `/run` being a tmpfs).
+//! is handed to the owner of each such directory (a bounded walk, [`RECLAIM_LIMIT`] entries),
+//! and without an IPC namespace its System V objects and POSIX shared memory and queues are
+//! removed (like systemd's `RemoveIPC=`); when either cannot finish, or its workspace is kept,
+//! a `<uid>.retired` marker keeps every supervisor from handing it out again until the lock
+//! dir is cleared (at boot, `/run` being a tmpfs).
 //!
 //! Ids named in `/etc/passwd` or `/etc/group`, and those systemd has handed to a
 //! `DynamicUser=` service (its lock files in `/run/systemd/dynamic-uid`), are never handed out.
@@ -155,6 +156,7 @@ impl UidPool {
                 _lock: lock,
                 retire: false,
                 sweep: false,
+                ipc: false,
                 reclaim: Vec::new(),
             });
         }
@@ -181,6 +183,7 @@ pub struct UidLease {
     _lock: Flock<File>,
     retire: bool,
     sweep: bool,
+    ipc: bool,
     reclaim: Vec<PathBuf>,
 }
 
@@ -245,37 +248,118 @@ impl UidLease {
         self.sweep = true;
     }
 
-    /// Kill every process running as this uid: `kill -KILL -1` run as the uid itself reaches
-    /// exactly the processes that uid may signal, which are its own.
+    /// Kill every process running as this uid: `kill(-1, SIGKILL)` sent with the uid's own
+    /// credentials reaches exactly the processes that uid may signal, which are its own. The
+    /// credentials are those of a thread made for it (Linux keeps credentials per thread; the
+    /// raw system call changes only the calling thread's, unlike libc's `setuid`), which ends
+    /// right after.
     fn sweep(&self) {
-        for _ in 0..3 {
-            let status = std::process::Command::new("kill")
-                .args(["-s", "KILL", "--", "-1"])
-                .uid(self.uid)
-                .gid(self.uid)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            // `kill` dies by its own signal once it has sent it to everyone else.
-            match status {
-                Ok(s) if s.code().is_none() => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(uid = self.uid, "sweeping the uid's processes: {e}");
-                    return;
+        let uid = self.uid;
+        let swept = std::thread::Builder::new()
+            .name("corral-uid-sweep".into())
+            .spawn(move || -> std::io::Result<()> {
+                // SAFETY: setresuid/setresgid through raw system calls on this thread only,
+                // which does nothing else afterwards but kill and exit.
+                unsafe {
+                    if libc::syscall(libc::SYS_setresgid, uid, uid, uid) != 0
+                        || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // ESRCH: nothing of the uid was left.
+                    if libc::kill(-1, libc::SIGKILL) != 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::ESRCH) {
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(std::io::Error::other)
+            .and_then(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+            });
+        if let Err(e) = swept {
+            tracing::warn!(uid, "sweeping the uid's processes: {e}");
+        }
+    }
+
+    /// Remove the System V IPC objects (and POSIX shared memory and queues in `/dev/shm`,
+    /// `/dev/mqueue`) the uid owns, like systemd's `RemoveIPC=`: for attempts that shared the
+    /// host's IPC namespace. `false` when one could not be removed.
+    fn remove_ipc(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mut ok = true;
+        // /proc/sysvipc/{shm,sem,msg}: the id is the second column; the owner's uid is named
+        // in the header.
+        for (file, kind) in [("shm", 0), ("sem", 1), ("msg", 2)] {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/sysvipc/{file}")) else {
+                continue;
+            };
+            let mut lines = text.lines();
+            let Some(header) = lines.next() else { continue };
+            let cols: Vec<&str> = header.split_whitespace().collect();
+            let (Some(id_at), Some(uid_at)) = (
+                cols.iter()
+                    .position(|c| *c == "shmid" || *c == "semid" || *c == "msqid"),
+                cols.iter().position(|c| *c == "uid"),
+            ) else {
+                continue;
+            };
+            for l in lines {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (Some(id), Some(owner)) = (
+                    f.get(id_at).and_then(|v| v.parse::<i32>().ok()),
+                    f.get(uid_at).and_then(|v| v.parse::<u32>().ok()),
+                ) else {
+                    continue;
+                };
+                if owner != self.uid {
+                    continue;
+                }
+                // SAFETY: IPC_RMID on an id read from the kernel's list; no pointer is read.
+                let rc = unsafe {
+                    match kind {
+                        0 => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                        1 => libc::semctl(id, 0, libc::IPC_RMID),
+                        _ => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
+                    }
+                };
+                ok &= rc == 0;
+            }
+        }
+        for dir in ["/dev/shm", "/dev/mqueue"] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.metadata().is_ok_and(|m| m.uid() == self.uid) {
+                    ok &= std::fs::remove_file(e.path()).is_ok();
                 }
             }
         }
+        ok
+    }
+
+    /// Before release, remove what the uid left in the host's IPC namespace.
+    pub fn remove_ipc_on_release(&mut self) {
+        self.ipc = true;
     }
 }
-
-use std::os::unix::process::CommandExt;
 
 impl Drop for UidLease {
     fn drop(&mut self) {
         if self.sweep {
             self.sweep();
+        }
+        if self.ipc && !self.remove_ipc() {
+            tracing::warn!(
+                uid = self.uid,
+                "IPC objects of the uid could not be removed"
+            );
+            self.retire = true;
         }
         if !self.reclaim.is_empty() && !self.reclaim() {
             tracing::warn!(
@@ -372,6 +456,46 @@ mod tests {
             assert_eq!(std::fs::metadata(&f).expect("f").uid(), owner);
         }
         assert!(p.take().is_ok(), "given back, the uid is not retired");
+    }
+
+    #[test]
+    fn a_sweep_kills_the_uids_processes_and_ipc_objects_go() {
+        use std::os::unix::process::CommandExt;
+        let (_d, p) = pool(70050, 70050);
+        let mut lease = p.take().expect("uid");
+        let uid = lease.uid();
+        // A stray of the uid, and a System V segment it made (tests run as root).
+        let mut stray = std::process::Command::new("sleep")
+            .arg("600")
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("spawn a stray as the uid");
+        let made = std::process::Command::new("ipcmk")
+            .args(["-M", "4096"])
+            .uid(uid)
+            .gid(uid)
+            .output();
+        // util-linux's ipcmk, on every machine of this kind.
+        let ipc = made.is_ok_and(|o| o.status.success());
+        assert!(ipc, "ipcmk made a segment as the uid");
+        let owned = || {
+            std::fs::read_to_string("/proc/sysvipc/shm")
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(7) == Some(&uid.to_string()))
+                .count()
+        };
+        assert_eq!(owned(), 1, "the segment is there");
+        lease.sweep_on_release();
+        lease.remove_ipc_on_release();
+        drop(lease);
+        let status = stray.wait().expect("reap the stray");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "swept");
+        assert_eq!(owned(), 0, "the uid's segment was removed");
+        assert!(p.take().is_ok(), "the uid is free again, not retired");
     }
 
     #[test]
