@@ -186,10 +186,21 @@ fn parse_id(s: &CString) -> Option<u32> {
     s.to_str().ok()?.parse().ok()
 }
 
-/// Start the agent as `ids` (what `posix_spawn` cannot do): fork, default signals, empty the
-/// bounding set (with our `CAP_SETPCAP`), take the ids, clear every capability left (a root
-/// agent keeps ours through `setuid(0)`), exec. Returns 0 or the errno of the failed step (told
-/// through a close-on-exec pipe); the agent is never started with less taken away.
+/// What the agent's clone needs, made before it runs.
+struct AsUser<'a> {
+    path: &'a CStr,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    uid: u32,
+    gid: u32,
+    /// Written by the clone when a step fails (it shares our memory until its exec).
+    errno: i32,
+}
+
+/// Start the agent as `ids` (what `posix_spawn` cannot do), the way `posix_spawn` starts a
+/// process: a `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own (no copy of our memory;
+/// we resume once it has exec'd), where it sets default signals, drops every capability
+/// (bounding set included), takes the ids and execs. Returns 0 or the errno of the failed step.
 ///
 /// # Safety
 /// `argv` and `envp` are NUL-terminated arrays of C strings that outlive the call.
@@ -200,53 +211,70 @@ unsafe fn spawn_as(
     envp: *const *mut libc::c_char,
     (uid, gid): (u32, u32),
 ) -> libc::c_int {
-    let mut fds = [0; 2];
-    if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-        return *libc::__errno_location();
+    extern "C" fn agent(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the parent's `AsUser`; the parent is suspended (CLONE_VFORK) until
+        // we exec or exit. Raw system calls only: we share the parent's memory, so nothing
+        // here may allocate, take a lock or touch libc state (hence no libc `setuid`, whose
+        // all-threads broadcast assumes a process of its own).
+        unsafe {
+            let a = &mut *(arg as *mut AsUser);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for sig in FORWARDED.iter().chain(&[libc::SIGPIPE]) {
+                libc::sigaction(*sig, &dfl, std::ptr::null_mut());
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            let mut ok = true;
+            for cap in 0..64 {
+                // EINVAL past the last capability this kernel knows.
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok
+                && libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, a.gid, a.gid, a.gid) == 0
+                && libc::syscall(libc::SYS_setresuid, a.uid, a.uid, a.uid) == 0
+                && clear_caps() == 0
+            {
+                libc::execve(a.path.as_ptr(), a.argv, a.envp);
+            }
+            std::ptr::write_volatile(&mut a.errno, (*libc::__errno_location()).max(1));
+            libc::_exit(127)
+        }
     }
-    let child = libc::fork();
+    let mut stack = vec![0u8; 64 * 1024];
+    let top = ((stack.as_mut_ptr() as usize + stack.len()) & !15) as *mut libc::c_void;
+    let mut a = AsUser {
+        path,
+        argv: argv.as_ptr().cast(),
+        envp: envp.cast(),
+        uid,
+        gid,
+        errno: 0,
+    };
+    let child = libc::clone(
+        agent,
+        top,
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        (&mut a as *mut AsUser).cast(),
+    );
     if child < 0 {
         return *libc::__errno_location();
     }
-    if child == 0 {
-        // The child of a single-threaded process: raw calls until exec.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        for sig in FORWARDED.iter().chain(&[libc::SIGPIPE]) {
-            libc::signal(*sig, libc::SIG_DFL);
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        let mut ok = true;
-        for cap in 0..64 {
-            // EINVAL past the last capability this kernel knows.
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                && *libc::__errno_location() != libc::EINVAL
-            {
-                ok = false;
-                break;
-            }
-        }
-        if ok
-            && libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setgid(gid) == 0
-            && libc::setuid(uid) == 0
-            && clear_caps() == 0
-        {
-            libc::execve(path.as_ptr(), argv.as_ptr().cast(), envp.cast());
-        }
-        let e = *libc::__errno_location();
-        libc::write(fds[1], (&e as *const i32).cast(), 4);
-        libc::_exit(127);
-    }
-    libc::close(fds[1]);
-    let mut e: i32 = 0;
-    let n = libc::read(fds[0], (&mut e as *mut i32).cast(), 4);
-    libc::close(fds[0]);
     *pid = child;
-    if n == 4 {
-        e.max(1)
-    } else {
-        0
+    // Volatile: the clone wrote it through memory the compiler does not see change.
+    match std::ptr::read_volatile(&a.errno) {
+        0 => 0,
+        e => {
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+            e
+        }
     }
 }
 
@@ -254,7 +282,7 @@ unsafe fn spawn_as(
 /// ambient ones go with them).
 ///
 /// # Safety
-/// A raw system call over stack data: callable in a forked child.
+/// A raw system call over stack data: callable in the agent's clone.
 unsafe fn clear_caps() -> libc::c_long {
     #[repr(C)]
     struct Header {

@@ -148,7 +148,8 @@ fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, String> {
 
 /// The per-attempt spawn specification from config: limits, namespaces, privileges, the
 /// agent's root, landlock. Returns the read end of the init's status pipe when the agent runs
-/// under `corral-init`.
+/// under `corral-init`, and a network namespace made ahead that the spawn joins (to be kept
+/// until it has).
 fn spawn_spec(
     spec: &AgentSpec,
     env: Vec<(String, String)>,
@@ -157,7 +158,7 @@ fn spawn_spec(
     ids: Option<(u32, u32)>,
     cgroup: Option<&AgentCgroup>,
     cgroup_mem: bool,
-) -> Result<(SpawnSpec, Option<OwnedFd>), String> {
+) -> Result<(SpawnSpec, Option<OwnedFd>, Option<OwnedFd>), String> {
     use crate::config::Namespace;
     let program = spec
         .command
@@ -227,12 +228,22 @@ fn spawn_spec(
             )
         }),
     };
+    // A private namespace made ahead, held until the spawn has joined it.
+    let mut made_ahead = None;
     if has(Namespace::Net) && !spec.network {
-        // Joining the shared namespace needs privilege over the host's user namespace.
+        // Joining a namespace made here needs privilege over the host's user namespace.
         let shared = spec.netns == crate::config::Netns::Shared;
-        match (shared && !user_ns, crate::sandbox::netns::shared()) {
-            (true, Ok(fd)) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
-            _ => ns.net_own = true,
+        if shared && !user_ns {
+            match crate::sandbox::netns::shared() {
+                Ok(fd) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
+                Err(_) => ns.net_own = true,
+            }
+        } else {
+            made_ahead = (!user_ns).then(crate::sandbox::netpool::take).flatten();
+            match &made_ahead {
+                Some(fd) => ns.net_join = Some(std::os::fd::AsRawFd::as_raw_fd(fd)),
+                None => ns.net_own = true,
+            }
         }
     }
     // Arguments naming existing files (a script for an interpreter, a data file): the agent
@@ -285,7 +296,7 @@ fn spawn_spec(
     let own_tmp = ns.mount;
     s = s.drop_caps(root && !user_ns).namespaces(ns);
     if !spec.landlock {
-        return Ok((s, status_rx));
+        return Ok((s, status_rx, made_ahead));
     }
     // The agent's /tmp is a mount of the workspace's `.tmp` on its own: landlock walks the
     // agent's view of the path, which reaches that directory without passing its workspace,
@@ -310,7 +321,7 @@ fn spawn_spec(
         Err(e) if spec.strict => return Err(format!("strict: {e}")),
         Err(e) => tracing::debug!(agent = %spec.name, "file-system confinement off: {e}"),
     }
-    Ok((s, status_rx))
+    Ok((s, status_rx, made_ahead))
 }
 
 /// The pools an attempt draws from.
@@ -428,7 +439,7 @@ pub(super) async fn launch(
     let devnull = std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
         .map_err(|e| format!("open /dev/null: {e}"))?;
-    let (sspec, status_rx) = spawn_spec(
+    let (sspec, status_rx, _netns_held) = spawn_spec(
         agent,
         env,
         cwd,

@@ -16,6 +16,7 @@ pub use process::{become_subreaper, kill_group, reap_adopted, PidFd, Reaped};
 pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};
 pub mod landlock;
 pub mod netns;
+pub mod netpool;
 pub mod seccomp;
 
 use std::path::PathBuf;

@@ -37,6 +37,17 @@ fn make() -> Result<OwnedFd, NetnsError> {
         .map_err(|_| NetnsError("thread panicked".into()))?
 }
 
+/// Move the calling thread into a new network namespace with `lo` up, and return its fd (the
+/// namespace lives as long as the fd or a process in it). For a thread of its own.
+pub(crate) fn make_here() -> Result<OwnedFd, NetnsError> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| NetnsError(format!("unshare(CLONE_NEWNET): {e}")))?;
+    loopback_up().map_err(|e| NetnsError(format!("bring up lo: {e}")))?;
+    std::fs::File::open("/proc/thread-self/ns/net")
+        .map(OwnedFd::from)
+        .map_err(|e| NetnsError(format!("open /proc/thread-self/ns/net: {e}")))
+}
+
 /// Set IFF_UP on `lo` in the calling thread's network namespace.
 fn loopback_up() -> std::io::Result<()> {
     let sock =
