@@ -4,8 +4,11 @@
 
 use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
 use crate::sandbox::owner::Owner;
+use crate::sandbox::rootfs::{build_detached, MountOps};
 use crate::sandbox::uids::UidPool;
 use crate::sandbox::workspace::{Workspace, WorkspaceError};
+use std::collections::HashSet;
+use std::os::fd::OwnedFd;
 
 /// How workspace directories are named: `ws-<pid>-<start>-<random>`.
 const WS_PREFIX: &str = "ws-";
@@ -27,6 +30,9 @@ pub struct WorkspacePool {
     refilling: Mutex<HashMap<Option<u64>, bool>>,
     /// The dynamic uids handed to the attempts these workspaces are for.
     uids: Option<Arc<UidPool>>,
+    /// Workspaces whose agent's root is made already (a mount namespace fd), by key.
+    rooted: Mutex<HashMap<String, Vec<(Workspace, OwnedFd)>>>,
+    rooting: Mutex<HashSet<String>>,
 }
 
 impl WorkspacePool {
@@ -44,6 +50,8 @@ impl WorkspacePool {
             spare: Mutex::new(HashMap::new()),
             refilling: Mutex::new(HashMap::new()),
             uids: Some(UidPool::new(range.0, range.1)),
+            rooted: Mutex::new(HashMap::new()),
+            rooting: Mutex::new(HashSet::new()),
         })
     }
 
@@ -110,6 +118,75 @@ impl WorkspacePool {
         };
         self.refill(disk);
         Ok(ws)
+    }
+
+    /// A workspace whose agent's root was made ahead for `key` (a mount namespace to join),
+    /// if one is ready.
+    pub fn take_rooted(&self, key: &str) -> Option<(Workspace, OwnedFd)> {
+        self.rooted.lock().ok()?.get_mut(key)?.pop()
+    }
+
+    /// Make roots ahead for `key` until [`SPARES`] are ready, on a thread of the pool's own
+    /// (each root is made by a thread that enters a mount namespace of its own: never a
+    /// runtime thread). `ops` gives the steps for a workspace. Roots of the same agent made
+    /// for another key (its program replaced, say) are dropped.
+    pub fn refill_rooted<F>(self: &Arc<Self>, key: String, disk: Option<u64>, ops: F)
+    where
+        F: Fn(&Workspace) -> Result<MountOps, String> + Send + 'static,
+    {
+        let short = |me: &WorkspacePool, key: &str| {
+            me.rooted
+                .lock()
+                .map(|s| s.get(key).map_or(0, Vec::len) < SPARES)
+                .unwrap_or(false)
+        };
+        if !short(self, &key) {
+            return;
+        }
+        if !self.rooting.lock().is_ok_and(|mut r| r.insert(key.clone())) {
+            return;
+        }
+        let agent = key.split('|').next().unwrap_or_default().to_string();
+        if let Ok(mut s) = self.rooted.lock() {
+            s.retain(|k, _| k == &key || k.split('|').next() != Some(agent.as_str()));
+        }
+        let me = Arc::downgrade(self);
+        let failed_key = key.clone();
+        let started = std::thread::Builder::new()
+            .name("corral-roots".into())
+            .spawn(move || {
+                while let Some(pool) = me.upgrade() {
+                    if !short(&pool, &key) {
+                        break;
+                    }
+                    let made = pool.make(disk).map_err(|e| e.to_string()).and_then(|w| {
+                        let fd = build_detached(ops(&w)?).map_err(|e| e.to_string())?;
+                        Ok((w, fd))
+                    });
+                    match made {
+                        Ok(r) => {
+                            if let Ok(mut s) = pool.rooted.lock() {
+                                s.entry(key.clone()).or_default().push(r);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("making a root ahead: {e}");
+                            break;
+                        }
+                    }
+                }
+                if let Some(pool) = me.upgrade() {
+                    if let Ok(mut r) = pool.rooting.lock() {
+                        r.remove(&key);
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::warn!("cannot start a thread to make roots ahead: {e}");
+            if let Ok(mut r) = self.rooting.lock() {
+                r.remove(&failed_key);
+            }
+        }
     }
 
     fn refill(self: &Arc<Self>, disk: Option<u64>) {

@@ -24,6 +24,7 @@
 //! detached, and a second `pivot_root` into the new root.
 
 use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +129,17 @@ impl RootPlan {
     /// The steps for the spawn child. Paths missing on the host are left out; a path given
     /// twice keeps its most permissive access.
     pub fn compile(&self) -> Result<MountOps, RootError> {
+        self.compile_with(false)
+    }
+
+    /// Like [`RootPlan::compile`], for a root made ahead of its process
+    /// ([`build_detached`]): a `/proc` of the agent's own pid namespace cannot be mounted
+    /// before that namespace exists, so it is left to [`MountOps::join`].
+    pub fn compile_ahead(&self) -> Result<MountOps, RootError> {
+        self.compile_with(true)
+    }
+
+    fn compile_with(&self, ahead: bool) -> Result<MountOps, RootError> {
         let mut b = Builder::default();
         b.push(Op::MountTmpfs {
             target: c(BASE)?,
@@ -170,6 +182,10 @@ impl RootPlan {
             match e {
                 Entry::Bind(src, dst, a) => b.bind(src, dst, *a)?,
                 Entry::Dev => b.dev()?,
+                Entry::Proc if ahead && self.proc_own => {
+                    b.push(Op::Mkdir(b.dst(Path::new("/proc"))?));
+                    b.made.push(PathBuf::from("/proc"));
+                }
                 Entry::Proc => b.proc(self.proc_own)?,
             }
         }
@@ -211,6 +227,14 @@ pub enum RootError {
     /// A path contains a NUL byte.
     #[error("path {0:?} contains a NUL byte")]
     Nul(String),
+    /// A root made ahead could not be built.
+    #[error("building a root ahead: {step}: {source}")]
+    Build {
+        /// The step that failed.
+        step: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A host path could not be examined.
     #[error("{}: {source}", .path.display())]
     Stat {
@@ -264,6 +288,8 @@ enum Op {
     PivotIn,
     RemountRootReadOnly,
     PivotOut,
+    /// Enter a mount namespace whose root was made ahead ([`build_detached`]).
+    JoinNs(RawFd),
 }
 
 #[derive(Default)]
@@ -289,6 +315,7 @@ impl Builder {
             Op::PivotIn => "pivot_root into the staging tmpfs".into(),
             Op::RemountRootReadOnly => "remount the new root read-only".into(),
             Op::PivotOut => "pivot_root into the new root".into(),
+            Op::JoinNs(_) => "enter the root made ahead (setns)".into(),
         });
         self.ops.push(op);
     }
@@ -460,6 +487,32 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 impl MountOps {
+    /// The steps for a spawn child entering a root made ahead (`ns`, a mount namespace fd from
+    /// [`build_detached`], kept open by the caller until the spawn is done): `setns`, then, with
+    /// `own_proc`, the `/proc` of its pid namespace and its read-only parts.
+    pub fn join(ns: RawFd, own_proc: bool) -> Result<MountOps, RootError> {
+        let mut b = Builder::default();
+        b.push(Op::JoinNs(ns));
+        if own_proc {
+            b.push(Op::MountProc(c("/proc")?));
+            for ro in PROC_READ_ONLY {
+                if Path::new(ro).exists() {
+                    b.push(Op::Bind {
+                        src: c(ro)?,
+                        dst: c(ro)?,
+                        rdonly: true,
+                        dev: false,
+                    });
+                }
+            }
+        }
+        Ok(MountOps {
+            ops: b.ops,
+            described: b.described,
+            failed_at: 0,
+        })
+    }
+
     /// How many steps there are.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -485,14 +538,16 @@ impl MountOps {
     /// between `clone` and `execve`. The caller must be in a mount namespace of its own.
     pub unsafe fn apply(&mut self) -> libc::c_int {
         let none = std::ptr::null::<libc::c_char>();
-        // Nothing we do may propagate to the host.
-        if libc::mount(
-            none,
-            c"/".as_ptr(),
-            none,
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
+        // Nothing we do may propagate to the host (a root made ahead is private already).
+        let joining = matches!(self.ops.first(), Some(Op::JoinNs(_)));
+        if !joining
+            && libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
         {
             self.failed_at = 1;
             return -1;
@@ -575,6 +630,13 @@ impl MountOps {
                     std::ptr::null(),
                 ),
                 Op::PivotOut => pivot_out(),
+                Op::JoinNs(fd) => {
+                    if libc::setns(*fd, libc::CLONE_NEWNS) != 0 {
+                        -1
+                    } else {
+                        libc::chdir(c"/".as_ptr())
+                    }
+                }
             };
             if rc != 0 {
                 self.failed_at = i + 1;
@@ -583,6 +645,59 @@ impl MountOps {
         }
         0
     }
+}
+
+/// Build a root ahead of its process: on a thread of its own (which leaves the process's mount
+/// namespace and file-system context for a new mount namespace), run `ops` (from
+/// [`RootPlan::compile_ahead`]) and return that namespace's fd; a spawn child joins it with
+/// [`MountOps::join`]. The thread ends after; nothing else ever enters the namespace.
+pub fn build_detached(mut ops: MountOps) -> Result<OwnedFd, RootError> {
+    let fail = |step: &str| RootError::Build {
+        step: step.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    std::thread::Builder::new()
+        .name("corral-root".into())
+        .spawn(move || -> Result<OwnedFd, RootError> {
+            // SAFETY: raw system calls on this thread's own context: it unshares its
+            // file-system context and mount namespace first, so the pivots and mounts of `ops`
+            // change nothing the rest of the process sees; the fds opened here are owned below.
+            unsafe {
+                let procfd = libc::open(
+                    c"/proc".as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if procfd < 0 {
+                    return Err(fail("open /proc"));
+                }
+                let procfd = OwnedFd::from_raw_fd(procfd);
+                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS) != 0 {
+                    return Err(fail("unshare(CLONE_NEWNS | CLONE_FS)"));
+                }
+                if ops.apply() != 0 {
+                    let step = ops.failed_step().unwrap_or("a step").to_string();
+                    return Err(fail(&step));
+                }
+                let ns = libc::openat(
+                    std::os::fd::AsRawFd::as_raw_fd(&procfd),
+                    c"thread-self/ns/mnt".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                );
+                if ns < 0 {
+                    return Err(fail("open the new mount namespace"));
+                }
+                Ok(OwnedFd::from_raw_fd(ns))
+            }
+        })
+        .map_err(|source| RootError::Build {
+            step: "start a thread".into(),
+            source,
+        })?
+        .join()
+        .map_err(|_| RootError::Build {
+            step: "the thread panicked".into(),
+            source: std::io::Error::other("panic"),
+        })?
 }
 
 const OLDROOT_C: &std::ffi::CStr = c"/tmp/oldroot";
@@ -711,6 +826,72 @@ mod tests {
         assert!(!s
             .iter()
             .any(|x| x.contains("/oldroot/run") || x.contains("/oldroot/home")));
+    }
+
+    #[test]
+    fn a_root_made_ahead_is_entered_by_a_later_process() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(ws.join(".tmp")).expect("mkdir");
+        std::fs::write(ws.join("mine"), b"x").expect("write");
+        std::fs::write(dir.path().join("not-given"), b"x").expect("write");
+        let mut plan = RootPlan::new();
+        plan.writable(&ws).tmp(&ws.join(".tmp")).own_proc(false);
+        let ns = build_detached(plan.compile_ahead().expect("compiles")).expect("built ahead");
+        let mut join =
+            MountOps::join(std::os::fd::AsRawFd::as_raw_fd(&ns), false).expect("join steps");
+        let script = format!(
+            "ls / | tr '\\n' ' '; echo; ls {ws}; test -e {other} && echo visible; \
+             touch /tmp/t && echo tmp-ok; touch /usr/x 2>/dev/null || echo usr-ro",
+            ws = ws.display(),
+            other = dir.path().join("not-given").display()
+        );
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", &script]);
+        // SAFETY: the closure makes raw system calls over steps made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if join.apply() != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().expect("run in the root made ahead");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let top: Vec<&str> = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert!(
+            top.contains(&"usr") && top.contains(&"tmp") && top.contains(&"proc"),
+            "{top:?}"
+        );
+        assert!(!top.contains(&"root") && !top.contains(&"home") && !top.contains(&"run"));
+        assert!(text.contains("mine"), "its workspace: {text}");
+        assert!(
+            !text.contains("visible"),
+            "nothing it was not given: {text}"
+        );
+        assert!(text.contains("tmp-ok") && text.contains("usr-ro"), "{text}");
+        assert!(
+            ws.join(".tmp/t").exists(),
+            "its /tmp is the workspace's .tmp"
+        );
     }
 
     #[test]

@@ -647,13 +647,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         if let (Some((uid, gid)), false) = (p.uid_gid, under_init) {
-            if libc::setgroups(0, std::ptr::null()) != 0 {
+            // Raw system calls, not libc's: in a CLONE_VM child libc's setuid would broadcast
+            // to the supervisor's threads (its all-threads setxid), under its locks.
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
                 return fail(p, 8);
             }
-            if libc::setgid(gid) != 0 {
+            if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
                 return fail(p, 9);
             }
-            if libc::setuid(uid) != 0 {
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
                 return fail(p, 10);
             }
         }
@@ -808,9 +810,11 @@ extern "C" fn agent_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         if let (Some((uid, gid)), true) = (p.uid_gid, ok) {
-            ok = libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(gid) == 0
-                && libc::setuid(uid) == 0;
+            // Raw system calls, not libc's: in a CLONE_VM child libc's setuid would broadcast
+            // to the supervisor's threads (its all-threads setxid), under its locks.
+            ok = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0;
         }
         if ok {
             ok = clear_caps() == 0;
