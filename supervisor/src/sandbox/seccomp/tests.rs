@@ -1,0 +1,422 @@
+//! Tests of the seccomp filter: an interpreter run over the program for every rule, and real
+//! children that install it.
+use super::*;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+
+const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+
+/// Runs `prog` as the kernel would on one call (the instructions this module emits only).
+fn eval(prog: &[sock_filter], arch: u32, nr: c_long, args: [u64; 6]) -> u32 {
+    let mut data = Vec::with_capacity(64);
+    data.extend((nr as i32).to_ne_bytes());
+    data.extend(arch.to_ne_bytes());
+    data.extend(0u64.to_ne_bytes());
+    for a in args {
+        data.extend(a.to_ne_bytes());
+    }
+    let (mut acc, mut pc) = (0u32, 0usize);
+    loop {
+        let i = prog[pc];
+        pc += 1;
+        let k = i.k;
+        match u32::from(i.code) {
+            c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                let at = k as usize;
+                acc = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+            }
+            c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => acc &= k,
+            c if c == libc::BPF_JMP | libc::BPF_JA => pc += k as usize,
+            c if c == libc::BPF_RET | libc::BPF_K => return k,
+            c => {
+                let hit = match c {
+                    _ if c == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K => acc == k,
+                    _ if c == libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K => acc > k,
+                    _ if c == libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K => acc >= k,
+                    _ => panic!("instruction {c:#x} at {} not interpreted", pc - 1),
+                };
+                pc += usize::from(if hit { i.jt } else { i.jf });
+            }
+        }
+    }
+}
+
+fn call(nr: c_long, args: [u64; 6]) -> u32 {
+    eval(program(), AUDIT_ARCH, nr, args)
+}
+
+fn with(arg: usize, value: u64) -> [u64; 6] {
+    let mut a = [0; 6];
+    a[arg] = value;
+    a
+}
+
+#[test]
+fn the_program_is_built_once_and_fits() {
+    let p = program();
+    assert!(!p.is_empty());
+    assert!(p.len() < 4096, "{} instructions", p.len());
+    assert!(std::ptr::eq(p, program()));
+    let mut nrs = denied();
+    let all = nrs.len();
+    nrs.sort_unstable();
+    nrs.dedup();
+    assert_eq!(nrs.len(), all, "a call is listed twice");
+    for (nr, _) in chmods() {
+        assert!(!nrs.contains(&nr));
+    }
+    for (nr, _, _) in creators() {
+        assert!(!nrs.contains(&nr));
+    }
+    assert!(!nrs.contains(&libc::SYS_clone) && !nrs.contains(&libc::SYS_personality));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fchmodat2_has_the_number_libc_gives_it() {
+    assert_eq!(SYS_FCHMODAT2, libc::SYS_fchmodat2);
+}
+
+#[test]
+fn each_rule_answers_as_documented() {
+    for nr in denied() {
+        assert_eq!(call(nr, [0; 6]), EPERM, "call {nr}");
+    }
+    for nr in [
+        libc::SYS_getpid,
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_seccomp,
+    ] {
+        assert_eq!(call(nr, [u64::MAX; 6]), ALLOW, "call {nr}");
+    }
+    assert_eq!(call(libc::SYS_clone3, [0; 6]), ENOSYS);
+    // Another ABI, and x32 calls on x86_64, die.
+    assert_eq!(eval(program(), 0x4000_0003, libc::SYS_getpid, [0; 6]), KILL);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(call(0x4000_0000 | libc::SYS_getpid, [0; 6]), KILL);
+
+    let c = |flags: libc::c_int| call(libc::SYS_clone, with(0, flags as u32 as u64));
+    for f in CLONE_NS_FLAGS {
+        assert_eq!(c(f | libc::SIGCHLD), EPERM, "clone flag {f:#x}");
+    }
+    assert_eq!(c(libc::SIGCHLD), ALLOW, "fork");
+    let thread = libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_SETTLS
+        | libc::CLONE_PARENT_SETTID
+        | libc::CLONE_CHILD_CLEARTID;
+    assert_eq!(c(thread), ALLOW, "pthread_create");
+    assert_eq!(c(libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD), ALLOW);
+    // High bits of the flags word do not hide a namespace flag.
+    let high = (1u64 << 40) | libc::CLONE_NEWUSER as u64;
+    assert_eq!(call(libc::SYS_clone, with(0, high)), EPERM);
+
+    for (nr, arg) in chmods() {
+        let m = |mode: u32| call(nr, with(usize::from(arg), u64::from(mode)));
+        for plain in [0o644, 0o755, 0o1777, 0o777, 0] {
+            assert_eq!(m(plain), ALLOW, "call {nr} mode {plain:o}");
+        }
+        for setid in [0o4755, 0o2755, 0o6755, 0o4000, 0o2000] {
+            assert_eq!(m(setid), EPERM, "call {nr} mode {setid:o}");
+        }
+        // The mode in the other arguments does not matter.
+        assert_eq!(call(nr, with(usize::from(3 - arg), 0o4755)), ALLOW);
+    }
+
+    for (nr, flags, mode) in creators() {
+        let m = |f: libc::c_int, m: u32| {
+            let mut a = [0u64; 6];
+            if let Some(flags) = flags {
+                a[usize::from(flags)] = f as u32 as u64;
+            }
+            a[usize::from(mode)] = u64::from(m);
+            call(nr, a)
+        };
+        let create = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+        let tmpfile = libc::O_TMPFILE | libc::O_RDWR;
+        for plain in [0o644, 0o755, 0o1777, 0o600 | libc::S_IFREG] {
+            assert_eq!(m(create, plain), ALLOW, "call {nr} mode {plain:o}");
+        }
+        for setid in [0o4755, 0o2755, 0o6755, 0o4000 | libc::S_IFREG] {
+            assert_eq!(m(create, setid), EPERM, "call {nr} mode {setid:o}");
+            if flags.is_some() {
+                assert_eq!(m(tmpfile, setid), EPERM, "call {nr} O_TMPFILE {setid:o}");
+                // Without O_CREAT or O_TMPFILE the kernel ignores the mode.
+                assert_eq!(m(libc::O_RDONLY, setid), ALLOW, "call {nr} no create");
+            }
+        }
+    }
+    assert_eq!(call(libc::SYS_openat2, [0; 6]), ENOSYS);
+
+    let persona = |p: u64| call(libc::SYS_personality, with(0, p));
+    for ok in PERSONAS {
+        assert_eq!(persona(ok), ALLOW, "persona {ok:#x}");
+    }
+    let addr_no_randomize = 0x0004_0000;
+    let read_implies_exec = 0x0040_0000;
+    for bad in [
+        addr_no_randomize,
+        read_implies_exec,
+        0x0008 | addr_no_randomize,
+    ] {
+        assert_eq!(persona(bad), EPERM, "persona {bad:#x}");
+    }
+}
+
+#[test]
+fn the_fast_path_changes_no_answer() {
+    let fast = fast_path(&ruled()).expect("the fast path fits 8-bit jumps");
+    assert!(fast.len() < 200, "{} instructions", fast.len());
+    let mut slow = prelude();
+    slow.extend(rules().expect("rules").into_iter().map(|i| sock_filter {
+        code: i.code,
+        jt: i.jt,
+        jf: i.jf,
+        k: i.k,
+    }));
+    let argsets: [[u64; 6]; 4] = [
+        [0; 6],
+        [u64::MAX; 6],
+        [libc::CLONE_NEWUSER as u64, 0o4755, 0o4755, 0o4755, 0, 0],
+        [
+            0x0004_0000,
+            libc::O_CREAT as u64,
+            libc::O_CREAT as u64,
+            0o6755,
+            0,
+            0,
+        ],
+    ];
+    for nr in 0..=600 {
+        for args in argsets {
+            assert_eq!(
+                eval(program(), AUDIT_ARCH, nr, args),
+                eval(&slow, AUDIT_ARCH, nr, args),
+                "call {nr} {args:?}"
+            );
+        }
+    }
+}
+
+/// The calls the probe child makes, in order.
+const PROBES: [&str; 14] = [
+    "clone(CLONE_NEWUSER)",
+    "clone(CLONE_NEWNET)",
+    "clone3",
+    "chmod 04755",
+    "fchmodat 02755",
+    "fchmod 04755",
+    "fchmodat2 04755",
+    "chmod 0644",
+    "fork",
+    "personality(ADDR_NO_RANDOMIZE)",
+    "openat(O_CREAT) 04755",
+    "mknodat 02755",
+    "openat2",
+    "openat(O_CREAT) 0644",
+];
+
+/// Runs the probes in a child that installs `filter` (after `no_new_privs`), then execs
+/// `true` under it. Returns what each probe saw: 0 when the call succeeded, else its errno.
+fn probe_under(filter: &'static [sock_filter]) -> [i32; PROBES.len()] {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("f");
+    let opened = std::fs::File::create(&file).expect("create the probe file");
+    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let fresh = |name: &str| {
+        std::ffi::CString::new(dir.path().join(name).as_os_str().as_encoded_bytes())
+            .expect("no NUL")
+    };
+    let (created, node, plain) = (fresh("created"), fresh("node"), fresh("plain"));
+    let fd = opened.as_raw_fd();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fresh fds into the array we own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds were just created and are owned by nothing else.
+    let (mut read, write) = unsafe {
+        (
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let wfd = write.as_raw_fd();
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: the closure runs in the forked child and only makes raw system calls on memory
+    // it owns or that was prepared before the fork (the path, the fds, the filter); it
+    // allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: filter.len() as libc::c_ushort,
+                filter: filter.as_ptr() as *mut sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &fprog as *const libc::sock_fprog as libc::c_ulong,
+                    0,
+                    0,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let result = |r: c_long| {
+                if r < 0 {
+                    *libc::__errno_location()
+                } else {
+                    0
+                }
+            };
+            // A child made by a probe leaves at once; the probe reaps it.
+            let clone_probe = |r: c_long| {
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                if r > 0 {
+                    let mut status = 0;
+                    libc::waitpid(r as libc::pid_t, &mut status, libc::__WALL);
+                    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                        return -1;
+                    }
+                    return 0;
+                }
+                result(r)
+            };
+            let clone =
+                |flags: libc::c_int| clone_probe(libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0));
+            let clone_args = [0u64; 11];
+            // struct open_how: flags, mode, resolve.
+            let how = [(libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0];
+            let p = path.as_ptr();
+            let out: [i32; PROBES.len()] = [
+                clone(libc::CLONE_NEWUSER | libc::SIGCHLD),
+                clone(libc::CLONE_NEWNET | libc::SIGCHLD),
+                clone_probe(libc::syscall(
+                    libc::SYS_clone3,
+                    clone_args.as_ptr(),
+                    std::mem::size_of_val(&clone_args),
+                )),
+                result(libc::chmod(p, 0o4755) as c_long),
+                result(libc::syscall(
+                    libc::SYS_fchmodat,
+                    libc::AT_FDCWD,
+                    p,
+                    0o2755,
+                    0,
+                )),
+                result(libc::fchmod(fd, 0o4755) as c_long),
+                result(libc::syscall(SYS_FCHMODAT2, libc::AT_FDCWD, p, 0o4755, 0)),
+                result(libc::chmod(p, 0o644) as c_long),
+                clone(libc::SIGCHLD),
+                result(libc::syscall(libc::SYS_personality, 0x0004_0000)),
+                result(libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    created.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o4755,
+                )),
+                result(libc::syscall(
+                    libc::SYS_mknodat,
+                    libc::AT_FDCWD,
+                    node.as_ptr(),
+                    libc::S_IFREG | 0o2755,
+                    0,
+                )),
+                result(libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    p,
+                    how.as_ptr(),
+                    std::mem::size_of_val(&how),
+                )),
+                result(libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    plain.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                )),
+            ];
+            let n = std::mem::size_of_val(&out);
+            if libc::write(wfd, out.as_ptr().cast(), n) != n as isize {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().expect("spawn the probe child");
+    assert!(status.success(), "exec under the filter: {status}");
+    drop(write);
+    let mut bytes = Vec::new();
+    read.read_to_end(&mut bytes).expect("read the probes");
+    let mut out = [0; PROBES.len()];
+    assert_eq!(bytes.len(), std::mem::size_of_val(&out), "probe results");
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *o = i32::from_ne_bytes(b.try_into().expect("4 bytes"));
+    }
+    drop(opened);
+    out
+}
+
+fn named(seen: &[i32]) -> Vec<(&'static str, i32)> {
+    PROBES.iter().copied().zip(seen.iter().copied()).collect()
+}
+
+#[test]
+fn a_filtered_child_is_refused_namespaces_and_setid_but_forks() {
+    let seen = probe_under(program());
+    let e = libc::EPERM;
+    let want = [
+        e,
+        e,
+        libc::ENOSYS,
+        e,
+        e,
+        e,
+        e,
+        0,
+        0,
+        e,
+        e,
+        e,
+        libc::ENOSYS,
+        0,
+    ];
+    assert_eq!(named(&seen), named(&want));
+}
+
+/// The same probes under a filter that allows everything: what the rules above refuse does
+/// succeed here, so the test above can fail.
+#[test]
+fn without_the_rules_the_probes_succeed() {
+    static ALLOW_ALL: [sock_filter; 1] = [sock_filter {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root
+        || !status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["Seccomp:", "0"]))
+    {
+        eprintln!("skipped: needs root and no seccomp filter around the test");
+        return;
+    }
+    let seen = probe_under(&ALLOW_ALL);
+    assert_eq!(named(&seen), named(&[0; PROBES.len()]));
+}
