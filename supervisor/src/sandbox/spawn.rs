@@ -867,7 +867,7 @@ const CHILD_STACK: usize = 64 * 1024;
 
 /// Start a process now, on the calling thread. Prefer [`Spawner::spawn`]: the thread that
 /// calls this must outlive the child (PDEATHSIG is tied to it).
-pub fn spawn_blocking(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, SpawnError> {
+pub fn spawn_now(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, SpawnError> {
     lift_low_fds(&mut spec)?;
     let mut prepared = Prepared::new(&mut spec)?;
     if stack.len() < CHILD_STACK {
@@ -969,7 +969,7 @@ impl Spawner {
                 .spawn(move || {
                     let mut stack = vec![0u8; CHILD_STACK];
                     while let Ok((spec, reply)) = rx.recv() {
-                        let _ = reply.send(spawn_blocking(spec, &mut stack));
+                        let _ = reply.send(spawn_now(spec, &mut stack));
                     }
                 });
             Spawner {

@@ -191,43 +191,43 @@ pub enum CgroupError {
 
 /// The three limits, in the order used by the per-limit tables below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Limit {
+pub(crate) enum CgroupLimit {
     Memory = 0,
     Pids = 1,
     Cpu = 2,
 }
 
-impl Limit {
-    const ALL: [Limit; 3] = [Limit::Memory, Limit::Pids, Limit::Cpu];
+impl CgroupLimit {
+    const ALL: [CgroupLimit; 3] = [CgroupLimit::Memory, CgroupLimit::Pids, CgroupLimit::Cpu];
 
     /// The name users see (config key, `unenforceable` entries).
     fn name(self) -> &'static str {
         match self {
-            Limit::Memory => "memory",
-            Limit::Pids => "pids",
-            Limit::Cpu => "cpu_quota",
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpu => "cpu_quota",
         }
     }
 
     /// The controller that enforces it.
     fn controller(self) -> &'static str {
         match self {
-            Limit::Memory => "memory",
-            Limit::Pids => "pids",
-            Limit::Cpu => "cpu",
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpu => "cpu",
         }
     }
 
     fn wanted(self, limits: &CgroupLimits) -> bool {
         match self {
-            Limit::Memory => limits.memory.is_some(),
-            Limit::Pids => limits.pids.is_some(),
-            Limit::Cpu => limits.cpu_quota.is_some(),
+            CgroupLimit::Memory => limits.memory.is_some(),
+            CgroupLimit::Pids => limits.pids.is_some(),
+            CgroupLimit::Cpu => limits.cpu_quota.is_some(),
         }
     }
 }
 
-/// For each [`Limit`]: how the backend enforces it (`Ok`), or why it cannot (`Err`).
+/// For each [`CgroupLimit`]: how the backend enforces it (`Ok`), or why it cannot (`Err`).
 pub(crate) type Enforcement = [Result<String, String>; 3];
 
 #[cfg(test)]
@@ -285,7 +285,7 @@ impl Cgroups {
             (Ok((v2, e)), _) if n2 > 0 && n2 >= n1 => (Inner::V2(v2), e),
             (_, Ok((v1, e))) if n1 > 0 => (Inner::V1(v1), e),
             (r2, r1) => {
-                let why = |limit: Limit| {
+                let why = |limit: CgroupLimit| {
                     let w2 = match &r2 {
                         Ok((_, e)) => e[limit as usize].clone().err().unwrap_or_default(),
                         Err(w) => w.clone(),
@@ -296,7 +296,7 @@ impl Cgroups {
                     };
                     Err(format!("v2: {w2}; v1: {w1}"))
                 };
-                (Inner::None, Limit::ALL.map(why))
+                (Inner::None, CgroupLimit::ALL.map(why))
             }
         };
         let cgroups = Cgroups {
@@ -321,7 +321,7 @@ impl Cgroups {
         Cgroups {
             inner: Inner::None,
             owner,
-            enforcement: Limit::ALL.map(|_| Err(reason.to_string())),
+            enforcement: CgroupLimit::ALL.map(|_| Err(reason.to_string())),
         }
     }
 
@@ -337,7 +337,7 @@ impl Cgroups {
     /// One line per limit: how it is enforced here, or why it is not; limits that are not
     /// wanted say so (and what would enforce them).
     pub fn report(&self, wanted: &CgroupLimits) -> Vec<String> {
-        Limit::ALL
+        CgroupLimit::ALL
             .iter()
             .map(|&limit| {
                 let name = limit.name();
@@ -355,7 +355,7 @@ impl Cgroups {
 
     /// Which of the wanted limits cannot be enforced here (`memory`, `pids`, `cpu_quota`).
     pub fn unenforceable(&self, wanted: &CgroupLimits) -> Vec<&'static str> {
-        Limit::ALL
+        CgroupLimit::ALL
             .iter()
             .filter(|&&l| l.wanted(wanted) && self.enforcement[l as usize].is_err())
             .map(|l| l.name())

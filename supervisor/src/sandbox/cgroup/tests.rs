@@ -661,7 +661,7 @@ fn v2_leaves_attach_kill_and_sweep() {
     let cgroups = Cgroups {
         inner: Inner::V2(v2::V2::without_controllers(base.clone())),
         owner,
-        enforcement: Limit::ALL.map(|_| Err("test: no controllers".to_string())),
+        enforcement: CgroupLimit::ALL.map(|_| Err("test: no controllers".to_string())),
     };
     assert_eq!(cgroups.backend(), Backend::V2);
 
