@@ -1,7 +1,10 @@
 //! Who made a directory: the supervisor's pid and start time, carried in the names of the
 //! directories it makes for attempts (cgroup leaves, workspaces), and whether it is gone.
-
-use std::{fs, io};
+//!
+//! The start time is field 22 of `/proc/<pid>/stat`, read with the `procfs` crate: the command
+//! name before it may hold spaces and parentheses, which its parser handles (fields counted
+//! after the last `)`), and it maps a process that vanished while being read (`ESRCH`) to
+//! "not found" as a missing directory is.
 
 /// The supervisor process that owns attempt directories (cgroup leaves, workspaces): encoded in
 /// their names, so that a later supervisor can tell a dead one's leftovers from a live one's.
@@ -16,9 +19,9 @@ impl Owner {
     pub(crate) fn current() -> Owner {
         Owner {
             pid: std::process::id(),
-            start: fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| parse_stat_start_time(&s))
+            start: procfs::process::Process::myself()
+                .and_then(|p| p.stat())
+                .map(|stat| stat.starttime)
                 .unwrap_or(0),
         }
     }
@@ -42,17 +45,23 @@ impl Owner {
     /// the pid now belongs to a process started at another time. Unreadable or unparsable stat
     /// files count as alive (never kill what we are not sure about).
     pub(crate) fn is_gone(self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
-            Ok(stat) => parse_stat_start_time(&stat).is_some_and(|start| start != self.start),
+        // No pid is that high: nothing can be there.
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return true;
+        };
+        match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+            Err(procfs::ProcError::NotFound(_)) => true,
+            Err(_) => false,
+            Ok(stat) => stat.starttime != self.start,
         }
     }
 }
 
-/// Field 22 (`starttime`, in clock ticks since boot) of a `/proc/<pid>/stat` line. The command
-/// name (field 2) may hold spaces and parentheses, so fields are counted after the last `)`.
+/// The start time (field 22, clock ticks since boot) in the text of a `/proc/<pid>/stat`.
+#[cfg(test)]
 pub(crate) fn parse_stat_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at field 3; field 22 is the 20th of them.
-    after.split_whitespace().nth(19)?.parse().ok()
+    use procfs::FromRead;
+    procfs::process::Stat::from_read(stat.as_bytes())
+        .ok()
+        .map(|s| s.starttime)
 }

@@ -25,6 +25,12 @@
 //! `corral` directory is shared by all supervisors of a parent cgroup: it is created if
 //! missing and only removed when empty.
 //!
+//! The `/proc` files detection reads (`/proc/self/mountinfo`, `/proc/self/cgroup`) are split
+//! into fields by the `procfs` crate, line by line so that one line it cannot read is skipped
+//! rather than failing detection; it keeps the kernel's octal escapes (`\040` for a space) in
+//! mount paths, which are undone here. The start times come from `/proc/<pid>/stat` the same
+//! way (see `sandbox::owner`).
+//!
 //! The dispatch is a plain enum over the backends (no trait objects). Nothing here is `unsafe`:
 //! attaching the child happens in the child itself, which writes `0` into the
 //! [`AgentCgroup::attach_fds`] before `exec` (the spawn path owns that code).
@@ -503,23 +509,31 @@ impl CgroupMount {
 }
 
 /// Cgroup mounts in `/proc/self/mountinfo` (fields: id parent dev root mountpoint options
-/// [optional...] - fstype source superoptions).
+/// [optional...] - fstype source superoptions), split by `procfs`; a line it cannot read is
+/// skipped. `procfs` leaves the kernel's octal escapes in paths: they are undone here.
 fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     text.lines()
         .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            let v2 = match *right.first()? {
+            let m = procfs::process::MountInfo::from_line(line).ok()?;
+            let v2 = match m.fs_type.as_str() {
                 "cgroup2" => true,
                 "cgroup" => false,
                 _ => return None,
             };
+            let mut options: Vec<String> = m
+                .super_options
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                })
+                .collect();
+            options.sort();
             Some(CgroupMount {
-                mount_point: PathBuf::from(unescape_mountinfo(left.get(4)?)),
-                root: unescape_mountinfo(left.get(3)?),
+                mount_point: PathBuf::from(unescape_mountinfo(&m.mount_point.to_string_lossy())),
+                root: unescape_mountinfo(&m.root),
                 v2,
-                options: right.get(2)?.split(',').map(str::to_string).collect(),
+                options,
             })
         })
         .collect()
@@ -559,22 +573,16 @@ pub(crate) struct OwnCgroup {
     pub path: String,
 }
 
+/// The lines of `/proc/self/cgroup`, parsed by `procfs`; a line it cannot read is skipped.
 fn parse_proc_cgroup(text: &str) -> Vec<OwnCgroup> {
+    use procfs::FromBufRead;
     text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let hierarchy = parts.next()?.parse().ok()?;
-            let controllers = parts.next()?;
-            let path = parts.next()?.to_string();
-            Some(OwnCgroup {
-                hierarchy,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                path,
-            })
+        .filter_map(|line| procfs::ProcessCGroups::from_buf_read(line.as_bytes()).ok())
+        .flat_map(|groups| groups.0)
+        .map(|g| OwnCgroup {
+            hierarchy: g.hierarchy,
+            controllers: g.controllers,
+            path: g.pathname,
         })
         .collect()
 }

@@ -111,8 +111,9 @@ fn read_trim(path: &Path) -> String {
 
 #[test]
 fn stat_start_time_counts_fields_after_the_last_paren() {
-    let stat =
-        "6917 (c) a) t) R 6912 6912 5086 0 -1 4194304 99 0 0 0 0 0 0 0 20 0 1 0 57213 3133440 379";
+    let stat = "6917 (c) a) t) R 6912 6912 5086 0 -1 4194304 99 0 0 0 0 0 0 0 20 0 1 0 57213 \
+                3133440 379 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 \
+                0 0 0";
     assert_eq!(parse_stat_start_time(stat), Some(57213));
     assert_eq!(parse_stat_start_time("12 (x) R 1 2"), None);
     assert_eq!(parse_stat_start_time("no paren"), None);
