@@ -1,5 +1,5 @@
-//! The clone child: the steps between `clone` and `execve`, in order, and the agent's own clone
-//! under `corral-init`.
+//! The clone child: the steps between `clone` and `execve`, in order (the agent's own clone
+//! under `corral-init` is `agent.rs`).
 //!
 //! Everything here runs in the parent's address space on a private stack, with the parent
 //! suspended (`CLONE_VFORK`): raw, async-signal-safe system calls over the [`Prepared`] data
@@ -16,138 +16,15 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
+use super::agent::{agent_main, clear_caps};
 use super::prepared::{InitKind, Prepared};
+use super::stage::{check, Stage, Step};
 use super::{Namespaces, Rlimit, MAX_TARGET};
 use crate::sandbox::landlock;
 use crate::sandbox::rootfs::MountOps;
 use std::convert::Infallible;
 use std::ffi::{CStr, CString};
-use std::fmt;
 use std::os::fd::RawFd;
-
-/// A step of the spawn child, named in the error when it fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Unblocking every signal.
-    SignalMask,
-    /// A session (and process group) of its own.
-    Session,
-    /// Writing itself into its cgroups.
-    CgroupAttach,
-    /// Writing the user namespace's uid and gid maps.
-    UserMaps,
-    /// Joining the shared network namespace.
-    JoinNetwork,
-    /// Bringing up loopback in a network namespace of its own.
-    Loopback,
-    /// Building the agent's root (`MountOps::failed_step` names the step).
-    Root,
-    /// The landlock rule for the `/proc` the child mounted.
-    ProcRule,
-    /// Setting the host name.
-    Hostname,
-    /// Resource limits.
-    Rlimit,
-    /// The working directory.
-    Chdir,
-    /// Placing fds 0..=7.
-    Fds,
-    /// Emptying the capability bounding set.
-    BoundingSet,
-    /// Dropping supplementary groups.
-    Setgroups,
-    /// Taking the agent's gid.
-    Setgid,
-    /// Taking the agent's uid.
-    Setuid,
-    /// Clearing every capability.
-    Capabilities,
-    /// Asking for SIGKILL when the supervisor's spawner thread dies.
-    Pdeathsig,
-    /// Checking that the parent did not die before that took effect.
-    ParentCheck,
-    /// `no_new_privs`.
-    NoNewPrivs,
-    /// Restricting itself with the landlock ruleset.
-    Landlock,
-    /// Installing the seccomp filter.
-    Seccomp,
-    /// Closing every fd above 7.
-    CloseFds,
-    /// Starting the agent (under an init) in a clone of its own.
-    CloneAgent,
-    /// `execve` of the agent or of its init.
-    Execve,
-}
-
-impl Stage {
-    /// The step as error messages have always named it.
-    fn name(self) -> &'static str {
-        match self {
-            Stage::SignalMask => "sigprocmask",
-            Stage::Session => "setsid",
-            Stage::CgroupAttach => "cgroup attach",
-            Stage::UserMaps => "write user namespace maps",
-            Stage::JoinNetwork => "setns(network)",
-            Stage::Loopback => "bring up loopback",
-            Stage::Root => "build the agent's root",
-            Stage::ProcRule => "landlock rule for /tmp or /proc",
-            Stage::Hostname => "sethostname",
-            Stage::Rlimit => "setrlimit",
-            Stage::Chdir => "chdir",
-            Stage::Fds => "dup2",
-            Stage::BoundingSet => "drop capability bounding set",
-            Stage::Setgroups => "setgroups",
-            Stage::Setgid => "setgid",
-            Stage::Setuid => "setuid",
-            Stage::Capabilities => "capset",
-            Stage::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
-            Stage::ParentCheck => "parent check",
-            Stage::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
-            Stage::Landlock => "landlock_restrict_self",
-            Stage::Seccomp => "seccomp",
-            Stage::CloseFds => "close_range",
-            Stage::CloneAgent => "clone(agent)",
-            Stage::Execve => "execve",
-        }
-    }
-
-    /// The step, with the root-building step that failed when there is one.
-    pub(super) fn describe(self, root_step: Option<&str>) -> StageText<'_> {
-        StageText(self, root_step)
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A [`Stage`] as an error names it: "building the agent's root (<step>)" when the failing
-/// root step is known, else the stage's name.
-pub(super) struct StageText<'a>(Stage, Option<&'a str>);
-
-impl fmt::Display for StageText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StageText(Stage::Root, Some(step)) => write!(f, "building the agent's root ({step})"),
-            StageText(stage, _) => stage.fmt(f),
-        }
-    }
-}
-
-/// A step's result: on failure, the stage, with `errno` left as the failing call set it.
-type Step = Result<(), Stage>;
-
-/// `Ok` when `ok`, else `Err(stage)` (`errno` untouched).
-fn check(ok: bool, stage: Stage) -> Step {
-    if ok {
-        Ok(())
-    } else {
-        Err(stage)
-    }
-}
 
 const CAP_KILL: i32 = 5;
 const CAP_SETGID: i32 = 6;
@@ -629,96 +506,14 @@ unsafe fn start_agent(p: &mut Prepared) -> Step {
 /// # Safety
 /// Only in the spawn child, last; `argv` and `envp` are NULL-terminated arrays of pointers to
 /// live NUL-terminated strings.
-unsafe fn exec(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Stage {
+pub(super) unsafe fn exec(
+    path: &CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> Stage {
     // SAFETY: per our contract.
     unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     Stage::Execve
-}
-
-/// The agent's side under an init: namespaces, limits, landlock and seccomp are in place (it
-/// shares the child's); it drops the init's status fd, every capability (the bounding set
-/// too) and takes the agent's ids, so that it shares nothing with its init but the sandbox,
-/// then execs. On failure it leaves the errno in `agent_errno` for the child.
-extern "C" fn agent_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's `Prepared`; the child that cloned us is suspended
-    // (CLONE_VFORK) until we exec or exit.
-    let p = unsafe { &mut *arg.cast::<Prepared>() };
-    // SAFETY: we are the agent's clone, in the sandbox, before its exec.
-    if unsafe { agent_drop_privileges(p) } {
-        if let Some(path) = &p.agent_path {
-            // SAFETY: the parent's NUL-terminated strings and arrays. Returns only on failure.
-            unsafe { exec(path, &p.agent_argv, &p.envp) };
-        }
-    }
-    // SAFETY: errno is readable at any time; the write is to the live `Prepared`, which the
-    // child reads once we are gone; `_exit` skips every Rust clean-up.
-    unsafe {
-        std::ptr::write_volatile(&mut p.agent_errno, (*libc::__errno_location()).max(1));
-        libc::_exit(127)
-    }
-}
-
-/// The agent's privileges under an init: close the init's status fd (5), empty the bounding
-/// set, take the agent's ids, clear every capability. Whether all went through (`errno` set
-/// otherwise).
-///
-/// # Safety
-/// Only in the agent's clone ([`agent_main`]).
-unsafe fn agent_drop_privileges(p: &Prepared) -> bool {
-    // SAFETY: raw calls with integer arguments, an empty group list and stack data (capset).
-    unsafe {
-        libc::close(5);
-        let mut ok = true;
-        for cap in 0..64 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                && *libc::__errno_location() != libc::EINVAL
-            {
-                ok = false;
-            }
-        }
-        if let (Some((uid, gid)), true) = (p.uid_gid, ok) {
-            ok = libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(gid) == 0
-                && libc::setuid(uid) == 0;
-        }
-        ok && clear_caps() == 0
-    }
-}
-
-/// Clear every capability of the calling thread (effective, permitted, inheritable).
-///
-/// # Safety
-/// A raw system call over stack data: callable between clone and exec.
-unsafe fn clear_caps() -> libc::c_long {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let hdr = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-        CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: a version-3 header and the two data structs it expects, on our stack.
-    unsafe { libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) }
 }
 
 /// Write `data` to a file by path with raw calls (for the child). Returns 0 on success.

@@ -16,21 +16,23 @@
 //! ([`Spawner`]): `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits, so
 //! it must not be a pool thread that may retire; and the async runtime is never blocked.
 //!
-//! What the child does, in order (`child.rs`, one small `unsafe fn` per step, each failure
-//! named by a [`Stage`]): reset signal dispositions and unblock signals; `setsid`; attach
-//! itself to its cgroups (writes `0` to each attach fd: `tasks` on v1, `cgroup.procs` on v2);
-//! user namespace maps, network namespace, the agent's root (and the landlock rule for its
-//! `/proc`), host name; rlimits; `chdir`; arrange fds 0–7; drop the bounding set, group/user and
+//! What the child does, in order (`child.rs`: one small `unsafe fn` per step, a failure named
+//! by its [`Stage`]): reset signal dispositions and unblock signals; `setsid`; attach itself to
+//! its cgroups (writes `0` to each attach fd: `tasks` on v1, `cgroup.procs` on v2); user
+//! namespace maps, network namespace, the agent's root (and the landlock rule for its `/proc`),
+//! host name; rlimits; `chdir`; arrange fds 0–7; drop the bounding set, group/user and
 //! capabilities; `PR_SET_PDEATHSIG` (after the uid change, which clears it) and the `getppid`
 //! check; `no_new_privs`; landlock; seccomp; close every other fd; under an init, start the
-//! agent; `execve`. What it reads is made beforehand by `prepared.rs`.
+//! agent (`agent.rs`); `execve`. What it reads is made beforehand (`prepared.rs`).
 
+mod agent;
 mod child;
 mod prepared;
+mod stage;
 
-pub use child::Stage;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use prepared::Prepared;
+pub use stage::Stage;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

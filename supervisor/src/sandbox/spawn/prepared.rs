@@ -1,7 +1,7 @@
 //! What the spawn child reads, made in the parent: every string as a `CString`, every array
 //! NUL-terminated, every number in place, so that the child allocates nothing.
 
-use super::child::Stage;
+use super::stage::Stage;
 use super::{resolve_program, Namespaces, Rlimit, SpawnError, SpawnSpec, CHILD_STACK};
 use crate::sandbox::rootfs::MountOps;
 use std::ffi::{CString, OsStr};
