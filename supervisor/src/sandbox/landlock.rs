@@ -9,9 +9,10 @@
 //!
 //! Why not the `landlock` crate: it would serve the parent's half (a `RulesetCreated` gives
 //! up its fd), but not the child's: the `/proc` rule and the restriction happen after `clone`,
-//! where its `add_rule` and `restrict_self` (which allocate, set `no_new_privs` themselves and
-//! report through a status struct) must not run, so the raw `landlock_path_beneath_attr` and
-//! the two calls would stay here anyway. With both halves on the same few constants, the
+//! where its `add_rule` and `restrict_self` must not run (they take the ruleset by value, an
+//! object in memory the `CLONE_VM` child shares with the parent, drop it, by default set
+//! `no_new_privs` themselves and build Rust errors), so the raw `landlock_path_beneath_attr`
+//! and the two calls would stay here anyway. With both halves on the same few constants, the
 //! parent's half is one `landlock_create_ruleset` with the attribute sized to the ABI (the
 //! scopes of ABI 6, TCP of ABI 4) and one `landlock_add_rule` per path, the kept system paths
 //! opened once per process; the crate's best-effort mode would also hide the "no landlock"
