@@ -65,3 +65,42 @@ pub(crate) fn parse_stat_start_time(stat: &str) -> Option<u64> {
         .ok()
         .map(|s| s.starttime)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::process::Command;
+
+    #[test]
+    fn stat_start_time_counts_fields_after_the_last_paren() {
+        let stat = "6917 (c) a) t) R 6912 6912 5086 0 -1 4194304 99 0 0 0 0 0 0 0 20 0 1 0 57213 \
+                    3133440 379 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 \
+                    0 0 0";
+        assert_eq!(parse_stat_start_time(stat), Some(57213));
+        assert_eq!(parse_stat_start_time("12 (x) R 1 2"), None);
+        assert_eq!(parse_stat_start_time("no paren"), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_stat_start_time(&own).is_some());
+    }
+
+    #[test]
+    fn owners_are_gone_when_dead_or_restarted() {
+        let start = parse_stat_start_time(&fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let me = std::process::id();
+        assert!(!Owner { pid: me, start }.is_gone());
+        assert!(Owner {
+            pid: me,
+            start: start + 1
+        }
+        .is_gone());
+        let mut dead = Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        assert!(Owner {
+            pid: dead_pid,
+            start: 1
+        }
+        .is_gone());
+    }
+}
