@@ -395,7 +395,7 @@ fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64)
 }
 
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
-/// sandbox and its `corral-init` are made, waiting for [`Stem::release`].
+/// sandbox and its `corral-init` are made, waiting for [`stem::Stem::release`].
 pub(super) async fn launch(
     agent: &AgentSpec,
     pools: &Pools,

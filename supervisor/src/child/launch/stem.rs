@@ -151,7 +151,7 @@ impl StemPool {
     }
 
     /// Make a stem for `agent` now unless one is waiting, and wait until it is. `Ok(false)`
-    /// when this agent type gets no stems. The error is a [`LaunchError`]'s message.
+    /// when this agent type gets no stems. The error is a `LaunchError`'s message.
     pub async fn make_now(&self, agent: Arc<AgentSpec>, pools: Pools) -> Result<bool, String> {
         if !self.wants(&agent) {
             return Ok(false);

@@ -101,7 +101,7 @@ impl fmt::Display for Stage {
     }
 }
 
-/// A [`Stage`] as an error names it: "building the agent's root (<step>)" when the failing
+/// A [`Stage`] as an error names it: "building the agent's root (`step`)" when the failing
 /// root step is known, else the stage's name.
 pub(super) struct StageText<'a>(Stage, Option<&'a str>);
 
