@@ -492,7 +492,7 @@ async fn attempt(
         },
     ) = match made {
         Ok(m) => m,
-        Err(e) => return spawn_failed(record, e),
+        Err(e) => return spawn_failed(record, e.to_string()),
     };
     let pid = spawned.pid;
     spec.emit(|| AttemptEvent::Spawned {

@@ -6,6 +6,19 @@
 //! `/proc`, which the parent cannot name) with [`add_rule_raw`], then restricts itself with
 //! `landlock_restrict_self` (after `no_new_privs`). Raw system calls, because the child may
 //! not allocate.
+//!
+//! Why not the `landlock` crate: it would serve the parent's half (a `RulesetCreated` gives
+//! up its fd), but not the child's: the `/proc` rule and the restriction happen after `clone`,
+//! where its `add_rule` and `restrict_self` must not run (they take the ruleset by value, an
+//! object in memory the `CLONE_VM` child shares with the parent, drop it, by default set
+//! `no_new_privs` themselves and build Rust errors), so the raw `landlock_path_beneath_attr`
+//! and the two calls would stay here anyway. With both halves on the same few constants, the
+//! parent's half is one `landlock_create_ruleset` with the attribute sized to the ABI (the
+//! scopes of ABI 6, TCP of ABI 4) and one `landlock_add_rule` per path, the kept system paths
+//! opened once per process; the crate's best-effort mode would also hide the "no landlock"
+//! answer that `strict` agents are refused on. The same holds for `seccompiler`: it compiles
+//! the seccomp filter in the parent (`sandbox::seccomp`), but the child installs it with one
+//! raw `prctl` rather than its `apply_filter`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;

@@ -12,7 +12,9 @@ pub mod spawn;
 pub mod uids;
 pub mod workspace;
 
-pub use process::{become_subreaper, kill_group, reap_adopted, PidFd, Reaped};
+pub use process::{
+    become_subreaper, decode_wait_status, kill_group, reap_adopted, PidFd, Reaped, WaitEnd,
+};
 pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};
 pub mod landlock;
 pub mod netns;

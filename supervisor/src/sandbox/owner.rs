@@ -1,7 +1,10 @@
 //! Who made a directory: the supervisor's pid and start time, carried in the names of the
 //! directories it makes for attempts (cgroup leaves, workspaces), and whether it is gone.
-
-use std::{fs, io};
+//!
+//! The start time is field 22 of `/proc/<pid>/stat`, read with the `procfs` crate: the command
+//! name before it may hold spaces and parentheses, which its parser handles (fields counted
+//! after the last `)`), and it maps a process that vanished while being read (`ESRCH`) to
+//! "not found" as a missing directory is.
 
 /// The supervisor process that owns attempt directories (cgroup leaves, workspaces): encoded in
 /// their names, so that a later supervisor can tell a dead one's leftovers from a live one's.
@@ -16,9 +19,9 @@ impl Owner {
     pub(crate) fn current() -> Owner {
         Owner {
             pid: std::process::id(),
-            start: fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| parse_stat_start_time(&s))
+            start: procfs::process::Process::myself()
+                .and_then(|p| p.stat())
+                .map(|stat| stat.starttime)
                 .unwrap_or(0),
         }
     }
@@ -42,17 +45,62 @@ impl Owner {
     /// the pid now belongs to a process started at another time. Unreadable or unparsable stat
     /// files count as alive (never kill what we are not sure about).
     pub(crate) fn is_gone(self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH),
-            Ok(stat) => parse_stat_start_time(&stat).is_some_and(|start| start != self.start),
+        // No pid is that high: nothing can be there.
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return true;
+        };
+        match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+            Err(procfs::ProcError::NotFound(_)) => true,
+            Err(_) => false,
+            Ok(stat) => stat.starttime != self.start,
         }
     }
 }
 
-/// Field 22 (`starttime`, in clock ticks since boot) of a `/proc/<pid>/stat` line. The command
-/// name (field 2) may hold spaces and parentheses, so fields are counted after the last `)`.
+/// The start time (field 22, clock ticks since boot) in the text of a `/proc/<pid>/stat`.
+#[cfg(test)]
 pub(crate) fn parse_stat_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at field 3; field 22 is the 20th of them.
-    after.split_whitespace().nth(19)?.parse().ok()
+    use procfs::FromRead;
+    procfs::process::Stat::from_read(stat.as_bytes())
+        .ok()
+        .map(|s| s.starttime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::process::Command;
+
+    #[test]
+    fn stat_start_time_counts_fields_after_the_last_paren() {
+        let stat = "6917 (c) a) t) R 6912 6912 5086 0 -1 4194304 99 0 0 0 0 0 0 0 20 0 1 0 57213 \
+                    3133440 379 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 \
+                    0 0 0";
+        assert_eq!(parse_stat_start_time(stat), Some(57213));
+        assert_eq!(parse_stat_start_time("12 (x) R 1 2"), None);
+        assert_eq!(parse_stat_start_time("no paren"), None);
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_stat_start_time(&own).is_some());
+    }
+
+    #[test]
+    fn owners_are_gone_when_dead_or_restarted() {
+        let start = parse_stat_start_time(&fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
+        let me = std::process::id();
+        assert!(!Owner { pid: me, start }.is_gone());
+        assert!(Owner {
+            pid: me,
+            start: start + 1
+        }
+        .is_gone());
+        let mut dead = Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        assert!(Owner {
+            pid: dead_pid,
+            start: 1
+        }
+        .is_gone());
+    }
 }

@@ -11,7 +11,17 @@
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
+//!
+//! Wait statuses are decoded in one place, [`decode_wait_status`], with libc's macros (pure
+//! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
+//! so `nix`'s `waitpid`, answer `EINVAL` for one, after the process is reaped), and an agent
+//! may die of one. For the same reason [`try_reap`] and [`reap_adopted`] call `wait4` and
+//! `waitpid` themselves (`nix` has no `wait4`, which gives the rusage, either). Signals to pids
+//! and groups and the subreaper `prctl` go through `nix`; `pidfd_send_signal` is a raw call
+//! (`nix` has none).
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
@@ -56,19 +66,55 @@ pub fn try_reap(pid: i32) -> Option<Reaped> {
         return None;
     }
     let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
-    let mut out = Reaped {
+    Some(Reaped {
         cpu_user_ms: ms(ru.ru_utime),
         cpu_sys_ms: ms(ru.ru_stime),
         max_rss_kb: ru.ru_maxrss.max(0) as u64,
-        ..Default::default()
-    };
-    if libc::WIFEXITED(status) {
-        out.exit_code = Some(libc::WEXITSTATUS(status));
-    } else if libc::WIFSIGNALED(status) {
-        out.signal = Some(libc::WTERMSIG(status));
-        out.core_dumped = libc::WCOREDUMP(status);
+        ..decode_wait_status(status).into()
+    })
+}
+
+/// How a process ended, as a raw wait status says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitEnd {
+    /// Exit code when it exited.
+    pub exit_code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    /// Whether a core was dumped.
+    pub core_dumped: bool,
+}
+
+impl From<WaitEnd> for Reaped {
+    /// The end alone (no rusage).
+    fn from(end: WaitEnd) -> Reaped {
+        Reaped {
+            exit_code: end.exit_code,
+            signal: end.signal,
+            core_dumped: end.core_dumped,
+            ..Reaped::default()
+        }
     }
-    Some(out)
+}
+
+/// Decode a raw wait status (from `waitpid`/`wait4`, or relayed by `corral-init`): an exit
+/// code, or a signal (real-time ones included) and whether a core was dumped; neither for a
+/// stopped or continued process.
+pub fn decode_wait_status(status: i32) -> WaitEnd {
+    if libc::WIFEXITED(status) {
+        WaitEnd {
+            exit_code: Some(libc::WEXITSTATUS(status)),
+            ..WaitEnd::default()
+        }
+    } else if libc::WIFSIGNALED(status) {
+        WaitEnd {
+            signal: Some(libc::WTERMSIG(status)),
+            core_dumped: libc::WCOREDUMP(status),
+            ..WaitEnd::default()
+        }
+    } else {
+        WaitEnd::default()
+    }
 }
 
 /// A pidfd registered with the runtime: readable once the process has exited.
@@ -142,29 +188,29 @@ pub fn pidfd_kill(pidfd: &OwnedFd) -> bool {
     }
 }
 
-/// Send `sig` to every process of process group `pgid`. Returns whether any existed.
+/// Send `sig` to every process of process group `pgid`. Returns whether any existed (false
+/// too for a number that is not a standard signal: none is sent).
 pub fn kill_group(pgid: i32, sig: i32) -> bool {
+    // pgid > 1 excludes "every process" (-1) and our own group (0).
     if pgid <= 1 {
         return false;
     }
-    // SAFETY: kill with a negative pid signals the group; pgid > 1 excludes "all processes".
-    unsafe { libc::kill(-pgid, sig) == 0 }
+    let Ok(sig) = Signal::try_from(sig) else {
+        return false;
+    };
+    killpg(Pid::from_raw(pgid), sig).is_ok()
 }
 
 /// Whether a process with this pid exists (zombies included).
 pub fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks existence and permission.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 }
+    // Signal 0: only existence and permission are checked.
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
 }
 
 /// Make this process a child subreaper: orphans of its descendants are reparented to it
 /// instead of init, so they stay ours to reap and kill.
 pub fn become_subreaper() -> std::io::Result<()> {
-    // SAFETY: prctl with constant arguments.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
 
 /// Reap processes of an agent's tree that were reparented to this subreaper. Only the pids
@@ -262,7 +308,7 @@ pub fn kill_and_reap(pid: i32, pidfd: Option<OwnedFd>, then: impl FnOnce() + Sen
             let waited = std::thread::Builder::new()
                 .name("corral-reap-wait".into())
                 .spawn(move || {
-                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
                     drop(pidfd);
                 });
             if let Err(e) = waited {
@@ -275,6 +321,33 @@ pub fn kill_and_reap(pid: i32, pidfd: Option<OwnedFd>, then: impl FnOnce() + Sen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_statuses_decode_exits_signals_and_cores() {
+        let exited = |code: i32| code << 8;
+        assert_eq!(decode_wait_status(exited(3)).exit_code, Some(3));
+        assert_eq!(decode_wait_status(exited(0)).signal, None);
+        let killed = decode_wait_status(libc::SIGKILL);
+        assert_eq!(
+            (killed.exit_code, killed.signal),
+            (None, Some(libc::SIGKILL))
+        );
+        assert!(!killed.core_dumped);
+        assert!(decode_wait_status(libc::SIGSEGV | 0x80).core_dumped);
+        // A real-time signal, which nix's WaitStatus cannot name.
+        let rt = libc::SIGRTMIN() + 2;
+        assert_eq!(decode_wait_status(rt).signal, Some(rt));
+        // Stopped (0x7f): neither.
+        assert_eq!(
+            decode_wait_status((libc::SIGSTOP << 8) | 0x7f),
+            WaitEnd::default()
+        );
+        let r = Reaped {
+            max_rss_kb: 1,
+            ..decode_wait_status(exited(7)).into()
+        };
+        assert_eq!((r.exit_code, r.max_rss_kb), (Some(7), 1));
+    }
 
     #[tokio::test]
     async fn a_killed_process_is_reaped_by_the_reaper() {

@@ -25,28 +25,42 @@
 //! `corral` directory is shared by all supervisors of a parent cgroup: it is created if
 //! missing and only removed when empty.
 //!
+//! The `/proc` files detection reads (`/proc/self/mountinfo`, `/proc/self/cgroup`) are split
+//! into fields by the `procfs` crate, line by line so that one line it cannot read is skipped
+//! rather than failing detection; it keeps the kernel's octal escapes (`\040` for a space) in
+//! mount paths, which are undone here. The start times come from `/proc/<pid>/stat` the same
+//! way (see `sandbox::owner`).
+//!
+//! Besides the backends: `agent.rs` is one attempt's [`AgentCgroup`], `mounts.rs` reads where
+//! the hierarchies are, `files.rs` holds the file, directory and kill helpers they share.
+//!
 //! The dispatch is a plain enum over the backends (no trait objects). Nothing here is `unsafe`:
 //! attaching the child happens in the child itself, which writes `0` into the
 //! [`AgentCgroup::attach_fds`] before `exec` (the spawn path owns that code).
 
+mod agent;
+mod files;
+mod mounts;
 mod none;
 mod v1;
 mod v2;
 
-use std::collections::BTreeSet;
+pub use agent::AgentCgroup;
+use agent::{AgentInner, Stats};
+use files::{
+    kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok, mkdir_leaf, read_file,
+    read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file,
+};
+use mounts::{parse_mountinfo, parse_proc_cgroup};
+pub(crate) use mounts::{CgroupMount, OwnCgroup};
+
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 /// Name of the directory, inside the supervisor's own cgroup, that holds the attempts' leaves.
 pub const CORRAL_DIR: &str = "corral";
@@ -191,43 +205,43 @@ pub enum CgroupError {
 
 /// The three limits, in the order used by the per-limit tables below.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Limit {
+pub(crate) enum CgroupLimit {
     Memory = 0,
     Pids = 1,
     Cpu = 2,
 }
 
-impl Limit {
-    const ALL: [Limit; 3] = [Limit::Memory, Limit::Pids, Limit::Cpu];
+impl CgroupLimit {
+    const ALL: [CgroupLimit; 3] = [CgroupLimit::Memory, CgroupLimit::Pids, CgroupLimit::Cpu];
 
     /// The name users see (config key, `unenforceable` entries).
     fn name(self) -> &'static str {
         match self {
-            Limit::Memory => "memory",
-            Limit::Pids => "pids",
-            Limit::Cpu => "cpu_quota",
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpu => "cpu_quota",
         }
     }
 
     /// The controller that enforces it.
     fn controller(self) -> &'static str {
         match self {
-            Limit::Memory => "memory",
-            Limit::Pids => "pids",
-            Limit::Cpu => "cpu",
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpu => "cpu",
         }
     }
 
     fn wanted(self, limits: &CgroupLimits) -> bool {
         match self {
-            Limit::Memory => limits.memory.is_some(),
-            Limit::Pids => limits.pids.is_some(),
-            Limit::Cpu => limits.cpu_quota.is_some(),
+            CgroupLimit::Memory => limits.memory.is_some(),
+            CgroupLimit::Pids => limits.pids.is_some(),
+            CgroupLimit::Cpu => limits.cpu_quota.is_some(),
         }
     }
 }
 
-/// For each [`Limit`]: how the backend enforces it (`Ok`), or why it cannot (`Err`).
+/// For each [`CgroupLimit`]: how the backend enforces it (`Ok`), or why it cannot (`Err`).
 pub(crate) type Enforcement = [Result<String, String>; 3];
 
 #[cfg(test)]
@@ -285,7 +299,7 @@ impl Cgroups {
             (Ok((v2, e)), _) if n2 > 0 && n2 >= n1 => (Inner::V2(v2), e),
             (_, Ok((v1, e))) if n1 > 0 => (Inner::V1(v1), e),
             (r2, r1) => {
-                let why = |limit: Limit| {
+                let why = |limit: CgroupLimit| {
                     let w2 = match &r2 {
                         Ok((_, e)) => e[limit as usize].clone().err().unwrap_or_default(),
                         Err(w) => w.clone(),
@@ -296,7 +310,7 @@ impl Cgroups {
                     };
                     Err(format!("v2: {w2}; v1: {w1}"))
                 };
-                (Inner::None, Limit::ALL.map(why))
+                (Inner::None, CgroupLimit::ALL.map(why))
             }
         };
         let cgroups = Cgroups {
@@ -321,7 +335,7 @@ impl Cgroups {
         Cgroups {
             inner: Inner::None,
             owner,
-            enforcement: Limit::ALL.map(|_| Err(reason.to_string())),
+            enforcement: CgroupLimit::ALL.map(|_| Err(reason.to_string())),
         }
     }
 
@@ -337,7 +351,7 @@ impl Cgroups {
     /// One line per limit: how it is enforced here, or why it is not; limits that are not
     /// wanted say so (and what would enforce them).
     pub fn report(&self, wanted: &CgroupLimits) -> Vec<String> {
-        Limit::ALL
+        CgroupLimit::ALL
             .iter()
             .map(|&limit| {
                 let name = limit.name();
@@ -355,7 +369,7 @@ impl Cgroups {
 
     /// Which of the wanted limits cannot be enforced here (`memory`, `pids`, `cpu_quota`).
     pub fn unenforceable(&self, wanted: &CgroupLimits) -> Vec<&'static str> {
-        Limit::ALL
+        CgroupLimit::ALL
             .iter()
             .filter(|&&l| l.wanted(wanted) && self.enforcement[l as usize].is_err())
             .map(|l| l.name())
@@ -375,13 +389,7 @@ impl Cgroups {
             Inner::None => AgentInner::None(none::NoneLeaf),
         };
         tracing::debug!(leaf, paths = ?inner.paths(), "cgroup created");
-        Ok(AgentCgroup {
-            inner,
-            name: leaf,
-            removed: Mutex::new(None),
-            attach_ahead: Mutex::new(None),
-            used: AtomicBool::new(false),
-        })
+        Ok(AgentCgroup::new(inner, leaf, false))
     }
 
     /// Remove the leftover attempt cgroups of supervisors that no longer exist: kill whatever
@@ -402,17 +410,12 @@ impl Cgroups {
             if owner == self.owner || !owner.is_gone() {
                 continue;
             }
-            let cgroup = AgentCgroup {
-                inner: match &self.inner {
-                    Inner::V2(v2) => AgentInner::V2(v2.leaf(&leaf)),
-                    Inner::V1(v1) => AgentInner::V1(v1.leaf(&leaf)),
-                    Inner::None => unreachable!("returned above"),
-                },
-                name: leaf.clone(),
-                removed: Mutex::new(None),
-                attach_ahead: Mutex::new(None),
-                used: AtomicBool::new(true),
+            let inner = match &self.inner {
+                Inner::V2(v2) => AgentInner::V2(v2.leaf(&leaf)),
+                Inner::V1(v1) => AgentInner::V1(v1.leaf(&leaf)),
+                Inner::None => unreachable!("returned above"),
             };
+            let cgroup = AgentCgroup::new(inner, leaf.clone(), true);
             let killed = match cgroup.kill_all() {
                 Ok(n) => n,
                 Err(e) => {
@@ -469,601 +472,6 @@ fn leaf_name(owner: Owner, name: &str) -> String {
 /// The owner encoded in a leaf name, if it is one of ours.
 fn parse_leaf_owner(leaf: &str) -> Option<Owner> {
     Owner::parse(leaf, LEAF_PREFIX)
-}
-
-/// One cgroup filesystem mount from `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CgroupMount {
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// Which cgroup of the hierarchy appears at the mount point.
-    pub root: String,
-    /// `true` for `cgroup2`, `false` for `cgroup` (v1).
-    pub v2: bool,
-    /// Super options: for v1 the controllers (`memory`, `cpu`, `name=systemd`, ...).
-    pub options: Vec<String>,
-}
-
-impl CgroupMount {
-    /// The directory of `own` (a path from `/proc/self/cgroup`) under this mount, when the
-    /// mount shows it.
-    pub fn dir_of(&self, own: &str) -> Option<PathBuf> {
-        let root = self.root.trim_end_matches('/');
-        let rel = own.strip_prefix(root)?;
-        if !(rel.is_empty() || rel.starts_with('/')) {
-            return None;
-        }
-        let rel = rel.trim_start_matches('/');
-        Some(if rel.is_empty() {
-            self.mount_point.clone()
-        } else {
-            self.mount_point.join(rel)
-        })
-    }
-}
-
-/// Cgroup mounts in `/proc/self/mountinfo` (fields: id parent dev root mountpoint options
-/// [optional...] - fstype source superoptions).
-fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let left: Vec<&str> = left.split(' ').collect();
-            let right: Vec<&str> = right.split(' ').collect();
-            let v2 = match *right.first()? {
-                "cgroup2" => true,
-                "cgroup" => false,
-                _ => return None,
-            };
-            Some(CgroupMount {
-                mount_point: PathBuf::from(unescape_mountinfo(left.get(4)?)),
-                root: unescape_mountinfo(left.get(3)?),
-                v2,
-                options: right.get(2)?.split(',').map(str::to_string).collect(),
-            })
-        })
-        .collect()
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        if let (b'\\', Some(digits)) = (bytes[i], octal) {
-            let value = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
-            if let Ok(b) = u8::try_from(value) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// One line of `/proc/self/cgroup`: `hierarchy-id:controllers:path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OwnCgroup {
-    /// `0` for the unified hierarchy.
-    pub hierarchy: u32,
-    /// Controllers of a v1 hierarchy (`cpu,cpuacct` when co-mounted); empty for v2.
-    pub controllers: Vec<String>,
-    /// The process's cgroup, relative to the cgroup namespace root.
-    pub path: String,
-}
-
-fn parse_proc_cgroup(text: &str) -> Vec<OwnCgroup> {
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let hierarchy = parts.next()?.parse().ok()?;
-            let controllers = parts.next()?;
-            let path = parts.next()?.to_string();
-            Some(OwnCgroup {
-                hierarchy,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                path,
-            })
-        })
-        .collect()
-}
-
-/// Whether the directory can be written to (`EROFS` on read-only mounts, `EACCES` when not
-/// delegated to us).
-fn writable(dir: &Path) -> Result<(), String> {
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK)
-        .map_err(|e| format!("{} is not writable ({e})", dir.display()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// File helpers shared by the backends.
-
-fn read_file(path: &Path) -> Result<String, CgroupError> {
-    fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Write `value` in a single `write(2)`, as cgroup files expect.
-fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|source| CgroupError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    file.write_all(value.as_bytes())
-        .map_err(|source| CgroupError::Write {
-            path: path.to_path_buf(),
-            value: value.to_string(),
-            source,
-        })
-}
-
-/// `mkdir`, treating "already exists" as success.
-fn mkdir_existing_ok(path: &Path) -> Result<(), CgroupError> {
-    match fs::create_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::CreateDir {
-            path: path.to_path_buf(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// `mkdir -p`-like creation of `<shared>/<leaf>` where `shared` is the `corral` directory that
-/// other supervisors may remove when they see it empty: retried when it vanishes in between.
-fn mkdir_leaf(shared: &Path, leaf: &str) -> Result<PathBuf, CgroupError> {
-    let dir = shared.join(leaf);
-    let mut tries = 0;
-    loop {
-        mkdir_existing_ok(shared)?;
-        match fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 10 => tries += 1,
-            Err(source) => return Err(CgroupError::CreateDir { path: dir, source }),
-        }
-    }
-}
-
-/// Remove the shared `corral` directory if nobody uses it any more.
-fn rmdir_shared_if_empty(shared: &Path) {
-    if let Err(e) = fs::remove_dir(shared) {
-        let benign = matches!(
-            e.raw_os_error(),
-            Some(libc::EBUSY | libc::ENOTEMPTY | libc::ENOENT | libc::EEXIST)
-        );
-        if !benign {
-            tracing::debug!(
-                path = %shared.display(),
-                error = %e,
-                "cannot remove shared cgroup dir"
-            );
-        }
-    }
-}
-
-/// `rmdir` a cgroup directory and any sub-cgroups the agent made in it, deepest first,
-/// retrying for a short while on `EBUSY` (exiting tasks are still being released). A missing
-/// directory is fine.
-fn rmdir_tree(dir: &Path) -> Result<(), CgroupError> {
-    for child in sub_dirs(dir)? {
-        rmdir_tree(&child)?;
-    }
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY) && started.elapsed() < RMDIR_DEADLINE =>
-            {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(source) => {
-                return Err(CgroupError::RemoveDir {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-}
-
-/// Sub-directories of a cgroup directory (sub-cgroups). Missing directory: none.
-fn sub_dirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(CgroupError::ListDir {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let mut dirs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| CgroupError::ListDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push(entry.path());
-        }
-    }
-    Ok(dirs)
-}
-
-/// Names of our leaves (`corral-*` directories) in a shared `corral` directory.
-fn leaf_names_in(shared: &Path, into: &mut BTreeSet<String>) -> Result<(), CgroupError> {
-    for dir in sub_dirs(shared)? {
-        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
-            if name.starts_with(LEAF_PREFIX) {
-                into.insert(name.to_string());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Pids in `cgroup.procs` of `dir` and of its sub-cgroups. A missing directory has none.
-fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<(), CgroupError> {
-    let path = dir.join("cgroup.procs");
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(CgroupError::Read { path, source }),
-    };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
-            path: path.clone(),
-            detail: format!("not a pid: {line:?}"),
-        })?;
-        into.insert(pid);
-    }
-    for child in sub_dirs(dir)? {
-        procs_recursive(&child, into)?;
-    }
-    Ok(())
-}
-
-/// Members of all the given cgroups (and their sub-cgroups).
-fn members(dirs: &[&Path]) -> Result<BTreeSet<u32>, CgroupError> {
-    let mut pids = BTreeSet::new();
-    for dir in dirs {
-        procs_recursive(dir, &mut pids)?;
-    }
-    Ok(pids)
-}
-
-/// SIGKILL one member; a process that is already gone is not an error.
-fn sigkill(pid: u32, dir: &Path) -> Result<bool, CgroupError> {
-    let Ok(raw) = i32::try_from(pid) else {
-        return Ok(false);
-    };
-    match kill(Pid::from_raw(raw), Signal::SIGKILL) {
-        Ok(()) => Ok(true),
-        Err(Errno::ESRCH) => Ok(false),
-        Err(source) => Err(CgroupError::Kill {
-            pid,
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// SIGKILL every member of `dirs` once. Returns the pids signalled.
-fn kill_pass(dirs: &[&Path]) -> Result<BTreeSet<u32>, CgroupError> {
-    let mut killed = BTreeSet::new();
-    for pid in members(dirs)? {
-        if sigkill(pid, dirs[0])? {
-            killed.insert(pid);
-        }
-    }
-    Ok(killed)
-}
-
-/// Kill members of `dirs` until none is listed, for at most [`KILL_DEADLINE`]. Pids signalled
-/// are added to `killed`.
-fn kill_until_empty(dirs: &[&Path], killed: &mut BTreeSet<u32>) -> Result<(), CgroupError> {
-    if dirs.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let mut pause = Duration::from_micros(200);
-    loop {
-        let left = members(dirs)?;
-        if left.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= KILL_DEADLINE {
-            return Err(CgroupError::NotEmpty {
-                path: dirs[0].to_path_buf(),
-                pids: left.into_iter().collect(),
-                waited: started.elapsed(),
-            });
-        }
-        for pid in left {
-            if sigkill(pid, dirs[0])? {
-                killed.insert(pid);
-            }
-        }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
-    }
-}
-
-/// A `key value` line of a flat-keyed cgroup file (`memory.events`, `memory.oom_control`,
-/// `pids.events`, `cpu.stat`). Missing file or key: `None`.
-fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(char::is_whitespace)?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
-}
-
-/// A file holding a single number. Missing file: `None`.
-fn read_number(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-// ---------------------------------------------------------------------------------------------
-// One attempt.
-
-/// The counters read from an attempt's cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Stats {
-    oom_kills: u64,
-    pids_limit_hits: u64,
-    memory_peak_bytes: Option<u64>,
-    cpu_usage_us: Option<u64>,
-}
-
-#[derive(Debug)]
-enum AgentInner {
-    V2(v2::Leaf),
-    V1(v1::Leaf),
-    None(none::NoneLeaf),
-}
-
-impl AgentInner {
-    fn paths(&self) -> Vec<PathBuf> {
-        match self {
-            AgentInner::V2(l) => l.paths(),
-            AgentInner::V1(l) => l.paths(),
-            AgentInner::None(l) => l.paths(),
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        match self {
-            AgentInner::V2(l) => l.stats(),
-            AgentInner::V1(l) => l.stats(),
-            AgentInner::None(l) => l.stats(),
-        }
-    }
-}
-
-/// The cgroup(s) of one attempt. Dropping it kills whatever is still inside and removes the
-/// directories (best effort, failures logged); when processes may be inside and the drop
-/// happens on an async runtime, that is done on the reaper thread (see
-/// [`crate::sandbox::process::defer`]): it waits for the processes to go.
-///
-/// Counters stay readable after [`AgentCgroup::remove`]: they are read just before the
-/// directories go.
-#[derive(Debug)]
-pub struct AgentCgroup {
-    inner: AgentInner,
-    name: String,
-    /// Set once the directories are gone: the last counters read before removal.
-    removed: Mutex<Option<Stats>>,
-    /// Attach fds opened ahead of time (see [`AgentCgroup::open_attach_ahead`]).
-    attach_ahead: Mutex<Option<Vec<OwnedFd>>>,
-    /// Set once a process may have been put inside (attach fds handed out, or an attach).
-    used: AtomicBool,
-}
-
-impl AgentCgroup {
-    /// The leaf directory name (`corral-<pid>-<starttime>-<name>`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Open the attach file of each hierarchy in use (`O_WRONLY | O_CLOEXEC`). The child writes
-    /// `0` into each before `exec`, which attaches it (and so everything it will start). Empty
-    /// without a cgroup backend.
-    ///
-    /// On v1 the file is `tasks`, not `cgroup.procs`: the child is single-threaded at that
-    /// point, so moving its one thread is moving the process, and the kernel moves the calling
-    /// thread (`0`) through `tasks` without the global thread-group lock that a `cgroup.procs`
-    /// write takes, whose first writer waits for an RCU grace period (~0.3 ms at p50 and the
-    /// whole 15–25 ms p99 of an isolated spawn on v1, measured). On v2 it is `cgroup.procs`.
-    pub fn attach_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        self.used.store(true, Ordering::Relaxed);
-        if let Some(fds) = self.attach_ahead.lock().ok().and_then(|mut a| a.take()) {
-            return Ok(fds);
-        }
-        self.open_attach_fds()
-    }
-
-    /// Open the attach fds now (a pool making spare cgroups does this off the spawn path: five
-    /// opens on cgroupfs are ~65 µs of an isolated spawn); [`AgentCgroup::attach_fds`] then
-    /// hands them out once.
-    pub fn open_attach_ahead(&self) -> Result<(), CgroupError> {
-        let fds = self.open_attach_fds()?;
-        if let Ok(mut a) = self.attach_ahead.lock() {
-            *a = Some(fds);
-        }
-        Ok(())
-    }
-
-    fn open_attach_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        let file = match &self.inner {
-            AgentInner::V1(_) => "tasks",
-            _ => "cgroup.procs",
-        };
-        self.inner
-            .paths()
-            .into_iter()
-            .map(|p| p.join(file))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|path| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map(OwnedFd::from)
-                    .map_err(|source| CgroupError::Open {
-                        path: path.clone(),
-                        source,
-                    })
-            })
-            .collect()
-    }
-
-    /// Move an existing process into the attempt's cgroup(s) (fallback to
-    /// [`AgentCgroup::attach_fds`]; slower on v1).
-    pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
-        self.used.store(true, Ordering::Relaxed);
-        let value = pid.to_string();
-        for path in self.procs_files() {
-            write_file(&path, &value)?;
-        }
-        Ok(())
-    }
-
-    fn procs_files(&self) -> Vec<PathBuf> {
-        self.inner
-            .paths()
-            .into_iter()
-            .map(|p| p.join("cgroup.procs"))
-            .collect()
-    }
-
-    /// Every process in the attempt (sub-cgroups included). Empty once removed or without a
-    /// backend.
-    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
-        let set = match &self.inner {
-            AgentInner::V2(l) => l.members()?,
-            AgentInner::V1(l) => l.members()?,
-            AgentInner::None(_) => BTreeSet::new(),
-        };
-        Ok(set.into_iter().collect())
-    }
-
-    /// Kill everything inside and wait (up to about a second) until the cgroup is empty.
-    /// Returns how many processes were signalled.
-    pub fn kill_all(&self) -> Result<usize, CgroupError> {
-        match &self.inner {
-            AgentInner::V2(l) => l.kill_all(),
-            AgentInner::V1(l) => l.kill_all(),
-            AgentInner::None(_) => Ok(0),
-        }
-    }
-
-    fn stats(&self) -> Stats {
-        let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        match *removed {
-            Some(stats) => stats,
-            None => self.inner.stats(),
-        }
-    }
-
-    /// OOM kills the kernel recorded in the attempt (v2 `memory.events` `oom_kill`, v1
-    /// `memory.oom_control` `oom_kill`). `0` without a memory controller.
-    pub fn oom_kills(&self) -> u64 {
-        self.stats().oom_kills
-    }
-
-    /// Forks refused because of the pids limit (`pids.events` `max`). `0` without a pids
-    /// controller or without the file (older v1 kernels).
-    pub fn pids_limit_hits(&self) -> u64 {
-        self.stats().pids_limit_hits
-    }
-
-    /// Highest memory use seen (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`).
-    pub fn memory_peak_bytes(&self) -> Option<u64> {
-        self.stats().memory_peak_bytes
-    }
-
-    /// CPU time used, in microseconds (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
-    pub fn cpu_usage_us(&self) -> Option<u64> {
-        self.stats().cpu_usage_us
-    }
-
-    /// `rmdir` every directory of the attempt (call [`AgentCgroup::kill_all`] first: a cgroup
-    /// with processes cannot be removed). Idempotent. The shared `corral` directory is removed
-    /// too when this was its last attempt.
-    pub fn remove(&self) -> Result<(), CgroupError> {
-        let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        if removed.is_some() {
-            return Ok(());
-        }
-        let stats = self.inner.stats();
-        match &self.inner {
-            AgentInner::V2(l) => l.remove()?,
-            AgentInner::V1(l) => l.remove()?,
-            AgentInner::None(_) => {}
-        }
-        *removed = Some(stats);
-        Ok(())
-    }
-
-    /// The attempt's directories, one per hierarchy in use (none without a backend).
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.inner.paths()
-    }
-}
-
-impl Drop for AgentCgroup {
-    fn drop(&mut self) {
-        let removed = self
-            .removed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        if removed {
-            return;
-        }
-        let may_wait = self.used.load(Ordering::Relaxed)
-            && !crate::sandbox::process::on_reaper()
-            && tokio::runtime::Handle::try_current().is_ok();
-        if may_wait {
-            // Emptying it waits for its processes to go: not on a runtime thread.
-            let rest = AgentCgroup {
-                inner: std::mem::replace(&mut self.inner, AgentInner::None(none::NoneLeaf)),
-                name: std::mem::take(&mut self.name),
-                removed: Mutex::new(None),
-                attach_ahead: Mutex::new(None),
-                used: AtomicBool::new(true),
-            };
-            crate::sandbox::process::defer(move || drop(rest));
-            return;
-        }
-        if let Err(e) = self.kill_all() {
-            tracing::warn!(cgroup = %self.name, error = %e, "dropping cgroup: kill failed");
-        }
-        if let Err(e) = self.remove() {
-            tracing::warn!(cgroup = %self.name, error = %e, "dropping cgroup: remove failed");
-        }
-    }
 }
 
 #[cfg(test)]

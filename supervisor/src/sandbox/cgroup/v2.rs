@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::{
     cpu_quota_us, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok,
     read_file, read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file,
-    CgroupError, CgroupLimits, CgroupMount, Enforcement, Limit, OwnCgroup, Stats, CORRAL_DIR,
+    CgroupError, CgroupLimit, CgroupLimits, CgroupMount, Enforcement, OwnCgroup, Stats, CORRAL_DIR,
     CPU_PERIOD_US,
 };
 
@@ -91,7 +91,7 @@ pub(super) fn probe(
     let available = controllers(&base.join("cgroup.controllers")).map_err(|e| e.to_string())?;
     let mut wanted = Vec::new();
     let mut reasons: [Option<String>; 3] = [None, None, None];
-    for limit in Limit::ALL {
+    for limit in CgroupLimit::ALL {
         let c = limit.controller();
         if available.iter().any(|a| a == c) {
             wanted.push(c);
@@ -133,24 +133,27 @@ pub(super) fn probe(
         }
     }
     let at = base.join(CORRAL_DIR).display().to_string();
-    let enforcement: Enforcement = Limit::ALL.map(|limit| match reasons[limit as usize].take() {
-        Some(why) => Err(why),
-        None => Ok(match limit {
-            Limit::Memory => {
-                format!("cgroup v2 memory.max (+ memory.swap.max = 0 where present) under {at}")
-            }
-            Limit::Pids => format!("cgroup v2 pids.max under {at}"),
-            Limit::Cpu => format!("cgroup v2 cpu.max (quota per {CPU_PERIOD_US} us) under {at}"),
-        }),
-    });
+    let enforcement: Enforcement =
+        CgroupLimit::ALL.map(|limit| match reasons[limit as usize].take() {
+            Some(why) => Err(why),
+            None => Ok(match limit {
+                CgroupLimit::Memory => {
+                    format!("cgroup v2 memory.max (+ memory.swap.max = 0 where present) under {at}")
+                }
+                CgroupLimit::Pids => format!("cgroup v2 pids.max under {at}"),
+                CgroupLimit::Cpu => {
+                    format!("cgroup v2 cpu.max (quota per {CPU_PERIOD_US} us) under {at}")
+                }
+            }),
+        });
     Ok((V2 { base, enabled }, enforcement))
 }
 
-fn limit_of(controller: &str) -> Limit {
+fn limit_of(controller: &str) -> CgroupLimit {
     match controller {
-        "memory" => Limit::Memory,
-        "pids" => Limit::Pids,
-        _ => Limit::Cpu,
+        "memory" => CgroupLimit::Memory,
+        "pids" => CgroupLimit::Pids,
+        _ => CgroupLimit::Cpu,
     }
 }
 

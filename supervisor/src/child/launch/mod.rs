@@ -1,9 +1,16 @@
 //! How the process of an attempt is made: its environment, the spawn specification from
 //! config (limits, namespaces, privileges, landlock), its workspace, cgroup and pipes, and the
-//! warm stems (sandboxes made ahead, each waiting for its agent; see `docs/isolation.md`).
+//! warm stems (`stem.rs`: sandboxes made ahead, each waiting for its agent; see
+//! `docs/isolation.md`). What can go wrong is a [`LaunchError`].
+
+mod error;
+mod stem;
+
+use error::io_error;
+pub use error::LaunchError;
+pub use stem::StemPool;
 
 use super::{AgentCgroup, AgentSpec, CgroupLimits, CgroupPool, WorkspacePool};
-use crate::sandbox::process;
 use crate::sandbox::spawn::{SpawnSpec, Spawner};
 use crate::sandbox::workspace::Workspace;
 use corral_proto::beat::BEAT_FD;
@@ -67,7 +74,7 @@ fn is_root() -> bool {
 
 /// Resolve `user`/`group` names (or numbers) to ids, once per pair: a name service lookup can
 /// be slow (NSS over the network), and it runs on the spawn path.
-fn resolve_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
+fn resolve_ids(agent: &str, user: &str, group: Option<&str>) -> Result<(u32, u32), LaunchError> {
     type Key = (String, Option<String>);
     static CACHE: std::sync::OnceLock<
         std::sync::Mutex<std::collections::HashMap<Key, (u32, u32)>>,
@@ -77,27 +84,41 @@ fn resolve_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
     if let Some(ids) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
         return Ok(ids);
     }
-    let ids = lookup_ids(user, group)?;
+    let ids = lookup_ids(agent, user, group)?;
     if let Ok(mut c) = cache.lock() {
         c.insert(key, ids);
     }
     Ok(ids)
 }
 
-fn lookup_ids(user: &str, group: Option<&str>) -> Result<(u32, u32), String> {
+fn lookup_ids(agent: &str, user: &str, group: Option<&str>) -> Result<(u32, u32), LaunchError> {
     let u = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(uid.into()),
         Err(_) => nix::unistd::User::from_name(user),
     }
-    .map_err(|e| format!("look up user `{user}`: {e}"))?
-    .ok_or_else(|| format!("no such user `{user}`"))?;
+    .map_err(|source| LaunchError::LookupUser {
+        agent: agent.to_string(),
+        user: user.to_string(),
+        source,
+    })?
+    .ok_or_else(|| LaunchError::NoSuchUser {
+        agent: agent.to_string(),
+        user: user.to_string(),
+    })?;
     let gid = match group {
         None => u.gid.as_raw(),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => nix::unistd::Group::from_name(g)
-                .map_err(|e| format!("look up group `{g}`: {e}"))?
-                .ok_or_else(|| format!("no such group `{g}`"))?
+                .map_err(|source| LaunchError::LookupGroup {
+                    agent: agent.to_string(),
+                    group: g.to_string(),
+                    source,
+                })?
+                .ok_or_else(|| LaunchError::NoSuchGroup {
+                    agent: agent.to_string(),
+                    group: g.to_string(),
+                })?
                 .gid
                 .as_raw(),
         },
@@ -113,7 +134,8 @@ struct Identity {
     lease: Option<crate::sandbox::uids::UidLease>,
 }
 
-fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, String> {
+fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, LaunchError> {
+    let agent = &spec.name;
     if !is_root() {
         // An unprivileged supervisor cannot change ids: the agent keeps ours (never root).
         return Ok(Identity {
@@ -125,8 +147,13 @@ fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, String> {
         let uids = pools
             .workspaces
             .uids()
-            .ok_or("dynamic users need a uid range")?;
-        let lease = uids.take().map_err(|e| e.to_string())?;
+            .ok_or_else(|| LaunchError::NoUidRange {
+                agent: agent.clone(),
+            })?;
+        let lease = uids.take().map_err(|source| LaunchError::Uid {
+            agent: agent.clone(),
+            source,
+        })?;
         let id = lease.uid();
         return Ok(Identity {
             host: Some((id, id)),
@@ -134,11 +161,14 @@ fn identity(spec: &AgentSpec, pools: &Pools) -> Result<Identity, String> {
         });
     }
     let user = spec.user.as_deref().unwrap_or("dynamic");
-    let (uid, gid) = resolve_ids(user, spec.group.as_deref())?;
+    let (uid, gid) = resolve_ids(agent, user, spec.group.as_deref())?;
     if (uid == 0 || gid == 0) && !spec.allow_root {
-        return Err(format!(
-            "user `{user}` is uid {uid}, gid {gid}: root, which needs allow_root = true"
-        ));
+        return Err(LaunchError::RootUser {
+            agent: agent.clone(),
+            user: user.to_string(),
+            uid,
+            gid,
+        });
     }
     Ok(Identity {
         host: Some((uid, gid)),
@@ -159,21 +189,28 @@ fn spawn_spec(
     (root_ns, ids): (Option<std::os::fd::RawFd>, Option<(u32, u32)>),
     cgroup: Option<&AgentCgroup>,
     cgroup_mem: bool,
-) -> Result<(SpawnSpec, Option<OwnedFd>, Option<OwnedFd>), String> {
+) -> Result<(SpawnSpec, Option<OwnedFd>, Option<OwnedFd>), LaunchError> {
     use crate::config::Namespace;
+    let agent = &spec.name;
     let program = spec
         .command
         .first()
-        .ok_or_else(|| "empty command".to_string())?;
-    let resolved = crate::sandbox::spawn::resolve_program(std::path::Path::new(program))
-        .map_err(|e| e.to_string())?;
+        .ok_or_else(|| LaunchError::EmptyCommand {
+            agent: agent.clone(),
+        })?;
+    let resolved = crate::sandbox::spawn::resolve_program(std::path::Path::new(program)).map_err(
+        |source| LaunchError::Spawn {
+            agent: agent.clone(),
+            source,
+        },
+    )?;
     // Fail here, before any process exists, when the program cannot be executed.
     nix::unistd::access(&resolved, nix::unistd::AccessFlags::X_OK).map_err(|e| {
-        format!(
-            "cannot execute {}: {}",
-            resolved.display(),
-            std::io::Error::from(e)
-        )
+        LaunchError::NotExecutable {
+            agent: agent.clone(),
+            path: resolved.clone(),
+            source: e.into(),
+        }
     })?;
     let mut s = SpawnSpec::new(program)
         .resolved(resolved.clone())
@@ -197,7 +234,13 @@ fn spawn_spec(
         s = s.rlimit(libc::RLIMIT_AS, m, m);
     }
     if let Some(cg) = cgroup {
-        s = s.cgroup_fds(cg.attach_fds().map_err(|e| e.to_string())?);
+        s = s.cgroup_fds(
+            cg.attach_fds()
+                .map_err(|source| LaunchError::CgroupAttach {
+                    agent: agent.clone(),
+                    source,
+                })?,
+        );
     }
     let root = is_root();
     let has = |n: Namespace| spec.namespaces.contains(&n);
@@ -205,12 +248,9 @@ fn spawn_spec(
         // The child of a root supervisor cannot map itself to another host uid, and under
         // root the agent already has a uid of its own: the namespace would only make it root
         // inside one.
-        return Err(format!(
-            "agent `{}`: a user namespace (namespaces: \"user\") is for an unprivileged \
-             supervisor; under root each agent already runs as a host uid of its own (remove \
-             \"user\")",
-            spec.name
-        ));
+        return Err(LaunchError::UserNamespaceUnderRoot {
+            agent: agent.clone(),
+        });
     }
     let user_ns = !root && !spec.namespaces.is_empty();
     let mut ns = crate::sandbox::spawn::Namespaces {
@@ -251,10 +291,10 @@ fn spawn_spec(
     let mut status_rx = None;
     let init = crate::sandbox::init_path().filter(|_| ns.pid);
     if ns.pid {
-        let init = init.ok_or(
-            "a pid namespace needs `corral-init`, which is not installed next to corral nor on PATH",
-        )?;
-        let (rx, tx) = pipe_pair().map_err(|e| format!("create status pipe: {e}"))?;
+        let init = init.ok_or_else(|| LaunchError::NoInit {
+            agent: agent.clone(),
+        })?;
+        let (rx, tx) = pipe_pair().map_err(io_error(agent, "create status pipe"))?;
         s = s.init(init.clone(), tx);
         status_rx = Some(rx);
     }
@@ -268,7 +308,10 @@ fn spawn_spec(
             Some(fd) => crate::sandbox::rootfs::MountOps::join(fd, ns.pid),
             None => root_plan(&read_paths, &write_paths, init, workspace, ns.pid).compile(),
         };
-        s = s.root(ops.map_err(|e| format!("the agent's root: {e}"))?);
+        s = s.root(ops.map_err(|source| LaunchError::Root {
+            agent: agent.clone(),
+            source,
+        })?);
     }
     let own_tmp = ns.mount;
     s = s.drop_caps(root && !user_ns).namespaces(ns);
@@ -295,7 +338,12 @@ fn spawn_spec(
         !spec.network && !has(Namespace::Net),
     ) {
         Ok(rs) => s = s.landlock(Some(rs.into_fd())),
-        Err(e) if spec.strict => return Err(format!("strict: {e}")),
+        Err(source) if spec.strict => {
+            return Err(LaunchError::Landlock {
+                agent: agent.clone(),
+                source,
+            })
+        }
         Err(e) => tracing::debug!(agent = %spec.name, "file-system confinement off: {e}"),
     }
     Ok((s, status_rx, made_ahead))
@@ -456,20 +504,24 @@ fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64)
 }
 
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
-/// sandbox and its `corral-init` are made, waiting for [`Stem::release`].
+/// sandbox and its `corral-init` are made, waiting for [`stem::Stem::release`].
 pub(super) async fn launch(
     agent: &AgentSpec,
     pools: &Pools,
     run_id: &str,
     attempt: u32,
     stem: bool,
-) -> Result<Launched, String> {
+) -> Result<Launched, LaunchError> {
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
     // Its user: a uid of its own unless the config names one.
     let Identity { host: ids, lease } = identity(agent, pools)?;
     // Not with keep_workspace: a kept workspace must outlive its mount.
     let disk = agent.disk.filter(|_| !agent.keep_workspace);
+    let workspace_error = |source| LaunchError::Workspace {
+        agent: agent.name.clone(),
+        source,
+    };
     // A workspace whose root was made ahead, when one is ready; the pool is topped up.
     let ahead = RootAhead::of(agent);
     let pooled = ahead
@@ -483,17 +535,9 @@ pub(super) async fn launch(
     }
     let (mut workspace, root_ns) = match pooled {
         Some((w, fd)) => (w, Some(fd)),
-        None => (
-            pools
-                .workspaces
-                .take(disk)
-                .map_err(|e| format!("create workspace: {e}"))?,
-            None,
-        ),
+        None => (pools.workspaces.take(disk).map_err(workspace_error)?, None),
     };
-    workspace
-        .assign(ids, lease)
-        .map_err(|e| format!("create workspace: {e}"))?;
+    workspace.assign(ids, lease).map_err(workspace_error)?;
     // Strays of an attempt with neither a pid namespace nor a cgroup are found by their uid;
     // files it may leave in `writable_paths` keep the uid from being handed out again.
     if let Some(lease) = workspace.uid_mut() {
@@ -519,10 +563,12 @@ pub(super) async fn launch(
         cpu_quota: agent.cpu_quota,
     };
     let cgroup: Option<Arc<AgentCgroup>> = match &pools.cgroups {
-        Some(pool) => Some(Arc::new(
-            pool.take(&agent.name, &limits)
-                .map_err(|e| format!("create cgroup: {e}"))?,
-        )),
+        Some(pool) => Some(Arc::new(pool.take(&agent.name, &limits).map_err(
+            |source| LaunchError::Cgroup {
+                agent: agent.name.clone(),
+                source,
+            },
+        )?)),
         None => None,
     };
     let cgroup_mem = pools
@@ -547,10 +593,10 @@ pub(super) async fn launch(
         ))
     })();
     let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w), control) =
-        pipes.map_err(|e| format!("create pipes: {e}"))?;
+        pipes.map_err(io_error(&agent.name, "create pipes"))?;
     let devnull = std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
-        .map_err(|e| format!("open /dev/null: {e}"))?;
+        .map_err(io_error(&agent.name, "open /dev/null"))?;
     let (sspec, status_rx, _netns_held) = spawn_spec(
         agent,
         env,
@@ -577,7 +623,10 @@ pub(super) async fn launch(
     let spawned = Spawner::global()
         .spawn(sspec)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| LaunchError::Spawn {
+            agent: agent.name.clone(),
+            source,
+        })?;
     Ok(Launched {
         spawned,
         workspace,
@@ -596,220 +645,4 @@ pub(super) async fn launch(
             None
         },
     })
-}
-
-/// A warm sandbox: a [`launch`]ed stem whose `corral-init` waits for its agent.
-pub(super) struct Stem(Launched);
-
-impl Stem {
-    /// Start the agent in it, with this attempt's environment (one write of the start record
-    /// `corral-init --stem` reads on fd 7). A stem that is gone is discarded.
-    pub(super) fn release(
-        self,
-        agent: &AgentSpec,
-        run_id: &str,
-        attempt: u32,
-    ) -> Result<Launched, String> {
-        let mut l = self.0;
-        let pid = nix::unistd::Pid::from_raw(l.spawned.pid);
-        if !matches!(
-            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-            Ok(nix::sys::wait::WaitStatus::StillAlive)
-        ) {
-            // Reaped just now (or not ours): its parts go with `l`.
-            return Err("the stem is no longer running".into());
-        }
-        let started = (|| {
-            let (path, id) = program_identity(agent).ok_or("the agent's program is not there")?;
-            if l.program != Some(id) {
-                return Err("the agent's program changed since the stem was made".to_string());
-            }
-            let env = agent_env(agent, run_id, attempt, l.workspace.path());
-            let record = start_record(&path, &agent.command, &env)?;
-            let control = l.control.take().ok_or("not a stem")?;
-            let mut f = std::fs::File::from(control);
-            std::io::Write::write_all(&mut f, &record).map_err(|e| format!("start the agent: {e}"))
-        })();
-        match started {
-            Ok(()) => Ok(l),
-            Err(e) => {
-                Stem(l).discard();
-                Err(e)
-            }
-        }
-    }
-
-    /// End an unused stem without blocking: its init exits at once on end of file of fd 7;
-    /// SIGKILL as well (through the pidfd), then the reaper thread reaps it and removes its
-    /// workspace and cgroup.
-    fn discard(self) {
-        let Launched {
-            spawned,
-            workspace,
-            cgroup,
-            control,
-            ..
-        } = self.0;
-        drop(control);
-        process::kill_and_reap(spawned.pid, Some(spawned.pidfd), move || {
-            drop(cgroup);
-            drop(workspace);
-        });
-    }
-}
-
-/// The start record of `corral-init --stem`: `argc: u32 LE, envc: u32 LE`, then the program
-/// path, the `argc` arguments and the `envc` `NAME=value` entries, each NUL-terminated.
-fn start_record(
-    path: &std::path::Path,
-    argv: &[String],
-    env: &[(String, String)],
-) -> Result<Vec<u8>, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = Vec::new();
-    out.extend_from_slice(&(argv.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(env.len() as u32).to_le_bytes());
-    let mut push = |b: &[u8]| -> Result<(), String> {
-        if b.contains(&0) {
-            return Err("a NUL byte in the command or environment".into());
-        }
-        out.extend_from_slice(b);
-        out.push(0);
-        Ok(())
-    };
-    push(path.as_os_str().as_bytes())?;
-    for a in argv {
-        push(a.as_bytes())?;
-    }
-    for (k, v) in env {
-        push(format!("{k}={v}").as_bytes())?;
-    }
-    Ok(out)
-}
-
-/// Warm stems, at most one per agent type, made again in the background each time one is used.
-/// An agent type gets one only when it runs under `corral-init` (a pid namespace) and
-/// `prewarm` is on: the stem is its whole sandbox, made ahead, so a call pays only for the
-/// agent's own start.
-#[derive(Default)]
-pub struct StemPool {
-    spare: std::sync::Mutex<std::collections::HashMap<String, Stem>>,
-    making: std::sync::Mutex<std::collections::HashSet<String>>,
-    disabled: std::sync::atomic::AtomicBool,
-}
-
-impl StemPool {
-    /// A new, empty pool.
-    pub fn new() -> Arc<StemPool> {
-        Arc::new(StemPool::default())
-    }
-
-    /// The warm stems waiting now: agent name and the pid of the stem's `corral-init`.
-    pub fn waiting(&self) -> Vec<(String, i32)> {
-        self.spare
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .map(|(k, v)| (k.clone(), v.0.spawned.pid))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub(super) fn take(&self, agent: &str) -> Option<Stem> {
-        self.spare.lock().ok()?.remove(agent)
-    }
-
-    /// Whether `agent` gets stems at all: `prewarm` on, a pid namespace, and the pool enabled.
-    fn wants(&self, agent: &AgentSpec) -> bool {
-        agent.prewarm
-            && agent.namespaces.contains(&crate::config::Namespace::Pid)
-            && !self.disabled.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Make no more stems (one-shot callers such as `corral call`, for which a stem made after
-    /// the call would only be thrown away).
-    pub fn disable(&self) {
-        self.disabled
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Make a stem for `agent` now unless one is waiting, and wait until it is. `Ok(false)`
-    /// when this agent type gets no stems.
-    pub async fn make_now(&self, agent: Arc<AgentSpec>, pools: Pools) -> Result<bool, String> {
-        if !self.wants(&agent) {
-            return Ok(false);
-        }
-        if self.spare.lock().is_ok_and(|s| s.contains_key(&agent.name)) {
-            return Ok(true);
-        }
-        let l = launch(&agent, &pools, "", 0, true).await?;
-        self.put(&agent.name, l).await;
-        Ok(true)
-    }
-
-    /// Keep `l` as the stem of `agent`; one made meanwhile by someone else is discarded.
-    async fn put(&self, agent: &str, l: Launched) {
-        let old = self
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut s| s.insert(agent.to_string(), Stem(l)));
-        if let Some(old) = old {
-            let _ = tokio::task::spawn_blocking(move || old.discard()).await;
-        }
-    }
-
-    /// Make a stem for `agent` in the background unless one is there or on its way.
-    pub fn refill(self: &Arc<Self>, agent: Arc<AgentSpec>, pools: Pools) {
-        if !self.wants(&agent) {
-            return;
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        if self
-            .spare
-            .lock()
-            .map_or(true, |s| s.contains_key(&agent.name))
-        {
-            return;
-        }
-        if !self
-            .making
-            .lock()
-            .is_ok_and(|mut m| m.insert(agent.name.clone()))
-        {
-            return;
-        }
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let made = launch(&agent, &pools, "", 0, true).await;
-            let Some(me) = me.upgrade() else {
-                if let Ok(l) = made {
-                    let _ = tokio::task::spawn_blocking(move || Stem(l).discard()).await;
-                }
-                return;
-            };
-            match made {
-                Ok(l) => me.put(&agent.name, l).await,
-                Err(e) => tracing::debug!(agent = %agent.name, "making a warm stem: {e}"),
-            }
-            if let Ok(mut m) = me.making.lock() {
-                m.remove(&agent.name);
-            };
-        });
-    }
-}
-
-impl Drop for StemPool {
-    fn drop(&mut self) {
-        let spares = match self.spare.get_mut() {
-            Ok(s) => std::mem::take(s),
-            Err(p) => std::mem::take(p.into_inner()),
-        };
-        for (_, stem) in spares {
-            stem.discard();
-        }
-    }
 }
