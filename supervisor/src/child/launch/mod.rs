@@ -261,6 +261,7 @@ fn spawn_spec(
         uts: has(Namespace::Uts)
             .then(|| format!("corral-{}", spec.name).chars().take(64).collect()),
         mount: has(Namespace::Mount),
+        mount_join: root_ns.is_some() && has(Namespace::Mount),
         net_join: None,
         net_own: false,
         // Root inside maps to our own (unprivileged) ids: never to host root.

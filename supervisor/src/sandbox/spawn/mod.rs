@@ -113,9 +113,12 @@ pub struct Namespaces {
     pub ipc: bool,
     /// Own UTS namespace, with this host name.
     pub uts: Option<String>,
-    /// Own mount namespace: private propagation, a fresh tmpfs on `/tmp`, and (with `pid`)
-    /// a `/proc` of its own.
+    /// Own mount namespace, with the root built for the agent (`SpawnSpec::root`; with `pid`
+    /// a `/proc` of its own).
     pub mount: bool,
+    /// The mount namespace is one made ahead, which the root's steps enter with `setns`: the
+    /// clone makes none (copying the host's mount table only to leave it would be wasted).
+    pub mount_join: bool,
     /// Network: `None` shares the host's; `Some(fd)` joins that namespace; see `net_own`.
     pub net_join: Option<RawFd>,
     /// A network namespace of its own, loopback only.
@@ -136,7 +139,7 @@ impl Namespaces {
         if self.uts.is_some() {
             f |= libc::CLONE_NEWUTS;
         }
-        if self.mount {
+        if self.mount && !self.mount_join {
             f |= libc::CLONE_NEWNS;
         }
         if self.net_own {
