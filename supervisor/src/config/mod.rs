@@ -27,8 +27,6 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
 pub use schema::Netns;
 
-/// Default `max_frame`: 16 MiB.
-pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 /// Smallest accepted `max_frame`: 1 KiB.
 pub const MIN_MAX_FRAME: u32 = 1 << 10;
 /// Largest accepted `max_frame`: 1 GiB.
@@ -151,7 +149,8 @@ pub struct SupervisorConfig {
     /// Where corral keeps its journal and workspaces (`state_dir`); default
     /// `<config dir>/.corral-state`.
     pub state_dir: PathBuf,
-    /// Largest frame accepted from an agent, in bytes (`max_frame`); default 16 MiB.
+    /// Largest frame accepted from an agent, in bytes (`max_frame`); default the protocol's
+    /// [`corral_proto::DEFAULT_MAX_FRAME`] (16 MiB).
     pub max_frame: u32,
     /// Host uids (and gids of the same number) handed out to agents with `user = "dynamic"`,
     /// inclusive (`uid_range`); default [`DEFAULT_UID_RANGE`].

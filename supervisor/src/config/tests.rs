@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use corral_proto::DEFAULT_MAX_FRAME;
 
 const FULL: &str = r#"
 [supervisor]
