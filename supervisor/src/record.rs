@@ -5,8 +5,20 @@
 use serde::{Deserialize, Serialize};
 
 /// Why an attempt ended. Each variant says how it is detected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ExitReason {
     /// The agent answered `Done` and its output matched the contract.
     Completed,
@@ -53,30 +65,10 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// The snake_case name.
+    /// The snake_case name, as in JSON (derived in the same spelling as serde's; a test checks
+    /// that the two agree for every variant).
     pub fn as_str(&self) -> &'static str {
-        match self {
-            ExitReason::Completed => "completed",
-            ExitReason::AgentError => "agent_error",
-            ExitReason::ExitCode => "exit_code",
-            ExitReason::Signal => "signal",
-            ExitReason::Hung => "hung",
-            ExitReason::Stalled => "stalled",
-            ExitReason::Deadline => "deadline",
-            ExitReason::StartupTimeout => "startup_timeout",
-            ExitReason::OomKilled => "oom_killed",
-            ExitReason::CpuLimit => "cpu_limit",
-            ExitReason::PidsLimit => "pids_limit",
-            ExitReason::DiskLimit => "disk_limit",
-            ExitReason::SpawnFailed => "spawn_failed",
-            ExitReason::ProtocolViolation => "protocol_violation",
-            ExitReason::ContractViolation => "contract_violation",
-            ExitReason::Cancelled => "cancelled",
-            ExitReason::CircuitOpen => "circuit_open",
-            ExitReason::Quarantined => "quarantined",
-            ExitReason::Shutdown => "shutdown",
-            ExitReason::Lost => "lost",
-        }
+        self.into()
     }
 
     /// Whether the attempt counts as a success.
@@ -404,6 +396,26 @@ mod tests {
         let before = r.clone();
         r.bound();
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn every_reason_is_named_as_serde_names_it() {
+        use strum::VariantArray;
+        assert_eq!(
+            ExitReason::VARIANTS.len(),
+            20,
+            "a new reason: check its name below"
+        );
+        for reason in ExitReason::VARIANTS {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json.as_str(), Some(reason.as_str()), "{reason:?}");
+            assert_eq!(reason.to_string(), reason.as_str());
+            let back: ExitReason = serde_json::from_value(json).unwrap();
+            assert_eq!(back, *reason);
+        }
+        // Spot checks of the words users script against.
+        assert_eq!(ExitReason::OomKilled.as_str(), "oom_killed");
+        assert_eq!(ExitReason::StartupTimeout.as_str(), "startup_timeout");
     }
 
     #[test]
