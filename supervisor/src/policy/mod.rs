@@ -11,7 +11,8 @@
 //! - [`intensity`]: Erlang/OTP restart intensity per agent type ([`Intensity`]).
 //! - [`breaker`]: circuit breaker per agent type ([`Breaker`]).
 //! - [`quarantine`]: poison-input detection ([`Quarantine`], [`input_key`]).
-//! - [`restart`]: whether a finished attempt is retried ([`decide`], [`counts_for_breaker`]).
+//! - [`restart`]: whether a finished attempt is retried ([`decide`] on a [`FinishedAttempt`],
+//!   giving a [`RetryVerdict`]; [`counts_for_breaker`]).
 //! - [`rng`]: the injected jitter source ([`SplitMix64`]).
 
 use std::time::{Duration, Instant};
@@ -27,7 +28,9 @@ pub use backoff::{Backoff, BackoffError};
 pub use breaker::{Admission, Breaker, BreakerState};
 pub use intensity::{Intensity, IntensityState, IntensityVerdict};
 pub use quarantine::{input_key, Fingerprint, Quarantine};
-pub use restart::{counts_for_breaker, decide, AttemptOutcome, RetryRules, Verdict};
+pub use restart::{counts_for_breaker, decide, FinishedAttempt, RetryRules, RetryVerdict};
+// The former names, still used by `run`: to go once it names the two types above.
+pub(crate) use restart::{FinishedAttempt as AttemptOutcome, RetryVerdict as Verdict};
 pub use rng::SplitMix64;
 
 /// `now + d`, or the latest representable instant on the way there: never panics, whatever `d`.
