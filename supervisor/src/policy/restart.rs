@@ -38,7 +38,7 @@
 //! [`counts_for_breaker`] says which reasons are evidence about the agent type's health (and so
 //! are reported to [`super::Breaker::on_failure`]); see its docs.
 
-use crate::record::{Decision, ExitReason};
+use crate::record::ExitReason;
 
 use super::RestartPolicy;
 
@@ -88,18 +88,6 @@ pub enum RetryVerdict {
         /// Why, in words for the exit record and the user.
         why: String,
     },
-}
-
-impl RetryVerdict {
-    /// The exit record's [`Decision`] for this verdict: `none`, `retry` or `abort`. (Escalation
-    /// and quarantine are decided by the caller from the intensity and quarantine answers.)
-    pub fn decision(&self) -> Decision {
-        match self {
-            RetryVerdict::Done => Decision::None,
-            RetryVerdict::Retry => Decision::Retry,
-            RetryVerdict::GiveUp { .. } => Decision::Abort,
-        }
-    }
 }
 
 /// Decide what follows an attempt. See the module docs for the table and the reasons.
@@ -452,16 +440,6 @@ mod tests {
                 u32::MAX - 1
             ),
             RetryVerdict::Retry
-        );
-    }
-
-    #[test]
-    fn verdict_maps_to_decision() {
-        assert_eq!(RetryVerdict::Done.decision(), Decision::None);
-        assert_eq!(RetryVerdict::Retry.decision(), Decision::Retry);
-        assert_eq!(
-            RetryVerdict::GiveUp { why: "x".into() }.decision(),
-            Decision::Abort
         );
     }
 }
