@@ -16,10 +16,20 @@
 //! - [`config`]: `corral.toml` schema, validation with `file:line:col`, resolution per agent.
 //! - [`record`]: the exit record and the names users script against.
 
+// Public until its unused items go (it then becomes private like `run`): reach its types
+// through the root.
+#[doc(hidden)]
 pub mod child;
 pub mod cli;
 pub mod config;
-pub mod policy;
+mod policy;
 pub mod record;
-pub mod run;
+mod run;
 pub mod sandbox;
+mod stop;
+
+pub use child::{AttemptEvent, ToolRequest};
+pub use config::{AgentSpec, Config, ConfigError};
+pub use record::{ExitReason, ExitRecord};
+pub use run::{CallOptions, CallOutcome, RunError, Supervisor};
+pub use stop::{Stop, StopHandle};

@@ -359,6 +359,19 @@ impl AgentSpec {
     }
 }
 
+impl Config {
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        load(path)
+    }
+
+    /// Parses config `text`. `path` names the file in messages, and its directory is the base
+    /// for relative paths (made absolute against the current directory if it is relative).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        parse(text, path)
+    }
+}
+
 /// Reads and parses the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
