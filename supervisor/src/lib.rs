@@ -20,7 +20,6 @@
 // through the root.
 #[doc(hidden)]
 pub mod child;
-pub mod cli;
 pub mod config;
 mod policy;
 pub mod record;

@@ -22,7 +22,16 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "corral", "-p", "corral-examples"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "corral",
+            "-p",
+            "corral-cli",
+            "-p",
+            "corral-examples",
+        ]);
         if release {
             cmd.arg("--release");
         }
