@@ -130,7 +130,7 @@ impl WorkspacePool {
     /// (each root is made by a thread that enters a mount namespace of its own: never a
     /// runtime thread). `ops` gives the steps for a workspace. Roots of the same agent made
     /// for another key (its program replaced, say) are dropped.
-    pub fn refill_rooted<F>(self: &Arc<Self>, key: String, disk: Option<u64>, ops: F)
+    pub(crate) fn refill_rooted<F>(self: &Arc<Self>, key: String, disk: Option<u64>, ops: F)
     where
         F: Fn(&Workspace) -> Result<MountOps, String> + Send + 'static,
     {
@@ -269,7 +269,7 @@ impl CgroupPool {
 
     /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. Tops the
     /// spares up in the background.
-    pub fn take(
+    pub(crate) fn take(
         self: &Arc<Self>,
         agent: &str,
         limits: &CgroupLimits,
