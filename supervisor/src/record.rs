@@ -223,7 +223,7 @@ pub struct ToolTrace {
 impl ExitRecord {
     /// A record of an attempt that starts now: no process yet, nothing measured, reason
     /// `spawn_failed` until something better is known.
-    pub fn begin(agent: &str, run_id: &str, attempt: u32) -> ExitRecord {
+    pub(crate) fn begin(agent: &str, run_id: &str, attempt: u32) -> ExitRecord {
         let now = rfc3339(std::time::SystemTime::now());
         ExitRecord {
             agent: agent.to_string(),
@@ -266,7 +266,7 @@ impl ExitRecord {
     /// [`MAX_STDERR_TAIL`] bytes, a tool name to 256 bytes and an `error_kind` to
     /// [`MAX_ERROR_KIND`]; then, while the record is still too large, tool calls are dropped
     /// from the middle of `tool_calls` (counted in `tool_calls_dropped`).
-    pub fn bound(&mut self) {
+    pub(crate) fn bound(&mut self) {
         if let Some(e) = &mut self.error {
             cut(&mut e.kind, MAX_ERROR_KIND);
             cut(&mut e.message, MAX_ERROR_MESSAGE);
@@ -299,14 +299,16 @@ impl ExitRecord {
     }
 }
 
-/// Largest exit record, as compact JSON, once [`ExitRecord::bound`] has run: 256 KiB.
+/// Largest exit record, as compact JSON: 256 KiB. Whatever an agent sends, corral keeps its
+/// records within it, cutting long texts and then dropping tool calls from the middle of
+/// `tool_calls` (counted in `tool_calls_dropped`).
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// Longest `error.message` kept, in bytes.
-pub const MAX_ERROR_MESSAGE: usize = 4096;
+pub(crate) const MAX_ERROR_MESSAGE: usize = 4096;
 /// Longest `error.kind` (and tool call `error_kind`) kept, in bytes.
-pub const MAX_ERROR_KIND: usize = 64;
+pub(crate) const MAX_ERROR_KIND: usize = 64;
 /// Longest `stderr_tail` kept, in bytes.
-pub const MAX_STDERR_TAIL: usize = 4096;
+pub(crate) const MAX_STDERR_TAIL: usize = 4096;
 
 /// Cut `s` to at most `max` bytes on a character boundary, ending it with `…` when cut.
 fn cut(s: &mut String, max: usize) {
@@ -339,7 +341,7 @@ fn json_len<T: Serialize>(v: &T) -> usize {
 }
 
 /// Format a system time as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

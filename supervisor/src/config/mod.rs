@@ -2,7 +2,7 @@
 //! every agent into a complete [`AgentSpec`] (built-in defaults, then `[defaults]`, then
 //! `[agents.NAME]`, per key).
 //!
-//! The room is pure apart from [`load`] reading the file: nothing here spawns, sandboxes or
+//! The room is pure apart from [`Config::load`] reading the file: nothing here spawns, sandboxes or
 //! decides. Relative paths are resolved against the config file's directory so that the rest of
 //! corral only ever sees absolute paths (and bare command names, looked up in `PATH` at spawn).
 //!
@@ -24,15 +24,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
+// The policy settings of an agent, named here with the rest of its config (the policy room
+// itself is internal).
+pub use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
 pub use schema::Netns;
 
 /// Smallest accepted `max_frame`: 1 KiB.
-pub const MIN_MAX_FRAME: u32 = 1 << 10;
+pub(crate) const MIN_MAX_FRAME: u32 = 1 << 10;
 /// Largest accepted `max_frame`: 1 GiB.
-pub const MAX_MAX_FRAME: u32 = 1 << 30;
+pub(crate) const MAX_MAX_FRAME: u32 = 1 << 30;
 /// Default `state_dir`, relative to the config file's directory.
-pub const DEFAULT_STATE_DIR: &str = ".corral-state";
+pub(crate) const DEFAULT_STATE_DIR: &str = ".corral-state";
 
 /// A 1-based position in the config file (`column` counts characters, not bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,34 +364,23 @@ impl AgentSpec {
 impl Config {
     /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        load(path)
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
     }
 
     /// Parses config `text`. `path` names the file in messages, and its directory is the base
     /// for relative paths (made absolute against the current directory if it is relative).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        parse(text, path)
+        let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            location: e.span().map(|span| Location::from_offset(text, span.start)),
+            message: one_line(e.message()),
+        })?;
+        resolve::resolve(file, text, path)
     }
-}
-
-/// Reads and parses the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, path)
-}
-
-/// Parses config `text`. `path` names the file in messages, and its directory is the base for
-/// relative paths (made absolute against the current directory if it is relative).
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        location: e.span().map(|span| Location::from_offset(text, span.start)),
-        message: one_line(e.message()),
-    })?;
-    resolve::resolve(file, text, path)
 }
 
 /// Joins a multi-line toml message into one line.

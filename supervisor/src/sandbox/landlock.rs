@@ -1,9 +1,9 @@
 //! Landlock: confine what an agent may read and write in the file system.
 //!
-//! The parent builds a ruleset per attempt ([`Ruleset::build_with`]): read-only system paths, the
+//! The parent builds a ruleset per attempt (`Ruleset::build_with`): read-only system paths, the
 //! agent's own binary, `readonly_paths`, and read-write for the workspace and
 //! `writable_paths`. The child adds rules for mounts it makes itself (its private `/tmp` and
-//! `/proc`, which the parent cannot name) with [`add_rule_raw`], then restricts itself with
+//! `/proc`, which the parent cannot name) with `add_rule_raw`, then restricts itself with
 //! `landlock_restrict_self` (after `no_new_privs`). Raw system calls, because the child may
 //! not allocate.
 //!

@@ -3,19 +3,19 @@
 //!
 //! The supervisor is a child subreaper, so orphans of agents are reparented to it. Each
 //! attempt reaps its own agent (with `wait4`, for status and rusage) and, after killing its
-//! cgroup, exactly the pids that were in it ([`reap_adopted`]). Nothing here waits for "any
+//! cgroup, exactly the pids that were in it (`reap_adopted`). Nothing here waits for "any
 //! child": a program embedding corral keeps its own children's exit statuses. (With a pid
 //! namespace, orphans go to the namespace's `corral-init` instead.)
 //!
-//! The reaper ([`defer`], [`kill_and_reap`]) is one background thread for the blocking end of
+//! The reaper (`defer`, `kill_and_reap`) is one background thread for the blocking end of
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
 //!
-//! Wait statuses are decoded in one place, [`decode_wait_status`], with libc's macros (pure
+//! Wait statuses are decoded in one place, `decode_wait_status`, with libc's macros (pure
 //! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
 //! so `nix`'s `waitpid`, answer `EINVAL` for one, after the process is reaped), and an agent
-//! may die of one. For the same reason [`try_reap`] and [`reap_adopted`] call `wait4` and
+//! may die of one. For the same reason `try_reap` and `reap_adopted` call `wait4` and
 //! `waitpid` themselves (`nix` has no `wait4`, which gives the rusage, either). Signals to pids
 //! and groups and the subreaper `prctl` go through `nix`; `pidfd_send_signal` is a raw call
 //! (`nix` has none).

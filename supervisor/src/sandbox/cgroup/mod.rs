@@ -31,12 +31,12 @@
 //! mount paths, which are undone here. The start times come from `/proc/<pid>/stat` the same
 //! way (see `sandbox::owner`).
 //!
-//! Besides the backends: `agent.rs` is one attempt's [`AgentCgroup`], `mounts.rs` reads where
+//! Besides the backends: `agent.rs` is one attempt's `AgentCgroup`, `mounts.rs` reads where
 //! the hierarchies are, `files.rs` holds the file, directory and kill helpers they share.
 //!
 //! The dispatch is a plain enum over the backends (no trait objects). Nothing here is `unsafe`:
 //! attaching the child happens in the child itself, which writes `0` into the
-//! [`AgentCgroup::attach_fds`] before `exec` (the spawn path owns that code).
+//! `AgentCgroup::attach_fds` before `exec` (the spawn path owns that code).
 
 mod agent;
 mod files;

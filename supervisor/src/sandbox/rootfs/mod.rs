@@ -16,7 +16,7 @@
 //! `nodev` (the device binds alone keep devices), read-only ones through `mount_setattr`
 //! applied recursively.
 //!
-//! The plan ([`RootPlan`]) is made in the parent and compiled into [`MountOps`]: flat steps over
+//! The plan (`RootPlan`) is made in the parent and compiled into `MountOps`: flat steps over
 //! C strings that the spawn child runs with raw system calls only (it may not allocate). The
 //! sequence follows bubblewrap's: a tmpfs base on `/tmp`, a first `pivot_root` into it with the
 //! host tree at `/oldroot` (sources are read from there, so nothing mounted for the agent can
