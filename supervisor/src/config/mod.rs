@@ -163,8 +163,19 @@ pub struct SupervisorConfig {
 pub const DEFAULT_UID_RANGE: (u32, u32) = (61184, 65519);
 
 /// A Linux namespace an agent is put in (`namespaces = ["pid", …]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Namespace {
     /// Own process-id space; the agent is pid 1 of it.
     Pid,
@@ -181,16 +192,10 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    /// The name used in the config file.
+    /// The name used in the config file (derived in serde's spelling; a test checks that
+    /// the two agree).
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Namespace::Pid => "pid",
-            Namespace::Ipc => "ipc",
-            Namespace::Uts => "uts",
-            Namespace::Mount => "mount",
-            Namespace::Net => "net",
-            Namespace::User => "user",
-        }
+        self.into()
     }
 }
 

@@ -555,3 +555,13 @@ fn errors_without_location_render_file_and_message() {
     assert_eq!(e.to_string(), "x.toml: something");
     assert_eq!(e.path(), Path::new("x.toml"));
 }
+
+#[test]
+fn every_namespace_is_named_as_the_file_names_it() {
+    use strum::VariantArray;
+    for ns in Namespace::VARIANTS {
+        let json = serde_json::to_value(ns).unwrap();
+        assert_eq!(json.as_str(), Some(ns.as_str()), "{ns:?}");
+    }
+    assert_eq!(Namespace::Mount.as_str(), "mount");
+}
