@@ -36,13 +36,8 @@ pub struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    /// A pool making directories under `root` (created when missing), with dynamic uids from
-    /// the default range.
-    pub fn new(root: PathBuf) -> Arc<WorkspacePool> {
-        Self::with_uid_range(root, crate::config::DEFAULT_UID_RANGE)
-    }
-
-    /// A pool making directories under `root`, for attempts with dynamic uids from `range`.
+    /// A pool making directories under `root` (created when missing), for attempts with
+    /// dynamic uids from `range`.
     pub fn with_uid_range(root: PathBuf, range: (u32, u32)) -> Arc<WorkspacePool> {
         Arc::new(WorkspacePool {
             root,
