@@ -2,8 +2,7 @@
 //! TOML text, and one timed `Supervisor::call` up to the agent's `Ready`.
 
 use anyhow::{anyhow, Context, Result};
-use corral::child::AttemptEvent;
-use corral::run::{CallOptions, Supervisor};
+use corral::{AttemptEvent, CallOptions, Supervisor};
 use corral_proto::Value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -63,7 +62,7 @@ pub fn config_text(name: &str, command: &Path, keys: &str) -> Result<String> {
 pub fn supervisor(env: &Env, text: &str, cgroups: bool) -> Result<Sup> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("corral.toml");
-    let cfg = corral::config::parse(text, &path).map_err(|e| anyhow!("config: {e}"))?;
+    let cfg = corral::Config::parse(text, &path).map_err(|e| anyhow!("config: {e}"))?;
     let _g = env.rt.enter();
     let sup = if cgroups {
         Supervisor::new(cfg)

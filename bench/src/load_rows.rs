@@ -5,13 +5,11 @@ use crate::harness::{self, Env};
 use crate::raw::{self, Program};
 use crate::stats::{self, fig, p50, p99, Figure, Row, Section, Summary, Unit};
 use anyhow::{anyhow, Result};
-use corral::child::AttemptEvent;
-use corral::record::ExitReason;
-use corral::run::CallOptions;
+use corral::{AttemptEvent, CallOptions, ExitReason, Stop};
 use corral_proto::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Keys every row here shares: no namespaces, host network, the supervisor's own user and no
 /// disk quota (cgroups are off too): these rows measure supervision, not isolation.
@@ -255,10 +253,10 @@ pub fn row6(env: &Env, sec: &mut Section) -> Result<()> {
     let s = sup.sup.clone();
     let res = env.run(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = Stop::new();
         let opts = CallOptions {
             events: Some(tx),
-            stop: Some(stop_rx),
+            stop: Some(stop_rx.into()),
             ..Default::default()
         };
         let call = tokio::spawn(async move {
@@ -298,7 +296,7 @@ pub fn row6(env: &Env, sec: &mut Section) -> Result<()> {
                     }
                     if samples.len() >= iters {
                         stopping = true;
-                        let _ = stop_tx.send(Some(ExitReason::Shutdown));
+                        stop_tx.stop(ExitReason::Shutdown);
                         continue;
                     }
                     exited_at = None;
@@ -399,14 +397,14 @@ pub fn row7(env: &Env, sec: &mut Section) -> Result<()> {
     let s = sup.sup.clone();
     let res = env.run(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = Stop::new();
         let t0 = Instant::now();
         let mut calls = Vec::with_capacity(n);
         for _ in 0..n {
             let s = s.clone();
             let opts = CallOptions {
                 events: Some(tx.clone()),
-                stop: Some(stop_rx.clone()),
+                stop: Some(stop_rx.clone().into()),
                 ..Default::default()
             };
             calls.push(tokio::spawn(async move {
@@ -433,7 +431,7 @@ pub fn row7(env: &Env, sec: &mut Section) -> Result<()> {
         let rss = harness::rss_bytes().unwrap_or(f64::NAN);
         let cpu = cpu_over(window).await;
         let t_stop = Instant::now();
-        let _ = stop_tx.send(Some(ExitReason::Shutdown));
+        stop_tx.stop(ExitReason::Shutdown);
         let mut ended = BTreeMap::<String, usize>::new();
         for c in calls {
             match c.await {

@@ -35,7 +35,7 @@ pub struct Program {
 }
 
 impl Program {
-    /// `path` (absolute) with `args` after argv[0]; environment `PATH` and `HOME` only.
+    /// `path` (absolute) with `args` after `argv[0]`; environment `PATH` and `HOME` only.
     pub fn new(path: &Path, args: &[&str]) -> Result<Program> {
         let cpath = CString::new(path.as_os_str().as_bytes())?;
         let mut a = vec![cpath.clone()];

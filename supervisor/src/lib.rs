@@ -1,25 +1,108 @@
 //! # corral: a process-isolating supervisor for AI agents
 //!
-//! Every agent is a separate OS process made inside limits and isolation, spoken to through
-//! the typed contract of [`corral_proto`] over two pipes, watched for health, killed when it
-//! hangs, restarted by policy, and accounted for by an [`record::ExitRecord`] per attempt.
+//! Every agent is a separate OS process made inside limits and isolation (its own uid,
+//! namespaces, cgroup, seccomp filter and landlock rules), spoken to through the typed
+//! contract of [`corral_proto`] over two pipes, watched for health (heartbeats, progress,
+//! deadlines), killed with escalation when it hangs, restarted by policy (backoff, restart
+//! intensity, circuit breaker, quarantine of poison inputs), and accounted for by an
+//! [`ExitRecord`] per attempt, whatever happened to it.
 //!
-//! Rooms, with arrows pointing down (nothing low imports anything high):
+//! This crate is the library; the `corral` command (`corral call`, `validate`, `demo`) is a
+//! thin face over it in the `corral-cli` package. Agents are written with `corral-sdk`, or in
+//! any language that speaks the protocol (`docs/protocol.md`).
 //!
-//! - [`cli`]: the `corral` binary's verbs, thin faces over the library.
-//! - [`run`]: runs a task on an agent with retries (owner of children; applies policy).
-//! - [`child`]: one supervised process: handshake, frames, watchdog, kill escalation, exit
-//!   record. Knows nothing of plans, tools or the journal.
-//! - [`sandbox`]: how a child is made: fds, rlimits, namespaces, cgroups, privileges.
-//! - [`policy`]: restart, backoff, intensity, circuit breaker, quarantine: pure logic over an
-//!   injected clock.
-//! - [`config`]: `corral.toml` schema, validation with `file:line:col`, resolution per agent.
-//! - [`record`]: the exit record and the names users script against.
+//! ## Embedding
+//!
+//! A [`Config`] (from a `corral.toml`, see `docs/config.md`) names the agents; a
+//! [`Supervisor`] owns their processes and runs tasks on them with [`Supervisor::call`],
+//! which returns the output and the [`ExitRecord`] of every attempt. [`CallOptions`] add a
+//! [`Stop`] to end a call from outside, a channel for the agent's tool calls
+//! ([`ToolRequest`]), and one for the attempts' life events ([`AttemptEvent`]).
+//!
+//! ```
+//! use corral::{CallOptions, Config, ExitReason, Stop, Supervisor, Value};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The example agent `echo` (it answers with its input), as built in this workspace.
+//! let Some(echo) = example_agent("echo") else {
+//!     return Ok(()); // not built here: nothing to run
+//! };
+//! let dir = tempfile::tempdir()?;
+//! let toml = format!("[agents.echo]\ncommand = [{:?}]\n", echo.display().to_string());
+//! let config = Config::parse(&toml, &dir.path().join("corral.toml"))?;
+//!
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(async {
+//!     let supervisor = Supervisor::new(config)?;
+//!     // Keep `handle` to stop the call from elsewhere: `handle.stop(ExitReason::Cancelled)`.
+//!     let (handle, stop) = Stop::new();
+//!     let options = CallOptions {
+//!         stop: Some(stop.into()),
+//!         ..Default::default()
+//!     };
+//!     let input = Value::from_json(&serde_json::json!({"hello": "world"}));
+//!     let outcome = supervisor.call("echo", input.clone(), options).await?;
+//!
+//!     assert_eq!(outcome.output, Some(input));
+//!     let attempt = &outcome.attempts[0];
+//!     assert_eq!(attempt.reason, ExitReason::Completed);
+//!     println!("{}", serde_json::to_string_pretty(attempt)?);
+//!     # drop(handle);
+//!     Ok(())
+//! })
+//! # }
+//! #
+//! # /// An example agent built next to `corral-init` in the workspace's target directory,
+//! # /// which is also where the supervisor then finds `corral-init`.
+//! # fn example_agent(name: &str) -> Option<std::path::PathBuf> {
+//! #     let target = std::env::var_os("CARGO_TARGET_DIR")
+//! #         .map(std::path::PathBuf::from)
+//! #         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+//! #     let dir = target.join(if cfg!(debug_assertions) { "debug" } else { "release" });
+//! #     let (agent, init) = (dir.join(name), dir.join("corral-init"));
+//! #     if !agent.is_file() || !init.is_file() {
+//! #         return None;
+//! #     }
+//! #     std::env::set_var("CORRAL_INIT", init);
+//! #     Some(agent)
+//! # }
+//! ```
+//!
+//! ## What is here
+//!
+//! The root holds what embedding needs: [`Supervisor`], [`Config`] and [`AgentSpec`],
+//! [`CallOptions`] and [`CallOutcome`], [`Stop`] and [`StopHandle`], [`ExitRecord`] and
+//! [`ExitReason`], [`AttemptEvent`], [`ToolRequest`], the errors [`ConfigError`] and
+//! [`RunError`], and the protocol's [`Value`]. Three rooms are public besides:
+//!
+//! - [`config`]: `corral.toml`: its schema, validation with `file:line:col`, resolution of
+//!   every agent into an [`AgentSpec`], and what each agent's settings give away
+//!   ([`config::exposure`]).
+//! - [`record`]: the exit record and the names users script against (`corral call --json`).
+//! - [`sandbox`]: what this host can enforce (cgroups, landlock).
+//!
+//! Inside, with arrows pointing down (nothing low imports anything high): `run` runs a task
+//! on an agent with retries (the owner of children, applying the policy); `child` is one
+//! supervised process (handshake, frames, watchdog, kill escalation, exit record) and knows
+//! nothing of retries; `sandbox` makes the process (fds, rlimits, namespaces, cgroups,
+//! privileges); `policy` decides restarts, backoff, restart intensity, the circuit breaker and
+//! quarantine, as pure logic over an injected clock; `config` and `record` are at the bottom.
 
+// Public (hidden) only until the items nothing uses are gone from it; then private like `run`,
+// and without the allow (its docs link to `run`). Its types are reached through the root.
+#[doc(hidden)]
+#[allow(rustdoc::private_intra_doc_links)]
 pub mod child;
-pub mod cli;
 pub mod config;
-pub mod policy;
+mod policy;
 pub mod record;
-pub mod run;
+mod run;
 pub mod sandbox;
+mod stop;
+
+pub use child::{AttemptEvent, ToolRequest};
+pub use config::{AgentSpec, Config, ConfigError};
+pub use corral_proto::Value;
+pub use record::{ExitReason, ExitRecord};
+pub use run::{CallOptions, CallOutcome, RunError, Supervisor};
+pub use stop::{Stop, StopHandle};

@@ -5,8 +5,20 @@
 use serde::{Deserialize, Serialize};
 
 /// Why an attempt ended. Each variant says how it is detected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ExitReason {
     /// The agent answered `Done` and its output matched the contract.
     Completed,
@@ -53,30 +65,10 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// The snake_case name.
+    /// The snake_case name, as in JSON (derived in the same spelling as serde's; a test checks
+    /// that the two agree for every variant).
     pub fn as_str(&self) -> &'static str {
-        match self {
-            ExitReason::Completed => "completed",
-            ExitReason::AgentError => "agent_error",
-            ExitReason::ExitCode => "exit_code",
-            ExitReason::Signal => "signal",
-            ExitReason::Hung => "hung",
-            ExitReason::Stalled => "stalled",
-            ExitReason::Deadline => "deadline",
-            ExitReason::StartupTimeout => "startup_timeout",
-            ExitReason::OomKilled => "oom_killed",
-            ExitReason::CpuLimit => "cpu_limit",
-            ExitReason::PidsLimit => "pids_limit",
-            ExitReason::DiskLimit => "disk_limit",
-            ExitReason::SpawnFailed => "spawn_failed",
-            ExitReason::ProtocolViolation => "protocol_violation",
-            ExitReason::ContractViolation => "contract_violation",
-            ExitReason::Cancelled => "cancelled",
-            ExitReason::CircuitOpen => "circuit_open",
-            ExitReason::Quarantined => "quarantined",
-            ExitReason::Shutdown => "shutdown",
-            ExitReason::Lost => "lost",
-        }
+        self.into()
     }
 
     /// Whether the attempt counts as a success.
@@ -231,7 +223,7 @@ pub struct ToolTrace {
 impl ExitRecord {
     /// A record of an attempt that starts now: no process yet, nothing measured, reason
     /// `spawn_failed` until something better is known.
-    pub fn begin(agent: &str, run_id: &str, attempt: u32) -> ExitRecord {
+    pub(crate) fn begin(agent: &str, run_id: &str, attempt: u32) -> ExitRecord {
         let now = rfc3339(std::time::SystemTime::now());
         ExitRecord {
             agent: agent.to_string(),
@@ -274,7 +266,7 @@ impl ExitRecord {
     /// [`MAX_STDERR_TAIL`] bytes, a tool name to 256 bytes and an `error_kind` to
     /// [`MAX_ERROR_KIND`]; then, while the record is still too large, tool calls are dropped
     /// from the middle of `tool_calls` (counted in `tool_calls_dropped`).
-    pub fn bound(&mut self) {
+    pub(crate) fn bound(&mut self) {
         if let Some(e) = &mut self.error {
             cut(&mut e.kind, MAX_ERROR_KIND);
             cut(&mut e.message, MAX_ERROR_MESSAGE);
@@ -307,14 +299,16 @@ impl ExitRecord {
     }
 }
 
-/// Largest exit record, as compact JSON, once [`ExitRecord::bound`] has run: 256 KiB.
+/// Largest exit record, as compact JSON: 256 KiB. Whatever an agent sends, corral keeps its
+/// records within it, cutting long texts and then dropping tool calls from the middle of
+/// `tool_calls` (counted in `tool_calls_dropped`).
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// Longest `error.message` kept, in bytes.
-pub const MAX_ERROR_MESSAGE: usize = 4096;
+pub(crate) const MAX_ERROR_MESSAGE: usize = 4096;
 /// Longest `error.kind` (and tool call `error_kind`) kept, in bytes.
-pub const MAX_ERROR_KIND: usize = 64;
+pub(crate) const MAX_ERROR_KIND: usize = 64;
 /// Longest `stderr_tail` kept, in bytes.
-pub const MAX_STDERR_TAIL: usize = 4096;
+pub(crate) const MAX_STDERR_TAIL: usize = 4096;
 
 /// Cut `s` to at most `max` bytes on a character boundary, ending it with `…` when cut.
 fn cut(s: &mut String, max: usize) {
@@ -347,7 +341,7 @@ fn json_len<T: Serialize>(v: &T) -> usize {
 }
 
 /// Format a system time as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -404,6 +398,26 @@ mod tests {
         let before = r.clone();
         r.bound();
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn every_reason_is_named_as_serde_names_it() {
+        use strum::VariantArray;
+        assert_eq!(
+            ExitReason::VARIANTS.len(),
+            20,
+            "a new reason: check its name below"
+        );
+        for reason in ExitReason::VARIANTS {
+            let json = serde_json::to_value(reason).unwrap();
+            assert_eq!(json.as_str(), Some(reason.as_str()), "{reason:?}");
+            assert_eq!(reason.to_string(), reason.as_str());
+            let back: ExitReason = serde_json::from_value(json).unwrap();
+            assert_eq!(back, *reason);
+        }
+        // Spot checks of the words users script against.
+        assert_eq!(ExitReason::OomKilled.as_str(), "oom_killed");
+        assert_eq!(ExitReason::StartupTimeout.as_str(), "startup_timeout");
     }
 
     #[test]

@@ -22,7 +22,16 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "corral", "-p", "corral-examples"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "corral",
+            "-p",
+            "corral-cli",
+            "-p",
+            "corral-examples",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -191,9 +200,9 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
-/// Parse a fixture's config with the library (for tests that drive `corral::run` directly).
-pub fn load(fx: &Fixture) -> corral::config::Config {
-    corral::config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"))
+/// Parse a fixture's config with the library (for tests that drive a `corral::Supervisor` directly).
+pub fn load(fx: &Fixture) -> corral::Config {
+    corral::Config::load(&fx.config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A JSON string as a [`corral_proto::Value`].
@@ -202,31 +211,27 @@ pub fn input(json: &str) -> corral_proto::Value {
 }
 
 /// A fixture and a library-level supervisor on it.
-pub fn sup_with(defaults: &str, extra: &str) -> (Fixture, corral::run::Supervisor) {
+pub fn sup_with(defaults: &str, extra: &str) -> (Fixture, corral::Supervisor) {
     let fx = fixture_with_defaults(defaults, extra);
     let cfg = load(&fx);
-    let s = corral::run::Supervisor::new(cfg).expect("supervisor set-up");
+    let s = corral::Supervisor::new(cfg).expect("supervisor set-up");
     (fx, s)
 }
 
 /// One call through the library, with default options.
-pub async fn call(
-    s: &corral::run::Supervisor,
-    agent: &str,
-    json: &str,
-) -> corral::run::CallOutcome {
-    s.call(agent, input(json), corral::run::CallOptions::default())
+pub async fn call(s: &corral::Supervisor, agent: &str, json: &str) -> corral::CallOutcome {
+    s.call(agent, input(json), corral::CallOptions::default())
         .await
         .expect("known agent")
 }
 
 /// The reasons of all attempts.
-pub fn reasons(o: &corral::run::CallOutcome) -> Vec<corral::record::ExitReason> {
+pub fn reasons(o: &corral::CallOutcome) -> Vec<corral::ExitReason> {
     o.attempts.iter().map(|a| a.reason).collect()
 }
 
 /// The output as JSON (null when there is none).
-pub fn output(o: &corral::run::CallOutcome) -> serde_json::Value {
+pub fn output(o: &corral::CallOutcome) -> serde_json::Value {
     o.output
         .as_ref()
         .map(corral_proto::Value::to_json)

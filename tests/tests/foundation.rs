@@ -420,7 +420,7 @@ async fn an_input_no_agent_could_decode_is_refused_before_any_process() {
             .unwrap();
         assert_eq!(o.attempts.len(), 1);
         let a = &o.attempts[0];
-        assert_eq!(a.reason, corral::record::ExitReason::ContractViolation);
+        assert_eq!(a.reason, corral::ExitReason::ContractViolation);
         assert_eq!(a.pid, None, "no process was made");
         let msg = &a.error.as_ref().unwrap().message;
         assert!(msg.contains(why), "{msg}");
@@ -433,7 +433,7 @@ async fn a_task_past_max_frame_with_its_memory_ends_as_a_contract_violation() {
     // would pass the 16 MiB the agent was told in Hello: it is refused, not sent.
     let (_fx, s) = sup_with("", "");
     let text = |n: usize| corral_proto::Value::String("x".repeat(n));
-    let opts = corral::run::CallOptions {
+    let opts = corral::CallOptions {
         memory: vec![text(10 << 20)],
         ..Default::default()
     };
@@ -441,7 +441,7 @@ async fn a_task_past_max_frame_with_its_memory_ends_as_a_contract_violation() {
     let o = s.call("echo", input, opts).await.unwrap();
     assert_eq!(o.attempts.len(), 1, "{:?}", o.attempts);
     let a = &o.attempts[0];
-    assert_eq!(a.reason, corral::record::ExitReason::ContractViolation);
+    assert_eq!(a.reason, corral::ExitReason::ContractViolation);
     assert!(a.pid.is_some(), "refused after the handshake");
     let msg = &a.error.as_ref().unwrap().message;
     assert!(msg.contains("more than max_frame"), "{msg}");

@@ -7,9 +7,9 @@
 //! scoping (ABI 6) and seccomp; without them each test says why it skipped (a failure under
 //! `CORRAL_REQUIRE_ISOLATION=1`).
 
-use corral::child::{AttemptEvent, ToolRequest};
-use corral::record::ExitReason;
-use corral::run::{CallOptions, CallOutcome, Supervisor};
+use corral::ExitReason;
+use corral::{AttemptEvent, ToolRequest};
+use corral::{CallOptions, CallOutcome, Supervisor};
 use corral_e2e::*;
 use serde_json::{json, Value as Json};
 use std::os::unix::fs::PermissionsExt;

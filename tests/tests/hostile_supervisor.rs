@@ -5,9 +5,10 @@
 //! messages, dropped counts, exit record sizes, the supervisor's peak resident set (from the
 //! kernel's accounting of the `corral` process), the log text, and processes that are gone.
 
-use corral::child::AttemptEvent;
-use corral::record::{ExitReason, MAX_RECORD_BYTES};
-use corral::run::{CallOptions, Supervisor};
+use corral::record::MAX_RECORD_BYTES;
+use corral::AttemptEvent;
+use corral::ExitReason;
+use corral::{CallOptions, Supervisor};
 use corral_e2e::*;
 use std::io::Read;
 use std::path::PathBuf;
@@ -260,7 +261,7 @@ fn log_frames_count_against_log_limit_and_cannot_forge_a_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_past_64_outstanding_are_refused() {
     let (_fx, s) = sup_with("", &hostile_agent());
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::child::ToolRequest>(128);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::ToolRequest>(128);
     let broker = tokio::spawn(async move {
         let mut relayed = 0;
         while let Some(req) = rx.recv().await {

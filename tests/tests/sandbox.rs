@@ -2,7 +2,7 @@
 //! processes, and nothing an agent starts survives it. A test that needs a capability this
 //! machine lacks prints why it skipped (a failure under `CORRAL_REQUIRE_ISOLATION=1`).
 
-use corral::record::ExitReason;
+use corral::ExitReason;
 use corral_e2e::*;
 
 /// Whether cgroups can enforce memory and pids here; skip (or fail) otherwise.
@@ -57,7 +57,7 @@ async fn fork_bomb_is_contained_by_pids() {
     let bomb = tokio::spawn({
         let s = s.clone();
         async move {
-            let opts = corral::run::CallOptions {
+            let opts = corral::CallOptions {
                 events: Some(tx),
                 ..Default::default()
             };
@@ -67,7 +67,7 @@ async fn fork_bomb_is_contained_by_pids() {
         }
     });
     while let Some(ev) = rx.recv().await {
-        if matches!(ev, corral::child::AttemptEvent::Ready { .. }) {
+        if matches!(ev, corral::AttemptEvent::Ready { .. }) {
             break;
         }
     }
@@ -433,20 +433,17 @@ async fn agents_under_tmp_stay_visible_under_the_private_tmp() {
 }
 
 /// One call with its events: the outcome and whether its agent started in a warm stem.
-async fn call_warm(
-    s: &corral::run::Supervisor,
-    json: &str,
-) -> (corral::run::CallOutcome, Vec<bool>) {
+async fn call_warm(s: &corral::Supervisor, json: &str) -> (corral::CallOutcome, Vec<bool>) {
     call_warm_on(s, "chaos", json).await
 }
 
 async fn call_warm_on(
-    s: &corral::run::Supervisor,
+    s: &corral::Supervisor,
     agent: &str,
     json: &str,
-) -> (corral::run::CallOutcome, Vec<bool>) {
+) -> (corral::CallOutcome, Vec<bool>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let opts = corral::run::CallOptions {
+    let opts = corral::CallOptions {
         events: Some(tx),
         ..Default::default()
     };
@@ -454,7 +451,7 @@ async fn call_warm_on(
     let o = s.call(agent, input, opts).await.unwrap();
     let mut warm = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let corral::child::AttemptEvent::Spawned { warm: w, .. } = ev {
+        if let corral::AttemptEvent::Spawned { warm: w, .. } = ev {
             warm.push(w);
         }
     }
@@ -607,7 +604,7 @@ async fn workspaces_left_by_a_dead_supervisor_are_swept_at_start() {
     std::fs::create_dir_all(&live).unwrap();
     std::fs::create_dir_all(&foreign).unwrap();
 
-    let s = corral::run::Supervisor::new(load(&fx)).unwrap();
+    let s = corral::Supervisor::new(load(&fx)).unwrap();
     assert!(!stale.exists(), "a dead supervisor's workspace was left");
     assert!(live.exists(), "a live supervisor's workspace was removed");
     assert!(foreign.exists());

@@ -2,8 +2,9 @@
 //! and restart intensity, circuit breakers, quarantine, log floods, and isolation of one hung
 //! agent from the others. Real `chaos` agent processes, assertions on exit records.
 
-use corral::record::{Decision, ExitReason};
-use corral::run::{CallOptions, CallOutcome, Supervisor};
+use corral::record::Decision;
+use corral::ExitReason;
+use corral::{CallOptions, CallOutcome, Supervisor};
 use corral_e2e::*;
 use std::time::Duration;
 
@@ -187,7 +188,7 @@ async fn flood_never_blocks_and_drops_are_counted() {
 async fn ten_hung_agents_do_not_delay_forty_others() {
     let (_fx, s) = sup("heartbeat_timeout = \"60s\"\nmax_retries = 0\nkill_grace = \"200ms\"");
     let s = std::sync::Arc::new(s);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop_rx) = corral::Stop::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..50 {
         let (s, stop_rx, done_tx) = (s.clone(), stop_rx.clone(), done_tx.clone());
@@ -199,7 +200,7 @@ async fn ten_hung_agents_do_not_delay_forty_others() {
                 r#"{"do":"sleep_ms","ms":20}"#
             };
             let opts = CallOptions {
-                stop: Some(stop_rx),
+                stop: Some(stop_rx.into()),
                 ..Default::default()
             };
             let o = s.call("chaos", input(json), opts).await.unwrap();
@@ -213,7 +214,7 @@ async fn ten_hung_agents_do_not_delay_forty_others() {
         assert!(!hang, "a hung agent finished before the healthy ones");
         assert_eq!(reasons(&o), [ExitReason::Completed]);
     }
-    stop_tx.send(Some(ExitReason::Cancelled)).unwrap();
+    stop_tx.stop(ExitReason::Cancelled);
     for _ in 0..10 {
         let (hang, o) = done_rx.recv().await.unwrap();
         assert!(hang);
@@ -233,7 +234,7 @@ async fn endless_frame_flood_still_meets_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
     let (_fx, s) = sup("max_retries = 0");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::child::ToolRequest>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::ToolRequest>(8);
     // A tiny broker: `upper` answers, everything else fails with a structured error.
     let broker = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -316,7 +317,7 @@ async fn health_samples_report_rss_and_cpu() {
     assert_eq!(reasons(&o), [ExitReason::Completed]);
     let mut samples = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        if let corral::child::AttemptEvent::Sample { rss_kb, cpu_ms, .. } = ev {
+        if let corral::AttemptEvent::Sample { rss_kb, cpu_ms, .. } = ev {
             samples.push((rss_kb, cpu_ms));
         }
     }
@@ -334,10 +335,10 @@ async fn a_stop_during_backoff_starts_no_further_attempt() {
     let (_fx, s) = sup(
         "max_retries = 5\nquarantine_after = 100\nbackoff = { initial = \"30s\", jitter = 0.0 }",
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop_rx) = corral::Stop::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = CallOptions {
-        stop: Some(stop_rx),
+        stop: Some(stop_rx.into()),
         events: Some(tx),
         ..Default::default()
     };
@@ -348,8 +349,8 @@ async fn a_stop_during_backoff_starts_no_further_attempt() {
         tokio::select! {
             o = &mut call => break o.unwrap(),
             Some(ev) = rx.recv() => {
-                if matches!(ev, corral::child::AttemptEvent::Exited(_)) {
-                    stop_tx.send(Some(ExitReason::Shutdown)).unwrap();
+                if matches!(ev, corral::AttemptEvent::Exited(_)) {
+                    stop_tx.stop(ExitReason::Shutdown);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! every agent into a complete [`AgentSpec`] (built-in defaults, then `[defaults]`, then
 //! `[agents.NAME]`, per key).
 //!
-//! The room is pure apart from [`load`] reading the file: nothing here spawns, sandboxes or
+//! The room is pure apart from [`Config::load`] reading the file: nothing here spawns, sandboxes or
 //! decides. Relative paths are resolved against the config file's directory so that the rest of
 //! corral only ever sees absolute paths (and bare command names, looked up in `PATH` at spawn).
 //!
@@ -24,17 +24,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
+// The policy settings of an agent, named here with the rest of its config (the policy room
+// itself is internal).
+pub use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
 pub use schema::Netns;
 
-/// Default `max_frame`: 16 MiB.
-pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
 /// Smallest accepted `max_frame`: 1 KiB.
-pub const MIN_MAX_FRAME: u32 = 1 << 10;
+pub(crate) const MIN_MAX_FRAME: u32 = 1 << 10;
 /// Largest accepted `max_frame`: 1 GiB.
-pub const MAX_MAX_FRAME: u32 = 1 << 30;
+pub(crate) const MAX_MAX_FRAME: u32 = 1 << 30;
 /// Default `state_dir`, relative to the config file's directory.
-pub const DEFAULT_STATE_DIR: &str = ".corral-state";
+pub(crate) const DEFAULT_STATE_DIR: &str = ".corral-state";
 
 /// A 1-based position in the config file (`column` counts characters, not bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,8 @@ pub struct SupervisorConfig {
     /// Where corral keeps its journal and workspaces (`state_dir`); default
     /// `<config dir>/.corral-state`.
     pub state_dir: PathBuf,
-    /// Largest frame accepted from an agent, in bytes (`max_frame`); default 16 MiB.
+    /// Largest frame accepted from an agent, in bytes (`max_frame`); default the protocol's
+    /// [`corral_proto::DEFAULT_MAX_FRAME`] (16 MiB).
     pub max_frame: u32,
     /// Host uids (and gids of the same number) handed out to agents with `user = "dynamic"`,
     /// inclusive (`uid_range`); default [`DEFAULT_UID_RANGE`].
@@ -162,8 +163,19 @@ pub struct SupervisorConfig {
 pub const DEFAULT_UID_RANGE: (u32, u32) = (61184, 65519);
 
 /// A Linux namespace an agent is put in (`namespaces = ["pid", …]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Namespace {
     /// Own process-id space; the agent is pid 1 of it.
     Pid,
@@ -180,16 +192,10 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    /// The name used in the config file.
+    /// The name used in the config file (derived in serde's spelling; a test checks that
+    /// the two agree).
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Namespace::Pid => "pid",
-            Namespace::Ipc => "ipc",
-            Namespace::Uts => "uts",
-            Namespace::Mount => "mount",
-            Namespace::Net => "net",
-            Namespace::User => "user",
-        }
+        self.into()
     }
 }
 
@@ -360,24 +366,26 @@ impl AgentSpec {
     }
 }
 
-/// Reads and parses the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, path)
-}
+impl Config {
+    /// Reads and parses the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
 
-/// Parses config `text`. `path` names the file in messages, and its directory is the base for
-/// relative paths (made absolute against the current directory if it is relative).
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-        path: path.to_path_buf(),
-        location: e.span().map(|span| Location::from_offset(text, span.start)),
-        message: one_line(e.message()),
-    })?;
-    resolve::resolve(file, text, path)
+    /// Parses config `text`. `path` names the file in messages, and its directory is the base
+    /// for relative paths (made absolute against the current directory if it is relative).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            location: e.span().map(|span| Location::from_offset(text, span.start)),
+            message: one_line(e.message()),
+        })?;
+        resolve::resolve(file, text, path)
+    }
 }
 
 /// Joins a multi-line toml message into one line.

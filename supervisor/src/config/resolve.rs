@@ -13,10 +13,11 @@ use toml::Spanned;
 use super::schema::{File, Restart, Settings};
 use super::units::{Count, Dur, Limit, Real, Size};
 use super::{
-    AgentSpec, Config, ConfigError, Location, Namespace, SupervisorConfig, DEFAULT_MAX_FRAME,
-    DEFAULT_STATE_DIR, DEFAULT_UID_RANGE, MAX_MAX_FRAME, MIN_MAX_FRAME,
+    AgentSpec, Config, ConfigError, Location, Namespace, SupervisorConfig, DEFAULT_STATE_DIR,
+    DEFAULT_UID_RANGE, MAX_MAX_FRAME, MIN_MAX_FRAME,
 };
 use crate::policy::RestartPolicy;
+use corral_proto::DEFAULT_MAX_FRAME;
 
 /// What every check needs: the text (for locations), the file name and the base directory.
 struct Ctx<'a> {

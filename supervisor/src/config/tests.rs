@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use corral_proto::DEFAULT_MAX_FRAME;
 
 const FULL: &str = r#"
 [supervisor]
@@ -56,7 +57,7 @@ fn path() -> &'static Path {
 }
 
 fn ok(text: &str) -> Config {
-    match parse(text, path()) {
+    match Config::parse(text, path()) {
         Ok(config) => config,
         Err(e) => panic!("unexpected error: {e}"),
     }
@@ -64,7 +65,7 @@ fn ok(text: &str) -> Config {
 
 /// The rendered error for `text` parsed as `x.toml`.
 fn err(text: &str) -> String {
-    match parse(text, Path::new("x.toml")) {
+    match Config::parse(text, Path::new("x.toml")) {
         Ok(_) => panic!("accepted:\n{text}"),
         Err(e) => e.to_string(),
     }
@@ -203,7 +204,7 @@ fn an_agent_with_only_a_command_gets_builtins() {
 
 #[test]
 fn relative_config_path_resolves_against_current_dir() {
-    let config = match parse(
+    let config = match Config::parse(
         "[agents.a]\ncommand = [\"./bin/a\"]\n",
         Path::new("corral.toml"),
     ) {
@@ -223,14 +224,14 @@ fn load_reads_a_file_and_reports_a_missing_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("corral.toml");
     std::fs::write(&file, "[agents.a]\ncommand = [\"bin/a\"]\n").expect("write");
-    let config = load(&file).expect("load");
+    let config = Config::load(&file).expect("load");
     assert_eq!(
         config.agents["a"].command[0],
         dir.path().join("bin/a").display().to_string()
     );
 
     let missing = dir.path().join("missing.toml");
-    let e = load(&missing).expect_err("missing file");
+    let e = Config::load(&missing).expect_err("missing file");
     assert_eq!(
         e.to_string(),
         format!(
@@ -553,4 +554,14 @@ fn errors_without_location_render_file_and_message() {
     };
     assert_eq!(e.to_string(), "x.toml: something");
     assert_eq!(e.path(), Path::new("x.toml"));
+}
+
+#[test]
+fn every_namespace_is_named_as_the_file_names_it() {
+    use strum::VariantArray;
+    for ns in Namespace::VARIANTS {
+        let json = serde_json::to_value(ns).unwrap();
+        assert_eq!(json.as_str(), Some(ns.as_str()), "{ns:?}");
+    }
+    assert_eq!(Namespace::Mount.as_str(), "mount");
 }

@@ -14,31 +14,12 @@
 //!
 //! All arithmetic saturates: `factor^k` for a huge `k` or `factor`, a `max` near
 //! [`Duration::MAX`], NaN or out-of-range `jitter`/`rand01` never panic and never produce a delay
-//! above `max`. [`Backoff::validate`] says which settings are nonsense, for the config checker;
+//! above `max`. The config refuses nonsense settings up front (with their place in the file);
 //! [`Backoff`] itself copes with any.
 
 use std::time::Duration;
 
 use super::BackoffConfig;
-
-/// A backoff setting that makes no sense.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BackoffError {
-    /// `factor` is NaN, infinite or below 1 (delays would not grow, or would be undefined).
-    #[error("backoff factor must be a finite number >= 1, got {0}")]
-    BadFactor(f64),
-    /// `jitter` is NaN or outside `0.0..=1.0`.
-    #[error("backoff jitter must be between 0.0 and 1.0, got {0}")]
-    BadJitter(f64),
-    /// `initial` is larger than `max`.
-    #[error("backoff initial delay ({initial:?}) is larger than its max ({max:?})")]
-    InitialAboveMax {
-        /// The configured first delay.
-        initial: Duration,
-        /// The configured cap.
-        max: Duration,
-    },
-}
 
 /// The backoff state of one task (or one agent's restart loop).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,31 +34,8 @@ impl Backoff {
         Backoff { cfg, attempts: 0 }
     }
 
-    /// Check a configuration: `factor` finite and `>= 1`, `jitter` in `0.0..=1.0`,
-    /// `initial <= max`. [`Backoff::new`] accepts anything (see the module docs for how it copes);
-    /// this is for the config checker to refuse nonsense up front.
-    pub fn validate(cfg: &BackoffConfig) -> Result<(), BackoffError> {
-        if !cfg.factor.is_finite() || cfg.factor < 1.0 {
-            return Err(BackoffError::BadFactor(cfg.factor));
-        }
-        if !(0.0..=1.0).contains(&cfg.jitter) {
-            return Err(BackoffError::BadJitter(cfg.jitter));
-        }
-        if cfg.initial > cfg.max {
-            return Err(BackoffError::InitialAboveMax {
-                initial: cfg.initial,
-                max: cfg.max,
-            });
-        }
-        Ok(())
-    }
-
-    /// The settings this backoff runs on.
-    pub fn config(&self) -> &BackoffConfig {
-        &self.cfg
-    }
-
     /// How many delays have been handed out since the last reset (saturates at `u32::MAX`).
+    #[cfg(test)]
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -91,7 +49,7 @@ impl Backoff {
     }
 
     /// The delay retry `k` (0-based) would get with jitter sample `rand01`, without counting it.
-    /// Pure; [`Backoff::next_delay`] is this with `k = attempts()`.
+    /// Pure; [`Backoff::next_delay`] is this with `k` the delays handed out so far.
     pub fn delay_for(&self, k: u32, rand01: f64) -> Duration {
         let max = self.cfg.max;
         // u128 -> f64 is lossy only past 2^53 ns (~104 days), and rounds, never panics.
@@ -99,7 +57,7 @@ impl Backoff {
         let initial_ns = self.cfg.initial.as_nanos() as f64;
 
         // A NaN or negative factor has no meaning: grow by 1 (constant delays). A factor in
-        // [0, 1) shrinks the delays; `validate` refuses it, but it is well defined.
+        // [0, 1) shrinks the delays; the config refuses it, but it is well defined.
         let factor = if self.cfg.factor.is_nan() || self.cfg.factor < 0.0 {
             1.0
         } else {
@@ -329,39 +287,6 @@ mod tests {
     fn max_below_initial_caps_everything() {
         let b = Backoff::new(cfg(1_000, 300, 2.0, 0.0));
         assert_eq!(b.delay_for(0, 0.0), ms(300));
-    }
-
-    #[test]
-    fn validate_refuses_nonsense() {
-        assert_eq!(Backoff::validate(&cfg(100, 5_000, 2.0, 0.1)), Ok(()));
-        assert_eq!(Backoff::validate(&cfg(100, 5_000, 1.0, 0.0)), Ok(()));
-        assert_eq!(Backoff::validate(&cfg(100, 5_000, 1.0, 1.0)), Ok(()));
-        assert!(matches!(
-            Backoff::validate(&cfg(100, 5_000, 0.5, 0.1)),
-            Err(BackoffError::BadFactor(_))
-        ));
-        assert!(matches!(
-            Backoff::validate(&cfg(100, 5_000, f64::NAN, 0.1)),
-            Err(BackoffError::BadFactor(_))
-        ));
-        assert!(matches!(
-            Backoff::validate(&cfg(100, 5_000, f64::INFINITY, 0.1)),
-            Err(BackoffError::BadFactor(_))
-        ));
-        assert!(matches!(
-            Backoff::validate(&cfg(100, 5_000, 2.0, 1.5)),
-            Err(BackoffError::BadJitter(_))
-        ));
-        assert!(matches!(
-            Backoff::validate(&cfg(100, 5_000, 2.0, f64::NAN)),
-            Err(BackoffError::BadJitter(_))
-        ));
-        assert!(matches!(
-            Backoff::validate(&cfg(6_000, 5_000, 2.0, 0.0)),
-            Err(BackoffError::InitialAboveMax { .. })
-        ));
-        let msg = BackoffError::BadFactor(0.5).to_string();
-        assert!(msg.contains("0.5"), "{msg}");
     }
 
     fn any_f64() -> impl Strategy<Value = f64> {

@@ -72,11 +72,6 @@ impl Intensity {
         }
     }
 
-    /// The settings it runs on.
-    pub fn config(&self) -> &IntensityConfig {
-        &self.cfg
-    }
-
     /// Report a restart happening at `now` and learn whether it is allowed.
     ///
     /// A fatal period that has elapsed (`now >= until`) is recovered from first, with an empty
@@ -117,6 +112,7 @@ impl Intensity {
 
     /// Restarts within the window at `now` (what the exit record's `restart_count` shows):
     /// 0 once a fatal period has elapsed, since recovery clears the window.
+    #[cfg(test)]
     pub fn restart_count(&self, now: Instant) -> u32 {
         match self.fatal_until {
             Some(until) if now >= until => 0,

@@ -11,7 +11,8 @@
 //! - [`intensity`]: Erlang/OTP restart intensity per agent type ([`Intensity`]).
 //! - [`breaker`]: circuit breaker per agent type ([`Breaker`]).
 //! - [`quarantine`]: poison-input detection ([`Quarantine`], [`input_key`]).
-//! - [`restart`]: whether a finished attempt is retried ([`decide`], [`counts_for_breaker`]).
+//! - [`restart`]: whether a finished attempt is retried ([`decide`] on a [`FinishedAttempt`],
+//!   giving a [`RetryVerdict`]; [`restart::counts_for_breaker`]).
 //! - [`rng`]: the injected jitter source ([`SplitMix64`]).
 
 use std::time::{Duration, Instant};
@@ -23,11 +24,16 @@ pub mod quarantine;
 pub mod restart;
 pub mod rng;
 
-pub use backoff::{Backoff, BackoffError};
-pub use breaker::{Admission, Breaker, BreakerState};
+pub use backoff::Backoff;
+pub use breaker::{Admission, Breaker};
 pub use intensity::{Intensity, IntensityState, IntensityVerdict};
 pub use quarantine::{input_key, Fingerprint, Quarantine};
-pub use restart::{counts_for_breaker, decide, AttemptOutcome, RetryRules, Verdict};
+pub use restart::{decide, FinishedAttempt, RetryRules, RetryVerdict};
+
+/// The former name of [`FinishedAttempt`], still used by `run`: to go once it names the new one.
+pub(crate) type AttemptOutcome = FinishedAttempt;
+/// The former name of [`RetryVerdict`], still used by `run`: to go once it names the new one.
+pub(crate) type Verdict = RetryVerdict;
 pub use rng::SplitMix64;
 
 /// `now + d`, or the latest representable instant on the way there: never panics, whatever `d`.

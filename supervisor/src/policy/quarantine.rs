@@ -100,17 +100,20 @@ impl Quarantine {
     }
 
     /// Identical failures in a row so far for `input_key` (0 if none or after a success).
+    #[cfg(test)]
     pub fn failure_count(&self, input_key: &str) -> u32 {
         self.streaks.get(input_key).map_or(0, |s| s.count)
     }
 
-    /// The quarantined keys, in no particular order (for status display).
+    /// The quarantined keys, in no particular order.
+    #[cfg(test)]
     pub fn quarantined(&self) -> impl Iterator<Item = &str> {
         self.quarantined.iter().map(String::as_str)
     }
 
     /// Lift the quarantine of `input_key` (an operator's decision) and forget its streak.
     /// Returns whether it was quarantined.
+    #[cfg(test)]
     pub fn release(&mut self, input_key: &str) -> bool {
         self.streaks.remove(input_key);
         self.quarantined.remove(input_key)

@@ -38,13 +38,13 @@
 //! [`counts_for_breaker`] says which reasons are evidence about the agent type's health (and so
 //! are reported to [`super::Breaker::on_failure`]); see its docs.
 
-use crate::record::{Decision, ExitReason};
+use crate::record::ExitReason;
 
 use super::RestartPolicy;
 
 /// What the caller knows about a finished attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttemptOutcome {
+pub struct FinishedAttempt {
     /// Why it ended.
     pub reason: ExitReason,
     /// The agent error's `retryable` flag, when the agent sent one.
@@ -53,7 +53,7 @@ pub struct AttemptOutcome {
     pub exit_code: Option<i32>,
 }
 
-impl AttemptOutcome {
+impl FinishedAttempt {
     /// [`counts_for_breaker`] refined by what the outcome knows: an agent error the agent itself
     /// marks `retryable: false` is a healthy agent refusing a task, not a sick one, so it does not
     /// count.
@@ -78,7 +78,7 @@ pub struct RetryRules<'a> {
 
 /// What happens after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum RetryVerdict {
     /// It succeeded; nothing more to do.
     Done,
     /// Try again (after the backoff, if the breaker, intensity and quarantine allow).
@@ -90,25 +90,13 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
-    /// The exit record's [`Decision`] for this verdict: `none`, `retry` or `abort`. (Escalation
-    /// and quarantine are decided by the caller from the intensity and quarantine answers.)
-    pub fn decision(&self) -> Decision {
-        match self {
-            Verdict::Done => Decision::None,
-            Verdict::Retry => Decision::Retry,
-            Verdict::GiveUp { .. } => Decision::Abort,
-        }
-    }
-}
-
 /// Decide what follows an attempt. See the module docs for the table and the reasons.
-pub fn decide(rules: &RetryRules, outcome: &AttemptOutcome, retries_so_far: u32) -> Verdict {
-    let give_up = |why: String| Verdict::GiveUp { why };
+pub fn decide(rules: &RetryRules, outcome: &FinishedAttempt, retries_so_far: u32) -> RetryVerdict {
+    let give_up = |why: String| RetryVerdict::GiveUp { why };
     let on_failure = match rules.policy {
         RestartPolicy::Never => {
             return if outcome.reason == ExitReason::Completed {
-                Verdict::Done
+                RetryVerdict::Done
             } else {
                 give_up(format!(
                     "restart policy is \"never\" (attempt ended: {})",
@@ -122,7 +110,7 @@ pub fn decide(rules: &RetryRules, outcome: &AttemptOutcome, retries_so_far: u32)
 
     // Exhaustive on purpose: a new exit reason must be placed here by someone deciding.
     let final_reason: Option<&str> = match outcome.reason {
-        ExitReason::Completed => return Verdict::Done,
+        ExitReason::Completed => return RetryVerdict::Done,
         ExitReason::Cancelled => Some("the task was cancelled"),
         ExitReason::Shutdown => Some("the supervisor is shutting down"),
         ExitReason::CircuitOpen => Some("the agent type's circuit breaker is open"),
@@ -171,7 +159,7 @@ pub fn decide(rules: &RetryRules, outcome: &AttemptOutcome, retries_so_far: u32)
             rules.max_retries, outcome.reason
         ));
     }
-    Verdict::Retry
+    RetryVerdict::Retry
 }
 
 /// Whether an attempt that ended for `reason` is evidence about the agent type's health, and so
@@ -192,7 +180,7 @@ pub fn decide(rules: &RetryRules, outcome: &AttemptOutcome, retries_so_far: u32)
 ///   that does not match would otherwise let one bad caller open the breaker for everyone.
 /// - `lost`: the supervisor died, not the agent.
 ///
-/// [`AttemptOutcome::counts_for_breaker`] refines this for agent errors marked not retryable.
+/// [`FinishedAttempt::counts_for_breaker`] refines this for agent errors marked not retryable.
 pub fn counts_for_breaker(reason: ExitReason) -> bool {
     match reason {
         ExitReason::AgentError
@@ -253,11 +241,11 @@ mod tests {
         GiveUp,
     }
 
-    fn kind(v: &Verdict) -> K {
+    fn kind(v: &RetryVerdict) -> K {
         match v {
-            Verdict::Done => K::Done,
-            Verdict::Retry => K::Retry,
-            Verdict::GiveUp { .. } => K::GiveUp,
+            RetryVerdict::Done => K::Done,
+            RetryVerdict::Retry => K::Retry,
+            RetryVerdict::GiveUp { .. } => K::GiveUp,
         }
     }
 
@@ -297,17 +285,17 @@ mod tests {
         }
     }
 
-    fn out(reason: ExitReason) -> AttemptOutcome {
-        AttemptOutcome {
+    fn out(reason: ExitReason) -> FinishedAttempt {
+        FinishedAttempt {
             reason,
             retryable: None,
             exit_code: None,
         }
     }
 
-    fn why(v: Verdict) -> String {
+    fn why(v: RetryVerdict) -> String {
         match v {
-            Verdict::GiveUp { why } => why,
+            RetryVerdict::GiveUp { why } => why,
             other => panic!("expected GiveUp, got {other:?}"),
         }
     }
@@ -328,7 +316,7 @@ mod tests {
                 for retries in [0, 1, 2] {
                     let v = decide(&rules(policy, 3), &out(r), retries);
                     assert_eq!(kind(&v), want, "{r} under {policy:?} after {retries}");
-                    if let Verdict::GiveUp { why } = &v {
+                    if let RetryVerdict::GiveUp { why } = &v {
                         assert!(!why.is_empty());
                     }
                 }
@@ -350,12 +338,12 @@ mod tests {
 
     #[test]
     fn agent_error_retryable_flag() {
-        let not = AttemptOutcome {
+        let not = FinishedAttempt {
             reason: R::AgentError,
             retryable: Some(false),
             exit_code: None,
         };
-        let yes = AttemptOutcome {
+        let yes = FinishedAttempt {
             retryable: Some(true),
             ..not.clone()
         };
@@ -365,30 +353,30 @@ mod tests {
         );
         assert_eq!(
             decide(&rules(RestartPolicy::OnFailure, 3), &yes, 0),
-            Verdict::Retry
+            RetryVerdict::Retry
         );
         assert_eq!(
             decide(&rules(RestartPolicy::Always, 3), &not, 0),
-            Verdict::Retry
+            RetryVerdict::Retry
         );
         assert!(!not.counts_for_breaker());
         assert!(yes.counts_for_breaker());
         // The flag matters only for agent errors.
-        let hung = AttemptOutcome {
+        let hung = FinishedAttempt {
             reason: R::Hung,
             retryable: Some(false),
             exit_code: None,
         };
         assert_eq!(
             decide(&rules(RestartPolicy::OnFailure, 3), &hung, 0),
-            Verdict::Retry
+            RetryVerdict::Retry
         );
         assert!(hung.counts_for_breaker());
     }
 
     #[test]
     fn no_retry_exit_codes() {
-        let code = |c| AttemptOutcome {
+        let code = |c| FinishedAttempt {
             reason: R::ExitCode,
             retryable: None,
             exit_code: Some(c),
@@ -402,24 +390,24 @@ mod tests {
             why(decide(&on_failure, &code(64), 2)),
             "exit code 64 is in no_retry_exit_codes"
         );
-        assert_eq!(decide(&on_failure, &code(1), 0), Verdict::Retry);
+        assert_eq!(decide(&on_failure, &code(1), 0), RetryVerdict::Retry);
         assert_eq!(
             decide(&rules(RestartPolicy::Always, 3), &code(3), 0),
-            Verdict::Retry
+            RetryVerdict::Retry
         );
         // Only for the exit_code reason: a signal death that also carries a code is retried.
-        let signal = AttemptOutcome {
+        let signal = FinishedAttempt {
             reason: R::Signal,
             retryable: None,
             exit_code: Some(3),
         };
-        assert_eq!(decide(&on_failure, &signal, 0), Verdict::Retry);
+        assert_eq!(decide(&on_failure, &signal, 0), RetryVerdict::Retry);
         // An empty list stops nothing.
         let open = RetryRules {
             no_retry_exit_codes: &[],
             ..on_failure
         };
-        assert_eq!(decide(&open, &code(3), 0), Verdict::Retry);
+        assert_eq!(decide(&open, &code(3), 0), RetryVerdict::Retry);
     }
 
     #[test]
@@ -443,7 +431,7 @@ mod tests {
         assert!(why(decide(&on_failure, &out(R::SpawnFailed), 0)).contains("could not be started"));
         assert_eq!(
             decide(&on_failure, &out(R::Completed), u32::MAX),
-            Verdict::Done
+            RetryVerdict::Done
         );
         assert_eq!(
             decide(
@@ -451,17 +439,7 @@ mod tests {
                 &out(R::Hung),
                 u32::MAX - 1
             ),
-            Verdict::Retry
-        );
-    }
-
-    #[test]
-    fn verdict_maps_to_decision() {
-        assert_eq!(Verdict::Done.decision(), Decision::None);
-        assert_eq!(Verdict::Retry.decision(), Decision::Retry);
-        assert_eq!(
-            Verdict::GiveUp { why: "x".into() }.decision(),
-            Decision::Abort
+            RetryVerdict::Retry
         );
     }
 }

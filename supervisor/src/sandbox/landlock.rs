@@ -1,9 +1,9 @@
 //! Landlock: confine what an agent may read and write in the file system.
 //!
-//! The parent builds a ruleset per attempt ([`Ruleset::build`]): read-only system paths, the
+//! The parent builds a ruleset per attempt (`Ruleset::build_with`): read-only system paths, the
 //! agent's own binary, `readonly_paths`, and read-write for the workspace and
 //! `writable_paths`. The child adds rules for mounts it makes itself (its private `/tmp` and
-//! `/proc`, which the parent cannot name) with [`add_rule_raw`], then restricts itself with
+//! `/proc`, which the parent cannot name) with `add_rule_raw`, then restricts itself with
 //! `landlock_restrict_self` (after `no_new_privs`). Raw system calls, because the child may
 //! not allocate.
 //!
@@ -36,7 +36,7 @@ const TRUNCATE: u64 = 1 << 14;
 const IOCTL_DEV: u64 = 1 << 15;
 
 /// Read and execute.
-pub const READ: u64 = EXECUTE | READ_FILE | READ_DIR;
+pub(crate) const READ: u64 = EXECUTE | READ_FILE | READ_DIR;
 
 #[repr(C)]
 struct RulesetAttr {
@@ -110,25 +110,17 @@ fn handled(abi: u32) -> u64 {
 
 /// A ruleset under construction (owned fd).
 #[derive(Debug)]
-pub struct Ruleset {
+pub(crate) struct Ruleset {
     fd: OwnedFd,
     handled: u64,
 }
 
 impl Ruleset {
     /// Create a ruleset handling every right of this kernel's ABI, with rules for `read`
-    /// paths (read + execute) and `write` paths (everything). Paths that do not exist are
-    /// skipped.
-    pub fn build<'a>(
-        read: impl IntoIterator<Item = &'a Path>,
-        write: impl IntoIterator<Item = &'a Path>,
-    ) -> Result<Ruleset, LandlockError> {
-        Self::build_with(std::iter::empty(), std::iter::empty(), read, write, false)
-    }
-
-    /// Like [`Ruleset::build`], with paths that stay the same for the life of the process
-    /// (system paths, `corral-init`): those are opened once and their fds kept, so a spawn does
-    /// not look them up again.
+    /// paths (read + execute) and `write` paths (everything); paths that do not exist are
+    /// skipped. `static_read` and `static_write` are paths that stay the same for the life of
+    /// the process (system paths, `corral-init`): those are opened once and their fds kept, so
+    /// a spawn does not look them up again.
     ///
     /// Where the kernel has them, the ruleset also scopes the agent (ABI 6): it can neither
     /// connect to an abstract Unix socket nor signal a process made outside its sandbox (the
@@ -248,11 +240,6 @@ impl Ruleset {
         Ok(())
     }
 
-    /// All rights this ruleset handles.
-    pub fn handled(&self) -> u64 {
-        self.handled
-    }
-
     /// The ruleset fd, for the child.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
@@ -283,7 +270,7 @@ fn open_path(path: &Path) -> Result<Option<(std::fs::File, bool)>, LandlockError
 
 /// `landlock_add_rule` for a path-beneath rule. Async-signal-safe: usable in the spawn child.
 /// Returns the raw result (0 on success).
-pub fn add_rule_raw(ruleset: RawFd, parent_fd: RawFd, access: u64) -> libc::c_long {
+pub(crate) fn add_rule_raw(ruleset: RawFd, parent_fd: RawFd, access: u64) -> libc::c_long {
     let rule = PathBeneath {
         allowed_access: access,
         parent_fd,

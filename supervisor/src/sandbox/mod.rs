@@ -3,30 +3,34 @@
 //!
 //! The only room with `unsafe` code (the spawn path), each block with a SAFETY comment. It
 //! knows nothing of the protocol, plans or the journal.
+//!
+//! Outside the crate, only what a caller may ask of the host is public: cgroup support
+//! ([`cgroup::Cgroups`]), landlock ([`landlock::abi`]), the system paths an agent sees
+//! ([`rootfs::SYSTEM_PATHS`]), and [`process::settled`] (every process handed to the
+//! background reaper is gone).
 
 pub mod cgroup;
-pub(crate) mod owner;
+pub mod landlock;
 pub mod process;
 pub mod rootfs;
-pub mod spawn;
-pub mod uids;
-pub mod workspace;
 
-pub use process::{
-    become_subreaper, decode_wait_status, kill_group, reap_adopted, PidFd, Reaped, WaitEnd,
-};
-pub use spawn::{SpawnError, SpawnSpec, Spawned, Spawner};
-pub mod landlock;
-pub mod netns;
-pub mod netpool;
-pub mod seccomp;
+pub(crate) mod netns;
+pub(crate) mod netpool;
+pub(crate) mod owner;
+pub(crate) mod pool;
+pub(crate) mod seccomp;
+pub(crate) mod spawn;
+pub(crate) mod uids;
+pub(crate) mod workspace;
+
+pub(crate) use process::become_subreaper;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Where `corral-init` is: `$CORRAL_INIT`, else next to the running executable (or one
 /// directory up, for test binaries in `target/*/deps`), else on `PATH`.
-pub fn init_path() -> Option<&'static PathBuf> {
+pub(crate) fn init_path() -> Option<&'static PathBuf> {
     static P: OnceLock<Option<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
         if let Some(p) = std::env::var_os("CORRAL_INIT") {
@@ -48,4 +52,3 @@ pub fn init_path() -> Option<&'static PathBuf> {
     })
     .as_ref()
 }
-pub mod pool;

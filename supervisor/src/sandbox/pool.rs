@@ -36,13 +36,8 @@ pub struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    /// A pool making directories under `root` (created when missing), with dynamic uids from
-    /// the default range.
-    pub fn new(root: PathBuf) -> Arc<WorkspacePool> {
-        Self::with_uid_range(root, crate::config::DEFAULT_UID_RANGE)
-    }
-
-    /// A pool making directories under `root`, for attempts with dynamic uids from `range`.
+    /// A pool making directories under `root` (created when missing), for attempts with
+    /// dynamic uids from `range`.
     pub fn with_uid_range(root: PathBuf, range: (u32, u32)) -> Arc<WorkspacePool> {
         Arc::new(WorkspacePool {
             root,
@@ -130,7 +125,7 @@ impl WorkspacePool {
     /// (each root is made by a thread that enters a mount namespace of its own: never a
     /// runtime thread). `ops` gives the steps for a workspace. Roots of the same agent made
     /// for another key (its program replaced, say) are dropped.
-    pub fn refill_rooted<F>(self: &Arc<Self>, key: String, disk: Option<u64>, ops: F)
+    pub(crate) fn refill_rooted<F>(self: &Arc<Self>, key: String, disk: Option<u64>, ops: F)
     where
         F: Fn(&Workspace) -> Result<MountOps, String> + Send + 'static,
     {
@@ -269,7 +264,7 @@ impl CgroupPool {
 
     /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. Tops the
     /// spares up in the background.
-    pub fn take(
+    pub(crate) fn take(
         self: &Arc<Self>,
         agent: &str,
         limits: &CgroupLimits,

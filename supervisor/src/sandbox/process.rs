@@ -3,31 +3,31 @@
 //!
 //! The supervisor is a child subreaper, so orphans of agents are reparented to it. Each
 //! attempt reaps its own agent (with `wait4`, for status and rusage) and, after killing its
-//! cgroup, exactly the pids that were in it ([`reap_adopted`]). Nothing here waits for "any
+//! cgroup, exactly the pids that were in it (`reap_adopted`). Nothing here waits for "any
 //! child": a program embedding corral keeps its own children's exit statuses. (With a pid
 //! namespace, orphans go to the namespace's `corral-init` instead.)
 //!
-//! The reaper ([`defer`], [`kill_and_reap`]) is one background thread for the blocking end of
+//! The reaper (`defer`, `kill_and_reap`) is one background thread for the blocking end of
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
 //!
-//! Wait statuses are decoded in one place, [`decode_wait_status`], with libc's macros (pure
+//! Wait statuses are decoded in one place, `decode_wait_status`, with libc's macros (pure
 //! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
 //! so `nix`'s `waitpid`, answer `EINVAL` for one, after the process is reaped), and an agent
-//! may die of one. For the same reason [`try_reap`] and [`reap_adopted`] call `wait4` and
+//! may die of one. For the same reason `try_reap` and `reap_adopted` call `wait4` and
 //! `waitpid` themselves (`nix` has no `wait4`, which gives the rusage, either). Signals to pids
 //! and groups and the subreaper `prctl` go through `nix`; `pidfd_send_signal` is a raw call
 //! (`nix` has none).
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 /// How a process ended, and what it used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Reaped {
+pub(crate) struct Reaped {
     /// Exit code when it exited.
     pub exit_code: Option<i32>,
     /// Signal number when a signal ended it.
@@ -44,7 +44,7 @@ pub struct Reaped {
 
 /// Process-level errors.
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     /// Registering the pidfd with the runtime failed.
     #[error("watch pidfd of pid {pid}: {source}")]
     Watch {
@@ -56,7 +56,7 @@ pub enum ProcessError {
 }
 
 /// Reap `pid` if it has exited. `None` while it still runs.
-pub fn try_reap(pid: i32) -> Option<Reaped> {
+pub(crate) fn try_reap(pid: i32) -> Option<Reaped> {
     let mut status: libc::c_int = 0;
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -76,7 +76,7 @@ pub fn try_reap(pid: i32) -> Option<Reaped> {
 
 /// How a process ended, as a raw wait status says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WaitEnd {
+pub(crate) struct WaitEnd {
     /// Exit code when it exited.
     pub exit_code: Option<i32>,
     /// Signal number when a signal ended it.
@@ -100,7 +100,7 @@ impl From<WaitEnd> for Reaped {
 /// Decode a raw wait status (from `waitpid`/`wait4`, or relayed by `corral-init`): an exit
 /// code, or a signal (real-time ones included) and whether a core was dumped; neither for a
 /// stopped or continued process.
-pub fn decode_wait_status(status: i32) -> WaitEnd {
+pub(crate) fn decode_wait_status(status: i32) -> WaitEnd {
     if libc::WIFEXITED(status) {
         WaitEnd {
             exit_code: Some(libc::WEXITSTATUS(status)),
@@ -118,7 +118,7 @@ pub fn decode_wait_status(status: i32) -> WaitEnd {
 }
 
 /// A pidfd registered with the runtime: readable once the process has exited.
-pub struct PidFd {
+pub(crate) struct PidFd {
     fd: AsyncFd<OwnedFd>,
     pid: i32,
 }
@@ -175,7 +175,7 @@ impl PidFd {
 
 /// SIGKILL the process of a pidfd (not registered with the runtime). Returns whether it was
 /// sent.
-pub fn pidfd_kill(pidfd: &OwnedFd) -> bool {
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd) -> bool {
     // SAFETY: pidfd_send_signal with a pidfd we hold and no siginfo.
     unsafe {
         libc::syscall(
@@ -190,7 +190,7 @@ pub fn pidfd_kill(pidfd: &OwnedFd) -> bool {
 
 /// Send `sig` to every process of process group `pgid`. Returns whether any existed (false
 /// too for a number that is not a standard signal: none is sent).
-pub fn kill_group(pgid: i32, sig: i32) -> bool {
+pub(crate) fn kill_group(pgid: i32, sig: i32) -> bool {
     // pgid > 1 excludes "every process" (-1) and our own group (0).
     if pgid <= 1 {
         return false;
@@ -201,22 +201,16 @@ pub fn kill_group(pgid: i32, sig: i32) -> bool {
     killpg(Pid::from_raw(pgid), sig).is_ok()
 }
 
-/// Whether a process with this pid exists (zombies included).
-pub fn pid_alive(pid: i32) -> bool {
-    // Signal 0: only existence and permission are checked.
-    pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
-}
-
 /// Make this process a child subreaper: orphans of its descendants are reparented to it
 /// instead of init, so they stay ours to reap and kill.
-pub fn become_subreaper() -> std::io::Result<()> {
+pub(crate) fn become_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
 
 /// Reap processes of an agent's tree that were reparented to this subreaper. Only the pids
 /// given are touched (never a child some other part of the program is waiting for); pids that
 /// are not our children, or not yet exited, are left alone. Returns how many were reaped.
-pub fn reap_adopted(pids: &[u32]) -> usize {
+pub(crate) fn reap_adopted(pids: &[u32]) -> usize {
     let mut n = 0;
     for &pid in pids {
         let mut status = 0;
@@ -240,13 +234,13 @@ thread_local! {
 const EXIT_WAIT_MS: u16 = 5000;
 
 /// Whether this thread is the reaper.
-pub fn on_reaper() -> bool {
+pub(crate) fn on_reaper() -> bool {
     ON_REAPER.with(|r| r.get())
 }
 
 /// Run `job` on the reaper thread, after the jobs handed to it before (at once, here, when
 /// called on the reaper itself or when the thread cannot be started).
-pub fn defer(job: impl FnOnce() + Send + 'static) {
+pub(crate) fn defer(job: impl FnOnce() + Send + 'static) {
     static TX: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
     if on_reaper() {
         return job();
@@ -287,7 +281,11 @@ pub async fn settled() {
 /// End a process that has not been reaped yet, without blocking: SIGKILL to it (through
 /// `pidfd` when given) and to its process group now; then, on the reaper thread, once it has
 /// exited, SIGKILL to the group again, `then` (to empty its cgroup, say), and the reap.
-pub fn kill_and_reap(pid: i32, pidfd: Option<OwnedFd>, then: impl FnOnce() + Send + 'static) {
+pub(crate) fn kill_and_reap(
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    then: impl FnOnce() + Send + 'static,
+) {
     if let Some(fd) = &pidfd {
         pidfd_kill(fd);
     }
@@ -321,6 +319,12 @@ pub fn kill_and_reap(pid: i32, pidfd: Option<OwnedFd>, then: impl FnOnce() + Sen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a process with this pid exists (zombies included).
+    fn pid_alive(pid: i32) -> bool {
+        // Signal 0: only existence and permission are checked.
+        pid > 0 && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+    }
 
     #[test]
     fn wait_statuses_decode_exits_signals_and_cores() {

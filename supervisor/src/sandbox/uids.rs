@@ -91,11 +91,6 @@ impl UidPool {
         })
     }
 
-    /// The range.
-    pub fn range(&self) -> (u32, u32) {
-        (self.lo, self.hi)
-    }
-
     fn lock_dir(&self) -> Result<&Path, UidError> {
         use std::os::unix::fs::DirBuilderExt;
         let fail = |source| UidError::LockDir {

@@ -110,11 +110,6 @@ impl Workspace {
         self.path().join(".tmp")
     }
 
-    /// Whether the quota is enforced (a tmpfs of `disk` bytes).
-    pub fn has_quota(&self) -> bool {
-        self.mount.is_some()
-    }
-
     /// Whether the quota is used up (less than 1/64 of its blocks, or of its inodes, left).
     pub fn is_full(&self) -> bool {
         let Some(m) = &self.mount else {

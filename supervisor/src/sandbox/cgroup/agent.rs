@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::{none, v1, v2, write_file, CgroupError};
+use super::{none, v1, v2, CgroupError};
 
 /// The counters read from an attempt's cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl AgentInner {
 /// Counters stay readable after [`AgentCgroup::remove`]: they are read just before the
 /// directories go.
 #[derive(Debug)]
-pub struct AgentCgroup {
+pub(crate) struct AgentCgroup {
     inner: AgentInner,
     name: String,
     /// Set once the directories are gone: the last counters read before removal.
@@ -133,15 +133,17 @@ impl AgentCgroup {
 
     /// Move an existing process into the attempt's cgroup(s) (fallback to
     /// [`AgentCgroup::attach_fds`]; slower on v1).
+    #[cfg(test)]
     pub fn attach(&self, pid: u32) -> Result<(), CgroupError> {
         self.used.store(true, Ordering::Relaxed);
         let value = pid.to_string();
         for path in self.procs_files() {
-            write_file(&path, &value)?;
+            super::write_file(&path, &value)?;
         }
         Ok(())
     }
 
+    #[cfg(test)]
     fn procs_files(&self) -> Vec<PathBuf> {
         self.inner
             .paths()
@@ -197,6 +199,7 @@ impl AgentCgroup {
     }
 
     /// CPU time used, in microseconds (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
+    #[cfg(test)]
     pub fn cpu_usage_us(&self) -> Option<u64> {
         self.stats().cpu_usage_us
     }
@@ -220,6 +223,7 @@ impl AgentCgroup {
     }
 
     /// The attempt's directories, one per hierarchy in use (none without a backend).
+    #[cfg(test)]
     pub fn paths(&self) -> Vec<PathBuf> {
         self.inner.paths()
     }

@@ -31,12 +31,12 @@
 //! mount paths, which are undone here. The start times come from `/proc/<pid>/stat` the same
 //! way (see `sandbox::owner`).
 //!
-//! Besides the backends: `agent.rs` is one attempt's [`AgentCgroup`], `mounts.rs` reads where
+//! Besides the backends: `agent.rs` is one attempt's `AgentCgroup`, `mounts.rs` reads where
 //! the hierarchies are, `files.rs` holds the file, directory and kill helpers they share.
 //!
 //! The dispatch is a plain enum over the backends (no trait objects). Nothing here is `unsafe`:
 //! attaching the child happens in the child itself, which writes `0` into the
-//! [`AgentCgroup::attach_fds`] before `exec` (the spawn path owns that code).
+//! `AgentCgroup::attach_fds` before `exec` (the spawn path owns that code).
 
 mod agent;
 mod files;
@@ -45,7 +45,7 @@ mod none;
 mod v1;
 mod v2;
 
-pub use agent::AgentCgroup;
+pub(crate) use agent::AgentCgroup;
 use agent::{AgentInner, Stats};
 use files::{
     kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok, mkdir_leaf, read_file,
@@ -63,11 +63,11 @@ use std::time::Duration;
 use nix::errno::Errno;
 
 /// Name of the directory, inside the supervisor's own cgroup, that holds the attempts' leaves.
-pub const CORRAL_DIR: &str = "corral";
+pub(crate) const CORRAL_DIR: &str = "corral";
 /// Prefix of every attempt's leaf directory.
-pub const LEAF_PREFIX: &str = "corral-";
+pub(crate) const LEAF_PREFIX: &str = "corral-";
 /// CFS period written with every CPU quota, in microseconds.
-pub const CPU_PERIOD_US: u64 = 100_000;
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 /// Smallest CFS quota the kernel accepts, in microseconds.
 const MIN_CPU_QUOTA_US: u64 = 1_000;
 /// How long [`AgentCgroup::kill_all`] waits for the cgroup to empty.
@@ -380,7 +380,11 @@ impl Cgroups {
     /// write the limits that this backend enforces (the others are ignored: see
     /// [`Cgroups::unenforceable`]). `name` must be unique per attempt; characters other than
     /// ASCII letters, digits, `.`, `_` and `-` are replaced by `_`.
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<AgentCgroup, CgroupError> {
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<AgentCgroup, CgroupError> {
         validate(limits)?;
         let leaf = leaf_name(self.owner, name);
         let inner = match &self.inner {

@@ -16,7 +16,7 @@
 //! `nodev` (the device binds alone keep devices), read-only ones through `mount_setattr`
 //! applied recursively.
 //!
-//! The plan ([`RootPlan`]) is made in the parent and compiled into [`MountOps`]: flat steps over
+//! The plan (`RootPlan`) is made in the parent and compiled into `MountOps`: flat steps over
 //! C strings that the spawn child runs with raw system calls only (it may not allocate). The
 //! sequence follows bubblewrap's: a tmpfs base on `/tmp`, a first `pivot_root` into it with the
 //! host tree at `/oldroot` (sources are read from there, so nothing mounted for the agent can
@@ -43,7 +43,7 @@ pub const SYSTEM_PATHS: &[&str] = &[
 ];
 
 /// Files of `/etc` hidden from every agent (an unreadable device node is mounted over them).
-pub const MASKED: &[&str] = &[
+pub(crate) const MASKED: &[&str] = &[
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/shadow-",
@@ -57,7 +57,7 @@ pub const MASKED: &[&str] = &[
 /// Parts of `/proc` made read-only (as Docker does): files there are owned by root and guarded
 /// by their mode alone, so a root agent without landlock could otherwise write kernel settings
 /// of the whole host (`/proc/sys/kernel/core_pattern`, `/proc/sysrq-trigger`, …).
-pub const PROC_READ_ONLY: &[&str] = &[
+pub(crate) const PROC_READ_ONLY: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
     "/proc/irq",
@@ -66,7 +66,7 @@ pub const PROC_READ_ONLY: &[&str] = &[
 ];
 
 /// Device nodes of the agent's `/dev`.
-pub const DEVICES: &[&str] = &[
+pub(crate) const DEVICES: &[&str] = &[
     "/dev/null",
     "/dev/zero",
     "/dev/full",
@@ -77,7 +77,7 @@ pub const DEVICES: &[&str] = &[
 
 /// How a host path appears in the agent's root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
+pub(crate) enum Access {
     /// Read-only, `nosuid,nodev`.
     ReadOnly,
     /// Writable, `nosuid,nodev`.
@@ -86,7 +86,7 @@ pub enum Access {
 
 /// What the agent's root holds, made in the parent.
 #[derive(Debug, Default, Clone)]
-pub struct RootPlan {
+pub(crate) struct RootPlan {
     binds: Vec<(PathBuf, Access)>,
     tmp: Option<PathBuf>,
     proc_own: bool,
@@ -223,7 +223,7 @@ impl Entry {
 
 /// The plan cannot be compiled.
 #[derive(Debug, thiserror::Error)]
-pub enum RootError {
+pub(crate) enum RootError {
     /// A path contains a NUL byte.
     #[error("path {0:?} contains a NUL byte")]
     Nul(String),
@@ -468,4 +468,4 @@ mod mount;
 #[cfg(test)]
 mod tests;
 
-pub use mount::{build_detached, MountOps};
+pub(crate) use mount::{build_detached, MountOps};

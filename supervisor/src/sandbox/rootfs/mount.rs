@@ -5,7 +5,7 @@ use super::*;
 
 /// The compiled steps, run by the spawn child with [`MountOps::apply`].
 #[derive(Debug, Default)]
-pub struct MountOps {
+pub(crate) struct MountOps {
     pub(super) ops: Vec<Op>,
     pub(super) described: Vec<String>,
     /// 1-based index of the step that failed (set by the child).
@@ -50,16 +50,6 @@ impl MountOps {
             described: b.described,
             failed_at: 0,
         })
-    }
-
-    /// How many steps there are.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
     }
 
     /// What the step that failed was doing, after a failed [`MountOps::apply`].
@@ -190,7 +180,7 @@ impl MountOps {
 /// namespace and file-system context for a new mount namespace), run `ops` (from
 /// [`RootPlan::compile_ahead`]) and return that namespace's fd; a spawn child joins it with
 /// [`MountOps::join`]. The thread ends after; nothing else ever enters the namespace.
-pub fn build_detached(mut ops: MountOps) -> Result<OwnedFd, RootError> {
+pub(crate) fn build_detached(mut ops: MountOps) -> Result<OwnedFd, RootError> {
     let fail = |step: &str| RootError::Build {
         step: step.to_string(),
         source: std::io::Error::last_os_error(),

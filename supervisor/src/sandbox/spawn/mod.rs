@@ -252,11 +252,6 @@ impl SpawnSpec {
         self
     }
 
-    /// The program as given.
-    pub fn program(&self) -> &Path {
-        &self.program
-    }
-
     /// The program's path, already looked up (skips the `PATH` search at spawn).
     pub fn resolved(mut self, path: PathBuf) -> Self {
         self.resolved = Some(path);
