@@ -15,10 +15,13 @@
 //!   injected clock.
 //! - [`config`]: `corral.toml` schema, validation with `file:line:col`, resolution per agent.
 //! - [`record`]: the exit record and the names users script against.
+//! - [`exit_status`]: how a process ended: wait statuses and `corral-init`'s status record
+//!   (std and libc only: `corral-init` compiles it too).
 
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod exit_status;
 pub mod policy;
 pub mod record;
 pub mod run;

@@ -360,11 +360,12 @@ async fn drain_logs(
     sink.stderr_tail
 }
 
-/// Read the record `corral-init` wrote about the agent (see its docs). `Err(errno)` when the
-/// agent could not be started inside the namespace.
+/// Read the record `corral-init` wrote about the agent (see [`crate::exit_status`]).
+/// `Err(errno)` when the agent could not be started inside the namespace.
 fn read_init_status(fd: OwnedFd) -> Option<Result<Reaped, i32>> {
+    use crate::exit_status::{InitRecord, WaitStatus, RECORD_LEN};
     use std::io::Read;
-    let mut buf = [0u8; 29];
+    let mut buf = [0u8; RECORD_LEN];
     let mut f = std::fs::File::from(fd);
     let mut n = 0;
     while n < buf.len() {
@@ -378,28 +379,25 @@ fn read_init_status(fd: OwnedFd) -> Option<Result<Reaped, i32>> {
     if n < buf.len() {
         return None;
     }
-    let status = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&buf[i..i + 8]);
-        u64::from_le_bytes(b)
-    };
-    if buf[0] == 1 {
-        return Some(Err(status));
+    match InitRecord::decode(&buf)? {
+        InitRecord::NotStarted { errno } => Some(Err(errno)),
+        InitRecord::Ended {
+            status,
+            utime_ms,
+            stime_ms,
+            maxrss_kb,
+        } => {
+            let w = WaitStatus::decode(status);
+            Some(Ok(Reaped {
+                exit_code: w.exit_code,
+                signal: w.signal,
+                core_dumped: w.core_dumped,
+                cpu_user_ms: utime_ms,
+                cpu_sys_ms: stime_ms,
+                max_rss_kb: maxrss_kb,
+            }))
+        }
     }
-    let mut r = Reaped {
-        cpu_user_ms: u64_at(5),
-        cpu_sys_ms: u64_at(13),
-        max_rss_kb: u64_at(21),
-        ..Default::default()
-    };
-    if libc::WIFEXITED(status) {
-        r.exit_code = Some(libc::WEXITSTATUS(status));
-    } else if libc::WIFSIGNALED(status) {
-        r.signal = Some(libc::WTERMSIG(status));
-        r.core_dumped = libc::WCOREDUMP(status);
-    }
-    Some(Ok(r))
 }
 
 /// Run one task on one fresh agent process and account for it.
