@@ -49,22 +49,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// How much of stderr the exit record keeps.
 const STDERR_TAIL: usize = 4096;
 
-use corral_proto::beat::BEAT_LEN;
+use corral_proto::beat::{monotonic_ns, BEAT_LEN};
 
 /// The grid watchdog checks are moved onto (at most the heartbeat interval): see
 /// `State::next_wake`.
 const WAKE_GRID: Duration = Duration::from_millis(100);
-
-/// The system-wide monotonic clock (`CLOCK_MONOTONIC`, the clock of `Instant` and of the
-/// agents' beats), in nanoseconds.
-fn monotonic_ns() -> Option<u64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
-    Some(
-        (t.tv_sec().max(0) as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(t.tv_nsec().max(0) as u64),
-    )
-}
 
 /// What one attempt needs to know.
 #[derive(Clone)]
