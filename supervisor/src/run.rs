@@ -217,7 +217,7 @@ impl Supervisor {
     pub fn enforcement_report(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, a) in &self.config.agents {
-            let limits = limits_of(a);
+            let limits = CgroupLimits::from(a);
             match &self.cgroups {
                 Some(cg) => {
                     for line in cg.cgroups().report(&limits) {
@@ -246,7 +246,7 @@ impl Supervisor {
         })?;
         if spec.strict {
             if let Some(cg) = &self.cgroups {
-                let missing = cg.cgroups().unenforceable(&limits_of(spec));
+                let missing = cg.cgroups().unenforceable(&CgroupLimits::from(&**spec));
                 if !missing.is_empty() {
                     return Err(RunError::Unenforceable {
                         agent: name.to_string(),
@@ -534,7 +534,7 @@ impl Supervisor {
 fn report_unenforced(config: &Config, cgroups: Option<&Cgroups>) {
     let landlock = crate::sandbox::landlock::abi();
     for (name, a) in &config.agents {
-        let limits = limits_of(a);
+        let limits = CgroupLimits::from(a);
         let missing = cgroups
             .map(|c| c.unenforceable(&limits))
             .unwrap_or_else(|| {
@@ -575,14 +575,6 @@ fn counts_for_quarantine(reason: ExitReason) -> bool {
             | ExitReason::Quarantined
             | ExitReason::SpawnFailed
     )
-}
-
-fn limits_of(a: &AgentSpec) -> CgroupLimits {
-    CgroupLimits {
-        memory: a.memory,
-        pids: a.pids,
-        cpu_quota: a.cpu_quota,
-    }
 }
 
 /// The record of an attempt that was refused before a process existed.

@@ -92,6 +92,17 @@ impl AttemptSpec {
     }
 }
 
+/// The cgroup limits of every attempt of an agent (`memory`, `pids`, `cpu_quota`).
+impl From<&AgentSpec> for CgroupLimits {
+    fn from(a: &AgentSpec) -> CgroupLimits {
+        CgroupLimits {
+            memory: a.memory,
+            pids: a.pids,
+            cpu_quota: a.cpu_quota,
+        }
+    }
+}
+
 /// Life events of an attempt, reported as they happen.
 #[derive(Debug, Clone)]
 pub enum AttemptEvent {
