@@ -149,7 +149,7 @@ pub fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        match cli.command {
+        let code = match cli.command {
             Command::Call {
                 agent,
                 config,
@@ -158,7 +158,11 @@ pub fn main() -> ExitCode {
             } => call(&agent, config.as_deref(), &input, json).await,
             Command::Validate { config } => validate(config.as_deref()),
             Command::Demo => demo().await,
-        }
+        };
+        // Workspaces and cgroups of finished attempts are removed on the reaper thread: gone
+        // before the process is.
+        crate::sandbox::process::settled().await;
+        code
     })
 }
 

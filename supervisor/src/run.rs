@@ -288,22 +288,14 @@ impl Supervisor {
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
         // An input no agent could decode (nesting past the protocol's limit, a frame past
         // `max_frame`) is refused here, before any process exists, with its reason.
-        let max_frame = self.config.supervisor.max_frame;
-        let encoded = corral_proto::frame::encode(&input)
-            .map_err(|e| format!("the input cannot be sent to an agent: {e}"))
-            .and_then(|b| {
-                if b.len() - 4 > max_frame as usize {
-                    Err(format!(
-                        "the input is {} bytes encoded, more than max_frame ({max_frame} bytes)",
-                        b.len() - 4
-                    ))
-                } else {
-                    Ok(b)
-                }
-            });
+        let encoded = child::encode_within(
+            &input,
+            self.config.supervisor.max_frame,
+            child::Outgoing::Input,
+        );
         let encoded = match encoded {
             Ok(b) => b,
-            Err(message) => {
+            Err(e) => {
                 return Ok(CallOutcome {
                     output: None,
                     memory: Vec::new(),
@@ -312,7 +304,7 @@ impl Supervisor {
                         &run_id,
                         1,
                         ExitReason::ContractViolation,
-                        message,
+                        e.to_string(),
                     )],
                 })
             }
