@@ -14,7 +14,8 @@
 //! - `launch`: making the process (a cold spawn or a warm stem) and its sandbox.
 //! - `protocol`: the conversation with the agent as a state machine without I/O: messages in,
 //!   steps out (replies, relays, the task, the verdict); deadlines from injected time.
-//! - `watch`: the event loop while the agent runs: pipes, timer, beats, tool answers, stop.
+//! - `watch`: the event loop while the agent runs: wake-ups, timer, tool answers, stop.
+//! - `wire`: the pipes to and from the agent, and the beat pipe.
 //! - `logs`: stdout and stderr drained to the log within the log budget.
 //! - `health`: resident set and CPU samples.
 //! - `stop`: stop with escalation, reap, and what the kernel says after.
@@ -35,6 +36,7 @@ mod protocol;
 mod stop;
 mod verdict;
 mod watch;
+mod wire;
 
 pub use attempt::run_attempt;
 pub use launch::{agent_env, Pools, StemPool};

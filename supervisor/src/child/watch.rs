@@ -18,14 +18,13 @@ use super::bounds;
 use super::health::Health;
 use super::protocol::{Protocol, Step};
 use super::verdict::Verdict;
-use super::{with_scratch, AttemptEvent, AttemptSpec, ToolRequest};
+use super::wire::{self, Beats, ReadState, Wire};
+use super::{AttemptEvent, AttemptSpec, ToolRequest};
 use crate::record::ExitReason;
 use crate::sandbox::process::PidFd;
-use corral_proto::beat::{monotonic_ns, BEAT_LEN};
-use corral_proto::frame::{self, FrameDecoder};
+use corral_proto::beat::monotonic_ns;
 use corral_proto::{AgentError, Down, Up, Value};
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,152 +34,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// The grid watchdog checks are moved onto (at most the heartbeat interval): see
 /// [`next_wake`].
 const WAKE_GRID: Duration = Duration::from_millis(100);
-
-/// Room kept for bytes waiting to be written once they are all written; more is given back.
-const KEEP_PENDING: usize = 4 * 1024;
-
-/// The pipes to and from the agent.
-pub(super) struct Wire {
-    /// The supervisor→agent pipe, written without blocking; what does not fit waits in
-    /// `pending` for the pipe to become writable.
-    down: Option<pipe::Sender>,
-    pending: Vec<u8>,
-    /// The agent→supervisor pipe's frames, as far as they arrived.
-    decoder: FrameDecoder,
-    /// The agent's end of the up pipe is still open.
-    up_open: bool,
-}
-
-impl Wire {
-    pub(super) fn new(down: Option<pipe::Sender>, max_frame: u32) -> Wire {
-        Wire {
-            down,
-            pending: Vec::new(),
-            decoder: FrameDecoder::new(max_frame),
-            up_open: true,
-        }
-    }
-
-    /// Say `msg` to the agent (dropped when the agent can no longer be told anything).
-    pub(super) fn send(&mut self, msg: &Down) {
-        if self.down.is_some() && frame::encode_into(msg, &mut self.pending).is_ok() {
-            self.flush();
-        }
-    }
-
-    /// Send a frame encoded already.
-    fn send_encoded(&mut self, frame: &[u8]) {
-        if self.down.is_some() {
-            self.pending.extend_from_slice(frame);
-            self.flush();
-        }
-    }
-
-    /// Write as much of `pending` as the pipe takes now.
-    fn flush(&mut self) {
-        let Some(down) = &self.down else {
-            self.pending = Vec::new();
-            return;
-        };
-        while !self.pending.is_empty() {
-            match down.try_write(&self.pending) {
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    // The agent closed its end: nothing more can be said to it.
-                    self.close();
-                    return;
-                }
-            }
-        }
-        if self.pending.capacity() > KEEP_PENDING {
-            self.pending = Vec::new();
-        }
-    }
-
-    /// Nothing more can be said to the agent.
-    pub(super) fn close(&mut self) {
-        self.pending = Vec::new();
-        self.down = None;
-    }
-
-    /// Bytes waiting for the agent to read them.
-    fn unread(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Whether the agent's frames are left unread because it does not read its own: more
-    /// than `bounds::MAX_PENDING` bytes wait to be written to it.
-    fn backpressured(&self) -> bool {
-        self.down.is_some() && bounds::over_pending(self.pending.len())
-    }
-}
-
-/// What one bounded read found.
-#[derive(PartialEq)]
-enum ReadState {
-    /// Nothing more buffered in the pipe right now.
-    Drained,
-    /// More may be waiting.
-    More,
-    /// The writer side is closed.
-    Eof,
-}
-
-/// The beat pipe (read end), read only when a watchdog is due and at the end.
-pub(super) struct Beats {
-    fd: Option<OwnedFd>,
-    /// Bytes of a beat record cut short by a read (only a misbehaving agent writes partial
-    /// records).
-    rest: ([u8; BEAT_LEN], usize),
-}
-
-impl Beats {
-    pub(super) fn new(fd: OwnedFd) -> Beats {
-        Beats {
-            fd: Some(fd),
-            rest: ([0; BEAT_LEN], 0),
-        }
-    }
-
-    /// Read the beats waiting (a few bounded reads, never blocking) into `proto`.
-    fn absorb(&mut self, proto: &mut Protocol) {
-        let Some(raw) = self.fd.as_ref().map(|f| f.as_raw_fd()) else {
-            return;
-        };
-        let now = Instant::now();
-        let Some(mono_now) = monotonic_ns() else {
-            return;
-        };
-        with_scratch(|c| {
-            // A pipe holds 64 KiB by default: a couple of reads drain it.
-            for _ in 0..4 {
-                let (rest, kept) = self.rest;
-                c[..kept].copy_from_slice(&rest[..kept]);
-                let n = match nix::unistd::read(raw, &mut c[kept..]) {
-                    Ok(n) if n > 0 => n,
-                    _ => return, // empty (EAGAIN), or the agent closed its end
-                };
-                let total = kept + n;
-                let whole = total - total % BEAT_LEN;
-                for rec in c[..whole].chunks_exact(BEAT_LEN) {
-                    let mut r = [0u8; BEAT_LEN];
-                    r.copy_from_slice(rec);
-                    let (progress, at_ns) = corral_proto::beat::decode(&r);
-                    proto.on_beat(progress, at_ns, now, mono_now);
-                }
-                let mut rest = [0u8; BEAT_LEN];
-                rest[..total - whole].copy_from_slice(&c[whole..total]);
-                self.rest = (rest, total - whole);
-                if n < c.len() - kept {
-                    return; // a short read: the pipe is empty
-                }
-            }
-        });
-    }
-}
 
 /// The owner's tool broker and the calls waiting for its answers.
 struct Tools {
@@ -347,57 +200,6 @@ impl<'a> Watch<'a> {
         }
     }
 
-    /// Read what is available on the up pipe into the decoder. `Err` is a protocol
-    /// violation's message.
-    fn read_available(
-        &mut self,
-        up: &pipe::Receiver,
-        max_chunks: usize,
-    ) -> Result<ReadState, String> {
-        // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
-        // handled between calls) nor keep this task from its timers.
-        let decoder = &mut self.wire.decoder;
-        with_scratch(|c| {
-            let chunk = &mut c[..16 * 1024];
-            let mut chunks = 0;
-            while chunks < max_chunks {
-                // Refuse a too-large length, or a too-large tool call, before reading its
-                // payload.
-                decoder.wanted().map_err(frame_error)?;
-                bounds::check_head(decoder.peek_head()).map_err(|e| e.to_string())?;
-                let mut got = None;
-                // A short read proves the pipe empty: it is reported to the runtime as
-                // WouldBlock, which clears the readiness now, instead of one more wake-up and
-                // one more read() to learn it.
-                let r = up.try_io(|| {
-                    let n =
-                        nix::unistd::read(up.as_raw_fd(), chunk).map_err(std::io::Error::from)?;
-                    got = Some(n);
-                    if n > 0 && n < chunk.len() {
-                        Err(std::io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(n)
-                    }
-                });
-                match (r, got) {
-                    (_, Some(0)) => return Ok(ReadState::Eof),
-                    (Ok(n), _) => decoder.push(&chunk[..n]),
-                    (Err(_), Some(n)) => {
-                        decoder.push(&chunk[..n]);
-                        return Ok(ReadState::Drained);
-                    }
-                    (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        return Ok(ReadState::Drained)
-                    }
-                    (Err(e), None) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    (Err(e), None) => return Err(frame_error(e.into())),
-                }
-                chunks += 1;
-            }
-            Ok(ReadState::More)
-        })
-    }
-
     /// Decode and handle the complete frames buffered, until the agent is backpressured (the
     /// frames left wait in the decoder).
     fn handle_buffered(&mut self, now: Instant) -> Option<Verdict> {
@@ -413,7 +215,7 @@ impl<'a> Watch<'a> {
                     }
                 }
                 Ok(None) => return None,
-                Err(e) => return Some(Verdict::violation(frame_error(e))),
+                Err(e) => return Some(Verdict::violation(wire::frame_error(e))),
             }
         }
         None
@@ -513,13 +315,14 @@ impl<'a> Watch<'a> {
                 Wake::Up(Err(_)) => self.wire.up_open = false,
                 Wake::Up(Ok(())) => {
                     let now = Instant::now();
-                    let state = match self.read_available(up, 4) {
+                    let state = match self.wire.read_available(up, 4) {
                         Ok(state) => state,
                         Err(e) => return Verdict::violation(e),
                     };
                     if let Some(v) = self.handle_buffered(now) {
                         return v;
                     }
+                    self.wire.settle();
                     if state == ReadState::Eof {
                         self.wire.up_open = false;
                         // (Whole frames held back by backpressure are no truncation.)
@@ -629,7 +432,7 @@ impl<'a> Watch<'a> {
         self.wire.close();
         self.proto.no_tools();
         loop {
-            let state = self.read_available(up, 4);
+            let state = self.wire.read_available(up, 4);
             if let Some(v) = self.handle_buffered(Instant::now()) {
                 return Some(v);
             }
@@ -643,13 +446,8 @@ impl<'a> Watch<'a> {
     /// it got. Then the beat pipe is closed.
     pub(super) fn last_beats(&mut self) {
         self.beats.absorb(&mut self.proto);
-        self.beats.fd = None;
+        self.beats.close();
     }
-}
-
-/// A framing error as a protocol violation's message.
-fn frame_error(e: corral_proto::FrameError) -> String {
-    format!("{} ({})", e, e.kind())
 }
 
 /// `exact` (an instant after `now`, which is `mono_now` on the system's monotonic clock), moved

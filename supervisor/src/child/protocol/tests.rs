@@ -1,5 +1,6 @@
 //! The protocol machine against every phase and message, on an injected clock: each test says
-//! what arrives when, and checks the step and the state it leaves.
+//! what arrives when, and checks the step and the state it leaves. Longer than a room should
+//! be: one test per rule of the table in the machine's docs, and one table for them all.
 
 use super::*;
 use corral_proto::message::MAX_OUTSTANDING_CALLS;
