@@ -13,6 +13,7 @@
 //! - [`sandbox`]: how a child is made: fds, rlimits, namespaces, cgroups, privileges.
 //! - [`policy`]: restart, backoff, intensity, circuit breaker, quarantine: pure logic over an
 //!   injected clock.
+//! - [`clock`]: the time the policy runs on: the system's, or a manual one tests drive.
 //! - [`config`]: `corral.toml` schema, validation with `file:line:col`, resolution per agent.
 //! - [`record`]: the exit record and the names users script against.
 //! - [`exit_status`]: how a process ended: wait statuses and `corral-init`'s status record
@@ -20,6 +21,7 @@
 
 pub mod child;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod exit_status;
 pub mod policy;
