@@ -41,9 +41,15 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only by [`ManualClock::advance`]. Its waits end when it is advanced to
-/// their end; [`ManualClock::run`] advances it whenever something waits on it.
-#[derive(Debug)]
+/// their end; [`ManualClock::run`] advances it whenever something waits on it. Clones are the
+/// same clock.
+#[derive(Debug, Clone)]
 pub struct ManualClock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     state: Mutex<State>,
     /// Told when a wait starts.
     waiting: tokio::sync::Notify,
@@ -66,23 +72,31 @@ impl State {
     }
 }
 
+impl Default for ManualClock {
+    fn default() -> ManualClock {
+        ManualClock::new()
+    }
+}
+
 impl ManualClock {
     /// A clock standing at the present instant.
-    pub fn new() -> Arc<ManualClock> {
-        Arc::new(ManualClock {
-            state: Mutex::new(State {
-                base: Instant::now(),
-                offset: Duration::ZERO,
-                sleepers: Vec::new(),
-                next_id: 0,
-                slept: Vec::new(),
+    pub fn new() -> ManualClock {
+        ManualClock {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    base: Instant::now(),
+                    offset: Duration::ZERO,
+                    sleepers: Vec::new(),
+                    next_id: 0,
+                    slept: Vec::new(),
+                }),
+                waiting: tokio::sync::Notify::new(),
             }),
-            waiting: tokio::sync::Notify::new(),
-        })
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Move the clock `d` forward; the waits that end by then are over.
@@ -107,7 +121,7 @@ impl ManualClock {
     /// How long until the first wait not over yet ends, once there is one.
     pub async fn next_wait(&self) -> Duration {
         loop {
-            let notified = self.waiting.notified();
+            let notified = self.inner.waiting.notified();
             {
                 let st = self.state();
                 let now = st.now();
@@ -140,7 +154,7 @@ impl ManualClock {
     }
 }
 
-impl Clock for Arc<ManualClock> {
+impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.state().now()
     }
@@ -155,7 +169,7 @@ impl Clock for Arc<ManualClock> {
             st.sleepers.push((id, end, None));
             id
         };
-        self.waiting.notify_one();
+        self.inner.waiting.notify_one();
         Box::pin(ManualSleep {
             clock: self.clone(),
             id,
@@ -165,7 +179,7 @@ impl Clock for Arc<ManualClock> {
 
 /// A wait on a [`ManualClock`].
 struct ManualSleep {
-    clock: Arc<ManualClock>,
+    clock: ManualClock,
     id: u64,
 }
 
