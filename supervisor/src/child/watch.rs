@@ -23,7 +23,7 @@ use super::{AttemptEvent, AttemptSpec, ToolRequest};
 use crate::record::ExitReason;
 use crate::sandbox::process::PidFd;
 use corral_proto::beat::monotonic_ns;
-use corral_proto::{AgentError, Down, Up, Value};
+use corral_proto::{AgentError, Up, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -99,8 +99,9 @@ impl StopWait {
 }
 
 /// An attempt's state while its agent runs, grouped by concern.
-pub(super) struct Watch<'a> {
-    spec: &'a AttemptSpec,
+pub(super) struct Watch {
+    /// The attempt.
+    pub(super) spec: AttemptSpec,
     pid: i32,
     /// The conversation.
     pub(super) proto: Protocol,
@@ -115,15 +116,15 @@ pub(super) struct Watch<'a> {
     pub(super) truncated: Option<String>,
 }
 
-impl<'a> Watch<'a> {
+impl Watch {
     pub(super) fn new(
-        spec: &'a AttemptSpec,
+        spec: AttemptSpec,
         pid: i32,
         proto: Protocol,
         wire: Wire,
         beats: Beats,
         tools: Option<mpsc::Sender<ToolRequest>>,
-    ) -> Watch<'a> {
+    ) -> Watch {
         Watch {
             spec,
             pid,
@@ -278,16 +279,13 @@ impl<'a> Watch<'a> {
         }
     }
 
-    /// The event loop: frames, exit, watchdogs, tool results, stop requests. Says `hello`
-    /// first.
+    /// The event loop: frames, exit, watchdogs, tool results, stop requests.
     pub(super) async fn run(
         &mut self,
-        hello: &Down,
         up: &pipe::Receiver,
         pidfd: &PidFd,
         stop: watch::Receiver<Option<ExitReason>>,
     ) -> Verdict {
-        self.wire.send(hello);
         // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
         // comes closer, but not later on every frame: when it fires early, the loop re-arms
         // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
