@@ -9,19 +9,20 @@
 
 use super::guard::Teardown;
 use super::launch::{launch, Launched};
+use super::logs::Logs;
+use super::poller::{set_nonblocking, Poller, Ready};
 use super::protocol::Protocol;
+use super::stop;
 use super::verdict::{self, Evidence, Verdict};
 use super::watch::Watch;
 use super::wire::{Beats, Wire};
-use super::{logs, stop};
 use super::{AttemptEvent, AttemptOutcome, AttemptSpec, Pools, TaskInput, ToolRequest};
 use crate::record::{ExitReason, ExitRecord};
 use crate::sandbox::cgroup::AgentCgroup;
-use crate::sandbox::process::{self, PidFd, Reaped};
-use std::os::fd::OwnedFd;
+use crate::sandbox::process::Reaped;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 /// Run one task on one fresh agent process and account for it.
@@ -101,16 +102,11 @@ async fn attempt(
 
 /// An attempt whose process exists: what its watch and its teardown need.
 pub(super) struct Running {
-    /// The conversation, the pipes, the beats, health, tools.
+    /// The conversation, the pipes, the output, the beats, health, tools.
     w: Watch,
     /// Kills and reaps the process (and removes the cgroup and workspace) if this is dropped
     /// before the teardown.
     guard: Teardown,
-    /// The agent's frames (`None`: the pipes could not be set up; `setup_error` says why).
-    up: Option<pipe::Receiver>,
-    setup_error: Option<std::io::Error>,
-    /// The drain of stdout and stderr; its result is the stderr tail.
-    log_task: Option<tokio::task::JoinHandle<Vec<u8>>>,
     cgroup: Option<Arc<AgentCgroup>>,
     /// `corral-init`'s record of the agent, when it runs under one.
     status_rx: Option<OwnedFd>,
@@ -119,8 +115,8 @@ pub(super) struct Running {
     t0: Instant,
 }
 
-/// Get the process and set up its pipes, the drain of its output and the conversation (its
-/// `Hello` said). `Err`: the outcome of an attempt whose process could not be made.
+/// Get the process and set up its pipes, their poller and the conversation (its `Hello`
+/// said). `Err`: the outcome of an attempt whose process could not be made or watched.
 async fn start(
     spec: AttemptSpec,
     task: TaskInput,
@@ -157,48 +153,47 @@ async fn start(
         pid,
         warm: was_warm,
     });
-    let pidfd = match PidFd::new(pid, spawned.pidfd) {
-        Ok(p) => p,
-        Err(e) => {
-            // Not waited for here: the reaper thread reaps it.
-            process::kill_and_reap(pid, None, || {});
-            return Err(failed(&spec, Some(pid), e.to_string()));
-        }
-    };
-
     // From here on, the process exists: every path ends in teardown + reap, and if the attempt
-    // is dropped before, the guard does it.
-    let mut guard = Teardown::new(pid, pidfd, cgroup.clone(), workspace);
-    let agent = spec.agent.clone();
-    let proto = Protocol::new(agent.clone(), task, spec.max_frame, tools.is_some(), t0);
-    let hello = proto.hello(&spec.run_id, spec.attempt);
-    let budget = proto.log_budget().clone();
-    let piped = (|| -> std::io::Result<_> {
+    // is dropped before, the guard does it (on the reaper thread).
+    let guard = Teardown::new(pid, spawned.pidfd, cgroup.clone(), workspace);
+    let proto = Protocol::new(
+        spec.agent.clone(),
+        task,
+        spec.max_frame,
+        tools.is_some(),
+        t0,
+    );
+    let io = (|| -> std::io::Result<_> {
+        let poller = Poller::new()?;
+        poller.add(guard.pidfd().as_fd(), Ready::EXIT)?;
+        set_nonblocking(up_r.as_fd())?;
+        set_nonblocking(down_w.as_fd())?;
+        let logs = Logs::new(out_r, err_r, proto.log_budget().clone(), &poller)?;
         Ok((
-            pipe::Receiver::from_owned_fd(up_r)?,
-            pipe::Sender::from_owned_fd(down_w)?,
-            pipe::Receiver::from_owned_fd(out_r)?,
-            pipe::Receiver::from_owned_fd(err_r)?,
+            Wire::new(Some(up_r), Some(down_w), spec.max_frame),
+            poller,
+            logs,
         ))
     })();
-    let (up, down, log_task, setup_error) = match piped {
-        Ok((up, down, out, errp)) => {
-            let drain = logs::drain(out, errp, agent.name.clone(), pid, budget);
-            let log_task = tokio::spawn(drain);
-            guard.set_logs(log_task.abort_handle());
-            (Some(up), Some(down), Some(log_task), None)
+    let (mut wire, poller, logs) = match io {
+        Ok(io) => io,
+        Err(e) => {
+            let message = format!("set up pipes: {e}");
+            return Err(failed(&spec, Some(pid), message));
         }
-        Err(e) => (None, None, None, Some(e)),
     };
-    let mut wire = Wire::new(down, spec.max_frame);
-    wire.send(&hello);
-    let w = Watch::new(spec, pid, proto, wire, Beats::new(beat_r), tools);
+    wire.send(&proto.hello(&spec.run_id, spec.attempt), &poller);
+    let w = Watch::new(
+        spec,
+        pid,
+        proto,
+        (wire, poller, logs),
+        Beats::new(beat_r),
+        tools,
+    );
     Ok(Box::new(Running {
         w,
         guard,
-        up,
-        setup_error,
-        log_task,
         cgroup,
         status_rx,
         started,
@@ -209,14 +204,7 @@ async fn start(
 impl Running {
     /// Watch the agent until the attempt's end is decided (see `watch`).
     async fn watch(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
-        match &self.up {
-            Some(up) => self.w.run(up, self.guard.pidfd(), stop).await,
-            None => {
-                let e = self.setup_error.take().map(|e| e.to_string());
-                let message = format!("set up pipes: {}", e.unwrap_or_default());
-                Verdict::ended(ExitReason::SpawnFailed, message, false, false)
-            }
-        }
+        self.w.run(stop).await
     }
 
     /// Stop and reap the process, then account for the attempt.
@@ -224,41 +212,50 @@ impl Running {
         let decided_at = Instant::now();
         let w = &mut self.w;
         let agent = w.spec.agent.clone();
-        let pid = self.guard.pidfd().pid();
+        let pid = self.guard.pid();
 
-        // Teardown: stop the process (whole group), reap it.
+        // Teardown: stop the process (whole group), reap it. Nothing on the wire wakes the
+        // attempt any more: only the exit, and the output read meanwhile.
+        w.wire.unwatch(&w.poller);
         let mut signals_sent = Vec::new();
         let shutdown = w.proto.shutdown();
+        let (wire, poller) = (&mut w.wire, &w.poller);
         let reaped = stop::stop_and_reap(
-            self.guard.pidfd(),
+            (pid, self.guard.pidfd()),
+            (poller, &mut w.logs, &agent.name),
             self.cgroup.as_ref(),
             verdict.graceful,
             w.proto.kill_grace(),
-            || w.wire.send(&shutdown),
+            || {
+                wire.send(&shutdown, poller);
+                wire.unwatch(poller);
+            },
             &mut signals_sent,
         )
         .await;
         if reaped.is_some() {
             self.guard.set_reaped();
         }
+        w.poller.remove(self.guard.pidfd().as_fd());
         // (Also here: an agent that never got ready did not ask for the next stem.)
         w.spec.refill_stem();
-        if let (Some(up), None) = (&self.up, verdict.reason) {
+        if verdict.reason.is_none() {
             // Frames the agent wrote just before it exited are still in the pipe.
-            if let Some(v) = w.drain_after_exit(up) {
+            if let Some(v) = w.drain_after_exit() {
                 verdict = v;
             }
         }
         verdict.log(&agent.name);
         w.last_beats();
-        w.wire.close();
-        self.up = None;
+        w.wire.close_down();
         let mut record = ExitRecord::begin(&agent.name, &w.spec.run_id, w.spec.attempt);
         record.started_at = crate::record::rfc3339(self.started);
         record.pid = Some(pid as u32);
-        if let Some(t) = self.log_task.take() {
-            record.stderr_tail = stderr_tail(t).await;
-        }
+        // The rest of the output: stragglers are dead, so the pipes reach their end; an escaped
+        // process that still holds them must not hold up the record.
+        let rest = w.logs.drain_to_end(&w.poller, &agent.name, pid);
+        let _ = tokio::time::timeout(Duration::from_millis(250), rest).await;
+        record.stderr_tail = w.logs.stderr_tail();
         record.log_bytes_dropped = w.proto.log_budget().dropped();
 
         // What the kernel says, then the removals, left to the reaper.
@@ -316,19 +313,6 @@ impl Running {
             memory: if completed { done.memory } else { Vec::new() },
             contract: done.contract,
             record: finish(record, self.t0),
-        }
-    }
-}
-
-/// The last bytes of stderr, once the drain has reached the end of both streams. Stragglers
-/// are dead, so the pipes reach EOF; an escaped process that still holds them must not hold up
-/// the record.
-async fn stderr_tail(mut drain: tokio::task::JoinHandle<Vec<u8>>) -> String {
-    match tokio::time::timeout(Duration::from_millis(250), &mut drain).await {
-        Ok(Ok(tail)) => String::from_utf8_lossy(&tail).into_owned(),
-        _ => {
-            drain.abort();
-            String::new()
         }
     }
 }

@@ -1,13 +1,18 @@
-//! The agent's stdout and stderr: drained as long as the process (or anything holding the
-//! pipes) writes, line by line into the supervisor's log (escaped, so that each stays one line),
-//! within the attempt's log budget; the last bytes of stderr are kept for the exit record. The
-//! drain is a task of its own, so that an agent that floods its output never holds up the
-//! attempt's watch, and the watch never has to read what the agent prints.
+//! The agent's stdout and stderr: read as long as the process (or anything holding the pipes)
+//! writes, line by line into the supervisor's log (escaped, so that each stays one line),
+//! within the attempt's log budget; the last bytes of stderr are kept for the exit record.
+//!
+//! The streams are read by the attempt's own task when its [`Poller`] says they are ready, a
+//! bounded chunk per wake-up after everything that matters more (the owner's stop, the exit,
+//! the timer, the agent's frames), so that an agent that floods its output never holds up its
+//! watch; while the agent is being stopped, and after it exited until both streams end, they
+//! are still read (an agent blocked on a full stdout could not exit gracefully).
 
 use super::bounds::{self, LogBudget};
+use super::poller::{Poller, Ready};
 use super::with_scratch;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use tokio::net::unix::pipe;
 
 /// How much of stderr the exit record keeps.
 pub(super) const STDERR_TAIL: usize = 4096;
@@ -18,8 +23,6 @@ const LONGEST_LINE: usize = 64 * 1024;
 /// Where an agent's stdout/stderr bytes go: lines to the log (escaped), within the attempt's
 /// log budget.
 pub(super) struct LogSink {
-    agent: String,
-    pid: i32,
     budget: Arc<LogBudget>,
     /// Partial last line per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
@@ -27,9 +30,9 @@ pub(super) struct LogSink {
 }
 
 impl LogSink {
-    /// Take bytes just read from stream `which` (0 stdout, 1 stderr); `eof` flushes its partial
-    /// line.
-    fn consume(&mut self, which: usize, data: &[u8], eof: bool) {
+    /// Take bytes just read from stream `which` (0 stdout, 1 stderr) of `agent`'s process
+    /// `pid`; `eof` flushes its partial line.
+    fn consume(&mut self, which: usize, data: &[u8], eof: bool, agent: &str, pid: i32) {
         if which == 1 {
             let tail = &mut self.stderr_tail;
             tail.extend_from_slice(data);
@@ -40,7 +43,6 @@ impl LogSink {
         }
         let keep = self.budget.take(data.len());
         let stream = if which == 0 { "stdout" } else { "stderr" };
-        let (agent, pid) = (&self.agent, self.pid);
         let emit = |line: &[u8]| {
             let text = String::from_utf8_lossy(line);
             tracing::info!(agent = %agent, pid, stream, "{}", bounds::escape(&text));
@@ -71,71 +73,90 @@ impl LogSink {
             emit(buf);
             buf.clear();
         }
+        if buf.is_empty() {
+            // No partial line: its room goes back.
+            *buf = Vec::new();
+        }
     }
 }
 
-/// Drain stdout and stderr to the log, line by line, within the attempt's log budget.
-/// Returns the last bytes of stderr.
-pub(super) async fn drain(
-    out: pipe::Receiver,
-    errp: pipe::Receiver,
-    agent: String,
-    pid: i32,
-    budget: Arc<LogBudget>,
-) -> Vec<u8> {
-    let mut sink = LogSink {
-        agent,
-        pid,
-        budget,
-        partial: [Vec::new(), Vec::new()],
-        stderr_tail: Vec::new(),
-    };
-    let mut open = [true, true];
-    let streams = [&out, &errp];
-    // Which stream is asked first: the other one after each read, so that a stream that is
-    // always ready cannot keep the other unread.
-    let mut first = 0;
-    while open[0] || open[1] {
-        // Polled in place: nothing is kept between wake-ups but the two registrations.
-        let which = std::future::poll_fn(|cx| {
-            for which in [first, 1 - first] {
-                if !open[which] {
-                    continue;
-                }
-                match streams[which].poll_read_ready(cx) {
-                    std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Some(which)),
-                    std::task::Poll::Ready(Err(_)) => open[which] = false,
-                    std::task::Poll::Pending => {}
-                }
-            }
-            if open[0] || open[1] {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(None)
-            }
+/// The agent's stdout and stderr (read ends, non-blocking), and where their bytes go.
+pub(super) struct Logs {
+    /// stdout, stderr; `None` once at their end.
+    streams: [Option<OwnedFd>; 2],
+    sink: LogSink,
+}
+
+impl Logs {
+    /// Read `out` and `err` within `budget`, as `poller` says they are ready.
+    pub(super) fn new(
+        out: OwnedFd,
+        err: OwnedFd,
+        budget: Arc<LogBudget>,
+        poller: &Poller,
+    ) -> std::io::Result<Logs> {
+        for (fd, what) in [(&out, Ready::STDOUT), (&err, Ready::STDERR)] {
+            super::poller::set_nonblocking(fd.as_fd())?;
+            poller.add(fd.as_fd(), what)?;
+        }
+        Ok(Logs {
+            streams: [Some(out), Some(err)],
+            sink: LogSink {
+                budget,
+                partial: [Vec::new(), Vec::new()],
+                stderr_tail: Vec::new(),
+            },
         })
-        .await;
-        let Some(which) = which else { break };
-        first = 1 - which;
-        let result = with_scratch(|c| {
-            let r = streams[which].try_read(c);
-            match &r {
-                Ok(n) => sink.consume(which, &c[..*n], *n == 0),
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    sink.consume(which, &[], true)
-                }
-                Err(_) => {}
+    }
+
+    /// Whether a stream has not ended yet.
+    pub(super) fn open(&self) -> bool {
+        self.streams.iter().any(Option::is_some)
+    }
+
+    /// Read one chunk of each stream `ready` says is ready. A stream at its end (or failing)
+    /// is closed, which takes it out of the poller's set.
+    pub(super) fn read(&mut self, ready: Ready, agent: &str, pid: i32) {
+        for (which, what) in [(0, Ready::STDOUT), (1, Ready::STDERR)] {
+            if !ready.has(what) {
+                continue;
             }
-            r
-        });
-        match result {
-            Ok(0) => open[which] = false,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => open[which] = false,
+            let Some(fd) = &self.streams[which] else {
+                continue;
+            };
+            let sink = &mut self.sink;
+            let ended = with_scratch(|c| match nix::unistd::read(fd.as_raw_fd(), c) {
+                Ok(n) => {
+                    sink.consume(which, &c[..n], n == 0, agent, pid);
+                    n == 0
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+                Err(_) => {
+                    sink.consume(which, &[], true, agent, pid);
+                    true
+                }
+            });
+            if ended {
+                self.streams[which] = None;
+            }
         }
     }
-    sink.stderr_tail
+
+    /// Read both streams to their end. The caller has taken everything else out of the
+    /// poller's set, and bounds the wait.
+    pub(super) async fn drain_to_end(&mut self, poller: &Poller, agent: &str, pid: i32) {
+        while self.open() {
+            match poller.ready().await {
+                Ok(ready) => self.read(ready, agent, pid),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The last bytes of stderr.
+    pub(super) fn stderr_tail(&self) -> String {
+        String::from_utf8_lossy(&self.sink.stderr_tail).into_owned()
+    }
 }
 
 #[cfg(test)]
@@ -144,37 +165,60 @@ mod tests {
 
     fn sink(limit: u64) -> LogSink {
         LogSink {
-            agent: "t".into(),
-            pid: 1,
             budget: Arc::new(LogBudget::new(limit)),
             partial: [Vec::new(), Vec::new()],
             stderr_tail: Vec::new(),
         }
     }
 
+    impl LogSink {
+        fn take(&mut self, which: usize, data: &[u8], eof: bool) {
+            self.consume(which, data, eof, "t", 1);
+        }
+    }
+
     #[test]
     fn lines_split_across_reads_are_joined() {
         let mut s = sink(1 << 20);
-        s.consume(0, b"ab\ncd", false);
+        s.take(0, b"ab\ncd", false);
         assert_eq!(s.partial[0], b"cd");
-        s.consume(0, b"e", false);
+        s.take(0, b"e", false);
         assert_eq!(s.partial[0], b"cde");
-        s.consume(0, b"f\ng\nh", false);
+        s.take(0, b"f\ng\nh", false);
         assert_eq!(s.partial[0], b"h");
-        s.consume(0, b"", true);
+        s.take(0, b"", true);
         assert!(
-            s.partial[0].is_empty(),
-            "end of stream flushes the last line"
+            s.partial[0].is_empty() && s.partial[0].capacity() == 0,
+            "end of stream flushes the last line, and its room goes back"
         );
+    }
+
+    #[tokio::test]
+    async fn streams_are_read_to_their_end_and_closed() {
+        let poller = Poller::new().expect("epoll");
+        let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+        let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+        let budget = Arc::new(LogBudget::new(1 << 20));
+        let mut logs = Logs::new(out_r, err_r, budget, &poller).expect("logs");
+        nix::unistd::write(&out_w, b"one\ntwo").expect("write");
+        nix::unistd::write(&err_w, b"oops").expect("write");
+        let ready = poller.ready().await.expect("ready");
+        logs.read(ready, "t", 1);
+        assert_eq!(logs.sink.partial[0], b"two");
+        drop((out_w, err_w));
+        logs.drain_to_end(&poller, "t", 1).await;
+        assert!(!logs.open());
+        assert_eq!(logs.stderr_tail(), "oops");
+        assert!(logs.sink.partial[0].is_empty(), "the last line was printed");
     }
 
     #[test]
     fn bytes_over_the_limit_are_counted_not_kept() {
         let mut s = sink(4);
-        s.consume(0, b"0123456789", false);
+        s.take(0, b"0123456789", false);
         assert_eq!(s.budget.dropped(), 6);
         assert_eq!(s.partial[0], b"0123");
-        s.consume(1, b"oops\n", false);
+        s.take(1, b"oops\n", false);
         assert_eq!(s.budget.dropped(), 11);
         assert_eq!(
             s.stderr_tail, b"oops\n",
@@ -185,8 +229,8 @@ mod tests {
     #[test]
     fn stderr_tail_keeps_the_last_bytes() {
         let mut s = sink(0);
-        s.consume(1, &vec![b'a'; STDERR_TAIL], false);
-        s.consume(1, b"END", false);
+        s.take(1, &vec![b'a'; STDERR_TAIL], false);
+        s.take(1, b"END", false);
         assert_eq!(s.stderr_tail.len(), STDERR_TAIL);
         assert!(s.stderr_tail.ends_with(b"aEND"));
     }

@@ -16,6 +16,7 @@
 //!   steps out (replies, relays, the task, the verdict); deadlines from injected time.
 //! - `watch`: the event loop while the agent runs: wake-ups, timer, tool answers, stop.
 //! - `wire`: the pipes to and from the agent, and the beat pipe.
+//! - `poller`: one readiness registration per agent for all its fds.
 //! - `logs`: stdout and stderr drained to the log within the log budget.
 //! - `health`: resident set and CPU samples.
 //! - `stop`: stop with escalation, reap, and what the kernel says after.
@@ -32,6 +33,7 @@ mod guard;
 mod health;
 mod launch;
 mod logs;
+mod poller;
 mod protocol;
 mod stop;
 mod verdict;

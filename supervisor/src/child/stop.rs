@@ -7,11 +7,13 @@
 //! (removing the cgroup and the workspace) does not hold up the record nor the next attempt: it
 //! goes to the reaper thread ([`dispose`]).
 
+use super::logs::Logs;
+use super::poller::{Poller, Ready};
 use crate::exit_status::{InitRecord, WaitStatus, RECORD_LEN};
 use crate::sandbox::cgroup::AgentCgroup;
-use crate::sandbox::process::{self, PidFd, Reaped};
+use crate::sandbox::process::{self, Reaped};
 use crate::sandbox::workspace::Workspace;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,31 +21,32 @@ use std::time::Duration;
 ///
 /// `graceful`: the agent was asked to stop (its task ended, or its owner stopped it) and gets
 /// `kill_grace` after `Shutdown`; otherwise SIGTERM goes with it. `say_shutdown` sends
-/// `Shutdown`. Signals sent are added to `signals_sent`. `None` when the leader could not be
+/// `Shutdown`. Its stdout and stderr are read meanwhile (an agent blocked on a full pipe could
+/// not exit). Signals sent are added to `signals_sent`. `None` when the leader could not be
 /// reaped (it is then the reaper's, see `guard`).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn stop_and_reap(
-    pidfd: &PidFd,
+    (pid, pidfd): (i32, &OwnedFd),
+    (poller, logs, agent): (&Poller, &mut Logs, &str),
     cgroup: Option<&Arc<AgentCgroup>>,
     graceful: bool,
     grace: Duration,
     say_shutdown: impl FnOnce(),
     signals_sent: &mut Vec<String>,
 ) -> Option<Reaped> {
-    let pid = pidfd.pid();
-    // Did it already exit? (Polls once; does not reap, so the group id stays reserved.)
-    let exited_already =
-        std::future::poll_fn(|cx| std::task::Poll::Ready(pidfd.poll_exited(cx).is_ready())).await;
-    if !exited_already {
+    // Did it already exit? (Does not reap, so the group id stays reserved.)
+    if !exited(pidfd) {
         say_shutdown();
         if !graceful {
             process::kill_group(pid, libc::SIGTERM);
             signals_sent.push("SIGTERM".into());
         }
-        if tokio::time::timeout(grace, pidfd.exited()).await.is_err() {
+        let exit = wait_exit(pidfd, poller, logs, agent, pid);
+        if tokio::time::timeout(grace, exit).await.is_err() {
             process::kill_group(pid, libc::SIGKILL);
-            pidfd.signal(libc::SIGKILL);
+            process::pidfd_kill(pidfd);
             signals_sent.push("SIGKILL".into());
-            pidfd.exited().await;
+            wait_exit(pidfd, poller, logs, agent, pid).await;
         }
     }
     // Nothing the agent started survives it: the group (the leader is a zombie, so its id
@@ -63,6 +66,29 @@ pub(super) async fn stop_and_reap(
         .await;
     }
     process::try_reap(pid)
+}
+
+/// Whether the process of `pidfd` has exited (it is then a zombie until reaped).
+fn exited(pidfd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, 0u16), Ok(n) if n > 0)
+}
+
+/// Wait for the exit the poller reports (the pidfd is in its set, and nothing else but the
+/// output streams), reading stdout and stderr meanwhile.
+async fn wait_exit(pidfd: &OwnedFd, poller: &Poller, logs: &mut Logs, agent: &str, pid: i32) {
+    loop {
+        match poller.ready().await {
+            Ok(ready) if ready.has(Ready::EXIT) => return,
+            Ok(ready) => logs.read(ready, agent, pid),
+            Err(_) => break,
+        }
+    }
+    // The poller failed (it cannot, short of a bug): ask the pidfd itself, now and then.
+    while !exited(pidfd) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Read the record `corral-init` wrote about the agent (see [`crate::exit_status`]), once it

@@ -16,19 +16,19 @@
 
 use super::bounds;
 use super::health::Health;
+use super::logs::Logs;
+use super::poller::{Poller, Ready};
 use super::protocol::{Protocol, Step};
 use super::verdict::Verdict;
 use super::wire::{self, Beats, ReadState, Wire};
 use super::{AttemptEvent, AttemptSpec, ToolRequest};
 use crate::record::ExitReason;
-use crate::sandbox::process::PidFd;
 use corral_proto::beat::monotonic_ns;
 use corral_proto::{AgentError, Up, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The grid watchdog checks are moved onto (at most the heartbeat interval): see
@@ -43,12 +43,15 @@ struct Tools {
 
 /// What woke the watch.
 enum Wake {
-    Up(std::io::Result<()>),
+    Up,
     Tool(u64, Result<Value, AgentError>),
-    Writable(std::io::Result<()>),
+    Writable,
+    Logs(Ready),
     Exited,
     Stop(ExitReason),
     Timer,
+    /// The agent's fds cannot be watched any more.
+    Lost(std::io::Error),
 }
 
 /// The owner's stop request, awaited by one future kept for the whole watch (made again only
@@ -107,6 +110,10 @@ pub(super) struct Watch {
     pub(super) proto: Protocol,
     /// The pipes it travels on.
     pub(super) wire: Wire,
+    /// What says which of the agent's fds are ready.
+    pub(super) poller: Poller,
+    /// Its stdout and stderr.
+    pub(super) logs: Logs,
     /// The beat pipe.
     pub(super) beats: Beats,
     /// Health samples.
@@ -121,7 +128,7 @@ impl Watch {
         spec: AttemptSpec,
         pid: i32,
         proto: Protocol,
-        wire: Wire,
+        (wire, poller, logs): (Wire, Poller, Logs),
         beats: Beats,
         tools: Option<mpsc::Sender<ToolRequest>>,
     ) -> Watch {
@@ -130,6 +137,8 @@ impl Watch {
             pid,
             proto,
             wire,
+            poller,
+            logs,
             beats,
             health: Health::default(),
             tools: Tools {
@@ -149,7 +158,7 @@ impl Watch {
         match step {
             Step::Continue => None,
             Step::Send(msg) => {
-                self.wire.send(&msg);
+                self.wire.send(&msg, &self.poller);
                 None
             }
             Step::Ready(task) => {
@@ -163,7 +172,7 @@ impl Watch {
                 self.spec.refill_stem();
                 match task {
                     Ok(frame) => {
-                        self.wire.send_encoded(&frame);
+                        self.wire.send_encoded(&frame, &self.poller);
                         None
                     }
                     Err(v) => Some(v),
@@ -186,7 +195,7 @@ impl Watch {
                         let answer = self
                             .proto
                             .answer(call_id, Err(Protocol::broker_busy()), now);
-                        self.wire.send(&answer);
+                        self.wire.send(&answer, &self.poller);
                     }
                 }
                 None
@@ -280,12 +289,7 @@ impl Watch {
     }
 
     /// The event loop: frames, exit, watchdogs, tool results, stop requests.
-    pub(super) async fn run(
-        &mut self,
-        up: &pipe::Receiver,
-        pidfd: &PidFd,
-        stop: watch::Receiver<Option<ExitReason>>,
-    ) -> Verdict {
+    pub(super) async fn run(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
         // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
         // comes closer, but not later on every frame: when it fires early, the loop re-arms
         // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
@@ -296,6 +300,7 @@ impl Watch {
         loop {
             self.proto
                 .set_blocked(self.wire.backpressured(), Instant::now());
+            self.wire.watch_up(&self.poller);
             let wake_at = self.next_wake();
             if wake_at < sleep.deadline().into_std() {
                 sleep.as_mut().reset(wake_at.into());
@@ -305,15 +310,12 @@ impl Watch {
             if let Some(due) = self.overdue() {
                 return self.fire(due);
             }
-            let wake = std::future::poll_fn(|cx| {
-                self.poll_wake(cx, up, pidfd, &mut stop_wait, sleep.as_mut())
-            })
-            .await;
+            let wake =
+                std::future::poll_fn(|cx| self.poll_wake(cx, &mut stop_wait, sleep.as_mut())).await;
             match wake {
-                Wake::Up(Err(_)) => self.wire.up_open = false,
-                Wake::Up(Ok(())) => {
+                Wake::Up => {
                     let now = Instant::now();
-                    let state = match self.wire.read_available(up, 4) {
+                    let state = match self.wire.read_available(4) {
                         Ok(state) => state,
                         Err(e) => return Verdict::violation(e),
                     };
@@ -336,24 +338,23 @@ impl Watch {
                 }
                 Wake::Tool(call_id, result) => {
                     let answer = self.proto.answer(call_id, result, Instant::now());
-                    self.wire.send(&answer);
+                    self.wire.send(&answer, &self.poller);
                 }
-                Wake::Writable(r) => {
-                    if r.is_ok() {
-                        self.wire.flush();
-                    } else {
-                        self.wire.pending = Vec::new();
-                    }
+                Wake::Writable => {
+                    self.wire.flush(&self.poller);
                     // The agent read: frames held back meanwhile are handled now.
                     if let Some(v) = self.handle_buffered(Instant::now()) {
                         return v;
                     }
                 }
+                Wake::Logs(ready) => {
+                    self.logs.read(ready, &self.spec.agent.name, self.pid);
+                }
                 Wake::Exited => return Verdict::exited(),
                 Wake::Stop(reason) => {
                     let (say, verdict) = self.proto.on_stop(reason);
                     if let Some(msg) = say {
-                        self.wire.send(&msg);
+                        self.wire.send(&msg, &self.poller);
                     }
                     return verdict;
                 }
@@ -371,26 +372,33 @@ impl Watch {
                     self.sample(Instant::now(), quarter);
                     sleep.as_mut().reset(self.next_wake().into());
                 }
+                Wake::Lost(e) => {
+                    let message = format!("watching the agent's process failed: {e}");
+                    return Verdict::ended(ExitReason::Lost, message, true, false);
+                }
             }
         }
     }
 
-    /// What woke the watch. Sources are polled in place (no future is built per turn): a
-    /// heartbeat costs one readiness check per source, not a registration and removal of a
-    /// waiter on each. The owner's stop, the exit and the timer come first so that a flooding
-    /// agent, whose pipe is always ready, cannot hide them.
+    /// What woke the watch. Sources are polled in place (no future is built per turn); the
+    /// agent's fds are asked once, through the poller. The owner's stop, the exit and the timer
+    /// come first so that a flooding agent, whose pipes are always ready, cannot hide them;
+    /// its output comes last.
     fn poll_wake(
         &mut self,
         cx: &mut Context<'_>,
-        up: &pipe::Receiver,
-        pidfd: &PidFd,
         stop_wait: &mut StopWait,
         sleep: Pin<&mut tokio::time::Sleep>,
     ) -> Poll<Wake> {
         if let Poll::Ready(reason) = stop_wait.poll(cx) {
             return Poll::Ready(Wake::Stop(reason));
         }
-        if pidfd.poll_exited(cx).is_ready() {
+        let ready = match self.poller.poll(cx) {
+            Poll::Ready(Ok(ready)) => ready,
+            Poll::Ready(Err(e)) => return Poll::Ready(Wake::Lost(e)),
+            Poll::Pending => Ready::default(),
+        };
+        if ready.has(Ready::EXIT) {
             return Poll::Ready(Wake::Exited);
         }
         if sleep.poll(cx).is_ready() {
@@ -404,33 +412,31 @@ impl Watch {
                 return Poll::Ready(Wake::Tool(id, r));
             }
         }
-        if !self.wire.pending.is_empty() {
-            if let Some(down) = &self.wire.down {
-                if let Poll::Ready(r) = down.poll_write_ready(cx) {
-                    return Poll::Ready(Wake::Writable(r));
-                }
-            }
+        if ready.has(Ready::DOWN) {
+            return Poll::Ready(Wake::Writable);
         }
-        if self.wire.up_open && !self.wire.backpressured() {
-            if let Poll::Ready(r) = up.poll_read_ready(cx) {
-                return Poll::Ready(Wake::Up(r));
-            }
+        if ready.has(Ready::UP) {
+            return Poll::Ready(Wake::Up);
         }
+        if ready.has(Ready::STDOUT) || ready.has(Ready::STDERR) {
+            return Poll::Ready(Wake::Logs(ready));
+        }
+        // (Nothing ready: the poller has registered this task's waker.)
         Poll::Pending
     }
 
     /// Handle the frames the agent wrote before it exited (non-blocking). Returns a verdict
     /// when one of them ends the task (e.g. `Done` raced with the exit).
-    pub(super) fn drain_after_exit(&mut self, up: &pipe::Receiver) -> Option<Verdict> {
+    pub(super) fn drain_after_exit(&mut self) -> Option<Verdict> {
         if self.proto.completed() {
             return None;
         }
         // The agent is gone: nothing more can be said to it, so nothing holds its frames back,
         // and its tool calls have nowhere to go.
-        self.wire.close();
+        self.wire.close_down();
         self.proto.no_tools();
         loop {
-            let state = self.wire.read_available(up, 4);
+            let state = self.wire.read_available(4);
             if let Some(v) = self.handle_buffered(Instant::now()) {
                 return Some(v);
             }

@@ -2,143 +2,108 @@
 //! for the pipe to drain; past `bounds::MAX_PENDING` bytes waiting, the agent's frames are left
 //! unread until it reads its own), frames read in bounded chunks into a bounded decoder, and
 //! the beat pipe, read without blocking. Buffers are given back once empty: a thousand idle
-//! agents keep none.
+//! agents keep none. Readiness comes from the attempt's [`Poller`]: the up pipe is in its set
+//! while its frames are wanted, the down pipe only while a write waits for room.
 
 use super::bounds;
+use super::poller::{Poller, Ready};
 use super::protocol::Protocol;
 use super::with_scratch;
 use corral_proto::beat::{monotonic_ns, BEAT_LEN};
 use corral_proto::frame::{self, FrameDecoder};
 use corral_proto::Down;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
-use tokio::net::unix::pipe;
 
 /// The pipes to and from the agent.
 pub(super) struct Wire {
-    /// The supervisor→agent pipe, written without blocking; what does not fit waits in
-    /// `pending` for the pipe to become writable.
-    pub(super) down: Option<pipe::Sender>,
-    pub(super) pending: Vec<u8>,
-    /// The agent→supervisor pipe's frames, as far as they arrived.
-    pub(super) decoder: FrameDecoder,
+    /// The agent→supervisor pipe (non-blocking).
+    up: Option<OwnedFd>,
     /// The agent's end of the up pipe is still open.
     pub(super) up_open: bool,
+    /// The up pipe is in the poller's set.
+    up_watched: bool,
+    /// The up pipe's frames, as far as they arrived.
+    pub(super) decoder: FrameDecoder,
+    /// The supervisor→agent pipe (non-blocking); what does not fit waits in `pending` for the
+    /// pipe to have room.
+    down: Option<OwnedFd>,
+    pending: Vec<u8>,
+    /// The down pipe is in the poller's set (a write waits for room).
+    down_watched: bool,
     max_frame: u32,
 }
 
 impl Wire {
-    pub(super) fn new(down: Option<pipe::Sender>, max_frame: u32) -> Wire {
+    /// The pipes, `up` and `down` non-blocking already.
+    pub(super) fn new(up: Option<OwnedFd>, down: Option<OwnedFd>, max_frame: u32) -> Wire {
         Wire {
+            up,
+            up_open: true,
+            up_watched: false,
+            decoder: FrameDecoder::new(max_frame),
             down,
             pending: Vec::new(),
-            decoder: FrameDecoder::new(max_frame),
-            up_open: true,
+            down_watched: false,
             max_frame,
         }
     }
 
     /// Say `msg` to the agent (dropped when the agent can no longer be told anything).
-    pub(super) fn send(&mut self, msg: &Down) {
+    pub(super) fn send(&mut self, msg: &Down, poller: &Poller) {
         if self.down.is_some() && frame::encode_into(msg, &mut self.pending).is_ok() {
-            self.flush();
+            self.flush(poller);
         }
     }
 
     /// Send a frame encoded already.
-    pub(super) fn send_encoded(&mut self, frame: &[u8]) {
+    pub(super) fn send_encoded(&mut self, frame: &[u8], poller: &Poller) {
         if self.down.is_some() {
             self.pending.extend_from_slice(frame);
-            self.flush();
+            self.flush(poller);
         }
     }
 
-    /// Write as much of `pending` as the pipe takes now.
-    pub(super) fn flush(&mut self) {
+    /// Write as much of `pending` as the pipe takes now; what is left waits for room (the down
+    /// pipe is then in the poller's set).
+    pub(super) fn flush(&mut self, poller: &Poller) {
         let Some(down) = &self.down else {
             self.pending = Vec::new();
             return;
         };
         while !self.pending.is_empty() {
-            match down.try_write(&self.pending) {
+            match nix::unistd::write(down, &self.pending) {
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if !self.down_watched {
+                        self.down_watched = poller.add(down.as_fd(), Ready::DOWN).is_ok();
+                    }
+                    return;
+                }
                 Err(_) => {
                     // The agent closed its end: nothing more can be said to it.
-                    self.close();
+                    self.close_down();
                     return;
                 }
             }
+        }
+        if self.down_watched {
+            poller.remove(down.as_fd());
+            self.down_watched = false;
         }
         // All written: the room goes back (the supervisor says little, and rarely).
         self.pending = Vec::new();
     }
 
-    /// Give back the decoder's room once every frame in it is handled (an idle agent's frames
-    /// come seconds apart, if at all: its beats go through the beat pipe).
-    pub(super) fn settle(&mut self) {
-        if self.decoder.pending() == 0 {
-            self.decoder = FrameDecoder::new(self.max_frame);
-        }
-    }
-
-    /// Read what is available on the up pipe into the decoder. `Err` is a protocol
-    /// violation's message.
-    pub(super) fn read_available(
-        &mut self,
-        up: &pipe::Receiver,
-        max_chunks: usize,
-    ) -> Result<ReadState, String> {
-        // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
-        // handled between calls) nor keep this task from its timers.
-        let decoder = &mut self.decoder;
-        with_scratch(|c| {
-            let chunk = &mut c[..16 * 1024];
-            let mut chunks = 0;
-            while chunks < max_chunks {
-                // Refuse a too-large length, or a too-large tool call, before reading its
-                // payload.
-                decoder.wanted().map_err(frame_error)?;
-                bounds::check_head(decoder.peek_head()).map_err(|e| e.to_string())?;
-                let mut got = None;
-                // A short read proves the pipe empty: it is reported to the runtime as
-                // WouldBlock, which clears the readiness now, instead of one more wake-up and
-                // one more read() to learn it.
-                let r = up.try_io(|| {
-                    let n =
-                        nix::unistd::read(up.as_raw_fd(), chunk).map_err(std::io::Error::from)?;
-                    got = Some(n);
-                    if n > 0 && n < chunk.len() {
-                        Err(std::io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(n)
-                    }
-                });
-                match (r, got) {
-                    (_, Some(0)) => return Ok(ReadState::Eof),
-                    (Ok(n), _) => decoder.push(&chunk[..n]),
-                    (Err(_), Some(n)) => {
-                        decoder.push(&chunk[..n]);
-                        return Ok(ReadState::Drained);
-                    }
-                    (Err(e), None) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        return Ok(ReadState::Drained)
-                    }
-                    (Err(e), None) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    (Err(e), None) => return Err(frame_error(e.into())),
-                }
-                chunks += 1;
-            }
-            Ok(ReadState::More)
-        })
-    }
-
-    /// Nothing more can be said to the agent.
-    pub(super) fn close(&mut self) {
+    /// Nothing more can be said to the agent (closing the pipe takes it out of the poller's
+    /// set).
+    pub(super) fn close_down(&mut self) {
         self.pending = Vec::new();
         self.down = None;
+        self.down_watched = false;
     }
 
     /// Bytes waiting for the agent to read them.
@@ -150,6 +115,74 @@ impl Wire {
     /// than `bounds::MAX_PENDING` bytes wait to be written to it.
     pub(super) fn backpressured(&self) -> bool {
         self.down.is_some() && bounds::over_pending(self.pending.len())
+    }
+
+    /// Put the up pipe in the poller's set while its frames are wanted (it is open and the
+    /// agent reads its own), and out of it otherwise.
+    pub(super) fn watch_up(&mut self, poller: &Poller) {
+        let wanted = self.up_open && !self.backpressured();
+        if let Some(up) = &self.up {
+            if wanted && !self.up_watched {
+                self.up_watched = poller.add(up.as_fd(), Ready::UP).is_ok();
+            } else if !wanted && self.up_watched {
+                poller.remove(up.as_fd());
+                self.up_watched = false;
+            }
+        }
+    }
+
+    /// Nothing on the wire wakes the attempt any more (it is being stopped).
+    pub(super) fn unwatch(&mut self, poller: &Poller) {
+        if let (Some(up), true) = (&self.up, self.up_watched) {
+            poller.remove(up.as_fd());
+        }
+        if let (Some(down), true) = (&self.down, self.down_watched) {
+            poller.remove(down.as_fd());
+        }
+        self.up_watched = false;
+        self.down_watched = false;
+    }
+
+    /// Read what is available on the up pipe into the decoder. `Err` is a protocol
+    /// violation's message.
+    pub(super) fn read_available(&mut self, max_chunks: usize) -> Result<ReadState, String> {
+        // Bounded per call: a flooding agent cannot grow the buffer without bound (frames are
+        // handled between calls) nor keep this task from its timers.
+        let Some(up) = &self.up else {
+            return Ok(ReadState::Eof);
+        };
+        let decoder = &mut self.decoder;
+        with_scratch(|c| {
+            let chunk = &mut c[..16 * 1024];
+            for _ in 0..max_chunks {
+                // Refuse a too-large length, or a too-large tool call, before reading its
+                // payload.
+                decoder.wanted().map_err(frame_error)?;
+                bounds::check_head(decoder.peek_head()).map_err(|e| e.to_string())?;
+                match nix::unistd::read(up.as_raw_fd(), chunk) {
+                    Ok(0) => return Ok(ReadState::Eof),
+                    Ok(n) => {
+                        decoder.push(&chunk[..n]);
+                        if n < chunk.len() {
+                            // A short read proves the pipe empty.
+                            return Ok(ReadState::Drained);
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return Ok(ReadState::Drained),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(frame_error(std::io::Error::from(e).into())),
+                }
+            }
+            Ok(ReadState::More)
+        })
+    }
+
+    /// Give back the decoder's room once every frame in it is handled (an idle agent's frames
+    /// come seconds apart, if at all: its beats go through the beat pipe).
+    pub(super) fn settle(&mut self) {
+        if self.decoder.pending() == 0 {
+            self.decoder = FrameDecoder::new(self.max_frame);
+        }
     }
 }
 
