@@ -29,19 +29,33 @@ use tokio::sync::{mpsc, watch};
 ///
 /// `tools` receives the agent's tool calls (when `None`, every call is answered `denied`).
 /// `stop` lets the owner cancel the attempt.
-pub async fn run_attempt(
+pub fn run_attempt(
     spec: AttemptSpec,
     task: TaskInput,
     tools: Option<mpsc::Sender<ToolRequest>>,
     stop: watch::Receiver<Option<ExitReason>>,
-) -> AttemptOutcome {
+) -> impl std::future::Future<Output = AttemptOutcome> + Send {
+    // Three stages; only the watch waits long, and the future that waits holds no more than
+    // it needs: the arguments go into the (boxed) start at once rather than being kept beside
+    // it, the finishing is boxed too, and what the agent's whole life needs is one box of its
+    // own (a thousand idle agents each keep one of each).
     let events = spec.events.clone();
-    let out = attempt(spec, task, tools, stop).await;
-    // Every attempt ends with this event, whichever way it ended (a failed spawn included).
-    if let Some(tx) = events {
-        let _ = tx.send(AttemptEvent::Exited(Box::new(out.record.clone())));
+    let start = Box::pin(start(spec, task, tools));
+    async move {
+        let out = match start.await {
+            Ok(mut running) => {
+                let verdict = running.watch(stop).await;
+                Box::pin(running.finish(verdict)).await
+            }
+            Err(outcome) => *outcome,
+        };
+        // Every attempt ends with this event, whichever way it ended (a failed spawn
+        // included).
+        if let Some(tx) = events {
+            let _ = tx.send(AttemptEvent::Exited(Box::new(out.record.clone())));
+        }
+        out
     }
-    out
 }
 
 /// The record's times, and its bounds applied: the last thing done to it.
@@ -81,23 +95,6 @@ async fn obtain(spec: &AttemptSpec) -> Result<(bool, Launched), String> {
     launch(agent, &pools, &spec.run_id, spec.attempt, false)
         .await
         .map(|l| (false, l))
-}
-
-async fn attempt(
-    spec: AttemptSpec,
-    task: TaskInput,
-    tools: Option<mpsc::Sender<ToolRequest>>,
-    stop: watch::Receiver<Option<ExitReason>>,
-) -> AttemptOutcome {
-    // Three stages; only the watch waits long, and its future holds no more than it needs:
-    // the starting and the finishing are boxed (a future awaited once need not widen this
-    // one's state), and what the agent's whole life needs is in one box of its own.
-    let mut running = match Box::pin(start(spec, task, tools)).await {
-        Ok(running) => running,
-        Err(outcome) => return *outcome,
-    };
-    let verdict = running.watch(stop).await;
-    Box::pin(running.finish(verdict)).await
 }
 
 /// An attempt whose process exists: what its watch and its teardown need.

@@ -133,6 +133,14 @@ struct Progress {
     since: Instant,
 }
 
+/// The agent's tool calls: those outstanding (at most `MAX_OUTSTANDING_CALLS`, with their
+/// tool and start) and the trace of those answered.
+#[derive(Default)]
+struct Calls {
+    outstanding: HashMap<u64, (String, Instant)>,
+    trace: Trace,
+}
+
 /// The agent's side of the conversation. See the module docs.
 pub(super) struct Protocol {
     agent: Arc<AgentSpec>,
@@ -146,8 +154,8 @@ pub(super) struct Protocol {
     t0: Instant,
     phase: Phase,
     contract: Option<Contract>,
-    output: Option<Value>,
-    memory_out: Vec<Value>,
+    /// The output and notes of a completed task.
+    done: Option<Box<(Value, Vec<Value>)>>,
     progress: Progress,
     /// The last sign of life: a frame, or a beat (clamped to when it was read).
     last_alive: Option<Instant>,
@@ -155,8 +163,8 @@ pub(super) struct Protocol {
     /// Since when the agent's frames are not read because it does not read its own.
     blocked_since: Option<Instant>,
     /// Outstanding tool calls (at most `MAX_OUTSTANDING_CALLS`): tool name and start.
-    calls: HashMap<u64, (String, Instant)>,
-    trace: Trace,
+    /// Tool calls, once the agent made one (most never do: no room kept for them).
+    calls: Option<Box<Calls>>,
 }
 
 impl Protocol {
@@ -177,8 +185,7 @@ impl Protocol {
             t0,
             phase: Phase::Starting,
             contract: None,
-            output: None,
-            memory_out: Vec::new(),
+            done: None,
             progress: Progress {
                 value: 0,
                 since: t0,
@@ -186,8 +193,7 @@ impl Protocol {
             last_alive: None,
             task_sent_at: None,
             blocked_since: None,
-            calls: HashMap::new(),
-            trace: Trace::default(),
+            calls: None,
         }
     }
 
@@ -292,8 +298,7 @@ impl Protocol {
                         return Step::End(Verdict::contract(e.to_string()));
                     }
                 }
-                self.output = Some(d.output);
-                self.memory_out = d.memory;
+                self.done = Some(Box::new((d.output, d.memory)));
                 Step::End(Verdict::completed())
             }
             (Phase::Busy | Phase::ToolCall, Up::Failed(f)) => {
@@ -326,14 +331,18 @@ impl Protocol {
 
     /// A tool call: checked against the bounds and the contract, then refused here or relayed.
     fn on_call(&mut self, call: ToolCall, now: Instant) -> Step {
-        let checked =
-            bounds::check_call(&call, self.calls.len(), |id| self.calls.contains_key(&id));
+        let calls = self.calls.get_or_insert_with(Box::default);
+        let checked = bounds::check_call(&call, calls.outstanding.len(), |id| {
+            calls.outstanding.contains_key(&id)
+        });
         let refusal = match checked {
             Ok(refusal) => refusal,
             Err(e) => return Step::End(Verdict::violation(e.to_string())),
         };
         self.phase = Phase::ToolCall;
-        self.calls.insert(call.call_id, (call.tool.clone(), now));
+        calls
+            .outstanding
+            .insert(call.call_id, (call.tool.clone(), now));
         let declared = self
             .contract
             .as_ref()
@@ -372,8 +381,9 @@ impl Protocol {
         result: Result<Value, AgentError>,
         now: Instant,
     ) -> Down {
-        if let Some((tool, at)) = self.calls.remove(&call_id) {
-            self.trace.push(ToolTrace {
+        let calls = self.calls.get_or_insert_with(Box::default);
+        if let Some((tool, at)) = calls.outstanding.remove(&call_id) {
+            calls.trace.push(ToolTrace {
                 call_id,
                 tool,
                 ok: result.is_ok(),
@@ -381,7 +391,7 @@ impl Protocol {
                 duration_ms: now.saturating_duration_since(at).as_millis() as u64,
             });
         }
-        if self.calls.is_empty() && self.phase == Phase::ToolCall {
+        if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
             self.phase = Phase::Busy;
             // The agent could not progress while it waited.
             self.progress.since = now;
@@ -524,16 +534,23 @@ impl Protocol {
 
     /// Whether the agent completed its task.
     pub(super) fn completed(&self) -> bool {
-        self.output.is_some()
+        self.done.is_some()
     }
 
     /// What the attempt produced: the output and notes (when it completed), the contract, and
     /// the trace of its tool calls with how many were dropped from it.
     pub(super) fn finish(&mut self) -> Finished {
-        let (tool_calls, dropped) = self.trace.take();
+        let (tool_calls, dropped) = match &mut self.calls {
+            Some(calls) => calls.trace.take(),
+            None => (Vec::new(), 0),
+        };
+        let (output, memory) = match self.done.take() {
+            Some(done) => (Some(done.0), done.1),
+            None => (None, Vec::new()),
+        };
         Finished {
-            output: self.output.take(),
-            memory: std::mem::take(&mut self.memory_out),
+            output,
+            memory,
             contract: self.contract.take(),
             tool_calls,
             tool_calls_dropped: dropped,

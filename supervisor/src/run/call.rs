@@ -99,12 +99,13 @@ impl<'s> Call<'s> {
 
     /// The call is over: `last` (its decision made) is its last record.
     pub(super) fn end(
-        mut self,
+        self: Box<Self>,
         mut last: Box<ExitRecord>,
         done: Option<(Value, Vec<Value>)>,
     ) -> CallOutcome {
-        last.retry_count = self.retries;
-        self.attempts.push(*last);
+        let mut call = *self;
+        last.retry_count = call.retries;
+        call.attempts.push(*last);
         let (output, memory) = match done {
             Some((output, memory)) => (Some(output), memory),
             None => (None, Vec::new()),
@@ -112,7 +113,7 @@ impl<'s> Call<'s> {
         CallOutcome {
             output,
             memory,
-            attempts: self.attempts,
+            attempts: call.attempts,
         }
     }
 

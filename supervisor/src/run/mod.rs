@@ -18,6 +18,7 @@ use crate::sandbox::pool::{CgroupPool, WorkspacePool};
 use call::{Call, Next};
 use corral_proto::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -286,33 +287,52 @@ impl Supervisor {
     }
 
     /// Run one task on `agent` to its end, with retries by policy.
-    pub async fn call(
+    pub fn call<'a>(
+        &'a self,
+        agent: &str,
+        input: Value,
+        opts: CallOptions,
+    ) -> impl Future<Output = Result<CallOutcome, RunError>> + Send + 'a {
+        // Prepared before the future is made, and the call boxed: what a call keeps while its
+        // agent runs is held once (an async fn would keep its arguments beside what it made
+        // of them, for the whole call).
+        let prepared = self.prepare(agent, input, opts);
+        async move {
+            let mut call = match prepared? {
+                Ok(call) => call,
+                Err(refused) => return Ok(refused),
+            };
+            loop {
+                if let Err(refusal) = call.admit() {
+                    return Ok(call.end(refusal, None));
+                }
+                // Boxed: the outcome outlives the attempt's future, which would otherwise keep
+                // a hole of its size beside that future in every call's state for the whole
+                // attempt.
+                let out = Box::new(call.attempt().await);
+                match call.after(*out) {
+                    Next::End(rec, done) => return Ok(call.end(rec, done)),
+                    Next::Retry(delay) => call.back_off(delay).await,
+                }
+            }
+        }
+    }
+
+    /// A call of `input` on `agent`, ready to make its first attempt; `Ok(Err)` with its
+    /// outcome when the input is refused before any attempt.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
         &self,
         agent: &str,
         input: Value,
         opts: CallOptions,
-    ) -> Result<CallOutcome, RunError> {
+    ) -> Result<Result<Box<Call<'_>>, CallOutcome>, RunError> {
         let spec = self.agent(agent)?;
         // Process-wide, so that several supervisors in one process never share a run id.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
-        let mut call = match Call::new(self, spec, run_id, input, opts) {
-            Ok(call) => call,
-            Err(refused) => return Ok(refused),
-        };
-        loop {
-            if let Err(refusal) = call.admit() {
-                return Ok(call.end(refusal, None));
-            }
-            // Boxed: the outcome outlives the attempt's future, which would otherwise keep a
-            // hole of its size beside that future in every call's state for the whole attempt.
-            let out = Box::new(call.attempt().await);
-            match call.after(*out) {
-                Next::End(rec, done) => return Ok(call.end(rec, done)),
-                Next::Retry(delay) => call.back_off(delay).await,
-            }
-        }
+        Ok(Call::new(self, spec, run_id, input, opts).map(Box::new))
     }
 }
 
