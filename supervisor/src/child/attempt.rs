@@ -1,5 +1,5 @@
 //! One attempt from spawn to exit record, in order: get the process (a warm stem or a launch),
-//! set up its pipes and the drain of its output, watch it (see `watch`), stop and reap it (see
+//! set up its pipes and their poller, watch it (see `watch`), stop and reap it (see
 //! `stop`), then account: what the kernel and the watch found, decided into a reason (see
 //! `verdict`) and written into the [`ExitRecord`].
 //!

@@ -17,7 +17,7 @@
 //! - `watch`: the event loop while the agent runs: wake-ups, timer, tool answers, stop.
 //! - `wire`: the pipes to and from the agent, and the beat pipe.
 //! - `poller`: one readiness registration per agent for all its fds.
-//! - `logs`: stdout and stderr drained to the log within the log budget.
+//! - `logs`: stdout and stderr read into the log within the log budget.
 //! - `health`: resident set and CPU samples.
 //! - `stop`: stop with escalation, reap, and what the kernel says after.
 //! - `verdict`: why the attempt ended, from the watch's verdict and the kernel's evidence.

@@ -1,18 +1,18 @@
 //! The watch: the event loop of one attempt while its agent runs, the I/O around the
 //! [`Protocol`] machine.
 //!
-//! It reads the agent's frames from a non-blocking pipe into a bounded decoder and hands them
-//! to the machine; writes what the machine says without blocking (what does not fit waits for
-//! the pipe to drain, and past `bounds::MAX_PENDING` bytes waiting, the agent's frames are left
-//! unread until it reads); relays tool calls to the owner and their answers back; reads the
-//! beat pipe only when a watchdog is due (a beat costs no wake-up); takes health samples when
-//! awake anyway; and ends on the process's exit, the owner's stop, or a watchdog. One timer
-//! per attempt, moved early onto a grid of the monotonic clock so that agents beating in step
-//! share wake-ups.
+//! On each wake-up it asks the attempt's poller which of the agent's fds are ready and handles
+//! them by priority: the owner's stop, the exit, the timer, tool answers, room on the down
+//! pipe, the agent's frames (read into a bounded decoder and handed to the machine), and last
+//! its output (see `logs`). It writes what the machine says without blocking (see `wire`),
+//! relays tool calls to the owner and their answers back, reads the beat pipe only when a
+//! watchdog is due (a beat costs no wake-up), takes health samples when awake anyway, and ends
+//! on the process's exit, the owner's stop, or a watchdog. One timer per attempt, moved early
+//! onto a grid of the monotonic clock so that agents beating in step share wake-ups.
 //!
 //! What it keeps while the agent is idle is small on purpose (a thousand idle agents each keep
-//! one): the sources are polled in place (no future built per turn), and buffers are given back
-//! once empty.
+//! one): the sources are polled in place (no future built per turn), one readiness
+//! registration serves all the agent's fds, and buffers are given back once empty.
 
 use super::bounds;
 use super::health::Health;
