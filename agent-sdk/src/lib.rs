@@ -35,7 +35,7 @@
 //! from transient state, and the supervisor's quarantine stops an input that panics the same way
 //! again and again.
 
-use corral_proto::beat::BEAT_FD;
+use corral_proto::beat::{monotonic_ns, BEAT_FD};
 use corral_proto::frame::{self, FrameReader};
 use corral_proto::{
     Done, Down, Failed, Heartbeat, Hello, Log, LogLevel, Ready, ToolCall, Up, PROTOCOL_VERSION,
@@ -491,16 +491,6 @@ fn until_next_tick(every: Duration) -> Duration {
     let step = every.as_nanos().max(1);
     let next = (now / step + 1) * step;
     Duration::from_nanos((next - now).min(u64::MAX as u128) as u64)
-}
-
-/// The system-wide monotonic clock (`CLOCK_MONOTONIC`), in nanoseconds.
-fn monotonic_ns() -> Option<u64> {
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return None;
-    }
-    Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
 fn spawn_sigterm_watch(shared: &Arc<Shared>, tx: Sender<Event>) {

@@ -256,7 +256,7 @@ pub fn row6(env: &Env, sec: &mut Section) -> Result<()> {
         let (stop_tx, stop_rx) = Stop::new();
         let opts = CallOptions {
             events: Some(tx),
-            stop: Some(stop_rx.into()),
+            stop: Some(stop_rx),
             ..Default::default()
         };
         let call = tokio::spawn(async move {
@@ -404,7 +404,7 @@ pub fn row7(env: &Env, sec: &mut Section) -> Result<()> {
             let s = s.clone();
             let opts = CallOptions {
                 events: Some(tx.clone()),
-                stop: Some(stop_rx.clone().into()),
+                stop: Some(stop_rx.clone()),
                 ..Default::default()
             };
             calls.push(tokio::spawn(async move {

@@ -73,7 +73,7 @@ pub async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> 
         stop_handle.stop(ExitReason::Shutdown);
     });
     let opts = CallOptions {
-        stop: Some(stop.into()),
+        stop: Some(stop),
         ..Default::default()
     };
     let outcome = match sup.call(agent, Value::from_json(&input), opts).await {

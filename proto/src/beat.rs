@@ -40,9 +40,81 @@ pub fn decode(record: &[u8; BEAT_LEN]) -> (u64, u64) {
     (u64::from_le_bytes(p), u64::from_le_bytes(t))
 }
 
+/// The system-wide monotonic clock (`CLOCK_MONOTONIC`, the clock of `std::time::Instant` on
+/// Linux and of a beat's `at`), in nanoseconds. `None` where it cannot be read.
+///
+/// Both sides read it: the agent to date its beats (and to beat in step with other agents), the
+/// supervisor to read those dates and to put its own wake-ups on the same grid. Called through
+/// the C library that `std` links already, so that this crate needs no dependency for it.
+pub fn monotonic_ns() -> Option<u64> {
+    clock::monotonic()
+}
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_pointer_width = "64", target_env = "gnu")
+))]
+mod clock {
+    use std::ffi::{c_int, c_long};
+
+    /// `struct timespec` where `time_t` is a `long` (every 64-bit Linux, and 32-bit glibc's
+    /// `clock_gettime` symbol).
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: c_long,
+        tv_nsec: c_long,
+    }
+
+    const CLOCK_MONOTONIC: c_int = 1;
+
+    extern "C" {
+        fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
+    }
+
+    pub(super) fn monotonic() -> Option<u64> {
+        let mut ts = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime(2) only writes a `struct timespec`, laid out as `Timespec`
+        // above, into memory we own for the duration of the call.
+        if unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return None;
+        }
+        Some(
+            (ts.tv_sec.max(0) as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(ts.tv_nsec.max(0) as u64),
+        )
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_pointer_width = "64", target_env = "gnu")
+)))]
+mod clock {
+    pub(super) fn monotonic() -> Option<u64> {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monotonic_clock_is_instants_clock() {
+        let before = std::time::Instant::now();
+        let a = monotonic_ns().expect("CLOCK_MONOTONIC");
+        let b = monotonic_ns().expect("CLOCK_MONOTONIC");
+        let elapsed = before.elapsed();
+        assert!(b >= a, "monotonic: {a} then {b}");
+        // Same clock as Instant: two readings within one Instant interval are at most that far
+        // apart (a different clock, e.g. boot time or wall time, would disagree by far more).
+        assert!(b - a <= elapsed.as_nanos() as u64);
+        assert!(a > 0);
+    }
 
     #[test]
     fn round_trip_and_layout() {

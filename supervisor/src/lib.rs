@@ -37,7 +37,7 @@
 //!     // Keep `handle` to stop the call from elsewhere: `handle.stop(ExitReason::Cancelled)`.
 //!     let (handle, stop) = Stop::new();
 //!     let options = CallOptions {
-//!         stop: Some(stop.into()),
+//!         stop: Some(stop),
 //!         ..Default::default()
 //!     };
 //!     let input = Value::from_json(&serde_json::json!({"hello": "world"}));
@@ -86,14 +86,14 @@
 //! supervised process (handshake, frames, watchdog, kill escalation, exit record) and knows
 //! nothing of retries; `sandbox` makes the process (fds, rlimits, namespaces, cgroups,
 //! privileges); `policy` decides restarts, backoff, restart intensity, the circuit breaker and
-//! quarantine, as pure logic over an injected clock; `config` and `record` are at the bottom.
+//! quarantine, as pure logic over an injected clock ([`clock`]: the system's, or a manual one
+//! tests drive); `exit_status` decodes how a process ended (wait statuses and `corral-init`'s
+//! status record); `config` and `record` are at the bottom.
 
-// Public (hidden) only until the items nothing uses are gone from it; then private like `run`,
-// and without the allow (its docs link to `run`). Its types are reached through the root.
-#[doc(hidden)]
-#[allow(rustdoc::private_intra_doc_links)]
-pub mod child;
+mod child;
+pub mod clock;
 pub mod config;
+pub mod exit_status;
 mod policy;
 pub mod record;
 mod run;

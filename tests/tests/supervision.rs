@@ -1,31 +1,57 @@
 //! Supervision end to end: hangs, stalls, deadlines, kill escalation, crash loops with backoff
 //! and restart intensity, circuit breakers, quarantine, log floods, and isolation of one hung
 //! agent from the others. Real `chaos` agent processes, assertions on exit records.
+//!
+//! The supervisor's policy (backoffs, restart intensity, breakers) runs on a manual clock that
+//! the tests drive: a backoff is waited out by moving the clock (see `ManualClock::run`), a
+//! breaker's open time by advancing it. The agents' watchdogs watch real processes in real
+//! time.
 
+use corral::clock::ManualClock;
 use corral::record::Decision;
 use corral::ExitReason;
 use corral::{CallOptions, CallOutcome, Supervisor};
 use corral_e2e::*;
+use std::sync::Arc;
 use std::time::Duration;
 
-fn sup(defaults: &str) -> (Fixture, Supervisor) {
-    sup_with(defaults, "")
+/// A supervisor whose policy runs on the returned clock.
+fn sup(defaults: &str) -> (Fixture, Supervisor, ManualClock) {
+    let (fx, s) = sup_with(defaults, "");
+    let clock = ManualClock::new();
+    let s = s.with_clock(Arc::new(clock.clone()));
+    (fx, s, clock)
+}
+
+/// One call, the clock moved through every backoff it waits.
+async fn driven(clock: &ManualClock, s: &Supervisor, json: &str) -> CallOutcome {
+    clock.run(call(s, "chaos", json)).await
 }
 
 fn decisions(o: &CallOutcome) -> Vec<Decision> {
     o.attempts.iter().map(|a| a.decision).collect()
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hang_is_detected_and_retried() {
-    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 1\nquarantine_after = 10");
-    let o = call(&s, "chaos", r#"{"do":"hang"}"#).await;
+    let (_fx, s, clock) =
+        sup("heartbeat_timeout = \"400ms\"\nmax_retries = 1\nquarantine_after = 10");
+    let o = driven(&clock, &s, r#"{"do":"hang"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Hung, ExitReason::Hung]);
     assert_eq!(decisions(&o), [Decision::Retry, Decision::Abort]);
     let a = &o.attempts[0];
     assert_eq!(a.phase, corral::record::Phase::Busy);
     assert!(a.last_heartbeat_age_ms.unwrap() >= 400, "{a:?}");
     assert_eq!(a.backoff_ms, Some(10));
+    assert_eq!(
+        clock.slept(),
+        [ms(10)],
+        "the backoff was waited on the clock"
+    );
     assert_eq!(o.attempts[1].retry_count, 1);
     for a in &o.attempts {
         assert!(!alive(a.pid.unwrap() as i32));
@@ -34,7 +60,7 @@ async fn hang_is_detected_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_is_told_apart_from_hang() {
-    let (_fx, s) = sup("stall_timeout = \"500ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("stall_timeout = \"500ms\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"stall"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Stalled]);
     let a = &o.attempts[0];
@@ -44,7 +70,7 @@ async fn stall_is_told_apart_from_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_past_wall_time_is_a_deadline() {
-    let (_fx, s) = sup("wall_time = \"500ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("wall_time = \"500ms\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"spin"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Deadline]);
     let a = &o.attempts[0];
@@ -54,7 +80,8 @@ async fn spin_past_wall_time_is_a_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ignorer_is_killed_after_grace() {
-    let (_fx, s) = sup("heartbeat_timeout = \"300ms\"\nkill_grace = \"200ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) =
+        sup("heartbeat_timeout = \"300ms\"\nkill_grace = \"200ms\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"ignore_term"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Hung]);
     let a = &o.attempts[0];
@@ -65,14 +92,15 @@ async fn sigterm_ignorer_is_killed_after_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_backs_off_goes_fatal_and_recovers() {
-    let (_fx, s) = sup("max_retries = 10\nquarantine_after = 100\n\
+    let (_fx, s, clock) = sup("max_retries = 10\nquarantine_after = 100\n\
          backoff = { initial = \"10ms\", factor = 2.0, max = \"1s\", jitter = 0.0 }\n\
          intensity = { max = 3, period = \"60s\", fatal_cooldown = \"400ms\" }\n\
          breaker = { failures = 100 }");
-    let o = call(&s, "chaos", r#"{"do":"crash"}"#).await;
+    let o = driven(&clock, &s, r#"{"do":"crash"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Signal; 4], "{:?}", o.attempts);
     let backoffs: Vec<_> = o.attempts.iter().map(|a| a.backoff_ms).collect();
     assert_eq!(backoffs, [Some(10), Some(20), Some(40), None]);
+    assert_eq!(clock.slept(), [ms(10), ms(20), ms(40)]);
     assert_eq!(
         decisions(&o),
         [
@@ -85,26 +113,26 @@ async fn crash_loop_backs_off_goes_fatal_and_recovers() {
     let restarts: Vec<_> = o.attempts.iter().map(|a| a.restart_count).collect();
     assert_eq!(restarts, [1, 2, 3, 4]);
 
-    // Fatal: pending work fails fast, without a process.
+    // Fatal: pending work fails fast, without a process, until the cooldown is over.
+    clock.advance(ms(399));
     let fast = call(&s, "chaos", r#"{"do":"ok"}"#).await;
     assert_eq!(reasons(&fast), [ExitReason::CircuitOpen]);
     assert!(fast.attempts[0].pid.is_none());
-    assert!(fast.attempts[0]
-        .error
-        .as_ref()
-        .unwrap()
-        .message
-        .contains("fatal"));
+    let message = &fast.attempts[0].error.as_ref().unwrap().message;
+    assert!(
+        message.contains("fatal") && message.contains("another 1 ms"),
+        "{message}"
+    );
 
     // Unlike a permanent start-limit, fatal ends by itself after the cooldown.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    clock.advance(ms(1));
     let back = call(&s, "chaos", r#"{"do":"ok"}"#).await;
     assert_eq!(reasons(&back), [ExitReason::Completed]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_then_half_opens() {
-    let (_fx, s) = sup(
+    let (_fx, s, clock) = sup(
         "max_retries = 0\nquarantine_after = 100\nbreaker = { failures = 2, open_for = \"300ms\" }",
     );
     for _ in 0..2 {
@@ -117,8 +145,15 @@ async fn breaker_opens_then_half_opens() {
     assert_eq!(reasons(&open), [ExitReason::CircuitOpen]);
     assert!(open.attempts[0].pid.is_none());
 
+    // Open for exactly open_for.
+    clock.advance(ms(299));
+    let still = call(&s, "chaos", r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&still), [ExitReason::CircuitOpen]);
+    let message = &still.attempts[0].error.as_ref().unwrap().message;
+    assert!(message.contains("next probe in 1 ms"), "{message}");
+
     // Half-open: one probe; its failure reopens the breaker.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(ms(1));
     assert_eq!(
         reasons(&call(&s, "chaos", r#"{"do":"crash"}"#).await),
         [ExitReason::Signal]
@@ -129,7 +164,7 @@ async fn breaker_opens_then_half_opens() {
     );
 
     // Next probe succeeds and closes it.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(ms(300));
     assert_eq!(
         reasons(&call(&s, "chaos", r#"{"do":"ok"}"#).await),
         [ExitReason::Completed]
@@ -138,14 +173,17 @@ async fn breaker_opens_then_half_opens() {
         reasons(&call(&s, "chaos", r#"{"do":"ok"}"#).await),
         [ExitReason::Completed]
     );
+    assert!(clock.slept().is_empty(), "no retries, no backoff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_input_is_quarantined_while_others_proceed() {
-    let (_fx, s) = sup("max_retries = 5\nquarantine_after = 2\nbreaker = { failures = 100 }");
-    let o = call(&s, "chaos", r#"{"do":"exit","code":7}"#).await;
+    let (_fx, s, clock) =
+        sup("max_retries = 5\nquarantine_after = 2\nbreaker = { failures = 100 }");
+    let o = driven(&clock, &s, r#"{"do":"exit","code":7}"#).await;
     assert_eq!(reasons(&o), [ExitReason::ExitCode, ExitReason::ExitCode]);
     assert_eq!(decisions(&o), [Decision::Retry, Decision::Quarantine]);
+    assert_eq!(clock.slept(), [ms(10)]);
     let again = call(&s, "chaos", r#"{"do":"exit","code":7}"#).await;
     assert_eq!(reasons(&again), [ExitReason::Quarantined]);
     assert!(again.attempts[0].pid.is_none());
@@ -155,7 +193,7 @@ async fn poison_input_is_quarantined_while_others_proceed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_retry_exit_codes_and_non_retryable_errors_are_final() {
-    let (_fx, s) = sup("max_retries = 5\nno_retry_exit_codes = [3]");
+    let (_fx, s, _clock) = sup("max_retries = 5\nno_retry_exit_codes = [3]");
     let o = call(&s, "chaos", r#"{"do":"exit","code":3}"#).await;
     assert_eq!(reasons(&o), [ExitReason::ExitCode]);
     assert_eq!(decisions(&o), [Decision::Abort]);
@@ -165,7 +203,7 @@ async fn no_retry_exit_codes_and_non_retryable_errors_are_final() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_never_blocks_and_drops_are_counted() {
-    let (_fx, s) = sup("log_limit = \"1MiB\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("log_limit = \"1MiB\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"flood","mb":8}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Completed]);
     let dropped = o.attempts[0].log_bytes_dropped;
@@ -174,7 +212,7 @@ async fn flood_never_blocks_and_drops_are_counted() {
         "8 MiB written, 1 MiB allowed, {dropped} dropped"
     );
     // An endless flood ends at its deadline while another agent completes meanwhile.
-    let (_fx2, s2) = sup("wall_time = \"1s\"\nmax_retries = 0");
+    let (_fx2, s2, _clock2) = sup("wall_time = \"1s\"\nmax_retries = 0");
     let (flood, echo) = tokio::join!(
         call(&s2, "chaos", r#"{"do":"flood"}"#),
         call(&s2, "echo", r#"{"x":1}"#)
@@ -186,7 +224,8 @@ async fn flood_never_blocks_and_drops_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_hung_agents_do_not_delay_forty_others() {
-    let (_fx, s) = sup("heartbeat_timeout = \"60s\"\nmax_retries = 0\nkill_grace = \"200ms\"");
+    let (_fx, s, _clock) =
+        sup("heartbeat_timeout = \"60s\"\nmax_retries = 0\nkill_grace = \"200ms\"");
     let s = std::sync::Arc::new(s);
     let (stop_tx, stop_rx) = corral::Stop::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -200,7 +239,7 @@ async fn ten_hung_agents_do_not_delay_forty_others() {
                 r#"{"do":"sleep_ms","ms":20}"#
             };
             let opts = CallOptions {
-                stop: Some(stop_rx.into()),
+                stop: Some(stop_rx),
                 ..Default::default()
             };
             let o = s.call("chaos", input(json), opts).await.unwrap();
@@ -225,7 +264,7 @@ async fn ten_hung_agents_do_not_delay_forty_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_frame_flood_still_meets_its_deadline() {
-    let (_fx, s) = sup("wall_time = \"1s\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("wall_time = \"1s\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"frames","n":1000000000000}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Deadline], "{:?}", o.attempts);
     assert!(!alive(o.attempts[0].pid.unwrap() as i32));
@@ -233,7 +272,7 @@ async fn endless_frame_flood_still_meets_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
-    let (_fx, s) = sup("max_retries = 0");
+    let (_fx, s, _clock) = sup("max_retries = 0");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::ToolRequest>(8);
     // A tiny broker: `upper` answers, everything else fails with a structured error.
     let broker = tokio::spawn(async move {
@@ -296,7 +335,8 @@ async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_long_task_alive_and_carry_progress() {
-    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nstall_timeout = \"600ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) =
+        sup("heartbeat_timeout = \"400ms\"\nstall_timeout = \"600ms\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"sleep_ms","ms":1500}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
     assert!(o.attempts[0].progress > 0, "progress carried by heartbeats");
@@ -304,7 +344,7 @@ async fn heartbeats_keep_a_long_task_alive_and_carry_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_samples_report_rss_and_cpu() {
-    let (_fx, s) = sup("sample_interval = \"100ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("sample_interval = \"100ms\"\nmax_retries = 0");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = CallOptions {
         events: Some(tx),
@@ -332,19 +372,20 @@ async fn health_samples_report_rss_and_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_backoff_starts_no_further_attempt() {
-    let (_fx, s) = sup(
+    let (_fx, s, clock) = sup(
         "max_retries = 5\nquarantine_after = 100\nbackoff = { initial = \"30s\", jitter = 0.0 }",
     );
     let (stop_tx, stop_rx) = corral::Stop::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = CallOptions {
-        stop: Some(stop_rx.into()),
+        stop: Some(stop_rx),
         events: Some(tx),
         ..Default::default()
     };
     let call = s.call("chaos", input(r#"{"do":"crash"}"#), opts);
     tokio::pin!(call);
-    // Once the first attempt has ended, the call sits in its 30 s backoff: stop it there.
+    // Once the first attempt has ended, the call sits in its 30 s backoff (on a clock nobody
+    // moves): stop it there.
     let outcome = loop {
         tokio::select! {
             o = &mut call => break o.unwrap(),
@@ -360,6 +401,7 @@ async fn a_stop_during_backoff_starts_no_further_attempt() {
         [ExitReason::Signal, ExitReason::Shutdown]
     );
     assert_eq!(outcome.attempts[0].backoff_ms, Some(30_000));
+    assert_eq!(clock.slept(), [Duration::from_secs(30)]);
     assert!(
         outcome.attempts[1].pid.is_none(),
         "no process for the stopped retry"
@@ -371,7 +413,8 @@ async fn beat_from_the_future_does_not_hide_a_hang() {
     // One beat dated u64::MAX ns, then silence: the beat counts as "now" when it is read, no
     // later, so the agent is hung one heartbeat_timeout after that. (Were the beat believed,
     // the hang would be hidden until wall_time ended it as a deadline.)
-    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nwall_time = \"10s\"\nmax_retries = 0");
+    let (_fx, s, _clock) =
+        sup("heartbeat_timeout = \"400ms\"\nwall_time = \"10s\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"beat_future"}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Hung], "{:?}", o.attempts);
     let a = &o.attempts[0];
@@ -384,7 +427,7 @@ async fn full_beat_pipe_falls_back_to_frames_and_is_drained() {
     // The agent fills its beat pipe with beats dated at boot, then works for three
     // heartbeat_timeouts: its SDK's beats find the pipe full and go as frames, the supervisor
     // drains the pipe, and the task completes (stale beats never make it look hung).
-    let (_fx, s) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
+    let (_fx, s, _clock) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
     let o = call(&s, "chaos", r#"{"do":"beat_fill","ms":1200}"#).await;
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
     let filled = o

@@ -12,7 +12,8 @@
 //!
 //! Record on fd 5 (little-endian, 29 bytes): kind u8 (0 = agent ended, 1 = agent could not be
 //! started), status i32 (raw wait status, or errno for kind 1), utime_ms u64, stime_ms u64,
-//! maxrss_kb u64.
+//! maxrss_kb u64. Its codec is the library's `exit_status` module, compiled into this program
+//! by `#[path]` (the supervisor reads what this writes with the same code).
 //!
 //! It cannot be reached from the agent: it keeps root (the agent has a uid of its own) with
 //! only `CAP_KILL` (and, for a stem, `CAP_SETUID`/`CAP_SETGID`/`CAP_SETPCAP`, with which it
@@ -31,6 +32,15 @@
 // part of an isolated spawn): this program is entered at the C `main` below.
 
 use std::ffi::{CStr, CString};
+
+// The record's codec, shared with the supervisor that reads it. Included by path rather than by
+// linking the library: this program stays std + libc (no runtime, nothing else of the library).
+// The decoding half is the reader's.
+#[allow(dead_code)]
+#[path = "../exit_status.rs"]
+mod exit_status;
+
+use exit_status::InitRecord;
 
 const STATUS_FD: i32 = 5;
 const CONTROL_FD: i32 = 7;
@@ -52,18 +62,17 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-fn report(kind: u8, status: i32, ru: &libc::rusage) {
-    let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
-    let mut rec = Vec::with_capacity(29);
-    rec.push(kind);
-    rec.extend_from_slice(&status.to_le_bytes());
-    rec.extend_from_slice(&ms(ru.ru_utime).to_le_bytes());
-    rec.extend_from_slice(&ms(ru.ru_stime).to_le_bytes());
-    rec.extend_from_slice(&(ru.ru_maxrss.max(0) as u64).to_le_bytes());
+fn report(record: InitRecord) {
+    let rec = record.encode();
     // SAFETY: writing a buffer we own to an fd we were handed.
     unsafe {
         libc::write(STATUS_FD, rec.as_ptr().cast(), rec.len());
     }
+}
+
+/// The agent could not be started: `errno` says why.
+fn not_started(errno: i32) {
+    report(InitRecord::NotStarted { errno });
 }
 
 /// Entered directly by the C runtime.
@@ -80,13 +89,11 @@ pub unsafe extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_cha
 }
 
 fn run(args: Vec<CString>) -> libc::c_int {
-    // SAFETY: zeroed rusage is valid.
-    let zero: libc::rusage = unsafe { std::mem::zeroed() };
     if args.is_empty() {
         eprintln!(
             "corral-init: usage: corral-init --adopt | corral-init PROGRAM [ARGS...] (started by corral)"
         );
-        report(1, libc::EINVAL, &zero);
+        not_started(libc::EINVAL);
         return 2;
     }
     // SAFETY: plain libc calls on our own process: fd flags, signal dispositions, and a
@@ -94,11 +101,7 @@ fn run(args: Vec<CString>) -> libc::c_int {
     unsafe {
         // First of all: nothing of ours is readable through /proc by the agent.
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            report(
-                1,
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(1),
-                &zero,
-            );
+            not_started(std::io::Error::last_os_error().raw_os_error().unwrap_or(1));
             return 127;
         }
         libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
@@ -108,7 +111,7 @@ fn run(args: Vec<CString>) -> libc::c_int {
         if args[0].as_bytes() == b"--adopt" {
             // corral started the agent before exec'ing us: it is our child, pid 2 of the
             // namespace (the first process after its init).
-            return wait_for(2, &zero);
+            return wait_for(2);
         }
         extern "C" {
             static environ: *const *mut libc::c_char;
@@ -118,7 +121,7 @@ fn run(args: Vec<CString>) -> libc::c_int {
             Some([u, g]) if args[0].as_bytes() == b"--stem" => match (parse_id(u), parse_id(g)) {
                 (Some(u), Some(g)) => Some((u, g)),
                 _ => {
-                    report(1, libc::EINVAL, &zero);
+                    not_started(libc::EINVAL);
                     return 2;
                 }
             },
@@ -134,7 +137,7 @@ fn run(args: Vec<CString>) -> libc::c_int {
             (args[0].clone(), args, Vec::new())
         };
         if args.is_empty() {
-            report(1, libc::EINVAL, &zero);
+            not_started(libc::EINVAL);
             std::process::exit(127);
         }
         let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut _).collect();
@@ -175,10 +178,10 @@ fn run(args: Vec<CString>) -> libc::c_int {
             Some(ids) => spawn_as(&mut pid, &path, &argv, envp_ptr, ids),
         };
         if rc != 0 {
-            report(1, rc, &zero);
+            not_started(rc);
             std::process::exit(127);
         }
-        wait_for(pid, &zero)
+        wait_for(pid)
     }
 }
 
@@ -347,18 +350,18 @@ fn read_start() -> Option<(CString, Vec<CString>, Vec<CString>)> {
 
 /// Reap children until `pid` (the agent) ends; report it; exit (the kernel then kills what is
 /// left in the namespace).
-fn wait_for(pid: libc::pid_t, zero: &libc::rusage) -> libc::c_int {
+fn wait_for(pid: libc::pid_t) -> libc::c_int {
     loop {
         let mut status = 0;
         // SAFETY: zeroed rusage is a valid out-parameter; wait4 on our own children.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         let r = unsafe { libc::wait4(-1, &mut status, 0, &mut ru) };
         if r == pid {
-            report(0, status, &ru);
+            report(InitRecord::ended(status, &ru));
             std::process::exit(0);
         }
         if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            report(1, libc::ECHILD, zero);
+            not_started(libc::ECHILD);
             std::process::exit(1);
         }
     }

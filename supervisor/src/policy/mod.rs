@@ -30,10 +30,6 @@ pub use intensity::{Intensity, IntensityState, IntensityVerdict};
 pub use quarantine::{input_key, Fingerprint, Quarantine};
 pub use restart::{decide, FinishedAttempt, RetryRules, RetryVerdict};
 
-/// The former name of [`FinishedAttempt`], still used by `run`: to go once it names the new one.
-pub(crate) type AttemptOutcome = FinishedAttempt;
-/// The former name of [`RetryVerdict`], still used by `run`: to go once it names the new one.
-pub(crate) type Verdict = RetryVerdict;
 pub use rng::SplitMix64;
 
 /// `now + d`, or the latest representable instant on the way there: never panics, whatever `d`.

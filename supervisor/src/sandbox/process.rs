@@ -12,7 +12,7 @@
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
 //!
-//! Wait statuses are decoded in one place, `decode_wait_status`, with libc's macros (pure
+//! Wait statuses are decoded in one place, `crate::exit_status::WaitStatus`, with libc's macros (pure
 //! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
 //! so `nix`'s `waitpid`, answer `EINVAL` for one, after the process is reaped), and an agent
 //! may die of one. For the same reason `try_reap` and `reap_adopted` call `wait4` and
@@ -20,10 +20,10 @@
 //! and groups and the subreaper `prctl` go through `nix`; `pidfd_send_signal` is a raw call
 //! (`nix` has none).
 
+use crate::exit_status::{timeval_ms, WaitStatus};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
-use tokio::io::unix::AsyncFd;
 
 /// How a process ended, and what it used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,19 +42,6 @@ pub(crate) struct Reaped {
     pub max_rss_kb: u64,
 }
 
-/// Process-level errors.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ProcessError {
-    /// Registering the pidfd with the runtime failed.
-    #[error("watch pidfd of pid {pid}: {source}")]
-    Watch {
-        /// The process.
-        pid: i32,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
-
 /// Reap `pid` if it has exited. `None` while it still runs.
 pub(crate) fn try_reap(pid: i32) -> Option<Reaped> {
     let mut status: libc::c_int = 0;
@@ -65,110 +52,22 @@ pub(crate) fn try_reap(pid: i32) -> Option<Reaped> {
     if r != pid {
         return None;
     }
-    let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
     Some(Reaped {
-        cpu_user_ms: ms(ru.ru_utime),
-        cpu_sys_ms: ms(ru.ru_stime),
+        cpu_user_ms: timeval_ms(ru.ru_utime),
+        cpu_sys_ms: timeval_ms(ru.ru_stime),
         max_rss_kb: ru.ru_maxrss.max(0) as u64,
-        ..decode_wait_status(status).into()
+        ..WaitStatus::decode(status).into()
     })
 }
 
-/// How a process ended, as a raw wait status says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct WaitEnd {
-    /// Exit code when it exited.
-    pub exit_code: Option<i32>,
-    /// Signal number when a signal ended it.
-    pub signal: Option<i32>,
-    /// Whether a core was dumped.
-    pub core_dumped: bool,
-}
-
-impl From<WaitEnd> for Reaped {
+impl From<WaitStatus> for Reaped {
     /// The end alone (no rusage).
-    fn from(end: WaitEnd) -> Reaped {
+    fn from(end: WaitStatus) -> Reaped {
         Reaped {
             exit_code: end.exit_code,
             signal: end.signal,
             core_dumped: end.core_dumped,
             ..Reaped::default()
-        }
-    }
-}
-
-/// Decode a raw wait status (from `waitpid`/`wait4`, or relayed by `corral-init`): an exit
-/// code, or a signal (real-time ones included) and whether a core was dumped; neither for a
-/// stopped or continued process.
-pub(crate) fn decode_wait_status(status: i32) -> WaitEnd {
-    if libc::WIFEXITED(status) {
-        WaitEnd {
-            exit_code: Some(libc::WEXITSTATUS(status)),
-            ..WaitEnd::default()
-        }
-    } else if libc::WIFSIGNALED(status) {
-        WaitEnd {
-            signal: Some(libc::WTERMSIG(status)),
-            core_dumped: libc::WCOREDUMP(status),
-            ..WaitEnd::default()
-        }
-    } else {
-        WaitEnd::default()
-    }
-}
-
-/// A pidfd registered with the runtime: readable once the process has exited.
-pub(crate) struct PidFd {
-    fd: AsyncFd<OwnedFd>,
-    pid: i32,
-}
-
-impl PidFd {
-    /// Watch `pidfd` of `pid`.
-    pub fn new(pid: i32, pidfd: OwnedFd) -> Result<PidFd, ProcessError> {
-        // SAFETY: an OwnedFd is a valid open fd that stays open, and refers to the same pidfd,
-        // for as long as the AsyncFd owns it; its as_raw_fd always returns that fd.
-        let fd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-            .map_err(|e| ProcessError::Watch {
-            pid,
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Ok(PidFd { fd, pid })
-    }
-
-    /// The pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Wait until the process has exited (it is then a zombie until reaped).
-    pub async fn exited(&self) {
-        // A pidfd stays readable once the process has exited: no need to clear readiness.
-        let _ = self.fd.readable().await;
-    }
-
-    /// Poll form of [`PidFd::exited`]: registers the task's waker, no future to keep.
-    pub fn poll_exited(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.fd.poll_read_ready(cx).map(|_| ())
-    }
-
-    /// A second descriptor of the same pidfd (for the reaper, when this one goes with the
-    /// runtime it is registered with).
-    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
-        self.fd.get_ref().try_clone()
-    }
-
-    /// Send a signal to the process itself, race-free (cannot hit a reused pid).
-    pub fn signal(&self, sig: i32) -> bool {
-        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.get_ref().as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            ) == 0
         }
     }
 }
@@ -329,26 +228,26 @@ mod tests {
     #[test]
     fn wait_statuses_decode_exits_signals_and_cores() {
         let exited = |code: i32| code << 8;
-        assert_eq!(decode_wait_status(exited(3)).exit_code, Some(3));
-        assert_eq!(decode_wait_status(exited(0)).signal, None);
-        let killed = decode_wait_status(libc::SIGKILL);
+        assert_eq!(WaitStatus::decode(exited(3)).exit_code, Some(3));
+        assert_eq!(WaitStatus::decode(exited(0)).signal, None);
+        let killed = WaitStatus::decode(libc::SIGKILL);
         assert_eq!(
             (killed.exit_code, killed.signal),
             (None, Some(libc::SIGKILL))
         );
         assert!(!killed.core_dumped);
-        assert!(decode_wait_status(libc::SIGSEGV | 0x80).core_dumped);
+        assert!(WaitStatus::decode(libc::SIGSEGV | 0x80).core_dumped);
         // A real-time signal, which nix's WaitStatus cannot name.
         let rt = libc::SIGRTMIN() + 2;
-        assert_eq!(decode_wait_status(rt).signal, Some(rt));
+        assert_eq!(WaitStatus::decode(rt).signal, Some(rt));
         // Stopped (0x7f): neither.
         assert_eq!(
-            decode_wait_status((libc::SIGSTOP << 8) | 0x7f),
-            WaitEnd::default()
+            WaitStatus::decode((libc::SIGSTOP << 8) | 0x7f),
+            WaitStatus::default()
         );
         let r = Reaped {
             max_rss_kb: 1,
-            ..decode_wait_status(exited(7)).into()
+            ..WaitStatus::decode(exited(7)).into()
         };
         assert_eq!((r.exit_code, r.max_rss_kb), (Some(7), 1));
     }

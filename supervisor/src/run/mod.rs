@@ -6,21 +6,23 @@
 //! attempts through [`crate::child::run_attempt`], the decision after each (retry after a
 //! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
 
-use crate::child::{self, AttemptSpec, StemPool, TaskInput, ToolRequest};
+mod call;
+
+use crate::child::{self, StemPool, ToolRequest};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentSpec, Config};
-use crate::policy::{
-    self, Admission, Backoff, Breaker, Fingerprint, Intensity, IntensityState, IntensityVerdict,
-    Quarantine, RetryRules, SplitMix64,
-};
+use crate::policy::{Breaker, Intensity, Quarantine, SplitMix64};
 use crate::record::{Decision, ExitReason, ExitRecord, RecordedError};
 use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
 use crate::sandbox::pool::{CgroupPool, WorkspacePool};
+use call::{Call, Next};
 use corral_proto::Value;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
 
 /// Running a task failed before any attempt could be made.
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +89,8 @@ pub struct CallOptions {
     pub memory: Vec<Value>,
     /// Where tool calls go (`None`: every call is denied).
     pub tools: Option<mpsc::Sender<ToolRequest>>,
-    /// Stop the call: set to `Some(reason)`.
-    pub stop: Option<watch::Receiver<Option<ExitReason>>>,
+    /// Stop the call from outside: see [`crate::Stop`].
+    pub stop: Option<crate::Stop>,
     /// Where to report attempts' life events.
     pub events: Option<mpsc::UnboundedSender<child::AttemptEvent>>,
 }
@@ -102,6 +104,8 @@ pub struct Supervisor {
     stems: Arc<StemPool>,
     types: Mutex<HashMap<String, TypeState>>,
     rng: Mutex<SplitMix64>,
+    /// The policy's time: backoffs, intensity, breaker.
+    clock: Arc<dyn Clock>,
 }
 
 /// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
@@ -172,7 +176,15 @@ impl Supervisor {
             cgroups: cgroups.map(|c| CgroupPool::new(Arc::new(c))),
             types: Mutex::new(HashMap::new()),
             rng: Mutex::new(SplitMix64::new(seed)),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Run the policy (backoffs, restart intensity, circuit breaker) on `clock` instead of the
+    /// system's (see [`crate::clock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Supervisor {
+        self.clock = clock;
+        self
     }
 
     /// The warm stems waiting now (agent name, pid of the stem's `corral-init`): see the
@@ -217,7 +229,7 @@ impl Supervisor {
     pub fn enforcement_report(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (name, a) in &self.config.agents {
-            let limits = limits_of(a);
+            let limits = CgroupLimits::from(a);
             match &self.cgroups {
                 Some(cg) => {
                     for line in cg.cgroups().report(&limits) {
@@ -246,7 +258,7 @@ impl Supervisor {
         })?;
         if spec.strict {
             if let Some(cg) = &self.cgroups {
-                let missing = cg.cgroups().unenforceable(&limits_of(spec));
+                let missing = cg.cgroups().unenforceable(&CgroupLimits::from(&**spec));
                 if !missing.is_empty() {
                     return Err(RunError::Unenforceable {
                         agent: name.to_string(),
@@ -275,258 +287,52 @@ impl Supervisor {
     }
 
     /// Run one task on `agent` to its end, with retries by policy.
-    pub async fn call(
+    pub fn call<'a>(
+        &'a self,
+        agent: &str,
+        input: Value,
+        opts: CallOptions,
+    ) -> impl Future<Output = Result<CallOutcome, RunError>> + Send + 'a {
+        // Prepared before the future is made, and the call boxed: what a call keeps while its
+        // agent runs is held once (an async fn would keep its arguments beside what it made
+        // of them, for the whole call).
+        let prepared = self.prepare(agent, input, opts);
+        async move {
+            let mut call = match prepared? {
+                Ok(call) => call,
+                Err(refused) => return Ok(refused),
+            };
+            loop {
+                if let Err(refusal) = call.admit() {
+                    return Ok(call.end(refusal, None));
+                }
+                // Boxed: the outcome outlives the attempt's future, which would otherwise keep
+                // a hole of its size beside that future in every call's state for the whole
+                // attempt.
+                let out = Box::new(call.attempt().await);
+                match call.after(*out) {
+                    Next::End(rec, done) => return Ok(call.end(rec, done)),
+                    Next::Retry(delay) => call.back_off(delay).await,
+                }
+            }
+        }
+    }
+
+    /// A call of `input` on `agent`, ready to make its first attempt; `Ok(Err)` with its
+    /// outcome when the input is refused before any attempt.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
         &self,
         agent: &str,
         input: Value,
         opts: CallOptions,
-    ) -> Result<CallOutcome, RunError> {
+    ) -> Result<Result<Box<Call<'_>>, CallOutcome>, RunError> {
         let spec = self.agent(agent)?;
         // Process-wide, so that several supervisors in one process never share a run id.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
-        // An input no agent could decode (nesting past the protocol's limit, a frame past
-        // `max_frame`) is refused here, before any process exists, with its reason.
-        let max_frame = self.config.supervisor.max_frame;
-        let encoded = corral_proto::frame::encode(&input)
-            .map_err(|e| format!("the input cannot be sent to an agent: {e}"))
-            .and_then(|b| {
-                if b.len() - 4 > max_frame as usize {
-                    Err(format!(
-                        "the input is {} bytes encoded, more than max_frame ({max_frame} bytes)",
-                        b.len() - 4
-                    ))
-                } else {
-                    Ok(b)
-                }
-            });
-        let encoded = match encoded {
-            Ok(b) => b,
-            Err(message) => {
-                return Ok(CallOutcome {
-                    output: None,
-                    memory: Vec::new(),
-                    attempts: vec![not_started(
-                        &spec,
-                        &run_id,
-                        1,
-                        ExitReason::ContractViolation,
-                        message,
-                    )],
-                })
-            }
-        };
-        let input_key = policy::input_key(&encoded);
-        drop(encoded);
-        let mut backoff = Backoff::new(spec.backoff.clone());
-        let mut attempts: Vec<ExitRecord> = Vec::new();
-        // A stop channel of our own only when the caller has none (a channel is ~350 bytes, per
-        // call, for as long as the call lasts).
-        let (_keep_stop_tx, stop) = match opts.stop.clone() {
-            Some(s) => (None, s),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                (Some(tx), rx)
-            }
-        };
-        let input = std::sync::Arc::new(input);
-        let mut retries: u32 = 0;
-        loop {
-            let attempt_no = attempts.len() as u32 + 1;
-            // Stopped (during a backoff, or before the first attempt): say so, start nothing.
-            let stopped = *stop.borrow();
-            if let Some(reason) = stopped {
-                let mut rec = not_started(
-                    &spec,
-                    &run_id,
-                    attempt_no,
-                    reason,
-                    format!("stopped by its owner before the attempt started: {reason}"),
-                );
-                rec.retry_count = retries;
-                attempts.push(rec);
-                return Ok(CallOutcome {
-                    output: None,
-                    memory: Vec::new(),
-                    attempts,
-                });
-            }
-            // Admission: quarantine, intensity, breaker.
-            let now = Instant::now();
-            let gate = self.with_type(&spec, |t| {
-                if t.quarantine.is_quarantined(&input_key) {
-                    return Err((
-                        ExitReason::Quarantined,
-                        format!(
-                            "input {input_key} is quarantined after {} identical failures",
-                            t.quarantine.after()
-                        ),
-                    ));
-                }
-                if let IntensityState::Fatal { until } = t.intensity.state(now) {
-                    return Err((
-                        ExitReason::CircuitOpen,
-                        format!(
-                            "agent type `{}` is fatal (restart intensity exceeded) for another {} ms",
-                            spec.name,
-                            until.saturating_duration_since(now).as_millis()
-                        ),
-                    ));
-                }
-                match t.breaker.admit(now) {
-                    Admission::Rejected { retry_after } => Err((
-                        ExitReason::CircuitOpen,
-                        format!(
-                            "circuit breaker of `{}` is open; next probe in {} ms",
-                            spec.name,
-                            retry_after.as_millis()
-                        ),
-                    )),
-                    _ => Ok(()),
-                }
-            });
-            if let Err((reason, message)) = gate {
-                let mut rec = not_started(&spec, &run_id, attempt_no, reason, message);
-                rec.retry_count = retries;
-                rec.decision = if reason == ExitReason::Quarantined {
-                    Decision::Quarantine
-                } else {
-                    Decision::Abort
-                };
-                attempts.push(rec);
-                return Ok(CallOutcome {
-                    output: None,
-                    memory: Vec::new(),
-                    attempts,
-                });
-            }
-
-            let aspec = AttemptSpec {
-                agent: spec.clone(),
-                run_id: run_id.clone(),
-                attempt: attempt_no,
-                max_frame: self.config.supervisor.max_frame,
-                cgroups: self.cgroups.clone(),
-                workspaces: self.workspaces.clone(),
-                stems: Some(self.stems.clone()),
-                events: opts.events.clone(),
-            };
-            let task = TaskInput {
-                task_id: attempt_no as u64,
-                input: input.clone(),
-                memory: opts.memory.clone(),
-            };
-            // Boxed: the outcome outlives the attempt's future, which would otherwise keep a hole
-            // of its size beside that future in every call's state for the whole attempt.
-            let out =
-                Box::new(child::run_attempt(aspec, task, opts.tools.clone(), stop.clone()).await);
-            let mut rec = out.record;
-            rec.retry_count = retries;
-            let reason = rec.reason;
-            let outcome = policy::AttemptOutcome {
-                reason,
-                retryable: rec.error.as_ref().map(|e| e.retryable),
-                exit_code: rec.exit_code,
-            };
-            let now = Instant::now();
-            let ran_for = Duration::from_millis(rec.duration_ms);
-            // Breaker and quarantine learn from every attempt.
-            let quarantined_now = self.with_type(&spec, |t| {
-                if reason.is_success() {
-                    t.breaker.on_success(now);
-                    t.quarantine.record_success(&input_key);
-                    false
-                } else {
-                    if outcome.counts_for_breaker() {
-                        t.breaker.on_failure(now);
-                    } else {
-                        t.breaker.on_uncounted();
-                    }
-                    let fp = Fingerprint {
-                        reason,
-                        signal: rec.signal,
-                        exit_code: rec.exit_code,
-                        last_message: rec.error.as_ref().map(|e| e.kind.clone()),
-                    };
-                    counts_for_quarantine(reason) && t.quarantine.record_failure(&input_key, &fp)
-                }
-            });
-            backoff.on_healthy_run(ran_for);
-            let rules = RetryRules {
-                policy: spec.restart,
-                max_retries: spec.max_retries,
-                no_retry_exit_codes: &spec.no_retry_exit_codes,
-            };
-            match policy::decide(&rules, &outcome, retries) {
-                policy::Verdict::Done => {
-                    rec.decision = Decision::None;
-                    attempts.push(rec);
-                    return Ok(CallOutcome {
-                        output: out.output,
-                        memory: out.memory,
-                        attempts,
-                    });
-                }
-                policy::Verdict::GiveUp { why } => {
-                    rec.decision = if quarantined_now {
-                        Decision::Quarantine
-                    } else {
-                        Decision::Abort
-                    };
-                    tracing::info!(agent = %spec.name, run = %run_id, attempt = attempt_no, "giving up: {why}");
-                    attempts.push(rec);
-                    return Ok(CallOutcome {
-                        output: None,
-                        memory: Vec::new(),
-                        attempts,
-                    });
-                }
-                policy::Verdict::Retry => {
-                    if quarantined_now {
-                        rec.decision = Decision::Quarantine;
-                        attempts.push(rec);
-                        return Ok(CallOutcome {
-                            output: None,
-                            memory: Vec::new(),
-                            attempts,
-                        });
-                    }
-                    let verdict = self.with_type(&spec, |t| t.intensity.record_restart(now));
-                    match verdict {
-                        IntensityVerdict::Fatal { restart_count, .. } => {
-                            rec.restart_count = restart_count;
-                            rec.decision = Decision::Escalate;
-                            tracing::warn!(agent = %spec.name, restart_count, "restart intensity exceeded: agent type is fatal");
-                            attempts.push(rec);
-                            return Ok(CallOutcome {
-                                output: None,
-                                memory: Vec::new(),
-                                attempts,
-                            });
-                        }
-                        IntensityVerdict::Allowed { restart_count } => {
-                            rec.restart_count = restart_count;
-                        }
-                    }
-                    let r = self.rng.lock().map(|mut g| g.next_f64()).unwrap_or(0.5);
-                    let delay = backoff.next_delay(r);
-                    rec.backoff_ms = Some(delay.as_millis() as u64);
-                    rec.decision = Decision::Retry;
-                    attempts.push(rec);
-                    retries += 1;
-                    // A zero backoff restarts at once (a zero-length sleep still waits for the
-                    // timer wheel's next tick, about a millisecond).
-                    if !delay.is_zero() {
-                        let mut stop_wait = stop.clone();
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop_wait.wait_for(|s| s.is_some()) => {}
-                        }
-                    }
-                }
-            }
-        }
+        Ok(Call::new(self, spec, run_id, input, opts).map(Box::new))
     }
 }
 
@@ -534,7 +340,7 @@ impl Supervisor {
 fn report_unenforced(config: &Config, cgroups: Option<&Cgroups>) {
     let landlock = crate::sandbox::landlock::abi();
     for (name, a) in &config.agents {
-        let limits = limits_of(a);
+        let limits = CgroupLimits::from(a);
         let missing = cgroups
             .map(|c| c.unenforceable(&limits))
             .unwrap_or_else(|| {
@@ -565,7 +371,7 @@ fn report_unenforced(config: &Config, cgroups: Option<&Cgroups>) {
 }
 
 /// Quarantine tracks crashes of an input, not refusals or admin stops.
-fn counts_for_quarantine(reason: ExitReason) -> bool {
+pub(super) fn counts_for_quarantine(reason: ExitReason) -> bool {
     !matches!(
         reason,
         ExitReason::Completed
@@ -577,16 +383,8 @@ fn counts_for_quarantine(reason: ExitReason) -> bool {
     )
 }
 
-fn limits_of(a: &AgentSpec) -> CgroupLimits {
-    CgroupLimits {
-        memory: a.memory,
-        pids: a.pids,
-        cpu_quota: a.cpu_quota,
-    }
-}
-
 /// The record of an attempt that was refused before a process existed.
-fn not_started(
+pub(super) fn not_started(
     spec: &AgentSpec,
     run_id: &str,
     attempt: u32,

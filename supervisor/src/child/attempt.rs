@@ -1,0 +1,341 @@
+//! One attempt from spawn to exit record, in order: get the process (a warm stem or a launch),
+//! set up its pipes and their poller, watch it (see `watch`), stop and reap it (see
+//! `stop`), then account: what the kernel and the watch found, decided into a reason (see
+//! `verdict`) and written into the [`ExitRecord`].
+//!
+//! Nothing that the next attempt does not need is awaited before the record is returned: the
+//! removal of the cgroup and of the workspace goes to the reaper thread once the counters are
+//! read.
+
+use super::guard::Teardown;
+use super::launch::{launch, Launched};
+use super::logs::Logs;
+use super::poller::{set_nonblocking, Poller, Ready};
+use super::protocol::Protocol;
+use super::stop;
+use super::verdict::{self, Evidence, Verdict};
+use super::watch::Watch;
+use super::wire::{Beats, Wire};
+use super::{AttemptEvent, AttemptOutcome, AttemptSpec, Pools, TaskInput, ToolRequest};
+use crate::record::{ExitReason, ExitRecord};
+use crate::sandbox::cgroup::AgentCgroup;
+use crate::sandbox::process::Reaped;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+
+/// Run one task on one fresh agent process and account for it.
+///
+/// `tools` receives the agent's tool calls (when `None`, every call is answered `denied`).
+/// `stop` lets the owner cancel the attempt.
+pub fn run_attempt(
+    spec: AttemptSpec,
+    task: TaskInput,
+    tools: Option<mpsc::Sender<ToolRequest>>,
+    stop: watch::Receiver<Option<ExitReason>>,
+) -> impl std::future::Future<Output = AttemptOutcome> + Send {
+    // Three stages; only the watch waits long, and the future that waits holds no more than
+    // it needs: the arguments go into the (boxed) start at once rather than being kept beside
+    // it, the finishing is boxed too, and what the agent's whole life needs is one box of its
+    // own (a thousand idle agents each keep one of each).
+    let events = spec.events.clone();
+    let start = Box::pin(start(spec, task, tools));
+    async move {
+        let out = match start.await {
+            Ok(mut running) => {
+                let verdict = running.watch(stop).await;
+                Box::pin(running.finish(verdict)).await
+            }
+            Err(outcome) => *outcome,
+        };
+        // Every attempt ends with this event, whichever way it ended (a failed spawn
+        // included).
+        if let Some(tx) = events {
+            let _ = tx.send(AttemptEvent::Exited(Box::new(out.record.clone())));
+        }
+        out
+    }
+}
+
+/// The record's times, and its bounds applied: the last thing done to it.
+fn finish(mut record: ExitRecord, t0: Instant) -> ExitRecord {
+    record.ended_at = crate::record::rfc3339(SystemTime::now());
+    record.duration_ms = t0.elapsed().as_millis() as u64;
+    record.bound();
+    record
+}
+
+/// The outcome of an attempt whose process could not be made.
+fn spawn_failed(mut record: ExitRecord, t0: Instant, message: String) -> AttemptOutcome {
+    record.reason = ExitReason::SpawnFailed;
+    record.error = verdict::err("spawn_failed", message, false);
+    AttemptOutcome {
+        output: None,
+        memory: Vec::new(),
+        record: finish(record, t0),
+    }
+}
+
+/// The process: a warm stem of this agent type when one is waiting (released with this
+/// attempt's environment), else made now. Whether it was warm.
+async fn obtain(spec: &AttemptSpec) -> Result<(bool, Launched), String> {
+    let agent = &spec.agent;
+    if let Some(stem) = spec.stems.as_ref().and_then(|s| s.take(&agent.name)) {
+        match stem.release(agent, &spec.run_id, spec.attempt) {
+            Ok(l) => return Ok((true, l)),
+            Err(e) => tracing::debug!(agent = %agent.name, "warm stem unusable: {e}"),
+        }
+    }
+    let pools = Pools {
+        workspaces: spec.workspaces.clone(),
+        cgroups: spec.cgroups.clone(),
+    };
+    launch(agent, &pools, &spec.run_id, spec.attempt, false)
+        .await
+        .map(|l| (false, l))
+        .map_err(|e| e.to_string())
+}
+
+/// An attempt whose process exists: what its watch and its teardown need.
+pub(super) struct Running {
+    /// The conversation, the pipes, the output, the beats, health, tools.
+    w: Watch,
+    /// Kills and reaps the process (and removes the cgroup and workspace) if this is dropped
+    /// before the teardown.
+    guard: Teardown,
+    cgroup: Option<Arc<AgentCgroup>>,
+    /// `corral-init`'s record of the agent, when it runs under one.
+    status_rx: Option<OwnedFd>,
+    /// When the attempt started, for the record.
+    started: SystemTime,
+    t0: Instant,
+}
+
+/// Get the process and set up its pipes, their poller and the conversation (its `Hello`
+/// said). `Err`: the outcome of an attempt whose process could not be made or watched.
+async fn start(
+    spec: AttemptSpec,
+    task: TaskInput,
+    tools: Option<mpsc::Sender<ToolRequest>>,
+) -> Result<Box<Running>, Box<AttemptOutcome>> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let failed = |spec: &AttemptSpec, pid: Option<i32>, message: String| {
+        let mut record = ExitRecord::begin(&spec.agent.name, &spec.run_id, spec.attempt);
+        record.started_at = crate::record::rfc3339(started);
+        record.pid = pid.map(|p| p as u32);
+        Box::new(spawn_failed(record, t0, message))
+    };
+    let (was_warm, launched) = match obtain(&spec).await {
+        Ok(m) => m,
+        Err(e) => return Err(failed(&spec, None, e)),
+    };
+    let Launched {
+        spawned,
+        workspace,
+        cgroup,
+        status_rx,
+        up_r,
+        down_w,
+        out_r,
+        err_r,
+        beat_r,
+        ..
+    } = launched;
+    let pid = spawned.pid;
+    spec.emit(|| AttemptEvent::Spawned {
+        agent: spec.agent.name.clone(),
+        attempt: spec.attempt,
+        pid,
+        warm: was_warm,
+    });
+    // From here on, the process exists: every path ends in teardown + reap, and if the attempt
+    // is dropped before, the guard does it (on the reaper thread).
+    let guard = Teardown::new(pid, spawned.pidfd, cgroup.clone(), workspace);
+    let proto = Protocol::new(
+        spec.agent.clone(),
+        task,
+        spec.max_frame,
+        tools.is_some(),
+        t0,
+    );
+    let io = (|| -> std::io::Result<_> {
+        let poller = Poller::new()?;
+        poller.add(guard.pidfd().as_fd(), Ready::EXIT)?;
+        set_nonblocking(up_r.as_fd())?;
+        set_nonblocking(down_w.as_fd())?;
+        let logs = Logs::new(out_r, err_r, proto.log_budget().clone(), &poller)?;
+        Ok((
+            Wire::new(Some(up_r), Some(down_w), spec.max_frame),
+            poller,
+            logs,
+        ))
+    })();
+    let (mut wire, poller, logs) = match io {
+        Ok(io) => io,
+        Err(e) => {
+            let message = format!("set up pipes: {e}");
+            return Err(failed(&spec, Some(pid), message));
+        }
+    };
+    wire.send(&proto.hello(&spec.run_id, spec.attempt), &poller);
+    let w = Watch::new(
+        spec,
+        pid,
+        proto,
+        (wire, poller, logs),
+        Beats::new(beat_r),
+        tools,
+    );
+    Ok(Box::new(Running {
+        w,
+        guard,
+        cgroup,
+        status_rx,
+        started,
+        t0,
+    }))
+}
+
+impl Running {
+    /// Watch the agent until the attempt's end is decided (see `watch`).
+    async fn watch(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
+        self.w.run(stop).await
+    }
+
+    /// Stop and reap the process, then account for the attempt.
+    async fn finish(mut self: Box<Self>, mut verdict: Verdict) -> AttemptOutcome {
+        let decided_at = Instant::now();
+        let w = &mut self.w;
+        let agent = w.spec.agent.clone();
+        let pid = self.guard.pid();
+
+        // Teardown: stop the process (whole group), reap it. Nothing on the wire wakes the
+        // attempt any more: only the exit, and the output read meanwhile.
+        w.wire.unwatch(&w.poller);
+        let mut signals_sent = Vec::new();
+        let shutdown = w.proto.shutdown();
+        let (wire, poller) = (&mut w.wire, &w.poller);
+        let reaped = stop::stop_and_reap(
+            (pid, self.guard.pidfd()),
+            (poller, &mut w.logs, &agent.name),
+            self.cgroup.as_ref(),
+            verdict.graceful,
+            w.proto.kill_grace(),
+            || {
+                wire.send(&shutdown, poller);
+                wire.unwatch(poller);
+            },
+            &mut signals_sent,
+        )
+        .await;
+        if reaped.is_some() {
+            self.guard.set_reaped();
+        }
+        w.poller.remove(self.guard.pidfd().as_fd());
+        // (Also here: an agent that never got ready did not ask for the next stem.)
+        w.spec.refill_stem();
+        if verdict.reason.is_none() {
+            // Frames the agent wrote just before it exited are still in the pipe.
+            if let Some(v) = w.drain_after_exit() {
+                verdict = v;
+            }
+        }
+        verdict.log(&agent.name);
+        w.last_beats();
+        w.wire.close_down();
+        let mut record = ExitRecord::begin(&agent.name, &w.spec.run_id, w.spec.attempt);
+        record.started_at = crate::record::rfc3339(self.started);
+        record.pid = Some(pid as u32);
+        // The rest of the output: stragglers are dead, so the pipes reach their end; an escaped
+        // process that still holds them must not hold up the record.
+        let rest = w.logs.drain_to_end(&w.poller, &agent.name, pid);
+        let _ = tokio::time::timeout(Duration::from_millis(250), rest).await;
+        record.stderr_tail = w.logs.stderr_tail();
+        record.log_bytes_dropped = w.proto.log_budget().dropped();
+
+        // What the kernel says, then the removals, left to the reaper.
+        let workspace = self.guard.take_workspace();
+        // Read before the workspace (and its quota's tmpfs) goes.
+        let disk_full = workspace.as_ref().is_some_and(|ws| ws.is_full());
+        let workspace = match workspace {
+            Some(workspace) if agent.keep_workspace => {
+                let kept = workspace.keep();
+                tracing::info!(agent = %agent.name, pid, workspace = %kept.display(), "workspace kept");
+                None
+            }
+            other => other,
+        };
+        stop::dispose(None, workspace);
+        let counters = match self.cgroup.take() {
+            Some(c) => stop::cgroup_counters(c).await,
+            None => stop::CgroupCounters::default(),
+        };
+        // Torn down: the process is reaped, the cgroup and workspace are left to the reaper.
+        self.guard.disarm();
+        if let Some(peak) = counters.mem_peak {
+            w.health.note_peak(peak / 1024);
+        }
+        // Under corral-init, the agent's own end is in the init's report; without one (the
+        // init itself was killed), the init's status stands for the tree.
+        let mut reaped = reaped.unwrap_or_default();
+        match self.status_rx.take().and_then(stop::read_init_status) {
+            Some(Ok(r)) => reaped = r,
+            Some(Err(errno)) => {
+                let e = std::io::Error::from_raw_os_error(errno);
+                let message = format!("in the child, execve of the agent failed: {e}");
+                verdict = Verdict::ended(ExitReason::SpawnFailed, message, false, false);
+            }
+            None => {}
+        }
+        account(&mut record, &reaped, w, signals_sent, decided_at);
+        let evidence = Evidence {
+            reaped,
+            oom: counters.oom,
+            pids_hits: counters.pids_hits,
+            disk_full,
+            truncated: w.truncated.take(),
+        };
+        let (reason, error) = verdict::decide(verdict, &evidence, &agent);
+        record.oom_killed = counters.oom;
+        record.reason = reason;
+        record.error = error;
+        let done = w.proto.finish();
+        record.tool_calls = done.tool_calls;
+        record.tool_calls_dropped = done.tool_calls_dropped;
+        let completed = reason == ExitReason::Completed;
+        AttemptOutcome {
+            output: done.output.filter(|_| completed),
+            memory: if completed { done.memory } else { Vec::new() },
+            record: finish(record, self.t0),
+        }
+    }
+}
+
+/// What the process and the watch say, into the record.
+fn account(
+    record: &mut ExitRecord,
+    r: &Reaped,
+    w: &Watch,
+    signals_sent: Vec<String>,
+    decided_at: Instant,
+) {
+    record.exit_code = r.exit_code;
+    record.signal = r.signal;
+    record.signal_name = r.signal.map(verdict::signal_name);
+    record.core_dumped = r.core_dumped;
+    record.cpu_user_ms = r.cpu_user_ms;
+    record.cpu_sys_ms = r.cpu_sys_ms;
+    record.max_rss_kb = r.max_rss_kb;
+    record.signals_sent = signals_sent;
+    record.peak_rss_kb = w.health.peak_rss_kb;
+    record.last_rss_kb = w.health.last_rss_kb;
+    record.progress = w.proto.progress();
+    record.phase = w.proto.phase();
+    // Measured when the end was decided, not after the teardown that followed.
+    record.last_heartbeat_age_ms = w
+        .proto
+        .last_alive()
+        .map(|t| decided_at.saturating_duration_since(t).as_millis() as u64);
+}

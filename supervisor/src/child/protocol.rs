@@ -1,0 +1,579 @@
+//! The conversation with one agent, as a state machine without I/O: messages in, decisions out.
+//!
+//! [`Protocol`] holds what the supervisor knows of the agent's side of the wire: the phase
+//! (starting, busy, waiting for tools, …), the contract it declared, its progress and last sign
+//! of life, its outstanding tool calls and their trace. It is told what happened, with the time
+//! it happened (`now` is always passed in; nothing here reads a clock), and answers with a
+//! [`Step`]: go on, say this to the agent, relay this tool call, print this log line, the
+//! handshake is done and this is the task to send, or the attempt ends with this [`Verdict`].
+//! It also says when the next watchdog is due ([`Protocol::next_deadline`]) and what a watchdog
+//! or a stop request means ([`Protocol::timeout_verdict`], [`Protocol::on_stop`]).
+//!
+//! The rules, by phase (`Log` is accepted in every phase; anything not listed is a protocol
+//! violation):
+//!
+//! | phase | message | step |
+//! |---|---|---|
+//! | starting | `Ready` of this protocol version, input within its contract | task sent, busy |
+//! | starting | `Ready` of another version | protocol violation |
+//! | starting | `Ready` whose contract refuses the input | contract violation |
+//! | starting | `Failed` for task 0 | agent error (protocol violation for `protocol_mismatch`) |
+//! | busy, tool call, idle | `Heartbeat` | alive; progress moved when it changed |
+//! | busy, tool call | `ToolCall` | checked (see `bounds`), refused or relayed; tool call |
+//! | busy, tool call | `Done` for this task | completed, or contract violation of the output |
+//! | busy, tool call | `Failed` for this task | agent error |
+//! | busy, tool call | `Done`/`Failed` for another task | protocol violation |
+//!
+//! The attempt loop (`watch`) owns the pipes, the timer and the owner's channels; it feeds this
+//! machine and carries out its steps.
+
+use super::bounds::{self, BoundError, LogBudget, Trace};
+use super::verdict::Verdict;
+use super::TaskInput;
+use crate::config::AgentSpec;
+use crate::record::{ExitReason, Phase, ToolTrace};
+use corral_proto::frame::{self, FrameError};
+use corral_proto::{
+    AgentError, Cancel, Contract, Down, Hello, LogLevel, Task, ToolCall, ToolResult, Up, Value,
+    PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the supervisor sends to an agent, named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// A call's input (checked before any process exists).
+    Input,
+    /// The `Task` message (input and notes).
+    Task,
+}
+
+impl Outgoing {
+    fn name(self) -> &'static str {
+        match self {
+            Outgoing::Input => "input",
+            Outgoing::Task => "task",
+        }
+    }
+
+    fn unencodable(self) -> &'static str {
+        match self {
+            Outgoing::Input => "sent to an agent",
+            Outgoing::Task => "encoded",
+        }
+    }
+}
+
+/// Something the supervisor would send that no agent could take.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OutgoingError {
+    /// Larger than the `max_frame` the agent was told in `Hello`.
+    #[error("the {} is {len} bytes encoded, more than max_frame ({max} bytes)", .what.name())]
+    TooLarge {
+        /// What it is.
+        what: Outgoing,
+        /// Its payload length.
+        len: usize,
+        /// The maximum.
+        max: u32,
+    },
+    /// Not encodable at all (nesting past the protocol's limit).
+    #[error("the {} cannot be {}: {source}", .what.name(), .what.unencodable())]
+    Unencodable {
+        /// What it is.
+        what: Outgoing,
+        /// Why.
+        source: FrameError,
+    },
+}
+
+/// `msg` as a frame whose payload is within `max_frame`, the limit both sides agreed on.
+pub(crate) fn encode_within<M: Serialize>(
+    msg: &M,
+    max_frame: u32,
+    what: Outgoing,
+) -> Result<Vec<u8>, OutgoingError> {
+    let bytes = frame::encode(msg).map_err(|source| OutgoingError::Unencodable { what, source })?;
+    let len = bytes.len() - 4;
+    if len > max_frame as usize {
+        return Err(OutgoingError::TooLarge {
+            what,
+            len,
+            max: max_frame,
+        });
+    }
+    Ok(bytes)
+}
+
+/// What to do after a message.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Nothing.
+    Continue,
+    /// Say this to the agent (the answer to a tool call decided here).
+    Send(Down),
+    /// The agent is ready: report it, then send it the task (a whole frame), or end with the
+    /// verdict when the task cannot be sent.
+    Ready(Result<Vec<u8>, Verdict>),
+    /// Relay this tool call to the owner; its answer comes back through [`Protocol::answer`].
+    Relay(ToolCall),
+    /// Print this line of the agent's (cut to the log budget, not escaped yet).
+    Log(LogLevel, String),
+    /// The attempt ends.
+    End(Verdict),
+}
+
+/// The agent's progress counter and when it last moved.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    value: u64,
+    since: Instant,
+}
+
+/// The agent's tool calls: those outstanding (at most `MAX_OUTSTANDING_CALLS`, with their
+/// tool and start) and the trace of those answered.
+#[derive(Default)]
+struct Calls {
+    outstanding: HashMap<u64, (String, Instant)>,
+    trace: Trace,
+}
+
+/// The agent's side of the conversation. See the module docs.
+pub(super) struct Protocol {
+    agent: Arc<AgentSpec>,
+    task: TaskInput,
+    max_frame: u32,
+    /// Whether tool calls have somewhere to go (else they are answered `denied`).
+    tools: bool,
+    /// The attempt's log budget, shared with the stdout/stderr drain.
+    log_budget: Arc<LogBudget>,
+    /// When the attempt started.
+    t0: Instant,
+    phase: Phase,
+    contract: Option<Contract>,
+    /// The output and notes of a completed task.
+    done: Option<Box<(Value, Vec<Value>)>>,
+    progress: Progress,
+    /// The last sign of life: a frame, or a beat (clamped to when it was read).
+    last_alive: Option<Instant>,
+    task_sent_at: Option<Instant>,
+    /// Since when the agent's frames are not read because it does not read its own.
+    blocked_since: Option<Instant>,
+    /// Outstanding tool calls (at most `MAX_OUTSTANDING_CALLS`): tool name and start.
+    /// Tool calls, once the agent made one (most never do: no room kept for them).
+    calls: Option<Box<Calls>>,
+}
+
+impl Protocol {
+    /// The conversation of an attempt that started at `t0`, before `Hello`.
+    pub(super) fn new(
+        agent: Arc<AgentSpec>,
+        task: TaskInput,
+        max_frame: u32,
+        tools: bool,
+        t0: Instant,
+    ) -> Protocol {
+        Protocol {
+            log_budget: Arc::new(LogBudget::new(agent.log_limit)),
+            agent,
+            task,
+            max_frame,
+            tools,
+            t0,
+            phase: Phase::Starting,
+            contract: None,
+            done: None,
+            progress: Progress {
+                value: 0,
+                since: t0,
+            },
+            last_alive: None,
+            task_sent_at: None,
+            blocked_since: None,
+            calls: None,
+        }
+    }
+
+    /// The handshake's offer, the first thing said.
+    pub(super) fn hello(&self, run_id: &str, attempt: u32) -> Down {
+        Down::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_id: self.agent.name.clone(),
+            run_id: run_id.to_string(),
+            attempt,
+            heartbeat_interval_ms: self.agent.heartbeat_interval.as_millis() as u64,
+            max_frame: self.max_frame,
+        })
+    }
+
+    /// The log budget, shared with the stdout/stderr drain.
+    pub(super) fn log_budget(&self) -> &Arc<LogBudget> {
+        &self.log_budget
+    }
+
+    /// From now on tool calls have nowhere to go (the agent is gone): they are answered
+    /// `denied`.
+    pub(super) fn no_tools(&mut self) {
+        self.tools = false;
+    }
+
+    /// Handle one message from the agent, received at `now`.
+    pub(super) fn on_frame(&mut self, msg: Up, now: Instant) -> Step {
+        self.last_alive = Some(now);
+        match (self.phase, msg) {
+            (_, Up::Log(l)) => {
+                // Within the log budget shared with stdout and stderr.
+                let keep = self.log_budget.take(l.message.len());
+                if keep == 0 {
+                    return Step::Continue;
+                }
+                let mut text = l.message;
+                let cut = bounds::clip(&text, keep).len();
+                text.truncate(cut);
+                Step::Log(l.level, text)
+            }
+            (Phase::Starting, Up::Ready(r)) => {
+                if r.protocol != PROTOCOL_VERSION {
+                    let message =
+                        corral_proto::message::version_mismatch(PROTOCOL_VERSION, r.protocol);
+                    return Step::End(Verdict::violation(message));
+                }
+                let refused = r.contract.input.validate(&self.task.input, "input");
+                self.contract = Some(r.contract);
+                if let Err(e) = refused {
+                    self.phase = Phase::Idle;
+                    return Step::End(Verdict::contract(e.to_string()));
+                }
+                let task = Down::Task(Task {
+                    task_id: self.task.task_id,
+                    input: Value::clone(&self.task.input),
+                    memory: self.task.memory.clone(),
+                });
+                // The agent was told max_frame in Hello: a larger Task it would refuse.
+                match encode_within(&task, self.max_frame, Outgoing::Task) {
+                    Ok(frame) => {
+                        self.phase = Phase::Busy;
+                        self.task_sent_at = Some(now);
+                        self.progress.since = now;
+                        Step::Ready(Ok(frame))
+                    }
+                    Err(e) => Step::Ready(Err(Verdict::contract(e.to_string()))),
+                }
+            }
+            (Phase::Starting, Up::Failed(f)) if f.task_id == 0 => {
+                let reason = if f.error.kind == "protocol_mismatch" {
+                    ExitReason::ProtocolViolation
+                } else {
+                    ExitReason::AgentError
+                };
+                Step::End(Verdict {
+                    reason: Some(reason),
+                    error: Some(f.error.into()),
+                    graceful: true,
+                })
+            }
+            (Phase::Busy | Phase::ToolCall | Phase::Idle, Up::Heartbeat(h)) => {
+                if h.progress != self.progress.value {
+                    self.progress = Progress {
+                        value: h.progress,
+                        since: now,
+                    };
+                }
+                Step::Continue
+            }
+            (Phase::Busy | Phase::ToolCall, Up::ToolCall(call)) => self.on_call(call, now),
+            (Phase::Busy | Phase::ToolCall, Up::Done(d)) => {
+                if d.task_id != self.task.task_id {
+                    return Step::End(Verdict::violation(format!(
+                        "Done for task {} while task {} runs",
+                        d.task_id, self.task.task_id
+                    )));
+                }
+                self.phase = Phase::Idle;
+                if let Some(c) = &self.contract {
+                    if let Err(e) = c.output.validate(&d.output, "output") {
+                        return Step::End(Verdict::contract(e.to_string()));
+                    }
+                }
+                self.done = Some(Box::new((d.output, d.memory)));
+                Step::End(Verdict::completed())
+            }
+            (Phase::Busy | Phase::ToolCall, Up::Failed(f)) => {
+                if f.task_id != self.task.task_id {
+                    return Step::End(Verdict::violation(format!(
+                        "Failed for task {} while task {} runs",
+                        f.task_id, self.task.task_id
+                    )));
+                }
+                self.phase = Phase::Idle;
+                Step::End(Verdict {
+                    reason: Some(ExitReason::AgentError),
+                    error: Some(f.error.into()),
+                    graceful: true,
+                })
+            }
+            (phase, msg) => Step::End(Verdict::violation(format!(
+                "unexpected `{}` message while {}",
+                msg.name(),
+                match phase {
+                    Phase::Starting => "starting (before Ready)",
+                    Phase::Idle => "idle",
+                    Phase::Busy => "busy",
+                    Phase::ToolCall => "waiting for a tool",
+                    Phase::Stopping => "stopping",
+                }
+            ))),
+        }
+    }
+
+    /// A tool call: checked against the bounds and the contract, then refused here or relayed.
+    fn on_call(&mut self, call: ToolCall, now: Instant) -> Step {
+        let calls = self.calls.get_or_insert_with(Box::default);
+        let checked = bounds::check_call(&call, calls.outstanding.len(), |id| {
+            calls.outstanding.contains_key(&id)
+        });
+        let refusal = match checked {
+            Ok(refusal) => refusal,
+            Err(e) => return Step::End(Verdict::violation(e.to_string())),
+        };
+        self.phase = Phase::ToolCall;
+        calls
+            .outstanding
+            .insert(call.call_id, (call.tool.clone(), now));
+        let declared = self
+            .contract
+            .as_ref()
+            .is_some_and(|c| c.tools.iter().any(|t| t == &call.tool || t == "*"));
+        let refusal = refusal.or_else(|| {
+            if !declared {
+                Some(AgentError::new(
+                    "undeclared_tool",
+                    format!(
+                        "tool `{}` is not declared in the agent's contract",
+                        call.tool
+                    ),
+                    false,
+                ))
+            } else if !self.tools {
+                Some(AgentError::new(
+                    "denied",
+                    format!("no tools are configured for agent `{}`", self.agent.name),
+                    false,
+                ))
+            } else {
+                None
+            }
+        });
+        match refusal {
+            Some(refusal) => Step::Send(self.answer(call.call_id, Err(refusal), now)),
+            None => Step::Relay(call),
+        }
+    }
+
+    /// The answer to tool call `call_id`, arrived at `now`: accounted for, and the message
+    /// that carries it to the agent.
+    pub(super) fn answer(
+        &mut self,
+        call_id: u64,
+        result: Result<Value, AgentError>,
+        now: Instant,
+    ) -> Down {
+        let calls = self.calls.get_or_insert_with(Box::default);
+        if let Some((tool, at)) = calls.outstanding.remove(&call_id) {
+            calls.trace.push(ToolTrace {
+                call_id,
+                tool,
+                ok: result.is_ok(),
+                error_kind: result.as_ref().err().map(|e| e.kind.clone()),
+                duration_ms: now.saturating_duration_since(at).as_millis() as u64,
+            });
+        }
+        if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
+            self.phase = Phase::Busy;
+            // The agent could not progress while it waited.
+            self.progress.since = now;
+        }
+        Down::ToolResult(ToolResult { call_id, result })
+    }
+
+    /// The answer to a call the owner could not take (its channel full or closed).
+    pub(super) fn broker_busy() -> AgentError {
+        AgentError::new("unavailable", "tool broker is busy or gone", true)
+    }
+
+    /// The answer to a call the owner dropped without answering.
+    pub(super) fn broker_dropped() -> AgentError {
+        AgentError::new("unavailable", "tool broker dropped the call", true)
+    }
+
+    /// A beat read at `read_at` (`mono_now` on the monotonic clock), dated `at_ns` by the agent:
+    /// a sign of life at that date (clamped to when it was read, and to the attempt's start),
+    /// with its progress.
+    pub(super) fn on_beat(&mut self, progress: u64, at_ns: u64, read_at: Instant, mono_now: u64) {
+        let at = bounds::beat_time(read_at, mono_now, at_ns, self.t0);
+        if self.last_alive.is_none_or(|t| at > t) {
+            self.last_alive = Some(at);
+        }
+        if progress != self.progress.value && at >= self.progress.since {
+            self.progress = Progress {
+                value: progress,
+                since: at,
+            };
+        }
+    }
+
+    /// Whether the agent's frames are left unread (because it does not read its own), as of
+    /// `now`: while they are, it cannot be told hung or stalled, only given a
+    /// `heartbeat_timeout` to read.
+    pub(super) fn set_blocked(&mut self, blocked: bool, now: Instant) {
+        match (blocked, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(now),
+            (false, Some(_)) => self.blocked_since = None,
+            _ => {}
+        }
+    }
+
+    /// The earliest moment a watchdog fires, and the reason it would give.
+    pub(super) fn next_deadline(&self) -> (Instant, ExitReason) {
+        let a = &self.agent;
+        if self.phase == Phase::Starting {
+            return (self.t0 + a.startup_timeout, ExitReason::StartupTimeout);
+        }
+        let mut best = bounds::liveness_deadline(
+            self.last_alive.unwrap_or(self.t0),
+            self.blocked_since,
+            a.heartbeat_timeout,
+        );
+        if let Some(sent) = self.task_sent_at {
+            if matches!(self.phase, Phase::Busy | Phase::ToolCall) {
+                // Waiting on a tool is not a stall of the agent, nor is waiting for it to read
+                // (its progress is not read meanwhile).
+                if self.phase == Phase::Busy && self.blocked_since.is_none() {
+                    let stall = self.progress.since + a.stall_timeout;
+                    if stall < best.0 {
+                        best = (stall, ExitReason::Stalled);
+                    }
+                }
+                let wall = sent + a.wall_time;
+                if wall < best.0 {
+                    best = (wall, ExitReason::Deadline);
+                }
+            }
+        }
+        best
+    }
+
+    /// The watchdog due at `now`, if any: its deadline and reason.
+    pub(super) fn overdue(&self, now: Instant) -> Option<(Instant, ExitReason)> {
+        let (due, why) = self.next_deadline();
+        (now >= due).then_some((due, why))
+    }
+
+    /// The verdict of watchdog `why`; `unread` is how many bytes wait for the agent to read.
+    pub(super) fn timeout_verdict(&self, why: ExitReason, unread: usize) -> Verdict {
+        let a = &self.agent;
+        let message = match why {
+            ExitReason::StartupTimeout => {
+                format!("no Ready within startup_timeout ({:?})", a.startup_timeout)
+            }
+            ExitReason::Hung => format!(
+                "no frame within heartbeat_timeout ({:?})",
+                a.heartbeat_timeout
+            ),
+            ExitReason::Stalled => format!(
+                "heartbeats continued but progress stayed at {} for stall_timeout ({:?})",
+                self.progress.value, a.stall_timeout
+            ),
+            ExitReason::Deadline => format!("task ran past wall_time ({:?})", a.wall_time),
+            ExitReason::ProtocolViolation => {
+                let e = BoundError::NotReading {
+                    bytes: unread,
+                    waited: a.heartbeat_timeout,
+                };
+                return Verdict::violation(e.to_string());
+            }
+            other => other.to_string(),
+        };
+        Verdict::ended(why, message, true, false)
+    }
+
+    /// The owner asks the attempt to stop for `reason`: what to tell the agent (a cancelled
+    /// task is cancelled), and the verdict.
+    pub(super) fn on_stop(&self, reason: ExitReason) -> (Option<Down>, Verdict) {
+        let cancel = (reason == ExitReason::Cancelled).then_some(Down::Cancel(Cancel {
+            task_id: self.task.task_id,
+        }));
+        let message = format!("stopped by its owner: {reason}");
+        (cancel, Verdict::ended(reason, message, false, true))
+    }
+
+    /// The `Shutdown` message, with the grace the agent has.
+    pub(super) fn shutdown(&self) -> Down {
+        Down::Shutdown(corral_proto::Shutdown {
+            grace_ms: self.agent.kill_grace.as_millis() as u64,
+        })
+    }
+
+    /// Where the conversation got.
+    pub(super) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The agent's progress counter.
+    pub(super) fn progress(&self) -> u64 {
+        self.progress.value
+    }
+
+    /// The last sign of life.
+    pub(super) fn last_alive(&self) -> Option<Instant> {
+        self.last_alive
+    }
+
+    /// Whether the agent completed its task.
+    pub(super) fn completed(&self) -> bool {
+        self.done.is_some()
+    }
+
+    /// What the attempt produced: the output and notes (when it completed), the contract, and
+    /// the trace of its tool calls with how many were dropped from it.
+    pub(super) fn finish(&mut self) -> Finished {
+        let (tool_calls, dropped) = match &mut self.calls {
+            Some(calls) => calls.trace.take(),
+            None => (Vec::new(), 0),
+        };
+        let (output, memory) = match self.done.take() {
+            Some(done) => (Some(done.0), done.1),
+            None => (None, Vec::new()),
+        };
+        Finished {
+            output,
+            memory,
+            #[cfg(test)]
+            contract: self.contract.take(),
+            tool_calls,
+            tool_calls_dropped: dropped,
+        }
+    }
+
+    /// How long the agent is given to exit after `Shutdown` before it is killed.
+    pub(super) fn kill_grace(&self) -> Duration {
+        self.agent.kill_grace
+    }
+}
+
+/// See [`Protocol::finish`].
+pub(super) struct Finished {
+    pub(super) output: Option<Value>,
+    pub(super) memory: Vec<Value>,
+    /// The contract the agent declared (what the tests check of the handshake).
+    #[cfg(test)]
+    pub(super) contract: Option<Contract>,
+    pub(super) tool_calls: Vec<ToolTrace>,
+    pub(super) tool_calls_dropped: u64,
+}
+
+#[cfg(test)]
+mod tests;

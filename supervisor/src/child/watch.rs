@@ -1,0 +1,494 @@
+//! The watch: the event loop of one attempt while its agent runs, the I/O around the
+//! [`Protocol`] machine.
+//!
+//! On each wake-up it asks the attempt's poller which of the agent's fds are ready and handles
+//! them by priority: the owner's stop, the exit, the timer, tool answers, room on the down
+//! pipe, the agent's frames (read into a bounded decoder and handed to the machine), and last
+//! its output (see `logs`). It writes what the machine says without blocking (see `wire`),
+//! relays tool calls to the owner and their answers back, reads the beat pipe only when a
+//! watchdog is due (a beat costs no wake-up), takes health samples when awake anyway, and ends
+//! on the process's exit, the owner's stop, or a watchdog. One timer per attempt, moved early
+//! onto a grid of the monotonic clock so that agents beating in step share wake-ups.
+//!
+//! What it keeps while the agent is idle is small on purpose (a thousand idle agents each keep
+//! one): the sources are polled in place (no future built per turn), one readiness
+//! registration serves all the agent's fds, and buffers are given back once empty.
+
+use super::bounds;
+use super::health::Health;
+use super::logs::Logs;
+use super::poller::{Poller, Ready};
+use super::protocol::{Protocol, Step};
+use super::verdict::Verdict;
+use super::wire::{self, Beats, ReadState, Wire};
+use super::{AttemptEvent, AttemptSpec, ToolRequest};
+use crate::record::ExitReason;
+use corral_proto::beat::monotonic_ns;
+use corral_proto::{AgentError, Up, Value};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The grid watchdog checks are moved onto (at most the heartbeat interval): see
+/// [`next_wake`].
+const WAKE_GRID: Duration = Duration::from_millis(100);
+
+/// The owner's tool broker and the calls waiting for its answers.
+struct Tools {
+    tx: Option<mpsc::Sender<ToolRequest>>,
+    waits: Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
+}
+
+/// What woke the watch.
+enum Wake {
+    Up,
+    Tool(u64, Result<Value, AgentError>),
+    Writable,
+    Logs(Ready),
+    Exited,
+    Stop(ExitReason),
+    Timer,
+    /// The agent's fds cannot be watched any more.
+    Lost(std::io::Error),
+}
+
+/// The owner's stop request, awaited by one future kept for the whole watch (made again only
+/// when the value changed to "no stop"), on a clone of the receiver so that the value can be
+/// read while it waits.
+struct StopWait {
+    fut: Option<Pin<Box<StopFuture>>>,
+}
+
+type StopFuture =
+    dyn Future<Output = (Option<ExitReason>, watch::Receiver<Option<ExitReason>>)> + Send;
+
+impl StopWait {
+    fn new(rx: watch::Receiver<Option<ExitReason>>) -> StopWait {
+        let mut w = StopWait { fut: None };
+        w.arm(rx);
+        w
+    }
+
+    fn arm(&mut self, mut rx: watch::Receiver<Option<ExitReason>>) {
+        self.fut = Some(Box::pin(async move {
+            if rx.changed().await.is_err() {
+                // The owner is gone without asking for a stop: nothing will ever come.
+                std::future::pending::<()>().await;
+            }
+            let v = *rx.borrow_and_update();
+            (v, rx)
+        }));
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ExitReason> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        match fut.as_mut().poll(cx) {
+            Poll::Ready((Some(reason), _)) => {
+                self.fut = None;
+                Poll::Ready(reason)
+            }
+            Poll::Ready((None, rx)) => {
+                self.arm(rx);
+                // Registers the new future's waker.
+                self.poll(cx)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An attempt's state while its agent runs, grouped by concern.
+pub(super) struct Watch {
+    /// The attempt.
+    pub(super) spec: AttemptSpec,
+    pid: i32,
+    /// The conversation.
+    pub(super) proto: Protocol,
+    /// The pipes it travels on.
+    pub(super) wire: Wire,
+    /// What says which of the agent's fds are ready.
+    pub(super) poller: Poller,
+    /// Its stdout and stderr.
+    pub(super) logs: Logs,
+    /// The beat pipe.
+    pub(super) beats: Beats,
+    /// Health samples.
+    pub(super) health: Health,
+    tools: Tools,
+    /// The up pipe ended mid-frame: why (usually the agent died writing; its exit says more).
+    pub(super) truncated: Option<String>,
+}
+
+impl Watch {
+    pub(super) fn new(
+        spec: AttemptSpec,
+        pid: i32,
+        proto: Protocol,
+        (wire, poller, logs): (Wire, Poller, Logs),
+        beats: Beats,
+        tools: Option<mpsc::Sender<ToolRequest>>,
+    ) -> Watch {
+        Watch {
+            spec,
+            pid,
+            proto,
+            wire,
+            poller,
+            logs,
+            beats,
+            health: Health::default(),
+            tools: Tools {
+                tx: tools,
+                waits: Vec::new(),
+            },
+            truncated: None,
+        }
+    }
+
+    fn agent_name(&self) -> &str {
+        &self.spec.agent.name
+    }
+
+    /// Carry out a step of the protocol at `now`; `Some` when it ends the attempt.
+    fn carry_out(&mut self, step: Step, now: Instant) -> Option<Verdict> {
+        match step {
+            Step::Continue => None,
+            Step::Send(msg) => {
+                self.wire.send(&msg, &self.poller);
+                None
+            }
+            Step::Ready(task) => {
+                self.spec.emit(|| AttemptEvent::Ready {
+                    agent: self.agent_name().to_string(),
+                    attempt: self.spec.attempt,
+                    pid: self.pid,
+                });
+                // The next stem is made now, not at the spawn: its making would compete with
+                // this agent's own start for the CPU.
+                self.spec.refill_stem();
+                match task {
+                    Ok(frame) => {
+                        self.wire.send_encoded(&frame, &self.poller);
+                        None
+                    }
+                    Err(v) => Some(v),
+                }
+            }
+            Step::Relay(call) => {
+                let call_id = call.call_id;
+                let sent = self.tools.tx.as_ref().map(|tx| {
+                    let (reply, rx) = oneshot::channel();
+                    let req = ToolRequest {
+                        agent: self.spec.agent.name.clone(),
+                        call,
+                        reply,
+                    };
+                    tx.try_send(req).map(|()| rx)
+                });
+                match sent {
+                    Some(Ok(rx)) => self.tools.waits.push((call_id, rx)),
+                    _ => {
+                        let answer = self
+                            .proto
+                            .answer(call_id, Err(Protocol::broker_busy()), now);
+                        self.wire.send(&answer, &self.poller);
+                    }
+                }
+                None
+            }
+            Step::Log(level, text) => {
+                // Escaped, so that it stays one line of the supervisor's log.
+                let text = bounds::escape(&text);
+                tracing::info!(agent = %self.agent_name(), pid = self.pid, level = ?level, "{text}");
+                None
+            }
+            Step::End(v) => Some(v),
+        }
+    }
+
+    /// Decode and handle the complete frames buffered, until the agent is backpressured (the
+    /// frames left wait in the decoder).
+    fn handle_buffered(&mut self, now: Instant) -> Option<Verdict> {
+        while !self.wire.backpressured() {
+            if let Err(e) = bounds::check_head(self.wire.decoder.peek_head()) {
+                return Some(Verdict::violation(e.to_string()));
+            }
+            match self.wire.decoder.next::<Up>() {
+                Ok(Some(msg)) => {
+                    let step = self.proto.on_frame(msg, now);
+                    if let Some(v) = self.carry_out(step, now) {
+                        return Some(v);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(Verdict::violation(wire::frame_error(e))),
+            }
+        }
+        None
+    }
+
+    /// The watchdog that is due now, if any. Beats are read first when the one due is `hung`
+    /// or `stalled`: only they tell whether it really is.
+    fn overdue(&mut self) -> Option<(Instant, ExitReason)> {
+        let due = self.proto.overdue(Instant::now())?;
+        if matches!(due.1, ExitReason::Hung | ExitReason::Stalled) {
+            self.beats.absorb(&mut self.proto);
+            return self.proto.overdue(Instant::now());
+        }
+        Some(due)
+    }
+
+    /// The verdict of the watchdog `due`, reported as an event.
+    fn fire(&mut self, (due, why): (Instant, ExitReason)) -> Verdict {
+        self.spec.emit(|| AttemptEvent::Watchdog {
+            agent: self.agent_name().to_string(),
+            pid: self.pid,
+            reason: why,
+            late_us: Instant::now().saturating_duration_since(due).as_micros() as u64,
+        });
+        self.proto.timeout_verdict(why, self.wire.unread())
+    }
+
+    /// Take a health sample if one is due by `now + early`, and report it.
+    fn sample(&mut self, now: Instant, early: Duration) {
+        let agent = &self.spec.agent;
+        let under_init = agent.namespaces.contains(&crate::config::Namespace::Pid);
+        if let Some(s) = self
+            .health
+            .sample(self.pid, under_init, now, early, agent.sample_interval)
+        {
+            self.spec.emit(|| AttemptEvent::Sample {
+                agent: agent.name.clone(),
+                pid: self.pid,
+                rss_kb: s.rss_kb,
+                cpu_ms: s.cpu_ms,
+            });
+        }
+    }
+
+    /// When the watch must wake next: a watchdog's deadline or the next health sample, moved
+    /// onto the grid (see [`next_wake`]).
+    fn next_wake(&self) -> Instant {
+        let (deadline, _) = self.proto.next_deadline();
+        let agent = &self.spec.agent;
+        let exact = match self.health.next_due(agent.sample_interval) {
+            Some(t) => deadline.min(t),
+            None => deadline,
+        };
+        let grid = agent
+            .heartbeat_interval
+            .clamp(Duration::from_millis(1), WAKE_GRID);
+        match monotonic_ns() {
+            Some(mono_now) => next_wake(exact, Instant::now(), mono_now, grid),
+            None => exact,
+        }
+    }
+
+    /// The event loop: frames, exit, watchdogs, tool results, stop requests.
+    pub(super) async fn run(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
+        // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
+        // comes closer, but not later on every frame: when it fires early, the loop re-arms
+        // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
+        // on the beat pipe no wake-up at all: beats are read when the timer fires).
+        let sleep = tokio::time::sleep_until(self.next_wake().into());
+        tokio::pin!(sleep);
+        let mut stop_wait = StopWait::new(stop);
+        loop {
+            self.proto
+                .set_blocked(self.wire.backpressured(), Instant::now());
+            self.wire.watch_up(&self.poller);
+            let wake_at = self.next_wake();
+            if wake_at < sleep.deadline().into_std() {
+                sleep.as_mut().reset(wake_at.into());
+            }
+            // Checked here as well as by the timer: an agent flooding frames keeps the read
+            // branch ready, and must not keep its watchdog from firing.
+            if let Some(due) = self.overdue() {
+                return self.fire(due);
+            }
+            let wake =
+                std::future::poll_fn(|cx| self.poll_wake(cx, &mut stop_wait, sleep.as_mut())).await;
+            match wake {
+                Wake::Up => {
+                    let now = Instant::now();
+                    let state = match self.wire.read_available(4) {
+                        Ok(state) => state,
+                        Err(e) => return Verdict::violation(e),
+                    };
+                    if let Some(v) = self.handle_buffered(now) {
+                        return v;
+                    }
+                    self.wire.settle();
+                    if state == ReadState::Eof {
+                        self.wire.up_open = false;
+                        // (Whole frames held back by backpressure are no truncation.)
+                        if !self.wire.backpressured() {
+                            if let Err(e) = self.wire.decoder.finish() {
+                                // The writer end closed mid-frame: usually the agent died
+                                // while writing; its exit tells more.
+                                self.truncated = Some(e.to_string());
+                            }
+                        }
+                    }
+                    self.sample(now, Duration::ZERO);
+                }
+                Wake::Tool(call_id, result) => {
+                    let answer = self.proto.answer(call_id, result, Instant::now());
+                    self.wire.send(&answer, &self.poller);
+                }
+                Wake::Writable => {
+                    self.wire.flush(&self.poller);
+                    // The agent read: frames held back meanwhile are handled now.
+                    if let Some(v) = self.handle_buffered(Instant::now()) {
+                        return v;
+                    }
+                }
+                Wake::Logs(ready) => {
+                    self.logs.read(ready, &self.spec.agent.name, self.pid);
+                }
+                Wake::Exited => return Verdict::exited(),
+                Wake::Stop(reason) => {
+                    let (say, verdict) = self.proto.on_stop(reason);
+                    if let Some(msg) = say {
+                        self.wire.send(&msg, &self.poller);
+                    }
+                    return verdict;
+                }
+                Wake::Timer => {
+                    // Re-check: events (and beats, read now) may have moved the deadline. The
+                    // beats are read even when the wake-up came early (on the grid), so that
+                    // an agent that is alive is not woken for again at its exact deadline.
+                    self.beats.absorb(&mut self.proto);
+                    if let Some(due) = self.overdue() {
+                        return self.fire(due);
+                    }
+                    // A sample due within a quarter of its interval is taken now rather than
+                    // with a wake-up of its own.
+                    let quarter = self.spec.agent.sample_interval / 4;
+                    self.sample(Instant::now(), quarter);
+                    sleep.as_mut().reset(self.next_wake().into());
+                }
+                Wake::Lost(e) => {
+                    let message = format!("watching the agent's process failed: {e}");
+                    return Verdict::ended(ExitReason::Lost, message, true, false);
+                }
+            }
+        }
+    }
+
+    /// What woke the watch. Sources are polled in place (no future is built per turn); the
+    /// agent's fds are asked once, through the poller. The owner's stop, the exit and the timer
+    /// come first so that a flooding agent, whose pipes are always ready, cannot hide them;
+    /// its output comes last.
+    fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        stop_wait: &mut StopWait,
+        sleep: Pin<&mut tokio::time::Sleep>,
+    ) -> Poll<Wake> {
+        if let Poll::Ready(reason) = stop_wait.poll(cx) {
+            return Poll::Ready(Wake::Stop(reason));
+        }
+        let ready = match self.poller.poll(cx) {
+            Poll::Ready(Ok(ready)) => ready,
+            Poll::Ready(Err(e)) => return Poll::Ready(Wake::Lost(e)),
+            Poll::Pending => Ready::default(),
+        };
+        if ready.has(Ready::EXIT) {
+            return Poll::Ready(Wake::Exited);
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        let waits = &mut self.tools.waits;
+        for i in 0..waits.len() {
+            if let Poll::Ready(r) = Pin::new(&mut waits[i].1).poll(cx) {
+                let (id, _) = waits.swap_remove(i);
+                let r = r.unwrap_or_else(|_| Err(Protocol::broker_dropped()));
+                return Poll::Ready(Wake::Tool(id, r));
+            }
+        }
+        if ready.has(Ready::DOWN) {
+            return Poll::Ready(Wake::Writable);
+        }
+        if ready.has(Ready::UP) {
+            return Poll::Ready(Wake::Up);
+        }
+        if ready.has(Ready::STDOUT) || ready.has(Ready::STDERR) {
+            return Poll::Ready(Wake::Logs(ready));
+        }
+        // (Nothing ready: the poller has registered this task's waker.)
+        Poll::Pending
+    }
+
+    /// Handle the frames the agent wrote before it exited (non-blocking). Returns a verdict
+    /// when one of them ends the task (e.g. `Done` raced with the exit).
+    pub(super) fn drain_after_exit(&mut self) -> Option<Verdict> {
+        if self.proto.completed() {
+            return None;
+        }
+        // The agent is gone: nothing more can be said to it, so nothing holds its frames back,
+        // and its tool calls have nowhere to go.
+        self.wire.close_down();
+        self.proto.no_tools();
+        loop {
+            let state = self.wire.read_available(4);
+            if let Some(v) = self.handle_buffered(Instant::now()) {
+                return Some(v);
+            }
+            if !matches!(state, Ok(ReadState::More)) {
+                return None;
+            }
+        }
+    }
+
+    /// Read the beats not read yet: they still tell when the agent was last alive, and how far
+    /// it got. Then the beat pipe is closed.
+    pub(super) fn last_beats(&mut self) {
+        self.beats.absorb(&mut self.proto);
+        self.beats.close();
+    }
+}
+
+/// `exact` (an instant after `now`, which is `mono_now` on the system's monotonic clock), moved
+/// earlier onto a grid of that clock, so that the wake-ups of many agents coincide and the
+/// runtime wakes once for all of them (a thousand agents whose checks were spread over the
+/// second woke it ~200 times a second). Early is harmless: if nothing is due yet, the next
+/// wake is the exact deadline, so a real hang is caught on time. `exact` itself when no point
+/// of the grid lies between.
+fn next_wake(exact: Instant, now: Instant, mono_now: u64, grid: Duration) -> Instant {
+    let grid = (grid.as_nanos() as u64).max(1);
+    let ahead = exact.saturating_duration_since(now).as_nanos() as u64;
+    let at = mono_now.saturating_add(ahead);
+    let on_grid = at - at % grid;
+    if on_grid > mono_now {
+        now + Duration::from_nanos(on_grid - mono_now)
+    } else {
+        exact
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_ups_move_early_onto_the_grid() {
+        let now = Instant::now();
+        let ms = |n: u64| now + Duration::from_millis(n);
+        let grid = Duration::from_millis(100);
+        // 1.030 s on the monotonic clock; a deadline 250 ms ahead (1.280 s) wakes at 1.200 s.
+        let mono = 1_030_000_000;
+        assert_eq!(next_wake(ms(250), now, mono, grid), ms(170));
+        // On the grid already: unchanged.
+        assert_eq!(next_wake(ms(70), now, mono, grid), ms(70));
+        // No grid point between now and the deadline: the deadline.
+        assert_eq!(next_wake(ms(50), now, mono, grid), ms(50));
+        // Overdue: at once.
+        assert_eq!(next_wake(now, now, mono, grid), now);
+    }
+}

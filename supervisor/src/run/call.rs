@@ -1,0 +1,303 @@
+//! One call: admission, attempts, and the decision after each, until the call ends.
+//!
+//! [`Call`] carries what a call keeps across its attempts (the input and its quarantine key,
+//! the backoff sequence, the records so far); the supervisor's policy state per agent type is
+//! consulted and taught at each step: [`Call::admit`] before an attempt, [`Call::after`] once it
+//! ended, [`Call::back_off`] between. Every way a call ends goes through [`Call::end`].
+
+use super::{counts_for_quarantine, not_started, CallOptions, CallOutcome, Supervisor};
+use crate::child::{self, AttemptSpec, TaskInput};
+use crate::config::AgentSpec;
+use crate::policy::{
+    self, Admission, Backoff, Fingerprint, IntensityState, IntensityVerdict, RetryRules,
+};
+use crate::record::{Decision, ExitReason, ExitRecord};
+use corral_proto::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What follows an attempt.
+pub(super) enum Next {
+    /// The call ends with this record (its decision made), and the output and notes when it
+    /// succeeded.
+    End(Box<ExitRecord>, Option<(Value, Vec<Value>)>),
+    /// Another attempt, after this backoff.
+    Retry(Duration),
+}
+
+/// One call under way: its task, its attempts so far, and the policy state it carries.
+pub(super) struct Call<'s> {
+    sup: &'s Supervisor,
+    spec: Arc<AgentSpec>,
+    run_id: String,
+    /// The input, shared with each attempt's task.
+    input: Arc<Value>,
+    /// The input's quarantine key.
+    input_key: String,
+    opts: CallOptions,
+    /// The owner's stop, or one of our own (kept open by `_stop_tx`) when the caller has none.
+    stop: watch::Receiver<Option<ExitReason>>,
+    _stop_tx: Option<watch::Sender<Option<ExitReason>>>,
+    backoff: Backoff,
+    attempts: Vec<ExitRecord>,
+    retries: u32,
+}
+
+impl<'s> Call<'s> {
+    /// A call of `input`; `Err` with its outcome when no agent could take the input (nesting
+    /// past the protocol's limit, a frame past `max_frame`): refused before any process exists,
+    /// with its reason.
+    pub(super) fn new(
+        sup: &'s Supervisor,
+        spec: Arc<AgentSpec>,
+        run_id: String,
+        input: Value,
+        mut opts: CallOptions,
+    ) -> Result<Call<'s>, CallOutcome> {
+        let max_frame = sup.config.supervisor.max_frame;
+        let input_key = match child::encode_within(&input, max_frame, child::Outgoing::Input) {
+            Ok(encoded) => policy::input_key(&encoded),
+            Err(e) => {
+                let reason = ExitReason::ContractViolation;
+                let rec = not_started(&spec, &run_id, 1, reason, e.to_string());
+                return Err(CallOutcome {
+                    output: None,
+                    memory: Vec::new(),
+                    attempts: vec![rec],
+                });
+            }
+        };
+        // A stop channel of our own only when the caller has none (a channel is ~350 bytes, per
+        // call, for as long as the call lasts).
+        let (stop_tx, stop) = match opts.stop.take() {
+            Some(s) => (None, s.into_receiver()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                (Some(tx), rx)
+            }
+        };
+        Ok(Call {
+            sup,
+            backoff: Backoff::new(spec.backoff.clone()),
+            spec,
+            run_id,
+            input: Arc::new(input),
+            input_key,
+            opts,
+            stop,
+            _stop_tx: stop_tx,
+            attempts: Vec::new(),
+            retries: 0,
+        })
+    }
+
+    /// The number of the next attempt.
+    fn attempt_no(&self) -> u32 {
+        self.attempts.len() as u32 + 1
+    }
+
+    /// The call is over: `last` (its decision made) is its last record.
+    pub(super) fn end(
+        self: Box<Self>,
+        mut last: Box<ExitRecord>,
+        done: Option<(Value, Vec<Value>)>,
+    ) -> CallOutcome {
+        let mut call = *self;
+        last.retry_count = call.retries;
+        call.attempts.push(*last);
+        let (output, memory) = match done {
+            Some((output, memory)) => (Some(output), memory),
+            None => (None, Vec::new()),
+        };
+        CallOutcome {
+            output,
+            memory,
+            attempts: call.attempts,
+        }
+    }
+
+    /// May the next attempt start? Not after a stop (during a backoff, or before the first
+    /// attempt), nor while the input is quarantined, the agent type fatal or its breaker open:
+    /// then the record of the attempt refused.
+    pub(super) fn admit(&self) -> Result<(), Box<ExitRecord>> {
+        let refuse = |reason: ExitReason, message: String| {
+            let mut rec = not_started(&self.spec, &self.run_id, self.attempt_no(), reason, message);
+            if reason == ExitReason::Quarantined {
+                rec.decision = Decision::Quarantine;
+            }
+            Box::new(rec)
+        };
+        if let Some(reason) = *self.stop.borrow() {
+            let message = format!("stopped by its owner before the attempt started: {reason}");
+            return Err(refuse(reason, message));
+        }
+        let now = self.sup.clock.now();
+        let spec = &self.spec;
+        let key = &self.input_key;
+        self.sup
+            .with_type(spec, |t| {
+                if t.quarantine.is_quarantined(key) {
+                    return Err((
+                        ExitReason::Quarantined,
+                        format!(
+                            "input {key} is quarantined after {} identical failures",
+                            t.quarantine.after()
+                        ),
+                    ));
+                }
+                if let IntensityState::Fatal { until } = t.intensity.state(now) {
+                    return Err((
+                        ExitReason::CircuitOpen,
+                        format!(
+                            "agent type `{}` is fatal (restart intensity exceeded) for another {} ms",
+                            spec.name,
+                            until.saturating_duration_since(now).as_millis()
+                        ),
+                    ));
+                }
+                match t.breaker.admit(now) {
+                    Admission::Rejected { retry_after } => Err((
+                        ExitReason::CircuitOpen,
+                        format!(
+                            "circuit breaker of `{}` is open; next probe in {} ms",
+                            spec.name,
+                            retry_after.as_millis()
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            })
+            .map_err(|(reason, message)| refuse(reason, message))
+    }
+
+    /// Run the next attempt.
+    pub(super) async fn attempt(&self) -> child::AttemptOutcome {
+        let attempt_no = self.attempt_no();
+        let sup = self.sup;
+        let aspec = AttemptSpec {
+            agent: self.spec.clone(),
+            run_id: self.run_id.clone(),
+            attempt: attempt_no,
+            max_frame: sup.config.supervisor.max_frame,
+            cgroups: sup.cgroups.clone(),
+            workspaces: sup.workspaces.clone(),
+            stems: Some(sup.stems.clone()),
+            events: self.opts.events.clone(),
+        };
+        let task = TaskInput {
+            task_id: attempt_no as u64,
+            input: self.input.clone(),
+            memory: self.opts.memory.clone(),
+        };
+        let tools = self.opts.tools.clone();
+        child::run_attempt(aspec, task, tools, self.stop.clone()).await
+    }
+
+    /// Learn from a finished attempt and decide what follows: breaker and quarantine learn from
+    /// every attempt; the restart policy, then intensity, say whether another follows.
+    pub(super) fn after(&mut self, out: child::AttemptOutcome) -> Next {
+        let mut rec = out.record;
+        rec.retry_count = self.retries;
+        let reason = rec.reason;
+        let outcome = policy::FinishedAttempt {
+            reason,
+            retryable: rec.error.as_ref().map(|e| e.retryable),
+            exit_code: rec.exit_code,
+        };
+        let now = self.sup.clock.now();
+        let quarantined_now = self.learn(&rec, &outcome, now);
+        self.backoff
+            .on_healthy_run(Duration::from_millis(rec.duration_ms));
+        let spec = &self.spec;
+        let rules = RetryRules {
+            policy: spec.restart,
+            max_retries: spec.max_retries,
+            no_retry_exit_codes: &spec.no_retry_exit_codes,
+        };
+        let abort = if quarantined_now {
+            Decision::Quarantine
+        } else {
+            Decision::Abort
+        };
+        match policy::decide(&rules, &outcome, self.retries) {
+            policy::RetryVerdict::Done => {
+                rec.decision = Decision::None;
+                let done = out.output.map(|o| (o, out.memory));
+                Next::End(Box::new(rec), done)
+            }
+            policy::RetryVerdict::GiveUp { why } => {
+                rec.decision = abort;
+                tracing::info!(agent = %spec.name, run = %self.run_id, attempt = rec.attempt, "giving up: {why}");
+                Next::End(Box::new(rec), None)
+            }
+            policy::RetryVerdict::Retry if quarantined_now => {
+                rec.decision = Decision::Quarantine;
+                Next::End(Box::new(rec), None)
+            }
+            policy::RetryVerdict::Retry => {
+                let verdict = self
+                    .sup
+                    .with_type(spec, |t| t.intensity.record_restart(now));
+                match verdict {
+                    IntensityVerdict::Fatal { restart_count, .. } => {
+                        rec.restart_count = restart_count;
+                        rec.decision = Decision::Escalate;
+                        tracing::warn!(agent = %spec.name, restart_count, "restart intensity exceeded: agent type is fatal");
+                        return Next::End(Box::new(rec), None);
+                    }
+                    IntensityVerdict::Allowed { restart_count } => {
+                        rec.restart_count = restart_count;
+                    }
+                }
+                let r = self.sup.rng.lock().map(|mut g| g.next_f64()).unwrap_or(0.5);
+                let delay = self.backoff.next_delay(r);
+                rec.backoff_ms = Some(delay.as_millis() as u64);
+                rec.decision = Decision::Retry;
+                self.attempts.push(rec);
+                self.retries += 1;
+                Next::Retry(delay)
+            }
+        }
+    }
+
+    /// Tell the breaker and the quarantine how the attempt went; whether the input is
+    /// quarantined now.
+    fn learn(&self, rec: &ExitRecord, outcome: &policy::FinishedAttempt, now: Instant) -> bool {
+        let reason = rec.reason;
+        let key = &self.input_key;
+        self.sup.with_type(&self.spec, |t| {
+            if reason.is_success() {
+                t.breaker.on_success(now);
+                t.quarantine.record_success(key);
+                return false;
+            }
+            if outcome.counts_for_breaker() {
+                t.breaker.on_failure(now);
+            } else {
+                t.breaker.on_uncounted();
+            }
+            let fp = Fingerprint {
+                reason,
+                signal: rec.signal,
+                exit_code: rec.exit_code,
+                last_message: rec.error.as_ref().map(|e| e.kind.clone()),
+            };
+            counts_for_quarantine(reason) && t.quarantine.record_failure(key, &fp)
+        })
+    }
+
+    /// Wait out a backoff on the supervisor's clock, or until the owner stops the call. A zero
+    /// backoff restarts at once: no timer at all (a zero-length sleep still waits for the timer
+    /// wheel's next tick, about a millisecond).
+    pub(super) async fn back_off(&self, delay: Duration) {
+        if delay.is_zero() {
+            return;
+        }
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = self.sup.clock.sleep(delay) => {}
+            _ = stop.wait_for(|s| s.is_some()) => {}
+        }
+    }
+}
