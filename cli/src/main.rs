@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        match cli.command {
+        let code = match cli.command {
             Command::Call {
                 agent,
                 config,
@@ -105,6 +105,10 @@ fn main() -> ExitCode {
             } => verbs::call(&agent, config.as_deref(), &input, json).await,
             Command::Validate { config } => verbs::validate(config.as_deref()),
             Command::Demo => verbs::demo().await,
-        }
+        };
+        // Workspaces (and their quota's tmpfs) and cgroups of finished attempts are removed on
+        // the reaper thread: gone before the process is.
+        corral::sandbox::process::settled().await;
+        code
     })
 }

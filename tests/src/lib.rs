@@ -68,6 +68,31 @@ pub struct Fixture {
     pub config: PathBuf,
 }
 
+impl Drop for Fixture {
+    /// What the supervisors of the test left for the reaper (workspaces, with their quota's
+    /// tmpfs) is removed first, and a mount still under the directory (a spare workspace made
+    /// after) is detached, so that the directory can go.
+    fn drop(&mut self) {
+        corral::sandbox::process::settle_blocking();
+        let dir = self.dir.path().to_path_buf();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| std::path::Path::new(m).starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: umount2 with a valid C string; only mounts under this fixture.
+                unsafe {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
 /// The standard agents (echo, chaos, shout) with fast test timings, plus `extra` TOML.
 pub fn fixture(extra: &str) -> Fixture {
     fixture_with_defaults("", extra)

@@ -177,6 +177,16 @@ pub async fn settled() {
     let _ = rx.await;
 }
 
+/// Like [`settled`], blocking the calling thread (for code outside a runtime, such as a test
+/// fixture's drop).
+pub fn settle_blocking() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    defer(move || {
+        let _ = tx.send(());
+    });
+    let _ = rx.recv();
+}
+
 /// End a process that has not been reaped yet, without blocking: SIGKILL to it (through
 /// `pidfd` when given) and to its process group now; then, on the reaper thread, once it has
 /// exited, SIGKILL to the group again, `then` (to empty its cgroup, say), and the reap.
