@@ -24,14 +24,7 @@ fn make() -> Result<OwnedFd, NetnsError> {
     // A thread of its own: unshare(CLONE_NEWNET) changes the namespace of the calling thread.
     std::thread::Builder::new()
         .name("corral-netns".into())
-        .spawn(|| -> Result<OwnedFd, NetnsError> {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetnsError(format!("unshare(CLONE_NEWNET): {e}")))?;
-            loopback_up().map_err(|e| NetnsError(format!("bring up lo: {e}")))?;
-            std::fs::File::open("/proc/thread-self/ns/net")
-                .map(OwnedFd::from)
-                .map_err(|e| NetnsError(format!("open /proc/thread-self/ns/net: {e}")))
-        })
+        .spawn(make_here)
         .map_err(|e| NetnsError(format!("spawn thread: {e}")))?
         .join()
         .map_err(|_| NetnsError("thread panicked".into()))?

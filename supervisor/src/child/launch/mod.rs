@@ -51,21 +51,9 @@ pub fn agent_env(
     env.into_iter().collect()
 }
 
-/// System paths every agent may read (and execute): enough for a dynamically linked program.
-const SYSTEM_READ: &[&str] = &[
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/lib32",
-    "/libx32",
-    "/bin",
-    "/sbin",
-    "/etc",
-    "/dev/urandom",
-    "/dev/random",
-    "/dev/zero",
-    "/sys/devices/system/cpu",
-];
+/// Devices every agent may read, beside the system paths of its root
+/// (`sandbox::rootfs::SYSTEM_PATHS`, which landlock grants read and execute too).
+const DEVICES_READ: &[&str] = &["/dev/urandom", "/dev/random", "/dev/zero"];
 /// Devices every agent may write.
 const SYSTEM_WRITE: &[&str] = &["/dev/null", "/dev/full"];
 
@@ -326,8 +314,9 @@ fn spawn_spec(
     // so it needs a rule of its own.
     let tmp = workspace.tmp();
     match crate::sandbox::landlock::Ruleset::build_with(
-        SYSTEM_READ
+        crate::sandbox::rootfs::SYSTEM_PATHS
             .iter()
+            .chain(DEVICES_READ)
             .map(std::path::Path::new)
             .chain(init.map(|p| p.as_path())),
         SYSTEM_WRITE.iter().map(std::path::Path::new),
