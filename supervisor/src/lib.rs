@@ -48,6 +48,10 @@
 //!     assert_eq!(attempt.reason, ExitReason::Completed);
 //!     println!("{}", serde_json::to_string_pretty(attempt)?);
 //!     # drop(handle);
+//!     // A finished attempt's workspace and cgroup are removed on a reaper thread: a program
+//!     // about to exit waits for it.
+//!     drop(supervisor);
+//!     corral::sandbox::process::settled().await;
 //!     Ok(())
 //! })
 //! # }
