@@ -182,6 +182,18 @@ fn any_bit(arg: u8, bits: impl IntoIterator<Item = u64>) -> Result<Vec<SeccompRu
 
 /// The rules compiled by `seccompiler`: a match fails with `EPERM`, the rest is allowed.
 fn rules() -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(
+        rule_map()?,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Every rule, by system call number: what [`rules`] compiles, and what the fast path
+/// ([`ruled`]) sends on to it.
+fn rule_map() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         denied().into_iter().map(|nr| (nr, Vec::new())).collect();
     // Flags are `unsigned long`, but the kernel reads only their low half for `clone`.
@@ -221,13 +233,7 @@ fn rules() -> Result<BpfProgram, SeccompError> {
         libc::SYS_personality,
         vec![SeccompRule::new(other_persona)?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        ARCH,
-    )?;
-    Ok(filter.try_into()?)
+    Ok(rules)
 }
 
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -273,16 +279,10 @@ fn prelude() -> Vec<sock_filter> {
     p
 }
 
-/// The numbers that have a rule: every other call is allowed whatever its arguments.
-fn ruled() -> Vec<u32> {
-    let mut v: Vec<u32> = denied().into_iter().map(|n| n as u32).collect();
-    v.push(libc::SYS_clone as u32);
-    v.push(libc::SYS_personality as u32);
-    v.extend(chmods().into_iter().map(|(n, _)| n as u32));
-    v.extend(creators().into_iter().map(|(n, _, _)| n as u32));
-    v.sort_unstable();
-    v.dedup();
-    v
+/// The numbers that have a rule, from the rules themselves: every other call is allowed
+/// whatever its arguments.
+fn ruled() -> Result<Vec<u32>, SeccompError> {
+    Ok(rule_map()?.keys().map(|&n| n as u32).collect())
 }
 
 /// A jump target while the fast path is laid out.
@@ -368,7 +368,7 @@ fn fast_path(nrs: &[u32]) -> Option<Vec<sock_filter>> {
 /// (which check the architecture again).
 pub fn build() -> Result<Vec<sock_filter>, SeccompError> {
     let mut p = prelude();
-    p.extend(fast_path(&ruled()).unwrap_or_default());
+    p.extend(fast_path(&ruled()?).unwrap_or_default());
     p.extend(rules()?.into_iter().map(|i| sock_filter {
         code: i.code,
         jt: i.jt,
