@@ -121,6 +121,14 @@ impl WorkspacePool {
         self.rooted.lock().ok()?.get_mut(key)?.pop()
     }
 
+    /// Whether fewer than [`SPARES`] roots are ready for `key`.
+    pub(crate) fn rooted_short(&self, key: &str) -> bool {
+        self.rooted
+            .lock()
+            .map(|s| s.get(key).map_or(0, Vec::len) < SPARES)
+            .unwrap_or(false)
+    }
+
     /// Make roots ahead for `key` until [`SPARES`] are ready, on a thread of the pool's own
     /// (each root is made by a thread that enters a mount namespace of its own: never a
     /// runtime thread). `ops` gives the steps for a workspace. Roots of the same agent made
@@ -129,12 +137,7 @@ impl WorkspacePool {
     where
         F: Fn(&Workspace) -> Result<MountOps, String> + Send + 'static,
     {
-        let short = |me: &WorkspacePool, key: &str| {
-            me.rooted
-                .lock()
-                .map(|s| s.get(key).map_or(0, Vec::len) < SPARES)
-                .unwrap_or(false)
-        };
+        let short = |me: &WorkspacePool, key: &str| me.rooted_short(key);
         if !short(self, &key) {
             return;
         }

@@ -401,11 +401,12 @@ pub(super) async fn launch(
     let pooled = ahead
         .as_ref()
         .and_then(|a| pools.workspaces.take_rooted(&a.key));
-    if let Some(a) = ahead {
-        let key = a.key.clone();
+    // (The agent's settings are copied for the refill only when one is needed.)
+    if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
+        let (key, spec) = (a.key.clone(), agent.clone());
         pools
             .workspaces
-            .refill_rooted(key, disk, move |w: &Workspace| a.ops(w));
+            .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
     }
     let (mut workspace, root_ns) = match pooled {
         Some((w, fd)) => (w, Some(fd)),

@@ -63,7 +63,6 @@ pub(super) fn root_plan(
 /// another key and a stale root is never used — and how to make one for a workspace.
 pub(super) struct RootAhead {
     pub(super) key: String,
-    agent: AgentSpec,
     resolved: std::path::PathBuf,
     init: Option<std::path::PathBuf>,
 }
@@ -99,28 +98,24 @@ impl RootAhead {
         }
         Some(RootAhead {
             key,
-            agent: agent.clone(),
             resolved,
             init,
         })
     }
 
-    /// The steps that make this root for `workspace`, ahead of its process.
+    /// The steps that make this root of `agent` for `workspace`, ahead of its process.
     pub(super) fn ops(
         &self,
+        agent: &AgentSpec,
         workspace: &Workspace,
     ) -> Result<crate::sandbox::rootfs::MountOps, String> {
-        let cwd = self
-            .agent
+        let cwd = agent
             .cwd
             .clone()
             .unwrap_or_else(|| workspace.path().to_path_buf());
-        let args = arg_paths(&self.agent);
-        let (read, write) = agent_paths(&self.agent, &self.resolved, &args, &cwd, workspace);
-        let pid = self
-            .agent
-            .namespaces
-            .contains(&crate::config::Namespace::Pid);
+        let args = arg_paths(agent);
+        let (read, write) = agent_paths(agent, &self.resolved, &args, &cwd, workspace);
+        let pid = agent.namespaces.contains(&crate::config::Namespace::Pid);
         root_plan(&read, &write, self.init.as_ref(), workspace, pid)
             .compile_ahead()
             .map_err(|e| e.to_string())
