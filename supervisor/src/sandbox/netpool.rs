@@ -40,16 +40,21 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// A fresh private network namespace with `lo` up, if one is ready (the pool is topped up in
-/// the background either way).
+/// A fresh private network namespace with `lo` up, if one is ready. The caller tops the
+/// pool up ([`top_up`]) once its spawn is done, so that making the next one does not compete
+/// with the spawn for the CPU.
 pub fn take() -> Option<OwnedFd> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    let p = pool();
-    let fd = p.ready.lock().ok()?.pop();
-    p.wanted.notify_one();
-    fd
+    pool().ready.lock().ok()?.pop()
+}
+
+/// Have the pool make namespaces again if it is short (in the background).
+pub fn top_up() {
+    if nix::unistd::geteuid().is_root() {
+        pool().wanted.notify_one();
+    }
 }
 
 /// The pool's thread: make namespaces while fewer than [`SPARES`] are ready, then wait to be

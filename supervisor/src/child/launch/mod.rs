@@ -396,18 +396,12 @@ pub(super) async fn launch(
         agent: agent.name.clone(),
         source,
     };
-    // A workspace whose root was made ahead, when one is ready; the pool is topped up.
+    // A workspace whose root was made ahead, when one is ready (the pool is topped up once
+    // the spawn is done).
     let ahead = RootAhead::of(agent);
     let pooled = ahead
         .as_ref()
         .and_then(|a| pools.workspaces.take_rooted(&a.key));
-    // (The agent's settings are copied for the refill only when one is needed.)
-    if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
-        let (key, spec) = (a.key.clone(), agent.clone());
-        pools
-            .workspaces
-            .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
-    }
     let (mut workspace, root_ns) = match pooled {
         Some((w, fd)) => (w, Some(fd)),
         None => (pools.workspaces.take(disk).map_err(workspace_error)?, None),
@@ -502,6 +496,16 @@ pub(super) async fn launch(
             agent: agent.name.clone(),
             source,
         })?;
+    // The pools are topped up now, not beside the spawn: making a root or a network namespace
+    // takes a core for a millisecond, which the spawn would wait for.
+    crate::sandbox::netpool::top_up();
+    // (The agent's settings are copied for the refill only when one is needed.)
+    if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
+        let (key, spec) = (a.key.clone(), agent.clone());
+        pools
+            .workspaces
+            .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
+    }
     Ok(Launched {
         spawned,
         workspace,
