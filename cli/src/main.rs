@@ -2,12 +2,13 @@
 //!
 //! Verbs: `call` (one task on one fresh agent process, with the restart policy), `validate`
 //! (check a config without running anything), `demo` (real agents misbehaving on the embedded
-//! defaults). Exit codes: 0 success, 1 the task failed, 2 usage or config errors.
+//! defaults), and over the journal `runs`, `show` and `replay`. Exit codes: 0 success, 1 the task failed, 2 usage or config errors.
 //!
 //! Here: the arguments, logging and the runtime; the verbs are in `verbs`, the config they run
 //! on (a file, or the embedded defaults) in `defaults`.
 
 mod defaults;
+mod runs;
 mod verbs;
 
 use clap::{Parser, Subcommand};
@@ -39,7 +40,7 @@ enum Command {
         /// The task input, as JSON.
         #[arg(long, short, default_value = "null")]
         input: String,
-        /// Print one JSON object: {"output": …, "attempts": [exit records]}.
+        /// Print one JSON object: {"run_id": …, "output": …, "attempts": [exit records]}.
         #[arg(long)]
         json: bool,
     },
@@ -52,6 +53,61 @@ enum Command {
     /// Run real agents on the embedded defaults, misbehaving on purpose, and show what corral
     /// recorded for each.
     Demo,
+    /// Recent runs from the journal, newest first.
+    Runs {
+        /// Config file (default: ./corral.toml if present, else the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON: a list of {run_id, agent, status, started_at, ended_at, attempts}.
+        #[arg(long)]
+        json: bool,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only runs of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs in this status: succeeded, failed, interrupted or running.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<corral::journal::RunStatus>,
+    },
+    /// The timeline of one run: each attempt, what it saw, its tool calls, its output.
+    Show {
+        /// The run's id (see `corral runs`).
+        run_id: String,
+        /// Config file (default: ./corral.toml if present, else the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the run as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a recorded task again with a fresh agent, answering its tool calls from the
+    /// recording, and report the first divergence (exit 0 identical, 1 divergent).
+    Replay {
+        /// The run's id (see `corral runs`).
+        run_id: String,
+        /// Config file (default: ./corral.toml if present, else the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print {"identical": …, "divergence": …} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--status` of `corral runs`.
+fn parse_status(s: &str) -> Result<corral::journal::RunStatus, String> {
+    use corral::journal::RunStatus;
+    match s {
+        "succeeded" => Ok(RunStatus::Succeeded),
+        "failed" => Ok(RunStatus::Failed),
+        "interrupted" => Ok(RunStatus::Interrupted),
+        "running" => Ok(RunStatus::Running),
+        other => Err(format!(
+            "`{other}` is not a run status: succeeded, failed, interrupted or running"
+        )),
+    }
 }
 
 fn init_tracing(verbose: Option<u8>) {
@@ -105,6 +161,23 @@ fn main() -> ExitCode {
             } => verbs::call(&agent, config.as_deref(), &input, json).await,
             Command::Validate { config } => verbs::validate(config.as_deref()),
             Command::Demo => verbs::demo().await,
+            Command::Runs {
+                config,
+                json,
+                limit,
+                agent,
+                status,
+            } => runs::runs(config.as_deref(), json, limit, agent, status),
+            Command::Show {
+                run_id,
+                config,
+                json,
+            } => runs::show(config.as_deref(), &run_id, json),
+            Command::Replay {
+                run_id,
+                config,
+                json,
+            } => runs::replay(config.as_deref(), &run_id, json).await,
         };
         // Workspaces (and their quota's tmpfs) and cgroups of finished attempts are removed on
         // the reaper thread: gone before the process is.

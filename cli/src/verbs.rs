@@ -85,6 +85,7 @@ pub async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> 
     };
     if json {
         let doc = serde_json::json!({
+            "run_id": outcome.run_id,
             "output": outcome.output.as_ref().map(Value::to_json),
             "attempts": outcome.attempts,
         });

@@ -98,13 +98,15 @@ mod child;
 pub mod clock;
 pub mod config;
 pub mod exit_status;
+pub mod journal;
 mod policy;
 pub mod record;
+pub mod replay;
 mod run;
 pub mod sandbox;
 mod stop;
 
-pub use child::{AttemptEvent, ToolRequest};
+pub use child::{AttemptEvent, Note, Notes, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};

@@ -100,8 +100,9 @@ pub enum Phase {
 }
 
 /// What the owner decided after the attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Decision {
     /// Nothing further (success, or no policy applies).
     None,
@@ -113,6 +114,13 @@ pub enum Decision {
     Abort,
     /// The input was quarantined.
     Quarantine,
+}
+
+impl Decision {
+    /// The snake_case name, as in JSON.
+    pub fn as_str(&self) -> &'static str {
+        self.into()
+    }
 }
 
 /// A structured error as recorded.

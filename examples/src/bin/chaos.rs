@@ -20,6 +20,8 @@
 //! | `{"do":"net","addr":"HOST:PORT"}` | `{"connected":B,"error":S}` |
 //! | `{"do":"read","path":P}` | `{"ok":B,"error":S}` |
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
+//! | `{"do":"tools","calls":[{"tool":T,"args":V},…]}` | makes the calls in order: `{"results":[{"ok":true,"value":V} or {"ok":false,"error":{"kind":K,"message":M}},…]}` |
+//! | `{"do":"random"}` | `{"n":N}`, N drawn afresh each time (for replay's divergence) |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
 //! | `{"do":"panic"}` | panics in the handler (the SDK reports `Failed {kind: "panic"}`) |
@@ -186,6 +188,38 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             let args = input.get("args").cloned().unwrap_or(Value::Null);
             ctx.call_tool(&name, args)
         }
+        "tools" => {
+            let calls = match input.get("calls") {
+                Some(Value::List(calls)) => calls.clone(),
+                _ => {
+                    return Err(AgentError::new(
+                        "invalid_input",
+                        "`calls` must be a list of {tool, args}",
+                        false,
+                    ))
+                }
+            };
+            let mut results = Vec::with_capacity(calls.len());
+            for call in calls {
+                let tool = arg_str(&call, "tool")?.to_string();
+                let args = call.get("args").cloned().unwrap_or(Value::Null);
+                results.push(match ctx.call_tool(&tool, args) {
+                    Ok(value) => Value::map([("ok", Value::Bool(true)), ("value", value)]),
+                    Err(e) => Value::map([
+                        ("ok", Value::Bool(false)),
+                        (
+                            "error",
+                            Value::map([
+                                ("kind", Value::from(e.kind)),
+                                ("message", Value::from(e.message)),
+                            ]),
+                        ),
+                    ]),
+                });
+            }
+            Ok(Value::map([("results", Value::List(results))]))
+        }
+        "random" => Ok(Value::map([("n", Value::Int(random()))])),
         "sleep_ms" => {
             let until =
                 Instant::now() + Duration::from_millis(arg_i64(&input, "ms")?.max(0) as u64);
@@ -265,6 +299,21 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             false,
         )),
     }
+}
+
+/// A number that differs from run to run: the clock's nanoseconds mixed with the pid and a
+/// hashed address (no dependency for one number).
+fn random() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    (h.finish() >> 1) as i64
 }
 
 /// Double-fork and setsid: the grandchild leaves the agent's session and process group and

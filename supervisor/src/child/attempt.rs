@@ -159,7 +159,8 @@ async fn start(
         spec.max_frame,
         tools.is_some(),
         t0,
-    );
+    )
+    .with_notes(spec.notes.clone());
     let io = (|| -> std::io::Result<_> {
         let poller = Poller::new()?;
         poller.add(guard.pidfd().as_fd(), Ready::EXIT)?;

@@ -83,7 +83,51 @@ pub struct AttemptSpec {
     pub stems: Option<Arc<StemPool>>,
     /// Where to report life events of the attempt (for status displays, tests, benchmarks).
     pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
+    /// Where to report what the agent saw and did, as it happens (for the journal).
+    pub notes: Option<Notes>,
 }
+
+/// What an agent saw and did during an attempt, reported as it happens: what a journal keeps
+/// beside the exit record. Each is reported once; nothing here is bounded by the record's caps
+/// (the tool calls are all reported, in the order the agent made them).
+#[derive(Debug, Clone)]
+pub enum Note {
+    /// The handshake finished with this contract.
+    Contract(corral_proto::Contract),
+    /// A `Log` frame, within the log budget (not escaped).
+    Log {
+        /// Its level.
+        level: corral_proto::LogLevel,
+        /// Its text.
+        text: String,
+    },
+    /// A tool call and its answer (refused here, or answered by the owner).
+    ToolCall {
+        /// Order among the attempt's calls, from 1, by arrival.
+        seq: u32,
+        /// The agent's id of the call.
+        call_id: u64,
+        /// The tool asked for.
+        tool: String,
+        /// Its arguments as sent.
+        args: Value,
+        /// The answer the agent got.
+        result: Result<Value, AgentError>,
+        /// From the call to its answer.
+        duration_ms: u64,
+    },
+    /// At the attempt's end: heartbeats received (summarised, never one note each) and the
+    /// progress counter.
+    Summary {
+        /// Heartbeats received, by frame or on the beat pipe.
+        heartbeats: u64,
+        /// The progress counter.
+        progress: u64,
+    },
+}
+
+/// Where [`Note`]s go: called on the attempt's task, so it must not block.
+pub type Notes = Arc<dyn Fn(Note) + Send + Sync>;
 
 impl AttemptSpec {
     /// Make a warm stem of this agent type in the background, if it gets one (see
@@ -178,6 +222,9 @@ pub struct TaskInput {
 pub struct ToolRequest {
     /// Which agent asked.
     pub agent: String,
+    /// Order of the call among the attempt's calls, from 1, by arrival (the same as in its
+    /// [`Note::ToolCall`]).
+    pub seq: u32,
     /// The call as the agent made it.
     pub call: ToolCall,
     /// The answer goes here.

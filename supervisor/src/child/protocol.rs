@@ -118,8 +118,9 @@ pub(super) enum Step {
     /// The agent is ready: report it, then send it the task (a whole frame), or end with the
     /// verdict when the task cannot be sent.
     Ready(Result<Vec<u8>, Verdict>),
-    /// Relay this tool call to the owner; its answer comes back through [`Protocol::answer`].
-    Relay(ToolCall),
+    /// Relay this tool call (the attempt's `seq`-th) to the owner; its answer comes back
+    /// through [`Protocol::answer`].
+    Relay(ToolCall, u32),
     /// Print this line of the agent's (cut to the log budget, not escaped yet).
     Log(LogLevel, String),
     /// The attempt ends.
@@ -137,8 +138,19 @@ struct Progress {
 /// tool and start) and the trace of those answered.
 #[derive(Default)]
 struct Calls {
-    outstanding: HashMap<u64, (String, Instant)>,
+    outstanding: HashMap<u64, Outstanding>,
     trace: Trace,
+    /// Calls made so far.
+    seq: u32,
+}
+
+/// A call asked and not yet answered.
+struct Outstanding {
+    tool: String,
+    at: Instant,
+    seq: u32,
+    /// Its arguments, kept for its note only when notes are taken.
+    args: Option<Value>,
 }
 
 /// The agent's side of the conversation. See the module docs.
@@ -165,6 +177,10 @@ pub(super) struct Protocol {
     /// Outstanding tool calls (at most `MAX_OUTSTANDING_CALLS`): tool name and start.
     /// Tool calls, once the agent made one (most never do: no room kept for them).
     calls: Option<Box<Calls>>,
+    /// Heartbeats received (frames and beats).
+    beats: u64,
+    /// Where notes of what the agent saw and did go.
+    notes: Option<super::Notes>,
 }
 
 impl Protocol {
@@ -194,6 +210,20 @@ impl Protocol {
             task_sent_at: None,
             blocked_since: None,
             calls: None,
+            beats: 0,
+            notes: None,
+        }
+    }
+
+    /// Report what the agent sees and does to `notes` (see [`super::Note`]).
+    pub(super) fn with_notes(mut self, notes: Option<super::Notes>) -> Protocol {
+        self.notes = notes;
+        self
+    }
+
+    fn note(&self, note: impl FnOnce() -> super::Note) {
+        if let Some(n) = &self.notes {
+            n(note());
         }
     }
 
@@ -242,6 +272,7 @@ impl Protocol {
                     return Step::End(Verdict::violation(message));
                 }
                 let refused = r.contract.input.validate(&self.task.input, "input");
+                self.note(|| super::Note::Contract(r.contract.clone()));
                 self.contract = Some(r.contract);
                 if let Err(e) = refused {
                     self.phase = Phase::Idle;
@@ -276,6 +307,7 @@ impl Protocol {
                 })
             }
             (Phase::Busy | Phase::ToolCall | Phase::Idle, Up::Heartbeat(h)) => {
+                self.beats += 1;
                 if h.progress != self.progress.value {
                     self.progress = Progress {
                         value: h.progress,
@@ -340,9 +372,18 @@ impl Protocol {
             Err(e) => return Step::End(Verdict::violation(e.to_string())),
         };
         self.phase = Phase::ToolCall;
-        calls
-            .outstanding
-            .insert(call.call_id, (call.tool.clone(), now));
+        calls.seq = calls.seq.saturating_add(1);
+        let seq = calls.seq;
+        let args = self.notes.as_ref().map(|_| call.args.clone());
+        calls.outstanding.insert(
+            call.call_id,
+            Outstanding {
+                tool: call.tool.clone(),
+                at: now,
+                seq,
+                args,
+            },
+        );
         let declared = self
             .contract
             .as_ref()
@@ -369,7 +410,7 @@ impl Protocol {
         });
         match refusal {
             Some(refusal) => Step::Send(self.answer(call.call_id, Err(refusal), now)),
-            None => Step::Relay(call),
+            None => Step::Relay(call, seq),
         }
     }
 
@@ -382,13 +423,24 @@ impl Protocol {
         now: Instant,
     ) -> Down {
         let calls = self.calls.get_or_insert_with(Box::default);
-        if let Some((tool, at)) = calls.outstanding.remove(&call_id) {
+        if let Some(o) = calls.outstanding.remove(&call_id) {
+            let duration_ms = now.saturating_duration_since(o.at).as_millis() as u64;
+            if let (Some(notes), Some(args)) = (&self.notes, o.args) {
+                notes(super::Note::ToolCall {
+                    seq: o.seq,
+                    call_id,
+                    tool: o.tool.clone(),
+                    args,
+                    result: result.clone(),
+                    duration_ms,
+                });
+            }
             calls.trace.push(ToolTrace {
                 call_id,
-                tool,
+                tool: o.tool,
                 ok: result.is_ok(),
                 error_kind: result.as_ref().err().map(|e| e.kind.clone()),
-                duration_ms: now.saturating_duration_since(at).as_millis() as u64,
+                duration_ms,
             });
         }
         if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
@@ -413,6 +465,7 @@ impl Protocol {
     /// a sign of life at that date (clamped to when it was read, and to the attempt's start),
     /// with its progress.
     pub(super) fn on_beat(&mut self, progress: u64, at_ns: u64, read_at: Instant, mono_now: u64) {
+        self.beats += 1;
         let at = bounds::beat_time(read_at, mono_now, at_ns, self.t0);
         if self.last_alive.is_none_or(|t| at > t) {
             self.last_alive = Some(at);
@@ -540,6 +593,10 @@ impl Protocol {
     /// What the attempt produced: the output and notes (when it completed), the contract, and
     /// the trace of its tool calls with how many were dropped from it.
     pub(super) fn finish(&mut self) -> Finished {
+        self.note(|| super::Note::Summary {
+            heartbeats: self.beats,
+            progress: self.progress.value,
+        });
         let (tool_calls, dropped) = match &mut self.calls {
             Some(calls) => calls.trace.take(),
             None => (Vec::new(), 0),

@@ -178,12 +178,13 @@ impl Watch {
                     Err(v) => Some(v),
                 }
             }
-            Step::Relay(call) => {
+            Step::Relay(call, seq) => {
                 let call_id = call.call_id;
                 let sent = self.tools.tx.as_ref().map(|tx| {
                     let (reply, rx) = oneshot::channel();
                     let req = ToolRequest {
                         agent: self.spec.agent.name.clone(),
+                        seq,
                         call,
                         reply,
                     };
@@ -201,6 +202,12 @@ impl Watch {
                 None
             }
             Step::Log(level, text) => {
+                if let Some(notes) = &self.spec.notes {
+                    notes(super::Note::Log {
+                        level,
+                        text: text.clone(),
+                    });
+                }
                 // Escaped, so that it stays one line of the supervisor's log.
                 let text = bounds::escape(&text);
                 tracing::info!(agent = %self.agent_name(), pid = self.pid, level = ?level, "{text}");

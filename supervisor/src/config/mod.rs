@@ -143,6 +143,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// Every `[agents.NAME]`, fully resolved (defaults merged in), by name.
     pub agents: BTreeMap<String, AgentSpec>,
+    /// The SHA-256 of the config's text, hex: which config a journalled run ran under.
+    pub digest: String,
 }
 
 /// `[supervisor]`: settings of corral itself.
@@ -157,6 +159,10 @@ pub struct SupervisorConfig {
     /// Host uids (and gids of the same number) handed out to agents with `user = "dynamic"`,
     /// inclusive (`uid_range`); default [`DEFAULT_UID_RANGE`].
     pub uid_range: (u32, u32),
+    /// Whether calls are journalled in `<state_dir>/corral.db` (`journal`); default on.
+    pub journal: bool,
+    /// How long finished runs are kept in the journal (`journal_keep`); default forever.
+    pub journal_keep: Option<std::time::Duration>,
 }
 
 /// Default `uid_range`: systemd's DynamicUser range.
@@ -384,8 +390,17 @@ impl Config {
             location: e.span().map(|span| Location::from_offset(text, span.start)),
             message: one_line(e.message()),
         })?;
-        resolve::resolve(file, text, path)
+        let mut config = resolve::resolve(file, text, path)?;
+        config.digest = digest(text.as_bytes());
+        Ok(config)
     }
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Joins a multi-line toml message into one line.

@@ -152,6 +152,7 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
         path: path.to_path_buf(),
         supervisor,
         agents,
+        digest: String::new(),
     })
 }
 
@@ -163,6 +164,8 @@ fn supervisor(
         state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
         max_frame: DEFAULT_MAX_FRAME,
         uid_range: DEFAULT_UID_RANGE,
+        journal: true,
+        journal_keep: None,
     };
     let Some(raw) = raw else { return Ok(out) };
     if let Some(dir) = &raw.state_dir {
@@ -194,6 +197,11 @@ fn supervisor(
         }
         out.uid_range = (lo, hi);
     }
+    if let Some(on) = raw.journal {
+        out.journal = on;
+    }
+    check_positive(ctx, &raw.journal_keep, "journal_keep")?;
+    out.journal_keep = raw.journal_keep.as_ref().map(|d| d.get_ref().0);
     Ok(out)
 }
 

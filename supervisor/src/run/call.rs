@@ -5,7 +5,8 @@
 //! consulted and taught at each step: [`Call::admit`] before an attempt, [`Call::after`] once it
 //! ended, [`Call::back_off`] between. Every way a call ends goes through [`Call::end`].
 
-use super::{counts_for_quarantine, not_started, CallOptions, CallOutcome, Supervisor};
+use super::journal::CallJournal;
+use super::{counts_for_quarantine, not_started, CallOptions, CallOutcome, RunError, Supervisor};
 use crate::child::{self, AttemptSpec, TaskInput};
 use crate::config::AgentSpec;
 use crate::policy::{
@@ -42,31 +43,43 @@ pub(super) struct Call<'s> {
     backoff: Backoff,
     attempts: Vec<ExitRecord>,
     retries: u32,
+    /// The record of an input refused before any attempt (see [`Call::new`]).
+    refused: Option<Box<ExitRecord>>,
+    /// Where the call is journalled, unless it is not.
+    journal: Option<CallJournal>,
 }
 
 impl<'s> Call<'s> {
-    /// A call of `input`; `Err` with its outcome when no agent could take the input (nesting
-    /// past the protocol's limit, a frame past `max_frame`): refused before any process exists,
-    /// with its reason.
+    /// A call of `input`. When no agent could take the input (nesting past the protocol's
+    /// limit, a frame past `max_frame`), it is refused before any process exists, with its
+    /// reason: the call's first admission says so.
     pub(super) fn new(
         sup: &'s Supervisor,
         spec: Arc<AgentSpec>,
         run_id: String,
         input: Value,
         mut opts: CallOptions,
-    ) -> Result<Call<'s>, CallOutcome> {
+    ) -> Call<'s> {
         let max_frame = sup.config.supervisor.max_frame;
-        let input_key = match child::encode_within(&input, max_frame, child::Outgoing::Input) {
-            Ok(encoded) => policy::input_key(&encoded),
-            Err(e) => {
-                let reason = ExitReason::ContractViolation;
-                let rec = not_started(&spec, &run_id, 1, reason, e.to_string());
-                return Err(CallOutcome {
-                    output: None,
-                    memory: Vec::new(),
-                    attempts: vec![rec],
-                });
-            }
+        let (input_key, refused) =
+            match child::encode_within(&input, max_frame, child::Outgoing::Input) {
+                Ok(encoded) => (policy::input_key(&encoded), None),
+                Err(e) => {
+                    let reason = ExitReason::ContractViolation;
+                    let rec = not_started(&spec, &run_id, 1, reason, e.to_string());
+                    (String::new(), Some(Box::new(rec)))
+                }
+            };
+        let journal = match (&sup.journal, opts.unjournalled) {
+            (Some(j), false) => Some(CallJournal::begin(
+                j,
+                &run_id,
+                &spec.name,
+                &sup.config.digest,
+                &input,
+                &opts.memory,
+            )),
+            _ => None,
         };
         // A stop channel of our own only when the caller has none (a channel is ~350 bytes, per
         // call, for as long as the call lasts).
@@ -77,19 +90,21 @@ impl<'s> Call<'s> {
                 (Some(tx), rx)
             }
         };
-        Ok(Call {
+        Call {
             sup,
             backoff: Backoff::new(spec.backoff.clone()),
             spec,
             run_id,
             input: Arc::new(input),
             input_key,
+            refused,
+            journal,
             opts,
             stop,
             _stop_tx: stop_tx,
             attempts: Vec::new(),
             retries: 0,
-        })
+        }
     }
 
     /// The number of the next attempt.
@@ -97,12 +112,13 @@ impl<'s> Call<'s> {
         self.attempts.len() as u32 + 1
     }
 
-    /// The call is over: `last` (its decision made) is its last record.
-    pub(super) fn end(
+    /// The call is over: `last` (its decision made) is its last record. Journalled durably
+    /// (the record, then the call's end) before the outcome is returned.
+    pub(super) async fn end(
         self: Box<Self>,
         mut last: Box<ExitRecord>,
         done: Option<(Value, Vec<Value>)>,
-    ) -> CallOutcome {
+    ) -> Result<CallOutcome, RunError> {
         let mut call = *self;
         last.retry_count = call.retries;
         call.attempts.push(*last);
@@ -110,17 +126,49 @@ impl<'s> Call<'s> {
             Some((output, memory)) => (Some(output), memory),
             None => (None, Vec::new()),
         };
-        CallOutcome {
+        if let Some(j) = &call.journal {
+            if let Some(rec) = call.attempts.last() {
+                j.attempt_ended(rec).await?;
+            }
+            j.ended(output.as_ref(), &memory, call.attempts.last())
+                .await?;
+        }
+        Ok(CallOutcome {
             output,
             memory,
             attempts: call.attempts,
+            run_id: call.run_id,
+        })
+    }
+
+    /// An attempt ended and another follows: its record (the last so far) is made durable
+    /// before the next starts.
+    pub(super) async fn journal_retried(&self) -> Result<(), RunError> {
+        if let (Some(j), Some(rec)) = (&self.journal, self.attempts.last()) {
+            j.attempt_ended(rec).await?;
+        }
+        Ok(())
+    }
+
+    /// Where the notes of attempt `attempt_no` go (its start journalled now).
+    fn notes(&self, attempt_no: u32) -> Option<child::Notes> {
+        let journal = self.journal.as_ref().map(|j| j.attempt(attempt_no));
+        match (journal, self.opts.notes.clone()) {
+            (Some(a), Some(b)) => Some(Arc::new(move |n: child::Note| {
+                b(n.clone());
+                a(n)
+            })),
+            (a, b) => a.or(b),
         }
     }
 
     /// May the next attempt start? Not after a stop (during a backoff, or before the first
     /// attempt), nor while the input is quarantined, the agent type fatal or its breaker open:
     /// then the record of the attempt refused.
-    pub(super) fn admit(&self) -> Result<(), Box<ExitRecord>> {
+    pub(super) fn admit(&mut self) -> Result<(), Box<ExitRecord>> {
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         let refuse = |reason: ExitReason, message: String| {
             let mut rec = not_started(&self.spec, &self.run_id, self.attempt_no(), reason, message);
             if reason == ExitReason::Quarantined {
@@ -184,6 +232,7 @@ impl<'s> Call<'s> {
             workspaces: sup.workspaces.clone(),
             stems: Some(sup.stems.clone()),
             events: self.opts.events.clone(),
+            notes: self.notes(attempt_no),
         };
         let task = TaskInput {
             task_id: attempt_no as u64,
@@ -212,7 +261,11 @@ impl<'s> Call<'s> {
         let spec = &self.spec;
         let rules = RetryRules {
             policy: spec.restart,
-            max_retries: spec.max_retries,
+            max_retries: if self.opts.single_attempt {
+                0
+            } else {
+                spec.max_retries
+            },
             no_retry_exit_codes: &spec.no_retry_exit_codes,
         };
         let abort = if quarantined_now {

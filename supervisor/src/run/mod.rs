@@ -7,6 +7,7 @@
 //! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
 
 mod call;
+pub(crate) mod journal;
 
 use crate::child::{self, StemPool, ToolRequest};
 use crate::clock::{Clock, SystemClock};
@@ -48,6 +49,10 @@ pub enum RunError {
     /// Supervisor set-up failed.
     #[error("supervisor set-up: {0}")]
     Setup(String),
+    /// The journal could not be opened, or refused to write what must be durable (the call's
+    /// outcome is then not reported as known).
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// Policy state of one agent type, shared by all its tasks.
@@ -66,6 +71,8 @@ pub struct CallOutcome {
     pub memory: Vec<Value>,
     /// Every attempt, in order.
     pub attempts: Vec<ExitRecord>,
+    /// The run the call was (journalled as the task of the call's own run).
+    pub run_id: String,
 }
 
 impl CallOutcome {
@@ -93,6 +100,12 @@ pub struct CallOptions {
     pub stop: Option<crate::Stop>,
     /// Where to report attempts' life events.
     pub events: Option<mpsc::UnboundedSender<child::AttemptEvent>>,
+    /// Leave this call out of the journal (a replay, a benchmark's baseline).
+    pub unjournalled: bool,
+    /// Where to report what the agents saw and did (besides the journal).
+    pub notes: Option<child::Notes>,
+    /// Make one attempt only, whatever the restart policy says (a replay).
+    pub single_attempt: bool,
 }
 
 /// Owner of agent processes for one config.
@@ -106,6 +119,8 @@ pub struct Supervisor {
     rng: Mutex<SplitMix64>,
     /// The policy's time: backoffs, intensity, breaker.
     clock: Arc<dyn Clock>,
+    /// Where calls are journalled (`[supervisor] journal`, on by default).
+    journal: Option<crate::journal::Journal>,
 }
 
 /// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
@@ -168,6 +183,7 @@ impl Supervisor {
             0 => {}
             n => tracing::info!("removed {n} workspace(s) left by dead supervisors"),
         }
+        let journal = open_journal(&config)?;
         Ok(Supervisor {
             config: Arc::new(config),
             specs,
@@ -177,7 +193,13 @@ impl Supervisor {
             types: Mutex::new(HashMap::new()),
             rng: Mutex::new(SplitMix64::new(seed)),
             clock: Arc::new(SystemClock),
+            journal,
         })
+    }
+
+    /// The journal calls are written to, when it is on.
+    pub fn journal(&self) -> Option<&crate::journal::Journal> {
+        self.journal.as_ref()
     }
 
     /// Run the policy (backoffs, restart intensity, circuit breaker) on `clock` instead of the
@@ -298,42 +320,64 @@ impl Supervisor {
         // of them, for the whole call).
         let prepared = self.prepare(agent, input, opts);
         async move {
-            let mut call = match prepared? {
-                Ok(call) => call,
-                Err(refused) => return Ok(refused),
-            };
+            let mut call = prepared?;
             loop {
                 if let Err(refusal) = call.admit() {
-                    return Ok(call.end(refusal, None));
+                    return call.end(refusal, None).await;
                 }
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
                 let out = Box::new(call.attempt().await);
                 match call.after(*out) {
-                    Next::End(rec, done) => return Ok(call.end(rec, done)),
-                    Next::Retry(delay) => call.back_off(delay).await,
+                    Next::End(rec, done) => return call.end(rec, done).await,
+                    Next::Retry(delay) => {
+                        call.journal_retried().await?;
+                        call.back_off(delay).await
+                    }
                 }
             }
         }
     }
 
-    /// A call of `input` on `agent`, ready to make its first attempt; `Ok(Err)` with its
-    /// outcome when the input is refused before any attempt.
-    #[allow(clippy::type_complexity)]
+    /// A call of `input` on `agent`, ready to make its first attempt.
     fn prepare(
         &self,
         agent: &str,
         input: Value,
         opts: CallOptions,
-    ) -> Result<Result<Box<Call<'_>>, CallOutcome>, RunError> {
+    ) -> Result<Box<Call<'_>>, RunError> {
         let spec = self.agent(agent)?;
         // Process-wide, so that several supervisors in one process never share a run id.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
-        Ok(Call::new(self, spec, run_id, input, opts).map(Box::new))
+        Ok(Box::new(Call::new(self, spec, run_id, input, opts)))
     }
+}
+
+/// The journal at `<state_dir>/corral.db`, opened (and recovered) unless `journal = false`.
+fn open_journal(config: &Config) -> Result<Option<crate::journal::Journal>, RunError> {
+    if !config.supervisor.journal {
+        return Ok(None);
+    }
+    let dir = &config.supervisor.state_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        RunError::Setup(format!("create state_dir {}: {e}", dir.display()))
+    })?;
+    let journal = crate::journal::Journal::open(&dir.join("corral.db"))?;
+    let r = journal.recovered();
+    if r.attempts_lost > 0 || r.runs_interrupted > 0 {
+        tracing::warn!(
+            "journal: {} attempt(s) left unfinished by a previous supervisor marked lost, {} run(s) interrupted",
+            r.attempts_lost,
+            r.runs_interrupted
+        );
+    }
+    if let Some(keep) = config.supervisor.journal_keep {
+        journal.start_pruning(keep);
+    }
+    Ok(Some(journal))
 }
 
 /// Say once, at start-up, which configured limits this host cannot enforce and what stands in.

@@ -98,7 +98,7 @@ fn in_phase(phase: Phase, t0: Instant) -> Protocol {
     ));
     match phase {
         Phase::ToolCall => {
-            assert!(matches!(p.on_frame(call(1, "search"), t0), Step::Relay(_)));
+            assert!(matches!(p.on_frame(call(1, "search"), t0), Step::Relay(..)));
         }
         Phase::Idle | Phase::Stopping => p.phase = phase,
         _ => {}
@@ -124,7 +124,7 @@ fn kind(s: &Step) -> Kind {
         Step::Send(_) => Kind::Send,
         Step::Ready(Ok(_)) => Kind::Ready,
         Step::Ready(Err(v)) | Step::End(v) => Kind::End(v.reason.expect("a reason")),
-        Step::Relay(_) => Kind::Relay,
+        Step::Relay(..) => Kind::Relay,
         Step::Log(..) => Kind::Log,
     }
 }
@@ -473,7 +473,7 @@ fn a_declared_tool_call_is_relayed_and_its_answer_traced() {
     let t0 = Instant::now();
     let ms = |n: u64| t0 + Duration::from_millis(n);
     let mut p = in_phase(Phase::Busy, t0);
-    let Step::Relay(c) = p.on_frame(call(4, "search"), ms(10)) else {
+    let Step::Relay(c, _) = p.on_frame(call(4, "search"), ms(10)) else {
         panic!("not relayed")
     };
     assert_eq!((c.call_id, c.tool.as_str()), (4, "search"));
@@ -512,7 +512,7 @@ fn wildcard_contracts_relay_any_tool() {
     p.on_frame(ready(Contract::new("a", "1").tool("*")), t0);
     assert!(matches!(
         p.on_frame(call(1, "anything"), t0),
-        Step::Relay(_)
+        Step::Relay(..)
     ));
 }
 
@@ -554,7 +554,7 @@ fn outstanding_calls_are_bounded_and_ids_unique() {
     let t0 = Instant::now();
     let mut p = in_phase(Phase::Busy, t0);
     for id in 0..MAX_OUTSTANDING_CALLS as u64 {
-        assert!(matches!(p.on_frame(call(id, "search"), t0), Step::Relay(_)));
+        assert!(matches!(p.on_frame(call(id, "search"), t0), Step::Relay(..)));
     }
     match p.on_frame(call(1000, "search"), t0) {
         Step::Send(Down::ToolResult(ToolResult { result: Err(e), .. })) => {

@@ -1,0 +1,234 @@
+//! Replay: run a journalled task again on a fresh agent process and say whether it did the
+//! same thing.
+//!
+//! The agent gets the recorded input and memory; each tool call it makes is answered from the
+//! recording of the same attempt (the one whose outcome the run reported), matched by its order
+//! among the attempt's calls and checked for the same tool and arguments, never executed. A
+//! call the recording lacks, or one that differs, is answered with a structured
+//! `replay_divergence` error. At the end the calls made and the outcome are compared with the
+//! recording, and the first difference is reported: like a workflow engine's non-determinism
+//! error, for any agent process. Replay reads only the journal and the config, so it works
+//! across restarts of corral; it is not journalled itself.
+
+use crate::child::{Note, ToolRequest};
+use crate::journal::{CallView, RunView, ToolCallView};
+use crate::run::{CallOptions, RunError, Supervisor};
+use corral_proto::{AgentError, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Replay could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The run has no task to replay.
+    #[error("run `{0}` recorded no task to replay")]
+    NoTask(String),
+    /// Running the agent failed before any attempt (unknown agent, set-up).
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Where a replay first differed from its recording.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Divergence {
+    /// The tool call's order in the attempt (from 1); for `output` and `error`, one past the
+    /// last call.
+    pub seq: u32,
+    /// `tool_call`, `output` or `error`.
+    pub kind: &'static str,
+    /// What the recording has (`null` when it has nothing there).
+    pub recorded: serde_json::Value,
+    /// What the replay did (`null` when it did nothing there).
+    pub replayed: serde_json::Value,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The run replayed.
+    pub run_id: String,
+    /// Whether the replay made the same tool calls and ended the same way.
+    pub identical: bool,
+    /// The first difference, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<Divergence>,
+}
+
+/// A tool call as compared: its tool and arguments.
+fn call_json(tool: &str, args: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "tool": tool, "args": args })
+}
+
+/// The recorded answer of `c`, as the agent got it.
+fn recorded_answer(c: &ToolCallView) -> Result<Value, AgentError> {
+    if c.status == "ok" {
+        return Ok(Value::from_json(&c.result));
+    }
+    let field = |k: &str| c.result.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Err(AgentError::new(
+        field("kind").unwrap_or_else(|| c.status.clone()),
+        field("message").unwrap_or_default(),
+        c.result
+            .get("retryable")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+    ))
+}
+
+/// The attempt whose tool calls the replay follows: the last recorded one.
+fn last_attempt(call: &CallView) -> u32 {
+    call.attempts
+        .iter()
+        .filter_map(|r| r.get("attempt").and_then(|a| a.as_u64()))
+        .max()
+        .unwrap_or(1) as u32
+}
+
+/// How an attempt or call ended, as compared: the reason and the error's kind.
+fn ending(reason: Option<&str>, kind: Option<&str>) -> serde_json::Value {
+    serde_json::json!({ "reason": reason, "kind": kind })
+}
+
+/// Replay the first task of `run` on `sup` (see the module docs).
+pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, ReplayError> {
+    let call = run
+        .calls
+        .first()
+        .ok_or_else(|| ReplayError::NoTask(run.run_id.clone()))?;
+    let attempt = last_attempt(call);
+    let recorded: BTreeMap<u32, ToolCallView> = call
+        .tool_calls
+        .iter()
+        .filter(|c| c.attempt == attempt)
+        .map(|c| (c.seq, c.clone()))
+        .collect();
+    let recorded = Arc::new(recorded);
+
+    // Answers from the recording, never executed.
+    let (tx, mut rx) = mpsc::channel::<ToolRequest>(64);
+    let answers = recorded.clone();
+    let server = tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let answer = match answers.get(&req.seq) {
+                Some(r) if r.tool == req.call.tool && r.args == req.call.args.to_json() => {
+                    recorded_answer(r)
+                }
+                Some(r) => Err(AgentError::new(
+                    "replay_divergence",
+                    format!(
+                        "call {} differs from the recording (recorded `{}`)",
+                        req.seq, r.tool
+                    ),
+                    false,
+                )),
+                None => Err(AgentError::new(
+                    "replay_divergence",
+                    format!("the recording has no tool call {}", req.seq),
+                    false,
+                )),
+            };
+            let _ = req.reply.send(answer);
+        }
+    });
+    // What the replayed agent did, by order.
+    let made: Arc<Mutex<BTreeMap<u32, (String, serde_json::Value)>>> = Arc::default();
+    let sink = made.clone();
+    let notes: crate::child::Notes = Arc::new(move |n: Note| {
+        if let Note::ToolCall {
+            seq, tool, args, ..
+        } = n
+        {
+            if let Ok(mut m) = sink.lock() {
+                m.insert(seq, (tool, args.to_json()));
+            }
+        }
+    });
+    let memory = match &call.memory {
+        serde_json::Value::Array(a) => a.iter().map(Value::from_json).collect(),
+        _ => Vec::new(),
+    };
+    let opts = CallOptions {
+        memory,
+        tools: Some(tx),
+        notes: Some(notes),
+        unjournalled: true,
+        single_attempt: true,
+        ..Default::default()
+    };
+    let outcome = sup
+        .call(&call.agent, Value::from_json(&call.input), opts)
+        .await;
+    server.abort();
+    let outcome = outcome?;
+    let made = made.lock().map(|m| m.clone()).unwrap_or_default();
+
+    let divergence = first_tool_divergence(&recorded, &made).or_else(|| {
+        let seq = recorded.len().max(made.len()) as u32 + 1;
+        let replayed_out = outcome.output.as_ref().map(Value::to_json);
+        match (&call.output, replayed_out) {
+            (Some(r), Some(p)) if *r == p => None,
+            (Some(r), Some(p)) => Some(Divergence {
+                seq,
+                kind: "output",
+                recorded: r.clone(),
+                replayed: p,
+            }),
+            (r, p) => {
+                let rec_reason = call
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find_map(|a| a.get("reason").and_then(|x| x.as_str()));
+                let rec_kind = call
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("kind"))
+                    .and_then(|k| k.as_str());
+                let last = outcome.last();
+                let rep_reason = last.map(|l| l.reason.as_str());
+                let rep_kind = last.and_then(|l| l.error.as_ref()).map(|e| e.kind.as_str());
+                if r.is_none() && p.is_none() && rec_reason == rep_reason && rec_kind == rep_kind
+                {
+                    None
+                } else {
+                    Some(Divergence {
+                        seq,
+                        kind: "error",
+                        recorded: r.clone().unwrap_or_else(|| ending(rec_reason, rec_kind)),
+                        replayed: p.unwrap_or_else(|| ending(rep_reason, rep_kind)),
+                    })
+                }
+            }
+        }
+    });
+    Ok(ReplayReport {
+        run_id: run.run_id.clone(),
+        identical: divergence.is_none(),
+        divergence,
+    })
+}
+
+/// The first call, by order, whose tool or arguments differ, or that only one side made.
+fn first_tool_divergence(
+    recorded: &BTreeMap<u32, ToolCallView>,
+    made: &BTreeMap<u32, (String, serde_json::Value)>,
+) -> Option<Divergence> {
+    let last = recorded
+        .keys()
+        .chain(made.keys())
+        .copied()
+        .max()
+        .unwrap_or(0);
+    (1..=last).find_map(|seq| {
+        let r = recorded.get(&seq).map(|c| call_json(&c.tool, &c.args));
+        let p = made.get(&seq).map(|(t, a)| call_json(t, a));
+        (r != p).then(|| Divergence {
+            seq,
+            kind: "tool_call",
+            recorded: r.unwrap_or(serde_json::Value::Null),
+            replayed: p.unwrap_or(serde_json::Value::Null),
+        })
+    })
+}

@@ -1,0 +1,196 @@
+//! What a call writes to the journal: its run, its task as sent, each attempt with what the
+//! agent saw and did (contract, log lines, tool calls and answers, a heartbeat summary) and its
+//! exit record, and the call's end.
+//!
+//! Entries are queued ([`Journal::append`]) as they happen, so that the runtime never waits on
+//! the disk per event; an attempt's record and the call's end are written durably
+//! ([`Journal::durable`]) before the caller is told.
+
+use crate::child::{Note, Notes};
+use crate::journal::{Entry, Journal, JournalError, RunStatus};
+use crate::record::ExitRecord;
+use corral_proto::{AgentError, Value};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Milliseconds since the epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An agent's error as data: `{kind, message, retryable}`.
+pub(crate) fn error_json(e: &AgentError) -> serde_json::Value {
+    serde_json::json!({ "kind": e.kind, "message": e.message, "retryable": e.retryable })
+}
+
+/// A list of notes as one JSON list.
+fn list_json(values: &[Value]) -> serde_json::Value {
+    serde_json::Value::Array(values.iter().map(Value::to_json).collect())
+}
+
+/// The journal of one call: one task given to one agent type, in its run.
+pub(crate) struct CallJournal {
+    journal: Journal,
+    run_id: Arc<str>,
+    call: u32,
+}
+
+impl CallJournal {
+    /// Begin the run `run_id` (a call is a run of its own) and its task.
+    pub(crate) fn begin(
+        journal: &Journal,
+        run_id: &str,
+        agent: &str,
+        config_digest: &str,
+        input: &Value,
+        memory: &[Value],
+    ) -> CallJournal {
+        let at_ms = now_ms();
+        journal.append(Entry::RunStarted {
+            run_id: run_id.to_string(),
+            agent: agent.to_string(),
+            kind: "call".to_string(),
+            config_hash: config_digest.to_string(),
+            started_at_ms: at_ms,
+        });
+        journal.append(Entry::CallStarted {
+            run_id: run_id.to_string(),
+            call: 1,
+            agent: agent.to_string(),
+            input: input.to_json(),
+            memory: list_json(memory),
+            at_ms,
+        });
+        CallJournal {
+            journal: journal.clone(),
+            run_id: run_id.into(),
+            call: 1,
+        }
+    }
+
+    /// Attempt `attempt` starts: where its notes go.
+    pub(crate) fn attempt(&self, attempt: u32) -> Notes {
+        self.journal.append(Entry::AttemptStarted {
+            run_id: self.run_id.to_string(),
+            call: self.call,
+            attempt,
+            at_ms: now_ms(),
+        });
+        let journal = self.journal.clone();
+        let run_id = self.run_id.clone();
+        let call = self.call;
+        Arc::new(move |note: Note| {
+            let at_ms = now_ms();
+            let event = |kind: &str, payload: serde_json::Value| Entry::Event {
+                run_id: run_id.to_string(),
+                call,
+                attempt,
+                at_ms,
+                kind: kind.to_string(),
+                payload,
+            };
+            let entry = match note {
+                Note::Contract(c) => event(
+                    "contract",
+                    serde_json::to_value(&c).unwrap_or(serde_json::Value::Null),
+                ),
+                Note::Log { level, text } => event(
+                    "log",
+                    serde_json::json!({ "level": format!("{level:?}").to_lowercase(), "text": text }),
+                ),
+                Note::Summary {
+                    heartbeats,
+                    progress,
+                } => event(
+                    "heartbeats",
+                    serde_json::json!({ "heartbeats": heartbeats, "progress": progress }),
+                ),
+                Note::ToolCall {
+                    seq,
+                    call_id,
+                    tool,
+                    args,
+                    result,
+                    duration_ms,
+                } => {
+                    let (status, result) = match &result {
+                        Ok(v) => ("ok".to_string(), v.to_json()),
+                        Err(e) => (e.kind.clone(), error_json(e)),
+                    };
+                    Entry::ToolCall {
+                        run_id: run_id.to_string(),
+                        call,
+                        attempt,
+                        seq,
+                        call_id,
+                        tool,
+                        args: args.to_json(),
+                        status,
+                        result,
+                        duration_ms,
+                        at_ms,
+                    }
+                }
+            };
+            journal.append(entry);
+        })
+    }
+
+    /// An attempt's record, its decision made: durable before anyone is told.
+    pub(crate) async fn attempt_ended(&self, rec: &ExitRecord) -> Result<(), JournalError> {
+        self.journal
+            .durable(Entry::AttemptEnded {
+                run_id: self.run_id.to_string(),
+                call: self.call,
+                attempt: rec.attempt,
+                record: serde_json::to_value(rec).unwrap_or(serde_json::Value::Null),
+                reason: rec.reason.as_str().to_string(),
+                decision: rec.decision.as_str().to_string(),
+                pid: rec.pid,
+                started_at: rec.started_at.clone(),
+                ended_at: rec.ended_at.clone(),
+                duration_ms: rec.duration_ms,
+            })
+            .await
+    }
+
+    /// The call ended with `output` (and `memory`) or the last record's error; the run ends
+    /// with it.
+    pub(crate) async fn ended(
+        &self,
+        output: Option<&Value>,
+        memory: &[Value],
+        last: Option<&ExitRecord>,
+    ) -> Result<(), JournalError> {
+        let at_ms = now_ms();
+        let error = match output {
+            Some(_) => None,
+            None => last.and_then(|r| r.error.as_ref()).map(|e| {
+                serde_json::json!({ "kind": e.kind, "message": e.message, "retryable": e.retryable })
+            }),
+        };
+        self.journal.append(Entry::CallEnded {
+            run_id: self.run_id.to_string(),
+            call: self.call,
+            output: output.map(Value::to_json),
+            memory: list_json(memory),
+            error,
+            at_ms,
+        });
+        let status = if output.is_some() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        self.journal
+            .durable(Entry::RunEnded {
+                run_id: self.run_id.to_string(),
+                status,
+                at_ms,
+            })
+            .await
+    }
+}
