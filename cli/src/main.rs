@@ -8,6 +8,7 @@
 //! on (a file, or the embedded defaults) in `defaults`.
 
 mod defaults;
+mod plan;
 mod runs;
 mod verbs;
 
@@ -49,6 +50,25 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A plan file to check against the config too.
+        plan: Option<PathBuf>,
+    },
+    /// Run a plan: a DAG of agent calls with hand-offs, fan-out, checkpoints and resume.
+    Run {
+        /// The plan file.
+        plan: PathBuf,
+        /// Config file (default: ./corral.toml if present, else the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The run's input, as JSON, or @FILE holding JSON.
+        #[arg(long, short, default_value = "null")]
+        input: String,
+        /// Print one JSON object: {run_id, status, output, nodes}.
+        #[arg(long)]
+        json: bool,
+        /// Resume this run: re-run only the instances that did not finish.
+        #[arg(long)]
+        resume: Option<String>,
     },
     /// Run real agents on the embedded defaults, misbehaving on purpose, and show what corral
     /// recorded for each.
@@ -159,7 +179,25 @@ fn main() -> ExitCode {
                 input,
                 json,
             } => verbs::call(&agent, config.as_deref(), &input, json).await,
-            Command::Validate { config } => verbs::validate(config.as_deref()),
+            Command::Validate { config, plan } => {
+                verbs::validate(config.as_deref(), plan.as_deref())
+            }
+            Command::Run {
+                plan: plan_path,
+                config,
+                input,
+                json,
+                resume,
+            } => {
+                plan::run(
+                    &plan_path,
+                    config.as_deref(),
+                    &input,
+                    json,
+                    resume.as_deref(),
+                )
+                .await
+            }
             Command::Demo => verbs::demo().await,
             Command::Runs {
                 config,

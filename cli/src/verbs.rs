@@ -8,9 +8,23 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// `corral validate`: load the config and say, per agent, what its settings give away.
-pub fn validate(path: Option<&Path>) -> ExitCode {
+pub fn validate(path: Option<&Path>, plan: Option<&Path>) -> ExitCode {
     match load_config(path) {
         Ok(cfg) => {
+            if let Some(p) = plan {
+                match corral::plan::Plan::load(p, &cfg) {
+                    Ok(plan) => println!(
+                        "{}: ok, plan `{}` with {} node(s)",
+                        p.display(),
+                        plan.name,
+                        plan.nodes.len()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             println!(
                 "{}: ok, {} agent(s): {}",
                 cfg.path.display(),

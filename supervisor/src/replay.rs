@@ -189,8 +189,7 @@ pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, Rep
                 let last = outcome.last();
                 let rep_reason = last.map(|l| l.reason.as_str());
                 let rep_kind = last.and_then(|l| l.error.as_ref()).map(|e| e.kind.as_str());
-                if r.is_none() && p.is_none() && rec_reason == rep_reason && rec_kind == rep_kind
-                {
+                if r.is_none() && p.is_none() && rec_reason == rep_reason && rec_kind == rep_kind {
                     None
                 } else {
                     Some(Divergence {

@@ -22,6 +22,8 @@
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
 //! | `{"do":"tools","calls":[{"tool":T,"args":V},…]}` | makes the calls in order: `{"results":[{"ok":true,"value":V} or {"ok":false,"error":{"kind":K,"message":M}},…]}` |
 //! | `{"do":"random"}` | `{"n":N}`, N drawn afresh each time (for replay's divergence) |
+//! | `{"do":"remember","notes":[V,…],"echo":V}` | hands the notes downstream; `{"seen":[notes received],"echo":V}` |
+//! | `{"do":"crash_first","echo":V}` | crashes (SIGABRT) on attempt 1, then `{"echo":V,"attempt":N}` |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
 //! | `{"do":"panic"}` | panics in the handler (the SDK reports `Failed {kind: "panic"}`) |
@@ -220,6 +222,26 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             Ok(Value::map([("results", Value::List(results))]))
         }
         "random" => Ok(Value::map([("n", Value::Int(random()))])),
+        "remember" => {
+            if let Some(Value::List(notes)) = input.get("notes") {
+                for n in notes.clone() {
+                    ctx.remember(n);
+                }
+            }
+            Ok(Value::map([
+                ("seen", Value::List(ctx.memory().to_vec())),
+                ("echo", input.get("echo").cloned().unwrap_or(Value::Null)),
+            ]))
+        }
+        "crash_first" => {
+            if ctx.attempt() == 1 {
+                std::process::abort();
+            }
+            Ok(Value::map([
+                ("echo", input.get("echo").cloned().unwrap_or(Value::Null)),
+                ("attempt", Value::Int(ctx.attempt() as i64)),
+            ]))
+        }
         "sleep_ms" => {
             let until =
                 Instant::now() + Duration::from_millis(arg_i64(&input, "ms")?.max(0) as u64);

@@ -15,7 +15,7 @@ mod resolve;
 mod schema;
 #[cfg(test)]
 mod tests;
-mod units;
+pub(crate) mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -297,6 +297,9 @@ pub struct AgentSpec {
     pub breaker: BreakerConfig,
     /// Identical crashes on one input before that input is quarantined.
     pub quarantine_after: u32,
+    /// Most live instances of this agent type at once in a plan run (`max_instances`);
+    /// `None` is no cap beyond the plan's own.
+    pub max_instances: Option<u32>,
 }
 
 impl AgentSpec {
@@ -368,6 +371,7 @@ impl AgentSpec {
                 open_for: Duration::from_secs(30),
             },
             quarantine_after: 2,
+            max_instances: None,
         }
     }
 }

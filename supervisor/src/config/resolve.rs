@@ -383,6 +383,11 @@ fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
             return Err(ctx.at_value(q.span(), "quarantine_after must be at least 1"));
         }
     }
+    if let Some(m) = &s.max_instances {
+        if *m.get_ref() == 0 {
+            return Err(ctx.at_value(m.span(), "max_instances must be at least 1"));
+        }
+    }
     Ok(())
 }
 
@@ -601,4 +606,7 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         &mut spec.quarantine_after,
         &s.quarantine_after.as_ref().map(|q| *q.get_ref()),
     );
+    if let Some(m) = &s.max_instances {
+        spec.max_instances = Some(*m.get_ref());
+    }
 }

@@ -98,6 +98,7 @@ pub(super) struct Settings {
     pub intensity: Option<Intensity>,
     pub breaker: Option<Breaker>,
     pub quarantine_after: Option<Spanned<u32>>,
+    pub max_instances: Option<Spanned<u32>>,
 }
 
 /// `backoff = { … }`, each key optional.

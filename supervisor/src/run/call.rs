@@ -70,8 +70,11 @@ impl<'s> Call<'s> {
                     (String::new(), Some(Box::new(rec)))
                 }
             };
-        let journal = match (&sup.journal, opts.unjournalled) {
-            (Some(j), false) => Some(CallJournal::begin(
+        let journal = match (&sup.journal, opts.unjournalled, &opts.journal_call) {
+            (Some(j), false, Some(jc)) => {
+                Some(CallJournal::join(j, jc, &spec.name, &input, &opts.memory))
+            }
+            (Some(j), false, None) => Some(CallJournal::begin(
                 j,
                 &run_id,
                 &spec.name,

@@ -31,11 +31,25 @@ fn list_json(values: &[Value]) -> serde_json::Value {
     serde_json::Value::Array(values.iter().map(Value::to_json).collect())
 }
 
+/// A call that is one task of a larger run (a plan's node instance), not a run of its own.
+#[derive(Debug, Clone)]
+pub struct JournalCall {
+    /// The run it belongs to (already begun).
+    pub run_id: String,
+    /// Its number in the run, from 1.
+    pub call: u32,
+    /// What it is in the run (for a plan: `{node, index, parent}`), journalled as its `node`
+    /// event.
+    pub node: serde_json::Value,
+}
+
 /// The journal of one call: one task given to one agent type, in its run.
 pub(crate) struct CallJournal {
     journal: Journal,
     run_id: Arc<str>,
     call: u32,
+    /// The call is its own run (begun and ended with it).
+    own_run: bool,
 }
 
 impl CallJournal {
@@ -68,6 +82,40 @@ impl CallJournal {
             journal: journal.clone(),
             run_id: run_id.into(),
             call: 1,
+            own_run: true,
+        }
+    }
+
+    /// Begin task `jc.call` of the run `jc.run_id`, begun by its owner.
+    pub(crate) fn join(
+        journal: &Journal,
+        jc: &JournalCall,
+        agent: &str,
+        input: &Value,
+        memory: &[Value],
+    ) -> CallJournal {
+        let at_ms = now_ms();
+        journal.append(Entry::CallStarted {
+            run_id: jc.run_id.clone(),
+            call: jc.call,
+            agent: agent.to_string(),
+            input: input.to_json(),
+            memory: list_json(memory),
+            at_ms,
+        });
+        journal.append(Entry::Event {
+            run_id: jc.run_id.clone(),
+            call: jc.call,
+            attempt: 0,
+            at_ms,
+            kind: "node".to_string(),
+            payload: jc.node.clone(),
+        });
+        CallJournal {
+            journal: journal.clone(),
+            run_id: jc.run_id.as_str().into(),
+            call: jc.call,
+            own_run: false,
         }
     }
 
@@ -172,14 +220,19 @@ impl CallJournal {
                 serde_json::json!({ "kind": e.kind, "message": e.message, "retryable": e.retryable })
             }),
         };
-        self.journal.append(Entry::CallEnded {
+        let ended = Entry::CallEnded {
             run_id: self.run_id.to_string(),
             call: self.call,
             output: output.map(Value::to_json),
             memory: list_json(memory),
             error,
             at_ms,
-        });
+        };
+        if !self.own_run {
+            // A checkpoint of its run: durable before any dependant starts.
+            return self.journal.durable(ended).await;
+        }
+        self.journal.append(ended);
         let status = if output.is_some() {
             RunStatus::Succeeded
         } else {

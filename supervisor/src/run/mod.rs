@@ -9,6 +9,8 @@
 mod call;
 pub(crate) mod journal;
 
+pub use journal::JournalCall;
+
 use crate::child::{self, StemPool, ToolRequest};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentSpec, Config};
@@ -106,6 +108,8 @@ pub struct CallOptions {
     pub notes: Option<child::Notes>,
     /// Make one attempt only, whatever the restart policy says (a replay).
     pub single_attempt: bool,
+    /// Journal the call as a task of this larger run instead of as a run of its own.
+    pub journal_call: Option<journal::JournalCall>,
 }
 
 /// Owner of agent processes for one config.
@@ -362,9 +366,8 @@ fn open_journal(config: &Config) -> Result<Option<crate::journal::Journal>, RunE
         return Ok(None);
     }
     let dir = &config.supervisor.state_dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        RunError::Setup(format!("create state_dir {}: {e}", dir.display()))
-    })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RunError::Setup(format!("create state_dir {}: {e}", dir.display())))?;
     let journal = crate::journal::Journal::open(&dir.join("corral.db"))?;
     let r = journal.recovered();
     if r.attempts_lost > 0 || r.runs_interrupted > 0 {

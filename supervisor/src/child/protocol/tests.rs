@@ -554,7 +554,10 @@ fn outstanding_calls_are_bounded_and_ids_unique() {
     let t0 = Instant::now();
     let mut p = in_phase(Phase::Busy, t0);
     for id in 0..MAX_OUTSTANDING_CALLS as u64 {
-        assert!(matches!(p.on_frame(call(id, "search"), t0), Step::Relay(..)));
+        assert!(matches!(
+            p.on_frame(call(id, "search"), t0),
+            Step::Relay(..)
+        ));
     }
     match p.on_frame(call(1000, "search"), t0) {
         Step::Send(Down::ToolResult(ToolResult { result: Err(e), .. })) => {

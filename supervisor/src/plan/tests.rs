@@ -1,0 +1,135 @@
+//! Plan validation: each error at its place.
+
+use super::*;
+
+fn config() -> Config {
+    Config::parse(
+        "[agents.lister]\ncommand = [\"/bin/true\"]\n[agents.reader]\ncommand = [\"/bin/true\"]\n[agents.merger]\ncommand = [\"/bin/true\"]\n",
+        Path::new("corral.toml"),
+    )
+    .expect("config")
+}
+
+fn parse(text: &str) -> Result<Plan, ConfigError> {
+    Plan::parse(text, Path::new("plan.toml"), &config())
+}
+
+const GOOD: &str = r#"[plan]
+name = "review"
+max_parallel = 8
+memory_budget = "1KiB"
+
+[[node]]
+id = "list"
+agent = "lister"
+input = { root = "$input.root" }
+
+[[node]]
+id = "read"
+agent = "reader"
+for_each = "$list.output.files"
+input = { path = "$item", i = "$index", hint = "$input.hint" }
+skip_memory = true
+max_parallel = 4
+
+[[node]]
+id = "merge"
+agent = "merger"
+input = { parts = "$read.output" }
+on_failure = "fallback"
+fallback = "fallback_merge"
+
+[[node]]
+id = "fallback_merge"
+agent = "merger"
+input = { parts = "$read.output", degraded = true }
+"#;
+
+#[test]
+fn a_good_plan_validates() {
+    let p = parse(GOOD).expect("valid");
+    assert_eq!(p.name, "review");
+    assert_eq!(p.max_parallel, 8);
+    assert_eq!(p.memory_budget, 1024);
+    let ids: Vec<&str> = p.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["list", "read", "merge", "fallback_merge"]);
+    assert_eq!(
+        p.node("read").map(|n| n.deps.clone()),
+        Some(vec!["list".to_string()])
+    );
+    assert!(p.node("fallback_merge").is_some_and(|n| n.fallback_only));
+    let sinks: Vec<&str> = p.sinks().iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(sinks, ["merge"]);
+}
+
+/// `(plan text, expected line:col, words the message must contain)`.
+fn refused(text: &str, at: &str, words: &[&str]) {
+    let e = parse(text).expect_err("must be refused");
+    let shown = e.to_string();
+    assert!(shown.starts_with(&format!("plan.toml:{at}:")), "{shown}");
+    for w in words {
+        assert!(shown.contains(w), "{shown} lacks {w}");
+    }
+}
+
+#[test]
+fn each_error_is_refused_at_its_place() {
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"nobody\"\n",
+        "5:9",
+        &["no agent `nobody`", "lister"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\ninput = { x = \"$ghost.output\" }\n",
+        "6:9",
+        &["names no node `ghost`"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\ninput = { x = \"$ghost\" }\n",
+        "6:9",
+        &["through its output"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\ninput = { x = \"$item\" }\n",
+        "6:9",
+        &["only defined in a node with for_each"],
+    );
+    // A cycle, reported at its first node in file order.
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\ninput = \"$b.output\"\n[[node]]\nid = \"b\"\nagent = \"lister\"\nafter = [\"a\"]\n",
+        "4:6",
+        &["cycle", "a -> b -> a"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\n",
+        "7:6",
+        &["defined twice"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\non_failure = \"skip\"\n",
+        "6:14",
+        &["optional = true"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\non_failure = \"fallback\"\n",
+        "6:14",
+        &["fallback = \"NODE\""],
+    );
+    refused(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"input\"\nagent = \"lister\"\n",
+        "4:6",
+        &["reserved"],
+    );
+    refused(
+        "[plan]\nname = \"x\"\nmax_parallel = 0\n[[node]]\nid = \"a\"\nagent = \"lister\"\n",
+        "3:16",
+        &["at least 1"],
+    );
+    // Unknown keys are refused by the schema, at the key.
+    let e = parse(
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"lister\"\nfor_eech = \"$input\"\n",
+    )
+    .expect_err("unknown key");
+    assert!(e.to_string().contains("for_eech"), "{e}");
+    assert!(e.location().is_some(), "{e}");
+}

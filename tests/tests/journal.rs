@@ -1,0 +1,295 @@
+//! The journal end to end: `corral call` journals every run; `corral runs`, `show` and `replay`
+//! read it back; a supervisor killed at random points loses no finished attempt and leaves the
+//! rest `lost`; a corrupt database is refused with a clear error.
+
+use corral_e2e::{call_json, corral, fixture, Fixture};
+use serde_json::Value as J;
+use std::process::{Command, Stdio};
+
+fn cfg(fx: &Fixture) -> &str {
+    fx.config.to_str().expect("utf-8 path")
+}
+
+fn json_of(out: &std::process::Output) -> J {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn show(fx: &Fixture, run_id: &str) -> J {
+    let out = corral(&["show", run_id, "--config", cfg(fx), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    json_of(&out)
+}
+
+fn runs(fx: &Fixture, extra: &[&str]) -> Vec<J> {
+    let mut args = vec!["runs", "--config", cfg(fx), "--json"];
+    args.extend_from_slice(extra);
+    let out = corral(&args);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    json_of(&out).as_array().cloned().expect("a list of runs")
+}
+
+#[test]
+fn a_call_is_journalled_and_shown() {
+    let fx = fixture("");
+    let ok = call_json(&fx, "echo", r#"{"hello":"world"}"#);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let run_id = ok.doc["run_id"].as_str().expect("run_id").to_string();
+    let bad = call_json(&fx, "chaos", r#"{"do":"fail","retryable":true}"#);
+    assert_eq!(bad.code, 1);
+    let bad_id = bad.doc["run_id"].as_str().expect("run_id").to_string();
+
+    let all = runs(&fx, &[]);
+    assert_eq!(all.len(), 2, "{all:?}");
+    // Newest first.
+    assert_eq!(all[0]["run_id"], J::from(bad_id.clone()));
+    assert_eq!(all[0]["status"], "failed");
+    assert_eq!(all[0]["agent"], "chaos");
+    assert_eq!(all[0]["attempts"], J::from(bad.attempts().len()));
+    assert_eq!(all[1]["status"], "succeeded");
+    for r in &all {
+        assert!(
+            r["started_at"].is_string() && r["ended_at"].is_string(),
+            "{r}"
+        );
+    }
+    let only = runs(&fx, &["--status", "succeeded"]);
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["run_id"], J::from(run_id.clone()));
+    assert_eq!(runs(&fx, &["--agent", "chaos"]).len(), 1);
+    assert_eq!(runs(&fx, &["--limit", "1"]).len(), 1);
+
+    let run = show(&fx, &run_id);
+    assert_eq!(run["status"], "succeeded");
+    let call = &run["calls"][0];
+    assert_eq!(call["agent"], "echo");
+    assert_eq!(call["input"], serde_json::json!({"hello":"world"}));
+    assert_eq!(call["memory"], serde_json::json!([]));
+    assert_eq!(call["output"], ok.doc["output"]);
+    // The records shown are the records printed.
+    assert_eq!(call["attempts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(call["attempts"][0]["reason"], "completed");
+    assert_eq!(call["attempts"][0]["pid"], ok.last()["pid"]);
+    // The contract the agent declared is kept with the attempt.
+    let events = call["events"].as_array().expect("events");
+    assert!(events.iter().any(|e| e["kind"] == "contract"), "{events:?}");
+
+    let failed = show(&fx, &bad_id);
+    let attempts = failed["calls"][0]["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), bad.attempts().len());
+    let decisions: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["decision"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(decisions.last(), Some(&"abort"), "{decisions:?}");
+    assert!(decisions[..decisions.len() - 1]
+        .iter()
+        .all(|d| *d == "retry"));
+    assert_eq!(failed["calls"][0]["error"]["kind"], "chaos");
+
+    // Readable on a terminal: the reason and the output are in it.
+    let out = corral(&["show", &run_id, "--config", cfg(&fx)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("completed") && text.contains("hello"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_runs_are_one_line_and_exit_2() {
+    let fx = fixture("");
+    for verb in ["show", "replay"] {
+        let out = corral(&[verb, "r-nope", "--config", cfg(&fx)]);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("r-nope"), "{err}");
+    }
+}
+
+#[test]
+fn tool_calls_are_journalled_in_order_with_their_answers() {
+    let fx = fixture("");
+    let input = r#"{"do":"tools","calls":[{"tool":"t.one","args":{"a":1}},{"tool":"t.two","args":[true,"x"]}]}"#;
+    let called = call_json(&fx, "chaos", input);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    let run = show(&fx, &run_id);
+    let calls = run["calls"][0]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["seq"], 1);
+    assert_eq!(calls[0]["tool"], "t.one");
+    assert_eq!(calls[0]["args"], serde_json::json!({"a":1}));
+    assert_eq!(calls[1]["seq"], 2);
+    assert_eq!(calls[1]["args"], serde_json::json!([true, "x"]));
+    // Refused here (no tool is granted): the refusal is what was recorded, and what the
+    // agent saw.
+    let seen = &called.doc["output"]["results"];
+    for (i, c) in calls.iter().enumerate() {
+        assert_ne!(c["status"], "ok");
+        assert_eq!(
+            c["result"]["kind"], seen[i]["error"]["kind"],
+            "{c} vs {seen}"
+        );
+    }
+}
+
+#[test]
+fn replay_of_a_deterministic_run_is_identical() {
+    let fx = fixture("");
+    let input = r#"{"do":"tools","calls":[{"tool":"t.one","args":{"a":1}},{"tool":"t.one","args":{"a":2}}]}"#;
+    let called = call_json(&fx, "chaos", input);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json_of(&out)["identical"], true);
+    // Replay is not journalled itself.
+    assert_eq!(runs(&fx, &[]).len(), 1);
+}
+
+#[test]
+fn replay_of_a_random_run_reports_the_output_divergence() {
+    let fx = fixture("");
+    let called = call_json(&fx, "chaos", r#"{"do":"random"}"#);
+    assert_eq!(called.code, 0, "{}", called.stderr);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc = json_of(&out);
+    assert_eq!(doc["identical"], false);
+    let d = &doc["divergence"];
+    assert_eq!(d["kind"], "output");
+    assert_eq!(d["seq"], 1);
+    assert_eq!(d["recorded"], called.doc["output"]);
+    assert!(d["replayed"]["n"].is_i64(), "{d}");
+    assert_ne!(d["replayed"], d["recorded"]);
+    // Readably, on a terminal.
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx)]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("diverged at output"), "{text}");
+}
+
+/// `corral call` killed with SIGKILL at random points, fifty times: the database opens after
+/// each, every attempt whose record was printed is in it as printed, and what was under way
+/// is `lost` (its run `interrupted`) once a supervisor starts again.
+#[test]
+fn kill_9_of_the_supervisor_loses_no_finished_attempt() {
+    let fx = fixture("");
+    let mut printed: Vec<J> = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    for i in 0..50 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let input = if i % 3 == 0 {
+            r#"{"do":"fail","retryable":true}"#.to_string()
+        } else {
+            format!(r#"{{"do":"sleep_ms","ms":{}}}"#, seed % 40)
+        };
+        let child = Command::new(corral_e2e::bin("corral"))
+            .args([
+                "call",
+                "chaos",
+                "--config",
+                cfg(&fx),
+                "--input",
+                &input,
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn corral");
+        // Kill after a random delay (0-150 ms), from its start to after its end.
+        std::thread::sleep(std::time::Duration::from_millis(seed % 150));
+        let pid = child.id() as i32;
+        // SAFETY: kill of our own child, which is not reaped before wait_with_output.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let out = child.wait_with_output().expect("wait");
+        if let Ok(doc) = serde_json::from_slice::<J>(&out.stdout) {
+            printed.push(doc);
+        }
+        // The database opens cleanly after each kill.
+        let list = corral(&["runs", "--config", cfg(&fx), "--json", "--limit", "1"]);
+        assert_eq!(list.status.code(), Some(0), "after kill {i}: {list:?}");
+    }
+    // A supervisor starting (any call) marks what was left unfinished.
+    assert_eq!(call_json(&fx, "echo", "1").code, 0);
+    let all = runs(&fx, &["--limit", "1000"]);
+    assert_eq!(all.len(), 51, "every call started a run");
+    assert!(all.iter().all(|r| r["status"] != "running"), "{all:?}");
+    for doc in &printed {
+        let run_id = doc["run_id"].as_str().expect("run_id");
+        let run = show(&fx, run_id);
+        let kept = run["calls"][0]["attempts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let shown = doc["attempts"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            kept, shown,
+            "run {run_id}: the journal lost or changed a printed record"
+        );
+    }
+    let interrupted: Vec<&J> = all
+        .iter()
+        .filter(|r| r["status"] == "interrupted")
+        .collect();
+    for r in &interrupted {
+        let run = show(&fx, r["run_id"].as_str().expect("run_id"));
+        let attempts = run["calls"][0]["attempts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(last) = attempts.last() {
+            // The attempt under way at the kill is lost; those before it kept their reasons.
+            if last["reason"] != "lost" {
+                assert_eq!(last["decision"], "retry", "{run}");
+            }
+        }
+    }
+    eprintln!(
+        "{} of 50 printed their records before the kill; {} interrupted",
+        printed.len(),
+        interrupted.len()
+    );
+}
+
+#[test]
+fn a_corrupt_database_is_refused_naming_the_file() {
+    let fx = fixture("");
+    let state = fx.dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let db = state.join("corral.db");
+    std::fs::write(
+        &db,
+        b"this is not a database, it is a shopping list\n".repeat(100),
+    )
+    .expect("write");
+    let before = std::fs::read(&db).expect("read");
+    for args in [
+        vec!["runs", "--config", cfg(&fx)],
+        vec!["call", "echo", "--config", cfg(&fx), "--input", "1"],
+    ] {
+        let out = corral(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("corral.db"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&db).expect("read"),
+        before,
+        "user data rewritten"
+    );
+}

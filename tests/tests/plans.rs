@@ -1,0 +1,427 @@
+//! Plans end to end: `corral run` on real agents — fan-out, hand-offs, memory, caps, failure
+//! policies, validation, and resume after `kill -9` of the supervisor.
+
+use corral_e2e::{bin, corral, fixture, Fixture};
+use serde_json::{json, Value as J};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn cfg(fx: &Fixture) -> &str {
+    fx.config.to_str().expect("utf-8 path")
+}
+
+fn plan_file(fx: &Fixture, text: &str) -> PathBuf {
+    let p = fx.dir.path().join("plan.toml");
+    std::fs::write(&p, text).expect("write plan");
+    p
+}
+
+/// `corral run PLAN --json`: exit code and document.
+fn run(fx: &Fixture, plan: &str, input: &J, extra: &[&str]) -> (i32, J) {
+    let p = plan_file(fx, plan);
+    let input = input.to_string();
+    let mut args = vec![
+        "run",
+        p.to_str().expect("utf-8"),
+        "--config",
+        cfg(fx),
+        "--input",
+        &input,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = corral(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+fn nodes<'a>(doc: &'a J, node: &str) -> Vec<&'a J> {
+    doc["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["node"] == node)
+        .collect()
+}
+
+const FAN_OUT: &str = r#"[plan]
+name = "fan"
+max_parallel = 16
+
+[[node]]
+id = "list"
+agent = "echo"
+input = "$input"
+
+[[node]]
+id = "read"
+agent = "echo"
+for_each = "$list.output.files"
+input = { path = "$item", i = "$index", hint = "$input.hint" }
+max_parallel = 8
+
+[[node]]
+id = "merge"
+agent = "echo"
+input = { parts = "$read.output" }
+"#;
+
+#[test]
+fn a_300_way_fan_out_completes_in_order() {
+    let fx = fixture("");
+    let files: Vec<String> = (0..300).map(|i| format!("f{i}.rs")).collect();
+    let (code, doc) = run(
+        &fx,
+        FAN_OUT,
+        &json!({"files": files, "hint": "h", "secret": 1}),
+        &[],
+    );
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["status"], "succeeded");
+    let parts = doc["output"]["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), 300);
+    for (i, p) in parts.iter().enumerate() {
+        // Exactly what the mapping selects: no `secret`.
+        assert_eq!(p, &json!({"path": format!("f{i}.rs"), "i": i, "hint": "h"}));
+    }
+    let reads = nodes(&doc, "read");
+    assert_eq!(reads.len(), 300);
+    let mut ids: Vec<String> = reads
+        .iter()
+        .map(|n| n["id"].as_str().unwrap_or("?").to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 300, "instance ids are unique");
+    assert!(reads
+        .iter()
+        .all(|n| n["status"] == "succeeded" && n["agent"] == "echo"));
+    assert!(reads
+        .iter()
+        .all(|n| n["input_bytes"].as_u64().unwrap_or(0) > 0));
+}
+
+#[test]
+fn memory_flows_unless_skipped_and_is_trimmed_to_the_budget() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "mem"
+memory_budget = "64B"
+
+[[node]]
+id = "a"
+agent = "chaos"
+input = { do = "remember", notes = ["note-one", "note-two", "note-three-is-longer-than-the-rest-of-them-by-far-really"] }
+
+[[node]]
+id = "b"
+agent = "chaos"
+input = { do = "remember", echo = "$a.output.echo" }
+
+[[node]]
+id = "c"
+agent = "chaos"
+input = { do = "remember", echo = "$a.output.echo" }
+skip_memory = true
+"#;
+    let (code, doc) = run(&fx, plan, &J::Null, &[]);
+    assert_eq!(code, 0, "{doc}");
+    let b = nodes(&doc, "b")[0];
+    let c = nodes(&doc, "c")[0];
+    assert_eq!(c["memory_bytes"], 2, "skip_memory sees no notes: {c}");
+    assert_eq!(c["memory_trimmed"], 0);
+    assert_eq!(
+        b["memory_trimmed"], 1,
+        "the long note does not fit 64 bytes: {b}"
+    );
+    let out = &doc["output"];
+    assert_eq!(out["b"]["seen"], json!(["note-one", "note-two"]));
+    assert_eq!(out["c"]["seen"], json!([]));
+}
+
+#[test]
+fn failure_policies_abort_skip_and_fallback() {
+    let fx = fixture("[agents.chaos.restart]\n");
+    let _ = &fx;
+    let fx = fixture("");
+    // skip: an optional node fails; dependants get null; degraded, exit 3.
+    let skip = r#"[plan]
+name = "skip"
+
+[[node]]
+id = "opt"
+agent = "chaos"
+input = { do = "fail", retryable = false }
+optional = true
+on_failure = "skip"
+
+[[node]]
+id = "after"
+agent = "echo"
+input = { got = "$opt.output" }
+"#;
+    let (code, doc) = run(&fx, skip, &J::Null, &[]);
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(doc["status"], "degraded");
+    assert_eq!(doc["output"], json!({"got": null}));
+
+    // fallback: the named node runs in its place; its output stands for it.
+    let fallback = r#"[plan]
+name = "fb"
+
+[[node]]
+id = "main"
+agent = "chaos"
+input = { do = "fail", retryable = false }
+on_failure = "fallback"
+fallback = "spare"
+
+[[node]]
+id = "spare"
+agent = "echo"
+input = { spare = true }
+
+[[node]]
+id = "after"
+agent = "echo"
+input = { got = "$main.output" }
+"#;
+    let (code, doc) = run(&fx, fallback, &J::Null, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["output"], json!({"got": {"spare": true}}));
+    let spare = nodes(&doc, "spare");
+    assert_eq!(spare.len(), 1);
+    assert_eq!(spare[0]["parent"], "main");
+
+    // abort: the run fails, nothing downstream runs, in-flight agents are stopped.
+    let abort = r#"[plan]
+name = "ab"
+
+[[node]]
+id = "bad"
+agent = "chaos"
+input = { do = "fail", retryable = false }
+
+[[node]]
+id = "slow"
+agent = "chaos"
+input = { do = "sleep_ms", ms = 60000 }
+
+[[node]]
+id = "after"
+agent = "echo"
+input = "$bad.output"
+"#;
+    let (code, doc) = run(&fx, abort, &J::Null, &[]);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["status"], "failed");
+    assert!(nodes(&doc, "after").is_empty(), "{doc}");
+    let slow = nodes(&doc, "slow");
+    assert_eq!(slow.len(), 1);
+    assert_eq!(slow[0]["status"], "cancelled", "{doc}");
+    assert_eq!(slow[0]["attempts"][0]["reason"], "cancelled");
+}
+
+#[test]
+fn a_crash_is_retried_inside_its_node() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "retry"
+
+[[node]]
+id = "flaky"
+agent = "chaos"
+input = { do = "crash_first", echo = "$input" }
+"#;
+    let (code, doc) = run(&fx, plan, &json!(7), &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["output"], json!({"echo": 7, "attempt": 2}));
+    let n = nodes(&doc, "flaky")[0];
+    let reasons: Vec<&str> = n["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["reason"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(reasons, ["signal", "completed"]);
+}
+
+#[test]
+fn invalid_plans_are_refused_with_their_place() {
+    let fx = fixture("");
+    let bad =
+        "[plan]\nname = \"x\"\n[[node]]\nid = \"a\"\nagent = \"echo\"\ninput = \"$b.output\"\n";
+    let p = plan_file(&fx, bad);
+    let out = corral(&["validate", "--config", cfg(&fx), p.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plan.toml:6:9:") && err.contains("no node `b`"),
+        "{err}"
+    );
+    let out = corral(&["run", p.to_str().expect("utf-8"), "--config", cfg(&fx)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let good = plan_file(&fx, FAN_OUT);
+    let out = corral(&[
+        "validate",
+        "--config",
+        cfg(&fx),
+        good.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// The run's instances' attempts, from the journal: (start, end) in RFC 3339 strings, for
+/// the nodes named.
+fn spans(fx: &Fixture, run_id: &str, node: &str) -> Vec<(String, String)> {
+    let out = corral(&["show", run_id, "--config", cfg(fx), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let run: J = serde_json::from_slice(&out.stdout).expect("json");
+    let mut v = Vec::new();
+    for c in run["calls"].as_array().expect("calls") {
+        let is_node = c["events"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e["kind"] == "node" && e["payload"]["node"] == node)
+        });
+        if !is_node {
+            continue;
+        }
+        for a in c["attempts"].as_array().expect("attempts") {
+            v.push((
+                a["started_at"].as_str().unwrap_or("").to_string(),
+                a["ended_at"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    v
+}
+
+#[test]
+fn max_parallel_is_never_exceeded_as_the_journal_shows() {
+    let fx = fixture("");
+    let files: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    let (code, doc) = run(&fx, FAN_OUT, &json!({"files": files, "hint": 0}), &[]);
+    assert_eq!(code, 0, "{doc}");
+    let run_id = doc["run_id"].as_str().expect("run_id");
+    let s = spans(&fx, run_id, "read");
+    assert_eq!(s.len(), 40);
+    // At any attempt's start, how many attempts of the node had started and not ended.
+    let most = s
+        .iter()
+        .map(|(start, _)| s.iter().filter(|(a, b)| a <= start && b > start).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most <= 8,
+        "{most} instances of `read` overlapped; max_parallel is 8"
+    );
+    assert!(most >= 1);
+}
+
+#[test]
+fn resume_after_kill_9_reruns_only_unfinished_instances() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "resume"
+max_parallel = 4
+
+[[node]]
+id = "list"
+agent = "echo"
+input = "$input"
+
+[[node]]
+id = "work"
+agent = "chaos"
+for_each = "$list.output.items"
+input = { do = "sleep_ms", ms = "$item" }
+
+[[node]]
+id = "sum"
+agent = "echo"
+input = { parts = "$work.output", n = "$input.n" }
+"#;
+    let items: Vec<u64> = (0..24).map(|i| 100 + (i % 3) * 20).collect();
+    let input = json!({"items": items, "n": 24});
+    // The uninterrupted run, for the expected output.
+    let (code, whole) = run(&fx, plan, &input, &[]);
+    assert_eq!(code, 0, "{whole}");
+
+    let p = plan_file(&fx, plan);
+    let mut child = Command::new(bin("corral"))
+        .args([
+            "run",
+            p.to_str().expect("utf-8"),
+            "--config",
+            cfg(&fx),
+            "--input",
+            &input.to_string(),
+            "--json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until some instances of `work` are checkpointed, then kill -9 mid-fan-out.
+    let run_id = loop {
+        let out = corral(&[
+            "runs",
+            "--config",
+            cfg(&fx),
+            "--json",
+            "--status",
+            "running",
+        ]);
+        let list: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
+        if let Some(id) = list.get(0).and_then(|r| r["run_id"].as_str()) {
+            let out = corral(&["show", id, "--config", cfg(&fx), "--json"]);
+            let run: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
+            let done = run["calls"]
+                .as_array()
+                .map(|c| c.iter().filter(|c| !c["output"].is_null()).count())
+                .unwrap_or(0);
+            if done >= 6 {
+                break id.to_string();
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // SAFETY: kill of our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let (code, resumed) = run(&fx, plan, &input, &["--resume", &run_id]);
+    assert_eq!(code, 0, "{resumed}");
+    assert_eq!(resumed["run_id"], J::from(run_id.clone()));
+    assert_eq!(
+        resumed["output"], whole["output"],
+        "same output as uninterrupted"
+    );
+    let kept = resumed["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["status"] == "resumed")
+        .count();
+    let ran = resumed["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["status"] == "succeeded")
+        .count();
+    assert!(
+        kept >= 7,
+        "list and at least 6 instances were checkpointed: {kept}"
+    );
+    assert_eq!(kept + ran, 26, "each instance once: resumed or run");
+}
