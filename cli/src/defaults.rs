@@ -41,11 +41,32 @@ command = ["{echo}"]
 command = ["{chaos}"]
 wall_time = "5s"
 stall_timeout = "2s"
+
+# The review plan of `corral demo` (examples/plans/review.toml), over the tree it writes.
+[agents.lister]
+command = ["{lister}"]
+readonly_paths = ["{tree}"]
+
+[agents.reader]
+command = ["{reader}"]
+readonly_paths = ["{tree}"]
+
+[agents.merger]
+command = ["{merger}"]
 "#,
         state = esc(std::env::temp_dir().join("corral-state")),
+        tree = esc(demo_tree()),
         echo = esc(dir.join("echo")),
         chaos = esc(dir.join("chaos")),
+        lister = esc(dir.join("lister")),
+        reader = esc(dir.join("reader")),
+        merger = esc(dir.join("merger")),
     )
+}
+
+/// Where `corral demo` writes the source tree its review plan reads.
+pub fn demo_tree() -> PathBuf {
+    std::env::temp_dir().join("corral-demo-tree")
 }
 
 /// The embedded defaults, parsed.

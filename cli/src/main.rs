@@ -8,6 +8,7 @@
 //! on (a file, or the embedded defaults) in `defaults`.
 
 mod defaults;
+mod demo;
 mod plan;
 mod runs;
 mod verbs;
@@ -70,9 +71,13 @@ enum Command {
         #[arg(long)]
         resume: Option<String>,
     },
-    /// Run real agents on the embedded defaults, misbehaving on purpose, and show what corral
-    /// recorded for each.
-    Demo,
+    /// Run a real multi-agent plan on the embedded defaults (a review of a source tree, with
+    /// agents that crash, hang and fail on purpose) and show what corral did.
+    Demo {
+        /// Instead: single agents misbehaving one by one, and what corral recorded for each.
+        #[arg(long)]
+        chaos: bool,
+    },
     /// Recent runs from the journal, newest first.
     Runs {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
@@ -158,7 +163,7 @@ fn main() -> ExitCode {
         }
     };
     // The demo prints its own table; its warnings would only repeat it.
-    let quiet_demo = matches!(cli.command, Command::Demo) && cli.verbose == 0;
+    let quiet_demo = matches!(cli.command, Command::Demo { .. }) && cli.verbose == 0;
     init_tracing(if quiet_demo { None } else { Some(cli.verbose) });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -198,7 +203,8 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Demo => verbs::demo().await,
+            Command::Demo { chaos: false } => demo::review().await,
+            Command::Demo { chaos: true } => demo::chaos().await,
             Command::Runs {
                 config,
                 json,

@@ -1,6 +1,6 @@
 //! The verbs: `validate`, `call` and `demo`, each returning the process's exit code.
 
-use crate::defaults::{embedded, load_config, start};
+use crate::defaults::{load_config, start};
 use corral::config::exposure;
 use corral::{CallOptions, ExitReason, ExitRecord, Stop};
 use corral_proto::Value;
@@ -130,81 +130,4 @@ fn describe_failure(last: &ExitRecord, attempts: usize) -> String {
         "task failed: {} after {} attempt(s): {}",
         last.reason, attempts, msg
     )
-}
-
-/// `corral demo`: real agents on the embedded defaults, misbehaving on purpose.
-pub async fn demo() -> ExitCode {
-    let sup = match start(embedded()) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    println!("corral demo: real agent processes on the embedded defaults\n");
-    let cases: &[(&str, &str)] = &[
-        ("echo", r#"{"hello":"world"}"#),
-        ("chaos", r#"{"do":"ok"}"#),
-        ("chaos", r#"{"do":"fail","retryable":false}"#),
-        ("chaos", r#"{"do":"exit","code":3}"#),
-        ("chaos", r#"{"do":"crash"}"#),
-        ("chaos", r#"{"do":"garbage"}"#),
-        ("chaos", r#"{"do":"huge_frame"}"#),
-        ("chaos", r#"{"do":"hang"}"#),
-        ("chaos", r#"{"do":"hog_mb","mb":600}"#),
-        ("chaos", r#"{"do":"read","path":"/root/.profile"}"#),
-    ];
-    println!(
-        "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  detail",
-        "agent", "input", "result", "reasons", "tries", "ms"
-    );
-    for (agent, input) in cases {
-        let json: serde_json::Value = serde_json::from_str(input).unwrap_or_default();
-        let started = std::time::Instant::now();
-        match sup
-            .call(agent, Value::from_json(&json), CallOptions::default())
-            .await
-        {
-            Ok(o) => {
-                let reasons: Vec<_> = o.attempts.iter().map(|a| a.reason.as_str()).collect();
-                let detail = match (&o.output, o.last()) {
-                    (Some(out), _) => out.to_json().to_string(),
-                    (None, Some(last)) => last
-                        .error
-                        .as_ref()
-                        .map(|e| e.message.clone())
-                        .unwrap_or_default(),
-                    _ => String::new(),
-                };
-                println!(
-                    "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  {}",
-                    agent,
-                    input,
-                    if o.ok() { "ok" } else { "failed" },
-                    dedup(&reasons),
-                    o.attempts.len(),
-                    started.elapsed().as_millis(),
-                    detail
-                );
-            }
-            Err(e) => println!("{agent:<6} {input:<34} error: {e}"),
-        }
-    }
-    println!("\nEvery attempt above has a full exit record: try\n  corral call chaos --input '{{\"do\":\"crash\"}}' --json");
-    ExitCode::SUCCESS
-}
-
-fn dedup(reasons: &[&str]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < reasons.len() {
-        let mut j = i;
-        while j < reasons.len() && reasons[j] == reasons[i] {
-            j += 1;
-        }
-        out.push(if j - i > 1 {
-            format!("{}×{}", reasons[i], j - i)
-        } else {
-            reasons[i].to_string()
-        });
-        i = j;
-    }
-    out.join(",")
 }

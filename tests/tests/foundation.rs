@@ -246,8 +246,42 @@ fn sdk_outside_corral_says_so_and_exits_2() {
 }
 
 #[test]
-fn demo_runs_real_agents() {
+fn demo_runs_a_real_plan() {
     let out = corral(&["demo"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The retried crash, the hang killed and retried, the optional failure, the readers.
+    for line in [
+        "catalog    succeeded  attempts: signal → completed",
+        "style      succeeded  attempts: hung → completed",
+        "spelling   failed     attempts: agent_error",
+        "30 isolated readers",
+        "ended degraded",
+        "\"files\": 30",
+    ] {
+        assert!(text.contains(line), "demo output lacks {line:?}:\n{text}");
+    }
+    // The run it names is in the journal.
+    let run_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the run's id");
+    let shown = corral(&["show", run_id, "--json"]);
+    assert_eq!(shown.status.code(), Some(0), "{shown:?}");
+    let run: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(run["status"], "degraded");
+    assert_eq!(run["calls"].as_array().map(Vec::len), Some(35));
+}
+
+#[test]
+fn demo_chaos_runs_real_agents() {
+    let out = corral(&["demo", "--chaos"]);
     assert_eq!(
         out.status.code(),
         Some(0),

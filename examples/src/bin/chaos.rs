@@ -24,6 +24,7 @@
 //! | `{"do":"random"}` | `{"n":N}`, N drawn afresh each time (for replay's divergence) |
 //! | `{"do":"remember","notes":[V,…],"echo":V}` | hands the notes downstream; `{"seen":[notes received],"echo":V}` |
 //! | `{"do":"crash_first","echo":V}` | crashes (SIGABRT) on attempt 1, then `{"echo":V,"attempt":N}` |
+//! | `{"do":"hang_first","echo":V}` | hangs (no frames, no beats) on attempt 1, then `{"echo":V,"attempt":N}` |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
 //! | `{"do":"panic"}` | panics in the handler (the SDK reports `Failed {kind: "panic"}`) |
@@ -233,9 +234,12 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                 ("echo", input.get("echo").cloned().unwrap_or(Value::Null)),
             ]))
         }
-        "crash_first" => {
+        "crash_first" | "hang_first" => {
             if ctx.attempt() == 1 {
-                std::process::abort();
+                if what == "crash_first" {
+                    std::process::abort();
+                }
+                return handle(ctx, Value::map([("do", Value::from("hang"))]));
             }
             Ok(Value::map([
                 ("echo", input.get("echo").cloned().unwrap_or(Value::Null)),

@@ -8,9 +8,11 @@
 //! configuration and is reported the same way (exit 2). Running a plan is `schedule`.
 
 pub mod expr;
+mod outcome;
 mod schedule;
 
-pub use schedule::{run_plan, NodeReport, PlanOptions, PlanOutcome, PlanStatus};
+pub use outcome::{NodeReport, PlanOptions, PlanOutcome, PlanStatus};
+pub use schedule::run_plan;
 
 use crate::config::units::{Dur, Size};
 use crate::config::{Config, ConfigError, Location};
