@@ -1,8 +1,9 @@
 //! Replay: run a journalled task again on a fresh agent process and say whether it did the
 //! same thing.
 //!
-//! The agent gets the recorded input and memory; each tool call it makes is answered from the
-//! recording of the same attempt (the one whose outcome the run reported), matched by its order
+//! Each task of the run (one for `corral call`, one per node instance for a plan) is run again,
+//! in order, until one diverges. The agent gets the recorded run id, attempt number, input and
+//! memory; each tool call it makes is answered from the recording of the same attempt (the one whose outcome the run reported), matched by its order
 //! among the attempt's calls and checked for the same tool and arguments, never executed. A
 //! call the recording lacks, or one that differs, is answered with a structured
 //! `replay_divergence` error. At the end the calls made and the outcome are compared with the
@@ -33,6 +34,11 @@ pub enum ReplayError {
 /// Where a replay first differed from its recording.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Divergence {
+    /// The task of the run (from 1; a plan run has one per node instance).
+    pub call: u32,
+    /// The plan node instance, for a plan run (`node` or `node[index]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The tool call's order in the attempt (from 1); for `output` and `error`, one past the
     /// last call.
     pub seq: u32,
@@ -51,6 +57,8 @@ pub struct ReplayReport {
     pub run_id: String,
     /// Whether the replay made the same tool calls and ended the same way.
     pub identical: bool,
+    /// Tasks replayed (a plan run's node instances, in the order they ran).
+    pub calls: u32,
     /// The first difference, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub divergence: Option<Divergence>,
@@ -91,12 +99,53 @@ fn ending(reason: Option<&str>, kind: Option<&str>) -> serde_json::Value {
     serde_json::json!({ "reason": reason, "kind": kind })
 }
 
-/// Replay the first task of `run` on `sup` (see the module docs).
+/// Replay every task of `run` on `sup`, in order, up to the first that diverges (see the
+/// module docs).
 pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, ReplayError> {
-    let call = run
+    let tasks: Vec<&CallView> = run
         .calls
-        .first()
-        .ok_or_else(|| ReplayError::NoTask(run.run_id.clone()))?;
+        .iter()
+        .filter(|c| !c.attempts.is_empty())
+        .collect();
+    if tasks.is_empty() {
+        return Err(ReplayError::NoTask(run.run_id.clone()));
+    }
+    let mut calls = 0;
+    for call in tasks {
+        calls += 1;
+        if let Some(d) = replay_call(sup, &run.run_id, call).await? {
+            return Ok(ReplayReport {
+                run_id: run.run_id.clone(),
+                identical: false,
+                calls,
+                divergence: Some(d),
+            });
+        }
+    }
+    Ok(ReplayReport {
+        run_id: run.run_id.clone(),
+        identical: true,
+        calls,
+        divergence: None,
+    })
+}
+
+/// The instance a task of a plan run was: `node` or `node[index]`.
+fn node_of(call: &CallView) -> Option<String> {
+    let ev = call.events.iter().find(|e| e.kind == "node")?;
+    let node = ev.payload.get("node")?.as_str()?;
+    Some(match ev.payload.get("index").and_then(|i| i.as_u64()) {
+        Some(i) => format!("{node}[{i}]"),
+        None => node.to_string(),
+    })
+}
+
+/// Replay one task; its first divergence, if any.
+async fn replay_call(
+    sup: &Supervisor,
+    run_id: &str,
+    call: &CallView,
+) -> Result<Option<Divergence>, ReplayError> {
     let attempt = last_attempt(call);
     let recorded: BTreeMap<u32, ToolCallView> = call
         .tool_calls
@@ -150,6 +199,8 @@ pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, Rep
         _ => Vec::new(),
     };
     let opts = CallOptions {
+        run_id: Some(run_id.to_string()),
+        attempts_before: attempt.saturating_sub(1),
         memory,
         tools: Some(tx),
         notes: Some(notes),
@@ -165,16 +216,19 @@ pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, Rep
     let made = made.lock().map(|m| m.clone()).unwrap_or_default();
 
     let divergence = first_tool_divergence(&recorded, &made).or_else(|| {
+        let at = |seq, kind, recorded, replayed| Divergence {
+            call: call.call,
+            node: node_of(call),
+            seq,
+            kind,
+            recorded,
+            replayed,
+        };
         let seq = recorded.len().max(made.len()) as u32 + 1;
         let replayed_out = outcome.output.as_ref().map(Value::to_json);
         match (&call.output, replayed_out) {
             (Some(r), Some(p)) if *r == p => None,
-            (Some(r), Some(p)) => Some(Divergence {
-                seq,
-                kind: "output",
-                recorded: r.clone(),
-                replayed: p,
-            }),
+            (Some(r), Some(p)) => Some(at(seq, "output", r.clone(), p)),
             (r, p) => {
                 let rec_reason = call
                     .attempts
@@ -192,21 +246,21 @@ pub async fn replay(sup: &Supervisor, run: &RunView) -> Result<ReplayReport, Rep
                 if r.is_none() && p.is_none() && rec_reason == rep_reason && rec_kind == rep_kind {
                     None
                 } else {
-                    Some(Divergence {
+                    Some(at(
                         seq,
-                        kind: "error",
-                        recorded: r.clone().unwrap_or_else(|| ending(rec_reason, rec_kind)),
-                        replayed: p.unwrap_or_else(|| ending(rep_reason, rep_kind)),
-                    })
+                        "error",
+                        r.clone().unwrap_or_else(|| ending(rec_reason, rec_kind)),
+                        p.unwrap_or_else(|| ending(rep_reason, rep_kind)),
+                    ))
                 }
             }
         }
     });
-    Ok(ReplayReport {
-        run_id: run.run_id.clone(),
-        identical: divergence.is_none(),
-        divergence,
-    })
+    Ok(divergence.map(|mut d| {
+        d.call = call.call;
+        d.node = node_of(call);
+        d
+    }))
 }
 
 /// The first call, by order, whose tool or arguments differ, or that only one side made.
@@ -224,6 +278,8 @@ fn first_tool_divergence(
         let r = recorded.get(&seq).map(|c| call_json(&c.tool, &c.args));
         let p = made.get(&seq).map(|(t, a)| call_json(t, a));
         (r != p).then(|| Divergence {
+            call: 0,
+            node: None,
             seq,
             kind: "tool_call",
             recorded: r.unwrap_or(serde_json::Value::Null),

@@ -112,7 +112,7 @@ impl<'s> Call<'s> {
 
     /// The number of the next attempt.
     fn attempt_no(&self) -> u32 {
-        self.attempts.len() as u32 + 1
+        self.opts.attempts_before + self.attempts.len() as u32 + 1
     }
 
     /// The call is over: `last` (its decision made) is its last record. Journalled durably

@@ -108,6 +108,8 @@ pub struct CallOptions {
     pub notes: Option<child::Notes>,
     /// Make one attempt only, whatever the restart policy says (a replay).
     pub single_attempt: bool,
+    /// Number the attempts as if this many came before (a replay of attempt N says N).
+    pub attempts_before: u32,
     /// Journal the call as a task of this larger run instead of as a run of its own.
     pub journal_call: Option<journal::JournalCall>,
 }
