@@ -259,7 +259,7 @@ fn demo_runs_a_real_plan() {
     for line in [
         "catalog    succeeded  attempts: signal → completed",
         "style      succeeded  attempts: hung → completed",
-        "spelling   failed     attempts: agent_error",
+        "spelling   skipped    attempts: agent_error",
         "30 isolated readers",
         "ended degraded",
         "\"files\": 30",

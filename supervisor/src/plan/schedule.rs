@@ -510,6 +510,7 @@ impl<'p> Sched<'p> {
             let status = match (ok, self.cancelled || self.failed) {
                 (true, _) => "succeeded",
                 (false, true) => "cancelled",
+                (false, false) if self.node(i).on_failure == OnFailure::Skip => "skipped",
                 (false, false) => "failed",
             };
             let mut rep = self.report(
