@@ -180,9 +180,7 @@ pub(super) fn entry_size(e: &Entry) -> usize {
             started_at,
             ended_at,
             ..
-        } => {
-            json_size(record) + reason.len() + decision.len() + started_at.len() + ended_at.len()
-        }
+        } => json_size(record) + reason.len() + decision.len() + started_at.len() + ended_at.len(),
         Entry::CallEnded {
             output,
             memory,

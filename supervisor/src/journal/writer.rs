@@ -73,7 +73,11 @@ impl Journal {
     /// Starts a journal over any store: marks what a dead supervisor left unfinished, then
     /// starts the writer thread.
     pub fn open_with(mut store: Box<dyn Store>) -> Result<Journal, JournalError> {
-        Journal::open_with_limit(store.as_mut().mark_unfinished(now_ms())?, store, QUEUE_LIMIT_BYTES)
+        Journal::open_with_limit(
+            store.as_mut().mark_unfinished(now_ms())?,
+            store,
+            QUEUE_LIMIT_BYTES,
+        )
     }
 
     /// [`Journal::open_with`] with a queue limit of `limit` bytes (tests use small ones).

@@ -213,16 +213,20 @@ fn check_header(path: &Path) -> Result<(), JournalError> {
         .read_to_end(&mut header)
         .map_err(io)?;
     if !header.starts_with(b"SQLite format 3\0") {
-        return Err(bad("not a SQLite database (its first bytes are not a SQLite header); \
+        return Err(bad(
+            "not a SQLite database (its first bytes are not a SQLite header); \
                         corral leaves it as it is: move it away to start a new journal"
-            .into()));
+                .into(),
+        ));
     }
     if header.len() < 100 {
         return Err(bad(format!(
             "truncated: {len} bytes, shorter than a SQLite header"
         )));
     }
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let page_size = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65536,
         n => u64::from(n),

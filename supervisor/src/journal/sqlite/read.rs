@@ -7,8 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::journal::{
-    CallView, EventView, JournalError, Reader, RunFilter, RunRow, RunStatus, RunView,
-    ToolCallView,
+    CallView, EventView, JournalError, Reader, RunFilter, RunRow, RunStatus, RunView, ToolCallView,
 };
 
 /// RFC 3339 UTC with milliseconds of a time in milliseconds since the epoch.
@@ -79,19 +78,16 @@ impl Reader for SqliteReader {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![f.agent, f.status.map(|s| s.as_str()), limit],
-                |r| {
-                    Ok(RunRow {
-                        run_id: r.get(0)?,
-                        agent: r.get(1)?,
-                        status: status(&r.get::<_, String>(2)?),
-                        started_at: rfc3339_ms(r.get(3)?),
-                        ended_at: r.get::<_, Option<i64>>(4)?.map(rfc3339_ms),
-                        attempts: r.get(5)?,
-                    })
-                },
-            )
+            .query_map(params![f.agent, f.status.map(|s| s.as_str()), limit], |r| {
+                Ok(RunRow {
+                    run_id: r.get(0)?,
+                    agent: r.get(1)?,
+                    status: status(&r.get::<_, String>(2)?),
+                    started_at: rfc3339_ms(r.get(3)?),
+                    ended_at: r.get::<_, Option<i64>>(4)?.map(rfc3339_ms),
+                    attempts: r.get(5)?,
+                })
+            })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -154,9 +150,7 @@ impl Reader for SqliteReader {
                 input: json("input", input)?,
                 memory: json("memory", memory)?,
                 output: output.map(|o| json("output", Some(o))).transpose()?,
-                memory_after: memory_after
-                    .map(|m| json("memory", Some(m)))
-                    .transpose()?,
+                memory_after: memory_after.map(|m| json("memory", Some(m))).transpose()?,
                 error: error.map(|e| json("error", Some(e))).transpose()?,
                 attempts: Vec::new(),
                 tool_calls: Vec::new(),
@@ -179,9 +173,7 @@ impl SqliteReader {
     ) -> Result<(), JournalError> {
         let e = |e| self.err(e);
         let mut stmt = tx
-            .prepare(
-                "SELECT record FROM attempts WHERE run_id = ?1 AND call = ?2 ORDER BY attempt",
-            )
+            .prepare("SELECT record FROM attempts WHERE run_id = ?1 AND call = ?2 ORDER BY attempt")
             .map_err(e)?;
         let records: Vec<Option<String>> = stmt
             .query_map(params![run_id, cv.call], |r| r.get(0))
@@ -199,7 +191,16 @@ impl SqliteReader {
                 payload("tool_calls", "result"),
             ))
             .map_err(e)?;
-        type RawTool = (u32, u32, i64, String, Option<String>, String, Option<String>, i64);
+        type RawTool = (
+            u32,
+            u32,
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+        );
         let tools: Vec<RawTool> = stmt
             .query_map(params![run_id, cv.call], |r| {
                 Ok((

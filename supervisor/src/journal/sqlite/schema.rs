@@ -9,7 +9,7 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 pub const BLOB_THRESHOLD: usize = 4096;
 
 /// Migration `i` brings a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the tables.
     "
     CREATE TABLE blobs (

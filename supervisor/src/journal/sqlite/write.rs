@@ -323,10 +323,8 @@ fn write_one(
             status,
             at_ms,
         } => {
-            tx.prepare_cached(
-                "UPDATE runs SET status = ?2, ended_at_ms = ?3 WHERE run_id = ?1",
-            )?
-            .execute(params![run_id, status.as_str(), at_ms])?;
+            tx.prepare_cached("UPDATE runs SET status = ?2, ended_at_ms = ?3 WHERE run_id = ?1")?
+                .execute(params![run_id, status.as_str(), at_ms])?;
             next_seq.remove(run_id);
         }
     }
@@ -406,7 +404,9 @@ pub(super) fn mark_unfinished(
                 )
                 .map_err(e)?;
             let rows = stmt
-                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_map([run_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .map_err(e)?;
             rows.collect::<Result<_, _>>().map_err(e)?
         };
