@@ -163,6 +163,8 @@ fn supervisor(
         state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
         max_frame: DEFAULT_MAX_FRAME,
         uid_range: DEFAULT_UID_RANGE,
+        journal: true,
+        journal_keep: None,
     };
     let Some(raw) = raw else { return Ok(out) };
     if let Some(dir) = &raw.state_dir {
@@ -193,6 +195,19 @@ fn supervisor(
             ));
         }
         out.uid_range = (lo, hi);
+    }
+    if let Some(on) = raw.journal {
+        out.journal = on;
+    }
+    if let Some(keep) = &raw.journal_keep {
+        let Dur(d) = *keep.get_ref();
+        if d.is_zero() {
+            return Err(ctx.at_value(
+                keep.span(),
+                "journal_keep must be longer than 0s (leave it out to keep every run)",
+            ));
+        }
+        out.journal_keep = Some(d);
     }
     Ok(out)
 }

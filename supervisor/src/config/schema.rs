@@ -28,6 +28,8 @@ pub(super) struct Supervisor {
     pub state_dir: Option<Spanned<String>>,
     pub max_frame: Option<Spanned<Size>>,
     pub uid_range: Option<Spanned<[u32; 2]>>,
+    pub journal: Option<bool>,
+    pub journal_keep: Option<Spanned<Dur>>,
 }
 
 /// `restart = …`, mapped onto [`crate::policy::RestartPolicy`].
