@@ -92,7 +92,7 @@ enum Command {
         /// Only runs of this agent.
         #[arg(long)]
         agent: Option<String>,
-        /// Only runs in this status: succeeded, failed, interrupted or running.
+        /// Only runs in this status: succeeded, failed, degraded, interrupted or running.
         #[arg(long, value_parser = parse_status)]
         status: Option<corral::journal::RunStatus>,
     },
@@ -123,16 +123,9 @@ enum Command {
 
 /// `--status` of `corral runs`.
 fn parse_status(s: &str) -> Result<corral::journal::RunStatus, String> {
-    use corral::journal::RunStatus;
-    match s {
-        "succeeded" => Ok(RunStatus::Succeeded),
-        "failed" => Ok(RunStatus::Failed),
-        "interrupted" => Ok(RunStatus::Interrupted),
-        "running" => Ok(RunStatus::Running),
-        other => Err(format!(
-            "`{other}` is not a run status: succeeded, failed, interrupted or running"
-        )),
-    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is not a run status: succeeded, failed, degraded, interrupted or running")
+    })
 }
 
 fn init_tracing(verbose: Option<u8>) {

@@ -77,13 +77,14 @@
 //! The root holds what embedding needs: [`Supervisor`], [`Config`] and [`AgentSpec`],
 //! [`CallOptions`] and [`CallOutcome`], [`Stop`] and [`StopHandle`], [`ExitRecord`] and
 //! [`ExitReason`], [`AttemptEvent`], [`ToolRequest`], the errors [`ConfigError`] and
-//! [`RunError`], and the protocol's [`Value`]. Three rooms are public besides:
+//! [`RunError`], and the protocol's [`Value`]. Four rooms are public besides:
 //!
 //! - [`config`]: `corral.toml`: its schema, validation with `file:line:col`, resolution of
 //!   every agent into an [`AgentSpec`], and what each agent's settings give away
 //!   ([`config::exposure`]).
 //! - [`record`]: the exit record and the names users script against (`corral call --json`).
 //! - [`sandbox`]: what this host can enforce (cgroups, landlock).
+//! - [`journal`]: the durable record of runs, calls, attempts, events and tool calls (SQLite).
 //!
 //! Inside, with arrows pointing down (nothing low imports anything high): `run` runs a task
 //! on an agent with retries (the owner of children, applying the policy); `child` is one

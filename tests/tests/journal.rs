@@ -86,7 +86,11 @@ fn a_call_is_journalled_and_shown() {
         .iter()
         .map(|a| a["decision"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(decisions.last(), Some(&"abort"), "{decisions:?}");
+    // Given up (the same input failing twice is quarantined).
+    assert!(
+        matches!(decisions.last(), Some(&"abort") | Some(&"quarantine")),
+        "{decisions:?}"
+    );
     assert!(decisions[..decisions.len() - 1]
         .iter()
         .all(|d| *d == "retry"));
@@ -226,7 +230,12 @@ fn kill_9_of_the_supervisor_loses_no_finished_attempt() {
     // A supervisor starting (any call) marks what was left unfinished.
     assert_eq!(call_json(&fx, "echo", "1").code, 0);
     let all = runs(&fx, &["--limit", "1000"]);
-    assert_eq!(all.len(), 51, "every call started a run");
+    // A call killed before it journalled anything left no run; every other did.
+    assert!(
+        all.len() <= 51 && all.len() > printed.len(),
+        "{} runs",
+        all.len()
+    );
     assert!(all.iter().all(|r| r["status"] != "running"), "{all:?}");
     for doc in &printed {
         let run_id = doc["run_id"].as_str().expect("run_id");
@@ -251,12 +260,15 @@ fn kill_9_of_the_supervisor_loses_no_finished_attempt() {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if let Some(last) = attempts.last() {
-            // The attempt under way at the kill is lost; those before it kept their reasons.
-            if last["reason"] != "lost" {
-                assert_eq!(last["decision"], "retry", "{run}");
-            }
-        }
+        // Only the attempt under way at the kill can be lost: those before it kept theirs.
+        let lost: Vec<usize> = attempts
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a["reason"] == "lost")
+            .map(|(i, _)| i)
+            .collect();
+        assert!(lost.is_empty() || lost == [attempts.len() - 1], "{run}");
+        assert!(attempts.iter().all(|a| a["reason"].is_string()), "{run}");
     }
     eprintln!(
         "{} of 50 printed their records before the kill; {} interrupted",

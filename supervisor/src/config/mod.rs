@@ -159,9 +159,11 @@ pub struct SupervisorConfig {
     /// Host uids (and gids of the same number) handed out to agents with `user = "dynamic"`,
     /// inclusive (`uid_range`); default [`DEFAULT_UID_RANGE`].
     pub uid_range: (u32, u32),
-    /// Whether calls are journalled in `<state_dir>/corral.db` (`journal`); default on.
+    /// Whether runs are recorded in the journal, `<state_dir>/corral.db` (`journal`); default
+    /// true.
     pub journal: bool,
-    /// How long finished runs are kept in the journal (`journal_keep`); default forever.
+    /// How long finished runs are kept in the journal (`journal_keep`, e.g. `"30d"`); `None`
+    /// (the default): kept for ever.
     pub journal_keep: Option<std::time::Duration>,
 }
 

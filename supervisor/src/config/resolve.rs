@@ -200,8 +200,16 @@ fn supervisor(
     if let Some(on) = raw.journal {
         out.journal = on;
     }
-    check_positive(ctx, &raw.journal_keep, "journal_keep")?;
-    out.journal_keep = raw.journal_keep.as_ref().map(|d| d.get_ref().0);
+    if let Some(keep) = &raw.journal_keep {
+        let Dur(d) = *keep.get_ref();
+        if d.is_zero() {
+            return Err(ctx.at_value(
+                keep.span(),
+                "journal_keep must be longer than 0s (leave it out to keep every run)",
+            ));
+        }
+        out.journal_keep = Some(d);
+    }
     Ok(out)
 }
 

@@ -521,10 +521,33 @@ fn supervisor_section_is_checked() {
     );
     let config = ok("[supervisor]\nmax_frame = \"1KiB\"\nstate_dir = \"/var/lib/corral\"\n");
     assert_eq!(config.supervisor.max_frame, 1024);
+    assert!(config.supervisor.journal);
+    assert_eq!(config.supervisor.journal_keep, None);
     assert_eq!(
         config.supervisor.state_dir,
         PathBuf::from("/var/lib/corral")
     );
+}
+
+#[test]
+fn journal_keys_are_checked() {
+    let config = ok("[supervisor]\njournal = false\njournal_keep = \"30d\"\n");
+    assert!(!config.supervisor.journal);
+    assert_eq!(
+        config.supervisor.journal_keep,
+        Some(std::time::Duration::from_secs(30 * 86_400))
+    );
+    assert_err(
+        "[supervisor]\njournal_keep = \"0s\"\n",
+        "x.toml:2:16: ",
+        "journal_keep must be longer than 0s",
+    );
+    assert_err(
+        "[supervisor]\njournal_keep = \"soon\"\n",
+        "x.toml:2:16: ",
+        "",
+    );
+    assert_err("[supervisor]\njournal = \"yes\"\n", "x.toml:2:11: ", "");
 }
 
 #[test]

@@ -100,8 +100,8 @@ pub(super) fn finished_of(view: &RunView) -> Finished {
             .get("index")
             .and_then(|i| i.as_u64())
             .map(|i| i as usize);
-        let memory = match &c.memory_out {
-            serde_json::Value::Array(a) => a.iter().map(Value::from_json).collect(),
+        let memory = match &c.memory_after {
+            Some(serde_json::Value::Array(a)) => a.iter().map(Value::from_json).collect(),
             _ => Vec::new(),
         };
         if let Some(node) = node {
