@@ -3,7 +3,7 @@
 //! rest `lost`; a corrupt database is refused with a clear error.
 
 use corral_e2e::{call_json, corral, fixture, Fixture};
-use serde_json::Value as J;
+use serde_json::{json, Value as J};
 use std::process::{Command, Stdio};
 
 fn cfg(fx: &Fixture) -> &str {
@@ -304,4 +304,95 @@ fn a_corrupt_database_is_refused_naming_the_file() {
         before,
         "user data rewritten"
     );
+}
+
+/// A recording whose tool calls differ from what the agent does now (here: its arguments
+/// edited): replay stops at the first differing call, answers it `replay_divergence` (never
+/// executing it), and says which call, what was recorded and what was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reports_the_first_differing_tool_call() {
+    let (fx, sup) = corral_e2e::sup_with("", "");
+    let input = r#"{"do":"tools","calls":[{"tool":"t.one","args":{"a":1}},{"tool":"t.two","args":{"b":2}}]}"#;
+    let out = corral_e2e::call(&sup, "chaos", input).await;
+    let journal = sup.journal().expect("journal on by default");
+    journal.flush().await.expect("flush");
+    let reader = journal.reader().expect("reader");
+    let mut run = reader
+        .run(&out.run_id)
+        .expect("read")
+        .expect("the run is journalled");
+    // Same recording, as if the agent had once asked for {"b": 3} in its second call.
+    run.calls[0].tool_calls[1].args = json!({"b": 3});
+    let report = corral::replay::replay(&sup, &run).await.expect("replay");
+    assert!(!report.identical);
+    let d = report.divergence.expect("a divergence");
+    assert_eq!((d.call, d.seq, d.kind), (1, 2, "tool_call"));
+    assert_eq!(d.recorded, json!({"tool": "t.two", "args": {"b": 3}}));
+    assert_eq!(d.replayed, json!({"tool": "t.two", "args": {"b": 2}}));
+    // The unedited recording replays identically.
+    let run = reader.run(&out.run_id).expect("read").expect("run");
+    let report = corral::replay::replay(&sup, &run).await.expect("replay");
+    assert!(report.identical, "{report:?}");
+    drop(fx);
+}
+
+/// The state directory's file system full: the call fails with a clear reason (exit 2), and
+/// nothing half-written is shown as complete.
+#[test]
+fn a_full_disk_fails_the_call_clearly() {
+    let fx = fixture("");
+    let state = fx.dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    let c = std::ffi::CString::new(state.to_str().expect("utf-8")).expect("path");
+    let fstype = std::ffi::CString::new("tmpfs").expect("c");
+    let opts = std::ffi::CString::new("size=2m").expect("c");
+    // SAFETY: mount with valid C strings, on a directory of this test's fixture.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        corral_e2e::skip_or_fail("cannot mount a tmpfs (not root?)");
+        return;
+    }
+    // A first call makes the database; then the rest of the file system is filled.
+    assert_eq!(call_json(&fx, "echo", "1").code, 0);
+    let mut filler = std::fs::File::create(state.join("filler")).expect("filler");
+    let block = vec![7u8; 64 * 1024];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100 * 1024));
+    let out = corral(&[
+        "call",
+        "echo",
+        "--config",
+        cfg(&fx),
+        "--input",
+        &big,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("full") && err.contains("corral.db"), "{err}");
+    assert!(out.stdout.is_empty(), "no outcome is printed as known");
+    // Room again: the journal opens, and no run shows as complete that was not.
+    std::fs::remove_file(state.join("filler")).expect("rm");
+    for r in runs(&fx, &["--limit", "100"]) {
+        if r["status"] == "succeeded" {
+            let run = show(&fx, r["run_id"].as_str().expect("id"));
+            assert!(
+                run["calls"][0]["output"].is_object() || run["calls"][0]["output"].is_number(),
+                "{run}"
+            );
+        }
+    }
+    // SAFETY: umount2 of the tmpfs mounted above.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
 }

@@ -148,12 +148,23 @@ pub(crate) fn sql_error(path: &Path, e: rusqlite::Error) -> JournalError {
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => JournalError::Full { path },
+        // A write that failed with ENOSPC often comes back as a plain I/O error (the WAL's
+        // append); the file system says whether that is why.
+        Some(ErrorCode::SystemIoFailure) if fs_full(&path) => JournalError::Full { path },
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => JournalError::Corrupt {
             path,
             reason: e.to_string(),
         },
         _ => JournalError::Sql { path, source: e },
     }
+}
+
+/// Whether the file system holding `path` has (almost) no room left for it.
+fn fs_full(path: &Path) -> bool {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64) < 64 * 1024)
+        .unwrap_or(false)
 }
 
 /// An error while opening: a file SQLite cannot read is [`JournalError::Open`].
