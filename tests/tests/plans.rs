@@ -425,3 +425,34 @@ input = { parts = "$work.output", n = "$input.n" }
     );
     assert_eq!(kept + ran, 26, "each instance once: resumed or run");
 }
+
+#[test]
+fn a_node_past_its_timeout_is_stopped_and_fails_by_its_policy() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "slow"
+
+[[node]]
+id = "slow"
+agent = "chaos"
+for_each = "$input"
+input = { do = "sleep_ms", ms = "$item" }
+timeout = "300ms"
+optional = true
+on_failure = "skip"
+
+[[node]]
+id = "after"
+agent = "echo"
+input = { got = "$slow.output" }
+"#;
+    let (code, doc) = run(&fx, plan, &json!([60000, 60000]), &[]);
+    assert_eq!(code, 3, "{doc}");
+    assert_eq!(doc["output"], json!({"got": null}));
+    let slow = nodes(&doc, "slow");
+    assert_eq!(slow.len(), 2, "{doc}");
+    for n in slow {
+        assert_eq!(n["attempts"].as_array().map(Vec::len), Some(1), "{n}");
+        assert_eq!(n["attempts"][0]["reason"], "deadline", "{n}");
+    }
+}

@@ -51,6 +51,10 @@ struct NodeRun {
     /// Activated as a fallback.
     activated: bool,
     output: Value,
+    /// With a `timeout`: what stops its instances, and when.
+    deadline: Option<(StopHandle, Stop, Instant)>,
+    /// Its `timeout` passed.
+    timed_out: bool,
 }
 
 /// An instance waiting for a slot.
@@ -154,6 +158,8 @@ impl<'p> Sched<'p> {
                 in_place_of: None,
                 activated: false,
                 output: Value::Null,
+                deadline: None,
+                timed_out: false,
             })
             .collect();
         let (stop, stopped) = Stop::new();
@@ -206,6 +212,10 @@ impl<'p> Sched<'p> {
     fn start_node(&mut self, i: usize) {
         let n = self.node(i);
         self.nodes[i].state = State::Running;
+        if let Some(t) = n.timeout {
+            let (handle, stop) = Stop::new();
+            self.nodes[i].deadline = Some((handle, stop, Instant::now() + t));
+        }
         let items: Vec<Option<(Value, usize)>> = match &n.for_each {
             None => vec![None],
             Some(e) => {
@@ -356,7 +366,10 @@ impl<'p> Sched<'p> {
         let opts = CallOptions {
             run_id: Some(self.run_id.clone()),
             memory: q.memory.clone(),
-            stop: Some(self.stopped.clone()),
+            stop: Some(match &self.nodes[i].deadline {
+                Some((_, stop, _)) => stop.clone(),
+                None => self.stopped.clone(),
+            }),
             journal_call: Some(JournalCall {
                 run_id: self.run_id.clone(),
                 call,
@@ -462,8 +475,38 @@ impl<'p> Sched<'p> {
 
     fn abort(&mut self) {
         self.failed = true;
+        self.stop_all(ExitReason::Cancelled);
+    }
+
+    /// Stop every instance in flight, and start no more.
+    fn stop_all(&mut self, reason: ExitReason) {
         self.queue.clear();
-        self.stop.stop(ExitReason::Cancelled);
+        self.stop.stop(reason);
+        for n in &self.nodes {
+            if let Some((handle, _, _)) = &n.deadline {
+                handle.stop(reason);
+            }
+        }
+    }
+
+    /// The earliest `timeout` of a running node, if any.
+    fn next_deadline(&self) -> Option<(usize, Instant)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.state == State::Running && !n.timed_out)
+            .filter_map(|(i, n)| n.deadline.as_ref().map(|(_, _, at)| (i, *at)))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    /// Node `i` ran past its `timeout`: its instances are stopped, and it fails.
+    fn time_out(&mut self, i: usize) {
+        self.nodes[i].timed_out = true;
+        if let Some((handle, _, _)) = &self.nodes[i].deadline {
+            handle.stop(ExitReason::Deadline);
+        }
+        let t = self.node(i).timeout.unwrap_or_default();
+        self.node_failed(i, format!("the node ran past its timeout ({t:?})"));
     }
 
     async fn run(&mut self) -> Result<PlanOutcome, RunError> {
@@ -477,6 +520,7 @@ impl<'p> Sched<'p> {
             if set.is_empty() {
                 break;
             }
+            let deadline = self.next_deadline();
             let joined = tokio::select! {
                 j = set.join_next() => j,
                 reason = async {
@@ -486,8 +530,19 @@ impl<'p> Sched<'p> {
                     }
                 }, if !self.cancelled => {
                     self.cancelled = true;
-                    self.queue.clear();
-                    self.stop.stop(reason);
+                    self.stop_all(reason);
+                    continue;
+                }
+                due = async {
+                    match deadline {
+                        Some((i, at)) => {
+                            tokio::time::sleep_until(at.into()).await;
+                            i
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.time_out(due);
                     continue;
                 }
             };
@@ -528,6 +583,7 @@ impl<'p> Sched<'p> {
             }
             self.reports.push(rep);
             match out.output {
+                Some(_) if self.nodes[i].timed_out => {}
                 Some(o) => self.instance_done(i, index, o, out.memory),
                 None if self.cancelled || self.failed => {}
                 None => {

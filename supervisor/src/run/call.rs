@@ -276,7 +276,15 @@ impl<'s> Call<'s> {
         } else {
             Decision::Abort
         };
-        match policy::decide(&rules, &outcome, self.retries) {
+        // Stopped by its owner (a plan's abort or node timeout, a shutdown): no retry follows.
+        let stopped = self.stop.borrow().is_some();
+        let verdict = match policy::decide(&rules, &outcome, self.retries) {
+            policy::RetryVerdict::Retry if stopped => policy::RetryVerdict::GiveUp {
+                why: "stopped by its owner".to_string(),
+            },
+            v => v,
+        };
+        match verdict {
             policy::RetryVerdict::Done => {
                 rec.decision = Decision::None;
                 let done = out.output.map(|o| (o, out.memory));
