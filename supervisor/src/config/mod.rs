@@ -15,6 +15,7 @@ mod resolve;
 mod schema;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 mod units;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 // itself is internal).
 pub use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
 pub use schema::Netns;
+pub use tools::{Approve, Builtin, Effect, HttpSpec, ToolKind, ToolSpec};
 
 /// Smallest accepted `max_frame`: 1 KiB.
 pub(crate) const MIN_MAX_FRAME: u32 = 1 << 10;
@@ -143,6 +145,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// Every `[agents.NAME]`, fully resolved (defaults merged in), by name.
     pub agents: BTreeMap<String, AgentSpec>,
+    /// Every tool: the built-ins (`fs.read`, `fs.list`, `fs.write`) and each `[tools.NAME]`.
+    pub tools: BTreeMap<String, ToolSpec>,
 }
 
 /// `[supervisor]`: settings of corral itself.
@@ -291,6 +295,11 @@ pub struct AgentSpec {
     pub breaker: BreakerConfig,
     /// Identical crashes on one input before that input is quarantined.
     pub quarantine_after: u32,
+    // --- tools ---
+    /// Tools granted (`tools`); a call needs the tool in the contract and here.
+    pub tools: Vec<String>,
+    /// Tools refused whatever else says (`deny_tools`).
+    pub deny_tools: Vec<String>,
 }
 
 impl AgentSpec {
@@ -362,6 +371,8 @@ impl AgentSpec {
                 open_for: Duration::from_secs(30),
             },
             quarantine_after: 2,
+            tools: Vec::new(),
+            deny_tools: Vec::new(),
         }
     }
 }
