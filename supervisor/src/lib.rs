@@ -104,7 +104,7 @@ mod run;
 pub mod sandbox;
 mod stop;
 
-pub use child::{AttemptEvent, ToolRequest};
+pub use child::{AttemptEvent, CallNote, ToolNote, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};

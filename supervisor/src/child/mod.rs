@@ -182,6 +182,58 @@ pub struct ToolRequest {
     pub call: ToolCall,
     /// The answer goes here.
     pub reply: oneshot::Sender<Result<Value, AgentError>>,
+    /// The run the call belongs to.
+    pub run_id: String,
+    /// The task within the run (the agent's name for a single call).
+    pub task: String,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The call's sequence number within its task, from 1: every call the agent makes counts,
+    /// in order, so an attempt that repeats its predecessor's calls repeats their numbers (the
+    /// idempotency key of a destructive call is run, task and this).
+    pub seq: u64,
+    /// The tools the agent's contract declares (`"*"`: any).
+    pub contract_tools: Arc<[String]>,
+    /// The agent's settings (its grants and granted paths among them).
+    pub spec: Arc<AgentSpec>,
+    /// The agent's workspace on the host, when it has one.
+    pub workspace: Option<std::path::PathBuf>,
+    /// What the owner tells the trace about its answer (set before it replies).
+    pub note: Arc<ToolNote>,
+}
+
+/// What the owner of a tool call tells the attempt's trace about its answer (see
+/// [`crate::record::ToolTrace`]): set before replying, read when the answer arrives.
+#[derive(Debug, Default)]
+pub struct ToolNote(std::sync::Mutex<CallNote>);
+
+/// See [`ToolNote`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallNote {
+    /// Answered from the trace, not executed.
+    pub deduplicated: bool,
+    /// Waited for a free slot, ms.
+    pub queued_ms: u64,
+    /// Waited for an approval, ms.
+    pub approval_ms: u64,
+    /// Size of the arguments, encoded.
+    pub args_bytes: u64,
+    /// Hash of the arguments, encoded.
+    pub args_hash: String,
+    /// Size of the result, encoded.
+    pub result_bytes: u64,
+}
+
+impl ToolNote {
+    /// Change the note.
+    pub fn set(&self, f: impl FnOnce(&mut CallNote)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// What it says now.
+    pub fn get(&self) -> CallNote {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What an attempt produced.

@@ -134,11 +134,17 @@ struct Progress {
 }
 
 /// The agent's tool calls: those outstanding (at most `MAX_OUTSTANDING_CALLS`, with their
-/// tool and start) and the trace of those answered.
+/// tool, start and sequence number) and the trace of those answered.
 #[derive(Default)]
 struct Calls {
-    outstanding: HashMap<u64, (String, Instant)>,
+    outstanding: HashMap<u64, (String, Instant, u64)>,
     trace: Trace,
+    /// Calls made so far (each call's sequence number within the task).
+    seq: u64,
+    /// Calls answered from the trace.
+    deduplicated: u64,
+    /// The contract's tools, shared with each relayed call.
+    contract_tools: Option<Arc<[String]>>,
 }
 
 /// The agent's side of the conversation. See the module docs.
@@ -209,6 +215,21 @@ impl Protocol {
         })
     }
 
+    /// Say (once per attempt, in the log) which tools the contract asks for that the config
+    /// never grants: calls of them will be refused.
+    fn warn_ungranted(&self, contract: &Contract) {
+        let a = &self.agent;
+        let missing: Vec<&str> = contract
+            .tools
+            .iter()
+            .filter(|t| *t != "*" && (!a.tools.contains(t) || a.deny_tools.contains(t)))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() && self.tools {
+            tracing::warn!(agent = %a.name, "the contract asks for tools the config does not grant: {}", missing.join(", "));
+        }
+    }
+
     /// The log budget, shared with the stdout/stderr drain.
     pub(super) fn log_budget(&self) -> &Arc<LogBudget> {
         &self.log_budget
@@ -242,6 +263,7 @@ impl Protocol {
                     return Step::End(Verdict::violation(message));
                 }
                 let refused = r.contract.input.validate(&self.task.input, "input");
+                self.warn_ungranted(&r.contract);
                 self.contract = Some(r.contract);
                 if let Err(e) = refused {
                     self.phase = Phase::Idle;
@@ -340,9 +362,10 @@ impl Protocol {
             Err(e) => return Step::End(Verdict::violation(e.to_string())),
         };
         self.phase = Phase::ToolCall;
+        calls.seq += 1;
         calls
             .outstanding
-            .insert(call.call_id, (call.tool.clone(), now));
+            .insert(call.call_id, (call.tool.clone(), now, calls.seq));
         let declared = self
             .contract
             .as_ref()
@@ -350,7 +373,7 @@ impl Protocol {
         let refusal = refusal.or_else(|| {
             if !declared {
                 Some(AgentError::new(
-                    "undeclared_tool",
+                    "permission_denied",
                     format!(
                         "tool `{}` is not declared in the agent's contract",
                         call.tool
@@ -359,7 +382,7 @@ impl Protocol {
                 ))
             } else if !self.tools {
                 Some(AgentError::new(
-                    "denied",
+                    "permission_denied",
                     format!("no tools are configured for agent `{}`", self.agent.name),
                     false,
                 ))
@@ -373,6 +396,24 @@ impl Protocol {
         }
     }
 
+    /// The sequence number of outstanding call `call_id` within the task, and the tools the
+    /// contract declares (what the owner needs to know of a relayed call).
+    pub(super) fn call_context(&mut self, call_id: u64) -> (u64, Arc<[String]>) {
+        let declared = self.contract.as_ref().map(|c| c.tools.clone());
+        let calls = self.calls.get_or_insert_with(Box::default);
+        let seq = calls.outstanding.get(&call_id).map_or(0, |c| c.2);
+        let tools = calls
+            .contract_tools
+            .get_or_insert_with(|| declared.unwrap_or_default().into())
+            .clone();
+        (seq, tools)
+    }
+
+    /// Calls of the attempt answered from the trace.
+    pub(super) fn deduplicated(&self) -> u64 {
+        self.calls.as_ref().map_or(0, |c| c.deduplicated)
+    }
+
     /// The answer to tool call `call_id`, arrived at `now`: accounted for, and the message
     /// that carries it to the agent.
     pub(super) fn answer(
@@ -381,14 +422,33 @@ impl Protocol {
         result: Result<Value, AgentError>,
         now: Instant,
     ) -> Down {
+        self.answer_noted(call_id, result, now, super::CallNote::default())
+    }
+
+    /// [`Protocol::answer`], with what the owner noted of it.
+    pub(super) fn answer_noted(
+        &mut self,
+        call_id: u64,
+        result: Result<Value, AgentError>,
+        now: Instant,
+        note: super::CallNote,
+    ) -> Down {
         let calls = self.calls.get_or_insert_with(Box::default);
-        if let Some((tool, at)) = calls.outstanding.remove(&call_id) {
+        if let Some((tool, at, seq)) = calls.outstanding.remove(&call_id) {
+            calls.deduplicated += u64::from(note.deduplicated);
             calls.trace.push(ToolTrace {
                 call_id,
                 tool,
                 ok: result.is_ok(),
                 error_kind: result.as_ref().err().map(|e| e.kind.clone()),
                 duration_ms: now.saturating_duration_since(at).as_millis() as u64,
+                seq,
+                args_bytes: note.args_bytes,
+                args_hash: note.args_hash,
+                result_bytes: note.result_bytes,
+                deduplicated: note.deduplicated,
+                queued_ms: note.queued_ms,
+                approval_ms: note.approval_ms,
             });
         }
         if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
@@ -549,6 +609,7 @@ impl Protocol {
             None => (None, Vec::new()),
         };
         Finished {
+            tool_calls_deduplicated: self.deduplicated(),
             output,
             memory,
             #[cfg(test)]
@@ -573,6 +634,7 @@ pub(super) struct Finished {
     pub(super) contract: Option<Contract>,
     pub(super) tool_calls: Vec<ToolTrace>,
     pub(super) tool_calls_dropped: u64,
+    pub(super) tool_calls_deduplicated: u64,
 }
 
 #[cfg(test)]
