@@ -103,6 +103,7 @@ pub mod record;
 mod run;
 pub mod sandbox;
 mod stop;
+pub mod tools;
 
 pub use child::{AttemptEvent, CallNote, ToolNote, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};

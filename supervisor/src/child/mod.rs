@@ -23,6 +23,8 @@
 //! - `verdict`: why the attempt ended, from the watch's verdict and the kernel's evidence.
 //! - `bounds`: what an agent can make the supervisor hold, and no more.
 //! - `guard`: a dropped attempt still kills and reaps its process.
+//! - `tool_run`: a command tool's program, made in an agent's sandbox, run to its end or its
+//!   timeout (not a protocol agent: JSON in on stdin, out on stdout).
 //!
 //! The child knows nothing of plans, the journal or retries: the owner (see [`crate::run`])
 //! decides what follows and fills in `decision`, `backoff_ms` and the counters.
@@ -36,6 +38,7 @@ mod logs;
 mod poller;
 mod protocol;
 mod stop;
+mod tool_run;
 mod verdict;
 mod watch;
 mod wire;
@@ -43,6 +46,8 @@ mod wire;
 pub use attempt::run_attempt;
 pub use launch::{Pools, StemPool};
 pub(crate) use protocol::{encode_within, Outgoing};
+pub(crate) use tool_run::run_tool;
+pub(crate) use verdict::signal_name;
 
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, ExitRecord};

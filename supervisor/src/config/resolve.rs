@@ -212,7 +212,11 @@ fn check_path(ctx: &Ctx<'_>, p: &Spanned<String>, key: &str) -> Result<(), Confi
     Ok(())
 }
 
-pub(super) fn check_positive(ctx: &Ctx<'_>, d: &Option<Spanned<Dur>>, key: &str) -> Result<(), ConfigError> {
+pub(super) fn check_positive(
+    ctx: &Ctx<'_>,
+    d: &Option<Spanned<Dur>>,
+    key: &str,
+) -> Result<(), ConfigError> {
     match d {
         Some(d) if d.get_ref().0.is_zero() => {
             Err(ctx.at_value(d.span(), format!("{key} must be greater than 0")))

@@ -347,7 +347,10 @@ fn tool(
                     ),
                 ));
             }
-            (ToolKind::Http(http(ctx, name, at, url, &mut t)?), Effect::Destructive)
+            (
+                ToolKind::Http(http(ctx, name, at, url, &mut t)?),
+                Effect::Destructive,
+            )
         }
     };
     let mut spec = plain(name, kind, t.effect.unwrap_or(effect));
@@ -463,7 +466,10 @@ fn http(
     let mut headers = BTreeMap::new();
     for (k, v) in t.headers.take().unwrap_or_default() {
         let key = header_name(&k)?;
-        if v.get_ref().bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if v.get_ref()
+            .bytes()
+            .any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
             return Err(ctx.at_value(v.span(), "a header value cannot hold CR, LF or NUL"));
         }
         headers.insert(key, v.into_inner());

@@ -82,7 +82,10 @@ impl CallOutcome {
     /// Tool calls of the call's attempts answered from the run's trace instead of being
     /// executed (`tool_calls_deduplicated` of the run).
     pub fn tool_calls_deduplicated(&self) -> u64 {
-        self.attempts.iter().map(|a| a.tool_calls_deduplicated).sum()
+        self.attempts
+            .iter()
+            .map(|a| a.tool_calls_deduplicated)
+            .sum()
     }
 }
 
