@@ -20,6 +20,7 @@
 //! | `{"do":"net","addr":"HOST:PORT"}` | `{"connected":B,"error":S}` |
 //! | `{"do":"read","path":P}` | `{"ok":B,"error":S}` |
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
+//! | `{"do":"tools","calls":[{"tool":T,"args":V},…]}` | `{"results":[{"ok":true,"value":V}\|{"ok":false,"error":{"kind","message"}},…]}` |
 //! | `{"do":"sleep_ms","ms":N}` | sleeps N ms, beating and progressing, then `{"ok":true}` |
 //! | `{"do":"env"}` | `{"env":{NAME:VALUE,…}}` |
 //! | `{"do":"panic"}` | panics in the handler (the SDK reports `Failed {kind: "panic"}`) |
@@ -185,6 +186,36 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             let name = arg_str(&input, "name")?.to_string();
             let args = input.get("args").cloned().unwrap_or(Value::Null);
             ctx.call_tool(&name, args)
+        }
+        "tools" => {
+            let calls = match input.get("calls") {
+                Some(Value::List(l)) => l.clone(),
+                _ => Vec::new(),
+            };
+            let mut results = Vec::new();
+            for c in calls {
+                let tool = c
+                    .get("tool")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let args = c.get("args").cloned().unwrap_or(Value::Null);
+                results.push(match ctx.call_tool(&tool, args) {
+                    Ok(v) => Value::map([("ok", Value::Bool(true)), ("value", v)]),
+                    Err(e) => Value::map([
+                        ("ok", Value::Bool(false)),
+                        (
+                            "error",
+                            Value::map([
+                                ("kind", Value::from(e.kind)),
+                                ("message", Value::from(e.message)),
+                            ]),
+                        ),
+                    ]),
+                });
+                ctx.progress();
+            }
+            Ok(Value::map([("results", Value::List(results))]))
         }
         "sleep_ms" => {
             let until =
