@@ -187,7 +187,7 @@ impl Broker {
         if spec.dedup {
             if let Some(v) = self.dedup.get(&req.run_id, name, &args_hash) {
                 req.note.set(|n| n.deduplicated = true);
-                return Ok(v);
+                return self.within(spec, v, req);
             }
         }
         let key = LedgerKey {
@@ -225,12 +225,17 @@ impl Broker {
                 .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("not run: {e}")))?;
         }
         self.executions.fetch_add(1, Ordering::Relaxed);
-        let result = match tokio::time::timeout(spec.timeout, self.execute(tool, req)).await {
-            Ok(r) => r,
-            Err(_) => err(
-                ErrorKind::Timeout,
-                format!("tool `{name}` ran past its timeout ({:?})", spec.timeout),
-            ),
+        // A command enforces its timeout itself (and kills its tree at it).
+        let result = if matches!(spec.kind, ToolKind::Command(_)) {
+            self.execute(tool, req).await
+        } else {
+            match tokio::time::timeout(spec.timeout, self.execute(tool, req)).await {
+                Ok(r) => r,
+                Err(_) => err(
+                    ErrorKind::Timeout,
+                    format!("tool `{name}` ran past its timeout ({:?})", spec.timeout),
+                ),
+            }
         };
         let result = result.and_then(|v| self.within(spec, v, req));
         self.learn(tool, &result, probe);
