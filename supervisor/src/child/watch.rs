@@ -205,7 +205,7 @@ impl Watch {
                         workspace: Some(workspace.clone()),
                         note: note.clone(),
                     };
-                    tx.try_send(req).map(|()| (rx, note))
+                    tx.try_send(req).map(|()| (rx, note)).map_err(drop)
                 });
                 match sent {
                     Some(Ok((rx, note))) => self.tools.waits.push((call_id, rx, note)),
