@@ -52,6 +52,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use corral_proto::{AgentError, Contract, Schema, SideEffects, Value};
+pub use tool_error::{ToolError, ToolErrorKind};
+
+mod tool_error;
 
 /// The fd the supervisor writes to (the agent reads).
 pub const DOWN_FD: i32 = 3;
@@ -196,6 +199,16 @@ impl Ctx {
                 Err(_) => return Err(AgentError::new("io", "supervisor went away", true)),
             }
         }
+    }
+
+    /// [`Ctx::call_tool`] with its error typed: a [`ToolError`] whose [`ToolErrorKind`] says
+    /// what the supervisor's broker decided (`permission_denied`, `timeout`, …).
+    pub fn tool<A: Serialize + 'static>(
+        &mut self,
+        tool: &str,
+        args: A,
+    ) -> Result<Value, ToolError> {
+        self.call_tool(tool, args).map_err(ToolError::from)
     }
 
     /// Notes handed down with this task.

@@ -7,6 +7,7 @@
 //! Here: the arguments, logging and the runtime; the verbs are in `verbs`, the config they run
 //! on (a file, or the embedded defaults) in `defaults`.
 
+mod approve;
 mod defaults;
 mod demo;
 mod plan;
@@ -45,6 +46,10 @@ enum Command {
         /// Print one JSON object: {"run_id": …, "output": …, "attempts": [exit records]}.
         #[arg(long)]
         json: bool,
+        /// Ask on the terminal about calls of tools with `approve = "ask"` (else they are
+        /// denied).
+        #[arg(long)]
+        approve: bool,
     },
     /// Check a config file without running anything.
     Validate {
@@ -176,7 +181,8 @@ fn main() -> ExitCode {
                 config,
                 input,
                 json,
-            } => verbs::call(&agent, config.as_deref(), &input, json).await,
+                approve,
+            } => verbs::call(&agent, config.as_deref(), &input, json, approve).await,
             Command::Validate { config, plan } => {
                 verbs::validate(config.as_deref(), plan.as_deref())
             }

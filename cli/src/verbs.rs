@@ -1,7 +1,9 @@
 //! The verbs: `validate`, `call` and `demo`, each returning the process's exit code.
 
+use crate::approve::TerminalApprover;
 use crate::defaults::{load_config, start};
 use corral::config::exposure;
+use corral::tools::Broker;
 use corral::{CallOptions, ExitReason, ExitRecord, Stop};
 use corral_proto::Value;
 use std::path::Path;
@@ -31,6 +33,9 @@ pub fn validate(path: Option<&Path>, plan: Option<&Path>) -> ExitCode {
                 cfg.agents.len(),
                 cfg.agents.keys().cloned().collect::<Vec<_>>().join(", ")
             );
+            for problem in cfg.tool_problems() {
+                println!("warning: {problem}");
+            }
             for (name, spec) in &cfg.agents {
                 let found = exposure::assess(spec);
                 if found.is_empty() {
@@ -55,7 +60,13 @@ pub fn validate(path: Option<&Path>, plan: Option<&Path>) -> ExitCode {
 }
 
 /// `corral call`: one task on one fresh agent process; its output (or every record, `--json`).
-pub async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> ExitCode {
+pub async fn call(
+    agent: &str,
+    path: Option<&Path>,
+    input: &str,
+    json: bool,
+    approve: bool,
+) -> ExitCode {
     let input: serde_json::Value = match serde_json::from_str(input) {
         Ok(v) => v,
         Err(e) => {
@@ -86,8 +97,15 @@ pub async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> 
         }
         stop_handle.stop(ExitReason::Shutdown);
     });
+    // Tool calls go through the broker of the config's tools.
+    let mut broker = Broker::for_supervisor(&sup);
+    if approve {
+        broker = broker.with_approver(std::sync::Arc::new(TerminalApprover));
+    }
+    let (tools, _broker_task) = std::sync::Arc::new(broker).serve();
     let opts = CallOptions {
         stop: Some(stop),
+        tools: Some(tools),
         ..Default::default()
     };
     let outcome = match sup.call(agent, Value::from_json(&input), opts).await {
@@ -102,6 +120,7 @@ pub async fn call(agent: &str, path: Option<&Path>, input: &str, json: bool) -> 
             "run_id": outcome.run_id,
             "output": outcome.output.as_ref().map(Value::to_json),
             "attempts": outcome.attempts,
+            "tool_calls_deduplicated": outcome.tool_calls_deduplicated(),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else if let Some(out) = &outcome.output {

@@ -107,8 +107,9 @@ pub mod replay;
 mod run;
 pub mod sandbox;
 mod stop;
+pub mod tools;
 
-pub use child::{AttemptEvent, Note, Notes, ToolRequest};
+pub use child::{AttemptEvent, CallNote, Note, Notes, ToolNote, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};

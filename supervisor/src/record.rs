@@ -211,10 +211,14 @@ pub struct ExitRecord {
     /// left out to keep the record within [`MAX_RECORD_BYTES`]).
     #[serde(default)]
     pub tool_calls_dropped: u64,
+    /// Tool calls of the attempt answered from the run's trace instead of being executed again
+    /// (a repeated `read_only` or `idempotent` call, or a `destructive` one already done).
+    #[serde(default)]
+    pub tool_calls_deduplicated: u64,
 }
 
 /// One tool call as traced in the exit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolTrace {
     /// Call id chosen by the agent.
     pub call_id: u64,
@@ -224,8 +228,29 @@ pub struct ToolTrace {
     pub ok: bool,
     /// Error kind when it did not.
     pub error_kind: Option<String>,
-    /// How long it took.
+    /// How long it took, from the call to its answer (waits included).
     pub duration_ms: u64,
+    /// The call's sequence number within its task, from 1 (part of its idempotency key).
+    #[serde(default)]
+    pub seq: u64,
+    /// Size of its arguments, encoded, in bytes.
+    #[serde(default)]
+    pub args_bytes: u64,
+    /// Hash of its arguments, encoded (FNV-1a 64, hex): the arguments themselves are not kept.
+    #[serde(default)]
+    pub args_hash: String,
+    /// Size of its result, encoded, in bytes (0 for an error).
+    #[serde(default)]
+    pub result_bytes: u64,
+    /// Answered from the trace (an earlier identical call), not executed.
+    #[serde(default)]
+    pub deduplicated: bool,
+    /// Time spent waiting for a free slot (`max_concurrency`), in ms.
+    #[serde(default)]
+    pub queued_ms: u64,
+    /// Time spent waiting for an approval (`approve = "ask"`), in ms.
+    #[serde(default)]
+    pub approval_ms: u64,
 }
 
 impl ExitRecord {
@@ -265,6 +290,7 @@ impl ExitRecord {
             oom_killed: false,
             tool_calls: Vec::new(),
             tool_calls_dropped: 0,
+            tool_calls_deduplicated: 0,
         }
     }
 
@@ -372,6 +398,7 @@ mod tests {
                 ok: false,
                 error_kind: Some("\u{4}".repeat(1000)),
                 duration_ms: u64::MAX,
+                ..Default::default()
             })
             .collect();
         r

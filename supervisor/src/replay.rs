@@ -160,7 +160,8 @@ async fn replay_call(
     let answers = recorded.clone();
     let server = tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
-            let answer = match answers.get(&req.seq) {
+            let seq = u32::try_from(req.seq).unwrap_or(u32::MAX);
+            let answer = match answers.get(&seq) {
                 Some(r) if r.tool == req.call.tool && r.args == req.call.args.to_json() => {
                     recorded_answer(r)
                 }

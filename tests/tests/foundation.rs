@@ -337,7 +337,7 @@ fn handler_panic_becomes_a_structured_error() {
 }
 
 #[test]
-fn tool_calls_without_a_broker_are_denied_and_traced() {
+fn tool_calls_not_granted_are_denied_and_traced() {
     let fx = fixture_with_defaults("max_retries = 0", "");
     let c = call_json(
         &fx,
@@ -345,11 +345,11 @@ fn tool_calls_without_a_broker_are_denied_and_traced() {
         r#"{"do":"tool","name":"search","args":{"q":"x"}}"#,
     );
     assert_eq!(c.reasons(), ["agent_error"]);
-    assert_eq!(c.last()["error"]["kind"], "denied");
+    assert_eq!(c.last()["error"]["kind"], "permission_denied");
     let trace = &c.last()["tool_calls"];
     assert_eq!(trace[0]["tool"], "search");
     assert_eq!(trace[0]["ok"], false);
-    assert_eq!(trace[0]["error_kind"], "denied");
+    assert_eq!(trace[0]["error_kind"], "permission_denied");
 }
 
 #[test]

@@ -144,6 +144,7 @@ async fn start(
         ..
     } = launched;
     let pid = spawned.pid;
+    let workspace_path = workspace.path().to_path_buf();
     spec.emit(|| AttemptEvent::Spawned {
         agent: spec.agent.name.clone(),
         attempt: spec.attempt,
@@ -187,7 +188,7 @@ async fn start(
         proto,
         (wire, poller, logs),
         Beats::new(beat_r),
-        tools,
+        tools.map(|tx| (tx, workspace_path)),
     );
     Ok(Box::new(Running {
         w,
@@ -305,6 +306,7 @@ impl Running {
         let done = w.proto.finish();
         record.tool_calls = done.tool_calls;
         record.tool_calls_dropped = done.tool_calls_dropped;
+        record.tool_calls_deduplicated = done.tool_calls_deduplicated;
         let completed = reason == ExitReason::Completed;
         AttemptOutcome {
             output: done.output.filter(|_| completed),

@@ -287,6 +287,7 @@ mod tests {
             ok: true,
             error_kind: None,
             duration_ms: 0,
+            ..Default::default()
         }
     }
 

@@ -23,6 +23,8 @@
 //! - `verdict`: why the attempt ended, from the watch's verdict and the kernel's evidence.
 //! - `bounds`: what an agent can make the supervisor hold, and no more.
 //! - `guard`: a dropped attempt still kills and reaps its process.
+//! - `tool_run`: a command tool's program, made in an agent's sandbox, run to its end or its
+//!   timeout (not a protocol agent: JSON in on stdin, out on stdout).
 //!
 //! The child knows nothing of plans, the journal or retries: the owner (see [`crate::run`])
 //! decides what follows and fills in `decision`, `backoff_ms` and the counters.
@@ -36,6 +38,7 @@ mod logs;
 mod poller;
 mod protocol;
 mod stop;
+mod tool_run;
 mod verdict;
 mod watch;
 mod wire;
@@ -43,6 +46,8 @@ mod wire;
 pub use attempt::run_attempt;
 pub use launch::{Pools, StemPool};
 pub(crate) use protocol::{encode_within, Outgoing};
+pub(crate) use tool_run::run_tool;
+pub(crate) use verdict::signal_name;
 
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, ExitRecord};
@@ -222,13 +227,62 @@ pub struct TaskInput {
 pub struct ToolRequest {
     /// Which agent asked.
     pub agent: String,
-    /// Order of the call among the attempt's calls, from 1, by arrival (the same as in its
-    /// [`Note::ToolCall`]).
-    pub seq: u32,
     /// The call as the agent made it.
     pub call: ToolCall,
     /// The answer goes here.
     pub reply: oneshot::Sender<Result<Value, AgentError>>,
+    /// The run the call belongs to.
+    pub run_id: String,
+    /// The task within the run (the agent's name for a single call).
+    pub task: String,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The call's sequence number within its task, from 1: every call the agent makes counts,
+    /// in order, so an attempt that repeats its predecessor's calls repeats their numbers (the
+    /// idempotency key of a destructive call is run, task and this).
+    pub seq: u64,
+    /// The tools the agent's contract declares (`"*"`: any).
+    pub contract_tools: Arc<[String]>,
+    /// The agent's settings (its grants and granted paths among them).
+    pub spec: Arc<AgentSpec>,
+    /// The agent's workspace on the host, when it has one.
+    pub workspace: Option<std::path::PathBuf>,
+    /// What the owner tells the trace about its answer (set before it replies).
+    pub note: Arc<ToolNote>,
+}
+
+/// What the owner of a tool call tells the attempt's trace about its answer (see
+/// [`crate::record::ToolTrace`]): set before replying, read when the answer arrives.
+#[derive(Debug, Default)]
+pub struct ToolNote(std::sync::Mutex<CallNote>);
+
+/// See [`ToolNote`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallNote {
+    /// Answered from the trace, not executed.
+    pub deduplicated: bool,
+    /// Waited for a free slot, ms.
+    pub queued_ms: u64,
+    /// Waited for an approval, ms.
+    pub approval_ms: u64,
+    /// Size of the arguments, encoded.
+    pub args_bytes: u64,
+    /// Hash of the arguments, encoded.
+    pub args_hash: String,
+    /// Size of the result, encoded.
+    pub result_bytes: u64,
+}
+
+impl ToolNote {
+    /// Change the note.
+    pub fn set(&self, f: impl FnOnce(&mut CallNote)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// What it says now.
+    pub fn get(&self) -> CallNote {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What an attempt produced.

@@ -32,81 +32,16 @@ use super::verdict::Verdict;
 use super::TaskInput;
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, Phase, ToolTrace};
-use corral_proto::frame::{self, FrameError};
 use corral_proto::{
     AgentError, Cancel, Contract, Down, Hello, LogLevel, Task, ToolCall, ToolResult, Up, Value,
     PROTOCOL_VERSION,
 };
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What the supervisor sends to an agent, named in errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outgoing {
-    /// A call's input (checked before any process exists).
-    Input,
-    /// The `Task` message (input and notes).
-    Task,
-}
-
-impl Outgoing {
-    fn name(self) -> &'static str {
-        match self {
-            Outgoing::Input => "input",
-            Outgoing::Task => "task",
-        }
-    }
-
-    fn unencodable(self) -> &'static str {
-        match self {
-            Outgoing::Input => "sent to an agent",
-            Outgoing::Task => "encoded",
-        }
-    }
-}
-
-/// Something the supervisor would send that no agent could take.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum OutgoingError {
-    /// Larger than the `max_frame` the agent was told in `Hello`.
-    #[error("the {} is {len} bytes encoded, more than max_frame ({max} bytes)", .what.name())]
-    TooLarge {
-        /// What it is.
-        what: Outgoing,
-        /// Its payload length.
-        len: usize,
-        /// The maximum.
-        max: u32,
-    },
-    /// Not encodable at all (nesting past the protocol's limit).
-    #[error("the {} cannot be {}: {source}", .what.name(), .what.unencodable())]
-    Unencodable {
-        /// What it is.
-        what: Outgoing,
-        /// Why.
-        source: FrameError,
-    },
-}
-
-/// `msg` as a frame whose payload is within `max_frame`, the limit both sides agreed on.
-pub(crate) fn encode_within<M: Serialize>(
-    msg: &M,
-    max_frame: u32,
-    what: Outgoing,
-) -> Result<Vec<u8>, OutgoingError> {
-    let bytes = frame::encode(msg).map_err(|source| OutgoingError::Unencodable { what, source })?;
-    let len = bytes.len() - 4;
-    if len > max_frame as usize {
-        return Err(OutgoingError::TooLarge {
-            what,
-            len,
-            max: max_frame,
-        });
-    }
-    Ok(bytes)
-}
+mod outgoing;
+pub(crate) use outgoing::{encode_within, Outgoing};
 
 /// What to do after a message.
 #[derive(Debug)]
@@ -118,9 +53,8 @@ pub(super) enum Step {
     /// The agent is ready: report it, then send it the task (a whole frame), or end with the
     /// verdict when the task cannot be sent.
     Ready(Result<Vec<u8>, Verdict>),
-    /// Relay this tool call (the attempt's `seq`-th) to the owner; its answer comes back
-    /// through [`Protocol::answer`].
-    Relay(ToolCall, u32),
+    /// Relay this tool call to the owner; its answer comes back through [`Protocol::answer`].
+    Relay(ToolCall),
     /// Print this line of the agent's (cut to the log budget, not escaped yet).
     Log(LogLevel, String),
     /// The attempt ends.
@@ -135,20 +69,24 @@ struct Progress {
 }
 
 /// The agent's tool calls: those outstanding (at most `MAX_OUTSTANDING_CALLS`, with their
-/// tool and start) and the trace of those answered.
+/// tool, start and sequence number) and the trace of those answered.
 #[derive(Default)]
 struct Calls {
     outstanding: HashMap<u64, Outstanding>,
     trace: Trace,
-    /// Calls made so far.
-    seq: u32,
+    /// Calls made so far (each call's sequence number within the task).
+    seq: u64,
+    /// Calls answered from the trace.
+    deduplicated: u64,
+    /// The contract's tools, shared with each relayed call.
+    contract_tools: Option<Arc<[String]>>,
 }
 
 /// A call asked and not yet answered.
 struct Outstanding {
     tool: String,
     at: Instant,
-    seq: u32,
+    seq: u64,
     /// Its arguments, kept for its note only when notes are taken.
     args: Option<Value>,
 }
@@ -239,6 +177,21 @@ impl Protocol {
         })
     }
 
+    /// Say (once per attempt, in the log) which tools the contract asks for that the config
+    /// never grants: calls of them will be refused.
+    fn warn_ungranted(&self, contract: &Contract) {
+        let a = &self.agent;
+        let missing: Vec<&str> = contract
+            .tools
+            .iter()
+            .filter(|t| *t != "*" && (!a.tools.contains(t) || a.deny_tools.contains(t)))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() && self.tools {
+            tracing::warn!(agent = %a.name, "the contract asks for tools the config does not grant: {}", missing.join(", "));
+        }
+    }
+
     /// The log budget, shared with the stdout/stderr drain.
     pub(super) fn log_budget(&self) -> &Arc<LogBudget> {
         &self.log_budget
@@ -273,6 +226,7 @@ impl Protocol {
                 }
                 let refused = r.contract.input.validate(&self.task.input, "input");
                 self.note(|| super::Note::Contract(r.contract.clone()));
+                self.warn_ungranted(&r.contract);
                 self.contract = Some(r.contract);
                 if let Err(e) = refused {
                     self.phase = Phase::Idle;
@@ -372,7 +326,7 @@ impl Protocol {
             Err(e) => return Step::End(Verdict::violation(e.to_string())),
         };
         self.phase = Phase::ToolCall;
-        calls.seq = calls.seq.saturating_add(1);
+        calls.seq += 1;
         let seq = calls.seq;
         let args = self.notes.as_ref().map(|_| call.args.clone());
         calls.outstanding.insert(
@@ -391,7 +345,7 @@ impl Protocol {
         let refusal = refusal.or_else(|| {
             if !declared {
                 Some(AgentError::new(
-                    "undeclared_tool",
+                    "permission_denied",
                     format!(
                         "tool `{}` is not declared in the agent's contract",
                         call.tool
@@ -400,7 +354,7 @@ impl Protocol {
                 ))
             } else if !self.tools {
                 Some(AgentError::new(
-                    "denied",
+                    "permission_denied",
                     format!("no tools are configured for agent `{}`", self.agent.name),
                     false,
                 ))
@@ -410,8 +364,26 @@ impl Protocol {
         });
         match refusal {
             Some(refusal) => Step::Send(self.answer(call.call_id, Err(refusal), now)),
-            None => Step::Relay(call, seq),
+            None => Step::Relay(call),
         }
+    }
+
+    /// The sequence number of outstanding call `call_id` within the task, and the tools the
+    /// contract declares (what the owner needs to know of a relayed call).
+    pub(super) fn call_context(&mut self, call_id: u64) -> (u64, Arc<[String]>) {
+        let declared = self.contract.as_ref().map(|c| c.tools.clone());
+        let calls = self.calls.get_or_insert_with(Box::default);
+        let seq = calls.outstanding.get(&call_id).map_or(0, |c| c.seq);
+        let tools = calls
+            .contract_tools
+            .get_or_insert_with(|| declared.unwrap_or_default().into())
+            .clone();
+        (seq, tools)
+    }
+
+    /// Calls of the attempt answered from the trace.
+    pub(super) fn deduplicated(&self) -> u64 {
+        self.calls.as_ref().map_or(0, |c| c.deduplicated)
     }
 
     /// The answer to tool call `call_id`, arrived at `now`: accounted for, and the message
@@ -422,12 +394,24 @@ impl Protocol {
         result: Result<Value, AgentError>,
         now: Instant,
     ) -> Down {
+        self.answer_noted(call_id, result, now, super::CallNote::default())
+    }
+
+    /// [`Protocol::answer`], with what the owner noted of it.
+    pub(super) fn answer_noted(
+        &mut self,
+        call_id: u64,
+        result: Result<Value, AgentError>,
+        now: Instant,
+        note: super::CallNote,
+    ) -> Down {
         let calls = self.calls.get_or_insert_with(Box::default);
         if let Some(o) = calls.outstanding.remove(&call_id) {
+            calls.deduplicated += u64::from(note.deduplicated);
             let duration_ms = now.saturating_duration_since(o.at).as_millis() as u64;
             if let (Some(notes), Some(args)) = (&self.notes, o.args) {
                 notes(super::Note::ToolCall {
-                    seq: o.seq,
+                    seq: u32::try_from(o.seq).unwrap_or(u32::MAX),
                     call_id,
                     tool: o.tool.clone(),
                     args,
@@ -441,6 +425,13 @@ impl Protocol {
                 ok: result.is_ok(),
                 error_kind: result.as_ref().err().map(|e| e.kind.clone()),
                 duration_ms,
+                seq: o.seq,
+                args_bytes: note.args_bytes,
+                args_hash: note.args_hash,
+                result_bytes: note.result_bytes,
+                deduplicated: note.deduplicated,
+                queued_ms: note.queued_ms,
+                approval_ms: note.approval_ms,
             });
         }
         if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
@@ -606,6 +597,7 @@ impl Protocol {
             None => (None, Vec::new()),
         };
         Finished {
+            tool_calls_deduplicated: self.deduplicated(),
             output,
             memory,
             #[cfg(test)]
@@ -630,6 +622,7 @@ pub(super) struct Finished {
     pub(super) contract: Option<Contract>,
     pub(super) tool_calls: Vec<ToolTrace>,
     pub(super) tool_calls_dropped: u64,
+    pub(super) tool_calls_deduplicated: u64,
 }
 
 #[cfg(test)]

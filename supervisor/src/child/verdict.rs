@@ -100,7 +100,7 @@ pub(super) fn err(
 }
 
 /// `SIGKILL` for 9, `SIG77` for a number without a name.
-pub(super) fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("SIG{sig}"))

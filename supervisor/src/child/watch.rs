@@ -21,7 +21,7 @@ use super::poller::{Poller, Ready};
 use super::protocol::{Protocol, Step};
 use super::verdict::Verdict;
 use super::wire::{self, Beats, ReadState, Wire};
-use super::{AttemptEvent, AttemptSpec, ToolRequest};
+use super::{AttemptEvent, AttemptSpec, ToolNote, ToolRequest};
 use crate::record::ExitReason;
 use corral_proto::beat::monotonic_ns;
 use corral_proto::{AgentError, Up, Value};
@@ -35,16 +35,24 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// [`next_wake`].
 const WAKE_GRID: Duration = Duration::from_millis(100);
 
-/// The owner's tool broker and the calls waiting for its answers.
+/// A call relayed to the owner, waiting for its answer.
+type ToolWait = (
+    u64,
+    oneshot::Receiver<Result<Value, AgentError>>,
+    std::sync::Arc<ToolNote>,
+);
+
+/// The owner's tool broker (and the agent's workspace, which the broker's file tools reach)
+/// and the calls waiting for its answers.
 struct Tools {
-    tx: Option<mpsc::Sender<ToolRequest>>,
-    waits: Vec<(u64, oneshot::Receiver<Result<Value, AgentError>>)>,
+    tx: Option<(mpsc::Sender<ToolRequest>, std::path::PathBuf)>,
+    waits: Vec<ToolWait>,
 }
 
 /// What woke the watch.
 enum Wake {
     Up,
-    Tool(u64, Result<Value, AgentError>),
+    Tool(u64, Result<Value, AgentError>, std::sync::Arc<ToolNote>),
     Writable,
     Logs(Ready),
     Exited,
@@ -130,7 +138,7 @@ impl Watch {
         proto: Protocol,
         (wire, poller, logs): (Wire, Poller, Logs),
         beats: Beats,
-        tools: Option<mpsc::Sender<ToolRequest>>,
+        tools: Option<(mpsc::Sender<ToolRequest>, std::path::PathBuf)>,
     ) -> Watch {
         Watch {
             spec,
@@ -178,20 +186,29 @@ impl Watch {
                     Err(v) => Some(v),
                 }
             }
-            Step::Relay(call, seq) => {
+            Step::Relay(call) => {
                 let call_id = call.call_id;
-                let sent = self.tools.tx.as_ref().map(|tx| {
+                let (seq, contract_tools) = self.proto.call_context(call_id);
+                let sent = self.tools.tx.as_ref().map(|(tx, workspace)| {
                     let (reply, rx) = oneshot::channel();
+                    let note = std::sync::Arc::new(ToolNote::default());
                     let req = ToolRequest {
                         agent: self.spec.agent.name.clone(),
-                        seq,
                         call,
                         reply,
+                        run_id: self.spec.run_id.clone(),
+                        task: self.spec.agent.name.clone(),
+                        attempt: self.spec.attempt,
+                        seq,
+                        contract_tools,
+                        spec: self.spec.agent.clone(),
+                        workspace: Some(workspace.clone()),
+                        note: note.clone(),
                     };
-                    tx.try_send(req).map(|()| rx)
+                    tx.try_send(req).map(|()| (rx, note)).map_err(drop)
                 });
                 match sent {
-                    Some(Ok(rx)) => self.tools.waits.push((call_id, rx)),
+                    Some(Ok((rx, note))) => self.tools.waits.push((call_id, rx, note)),
                     _ => {
                         let answer = self
                             .proto
@@ -343,8 +360,10 @@ impl Watch {
                     }
                     self.sample(now, Duration::ZERO);
                 }
-                Wake::Tool(call_id, result) => {
-                    let answer = self.proto.answer(call_id, result, Instant::now());
+                Wake::Tool(call_id, result, note) => {
+                    let answer =
+                        self.proto
+                            .answer_noted(call_id, result, Instant::now(), note.get());
                     self.wire.send(&answer, &self.poller);
                 }
                 Wake::Writable => {
@@ -414,9 +433,9 @@ impl Watch {
         let waits = &mut self.tools.waits;
         for i in 0..waits.len() {
             if let Poll::Ready(r) = Pin::new(&mut waits[i].1).poll(cx) {
-                let (id, _) = waits.swap_remove(i);
+                let (id, _, note) = waits.swap_remove(i);
                 let r = r.unwrap_or_else(|_| Err(Protocol::broker_dropped()));
-                return Poll::Ready(Wake::Tool(id, r));
+                return Poll::Ready(Wake::Tool(id, r, note));
             }
         }
         if ready.has(Ready::DOWN) {

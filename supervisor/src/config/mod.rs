@@ -15,6 +15,7 @@ mod resolve;
 mod schema;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 pub(crate) mod units;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 // itself is internal).
 pub use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
 pub use schema::Netns;
+pub use tools::{Approve, Builtin, Effect, HttpSpec, ToolKind, ToolSpec};
 
 /// Smallest accepted `max_frame`: 1 KiB.
 pub(crate) const MIN_MAX_FRAME: u32 = 1 << 10;
@@ -145,6 +147,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentSpec>,
     /// The SHA-256 of the config's text, hex: which config a journalled run ran under.
     pub digest: String,
+    /// Every tool: the built-ins (`fs.read`, `fs.list`, `fs.write`) and each `[tools.NAME]`.
+    pub tools: BTreeMap<String, ToolSpec>,
 }
 
 /// `[supervisor]`: settings of corral itself.
@@ -302,6 +306,11 @@ pub struct AgentSpec {
     /// Most live instances of this agent type at once in a plan run (`max_instances`);
     /// `None` is no cap beyond the plan's own.
     pub max_instances: Option<u32>,
+    // --- tools ---
+    /// Tools granted (`tools`); a call needs the tool in the contract and here.
+    pub tools: Vec<String>,
+    /// Tools refused whatever else says (`deny_tools`).
+    pub deny_tools: Vec<String>,
 }
 
 impl AgentSpec {
@@ -374,6 +383,8 @@ impl AgentSpec {
             },
             quarantine_after: 2,
             max_instances: None,
+            tools: Vec::new(),
+            deny_tools: Vec::new(),
         }
     }
 }

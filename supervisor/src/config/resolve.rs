@@ -20,7 +20,7 @@ use crate::policy::RestartPolicy;
 use corral_proto::DEFAULT_MAX_FRAME;
 
 /// What every check needs: the text (for locations), the file name and the base directory.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
     base: PathBuf,
@@ -28,7 +28,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// An error at byte `offset`.
-    fn at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+    pub(super) fn at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             location: Some(Location::from_offset(self.text, offset)),
@@ -37,19 +37,19 @@ impl Ctx<'_> {
     }
 
     /// An error at the value spanned by `span`.
-    fn at_value(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn at_value(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         self.at(span.start, message)
     }
 
     /// An error at the key whose value is spanned by `span` (the value itself if the key cannot
     /// be found in front of it).
-    fn at_key(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn at_key(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let offset = key_start(self.text, span.start).unwrap_or(span.start);
         self.at(offset, message)
     }
 
     /// `text` as a path: absolute as is, relative joined to the config directory.
-    fn resolve_path(&self, text: &str) -> PathBuf {
+    pub(super) fn resolve_path(&self, text: &str) -> PathBuf {
         normalize(&self.base.join(text))
     }
 }
@@ -148,11 +148,13 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
         let spec = agent(&ctx, &name, command, &defaults, &settings)?;
         agents.insert(name, spec);
     }
+    let tools = super::tools::resolve(&ctx, file.tools.unwrap_or_default(), &defaults)?;
     Ok(Config {
         path: path.to_path_buf(),
         supervisor,
         agents,
         digest: String::new(),
+        tools,
     })
 }
 
@@ -226,7 +228,11 @@ fn check_path(ctx: &Ctx<'_>, p: &Spanned<String>, key: &str) -> Result<(), Confi
     Ok(())
 }
 
-fn check_positive(ctx: &Ctx<'_>, d: &Option<Spanned<Dur>>, key: &str) -> Result<(), ConfigError> {
+pub(super) fn check_positive(
+    ctx: &Ctx<'_>,
+    d: &Option<Spanned<Dur>>,
+    key: &str,
+) -> Result<(), ConfigError> {
     match d {
         Some(d) if d.get_ref().0.is_zero() => {
             Err(ctx.at_value(d.span(), format!("{key} must be greater than 0")))
@@ -251,7 +257,7 @@ fn check_nonzero_limit<T>(
 }
 
 /// The checks a layer passes on its own, whatever it is merged with.
-fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
+pub(super) fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
     if let Some(command) = &s.command {
         let Some(program) = command.get_ref().first() else {
             return Err(ctx.at_value(command.span(), "command is empty"));
@@ -401,7 +407,7 @@ fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
 
 /// Builds one agent: built-ins, then `[defaults]`, then its own table; then the checks that
 /// involve more than one key.
-fn agent(
+pub(super) fn agent(
     ctx: &Ctx<'_>,
     name: &str,
     command: &Spanned<Vec<Spanned<String>>>,
@@ -617,4 +623,5 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
     if let Some(m) = &s.max_instances {
         spec.max_instances = Some(*m.get_ref());
     }
+    super::tools::apply_grants(spec, s);
 }

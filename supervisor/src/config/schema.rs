@@ -19,6 +19,7 @@ pub(super) struct File {
     pub supervisor: Option<Supervisor>,
     pub defaults: Option<Settings>,
     pub agents: Option<BTreeMap<Spanned<String>, Settings>>,
+    pub tools: Option<BTreeMap<Spanned<String>, super::tools::ToolTable>>,
 }
 
 /// `[supervisor]`.
@@ -99,6 +100,9 @@ pub(super) struct Settings {
     pub breaker: Option<Breaker>,
     pub quarantine_after: Option<Spanned<u32>>,
     pub max_instances: Option<Spanned<u32>>,
+    // tools
+    pub tools: Option<Vec<Spanned<String>>>,
+    pub deny_tools: Option<Vec<Spanned<String>>>,
 }
 
 /// `backoff = { … }`, each key optional.

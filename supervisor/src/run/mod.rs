@@ -87,6 +87,15 @@ impl CallOutcome {
     pub fn last(&self) -> Option<&ExitRecord> {
         self.attempts.last()
     }
+
+    /// Tool calls of the call's attempts answered from the run's trace instead of being
+    /// executed (`tool_calls_deduplicated` of the run).
+    pub fn tool_calls_deduplicated(&self) -> u64 {
+        self.attempts
+            .iter()
+            .map(|a| a.tool_calls_deduplicated)
+            .sum()
+    }
 }
 
 /// Options of one call.
@@ -171,6 +180,9 @@ impl Supervisor {
             }
         }
         report_unenforced(&config, cgroups.as_ref());
+        for problem in config.tool_problems() {
+            tracing::warn!("{problem}");
+        }
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -241,6 +253,14 @@ impl Supervisor {
     /// Make no warm stems from now on (for one-shot use, where one would only be thrown away).
     pub fn disable_prewarm(&self) {
         self.stems.disable();
+    }
+
+    /// The pools attempts draw from (command tools run in sandboxes from the same).
+    pub(crate) fn pools(&self) -> child::Pools {
+        child::Pools {
+            workspaces: self.workspaces.clone(),
+            cgroups: self.cgroups.clone(),
+        }
     }
 
     /// The config in force.

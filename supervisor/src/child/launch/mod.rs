@@ -386,6 +386,19 @@ pub(super) async fn launch(
     attempt: u32,
     stem: bool,
 ) -> Result<Launched, LaunchError> {
+    launch_with(agent, pools, run_id, attempt, stem, None).await
+}
+
+/// [`launch`], with `stdin` as the process's fd 0 instead of `/dev/null` (a command tool reads
+/// its arguments there).
+pub(super) async fn launch_with(
+    agent: &AgentSpec,
+    pools: &Pools,
+    run_id: &str,
+    attempt: u32,
+    stem: bool,
+    stdin: Option<OwnedFd>,
+) -> Result<Launched, LaunchError> {
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
     // Its user: a uid of its own unless the config names one.
@@ -463,9 +476,12 @@ pub(super) async fn launch(
     })();
     let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w), control) =
         pipes.map_err(io_error(&agent.name, "create pipes"))?;
-    let devnull = std::fs::File::open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(io_error(&agent.name, "open /dev/null"))?;
+    let devnull = match stdin {
+        Some(fd) => fd,
+        None => std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(io_error(&agent.name, "open /dev/null"))?,
+    };
     let (sspec, status_rx, _netns_held) = spawn_spec(
         agent,
         env,

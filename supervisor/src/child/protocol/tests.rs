@@ -473,7 +473,7 @@ fn a_declared_tool_call_is_relayed_and_its_answer_traced() {
     let t0 = Instant::now();
     let ms = |n: u64| t0 + Duration::from_millis(n);
     let mut p = in_phase(Phase::Busy, t0);
-    let Step::Relay(c, _) = p.on_frame(call(4, "search"), ms(10)) else {
+    let Step::Relay(c) = p.on_frame(call(4, "search"), ms(10)) else {
         panic!("not relayed")
     };
     assert_eq!((c.call_id, c.tool.as_str()), (4, "search"));
@@ -501,6 +501,8 @@ fn a_declared_tool_call_is_relayed_and_its_answer_traced() {
             ok: true,
             error_kind: None,
             duration_ms: 240,
+            seq: 1,
+            ..Default::default()
         }]
     );
 }
@@ -531,7 +533,7 @@ fn tool_calls_refused_here_are_answered_and_traced() {
     // Undeclared.
     let mut p = in_phase(Phase::Busy, t0);
     let e = refused(&mut p, 1, "rm");
-    assert_eq!(e.kind, "undeclared_tool");
+    assert_eq!(e.kind, "permission_denied");
     assert_eq!(
         e.message,
         "tool `rm` is not declared in the agent's contract"
@@ -541,11 +543,11 @@ fn tool_calls_refused_here_are_answered_and_traced() {
     let mut p = in_phase(Phase::Busy, t0);
     p.no_tools();
     let e = refused(&mut p, 2, "search");
-    assert_eq!(e.kind, "denied");
+    assert_eq!(e.kind, "permission_denied");
     assert_eq!(e.message, "no tools are configured for agent `a`");
     let trace = p.finish().tool_calls;
     assert_eq!(trace.len(), 1);
-    assert_eq!(trace[0].error_kind.as_deref(), Some("denied"));
+    assert_eq!(trace[0].error_kind.as_deref(), Some("permission_denied"));
     assert!(!trace[0].ok);
 }
 

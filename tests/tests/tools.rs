@@ -1,0 +1,563 @@
+//! Tools and permissions end to end: real agents (`chaos`, `toolbox`) calling tools through
+//! the broker, command tools in their sandbox, http tools against a server on 127.0.0.1.
+
+use corral::tools::{Broker, ChannelApprover, LedgerEntry, LedgerKey, MemoryLedger, ToolLedger};
+use corral::{AttemptEvent, CallOptions, CallOutcome, Supervisor};
+use corral_e2e::{bin, fixture, input, load, open_tempdir};
+use serde_json::{json, Value as Json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A directory every agent uid may write (counters, fifos).
+fn shared_dir() -> tempfile::TempDir {
+    let d = open_tempdir();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    d
+}
+
+/// `[agents.toolbox]` declaring `contract` tools, granted `grant`.
+fn toolbox(contract: &str, grant: &str) -> String {
+    format!(
+        "[agents.toolbox]\ncommand = [\"{}\"]\nenv = {{ TOOLBOX_TOOLS = \"{contract}\" }}\ntools = {grant}\n",
+        bin("toolbox").display()
+    )
+}
+
+/// Run `agent` on `json` with a broker made by `make`.
+async fn run(
+    sup: &Supervisor,
+    broker: Broker,
+    agent: &str,
+    json: Json,
+) -> (CallOutcome, Arc<Broker>) {
+    let broker = Arc::new(broker);
+    let (tx, _task) = broker.serve();
+    let opts = CallOptions {
+        tools: Some(tx),
+        ..Default::default()
+    };
+    let out = sup
+        .call(agent, input(&json.to_string()), opts)
+        .await
+        .expect("known agent");
+    (out, broker)
+}
+
+fn results(o: &CallOutcome) -> Vec<Json> {
+    let out = o.output.as_ref().map(|v| v.to_json()).unwrap_or_default();
+    out["results"].as_array().cloned().unwrap_or_default()
+}
+
+fn kinds(o: &CallOutcome) -> Vec<String> {
+    results(o)
+        .iter()
+        .map(|r| match r["ok"].as_bool() {
+            Some(true) => "ok".to_string(),
+            _ => r["error"]["kind"].as_str().unwrap_or("?").to_string(),
+        })
+        .collect()
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+fn calls(list: &[(&str, Json)]) -> Json {
+    let calls: Vec<Json> = list
+        .iter()
+        .map(|(t, a)| json!({"tool": t, "args": a}))
+        .collect();
+    json!({"do": "tools", "calls": calls})
+}
+
+#[tokio::test]
+async fn a_call_outside_the_grant_is_denied_and_deny_wins() {
+    let fx = fixture(&toolbox(
+        "fs.read,fs.list",
+        "[\"fs.read\", \"fs.list\", \"fs.write\"]\ndeny_tools = [\"fs.list\"]",
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let b = Broker::for_supervisor(&sup);
+    let args = json!({"path": "."});
+    let c = calls(&[
+        ("fs.write", json!({"path": "x", "content": "y"})),
+        ("fs.list", args.clone()),
+        ("fs.read", json!({"path": "missing"})),
+        ("shell", args),
+    ]);
+    let (o, _) = run(&sup, b, "toolbox", c).await;
+    assert_eq!(
+        kinds(&o),
+        [
+            "permission_denied",
+            "permission_denied",
+            "tool_failed",
+            "permission_denied"
+        ],
+        "{:?}",
+        results(&o)
+    );
+    let r = results(&o);
+    assert!(r[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("deny_tools"));
+    // Recorded, each with its kind.
+    let trace = &o.attempts[0].tool_calls;
+    assert_eq!(trace.len(), 4);
+    assert_eq!(trace[1].error_kind.as_deref(), Some("permission_denied"));
+}
+
+#[tokio::test]
+async fn file_tools_stay_beneath_the_workspace() {
+    let fx = fixture(
+        "[agents.files]\ncommand = [\"CHAOS\"]\ntools = [\"fs.read\", \"fs.write\", \"fs.list\"]\n"
+            .replace("CHAOS", &bin("chaos").display().to_string())
+            .as_str(),
+    );
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = calls(&[
+        ("fs.write", json!({"path": "note.txt", "content": "hello"})),
+        ("fs.read", json!({"path": "note.txt"})),
+        ("fs.read", json!({"path": "../../../../../etc/passwd"})),
+        ("fs.read", json!({"path": "/etc/passwd"})),
+        ("fs.read", json!({"path": "/proc/self/root/etc/passwd"})),
+        ("fs.write", json!({"path": "../escape.txt", "content": "x"})),
+        ("fs.list", json!({"path": "."})),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "files", c).await;
+    let k = kinds(&o);
+    assert_eq!(
+        k,
+        [
+            "ok",
+            "ok",
+            "permission_denied",
+            "permission_denied",
+            "permission_denied",
+            "permission_denied",
+            "ok"
+        ],
+        "{:?}",
+        results(&o)
+    );
+    let r = results(&o);
+    assert_eq!(r[1]["value"]["content"], "hello");
+    let names: Vec<&str> = r[6]["value"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(names.contains(&"note.txt"), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_hanging_command_is_killed_at_its_timeout_with_its_tree() {
+    let fx = fixture(&format!(
+        "[agents.chaos2]\ncommand = [\"{}\"]\ntools = [\"hang\"]\n\
+         [tools.hang]\nkind = \"command\"\ncommand = [\"/usr/bin/sh\", \"-c\", \"sleep 987651 & sleep 987652\"]\ntimeout = \"500ms\"\n",
+        bin("chaos").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let (o, _) = run(
+        &sup,
+        Broker::for_supervisor(&sup),
+        "chaos2",
+        calls(&[("hang", json!({}))]),
+    )
+    .await;
+    assert_eq!(kinds(&o), ["timeout"], "{:?}", results(&o));
+    let msg = results(&o)[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("killed with its process tree"), "{msg}");
+    // Nothing of its tree is left.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("98765"))
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
+}
+
+/// A tiny HTTP server on 127.0.0.1: `/good` answers JSON (and the authorization it got),
+/// `/fail` 500, `/big` announces 10 MB, `/stream` sends 2 MB without a length, `/slow` never
+/// answers.
+fn http_server() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || serve_one(s));
+        }
+    });
+    addr
+}
+
+fn serve_one(mut s: std::net::TcpStream) {
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut first = String::new();
+    if r.read_line(&mut first).is_err() {
+        return;
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+    let (mut len, mut auth) = (0usize, String::new());
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("authorization:") {
+            auth = h["authorization:".len()..].trim().to_string();
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = r.read_exact(&mut body);
+    let reply = |s: &mut std::net::TcpStream, status: &str, body: &str| {
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    match path.as_str() {
+        "/good" => {
+            let got: Json = serde_json::from_slice(&body).unwrap_or_default();
+            let answer = json!({"echo": got, "auth_seen": !auth.is_empty() && auth == "Bearer s3cr3t-t0ken"});
+            reply(&mut s, "200 OK", &answer.to_string());
+        }
+        "/fail" => reply(&mut s, "500 Internal Server Error", "{\"error\":\"boom\"}"),
+        "/big" => {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n");
+            let _ = s.write_all(&[b' '; 4096]);
+        }
+        "/stream" => {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n[");
+            let chunk = vec![b'1'; 64 * 1024];
+            for _ in 0..32 {
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {
+            // `/slow`: never answers; the connection ends when the client gives up.
+            let mut sink = [0u8; 1];
+            let _ = s.read(&mut sink);
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_tools_good_failing_oversized_and_slow() {
+    let addr = http_server();
+    std::env::set_var("CORRAL_TEST_TOKEN", "Bearer s3cr3t-t0ken");
+    let mut toml = format!(
+        "[agents.web]\ncommand = [\"{}\"]\ntools = [\"good\", \"fail\", \"big\", \"stream\", \"slow\"]\n",
+        bin("chaos").display()
+    );
+    for t in ["good", "fail", "big", "stream", "slow"] {
+        toml.push_str(&format!(
+            "[tools.{t}]\nkind = \"http\"\nurl = \"http://{addr}/{t}\"\ntimeout = \"1s\"\nmax_response = \"64KiB\"\nheader_env = {{ Authorization = \"CORRAL_TEST_TOKEN\" }}\n"
+        ));
+    }
+    let fx = fixture(&toml);
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = calls(&[
+        ("good", json!({"q": "hi"})),
+        ("fail", json!({})),
+        ("big", json!({})),
+        ("stream", json!({})),
+        ("slow", json!({})),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "web", c).await;
+    assert_eq!(
+        kinds(&o),
+        ["ok", "tool_failed", "too_large", "too_large", "timeout"],
+        "{:?}",
+        results(&o)
+    );
+    let r = results(&o);
+    assert_eq!(r[0]["value"]["echo"]["q"], "hi");
+    assert_eq!(r[0]["value"]["auth_seen"], true);
+    assert!(r[1]["error"]["message"].as_str().unwrap().contains("500"));
+    // The secret is in no record.
+    let rec = serde_json::to_string(&o.attempts).unwrap();
+    assert!(!rec.contains("s3cr3t"), "secret leaked into the record");
+}
+
+/// A command tool that appends a line to `counter` (so executions can be counted) and
+/// answers `{"n": lines}`.
+fn counting_tool(name: &str, counter: &Path, extra: &str) -> String {
+    format!(
+        "[tools.{name}]\nkind = \"command\"\ncommand = [\"/usr/bin/sh\", \"-c\", \"umask 0; echo x >> {c}; printf '{{\\\"n\\\": %d}}' $(wc -l < {c})\"]\nwritable_paths = [\"{d}\"]\n{extra}\n",
+        c = counter.display(),
+        d = counter.parent().unwrap().display(),
+    )
+}
+
+#[tokio::test]
+async fn an_identical_read_is_served_from_the_trace() {
+    let dir = shared_dir();
+    let counter = dir.path().join("count");
+    let fx = fixture(&format!(
+        "[agents.reader]\ncommand = [\"{}\"]\ntools = [\"count\"]\n{}",
+        bin("chaos").display(),
+        counting_tool("count", &counter, "effect = \"read_only\"")
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = calls(&[
+        ("count", json!({"a": 1})),
+        ("count", json!({"a": 1})),
+        ("count", json!({"a": 2})),
+    ]);
+    let (o, broker) = run(&sup, Broker::for_supervisor(&sup), "reader", c).await;
+    assert_eq!(kinds(&o), ["ok", "ok", "ok"], "{:?}", results(&o));
+    assert_eq!(lines(&counter), 2, "the repeat was not executed");
+    assert_eq!(broker.executions(), 2);
+    assert_eq!(results(&o)[1]["value"], results(&o)[0]["value"]);
+    assert_eq!(o.attempts[0].tool_calls_deduplicated, 1);
+    assert_eq!(o.tool_calls_deduplicated(), 1);
+    assert!(o.attempts[0].tool_calls[1].deduplicated);
+}
+
+#[tokio::test]
+async fn a_destructive_call_is_not_executed_twice_across_a_retry() {
+    let dir = shared_dir();
+    let counter = dir.path().join("count");
+    let fx = fixture(&format!(
+        "{}{}",
+        toolbox("bump", "[\"bump\"]"),
+        counting_tool("bump", &counter, "")
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = json!({"calls": [{"tool": "bump", "args": {}}], "fail_attempts": 1});
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "toolbox", c).await;
+    assert_eq!(o.attempts.len(), 2, "one retry");
+    assert_eq!(kinds(&o), ["ok"], "{:?}", results(&o));
+    assert_eq!(results(&o)[0]["value"]["n"], 1);
+    assert_eq!(lines(&counter), 1, "executed once");
+    assert_eq!(o.attempts[1].tool_calls_deduplicated, 1);
+}
+
+#[tokio::test]
+async fn a_call_begun_by_a_crashed_attempt_gives_unknown_outcome() {
+    let dir = shared_dir();
+    let fifo = dir.path().join("started");
+    nix_mkfifo(&fifo);
+    let fx = fixture(&format!(
+        "{}[tools.launch]\nkind = \"command\"\ncommand = [\"/usr/bin/sh\", \"-c\", \"echo go > {f}; exec sleep 987653\"]\nwritable_paths = [\"{d}\"]\ntimeout = \"20s\"\n",
+        toolbox("launch", "[\"launch\"]"),
+        f = fifo.display(),
+        d = dir.path().display(),
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let broker = Arc::new(Broker::for_supervisor(&sup));
+    let (tx, _task) = broker.serve();
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = CallOptions {
+        tools: Some(tx),
+        events: Some(ev_tx),
+        ..Default::default()
+    };
+    let c = json!({"calls": [{"tool": "launch", "args": {"target": "prod"}}]});
+    let call = sup.call("toolbox", input(&c.to_string()), opts);
+    let killer = async {
+        let Some(AttemptEvent::Spawned { pid, .. }) = ev_rx.recv().await else {
+            panic!("no spawn")
+        };
+        // The tool has started when it writes to the fifo.
+        let f = fifo.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(f).unwrap())
+            .await
+            .unwrap();
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    let (o, ()) = tokio::join!(call, killer);
+    let o = o.unwrap();
+    assert!(o.attempts.len() >= 2, "retried after the crash");
+    assert_eq!(kinds(&o), ["unknown_outcome"], "{:?}", results(&o));
+    drop(sup);
+}
+
+fn nix_mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+#[tokio::test]
+async fn a_ledger_entry_left_unfinished_is_never_run_again() {
+    // A persistent ledger outlives a supervisor that crashed mid-call: the resumed run finds
+    // the call begun and not finished.
+    let dir = shared_dir();
+    let counter = dir.path().join("count");
+    let fx = fixture(&format!(
+        "{}{}",
+        toolbox("bump", "[\"bump\"]"),
+        counting_tool("bump", &counter, "")
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let ledger = Arc::new(MemoryLedger::new());
+    let key = LedgerKey {
+        run_id: "resumed".into(),
+        task: "toolbox".into(),
+        seq: 1,
+    };
+    // The args hash the broker computes for `{}`.
+    let hash = {
+        let b = corral_proto::frame::encode(&input("{}")).unwrap();
+        let h = b[4..].iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+        });
+        format!("{h:016x}")
+    };
+    ledger.begin(&key, "bump", &hash).unwrap();
+    let broker = Arc::new(Broker::for_supervisor(&sup).with_ledger(ledger.clone()));
+    let (tx, _task) = broker.serve();
+    let opts = CallOptions {
+        tools: Some(tx),
+        run_id: Some("resumed".into()),
+        ..Default::default()
+    };
+    let c = json!({"calls": [{"tool": "bump", "args": {}}]});
+    let o = sup
+        .call("toolbox", input(&c.to_string()), opts)
+        .await
+        .unwrap();
+    assert_eq!(kinds(&o), ["unknown_outcome"], "{:?}", results(&o));
+    assert_eq!(lines(&counter), 0, "not run");
+    assert!(matches!(
+        ledger.lookup(&key).unwrap(),
+        Some(LedgerEntry::Started { .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_and_refuses_at_once() {
+    let dir = shared_dir();
+    let counter = dir.path().join("count");
+    let fx = fixture(&format!(
+        "[agents.caller]\ncommand = [\"{}\"]\ntools = [\"flaky\"]\n\
+         [tools.flaky]\nkind = \"command\"\ncommand = [\"/usr/bin/sh\", \"-c\", \"umask 0; echo x >> {c}; echo broken >&2; exit 1\"]\nwritable_paths = [\"{d}\"]\nbreaker = {{ failures = 2, open_for = \"60s\" }}\n",
+        bin("chaos").display(),
+        c = counter.display(),
+        d = dir.path().display(),
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = calls(&[
+        ("flaky", json!({"n": 1})),
+        ("flaky", json!({"n": 2})),
+        ("flaky", json!({"n": 3})),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "caller", c).await;
+    assert_eq!(
+        kinds(&o),
+        ["tool_failed", "tool_failed", "circuit_open"],
+        "{:?}",
+        results(&o)
+    );
+    let msg = results(&o)[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("exited with code 1") && msg.contains("broken"),
+        "{msg}"
+    );
+    assert_eq!(lines(&counter), 2, "the open breaker ran nothing");
+}
+
+#[tokio::test]
+async fn approval_yes_no_and_timeout() {
+    let fx = fixture(&format!(
+        "[agents.asker]\ncommand = [\"{}\"]\ntools = [\"fs.write\"]\n\
+         [tools.\"fs.write\"]\napprove = \"ask\"\napprove_timeout = \"300ms\"\n",
+        bin("chaos").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let (approver, mut questions) = ChannelApprover::new();
+    let broker = Broker::for_supervisor(&sup).with_approver(Arc::new(approver));
+    let answers = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut n = 0;
+        while let Some((q, tx)) = questions.recv().await {
+            assert_eq!(q.tool, "fs.write");
+            n += 1;
+            match n {
+                1 => {
+                    let _ = tx.send(true);
+                }
+                2 => {
+                    let _ = tx.send(false);
+                }
+                _ => held.push(tx), // never answered
+            }
+        }
+        n
+    });
+    let c = calls(&[
+        ("fs.write", json!({"path": "a", "content": "1"})),
+        ("fs.write", json!({"path": "b", "content": "2"})),
+        ("fs.write", json!({"path": "c", "content": "3"})),
+    ]);
+    let (o, broker) = run(&sup, broker, "asker", c).await;
+    assert_eq!(
+        kinds(&o),
+        ["ok", "approval_denied", "approval_denied"],
+        "{:?}",
+        results(&o)
+    );
+    let r = results(&o);
+    assert!(r[2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("approve_timeout"));
+    assert_eq!(broker.executions(), 1);
+    drop(broker);
+    drop(sup);
+    assert_eq!(answers.await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_flood_of_tool_calls_keeps_the_supervisor_bounded() {
+    let fx = fixture(&format!(
+        "[agents.flooder]\ncommand = [\"{}\"]\ntools = [\"fs.read\"]\nwall_time = \"60s\"\n",
+        bin("chaos").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let list: Vec<(&str, Json)> = (0..3000)
+        .map(|i| ("fs.read", json!({"path": format!("f{i}")})))
+        .collect();
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "flooder", calls(&list)).await;
+    assert_eq!(results(&o).len(), 3000);
+    let rec = &o.attempts[0];
+    assert!(rec.tool_calls.len() <= 128, "{}", rec.tool_calls.len());
+    assert_eq!(rec.tool_calls.len() as u64 + rec.tool_calls_dropped, 3000);
+}
+
+#[test]
+fn validate_names_grants_of_unknown_tools() {
+    let fx =
+        fixture("[agents.x]\ncommand = [\"/usr/bin/true\"]\ntools = [\"fs.read\", \"nope\"]\n");
+    let out = corral_e2e::corral(&["validate", "--config", fx.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("tools names `nope`, which is not a tool"),
+        "{text}"
+    );
+}
