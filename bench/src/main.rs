@@ -4,8 +4,8 @@
 //! cargo run --release -p corral-bench -- [--quick] [ROW-FILTER...]
 //! ```
 //!
-//! A filter is a row number (`1` … `7`) or part of a row's name (`spawn`, `isolated`,
-//! `ballast`, `frames`, `hang`, `restart`, `idle`); without filters every row runs. `--quick`
+//! A filter is a row number (`1` … `8`) or part of a row's name (`spawn`, `isolated`,
+//! `ballast`, `frames`, `hang`, `restart`, `idle`, `journal`); without filters every row runs. `--quick`
 //! runs fewer iterations (and fewer agents in rows 5 and 7). The program first builds the
 //! agents it needs (`cargo build -p corral-examples -p corral`, same profile as itself) and
 //! finds them next to its own executable.
@@ -14,6 +14,7 @@
 //! the baseline's p50/p99, their ratio and whether the target is met. See `docs/bench.md`.
 
 mod harness;
+mod journal_rows;
 mod load_rows;
 mod peers;
 mod raw;
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The row groups, by number and name.
-const GROUPS: [(&str, &str); 7] = [
+const GROUPS: [(&str, &str); 8] = [
     ("1", "spawn-plain"),
     ("2", "spawn-isolated"),
     ("3", "ballast"),
@@ -33,12 +34,13 @@ const GROUPS: [(&str, &str); 7] = [
     ("5", "hang"),
     ("6", "restart"),
     ("7", "idle"),
+    ("8", "journal"),
 ];
 
 const USAGE: &str = "usage: corral-bench [--quick] [--no-build] [--setup-peers] [ROW-FILTER...]\n\
   --setup-peers: first install the peer tools (bench/setup-peers: bubblewrap, supervisor)\n\
-  ROW-FILTER: a row number 1-7 or part of a name: spawn-plain spawn-isolated ballast frames \
-  hang restart idle";
+  ROW-FILTER: a row number 1-8 or part of a name: spawn-plain spawn-isolated ballast frames \
+  hang restart idle journal";
 
 struct Args {
     quick: bool,
@@ -174,7 +176,7 @@ fn main() -> Result<()> {
     // Row 7 runs first, so that its baseline is the process before it ever started an agent
     // (and before row 3's ballast or row 5's 300 agents left anything in the allocator).
     let mut sections: Vec<(usize, stats::Section)> = Vec::new();
-    let order = [7, 1, 2, 3, 4, 5, 6];
+    let order = [7, 1, 2, 3, 4, 5, 6, 8];
     let mut row1 = None;
     for g in order {
         if !selected(&args, g) {
@@ -189,6 +191,7 @@ fn main() -> Result<()> {
             4 => load_rows::row4(&env, &mut sec),
             5 => load_rows::row5(&env, &mut sec),
             6 => load_rows::row6(&env, &mut sec),
+            8 => journal_rows::row8(&env, &mut sec),
             _ => load_rows::row7(&env, &mut sec),
         };
         guard(&mut sec, &g.to_string(), r);

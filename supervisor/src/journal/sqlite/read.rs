@@ -40,6 +40,9 @@ impl SqliteReader {
     }
 }
 
+/// A call row: number, agent, input/memory/output/memory after, error.
+type RawCall = (u32, String, [Option<String>; 4], Option<String>);
+
 /// A payload column read back: inline text or the blob's, as JSON.
 fn json(what: &'static str, text: Option<String>) -> Result<serde_json::Value, JournalError> {
     match text {
@@ -120,7 +123,7 @@ impl Reader for SqliteReader {
         let Some(mut view) = head else {
             return Ok(None);
         };
-        let raw_calls: Vec<(u32, String, [Option<String>; 4], Option<String>)> = {
+        let raw_calls: Vec<RawCall> = {
             let mut stmt = tx
                 .prepare(&format!(
                     "SELECT call, agent, {}, {}, {}, {}, error FROM calls

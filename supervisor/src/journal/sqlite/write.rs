@@ -388,7 +388,7 @@ pub(super) fn mark_unfinished(
                 }),
                 _ => None,
             };
-            if owner.map_or(true, |o| o != me && o.is_gone()) {
+            if owner.is_none_or(|o| o != me && o.is_gone()) {
                 orphans.push(run_id);
             }
         }
