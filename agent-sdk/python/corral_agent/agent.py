@@ -98,7 +98,11 @@ class _Link:
         self.lock = threading.Lock()
         self.progress = 0
         self.busy = False
-        self.cancelled = False
+        self.stopping = False
+        """`Shutdown` or SIGTERM arrived."""
+        self.cancel_id: Optional[int] = None
+        """The task the last `Cancel` named (task ids are unique on a connection, so a `Cancel`
+        that crossed its task's start on the way is not lost)."""
         self.ignore_shutdown = False
         self.beats_stopped = threading.Event()
 
@@ -159,6 +163,8 @@ class Ctx:
         in the contract and allowed by the config. Raises `ToolError` with the structured kind
         when the call is refused or fails; a name over 256 bytes or a call over 1 MiB encoded
         (or over `max_frame`) is refused here (`too_large`) instead of being sent."""
+        if self.cancelled:
+            raise ToolError("cancelled", "task cancelled", False)
         size = len(name.encode("utf-8", "surrogatepass"))
         if size > wire.MAX_TOOL_NAME:
             raise ToolError(
@@ -193,7 +199,6 @@ class Ctx:
                     raise ToolError(r.kind, r.message, r.retryable)
                 return ev.result
             if isinstance(ev, wire.Cancel) and ev.task_id == self._task_id:
-                self._link.cancelled = True
                 raise ToolError("cancelled", "task cancelled", False)
             self._deferred.append(ev)
 
@@ -218,7 +223,7 @@ class Ctx:
     @property
     def cancelled(self) -> bool:
         """Whether the supervisor asked to cancel this task or shut down."""
-        return self._link.cancelled
+        return self._link.stopping or self._link.cancel_id == self._task_id
 
     @property
     def agent_id(self) -> str:
@@ -348,7 +353,6 @@ def _loop(ctx: Ctx, link: _Link, handler: Handler) -> int:
         ctx._task_id = ev.task_id
         ctx._memory_in = ev.memory
         ctx._memory_out = []
-        link.cancelled = False
         link.busy = True
         msg: wire.Up
         try:
@@ -435,7 +439,7 @@ def _start_heartbeats(link: _Link, every_ms: int) -> None:
 def _shutdown_now(link: _Link, events: queue.Queue[_Event], grace_ms: int) -> None:
     """Idle: exit. Busy: flag cancellation, let the main loop end after the handler, and exit
     `grace_ms` from now at the latest."""
-    link.cancelled = True
+    link.stopping = True
     if not link.busy:
         _exit_now(0)
     events.put(wire.Shutdown(grace_ms))
@@ -476,7 +480,7 @@ def _start_reader(down: BinaryIO, link: _Link, events: queue.Queue[_Event]) -> N
                     _shutdown_now(link, events, msg.grace_ms // 2)
                 continue
             if isinstance(msg, wire.Cancel):
-                link.cancelled = True
+                link.stopping = True
             events.put(msg)
 
     threading.Thread(target=read, name="corral-reader", daemon=True).start()
