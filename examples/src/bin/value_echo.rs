@@ -22,7 +22,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             }
-            Ok(None) => return if out.flush().is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) },
+            Ok(None) => {
+                return if out.flush().is_ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
             Err(e) => {
                 eprintln!("value_echo: {e}");
                 return ExitCode::from(1);
