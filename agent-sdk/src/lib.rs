@@ -441,12 +441,40 @@ where
                         })
                     }
                 };
-                shared.send(&msg)?;
+                shared.send_encoded(&answer(msg, ctx.hello.max_frame)?)?;
             }
             Event::Shutdown => return Ok(ExitCode::SUCCESS),
             Event::Cancel(_) | Event::ToolResult(_) => {} // nothing running: nothing to cancel
         }
     }
+}
+
+/// A task's answer as a frame. An output that cannot be sent (nested past the protocol's limit,
+/// or over `max_frame` with its memory) becomes a `Failed` saying why (`invalid_output`,
+/// `too_large`) instead of a frame the supervisor would refuse.
+fn answer(msg: Up, max_frame: u32) -> Result<Vec<u8>, SdkError> {
+    let Up::Done(done) = &msg else {
+        return Ok(frame::encode(&msg)?);
+    };
+    let task_id = done.task_id;
+    let error = match frame::encode(&msg) {
+        Ok(bytes) if bytes.len() - 4 <= max_frame as usize => return Ok(bytes),
+        Ok(bytes) => AgentError::new(
+            "too_large",
+            format!(
+                "the output (with its memory) cannot be sent: a frame of {} bytes is over the \
+                 maximum of {max_frame}",
+                bytes.len() - 4
+            ),
+            false,
+        ),
+        Err(e) => AgentError::new(
+            "invalid_output",
+            format!("the output cannot be sent: {e}"),
+            false,
+        ),
+    };
+    Ok(frame::encode(&Up::Failed(Failed { task_id, error }))?)
 }
 
 /// The beat pipe, when corral gave one (see `corral_proto::beat`): beats there cost the

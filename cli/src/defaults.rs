@@ -61,7 +61,36 @@ command = ["{merger}"]
         lister = esc(dir.join("lister")),
         reader = esc(dir.join("reader")),
         merger = esc(dir.join("merger")),
-    )
+    ) + &python_agent().map(|(py, src)| {
+        let sdk = src.join("agent-sdk/python");
+        format!(
+            "\n[agents.pyecho]\ncommand = [\"{py}\", \"{script}\"]\nenv = {{ PYTHONPATH = \"{sdk}\" }}\n\
+             readonly_paths = [\"{sdk}\"]\n",
+            py = esc(py),
+            script = esc(src.join("examples/python/pyecho.py")),
+            sdk = esc(sdk),
+        )
+    }).unwrap_or_default()
+}
+
+/// The Python example agent (`examples/python/pyecho.py`, on the Python SDK of the source tree
+/// this binary was built from) and a `python3` every agent's uid can run (on `PATH`, within
+/// the system paths of the agents' root); `None` when either is missing.
+pub fn python_agent() -> Option<(PathBuf, PathBuf)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !src.join("examples/python/pyecho.py").is_file() {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    let py = std::env::split_paths(&path)
+        .filter(|d| {
+            corral::sandbox::rootfs::SYSTEM_PATHS
+                .iter()
+                .any(|s| d.starts_with(s))
+        })
+        .map(|d| d.join("python3"))
+        .find(|p| p.is_file())?;
+    Some((py, src.canonicalize().unwrap_or(src)))
 }
 
 /// Where `corral demo` writes the source tree its review plan reads.

@@ -231,7 +231,13 @@ pub async fn chaos() -> ExitCode {
         "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  detail",
         "agent", "input", "result", "reasons", "tries", "ms"
     );
-    for (agent, input) in cases {
+    let python = crate::defaults::python_agent().is_some();
+    let py_case: &[(&str, &str)] = if python {
+        &[("pyecho", r#"{"lang":"python"}"#)]
+    } else {
+        &[]
+    };
+    for (agent, input) in cases.iter().chain(py_case) {
         let json: serde_json::Value = serde_json::from_str(input).unwrap_or_default();
         let started = std::time::Instant::now();
         match sup
@@ -262,6 +268,9 @@ pub async fn chaos() -> ExitCode {
             }
             Err(e) => println!("{agent:<6} {input:<34} error: {e}"),
         }
+    }
+    if !python {
+        println!("pyecho (a Python agent) skipped: no python3 in the system paths on PATH");
     }
     println!("\nEvery attempt above has a full exit record: try\n  corral call chaos --input '{{\"do\":\"crash\"}}' --json");
     ExitCode::SUCCESS

@@ -38,6 +38,9 @@ pub fn validate(path: Option<&Path>, plan: Option<&Path>) -> ExitCode {
             }
             for (name, spec) in &cfg.agents {
                 let found = exposure::assess(spec);
+                if let Some(why) = corral::config::reach::unreachable_program(spec) {
+                    println!("agent `{name}`: warning: command: {why}");
+                }
                 if found.is_empty() {
                     println!("agent `{name}`: fully contained (the default; docs/isolation.md)");
                 }

@@ -15,6 +15,9 @@
 //! | `{"do":"ignore_term"}` | ignores SIGTERM and Shutdown, then hangs |
 //! | `{"do":"garbage"}` | writes a frame that does not decode on fd 4 |
 //! | `{"do":"huge_frame"}` | announces a 4 GiB frame |
+//! | `{"do":"huge_output","mb":N}` | returns N MiB of text (past `max_frame`: refused) |
+//! | `{"do":"deep_output"}` | returns lists nested 200 deep (past the nesting limit: refused) |
+//! | `{"do":"wait_cancel"}` | progresses until cancelled, then fails `cancelled` |
 //! | `{"do":"flood"}` | writes stdout without end (`"mb":N` stops after N MiB, then ok) |
 //! | `{"do":"escape"}` | double-fork + setsid; the grandchild sleeps an hour; `{"escaped_pid":P}` |
 //! | `{"do":"net","addr":"HOST:PORT"}` | `{"connected":B,"error":S}` |
@@ -133,6 +136,24 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
         "huge_frame" => {
             let _ = ctx.misbehave().write_raw(&u32::MAX.to_le_bytes());
             forever()
+        }
+        "huge_output" => {
+            let mb = arg_i64(&input, "mb")?.max(0) as usize;
+            Ok(Value::map([("text", Value::String("x".repeat(mb << 20)))]))
+        }
+        "deep_output" => {
+            let mut deep = Value::Null;
+            for _ in 0..200 {
+                deep = Value::List(vec![deep]);
+            }
+            Ok(deep)
+        }
+        "wait_cancel" => {
+            while !ctx.cancelled() {
+                std::thread::sleep(Duration::from_millis(10));
+                ctx.progress();
+            }
+            Err(AgentError::new("cancelled", "task cancelled", false))
         }
         "flood" => {
             let limit = input

@@ -11,6 +11,7 @@
 //! the semantic checks. The key reference for users is `docs/config.md`.
 
 pub mod exposure;
+pub mod reach;
 mod resolve;
 mod schema;
 #[cfg(test)]

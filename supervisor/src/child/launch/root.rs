@@ -27,7 +27,10 @@ pub(super) fn agent_paths(
     cwd: &std::path::Path,
     workspace: &Workspace,
 ) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
-    let mut read = vec![resolved.to_path_buf()];
+    // The program where it really is: a link to it (a virtual environment's `bin/python`)
+    // cannot be bound, and is seen where a `readonly_paths` directory holds it.
+    let real = std::fs::canonicalize(resolved).unwrap_or_else(|_| resolved.to_path_buf());
+    let mut read = vec![real];
     read.extend(arg_paths.iter().cloned());
     if !cwd.starts_with(workspace.path()) {
         read.push(cwd.to_path_buf());
