@@ -49,7 +49,7 @@ fn main() -> std::process::ExitCode {
                 out.unsafe_blocks += 1;
             }
             out.longest_line = out.longest_line.max(line.chars().count());
-            if out.lines % 256 == 0 {
+            if out.lines.is_multiple_of(256) {
                 ctx.progress();
             }
         }

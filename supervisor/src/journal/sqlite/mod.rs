@@ -163,7 +163,7 @@ pub(crate) fn sql_error(path: &Path, e: rusqlite::Error) -> JournalError {
 fn fs_full(path: &Path) -> bool {
     let dir = path.parent().unwrap_or(Path::new("."));
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64) < 64 * 1024)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) < 64 * 1024)
         .unwrap_or(false)
 }
 
