@@ -90,6 +90,8 @@ pub struct AttemptSpec {
     pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
     /// Where to report what the agent saw and did, as it happens (for the journal).
     pub notes: Option<Notes>,
+    /// The task's name within its run (see [`ToolRequest::task`]); `None`: the agent's name.
+    pub task: Option<Arc<str>>,
 }
 
 /// What an agent saw and did during an attempt, reported as it happens: what a journal keeps

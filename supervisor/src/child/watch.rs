@@ -197,7 +197,10 @@ impl Watch {
                         call,
                         reply,
                         run_id: self.spec.run_id.clone(),
-                        task: self.spec.agent.name.clone(),
+                        task: match &self.spec.task {
+                            Some(t) => t.to_string(),
+                            None => self.spec.agent.name.clone(),
+                        },
                         attempt: self.spec.attempt,
                         seq,
                         contract_tools,

@@ -236,6 +236,7 @@ impl<'s> Call<'s> {
             stems: Some(sup.stems.clone()),
             events: self.opts.events.clone(),
             notes: self.notes(attempt_no),
+            task: self.opts.task.as_deref().map(Arc::from),
         };
         let task = TaskInput {
             task_id: attempt_no as u64,

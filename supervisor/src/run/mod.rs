@@ -8,6 +8,9 @@
 
 mod call;
 pub(crate) mod journal;
+mod ledger;
+
+pub use ledger::JournalLedger;
 
 pub use journal::JournalCall;
 
@@ -121,6 +124,9 @@ pub struct CallOptions {
     pub attempts_before: u32,
     /// Journal the call as a task of this larger run instead of as a run of its own.
     pub journal_call: Option<journal::JournalCall>,
+    /// The task's name within its run, the middle of its tool calls' idempotency keys (a
+    /// plan's node instance); default the agent's name.
+    pub task: Option<String>,
 }
 
 /// Owner of agent processes for one config.
@@ -136,6 +142,8 @@ pub struct Supervisor {
     clock: Arc<dyn Clock>,
     /// Where calls are journalled (`[supervisor] journal`, on by default).
     journal: Option<crate::journal::Journal>,
+    /// The tool ledger in the journal (destructive calls at most once across processes).
+    ledger: Option<Arc<JournalLedger>>,
 }
 
 /// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
@@ -202,6 +210,12 @@ impl Supervisor {
             n => tracing::info!("removed {n} workspace(s) left by dead supervisors"),
         }
         let journal = open_journal(&config)?;
+        let ledger = match &journal {
+            Some(_) => Some(Arc::new(JournalLedger::open(
+                &config.supervisor.state_dir.join("corral.db"),
+            )?)),
+            None => None,
+        };
         Ok(Supervisor {
             config: Arc::new(config),
             specs,
@@ -212,7 +226,16 @@ impl Supervisor {
             rng: Mutex::new(SplitMix64::new(seed)),
             clock: Arc::new(SystemClock),
             journal,
+            ledger,
         })
+    }
+
+    /// The tool ledger in the journal, when it is on (the broker records destructive calls
+    /// there: see [`JournalLedger`]).
+    pub fn tool_ledger(&self) -> Option<Arc<dyn crate::tools::ToolLedger>> {
+        self.ledger
+            .clone()
+            .map(|l| l as Arc<dyn crate::tools::ToolLedger>)
     }
 
     /// The journal calls are written to, when it is on.

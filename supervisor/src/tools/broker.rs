@@ -92,6 +92,9 @@ impl Broker {
     pub fn for_supervisor(sup: &Supervisor) -> Broker {
         let mut b = Broker::new(sup.config());
         b.pools = Some(sup.pools());
+        if let Some(ledger) = sup.tool_ledger() {
+            b.ledger = ledger;
+        }
         b
     }
 

@@ -10,6 +10,8 @@
 //! (WAL mode, migrations). Payloads past [`schema::BLOB_THRESHOLD`] bytes of JSON are kept once
 //! in `blobs`, by sha256.
 
+mod ledger;
+pub use ledger::{LedgerRow, LedgerStore};
 mod read;
 pub mod schema;
 mod write;
@@ -27,7 +29,7 @@ use crate::sandbox::owner::Owner;
 pub use read::SqliteReader;
 
 /// How long a statement waits for another connection's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The journal in one SQLite file.
 pub struct SqliteStore {
@@ -168,7 +170,7 @@ fn fs_full(path: &Path) -> bool {
 }
 
 /// An error while opening: a file SQLite cannot read is [`JournalError::Open`].
-fn open_error(path: &Path, e: rusqlite::Error) -> JournalError {
+pub(crate) fn open_error(path: &Path, e: rusqlite::Error) -> JournalError {
     match sql_error(path, e) {
         JournalError::Corrupt { path, reason } => JournalError::Open { path, reason },
         other => other,

@@ -98,6 +98,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX tool_calls_result_blob ON tool_calls (result_blob)
         WHERE result_blob IS NOT NULL;
     ",
+    // 3: the tool ledger: destructive calls, begun and finished, by idempotency key.
+    "
+    CREATE TABLE ledger (
+        run_id TEXT NOT NULL,
+        task TEXT NOT NULL,           -- the task within the run (a plan's node instance)
+        seq INTEGER NOT NULL,         -- the call's number within the task
+        tool TEXT NOT NULL,
+        args_hash TEXT NOT NULL,
+        result TEXT,                  -- null while it runs: {\"ok\": value} or {\"err\": error}
+        begun_at_ms INTEGER NOT NULL,
+        finished_at_ms INTEGER,
+        PRIMARY KEY (run_id, task, seq)
+    );
+    ",
 ];
 
 /// Every `(table, column)` that may hold a blob hash.

@@ -488,7 +488,14 @@ pub(super) fn prune(
         )
         .map_err(e)?;
     }
-    for table in ["events", "tool_calls", "attempts", "calls", "runs"] {
+    for table in [
+        "events",
+        "tool_calls",
+        "ledger",
+        "attempts",
+        "calls",
+        "runs",
+    ] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM prune_runs)"),
             [],
