@@ -420,8 +420,8 @@ input = { parts = "$work.output", n = "$input.n" }
         .filter(|n| n["status"] == "succeeded")
         .count();
     assert!(
-        kept >= 7,
-        "list and at least 6 instances were checkpointed: {kept}"
+        kept >= 6,
+        "list and the instances seen checkpointed (6 in all) are not run again: {kept}"
     );
     assert_eq!(kept + ran, 26, "each instance once: resumed or run");
 }
