@@ -211,6 +211,12 @@ pub struct ExitRecord {
     /// left out to keep the record within [`MAX_RECORD_BYTES`]).
     #[serde(default)]
     pub tool_calls_dropped: u64,
+    /// A service agent's attempt: how many tasks it finished (absent for a one-shot attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_served: Option<u64>,
+    /// A service agent's attempt: the id of the last task it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_task_id: Option<u64>,
 }
 
 /// One tool call as traced in the exit record.
@@ -265,6 +271,8 @@ impl ExitRecord {
             oom_killed: false,
             tool_calls: Vec::new(),
             tool_calls_dropped: 0,
+            tasks_served: None,
+            last_task_id: None,
         }
     }
 

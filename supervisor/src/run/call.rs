@@ -236,6 +236,7 @@ impl<'s> Call<'s> {
             stems: Some(sup.stems.clone()),
             events: self.opts.events.clone(),
             notes: self.notes(attempt_no),
+            service: None,
         };
         let task = TaskInput {
             task_id: attempt_no as u64,
