@@ -98,6 +98,9 @@
 mod child;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod health;
 pub mod exit_status;
 pub mod journal;
 pub mod plan;

@@ -166,8 +166,16 @@ fn supervisor(
         uid_range: DEFAULT_UID_RANGE,
         journal: true,
         journal_keep: None,
+        max_agents: None,
+        control_socket: PathBuf::new(),
+        control_group: None,
+        admins: Default::default(),
+        metrics_listen: None,
     };
-    let Some(raw) = raw else { return Ok(out) };
+    let Some(raw) = raw else {
+        super::daemon::defaults(&mut out);
+        return Ok(out);
+    };
     if let Some(dir) = &raw.state_dir {
         check_path(ctx, dir, "state_dir")?;
         out.state_dir = ctx.resolve_path(dir.get_ref());
@@ -210,6 +218,9 @@ fn supervisor(
         }
         out.journal_keep = Some(d);
     }
+    super::daemon::resolve(&mut out, &raw, |span, m| ctx.at_value(span, m), |p| {
+        ctx.resolve_path(p)
+    })?;
     Ok(out)
 }
 
@@ -394,6 +405,16 @@ fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
     if let Some(m) = &s.max_instances {
         if *m.get_ref() == 0 {
             return Err(ctx.at_value(m.span(), "max_instances must be at least 1"));
+        }
+    }
+    if let Some(n) = &s.instances {
+        if !(1..=super::daemon::MAX_INSTANCES).contains(n.get_ref()) {
+            let m = format!(
+                "instances must be between 1 and {}, found {}",
+                super::daemon::MAX_INSTANCES,
+                n.get_ref()
+            );
+            return Err(ctx.at_value(n.span(), m));
         }
     }
     Ok(())
@@ -617,4 +638,6 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
     if let Some(m) = &s.max_instances {
         spec.max_instances = Some(*m.get_ref());
     }
+    set(&mut spec.service, &s.service);
+    set(&mut spec.instances, &s.instances.as_ref().map(|n| *n.get_ref()));
 }

@@ -30,6 +30,11 @@ pub(super) struct Supervisor {
     pub uid_range: Option<Spanned<[u32; 2]>>,
     pub journal: Option<bool>,
     pub journal_keep: Option<Spanned<Dur>>,
+    pub max_agents: Option<Spanned<u32>>,
+    pub control_socket: Option<Spanned<String>>,
+    pub control_group: Option<Spanned<String>>,
+    pub admins: Option<Vec<Spanned<String>>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `restart = …`, mapped onto [`crate::policy::RestartPolicy`].
@@ -99,6 +104,8 @@ pub(super) struct Settings {
     pub breaker: Option<Breaker>,
     pub quarantine_after: Option<Spanned<u32>>,
     pub max_instances: Option<Spanned<u32>>,
+    pub service: Option<bool>,
+    pub instances: Option<Spanned<u32>>,
 }
 
 /// `backoff = { … }`, each key optional.
