@@ -186,11 +186,13 @@ pub fn submit(socket: &Path, req: Request, json: bool) -> ExitCode {
         }
         Ok(Response::Error { kind, message }) => {
             eprintln!("corral: {kind}: {message}");
-            ExitCode::from(if kind == "invalid_plan" || kind == "bad_request" || kind == "denied" {
-                2
-            } else {
-                1
-            })
+            ExitCode::from(
+                if kind == "invalid_plan" || kind == "bad_request" || kind == "denied" {
+                    2
+                } else {
+                    1
+                },
+            )
         }
         Ok(other) => {
             eprintln!("corral: unexpected answer: {other:?}");

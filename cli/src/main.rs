@@ -304,6 +304,7 @@ fn init_daemon_tracing(verbose: u8) {
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -412,12 +413,13 @@ fn main() -> ExitCode {
 async fn daemon_verb(d: Daemon) -> ExitCode {
     use corral::control::Request;
     let conn_of = |c: &Conn| ctl::socket(c.socket.as_deref(), c.config.as_deref());
-    let simple = |conn: &Conn, req: Request, json: bool, table: fn(&serde_json::Value) -> String| {
-        match conn_of(conn) {
-            Ok(s) => ctl::simple(&s, req, json, table),
-            Err(code) => code,
-        }
-    };
+    let simple =
+        |conn: &Conn, req: Request, json: bool, table: fn(&serde_json::Value) -> String| {
+            match conn_of(conn) {
+                Ok(s) => ctl::simple(&s, req, json, table),
+                Err(code) => code,
+            }
+        };
     match d {
         Daemon::Serve { config } => {
             let path = config.unwrap_or_else(|| PathBuf::from("corral.toml"));
@@ -425,7 +427,9 @@ async fn daemon_verb(d: Daemon) -> ExitCode {
         }
         Daemon::Ps { conn, json } => simple(&conn, Request::Ps, json, ctl::ps_table),
         Daemon::Status { conn, json } => simple(&conn, Request::Status, json, ctl::status_text),
-        Daemon::Stop { agent, conn } => simple(&conn, Request::Stop { agent }, false, ctl::ack_text),
+        Daemon::Stop { agent, conn } => {
+            simple(&conn, Request::Stop { agent }, false, ctl::ack_text)
+        }
         Daemon::Start { agent, conn } => {
             simple(&conn, Request::Start { agent }, false, ctl::ack_text)
         }

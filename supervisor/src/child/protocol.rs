@@ -258,7 +258,11 @@ impl Protocol {
 
     /// Give an idle service agent its next task at `now`: the frame to send, or why the task
     /// cannot be given (its input refused by the contract, or too large): the agent stays idle.
-    pub(super) fn start_task(&mut self, task: TaskInput, now: Instant) -> Result<Vec<u8>, AgentError> {
+    pub(super) fn start_task(
+        &mut self,
+        task: TaskInput,
+        now: Instant,
+    ) -> Result<Vec<u8>, AgentError> {
         if let Some(c) = &self.contract {
             if let Err(e) = c.input.validate(&task.input, "input") {
                 return Err(AgentError::new("contract_violation", e.to_string(), false));
@@ -648,8 +652,11 @@ impl Protocol {
     /// The owner asks the attempt to stop for `reason`: what to tell the agent (a cancelled
     /// task is cancelled), and the verdict.
     pub(super) fn on_stop(&self, reason: ExitReason) -> (Option<Down>, Verdict) {
-        let cancel = (reason == ExitReason::Cancelled && self.task.is_some())
-            .then(|| Down::Cancel(Cancel { task_id: self.task_id() }));
+        let cancel = (reason == ExitReason::Cancelled && self.task.is_some()).then(|| {
+            Down::Cancel(Cancel {
+                task_id: self.task_id(),
+            })
+        });
         let message = format!("stopped by its owner: {reason}");
         (cancel, Verdict::ended(reason, message, false, true))
     }

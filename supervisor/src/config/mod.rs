@@ -10,8 +10,8 @@
 //! with spans kept where a later check needs a location; `resolve` merges the layers and runs
 //! the semantic checks. The key reference for users is `docs/config.md`.
 
-pub mod exposure;
 mod daemon;
+pub mod exposure;
 mod resolve;
 mod schema;
 #[cfg(test)]

@@ -218,9 +218,12 @@ fn supervisor(
         }
         out.journal_keep = Some(d);
     }
-    super::daemon::resolve(&mut out, &raw, |span, m| ctx.at_value(span, m), |p| {
-        ctx.resolve_path(p)
-    })?;
+    super::daemon::resolve(
+        &mut out,
+        &raw,
+        |span, m| ctx.at_value(span, m),
+        |p| ctx.resolve_path(p),
+    )?;
     Ok(out)
 }
 
@@ -639,5 +642,8 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         spec.max_instances = Some(*m.get_ref());
     }
     set(&mut spec.service, &s.service);
-    set(&mut spec.instances, &s.instances.as_ref().map(|n| *n.get_ref()));
+    set(
+        &mut spec.instances,
+        &s.instances.as_ref().map(|n| *n.get_ref()),
+    );
 }

@@ -51,7 +51,10 @@ fn handle(d: &Arc<Daemon>, req: Request, replies: Replies) {
             }
             d.sup.reset_agent(&agent);
             tracing::info!(agent = %agent, "breaker closed and quarantine lifted by an operator");
-            reply(&replies, json(serde_json::json!({"agent": agent, "reset": true})))
+            reply(
+                &replies,
+                json(serde_json::json!({"agent": agent, "reset": true})),
+            )
         }
         Request::Cancel { run_id } => {
             let runs = d.runs.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +153,10 @@ fn stop_agent(d: &Arc<Daemon>, agent: &str) -> Response {
         return unknown(d, agent);
     };
     if !spec.service {
-        return Response::error("not_service", format!("agent `{agent}` is not a service agent"));
+        return Response::error(
+            "not_service",
+            format!("agent `{agent}` is not a service agent"),
+        );
     }
     let old = d
         .services
@@ -173,7 +179,10 @@ fn start_agent(d: &Arc<Daemon>, agent: &str) -> Response {
         return unknown(d, agent);
     };
     if !spec.service {
-        return Response::error("not_service", format!("agent `{agent}` is not a service agent"));
+        return Response::error(
+            "not_service",
+            format!("agent `{agent}` is not a service agent"),
+        );
     }
     if d.draining.load(Ordering::SeqCst) {
         return Response::error("draining", "the daemon is stopping");
@@ -192,11 +201,17 @@ fn start_agent(d: &Arc<Daemon>, agent: &str) -> Response {
 /// Register a run; `Err` when too many are under way or the daemon drains.
 fn admit(d: &Daemon, what: &str, stop: Option<crate::StopHandle>) -> Result<String, Response> {
     if d.draining.load(Ordering::SeqCst) {
-        return Err(Response::error("draining", "the daemon is stopping: no new work"));
+        return Err(Response::error(
+            "draining",
+            "the daemon is stopping: no new work",
+        ));
     }
     let mut runs = d.runs.lock().unwrap_or_else(|p| p.into_inner());
     if runs.len() >= MAX_RUNS {
-        return Err(Response::error("busy", format!("{MAX_RUNS} runs already under way")));
+        return Err(Response::error(
+            "busy",
+            format!("{MAX_RUNS} runs already under way"),
+        ));
     }
     let seq = d.seq.fetch_add(1, Ordering::Relaxed);
     let run_id = crate::run::new_run_id(seq);
@@ -258,12 +273,21 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                 return reply(&replies, Response::error(&e.kind, e.message));
             }
         };
-        reply(&replies, Response::Accepted { run_id: run_id.clone() });
+        reply(
+            &replies,
+            Response::Accepted {
+                run_id: run_id.clone(),
+            },
+        );
         let waiter = wait.then_some(replies);
         let d = d.clone();
         tokio::spawn(async move {
             let result = rx.await.unwrap_or_else(|_| {
-                Err(corral_proto::AgentError::new("lost", "the task's answer was lost", true))
+                Err(corral_proto::AgentError::new(
+                    "lost",
+                    "the task's answer was lost",
+                    true,
+                ))
             });
             let (doc, output, exit) = match result {
                 Ok((out, _)) => {
@@ -296,14 +320,21 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
         Ok(id) => id,
         Err(r) => return reply(&replies, r),
     };
-    reply(&replies, Response::Accepted { run_id: run_id.clone() });
+    reply(
+        &replies,
+        Response::Accepted {
+            run_id: run_id.clone(),
+        },
+    );
     let waiter = wait.then_some(replies);
     let d = d.clone();
     tokio::spawn(async move {
         let Some(slot) = d.agent_slot().await else {
             finished(&d, &run_id, "cancelled");
             let Some(replies) = waiter else { return };
-            let _ = replies.send(Response::error("draining", "the daemon is stopping")).await;
+            let _ = replies
+                .send(Response::error("draining", "the daemon is stopping"))
+                .await;
             return;
         };
         let opts = CallOptions {
@@ -357,7 +388,12 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
     };
     // The scheduler makes the plan run's own id (printed by --wait); the daemon's id names
     // it for `corral cancel`.
-    reply(&replies, Response::Accepted { run_id: run_id.clone() });
+    reply(
+        &replies,
+        Response::Accepted {
+            run_id: run_id.clone(),
+        },
+    );
     let waiter = wait.then_some(replies);
     let d = d.clone();
     tokio::spawn(async move {
@@ -385,11 +421,7 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
                 finished(&d, &run_id, o.status.as_str());
                 Response::Finished {
                     json: serde_json::to_string_pretty(&o).unwrap_or_default(),
-                    output: o
-                        .output
-                        .as_ref()
-                        .map(|v| v.to_string())
-                        .unwrap_or_default(),
+                    output: o.output.as_ref().map(|v| v.to_string()).unwrap_or_default(),
                     exit,
                     summary,
                 }

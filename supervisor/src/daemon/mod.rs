@@ -73,7 +73,9 @@ pub enum DaemonError {
 pub async fn serve(path: &Path, approvals: Arc<dyn Approvals>) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     match health::raise_nofile() {
-        Ok((old, new)) if old < new => tracing::info!("open files limit raised from {old} to {new}"),
+        Ok((old, new)) if old < new => {
+            tracing::info!("open files limit raised from {old} to {new}")
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
@@ -273,7 +275,12 @@ fn reload(daemon: &Arc<Daemon>, path: &Path, admins: &watch::Sender<Admins>) {
         .sup
         .agent_names()
         .iter()
-        .filter_map(|n| daemon.sup.agent_spec(n).map(|s| (n.clone(), format!("{s:?}"))))
+        .filter_map(|n| {
+            daemon
+                .sup
+                .agent_spec(n)
+                .map(|s| (n.clone(), format!("{s:?}")))
+        })
         .collect();
     daemon.sup.update_agents(&config);
     let _ = admins.send(config.supervisor.admins.clone());

@@ -136,7 +136,9 @@ async fn instance_loop(
         if stop.borrow().is_some() || rx.is_closed() && rx.is_empty() {
             break;
         }
-        let Some(_slot) = daemon.agent_slot().await else { break };
+        let Some(_slot) = daemon.agent_slot().await else {
+            break;
+        };
         attempt += 1;
         let (tx, mut events) = mpsc::unbounded_channel();
         let notes = daemon.log_notes(&spec.name);
@@ -180,7 +182,10 @@ async fn instance_loop(
                 }
             } else {
                 tries.remove(&id);
-                let err = rec.error.clone().map(|e| AgentError::new(e.kind, e.message, e.retryable));
+                let err = rec
+                    .error
+                    .clone()
+                    .map(|e| AgentError::new(e.kind, e.message, e.retryable));
                 let err = err.unwrap_or_else(|| {
                     AgentError::new(rec.reason.as_str(), rec.reason.to_string(), false)
                 });

@@ -175,17 +175,30 @@ impl Daemon {
     /// The recent log lines of `agent`.
     pub(crate) fn recent_logs(&self, agent: &str) -> Vec<String> {
         let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        logs.get(agent).map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        logs.get(agent)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// An attempt's life event, to the event stream.
     pub(crate) fn event_attempt(&self, ev: &AttemptEvent) {
         let v = match ev {
-            AttemptEvent::Spawned { agent, attempt, pid, warm } => serde_json::json!(
+            AttemptEvent::Spawned {
+                agent,
+                attempt,
+                pid,
+                warm,
+            } => serde_json::json!(
                 {"event": "spawned", "agent": agent, "attempt": attempt, "pid": pid, "warm": warm}),
-            AttemptEvent::Ready { agent, attempt, pid } => serde_json::json!(
+            AttemptEvent::Ready {
+                agent,
+                attempt,
+                pid,
+            } => serde_json::json!(
                 {"event": "ready", "agent": agent, "attempt": attempt, "pid": pid}),
-            AttemptEvent::Watchdog { agent, pid, reason, .. } => serde_json::json!(
+            AttemptEvent::Watchdog {
+                agent, pid, reason, ..
+            } => serde_json::json!(
                 {"event": "watchdog", "agent": agent, "pid": pid, "reason": reason.as_str()}),
             AttemptEvent::Sample { .. } | AttemptEvent::Exited(_) => return,
         };

@@ -75,8 +75,16 @@ impl Metrics {
             "From spawn to the agent's Ready",
             spawn_ready.clone(),
         );
-        registry.register("tool_calls", "Tool calls by tool and status", tool_calls.clone());
-        registry.register("breaker", "Circuit breaker state per agent (1 = current)", breaker.clone());
+        registry.register(
+            "tool_calls",
+            "Tool calls by tool and status",
+            tool_calls.clone(),
+        );
+        registry.register(
+            "breaker",
+            "Circuit breaker state per agent (1 = current)",
+            breaker.clone(),
+        );
         registry.register("runs", "Runs ended, by status", runs.clone());
         registry.register("runs_active", "Runs under way", runs_active.clone());
         registry.register(
@@ -100,12 +108,16 @@ impl Metrics {
 
     /// Set the number of agent processes in `state`.
     pub fn set_agents(&self, state: &str, n: i64) {
-        self.agents.get_or_create(&labels(&[("state", state)])).set(n);
+        self.agents
+            .get_or_create(&labels(&[("state", state)]))
+            .set(n);
     }
 
     /// A service agent was restarted.
     pub fn restarted(&self, agent: &str) {
-        self.restarts.get_or_create(&labels(&[("agent", agent)])).inc();
+        self.restarts
+            .get_or_create(&labels(&[("agent", agent)]))
+            .inc();
     }
 
     /// An attempt ended, with its record.
@@ -142,7 +154,9 @@ impl Metrics {
 
     /// A run ended with `status`.
     pub fn run_ended(&self, status: &str) {
-        self.runs.get_or_create(&labels(&[("status", status)])).inc();
+        self.runs
+            .get_or_create(&labels(&[("status", status)]))
+            .inc();
     }
 
     /// Runs under way now.

@@ -15,12 +15,16 @@ pub struct Notifier {
 impl Notifier {
     /// From the environment: `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID`.
     pub fn from_env() -> Notifier {
-        let mut usec = 0;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec)
-            .then(|| Duration::from_micros(usec))
+        // As libsystemd's sd_watchdog_enabled: WATCHDOG_USEC, for this process when
+        // WATCHDOG_PID names it or is unset.
+        let var = |k| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let ours = var("WATCHDOG_PID").is_none_or(|p| p == u64::from(std::process::id()));
+        let watchdog = var("WATCHDOG_USEC")
+            .filter(|_| ours)
+            .map(Duration::from_micros)
             .filter(|d| !d.is_zero());
         Notifier {
-            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty()),
             watchdog,
         }
     }
