@@ -26,10 +26,6 @@ instances = 2
 wall_time = "30s"
 "#;
 
-fn config_path(fx: &Fixture) -> &Path {
-    &fx.config
-}
-
 fn start(extra: &str) -> Daemon {
     start_on(fixture(
         &extra.replace("ECHO", &bin("echo").display().to_string()),
@@ -54,8 +50,10 @@ impl Daemon {
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
         let mut all: Vec<&str> = args.to_vec();
-        let cfg = config_path(&self.fx).to_str().expect("utf-8 path");
-        all.extend(["--config", cfg]);
+        // By the socket: the config may be broken on purpose meanwhile.
+        let sock = self.fx.dir.path().join("state/control.sock");
+        let sock = sock.to_str().expect("utf-8 path").to_string();
+        all.extend(["--socket", &sock]);
         corral(&all)
     }
 
