@@ -8,6 +8,7 @@
 //! on (a file, or the embedded defaults) in `defaults`.
 
 mod approve;
+mod ctl;
 mod defaults;
 mod demo;
 mod plan;
@@ -124,6 +125,142 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Daemon(Daemon),
+}
+
+/// How a client verb finds the daemon.
+#[derive(clap::Args, Debug)]
+struct Conn {
+    /// The config file the daemon runs on (its `control_socket`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The control socket itself.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// The daemon's verbs.
+#[derive(Subcommand, Debug)]
+enum Daemon {
+    /// Run the daemon: service agents, the control socket, runs submitted to it (systemd
+    /// Type=notify; SIGTERM drains, SIGHUP reloads).
+    Serve {
+        /// Config file (default: ./corral.toml if present, else the embedded defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The daemon's agent processes.
+    Ps {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON: a list of {name, agent, instance, service, state, pid, uptime_s,
+        /// restarts, last_exit_reason, rss_kb, cpu_ms, breaker}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's summary.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a service agent's instances (they stay stopped until `start`).
+    Stop {
+        /// The agent.
+        agent: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a stopped service agent.
+    Start {
+        /// The agent.
+        agent: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Restart a service agent's instances.
+    Restart {
+        /// The agent.
+        agent: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Submit a task for an agent, or a plan run (`--plan`); prints the run id.
+    Submit {
+        /// The agent (not with --plan).
+        agent: Option<String>,
+        /// A plan file to run instead.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// The input, as JSON, or @FILE holding JSON.
+        #[arg(long, short, default_value = "null")]
+        input: String,
+        /// Wait for the end and print what `call` / `run` print.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: print the JSON document of `call --json` / `run --json`.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel a run under way.
+    Cancel {
+        /// The run id `submit` printed.
+        run_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Close an agent's circuit breaker and lift its quarantine.
+    Reset {
+        /// The agent.
+        agent: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Recent log lines of an agent.
+    Logs {
+        /// The agent.
+        agent: String,
+        /// Go on printing lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The daemon's events as they happen (one JSON object a line).
+    Events {
+        /// Follow (the only mode: events are not kept).
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Tool calls waiting for an operator's approval.
+    Approvals {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting tool call.
+    Approve {
+        /// Its id (see `corral approvals`).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Deny a waiting tool call.
+    Deny {
+        /// Its id (see `corral approvals`).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `--status` of `corral runs`.
@@ -131,6 +268,50 @@ fn parse_status(s: &str) -> Result<corral::journal::RunStatus, String> {
     s.parse().map_err(|_| {
         format!("`{s}` is not a run status: succeeded, failed, degraded, interrupted or running")
     })
+}
+
+/// Whether stderr is the journal (`JOURNAL_STREAM` names its device and inode).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsRawFd;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata(format!("/proc/self/fd/{}", std::io::stderr().as_raw_fd())) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino())
+        }
+        Err(_) => false,
+    }
+}
+
+/// The daemon's logs: journald's native protocol when stderr is the journal, else lines.
+fn init_daemon_tracing(verbose: u8) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = match verbose {
+        0 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if stderr_is_journal() {
+        if let Ok(layer) = tracing_journald::layer() {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer.with_syslog_identifier("corral".into()))
+                .try_init();
+            return;
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn init_tracing(verbose: Option<u8>) {
@@ -162,7 +343,11 @@ fn main() -> ExitCode {
     };
     // The demo prints its own table; its warnings would only repeat it.
     let quiet_demo = matches!(cli.command, Command::Demo { .. }) && cli.verbose == 0;
-    init_tracing(if quiet_demo { None } else { Some(cli.verbose) });
+    if matches!(cli.command, Command::Daemon(Daemon::Serve { .. })) {
+        init_daemon_tracing(cli.verbose);
+    } else {
+        init_tracing(if quiet_demo { None } else { Some(cli.verbose) });
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -221,10 +406,104 @@ fn main() -> ExitCode {
                 config,
                 json,
             } => runs::replay(config.as_deref(), &run_id, json).await,
+            Command::Daemon(d) => daemon_verb(d).await,
         };
         // Workspaces (and their quota's tmpfs) and cgroups of finished attempts are removed on
         // the reaper thread: gone before the process is.
         corral::sandbox::process::settled().await;
         code
     })
+}
+
+/// The daemon's verbs: `serve`, and the client verbs through its control socket.
+async fn daemon_verb(d: Daemon) -> ExitCode {
+    use corral::control::Request;
+    let conn_of = |c: &Conn| ctl::socket(c.socket.as_deref(), c.config.as_deref());
+    let simple =
+        |conn: &Conn, req: Request, json: bool, table: fn(&serde_json::Value) -> String| {
+            match conn_of(conn) {
+                Ok(s) => ctl::simple(&s, req, json, table),
+                Err(code) => code,
+            }
+        };
+    match d {
+        Daemon::Serve { config } => {
+            let path = config.unwrap_or_else(|| PathBuf::from("corral.toml"));
+            ctl::serve(&path).await
+        }
+        Daemon::Ps { conn, json } => simple(&conn, Request::Ps, json, ctl::ps_table),
+        Daemon::Status { conn, json } => simple(&conn, Request::Status, json, ctl::status_text),
+        Daemon::Stop { agent, conn } => {
+            simple(&conn, Request::Stop { agent }, false, ctl::ack_text)
+        }
+        Daemon::Start { agent, conn } => {
+            simple(&conn, Request::Start { agent }, false, ctl::ack_text)
+        }
+        Daemon::Restart { agent, conn } => {
+            simple(&conn, Request::Restart { agent }, false, ctl::ack_text)
+        }
+        Daemon::Cancel { run_id, conn } => {
+            simple(&conn, Request::Cancel { run_id }, false, ctl::ack_text)
+        }
+        Daemon::Reset { agent, conn } => {
+            simple(&conn, Request::Reset { agent }, false, ctl::ack_text)
+        }
+        Daemon::Logs {
+            agent,
+            follow,
+            conn,
+        } => simple(&conn, Request::Logs { agent, follow }, false, ctl::ack_text),
+        Daemon::Events { follow: _, conn } => simple(&conn, Request::Events, false, ctl::ack_text),
+        Daemon::Approvals { conn, json } => {
+            simple(&conn, Request::Approvals, json, ctl::approvals_text)
+        }
+        Daemon::Approve { id, conn } => simple(
+            &conn,
+            Request::Decide { id, allow: true },
+            false,
+            ctl::ack_text,
+        ),
+        Daemon::Deny { id, conn } => simple(
+            &conn,
+            Request::Decide { id, allow: false },
+            false,
+            ctl::ack_text,
+        ),
+        Daemon::Submit {
+            agent,
+            plan,
+            input,
+            wait,
+            json,
+            conn,
+        } => {
+            let input = match ctl::read_input(&input) {
+                Ok(i) => i,
+                Err(code) => return code,
+            };
+            let req = match (agent, plan) {
+                (Some(agent), None) => Request::SubmitTask { agent, input, wait },
+                (None, Some(plan)) => match std::fs::read_to_string(&plan) {
+                    Ok(text) => Request::SubmitPlan {
+                        path: plan.display().to_string(),
+                        text,
+                        input,
+                        wait,
+                    },
+                    Err(e) => {
+                        eprintln!("corral: plan {}: {e}", plan.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                _ => {
+                    eprintln!("corral submit: give an AGENT or --plan PLAN (one of them)");
+                    return ExitCode::from(2);
+                }
+            };
+            match conn_of(&conn) {
+                Ok(s) => ctl::submit(&s, req, json),
+                Err(code) => code,
+            }
+        }
+    }
 }

@@ -98,7 +98,10 @@
 mod child;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod exit_status;
+pub mod health;
 pub mod journal;
 pub mod plan;
 mod policy;

@@ -215,6 +215,12 @@ pub struct ExitRecord {
     /// (a repeated `read_only` or `idempotent` call, or a `destructive` one already done).
     #[serde(default)]
     pub tool_calls_deduplicated: u64,
+    /// A service agent's attempt: how many tasks it finished (absent for a one-shot attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_served: Option<u64>,
+    /// A service agent's attempt: the id of the last task it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_task_id: Option<u64>,
 }
 
 /// One tool call as traced in the exit record.
@@ -291,6 +297,8 @@ impl ExitRecord {
             tool_calls: Vec::new(),
             tool_calls_dropped: 0,
             tool_calls_deduplicated: 0,
+            tasks_served: None,
+            last_task_id: None,
         }
     }
 

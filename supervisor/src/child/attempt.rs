@@ -58,6 +58,23 @@ pub fn run_attempt(
     }
 }
 
+/// Run a service agent (`spec.service` set): one process taking tasks from its queue one after
+/// another until it dies, a watchdog fires, the queue closes or the owner stops it. The task
+/// in flight at the end, if any, is returned in [`AttemptOutcome::in_flight`].
+pub fn run_service_attempt(
+    spec: AttemptSpec,
+    tools: Option<mpsc::Sender<ToolRequest>>,
+    stop: watch::Receiver<Option<ExitReason>>,
+) -> impl std::future::Future<Output = AttemptOutcome> + Send {
+    // The placeholder task is never sent: a serving protocol starts without one.
+    let task = TaskInput {
+        task_id: 0,
+        input: Arc::new(corral_proto::Value::Null),
+        memory: Vec::new(),
+    };
+    run_attempt(spec, task, tools, stop)
+}
+
 /// The record's times, and its bounds applied: the last thing done to it.
 fn finish(mut record: ExitRecord, t0: Instant) -> ExitRecord {
     record.ended_at = crate::record::rfc3339(SystemTime::now());
@@ -74,6 +91,7 @@ fn spawn_failed(mut record: ExitRecord, t0: Instant, message: String) -> Attempt
         output: None,
         memory: Vec::new(),
         record: finish(record, t0),
+        in_flight: None,
     }
 }
 
@@ -154,7 +172,7 @@ async fn start(
     // From here on, the process exists: every path ends in teardown + reap, and if the attempt
     // is dropped before, the guard does it (on the reaper thread).
     let guard = Teardown::new(pid, spawned.pidfd, cgroup.clone(), workspace);
-    let proto = Protocol::new(
+    let mut proto = Protocol::new(
         spec.agent.clone(),
         task,
         spec.max_frame,
@@ -162,6 +180,10 @@ async fn start(
         t0,
     )
     .with_notes(spec.notes.clone());
+    let service = spec.service.clone().map(super::watch::Service::new);
+    if service.is_some() {
+        proto = proto.serving();
+    }
     let io = (|| -> std::io::Result<_> {
         let poller = Poller::new()?;
         poller.add(guard.pidfd().as_fd(), Ready::EXIT)?;
@@ -182,7 +204,7 @@ async fn start(
         }
     };
     wire.send(&proto.hello(&spec.run_id, spec.attempt), &poller);
-    let w = Watch::new(
+    let mut w = Watch::new(
         spec,
         pid,
         proto,
@@ -190,6 +212,7 @@ async fn start(
         Beats::new(beat_r),
         tools.map(|tx| (tx, workspace_path)),
     );
+    w.service = service;
     Ok(Box::new(Running {
         w,
         guard,
@@ -308,10 +331,17 @@ impl Running {
         record.tool_calls_dropped = done.tool_calls_dropped;
         record.tool_calls_deduplicated = done.tool_calls_deduplicated;
         let completed = reason == ExitReason::Completed;
+        if w.proto.is_service() {
+            let (served, last) = w.proto.served();
+            record.tasks_served = Some(served);
+            record.last_task_id = last;
+        }
+        let in_flight = w.service.as_mut().and_then(|s| s.current.take());
         AttemptOutcome {
             output: done.output.filter(|_| completed),
             memory: if completed { done.memory } else { Vec::new() },
             record: finish(record, self.t0),
+            in_flight,
         }
     }
 }

@@ -26,6 +26,13 @@
 //! - `tool_run`: a command tool's program, made in an agent's sandbox, run to its end or its
 //!   timeout (not a protocol agent: JSON in on stdin, out on stdout).
 //!
+//! A service agent's attempt (an [`AttemptSpec`] with a `service` queue) is the same life
+//! with several tasks: after `Ready` it waits idle for a task from the queue, runs it under
+//! the same watchdogs (per task: wall deadline, stall; always: heartbeats, limits), answers
+//! it on the task's own channel, and waits for the next. Its exit record says how many tasks
+//! it served (`tasks_served`) and which was the last (`last_task_id`); a task in flight when
+//! it died comes back to the owner in [`AttemptOutcome::in_flight`].
+//!
 //! The child knows nothing of plans, the journal or retries: the owner (see [`crate::run`])
 //! decides what follows and fills in `decision`, `backoff_ms` and the counters.
 
@@ -43,7 +50,7 @@ mod verdict;
 mod watch;
 mod wire;
 
-pub use attempt::run_attempt;
+pub use attempt::{run_attempt, run_service_attempt};
 pub use launch::{Pools, StemPool};
 pub(crate) use protocol::{encode_within, Outgoing};
 pub(crate) use tool_run::run_tool;
@@ -92,7 +99,27 @@ pub struct AttemptSpec {
     pub notes: Option<Notes>,
     /// The task's name within its run (see [`ToolRequest::task`]); `None`: the agent's name.
     pub task: Option<Arc<str>>,
+    /// A service agent: its tasks come one after another from this queue (shared by the
+    /// agent's instances) instead of the one task of the attempt.
+    pub service: Option<ServiceQueue>,
 }
+
+/// The queue a service agent's instances take their tasks from, first come first served.
+pub type ServiceQueue = async_channel::Receiver<ServiceTask>;
+
+/// A task for a service agent, with where its result goes.
+#[derive(Debug)]
+pub struct ServiceTask {
+    /// The task (its `task_id` is what the agent sees).
+    pub task: TaskInput,
+    /// Where the result goes: the output and notes, or the agent's error. When the attempt
+    /// ends with the task in flight, the task comes back in [`AttemptOutcome::in_flight`]
+    /// instead, for the owner to retry or fail.
+    pub reply: oneshot::Sender<ServiceResult>,
+}
+
+/// The result of a service agent's task.
+pub type ServiceResult = Result<(Value, Vec<Value>), AgentError>;
 
 /// What an agent saw and did during an attempt, reported as it happens: what a journal keeps
 /// beside the exit record. Each is reported once; nothing here is bounded by the record's caps
@@ -288,7 +315,7 @@ impl ToolNote {
 }
 
 /// What an attempt produced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AttemptOutcome {
     /// The output, when the agent completed.
     pub output: Option<Value>,
@@ -296,6 +323,8 @@ pub struct AttemptOutcome {
     pub memory: Vec<Value>,
     /// The account of the attempt.
     pub record: ExitRecord,
+    /// A service agent's task that was running when the attempt ended (not answered).
+    pub in_flight: Option<ServiceTask>,
 }
 
 impl AttemptSpec {

@@ -24,6 +24,11 @@
 //! | busy, tool call | `Failed` for this task | agent error |
 //! | busy, tool call | `Done`/`Failed` for another task | protocol violation |
 //!
+//! A service agent ([`Protocol::serving`]) gets no task at the handshake: `Ready` leaves it
+//! idle, [`Protocol::start_task`] makes it busy, and its `Done`/`Failed` is
+//! [`Step::Served`] (idle again) instead of the attempt's end. Watchdogs are per task (the
+//! wall deadline and stall count from each task's start); an idle agent must stay alive.
+//!
 //! The attempt loop (`watch`) owns the pipes, the timer and the owner's channels; it feeds this
 //! machine and carries out its steps.
 
@@ -51,8 +56,11 @@ pub(super) enum Step {
     /// Say this to the agent (the answer to a tool call decided here).
     Send(Down),
     /// The agent is ready: report it, then send it the task (a whole frame), or end with the
-    /// verdict when the task cannot be sent.
-    Ready(Result<Vec<u8>, Verdict>),
+    /// verdict when the task cannot be sent; `None` for a service agent, which waits idle for
+    /// its first task.
+    Ready(Option<Result<Vec<u8>, Verdict>>),
+    /// A service agent finished its task (output and notes, or its error) and is idle again.
+    Served(Result<(Value, Vec<Value>), AgentError>),
     /// Relay this tool call to the owner; its answer comes back through [`Protocol::answer`].
     Relay(ToolCall),
     /// Print this line of the agent's (cut to the log budget, not escaped yet).
@@ -94,7 +102,14 @@ struct Outstanding {
 /// The agent's side of the conversation. See the module docs.
 pub(super) struct Protocol {
     agent: Arc<AgentSpec>,
-    task: TaskInput,
+    /// The task running (a one-shot attempt's only task; a service agent's current one).
+    task: Option<TaskInput>,
+    /// A service agent: tasks one after another, idle between them.
+    service: bool,
+    /// Tasks a service agent finished (completed or failed).
+    served: u64,
+    /// The id of the last task sent.
+    last_task: Option<u64>,
     max_frame: u32,
     /// Whether tool calls have somewhere to go (else they are answered `denied`).
     tools: bool,
@@ -133,7 +148,10 @@ impl Protocol {
         Protocol {
             log_budget: Arc::new(LogBudget::new(agent.log_limit)),
             agent,
-            task,
+            last_task: None,
+            task: Some(task),
+            service: false,
+            served: 0,
             max_frame,
             tools,
             t0,
@@ -151,6 +169,69 @@ impl Protocol {
             beats: 0,
             notes: None,
         }
+    }
+
+    /// A service agent's conversation: no task at the handshake; tasks are given one after
+    /// another with [`Protocol::start_task`], and each ends in [`Step::Served`].
+    pub(super) fn serving(mut self) -> Protocol {
+        self.task = None;
+        self.service = true;
+        self
+    }
+
+    /// Whether this is a service agent.
+    pub(super) fn is_service(&self) -> bool {
+        self.service
+    }
+
+    /// Whether the agent is ready and has no task (a service agent between tasks).
+    pub(super) fn idle(&self) -> bool {
+        self.phase == Phase::Idle && self.task.is_none()
+    }
+
+    /// Tasks served so far and the id of the last task sent.
+    pub(super) fn served(&self) -> (u64, Option<u64>) {
+        (self.served, self.last_task)
+    }
+
+    /// Give an idle service agent its next task at `now`: the frame to send, or why the task
+    /// cannot be given (its input refused by the contract, or too large): the agent stays idle.
+    pub(super) fn start_task(
+        &mut self,
+        task: TaskInput,
+        now: Instant,
+    ) -> Result<Vec<u8>, AgentError> {
+        if let Some(c) = &self.contract {
+            if let Err(e) = c.input.validate(&task.input, "input") {
+                return Err(AgentError::new("contract_violation", e.to_string(), false));
+            }
+        }
+        let msg = Down::Task(Task {
+            task_id: task.task_id,
+            input: Value::clone(&task.input),
+            memory: task.memory.clone(),
+        });
+        let frame = encode_within(&msg, self.max_frame, Outgoing::Task)
+            .map_err(|e| AgentError::new("contract_violation", e.to_string(), false))?;
+        self.last_task = Some(task.task_id);
+        self.task = Some(task);
+        self.phase = Phase::Busy;
+        self.task_sent_at = Some(now);
+        self.progress.since = now;
+        Ok(frame)
+    }
+
+    /// The running task's id (0 when none).
+    fn task_id(&self) -> u64 {
+        self.task.as_ref().map_or(0, |t| t.task_id)
+    }
+
+    /// A service agent's task ended: it is idle again.
+    fn served_one(&mut self, result: Result<(Value, Vec<Value>), AgentError>) -> Step {
+        self.task = None;
+        self.task_sent_at = None;
+        self.served += 1;
+        Step::Served(result)
     }
 
     /// Report what the agent sees and does to `notes` (see [`super::Note`]).
@@ -224,28 +305,35 @@ impl Protocol {
                         corral_proto::message::version_mismatch(PROTOCOL_VERSION, r.protocol);
                     return Step::End(Verdict::violation(message));
                 }
-                let refused = r.contract.input.validate(&self.task.input, "input");
                 self.note(|| super::Note::Contract(r.contract.clone()));
                 self.warn_ungranted(&r.contract);
+                let Some(t) = &self.task else {
+                    // A service agent: idle until its first task.
+                    self.contract = Some(r.contract);
+                    self.phase = Phase::Idle;
+                    return Step::Ready(None);
+                };
+                let refused = r.contract.input.validate(&t.input, "input");
                 self.contract = Some(r.contract);
                 if let Err(e) = refused {
                     self.phase = Phase::Idle;
                     return Step::End(Verdict::contract(e.to_string()));
                 }
                 let task = Down::Task(Task {
-                    task_id: self.task.task_id,
-                    input: Value::clone(&self.task.input),
-                    memory: self.task.memory.clone(),
+                    task_id: t.task_id,
+                    input: Value::clone(&t.input),
+                    memory: t.memory.clone(),
                 });
+                self.last_task = Some(t.task_id);
                 // The agent was told max_frame in Hello: a larger Task it would refuse.
                 match encode_within(&task, self.max_frame, Outgoing::Task) {
                     Ok(frame) => {
                         self.phase = Phase::Busy;
                         self.task_sent_at = Some(now);
                         self.progress.since = now;
-                        Step::Ready(Ok(frame))
+                        Step::Ready(Some(Ok(frame)))
                     }
-                    Err(e) => Step::Ready(Err(Verdict::contract(e.to_string()))),
+                    Err(e) => Step::Ready(Some(Err(Verdict::contract(e.to_string())))),
                 }
             }
             (Phase::Starting, Up::Failed(f)) if f.task_id == 0 => {
@@ -272,10 +360,11 @@ impl Protocol {
             }
             (Phase::Busy | Phase::ToolCall, Up::ToolCall(call)) => self.on_call(call, now),
             (Phase::Busy | Phase::ToolCall, Up::Done(d)) => {
-                if d.task_id != self.task.task_id {
+                if d.task_id != self.task_id() {
                     return Step::End(Verdict::violation(format!(
                         "Done for task {} while task {} runs",
-                        d.task_id, self.task.task_id
+                        d.task_id,
+                        self.task_id()
                     )));
                 }
                 self.phase = Phase::Idle;
@@ -284,17 +373,24 @@ impl Protocol {
                         return Step::End(Verdict::contract(e.to_string()));
                     }
                 }
+                if self.service {
+                    return self.served_one(Ok((d.output, d.memory)));
+                }
                 self.done = Some(Box::new((d.output, d.memory)));
                 Step::End(Verdict::completed())
             }
             (Phase::Busy | Phase::ToolCall, Up::Failed(f)) => {
-                if f.task_id != self.task.task_id {
+                if f.task_id != self.task_id() {
                     return Step::End(Verdict::violation(format!(
                         "Failed for task {} while task {} runs",
-                        f.task_id, self.task.task_id
+                        f.task_id,
+                        self.task_id()
                     )));
                 }
                 self.phase = Phase::Idle;
+                if self.service {
+                    return self.served_one(Err(f.error));
+                }
                 Step::End(Verdict {
                     reason: Some(ExitReason::AgentError),
                     error: Some(f.error.into()),
@@ -547,9 +643,11 @@ impl Protocol {
     /// The owner asks the attempt to stop for `reason`: what to tell the agent (a cancelled
     /// task is cancelled), and the verdict.
     pub(super) fn on_stop(&self, reason: ExitReason) -> (Option<Down>, Verdict) {
-        let cancel = (reason == ExitReason::Cancelled).then_some(Down::Cancel(Cancel {
-            task_id: self.task.task_id,
-        }));
+        let cancel = (reason == ExitReason::Cancelled && self.task.is_some()).then(|| {
+            Down::Cancel(Cancel {
+                task_id: self.task_id(),
+            })
+        });
         let message = format!("stopped by its owner: {reason}");
         (cancel, Verdict::ended(reason, message, false, true))
     }

@@ -21,7 +21,7 @@ use super::poller::{Poller, Ready};
 use super::protocol::{Protocol, Step};
 use super::verdict::Verdict;
 use super::wire::{self, Beats, ReadState, Wire};
-use super::{AttemptEvent, AttemptSpec, ToolNote, ToolRequest};
+use super::{AttemptEvent, AttemptSpec, ServiceQueue, ServiceTask, ToolNote, ToolRequest};
 use crate::record::ExitReason;
 use corral_proto::beat::monotonic_ns;
 use corral_proto::{AgentError, Up, Value};
@@ -60,6 +60,43 @@ enum Wake {
     Timer,
     /// The agent's fds cannot be watched any more.
     Lost(std::io::Error),
+    /// A service agent's next task (`None`: its queue is closed, the agent is no longer
+    /// wanted).
+    Task(Option<ServiceTask>),
+}
+
+/// A service agent's queue, and the wait for its next task (kept across turns, like the stop
+/// wait; only polled while the agent is idle).
+pub(super) struct Service {
+    queue: ServiceQueue,
+    next: Option<Pin<Box<dyn Future<Output = Option<ServiceTask>> + Send>>>,
+    /// The task running.
+    pub(super) current: Option<ServiceTask>,
+}
+
+impl Service {
+    pub(super) fn new(queue: ServiceQueue) -> Service {
+        Service {
+            queue,
+            next: None,
+            current: None,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<ServiceTask>> {
+        let queue = &self.queue;
+        let fut = self.next.get_or_insert_with(|| {
+            let q = queue.clone();
+            Box::pin(async move { q.recv().await.ok() })
+        });
+        match fut.as_mut().poll(cx) {
+            Poll::Ready(t) => {
+                self.next = None;
+                Poll::Ready(t)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The owner's stop request, awaited by one future kept for the whole watch (made again only
@@ -129,6 +166,8 @@ pub(super) struct Watch {
     tools: Tools,
     /// The up pipe ended mid-frame: why (usually the agent died writing; its exit says more).
     pub(super) truncated: Option<String>,
+    /// A service agent's queue and task.
+    pub(super) service: Option<Service>,
 }
 
 impl Watch {
@@ -154,6 +193,7 @@ impl Watch {
                 waits: Vec::new(),
             },
             truncated: None,
+            service: None,
         }
     }
 
@@ -179,12 +219,20 @@ impl Watch {
                 // this agent's own start for the CPU.
                 self.spec.refill_stem();
                 match task {
-                    Ok(frame) => {
+                    Some(Ok(frame)) => {
                         self.wire.send_encoded(&frame, &self.poller);
                         None
                     }
-                    Err(v) => Some(v),
+                    Some(Err(v)) => Some(v),
+                    None => None,
                 }
+            }
+            Step::Served(result) => {
+                if let Some(task) = self.service.as_mut().and_then(|s| s.current.take()) {
+                    // (The owner may have stopped waiting: nothing to do then.)
+                    let _ = task.reply.send(result);
+                }
+                None
             }
             Step::Relay(call) => {
                 let call_id = call.call_id;
@@ -405,6 +453,24 @@ impl Watch {
                     let message = format!("watching the agent's process failed: {e}");
                     return Verdict::ended(ExitReason::Lost, message, true, false);
                 }
+                Wake::Task(None) => {
+                    let message = "service agent no longer wanted (its queue closed)".to_string();
+                    return Verdict::ended(ExitReason::Shutdown, message, false, true);
+                }
+                Wake::Task(Some(task)) => {
+                    let now = Instant::now();
+                    match self.proto.start_task(task.task.clone(), now) {
+                        Ok(frame) => {
+                            self.wire.send_encoded(&frame, &self.poller);
+                            if let Some(s) = self.service.as_mut() {
+                                s.current = Some(task);
+                            }
+                        }
+                        Err(e) => {
+                            let _ = task.reply.send(Err(e));
+                        }
+                    }
+                }
             }
         }
     }
@@ -432,6 +498,13 @@ impl Watch {
         }
         if sleep.poll(cx).is_ready() {
             return Poll::Ready(Wake::Timer);
+        }
+        if self.proto.idle() {
+            if let Some(service) = self.service.as_mut() {
+                if let Poll::Ready(t) = service.poll_next(cx) {
+                    return Poll::Ready(Wake::Task(t));
+                }
+            }
         }
         let waits = &mut self.tools.waits;
         for i in 0..waits.len() {

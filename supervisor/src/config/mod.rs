@@ -10,6 +10,7 @@
 //! with spans kept where a later check needs a location; `resolve` merges the layers and runs
 //! the semantic checks. The key reference for users is `docs/config.md`.
 
+mod daemon;
 pub mod exposure;
 pub mod reach;
 mod resolve;
@@ -170,6 +171,28 @@ pub struct SupervisorConfig {
     /// How long finished runs are kept in the journal (`journal_keep`, e.g. `"30d"`); `None`
     /// (the default): kept for ever.
     pub journal_keep: Option<std::time::Duration>,
+    /// Most agent processes the daemon keeps alive at once, service instances and task
+    /// attempts together (`max_agents`); `None`: no cap.
+    pub max_agents: Option<u32>,
+    /// The daemon's control socket (`control_socket`); default `<state_dir>/control.sock`.
+    pub control_socket: PathBuf,
+    /// The group owning the control socket (`control_group`, a name or a gid); `None`: the
+    /// daemon's own group.
+    pub control_group: Option<u32>,
+    /// Who may use the control socket (`admins`), besides root and the daemon's own uid.
+    pub admins: Admins,
+    /// Where the daemon serves Prometheus metrics (`metrics_listen`); `None`: no metrics.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `admins = ["alice", "1001", "group:ops"]`: users and groups, resolved to ids when the
+/// config is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admins {
+    /// Admitted uids.
+    pub uids: Vec<u32>,
+    /// Admitted gids (primary or supplementary group of the peer).
+    pub gids: Vec<u32>,
 }
 
 /// Default `uid_range`: systemd's DynamicUser range.
@@ -312,6 +335,11 @@ pub struct AgentSpec {
     pub tools: Vec<String>,
     /// Tools refused whatever else says (`deny_tools`).
     pub deny_tools: Vec<String>,
+    /// A service agent (`service = true`): the daemon keeps `instances` long-lived processes
+    /// that take tasks one after another.
+    pub service: bool,
+    /// How many processes of a service agent the daemon keeps (`instances`, default 1).
+    pub instances: u32,
 }
 
 impl AgentSpec {
@@ -386,6 +414,8 @@ impl AgentSpec {
             max_instances: None,
             tools: Vec::new(),
             deny_tools: Vec::new(),
+            service: false,
+            instances: 1,
         }
     }
 }

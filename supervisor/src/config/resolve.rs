@@ -168,8 +168,16 @@ fn supervisor(
         uid_range: DEFAULT_UID_RANGE,
         journal: true,
         journal_keep: None,
+        max_agents: None,
+        control_socket: PathBuf::new(),
+        control_group: None,
+        admins: Default::default(),
+        metrics_listen: None,
     };
-    let Some(raw) = raw else { return Ok(out) };
+    let Some(raw) = raw else {
+        super::daemon::defaults(&mut out);
+        return Ok(out);
+    };
     if let Some(dir) = &raw.state_dir {
         check_path(ctx, dir, "state_dir")?;
         out.state_dir = ctx.resolve_path(dir.get_ref());
@@ -212,6 +220,12 @@ fn supervisor(
         }
         out.journal_keep = Some(d);
     }
+    super::daemon::resolve(
+        &mut out,
+        &raw,
+        |span, m| ctx.at_value(span, m),
+        |p| ctx.resolve_path(p),
+    )?;
     Ok(out)
 }
 
@@ -400,6 +414,16 @@ pub(super) fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError
     if let Some(m) = &s.max_instances {
         if *m.get_ref() == 0 {
             return Err(ctx.at_value(m.span(), "max_instances must be at least 1"));
+        }
+    }
+    if let Some(n) = &s.instances {
+        if !(1..=super::daemon::MAX_INSTANCES).contains(n.get_ref()) {
+            let m = format!(
+                "instances must be between 1 and {}, found {}",
+                super::daemon::MAX_INSTANCES,
+                n.get_ref()
+            );
+            return Err(ctx.at_value(n.span(), m));
         }
     }
     Ok(())
@@ -624,4 +648,9 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
         spec.max_instances = Some(*m.get_ref());
     }
     super::tools::apply_grants(spec, s);
+    set(&mut spec.service, &s.service);
+    set(
+        &mut spec.instances,
+        &s.instances.as_ref().map(|n| *n.get_ref()),
+    );
 }

@@ -31,6 +31,11 @@ pub(super) struct Supervisor {
     pub uid_range: Option<Spanned<[u32; 2]>>,
     pub journal: Option<bool>,
     pub journal_keep: Option<Spanned<Dur>>,
+    pub max_agents: Option<Spanned<u32>>,
+    pub control_socket: Option<Spanned<String>>,
+    pub control_group: Option<Spanned<String>>,
+    pub admins: Option<Vec<Spanned<String>>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `restart = …`, mapped onto [`crate::policy::RestartPolicy`].
@@ -103,6 +108,8 @@ pub(super) struct Settings {
     // tools
     pub tools: Option<Vec<Spanned<String>>>,
     pub deny_tools: Option<Vec<Spanned<String>>>,
+    pub service: Option<bool>,
+    pub instances: Option<Spanned<u32>>,
 }
 
 /// `backoff = { … }`, each key optional.

@@ -86,6 +86,16 @@ impl Breaker {
 
     /// May a call start at `now`? An open breaker whose time is up turns half-open here and
     /// hands out the probe.
+    /// The state's name for status displays: `closed`, `open` or `half_open` (an open
+    /// breaker whose time is up shows `half_open`: the next call is the probe).
+    pub fn label(&self, now: Instant) -> &'static str {
+        match self.inner {
+            Inner::Closed { .. } => "closed",
+            Inner::Open { until } if now < until => "open",
+            _ => "half_open",
+        }
+    }
+
     pub fn admit(&mut self, now: Instant) -> Admission {
         match self.inner {
             Inner::Closed { .. } => Admission::Closed,

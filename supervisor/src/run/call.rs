@@ -237,6 +237,7 @@ impl<'s> Call<'s> {
             events: self.opts.events.clone(),
             notes: self.notes(attempt_no),
             task: self.opts.task.as_deref().map(Arc::from),
+            service: None,
         };
         let task = TaskInput {
             task_id: attempt_no as u64,

@@ -132,7 +132,8 @@ pub struct CallOptions {
 /// Owner of agent processes for one config.
 pub struct Supervisor {
     config: Arc<Config>,
-    specs: HashMap<String, Arc<AgentSpec>>,
+    /// The agents by name (replaced as a whole by [`Supervisor::update_agents`]).
+    specs: std::sync::RwLock<HashMap<String, Arc<AgentSpec>>>,
     cgroups: Option<Arc<CgroupPool>>,
     workspaces: Arc<WorkspacePool>,
     stems: Arc<StemPool>,
@@ -218,7 +219,7 @@ impl Supervisor {
         };
         Ok(Supervisor {
             config: Arc::new(config),
-            specs,
+            specs: std::sync::RwLock::new(specs),
             workspaces,
             stems: StemPool::new(),
             cgroups: cgroups.map(|c| CgroupPool::new(Arc::new(c))),
@@ -316,16 +317,15 @@ impl Supervisor {
     }
 
     fn agent(&self, name: &str) -> Result<Arc<AgentSpec>, RunError> {
-        let spec = self.specs.get(name).ok_or_else(|| RunError::UnknownAgent {
-            name: name.to_string(),
-            config: self.config.path.display().to_string(),
-            known: self
-                .config
-                .agents
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+        let specs = self.specs.read().unwrap_or_else(|p| p.into_inner());
+        let spec = specs.get(name).ok_or_else(|| {
+            let mut known: Vec<_> = specs.keys().cloned().collect();
+            known.sort();
+            RunError::UnknownAgent {
+                name: name.to_string(),
+                config: self.config.path.display().to_string(),
+                known: known.join(", "),
+            }
         })?;
         if spec.strict {
             if let Some(cg) = &self.cgroups {
@@ -349,6 +349,78 @@ impl Supervisor {
             quarantine: Quarantine::new(spec.quarantine_after),
         });
         f(st)
+    }
+
+    /// The agents of a reloaded config, in force for calls that start from now on (calls under
+    /// way finish on the spec they started with). The policy state (breaker, quarantine,
+    /// intensity) of an agent whose settings changed, or that is gone, is dropped; the
+    /// `[supervisor]` settings stay those the supervisor was made with.
+    pub fn update_agents(&self, config: &Config) {
+        let mut specs = self.specs.write().unwrap_or_else(|p| p.into_inner());
+        let mut types = self.types.lock().unwrap_or_else(|p| p.into_inner());
+        let new: HashMap<String, Arc<AgentSpec>> = config
+            .agents
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect();
+        types.retain(|name, _| match (specs.get(name), new.get(name)) {
+            (Some(a), Some(b)) => format!("{a:?}") == format!("{b:?}"),
+            _ => false,
+        });
+        *specs = new;
+    }
+
+    /// The names of the agents now configured, sorted.
+    pub fn agent_names(&self) -> Vec<String> {
+        let specs = self.specs.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<String> = specs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The agent `name` as now configured.
+    pub fn agent_spec(&self, name: &str) -> Option<Arc<AgentSpec>> {
+        let specs = self.specs.read().unwrap_or_else(|p| p.into_inner());
+        specs.get(name).cloned()
+    }
+
+    /// One attempt of a service agent (`spec`): a long-lived process that takes its tasks from
+    /// `queue` until it dies, a watchdog fires, the queue closes or `stop` says so (see
+    /// [`crate::child::ServiceTask`]). No retries here: the daemon's instance loop restarts it.
+    #[allow(clippy::too_many_arguments)] // (each is one piece of an attempt: no struct adds clarity)
+    pub(crate) fn service_attempt(
+        &self,
+        spec: Arc<AgentSpec>,
+        run_id: String,
+        attempt: u32,
+        queue: child::ServiceQueue,
+        events: Option<mpsc::UnboundedSender<child::AttemptEvent>>,
+        notes: Option<child::Notes>,
+        stop: tokio::sync::watch::Receiver<Option<ExitReason>>,
+    ) -> impl Future<Output = child::AttemptOutcome> + Send {
+        let aspec = child::AttemptSpec {
+            agent: spec,
+            run_id,
+            attempt,
+            max_frame: self.config.supervisor.max_frame,
+            cgroups: self.cgroups.clone(),
+            workspaces: self.workspaces.clone(),
+            stems: Some(self.stems.clone()),
+            events,
+            notes,
+            service: Some(queue),
+            task: None,
+        };
+        child::run_service_attempt(aspec, None, stop)
+    }
+
+    /// The circuit breaker's state of `agent` now: `closed`, `open` or `half_open`.
+    pub fn breaker_state(&self, agent: &str) -> &'static str {
+        let types = self.types.lock().unwrap_or_else(|p| p.into_inner());
+        match types.get(agent) {
+            Some(t) => t.breaker.label(self.clock.now()),
+            None => "closed",
+        }
     }
 
     /// An operator's explicit restart: clears fatal, breaker and quarantine of an agent type.

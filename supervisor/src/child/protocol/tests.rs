@@ -94,7 +94,7 @@ fn in_phase(phase: Phase, t0: Instant) -> Protocol {
     }
     assert!(matches!(
         p.on_frame(ready(contract()), t0),
-        Step::Ready(Ok(_))
+        Step::Ready(Some(Ok(_)))
     ));
     match phase {
         Phase::ToolCall => {
@@ -122,8 +122,9 @@ fn kind(s: &Step) -> Kind {
     match s {
         Step::Continue => Kind::Continue,
         Step::Send(_) => Kind::Send,
-        Step::Ready(Ok(_)) => Kind::Ready,
-        Step::Ready(Err(v)) | Step::End(v) => Kind::End(v.reason.expect("a reason")),
+        Step::Ready(Some(Ok(_))) => Kind::Ready,
+        Step::Ready(None) | Step::Served(_) => Kind::Continue,
+        Step::Ready(Some(Err(v))) | Step::End(v) => Kind::End(v.reason.expect("a reason")),
         Step::Relay(..) => Kind::Relay,
         Step::Log(..) => Kind::Log,
     }
@@ -131,7 +132,7 @@ fn kind(s: &Step) -> Kind {
 
 fn end(s: Step) -> Verdict {
     match s {
-        Step::End(v) | Step::Ready(Err(v)) => v,
+        Step::End(v) | Step::Ready(Some(Err(v))) => v,
         other => panic!("expected the end, got {other:?}"),
     }
 }
@@ -221,7 +222,7 @@ fn ready_sends_the_task_and_starts_the_clocks() {
     let t0 = Instant::now();
     let mut p = fresh(t0);
     let at = t0 + Duration::from_secs(2);
-    let Step::Ready(Ok(frame)) = p.on_frame(ready(contract()), at) else {
+    let Step::Ready(Some(Ok(frame))) = p.on_frame(ready(contract()), at) else {
         panic!("not ready");
     };
     let sent: Down = corral_proto::frame::decode_payload(&frame[4..]).expect("a frame");

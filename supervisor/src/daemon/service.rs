@@ -1,0 +1,258 @@
+//! Service agents: `instances` long-lived processes per `[agents.X] service = true`, taking
+//! tasks one after another from one queue, restarted with the agent's backoff when they die
+//! or hang. A task in flight when its process died is retried on a live instance while the
+//! restart policy allows (`restart`, `max_retries`, the reason retryable), else failed with
+//! the attempt's record.
+
+use super::state::{Daemon, InstanceInfo, InstanceState};
+use crate::child::{AttemptEvent, ServiceResult, ServiceTask, TaskInput};
+use crate::config::AgentSpec;
+use crate::policy::{Backoff, RestartPolicy};
+use crate::record::ExitReason;
+use corral_proto::AgentError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// One generation of a service agent: its spec, its queue, its instances. A reload that
+/// changes the agent makes a new generation; the old one's queue is closed, so its instances
+/// finish the task they hold (on the old spec) and leave.
+pub(crate) struct ServiceAgent {
+    pub queue: async_channel::Sender<ServiceTask>,
+    rx: async_channel::Receiver<ServiceTask>,
+    pub instances: Vec<Arc<Mutex<InstanceInfo>>>,
+    /// Stops every instance (`Some(reason)`).
+    stop: watch::Sender<Option<ExitReason>>,
+    /// Instance loops still running.
+    pub running: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most tasks waiting for one service agent; more are refused `busy`.
+pub(crate) const QUEUE_BOUND: usize = 10_000;
+
+impl ServiceAgent {
+    /// Start the instances of `spec`.
+    pub fn start(daemon: &Arc<Daemon>, spec: Arc<AgentSpec>) -> ServiceAgent {
+        let (queue, rx) = async_channel::bounded(QUEUE_BOUND);
+        let (stop, _) = watch::channel(None);
+        let running = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut instances = Vec::new();
+        for i in 0..spec.instances {
+            let info = Arc::new(Mutex::new(InstanceInfo::new(&spec.name, i)));
+            instances.push(info.clone());
+            let d = daemon.clone();
+            let (spec, rx, stop_rx, running) =
+                (spec.clone(), rx.clone(), stop.subscribe(), running.clone());
+            tokio::spawn(async move {
+                instance_loop(d, spec, i, rx, info, stop_rx).await;
+                running.add_permits(1);
+            });
+        }
+        ServiceAgent {
+            queue,
+            rx,
+            instances,
+            stop,
+            running,
+        }
+    }
+
+    /// Stop the instances now (their task in flight is failed `shutdown`/`cancelled`) and
+    /// close the queue; tasks still queued are failed.
+    pub fn stop(&self, reason: ExitReason) {
+        let _ = self.stop.send(Some(reason));
+        self.queue.close();
+        while let Ok(t) = self.rx.try_recv() {
+            let _ = t.reply.send(Err(AgentError::new(
+                reason.as_str(),
+                "the service agent was stopped before the task ran",
+                true,
+            )));
+        }
+    }
+
+    /// Close the queue only: the instances finish what they hold and leave.
+    pub fn retire(&self) {
+        self.queue.close();
+    }
+
+    /// Wait until every instance loop has ended.
+    pub async fn ended(&self) {
+        let n = self.instances.len() as u32;
+        if let Ok(p) = self.running.acquire_many(n).await {
+            p.forget();
+            self.running.add_permits(n as usize);
+        }
+    }
+
+    /// Queue a task; its result comes on the returned channel.
+    pub fn submit(
+        &self,
+        task_id: u64,
+        input: corral_proto::Value,
+    ) -> Result<oneshot::Receiver<ServiceResult>, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        let task = ServiceTask {
+            task: TaskInput {
+                task_id,
+                input: Arc::new(input),
+                memory: Vec::new(),
+            },
+            reply,
+        };
+        match self.queue.try_send(task) {
+            Ok(()) => Ok(rx),
+            Err(async_channel::TrySendError::Full(_)) => Err(AgentError::new(
+                "busy",
+                format!("{QUEUE_BOUND} tasks already wait for this agent"),
+                true,
+            )),
+            Err(async_channel::TrySendError::Closed(_)) => Err(AgentError::new(
+                "shutdown",
+                "the service agent is stopped",
+                true,
+            )),
+        }
+    }
+}
+
+/// Tries of one task across instance deaths, by task id.
+type Tries = std::collections::HashMap<u64, u32>;
+
+/// One instance: attempts one after another, with the agent's backoff between failures.
+async fn instance_loop(
+    daemon: Arc<Daemon>,
+    spec: Arc<AgentSpec>,
+    index: u32,
+    rx: async_channel::Receiver<ServiceTask>,
+    info: Arc<Mutex<InstanceInfo>>,
+    mut stop: watch::Receiver<Option<ExitReason>>,
+) {
+    let mut backoff = Backoff::new(spec.backoff.clone());
+    let mut tries = Tries::new();
+    let mut attempt = 0u32;
+    let run_id = format!("svc-{}-{}-{}", spec.name, index, std::process::id());
+    loop {
+        if stop.borrow().is_some() || rx.is_closed() && rx.is_empty() {
+            break;
+        }
+        let Some(_slot) = daemon.agent_slot().await else {
+            break;
+        };
+        attempt += 1;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let notes = daemon.log_notes(&spec.name);
+        let fut = daemon.sup.service_attempt(
+            spec.clone(),
+            run_id.clone(),
+            attempt,
+            rx.clone(),
+            Some(tx),
+            Some(notes),
+            stop.clone(),
+        );
+        let started = Instant::now();
+        let mut fut = std::pin::pin!(fut);
+        let out = loop {
+            tokio::select! {
+                out = &mut fut => break out,
+                Some(ev) = events.recv() => observe(&daemon, &info, &ev, started),
+            }
+        };
+        while let Ok(ev) = events.try_recv() {
+            observe(&daemon, &info, &ev, started);
+        }
+        let rec = out.record;
+        daemon.metrics.exited(&rec);
+        daemon.event_record(&rec);
+        let ran_for = started.elapsed();
+        let stopping = stop.borrow().is_some();
+        if let Some(task) = out.in_flight {
+            let id = task.task.task_id;
+            let n = tries.entry(id).or_insert(0);
+            *n += 1;
+            let retry = !stopping
+                && spec.restart != RestartPolicy::Never
+                && *n <= spec.max_retries
+                && crate::policy::restart::counts_for_breaker(rec.reason);
+            if retry && !rx.is_closed() {
+                // Back in the queue: the next idle instance (this one restarted) takes it.
+                if let Err(e) = daemon_requeue(&daemon, &spec, task) {
+                    tracing::warn!(agent = %spec.name, "task {id} lost on requeue: {e}");
+                }
+            } else {
+                tries.remove(&id);
+                let err = rec
+                    .error
+                    .clone()
+                    .map(|e| AgentError::new(e.kind, e.message, e.retryable));
+                let err = err.unwrap_or_else(|| {
+                    AgentError::new(rec.reason.as_str(), rec.reason.to_string(), false)
+                });
+                let _ = task.reply.send(Err(err));
+            }
+        }
+        {
+            let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
+            i.pid = None;
+            i.last_exit = Some(rec.reason.as_str().to_string());
+            i.state = InstanceState::Backoff;
+        }
+        if stopping || rec.reason == ExitReason::Shutdown && rx.is_closed() {
+            break;
+        }
+        drop(_slot);
+        backoff.on_healthy_run(ran_for);
+        let delay = backoff.next_delay(0.5);
+        {
+            let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
+            i.restarts += 1;
+            i.backoff_until = Some(Instant::now() + delay);
+        }
+        daemon.metrics.restarted(&spec.name);
+        tracing::info!(agent = %spec.name, instance = index, reason = %rec.reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| s.is_some()) => break,
+        }
+    }
+    let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
+    i.state = InstanceState::Stopped;
+    i.pid = None;
+}
+
+fn daemon_requeue(daemon: &Daemon, spec: &AgentSpec, task: ServiceTask) -> Result<(), String> {
+    daemon.requeue(&spec.name, task)
+}
+
+/// What an attempt's life event says about its instance.
+fn observe(daemon: &Daemon, info: &Mutex<InstanceInfo>, ev: &AttemptEvent, started: Instant) {
+    let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
+    match ev {
+        AttemptEvent::Spawned { pid, .. } => {
+            i.pid = Some(*pid);
+            i.state = InstanceState::Starting;
+            i.since = Instant::now();
+            i.backoff_until = None;
+        }
+        AttemptEvent::Ready { .. } => {
+            i.state = InstanceState::Ready;
+            daemon.metrics.spawn_ready(started.elapsed());
+        }
+        AttemptEvent::Sample { rss_kb, cpu_ms, .. } => {
+            i.rss_kb = Some(*rss_kb);
+            i.cpu_ms = *cpu_ms;
+        }
+        AttemptEvent::Watchdog { reason, .. } => {
+            i.last_exit = Some(reason.as_str().to_string());
+        }
+        AttemptEvent::Exited(_) => {}
+    }
+    drop(i);
+    daemon.event_attempt(ev);
+}
+
+/// How long the drain may take for `spec`: its kill grace and a margin.
+pub(crate) fn drain_time(spec: &AgentSpec) -> Duration {
+    spec.kill_grace * 2 + Duration::from_secs(1)
+}

@@ -1,0 +1,311 @@
+//! What the daemon holds: the supervisor, the service agents, the runs under way, the recent
+//! log lines of each agent, the event stream and the metrics; and the views of them that
+//! `ps` and `status` print.
+
+use super::service::ServiceAgent;
+use crate::child::{AttemptEvent, Note, Notes, ServiceTask};
+use crate::control::Approvals;
+use crate::health::Metrics;
+use crate::{ExitRecord, StopHandle, Supervisor};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+
+/// Log lines kept per agent for `corral logs`.
+pub(crate) const LOG_LINES: usize = 1000;
+/// Longest log line kept (longer ones are cut).
+const LOG_LINE_MAX: usize = 4096;
+/// Events buffered for `events -f` followers (a slower follower skips).
+const EVENT_BUFFER: usize = 4096;
+/// Most runs (tasks and plans) under way at once; more are refused `busy`.
+pub(crate) const MAX_RUNS: usize = 10_000;
+
+/// Where a service agent's instance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum InstanceState {
+    /// Spawned, no `Ready` yet.
+    Starting,
+    /// Ready, taking tasks.
+    Ready,
+    /// Ended; restarting after its backoff.
+    Backoff,
+    /// Stopped (by an operator, a reload or the drain).
+    Stopped,
+}
+
+/// One service instance as `ps` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceInfo {
+    pub agent: String,
+    pub index: u32,
+    pub state: InstanceState,
+    pub pid: Option<i32>,
+    pub since: Instant,
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub rss_kb: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub backoff_until: Option<Instant>,
+}
+
+impl InstanceInfo {
+    pub fn new(agent: &str, index: u32) -> InstanceInfo {
+        InstanceInfo {
+            agent: agent.to_string(),
+            index,
+            state: InstanceState::Starting,
+            pid: None,
+            since: Instant::now(),
+            restarts: 0,
+            last_exit: None,
+            rss_kb: None,
+            cpu_ms: None,
+            backoff_until: None,
+        }
+    }
+}
+
+/// A run under way (a task or a plan run).
+pub(crate) struct RunEntry {
+    pub what: String,
+    pub stop: Option<StopHandle>,
+}
+
+/// The daemon's state, shared by its tasks.
+pub struct Daemon {
+    pub(crate) sup: Arc<Supervisor>,
+    pub(crate) services: Mutex<BTreeMap<String, ServiceAgent>>,
+    /// Service agents stopped by an operator (`corral stop`), kept stopped across reloads.
+    pub(crate) stopped: Mutex<std::collections::BTreeSet<String>>,
+    pub(crate) runs: Mutex<HashMap<String, RunEntry>>,
+    logs: Mutex<HashMap<String, VecDeque<String>>>,
+    pub(crate) events: broadcast::Sender<String>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) approvals: Arc<dyn Approvals>,
+    /// `max_agents`: a permit per live agent process.
+    slots: Option<Arc<Semaphore>>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) seq: AtomicU64,
+    pub(crate) started: Instant,
+    /// The config file the daemon runs on.
+    pub(crate) config_path: std::path::PathBuf,
+    pub(crate) reloads: AtomicU64,
+}
+
+impl Daemon {
+    pub(crate) fn new(
+        sup: Arc<Supervisor>,
+        approvals: Arc<dyn Approvals>,
+        config_path: std::path::PathBuf,
+    ) -> Daemon {
+        let slots = sup
+            .config()
+            .supervisor
+            .max_agents
+            .map(|n| Arc::new(Semaphore::new(n as usize)));
+        Daemon {
+            sup,
+            services: Mutex::new(BTreeMap::new()),
+            stopped: Mutex::new(Default::default()),
+            runs: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            metrics: Arc::new(Metrics::new()),
+            approvals,
+            slots,
+            draining: AtomicBool::new(false),
+            seq: AtomicU64::new(1),
+            started: Instant::now(),
+            config_path,
+            reloads: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot under `max_agents` for one agent process (waits for one); `None` while draining.
+    pub(crate) async fn agent_slot(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        match &self.slots {
+            None => Some(None),
+            Some(s) => s.clone().acquire_owned().await.ok().map(Some),
+        }
+    }
+
+    /// Notes of an agent's attempts that keep its `Log` lines for `corral logs`.
+    pub(crate) fn log_notes(self: &Arc<Self>, agent: &str) -> Notes {
+        let d = Arc::downgrade(self);
+        let agent = agent.to_string();
+        Arc::new(move |note| {
+            if let (Note::Log { level, text }, Some(d)) = (note, d.upgrade()) {
+                d.log_line(&agent, &format!("{level:?} {text}"));
+            }
+        })
+    }
+
+    /// Keep one line of `agent`'s log (the oldest goes past [`LOG_LINES`]) and send it to
+    /// the event stream's followers of that agent.
+    pub(crate) fn log_line(&self, agent: &str, line: &str) {
+        let mut line = line.to_string();
+        if line.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push('…');
+        }
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        // Only configured agents get a buffer (names come from the config, not from agents).
+        let q = logs.entry(agent.to_string()).or_default();
+        if q.len() == LOG_LINES {
+            q.pop_front();
+        }
+        q.push_back(line.clone());
+        drop(logs);
+        let _ = self
+            .events
+            .send(serde_json::json!({"event": "log", "agent": agent, "line": line}).to_string());
+    }
+
+    /// The recent log lines of `agent`.
+    pub(crate) fn recent_logs(&self, agent: &str) -> Vec<String> {
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.get(agent)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// An attempt's life event, to the event stream.
+    pub(crate) fn event_attempt(&self, ev: &AttemptEvent) {
+        let v = match ev {
+            AttemptEvent::Spawned {
+                agent,
+                attempt,
+                pid,
+                warm,
+            } => serde_json::json!(
+                {"event": "spawned", "agent": agent, "attempt": attempt, "pid": pid, "warm": warm}),
+            AttemptEvent::Ready {
+                agent,
+                attempt,
+                pid,
+            } => serde_json::json!(
+                {"event": "ready", "agent": agent, "attempt": attempt, "pid": pid}),
+            AttemptEvent::Watchdog {
+                agent, pid, reason, ..
+            } => serde_json::json!(
+                {"event": "watchdog", "agent": agent, "pid": pid, "reason": reason.as_str()}),
+            AttemptEvent::Sample { .. } | AttemptEvent::Exited(_) => return,
+        };
+        let _ = self.events.send(v.to_string());
+    }
+
+    /// An attempt's end, to the event stream.
+    pub(crate) fn event_record(&self, rec: &ExitRecord) {
+        let line = serde_json::json!({"event": "exited", "record": rec}).to_string();
+        let _ = self.events.send(line);
+    }
+
+    /// Put a task back in its agent's queue (its instance died with it).
+    pub(crate) fn requeue(&self, agent: &str, task: ServiceTask) -> Result<(), String> {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = services.get(agent) else {
+            return Err(format!("agent `{agent}` is no longer a service agent"));
+        };
+        s.queue.try_send(task).map_err(|e| e.to_string())
+    }
+
+    /// `corral ps`: one row per service instance, one per agent type without instances.
+    pub(crate) fn ps(&self) -> Vec<serde_json::Value> {
+        let mut rows = Vec::new();
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for name in &self.sup.agent_names() {
+            let breaker = self.sup.breaker_state(name);
+            self.metrics.breaker(name, breaker);
+            let Some(s) = services.get(name) else {
+                let running = {
+                    let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+                    runs.values().filter(|r| r.what == *name).count()
+                };
+                rows.push(serde_json::json!({
+                    "name": name, "instance": null, "service": false,
+                    "state": if running > 0 { "running" } else { "idle" },
+                    "pid": null, "uptime_s": null, "restarts": 0, "last_exit_reason": null,
+                    "rss_kb": null, "cpu_ms": null, "breaker": breaker, "runs": running,
+                }));
+                continue;
+            };
+            for i in &s.instances {
+                let i = i.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let backoff_ms = i
+                    .backoff_until
+                    .map(|t| t.saturating_duration_since(now).as_millis() as u64);
+                rows.push(serde_json::json!({
+                    "name": format!("{}#{}", i.agent, i.index),
+                    "agent": i.agent, "instance": i.index, "service": true,
+                    "state": i.state, "pid": i.pid,
+                    "uptime_s": i.pid.map(|_| now.saturating_duration_since(i.since).as_secs()),
+                    "restarts": i.restarts, "last_exit_reason": i.last_exit,
+                    "rss_kb": i.rss_kb, "cpu_ms": i.cpu_ms, "breaker": breaker,
+                    "backoff_ms": backoff_ms,
+                }));
+            }
+        }
+        rows
+    }
+
+    /// `corral status`: the summary, and the one line `STATUS=` carries.
+    pub(crate) fn status(&self) -> (serde_json::Value, String) {
+        let rows = self.ps();
+        let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+        let mut backoff_max: u64 = 0;
+        let mut agents = 0;
+        for r in rows.iter().filter(|r| r["service"] == true) {
+            agents += 1;
+            let s = r["state"].as_str().unwrap_or("unknown").to_string();
+            if s == "backoff" {
+                backoff_max = backoff_max.max(r["backoff_ms"].as_u64().unwrap_or(0));
+            }
+            *by_state.entry(s).or_default() += 1;
+        }
+        for s in ["starting", "ready", "backoff", "stopped"] {
+            self.metrics
+                .set_agents(s, by_state.get(s).copied().unwrap_or(0));
+        }
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.metrics.set_runs_active(runs as i64);
+        let healthy = by_state.get("ready").copied().unwrap_or(0);
+        let mut line = format!("{agents} agents, {healthy} healthy");
+        for (s, n) in &by_state {
+            if s == "ready" {
+                continue;
+            }
+            line.push_str(&format!(", {n} {s}"));
+            if s == "backoff" && backoff_max > 0 {
+                line.push_str(&format!(" {:.0}s", backoff_max as f64 / 1000.0));
+            }
+        }
+        line.push_str(&format!("; {runs} runs"));
+        if self.draining.load(Ordering::SeqCst) {
+            line.push_str("; draining");
+        }
+        let v = serde_json::json!({
+            "pid": std::process::id(),
+            "config": self.config_path.display().to_string(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "agents": agents,
+            "by_state": by_state,
+            "runs": runs,
+            "reloads": self.reloads.load(Ordering::Relaxed),
+            "draining": self.draining.load(Ordering::SeqCst),
+            "summary": line,
+        });
+        (v, line)
+    }
+}

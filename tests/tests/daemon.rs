@@ -1,0 +1,426 @@
+//! `corral serve` as a real process started by the test, with a real `NOTIFY_SOCKET` owned by
+//! the test, driven through the real `corral` client verbs and signals.
+
+use corral_e2e::{alive, bin, corral, fixture, Fixture};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A daemon under test and the notify socket it talks to.
+struct Daemon {
+    child: Child,
+    notify: UnixDatagram,
+    fx: Fixture,
+    seen: Vec<String>,
+}
+
+const SERVICE: &str = r#"
+[agents.svc]
+command = ["ECHO"]
+service = true
+instances = 2
+wall_time = "30s"
+"#;
+
+fn start(extra: &str) -> Daemon {
+    start_on(fixture(
+        &extra.replace("ECHO", &bin("echo").display().to_string()),
+    ))
+}
+
+impl Daemon {
+    /// Read notify datagrams until one holds `what`; every state seen is kept in order.
+    fn wait_for(&mut self, what: &str) -> String {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = self.notify.recv(&mut buf).expect("notify datagram");
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            for line in text.lines() {
+                self.seen.push(line.to_string());
+            }
+            if text.lines().any(|l| l.starts_with(what)) {
+                return text;
+            }
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = args.to_vec();
+        // By the socket: the config may be broken on purpose meanwhile.
+        let sock = self.fx.dir.path().join("state/control.sock");
+        let sock = sock.to_str().expect("utf-8 path").to_string();
+        all.extend(["--socket", &sock]);
+        corral(&all)
+    }
+
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["ps", "--json"]);
+        assert!(
+            out.status.success(),
+            "ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps --json parses");
+        v.as_array().expect("a list").clone()
+    }
+
+    /// The service pids once both instances are ready and none is `except`.
+    fn wait_pids(&self, except: &[i64]) -> Vec<i64> {
+        loop {
+            let rows = self.ps();
+            let ready: Vec<i64> = rows
+                .iter()
+                .filter(|r| r["agent"] == "svc" && r["state"] == "ready")
+                .filter_map(|r| r["pid"].as_i64())
+                .collect();
+            if ready.len() == 2 && ready.iter().all(|p| !except.contains(p)) {
+                return ready;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY (test): a signal to the daemon this test started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn term(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        self.wait_for("STOPPING=1");
+        let status = self.child.wait().expect("wait daemon");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+#[test]
+fn notify_order_service_restart_and_drain() {
+    let mut d = start(SERVICE);
+    d.wait_for("WATCHDOG=1");
+    let pids = d.wait_pids(&[]);
+    // kill -9 of a service agent: back with a new pid.
+    let victim = pids[0] as i32;
+    let host = corral_e2e::agent_pid(victim);
+    // SAFETY (test): kill the agent's process (under its init when there is one).
+    unsafe { libc::kill(host, libc::SIGKILL) };
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let after = d.wait_pids(&[pids[0]]);
+    assert!(
+        after.contains(&pids[1]),
+        "the other instance was left alone"
+    );
+    let rows = d.ps();
+    let restarted: u64 = rows
+        .iter()
+        .filter(|r| r["agent"] == "svc")
+        .map(|r| r["restarts"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(restarted, 1, "{rows:?}");
+    // A task on the service agent.
+    let out = d.ctl(&["submit", "svc", "--input", r#"{"x":1}"#, "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"x":1}"#);
+    let live = d.wait_pids(&[]);
+    let (code, err) = d.term_with_seen();
+    assert_eq!(code, 0, "{err}");
+    for p in live {
+        assert!(!alive(p as i32), "agent {p} left after the drain");
+    }
+}
+
+impl Daemon {
+    /// SIGTERM, then check the notify states' order.
+    fn term_with_seen(self) -> (i32, String) {
+        let mut me = self;
+        me.signal(libc::SIGTERM);
+        me.wait_for("STOPPING=1");
+        let first = |what: &str| {
+            me.seen
+                .iter()
+                .position(|l| l.starts_with(what))
+                .unwrap_or_else(|| panic!("no {what} in {:?}", me.seen))
+        };
+        let (ready, status, watchdog, stopping) = (
+            first("READY=1"),
+            first("STATUS="),
+            first("WATCHDOG=1"),
+            first("STOPPING=1"),
+        );
+        assert!(
+            ready <= status && status < watchdog && watchdog < stopping,
+            "{:?}",
+            me.seen
+        );
+        let status = me.child.wait().expect("wait daemon");
+        let mut err = String::new();
+        if let Some(mut e) = me.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+#[test]
+fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
+    let mut d = start(SERVICE);
+    let pids = d.wait_pids(&[]);
+    let good = std::fs::read_to_string(&d.fx.config).expect("read config");
+    // Broken: the daemon goes on with the old config and the same agents.
+    std::fs::write(
+        &d.fx.config,
+        format!("{good}\n[agents.svc2]\ncommand = 3\n"),
+    )
+    .expect("write");
+    d.signal(libc::SIGHUP);
+    d.wait_for("RELOADING=1");
+    d.wait_for("READY=1");
+    assert_eq!(d.wait_pids(&[]), pids, "unchanged agents untouched");
+    // Changed limit: a task past the new wall_time fails by its deadline, on new processes.
+    std::fs::write(
+        &d.fx.config,
+        good.replace("wall_time = \"30s\"", "wall_time = \"300ms\""),
+    )
+    .expect("write");
+    d.signal(libc::SIGHUP);
+    d.wait_for("RELOADING=1");
+    d.wait_for("READY=1");
+    let new = d.wait_pids(&pids);
+    assert!(new.iter().all(|p| !pids.contains(p)));
+    let (code, err) = d.term();
+    assert_eq!(code, 0);
+    assert!(
+        err.contains("reload refused"),
+        "the broken config is logged: {err}"
+    );
+    assert!(err.contains(":"), "{err}");
+}
+
+#[test]
+fn a_peer_not_in_admins_is_refused() {
+    let d = start("");
+    let socket = d.fx.dir.path().join("state/control.sock");
+    // Let the other uid reach the socket, so that the daemon's own check is what refuses it.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    std::fs::set_permissions(
+        d.fx.dir.path().join("state"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = Command::new(bin("corral"))
+        .args(["ps", "--socket"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the client as uid 65534");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("denied") && err.contains("65534"), "{err}");
+    let (code, log) = d.term();
+    assert_eq!(code, 0);
+    assert!(
+        log.contains("refused") && log.contains("peer_uid=65534"),
+        "{log}"
+    );
+}
+
+#[test]
+fn no_daemon_is_one_line_and_exit_2() {
+    let out = corral(&["status", "--socket", "/nonexistent/corral.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no corral daemon"), "{err}");
+}
+
+/// A small Prometheus text-format parser: `# HELP`/`# TYPE` lines and samples
+/// `name{label="value",…} number`.
+fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut p = rest.splitn(3, ' ');
+            match (p.next(), p.next()) {
+                (Some("HELP" | "TYPE"), Some(n)) if name_ok(n) => continue,
+                (Some("EOF"), None) => continue,
+                _ => return Err(format!("bad comment line: {line}")),
+            }
+        }
+        let (head, value) = line.rsplit_once(' ').ok_or(format!("no value: {line}"))?;
+        let name = match head.split_once('{') {
+            Some((n, labels)) => {
+                let labels = labels.strip_suffix('}').ok_or(format!("labels: {line}"))?;
+                for l in labels.split(',').filter(|l| !l.is_empty()) {
+                    let (k, v) = l.split_once('=').ok_or(format!("label: {line}"))?;
+                    if !(name_ok(k) && v.starts_with('"') && v.ends_with('"')) {
+                        return Err(format!("label: {line}"));
+                    }
+                }
+                n
+            }
+            None => head,
+        };
+        if !name_ok(name) {
+            return Err(format!("name: {line}"));
+        }
+        let v = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse::<f64>().map_err(|_| format!("value: {line}"))?,
+        };
+        out.push((name.to_string(), v));
+    }
+    Ok(out)
+}
+
+#[test]
+fn metrics_parse_and_submit_plan_matches_run() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let fx = fixture(&SERVICE.replace("ECHO", &bin("echo").display().to_string()));
+    let cfg_text = std::fs::read_to_string(&fx.config).expect("read");
+    std::fs::write(
+        &fx.config,
+        cfg_text.replace(
+            "[supervisor]\n",
+            &format!("[supervisor]\nmetrics_listen = \"{port}\"\n"),
+        ),
+    )
+    .expect("write");
+    let mut d = start_on(fx);
+    let plan = d.fx.dir.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[plan]\nname = \"p\"\n\n[[node]]\nid = \"a\"\nagent = \"echo\"\ninput = \"$input\"\n\n[[node]]\nid = \"b\"\nagent = \"echo\"\ninput = { got = \"$a.output\" }\n",
+    )
+    .expect("write plan");
+    let plan_s = plan.to_str().expect("utf-8");
+    let cfg = d.fx.config.to_str().expect("utf-8").to_string();
+    let direct = corral(&["run", plan_s, "--config", &cfg, "--input", r#"{"k":2}"#]);
+    let via = d.ctl(&[
+        "submit",
+        "--plan",
+        plan_s,
+        "--input",
+        r#"{"k":2}"#,
+        "--wait",
+    ]);
+    assert_eq!(direct.status.code(), via.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&direct.stdout),
+        String::from_utf8_lossy(&via.stdout)
+    );
+    let direct = corral(&["run", plan_s, "--config", &cfg, "--input", "1", "--json"]);
+    let via = d.ctl(&[
+        "submit", "--plan", plan_s, "--input", "1", "--wait", "--json",
+    ]);
+    let strip = |o: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(o).expect("json");
+        let ids: Vec<_> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| (n["id"].clone(), n["status"].clone()))
+            .collect();
+        (v["status"].clone(), v["output"].clone(), ids)
+    };
+    assert_eq!(strip(&direct.stdout), strip(&via.stdout));
+    // Metrics, after the runs: the text parses, and says what happened.
+    d.wait_for("WATCHDOG=1");
+    let body = get_metrics(port);
+    let samples = parse_prometheus(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert!(
+        samples.iter().any(|(n, _)| n == "corral_runs_active"),
+        "{body}"
+    );
+    let succeeded = samples
+        .iter()
+        .any(|(n, v)| n == "corral_runs_total" && *v >= 1.0);
+    assert!(succeeded, "{body}");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
+fn start_on(fx: Fixture) -> Daemon {
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = fx.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock).expect("bind notify socket");
+    // Not a timing assertion: a daemon that never says what is awaited fails the test
+    // instead of hanging it.
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let child = Command::new(bin("corral"))
+        .args(["serve", "--config"])
+        .arg(&fx.config)
+        .env("NOTIFY_SOCKET", &sock)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start corral serve");
+    let mut d = Daemon {
+        child,
+        notify,
+        fx,
+        seen: Vec::new(),
+    };
+    d.wait_for("READY=1");
+    d
+}
+
+fn get_metrics(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/corral.service");
+    assert!(unit.is_file(), "packaging/corral.service exists");
+    let Ok(out) = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+    else {
+        println!("skipped: systemd-analyze is not installed, the unit is not verified");
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The unit names /usr/bin/corral, which a build machine may lack: only that is tolerated.
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("/usr/bin/corral") && !l.trim().is_empty())
+        .collect();
+    assert!(problems.is_empty(), "systemd-analyze verify: {err}");
+}
