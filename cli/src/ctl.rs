@@ -10,8 +10,7 @@ use std::process::ExitCode;
 
 /// `corral serve`.
 pub async fn serve(config: &Path) -> ExitCode {
-    let approvals = std::sync::Arc::new(corral::control::NoApprovals);
-    match corral::daemon::serve(config, approvals).await {
+    match corral::daemon::serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corral serve: {e}");

@@ -424,3 +424,57 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         .collect();
     assert!(problems.is_empty(), "systemd-analyze verify: {err}");
 }
+
+/// A tool that asks for approval, in a task submitted to the daemon: the call waits, is listed
+/// by `corral approvals`, and `corral approve ID` lets it run; `corral deny` refuses the next.
+#[test]
+fn approvals_are_listed_and_decided_over_the_socket() {
+    let d = start(&format!(
+        "[agents.asker]\ncommand = [\"{}\"]\ntools = [\"fs.write\"]\n\
+         [tools.\"fs.write\"]\napprove = \"ask\"\napprove_timeout = \"60s\"\n",
+        bin("chaos").display()
+    ));
+    let sock = d.fx.dir.path().join("state/control.sock");
+    let input = r#"{"do":"tools","calls":[{"tool":"fs.write","args":{"path":"a","content":"1"}},{"tool":"fs.write","args":{"path":"b","content":"2"}}]}"#;
+    let waiter = Command::new(bin("corral"))
+        .args([
+            "submit", "asker", "--input", input, "--wait", "--json", "--socket",
+        ])
+        .arg(&sock)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("submit");
+    let mut decided = 0;
+    while decided < 2 {
+        let out = d.ctl(&["approvals", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if let Some(p) = list.as_array().and_then(|l| l.first()) {
+            assert_eq!(p["tool"], "fs.write");
+            assert_eq!(p["agent"], "asker");
+            let id = p["id"].as_str().expect("id").to_string();
+            let verb = if decided == 0 { "approve" } else { "deny" };
+            let out = d.ctl(&[verb, &id]);
+            assert!(out.status.success(), "{verb} {id}: {out:?}");
+            // Decided once: a second decision of the same call is refused.
+            let again = d.ctl(&[verb, &id]);
+            assert!(!again.status.success(), "{again:?}");
+            assert!(
+                String::from_utf8_lossy(&again.stderr).contains("waiting"),
+                "{again:?}"
+            );
+            decided += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let out = waiter.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let results = &doc["output"]["results"];
+    assert_eq!(results[0]["ok"], true, "{doc}");
+    assert_eq!(results[1]["error"]["kind"], "approval_denied", "{doc}");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}

@@ -20,14 +20,16 @@
 //! - `service`: service agents and their instance loops.
 //! - `handler`: the answers to control requests.
 
+mod approvals;
 mod handler;
 mod service;
 mod state;
 
+pub use approvals::{OperatorApprovals, MAX_PENDING};
 pub use state::Daemon;
 
 use crate::config::{Admins, Config, ConfigError};
-use crate::control::{self, Approvals};
+use crate::control;
 use crate::health::{self, Notifier};
 use crate::{ExitReason, RunError, Supervisor};
 use service::ServiceAgent;
@@ -68,9 +70,10 @@ pub enum DaemonError {
     Signals(std::io::Error),
 }
 
-/// Run the daemon on the config at `path` until SIGTERM or SIGINT. `approvals` answers the
-/// approval verbs (see [`crate::control::Approvals`]).
-pub async fn serve(path: &Path, approvals: Arc<dyn Approvals>) -> Result<(), DaemonError> {
+/// Run the daemon on the config at `path` until SIGTERM or SIGINT. Tool calls that ask for
+/// approval wait for the approval verbs (see [`OperatorApprovals`]).
+pub async fn serve(path: &Path) -> Result<(), DaemonError> {
+    let approvals = Arc::new(OperatorApprovals::default());
     let notifier = Notifier::from_env();
     match health::raise_nofile() {
         Ok((old, new)) if old < new => {
@@ -85,6 +88,7 @@ pub async fn serve(path: &Path, approvals: Arc<dyn Approvals>) -> Result<(), Dae
     let group = config.supervisor.control_group;
     let metrics_at = config.supervisor.metrics_listen;
     let sup = Arc::new(Supervisor::new(config)?);
+    sup.set_approver(approvals.clone());
     let daemon = Arc::new(Daemon::new(sup.clone(), approvals, path.to_path_buf()));
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;

@@ -365,6 +365,10 @@ impl<'p> Sched<'p> {
         self.next_call += 1;
         let opts = CallOptions {
             run_id: Some(self.run_id.clone()),
+            task: Some(match q.index {
+                Some(k) => format!("{}[{k}]", n.id),
+                None => n.id.clone(),
+            }),
             memory: q.memory.clone(),
             stop: Some(match &self.nodes[i].deadline {
                 Some((_, stop, _)) => stop.clone(),

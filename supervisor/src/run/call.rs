@@ -244,7 +244,12 @@ impl<'s> Call<'s> {
             input: self.input.clone(),
             memory: self.opts.memory.clone(),
         };
-        let tools = self.opts.tools.clone();
+        let tools = Some(
+            self.opts
+                .tools
+                .clone()
+                .unwrap_or_else(|| self.sup.default_tools()),
+        );
         child::run_attempt(aspec, task, tools, self.stop.clone()).await
     }
 

@@ -108,7 +108,8 @@ pub struct CallOptions {
     pub run_id: Option<String>,
     /// Notes handed down with the task.
     pub memory: Vec<Value>,
-    /// Where tool calls go (`None`: every call is denied).
+    /// Where tool calls go (`None`: the supervisor's own broker, see
+    /// [`Supervisor::set_approver`]).
     pub tools: Option<mpsc::Sender<ToolRequest>>,
     /// Stop the call from outside: see [`crate::Stop`].
     pub stop: Option<crate::Stop>,
@@ -145,6 +146,10 @@ pub struct Supervisor {
     journal: Option<crate::journal::Journal>,
     /// The tool ledger in the journal (destructive calls at most once across processes).
     ledger: Option<Arc<JournalLedger>>,
+    /// The broker of calls made without one of their own (made at the first such call).
+    tools: std::sync::OnceLock<mpsc::Sender<ToolRequest>>,
+    /// Who that broker asks about `approve = "ask"` tools (none: such calls are denied).
+    approver: Mutex<Option<Arc<dyn crate::tools::Approver>>>,
 }
 
 /// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
@@ -228,6 +233,8 @@ impl Supervisor {
             clock: Arc::new(SystemClock),
             journal,
             ledger,
+            tools: std::sync::OnceLock::new(),
+            approver: Mutex::new(None),
         })
     }
 
@@ -237,6 +244,32 @@ impl Supervisor {
         self.ledger
             .clone()
             .map(|l| l as Arc<dyn crate::tools::ToolLedger>)
+    }
+
+    /// Who is asked about tool calls of `approve = "ask"` tools, for calls that have no broker
+    /// of their own (set before the first call).
+    pub fn set_approver(&self, approver: Arc<dyn crate::tools::Approver>) {
+        *self.approver.lock().unwrap_or_else(|p| p.into_inner()) = Some(approver);
+    }
+
+    /// Where tool calls go for a call that has no broker of its own: the supervisor's broker
+    /// (every configured tool, the journal's ledger), started at the first use. Must be called
+    /// inside the runtime.
+    pub(crate) fn default_tools(&self) -> mpsc::Sender<ToolRequest> {
+        self.tools
+            .get_or_init(|| {
+                let mut broker = crate::tools::Broker::for_supervisor(self);
+                let approver = self
+                    .approver
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(a) = approver {
+                    broker = broker.with_approver(a);
+                }
+                Arc::new(broker).serve().0
+            })
+            .clone()
     }
 
     /// The journal calls are written to, when it is on.
@@ -411,7 +444,7 @@ impl Supervisor {
             service: Some(queue),
             task: None,
         };
-        child::run_service_attempt(aspec, None, stop)
+        child::run_service_attempt(aspec, Some(self.default_tools()), stop)
     }
 
     /// The circuit breaker's state of `agent` now: `closed`, `open` or `half_open`.
