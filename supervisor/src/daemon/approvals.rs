@@ -12,17 +12,17 @@ use tokio::sync::oneshot;
 /// Most calls waiting for an operator at once.
 pub const MAX_PENDING: usize = 1024;
 
+/// The calls waiting, by id, with where their answer goes; and the last id given.
+type Waiting = (u64, BTreeMap<u64, (PendingApproval, oneshot::Sender<bool>)>);
+
 /// The daemon's approvals: asked by the broker, answered over the control socket.
 #[derive(Default)]
 pub struct OperatorApprovals {
-    waiting: Mutex<(u64, BTreeMap<u64, (PendingApproval, oneshot::Sender<bool>)>)>,
+    waiting: Mutex<Waiting>,
 }
 
 impl OperatorApprovals {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, (PendingApproval, oneshot::Sender<bool>)>)>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
