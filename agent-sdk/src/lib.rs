@@ -211,6 +211,19 @@ impl Ctx {
         self.call_tool(tool, args).map_err(ToolError::from)
     }
 
+    /// Run a task on agent `name` as a step of this one and return its output. The supervisor
+    /// runs it as a child of this task, in the same run, within this agent's quotas
+    /// (`max_depth`, `max_children`); the tool `agent:NAME` must be in the contract and granted
+    /// in the config. A failed child is a `ToolError` of kind `agent_failed`, a quota
+    /// exceeded one of kind `quota_exceeded`.
+    pub fn call_agent<I: Serialize + 'static>(
+        &mut self,
+        name: &str,
+        input: I,
+    ) -> Result<Value, ToolError> {
+        self.tool(&format!("agent:{name}"), input)
+    }
+
     /// Notes handed down with this task.
     pub fn memory(&self) -> &[Value] {
         &self.memory_in

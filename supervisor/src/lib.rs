@@ -116,5 +116,8 @@ pub use child::{AttemptEvent, CallNote, Note, Notes, ToolNote, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};
-pub use run::{CallOptions, CallOutcome, JournalCall, RunError, Supervisor};
+pub use run::{
+    CallOptions, CallOutcome, JournalCall, RunError, RunShare, Supervisor, AGENT_TOOL,
+    MAX_RUN_AGENTS,
+};
 pub use stop::{Stop, StopHandle};

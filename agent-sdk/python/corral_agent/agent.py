@@ -203,13 +203,12 @@ class Ctx:
             self._deferred.append(ev)
 
     def call_agent(self, name: str, input: Value) -> Value:
-        """Run another agent as a step of this task. Needs plans in the supervisor, which this
-        version does not have: raises `ToolError("unsupported", …)`."""
-        raise ToolError(
-            "unsupported",
-            f"calling agent `{name}` needs plans, which this supervisor does not run yet",
-            False,
-        )
+        """Run a task on agent `name` as a step of this one and return its output: the
+        supervisor runs it as a child of this task, in the same run, within this agent's
+        quotas (`max_depth`, `max_children`). The tool `agent:NAME` must be in the contract and
+        granted in the config. Raises `ToolError` (`agent_failed`, `quota_exceeded`,
+        `permission_denied`, ...)."""
+        return self.tool("agent:" + name, input)
 
     @property
     def memory(self) -> List[Value]:

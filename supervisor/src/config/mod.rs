@@ -330,6 +330,10 @@ pub struct AgentSpec {
     /// Most live instances of this agent type at once in a plan run (`max_instances`);
     /// `None` is no cap beyond the plan's own.
     pub max_instances: Option<u32>,
+    /// How deep agents called by this one (`call_agent`) may nest (`max_depth`, default 2).
+    pub max_depth: u32,
+    /// Most agents this one may call in one task (`max_children`, default 8).
+    pub max_children: u32,
     // --- tools ---
     /// Tools granted (`tools`); a call needs the tool in the contract and here.
     pub tools: Vec<String>,
@@ -412,6 +416,8 @@ impl AgentSpec {
             },
             quarantine_after: 2,
             max_instances: None,
+            max_depth: 2,
+            max_children: 8,
             tools: Vec::new(),
             deny_tools: Vec::new(),
             service: false,

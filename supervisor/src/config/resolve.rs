@@ -647,6 +647,8 @@ fn apply(ctx: &Ctx<'_>, spec: &mut AgentSpec, s: &Settings) {
     if let Some(m) = &s.max_instances {
         spec.max_instances = Some(*m.get_ref());
     }
+    set(&mut spec.max_depth, &s.max_depth);
+    set(&mut spec.max_children, &s.max_children);
     super::tools::apply_grants(spec, s);
     set(&mut spec.service, &s.service);
     set(

@@ -105,6 +105,8 @@ pub(super) struct Settings {
     pub breaker: Option<Breaker>,
     pub quarantine_after: Option<Spanned<u32>>,
     pub max_instances: Option<Spanned<u32>>,
+    pub max_depth: Option<u32>,
+    pub max_children: Option<u32>,
     // tools
     pub tools: Option<Vec<Spanned<String>>>,
     pub deny_tools: Option<Vec<Spanned<String>>>,

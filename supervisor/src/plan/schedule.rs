@@ -13,7 +13,7 @@ use super::outcome::{finished_of, Finished, NodeReport, PlanOptions, PlanOutcome
 use super::{Node, OnFailure, Plan};
 use crate::record::{ExitReason, ExitRecord};
 use crate::run::journal::{now_ms, JournalCall};
-use crate::run::{CallOptions, CallOutcome, RunError, Supervisor};
+use crate::run::{CallOptions, CallOutcome, RunError, RunShare, Supervisor};
 use crate::stop::{Stop, StopHandle};
 use corral_proto::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -105,7 +105,8 @@ struct Sched<'p> {
     queue: VecDeque<Queued>,
     live: usize,
     per_agent: HashMap<String, u32>,
-    next_call: u32,
+    /// Task numbers and child agents of the run.
+    share: Arc<RunShare>,
     finished: Finished,
     reports: Vec<NodeReport>,
     stop: StopHandle,
@@ -173,7 +174,7 @@ impl<'p> Sched<'p> {
             queue: VecDeque::new(),
             live: 0,
             per_agent: HashMap::new(),
-            next_call,
+            share: RunShare::after(next_call - 1),
             finished,
             reports: Vec::new(),
             stop,
@@ -361,8 +362,7 @@ impl<'p> Sched<'p> {
         self.live += 1;
         self.nodes[i].live += 1;
         *self.per_agent.entry(n.agent.clone()).or_default() += 1;
-        let call = self.next_call;
-        self.next_call += 1;
+        let call = self.share.next_call();
         let opts = CallOptions {
             run_id: Some(self.run_id.clone()),
             task: Some(match q.index {
@@ -382,7 +382,9 @@ impl<'p> Sched<'p> {
                     "index": q.index,
                     "parent": self.nodes[i].in_place_of.map(|p| self.node(p).id.clone()),
                 }),
+                event: "node",
             }),
+            share: Some(self.share.clone()),
             ..Default::default()
         };
         if let Some(p) = &self.progress {

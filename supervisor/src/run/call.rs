@@ -5,6 +5,7 @@
 //! consulted and taught at each step: [`Call::admit`] before an attempt, [`Call::after`] once it
 //! ended, [`Call::back_off`] between. Every way a call ends goes through [`Call::end`].
 
+use super::agents::{self, RunShare};
 use super::journal::CallJournal;
 use super::{counts_for_quarantine, not_started, CallOptions, CallOutcome, RunError, Supervisor};
 use crate::child::{self, AttemptSpec, TaskInput};
@@ -14,6 +15,7 @@ use crate::policy::{
 };
 use crate::record::{Decision, ExitReason, ExitRecord};
 use corral_proto::Value;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -47,6 +49,10 @@ pub(super) struct Call<'s> {
     refused: Option<Box<ExitRecord>>,
     /// Where the call is journalled, unless it is not.
     journal: Option<CallJournal>,
+    /// What the run's calls share (task numbers, children).
+    share: Arc<RunShare>,
+    /// Agents this task called (`call_agent`), across its attempts.
+    children: AtomicU32,
 }
 
 impl<'s> Call<'s> {
@@ -70,6 +76,16 @@ impl<'s> Call<'s> {
                     (String::new(), Some(Box::new(rec)))
                 }
             };
+        // A child agent gets no tool its caller lacks.
+        let spec = match &opts.grants {
+            Some(allowed) => {
+                let mut s = AgentSpec::clone(&spec);
+                s.tools.retain(|t| allowed.contains(t));
+                Arc::new(s)
+            }
+            None => spec,
+        };
+        let share = opts.share.clone().unwrap_or_else(|| RunShare::after(1));
         let journal = match (&sup.journal, opts.unjournalled, &opts.journal_call) {
             (Some(j), false, Some(jc)) => {
                 Some(CallJournal::join(j, jc, &spec.name, &input, &opts.memory))
@@ -102,6 +118,8 @@ impl<'s> Call<'s> {
             input_key,
             refused,
             journal,
+            share,
+            children: AtomicU32::new(0),
             opts,
             stop,
             _stop_tx: stop_tx,
@@ -244,13 +262,49 @@ impl<'s> Call<'s> {
             input: self.input.clone(),
             memory: self.opts.memory.clone(),
         };
-        let tools = Some(
-            self.opts
-                .tools
-                .clone()
-                .unwrap_or_else(|| self.sup.default_tools()),
-        );
-        child::run_attempt(aspec, task, tools, self.stop.clone()).await
+        let tools = self
+            .opts
+            .tools
+            .clone()
+            .unwrap_or_else(|| self.sup.default_tools());
+        if !agents::calls_agents(&self.spec) {
+            return child::run_attempt(aspec, task, Some(tools), self.stop.clone()).await;
+        }
+        // Agent calls are answered here; every other call goes on to the broker.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
+        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone());
+        tokio::pin!(attempt);
+        let task_name = self
+            .opts
+            .task
+            .clone()
+            .unwrap_or_else(|| self.spec.name.clone());
+        let call_no = self.opts.journal_call.as_ref().map_or(1, |j| j.call);
+        let router = async {
+            while let Some(req) = rx.recv().await {
+                if !req.call.tool.starts_with(agents::AGENT_TOOL) {
+                    // (A full or closed broker drops the reply: the agent is told so.)
+                    let _ = tools.send(req).await;
+                    continue;
+                }
+                let caller = agents::Caller {
+                    spec: &self.spec,
+                    run_id: &self.run_id,
+                    task: &task_name,
+                    call: call_no,
+                    depth: self.opts.depth,
+                    share: &self.share,
+                    children: &self.children,
+                };
+                let answer = agents::answer(self.sup, caller, &req).await;
+                let _ = req.reply.send(answer);
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            out = &mut attempt => out,
+            () = router => attempt.await,
+        }
     }
 
     /// Learn from a finished attempt and decide what follows: breaker and quarantine learn from

@@ -38,9 +38,11 @@ pub struct JournalCall {
     pub run_id: String,
     /// Its number in the run, from 1.
     pub call: u32,
-    /// What it is in the run (for a plan: `{node, index, parent}`), journalled as its `node`
-    /// event.
+    /// What it is in the run (for a plan: `{node, index, parent}`), journalled as its `event`.
     pub node: serde_json::Value,
+    /// The kind of that event: `node` (a plan's node instance) or `child` (an agent called by
+    /// another).
+    pub event: &'static str,
 }
 
 /// The journal of one call: one task given to one agent type, in its run.
@@ -108,7 +110,7 @@ impl CallJournal {
             call: jc.call,
             attempt: 0,
             at_ms,
-            kind: "node".to_string(),
+            kind: jc.event.to_string(),
             payload: jc.node.clone(),
         });
         CallJournal {

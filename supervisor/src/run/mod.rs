@@ -6,12 +6,14 @@
 //! attempts through [`crate::child::run_attempt`], the decision after each (retry after a
 //! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
 
+mod agents;
 mod call;
 pub(crate) mod journal;
 mod ledger;
 
 pub use ledger::JournalLedger;
 
+pub use agents::{RunShare, AGENT_TOOL, MAX_RUN_AGENTS};
 pub use journal::JournalCall;
 
 use crate::child::{self, StemPool, ToolRequest};
@@ -128,6 +130,14 @@ pub struct CallOptions {
     /// The task's name within its run, the middle of its tool calls' idempotency keys (a
     /// plan's node instance); default the agent's name.
     pub task: Option<String>,
+    /// How deep the call is among agents calling agents (0: called by its owner).
+    pub depth: u32,
+    /// Tools the caller may grant: the agent's own grants are intersected with these (a child
+    /// agent gets no tool its caller lacks).
+    pub grants: Option<Vec<String>>,
+    /// What the calls of the run share (task numbers, children): given by a plan or a calling
+    /// agent; a call that is a run of its own makes one.
+    pub share: Option<Arc<RunShare>>,
 }
 
 /// Owner of agent processes for one config.

@@ -117,7 +117,7 @@ fn err<T>(kind: ErrorKind, message: impl Into<String>) -> Result<T, ToolError> {
 }
 
 /// The request's tool may be called by its agent: in the contract, granted, not denied.
-fn permitted(req: &ToolRequest) -> Result<(), ToolError> {
+pub(crate) fn permitted(req: &ToolRequest) -> Result<(), ToolError> {
     let tool = &req.call.tool;
     let spec = &req.spec;
     if spec.deny_tools.iter().any(|t| t == tool) {
