@@ -327,7 +327,9 @@ fn tool(
                     format!("tool `{name}` is a command: url and headers are for kind = \"http\""),
                 ));
             }
-            resolve::check_layer(ctx, &sandbox)?;
+            if let Some(e) = ConfigError::from_all(resolve::check_layer(ctx, &sandbox)) {
+                return Err(e);
+            }
             let Some(command) = &sandbox.command else {
                 return Err(ctx.at(at, format!("tool `{name}` has no `command`")));
             };
