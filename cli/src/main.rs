@@ -58,6 +58,13 @@ enum Command {
         config: Option<PathBuf>,
         /// A plan file to check against the config too.
         plan: Option<PathBuf>,
+        /// Also start each agent once, up to `Ready`, and show its contract (or why it could
+        /// not start, with its stderr).
+        #[arg(long)]
+        start: bool,
+        /// Print the resolved config (built-in defaults included), per agent, as TOML.
+        #[arg(long)]
+        print: bool,
     },
     /// Run a plan: a DAG of agent calls with hand-offs, fan-out, checkpoints and resume.
     Run {
@@ -183,8 +190,14 @@ fn main() -> ExitCode {
                 json,
                 approve,
             } => verbs::call(&agent, config.as_deref(), &input, json, approve).await,
-            Command::Validate { config, plan } => {
-                verbs::validate(config.as_deref(), plan.as_deref())
+            Command::Validate {
+                config,
+                plan,
+                start,
+                print,
+            } => {
+                let how = verbs::Validate { start, print };
+                verbs::validate(config.as_deref(), plan.as_deref(), how).await
             }
             Command::Run {
                 plan: plan_path,

@@ -113,5 +113,5 @@ pub use child::{AttemptEvent, CallNote, Note, Notes, ToolNote, ToolRequest};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};
-pub use run::{CallOptions, CallOutcome, JournalCall, RunError, Supervisor};
+pub use run::{CallOptions, CallOutcome, JournalCall, Probe, RunError, Supervisor};
 pub use stop::{Stop, StopHandle};

@@ -482,7 +482,7 @@ fn explain(text: &str, offset: Option<usize>, message: &str) -> String {
             .filter(|(score, _)| *score >= 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((_, key)) = nearest {
-            out = format!("unknown key `{unknown}`: did you mean `{key}`? ({message})");
+            out = format!("unknown key `{unknown}`: did you mean `{key}`?");
         }
         return out;
     }

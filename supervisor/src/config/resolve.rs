@@ -374,7 +374,7 @@ pub(super) fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Vec<ConfigError> {
                 errs.push(ctx.at_key(
                     q.span(),
                     format!(
-                        "cpu_quota: {x} cores is more than the kernel's CPU bandwidth \
+                        "cpu_quota: {x:e} cores is more than the kernel's CPU bandwidth \
                          control accepts (at most {MAX_CPU_QUOTA}; write \"unlimited\" for no \
                          limit)"
                     ),

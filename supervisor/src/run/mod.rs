@@ -7,6 +7,8 @@
 //! backoff, escalate, abort, quarantine), all written into each attempt's exit record.
 
 mod call;
+mod probe;
+pub use probe::Probe;
 pub(crate) mod journal;
 
 pub use journal::JournalCall;
@@ -181,6 +183,11 @@ impl Supervisor {
         }
         report_unenforced(&config, cgroups.as_ref());
         for problem in config.tool_problems() {
+            tracing::warn!("{problem}");
+        }
+        // What `corral validate` refuses, said once here too: the spawn gives the final word
+        // (a directory may appear, a user be added, before the first call).
+        for problem in crate::config::check::host(&config).problems {
             tracing::warn!("{problem}");
         }
         let seed = SystemTime::now()
