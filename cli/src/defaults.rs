@@ -141,8 +141,13 @@ pub fn demo_tree() -> PathBuf {
     state_home().join("demo-tree")
 }
 
-/// The embedded defaults, parsed.
+/// The embedded defaults, parsed (the demo's tree, which two of its agents read, written first
+/// if it is not there yet; if it cannot be, `validate` says so).
 pub fn embedded() -> Result<Config, ConfigError> {
+    let tree = demo_tree();
+    if !tree.exists() {
+        let _ = crate::demo::write_tree(&tree);
+    }
     Config::parse(&embedded_default(), Path::new(EMBEDDED))
 }
 

@@ -101,7 +101,7 @@ const TREE: &[(&str, &str)] = &[
 ];
 
 /// Write the tree (directories 0755, files 0644: the agents run as uids of their own).
-fn write_tree(root: &Path) -> std::io::Result<()> {
+pub fn write_tree(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for (rel, text) in TREE {
         let path = root.join(rel);
