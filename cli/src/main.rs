@@ -10,6 +10,7 @@
 mod approve;
 mod defaults;
 mod demo;
+mod input;
 mod plan;
 mod runs;
 mod verbs;
@@ -40,7 +41,7 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The task input, as JSON.
+        /// The task input: JSON, @FILE holding JSON, or - to read it from stdin.
         #[arg(long, short, default_value = "null")]
         input: String,
         /// Print one JSON object: {"run_id": …, "output": …, "attempts": [exit records]}.
@@ -73,7 +74,7 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The run's input, as JSON, or @FILE holding JSON.
+        /// The run's input: JSON, @FILE holding JSON, or - to read it from stdin.
         #[arg(long, short, default_value = "null")]
         input: String,
         /// Print one JSON object: {run_id, status, output, nodes}.
@@ -149,8 +150,10 @@ fn init_tracing(verbose: Option<u8>) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -145,10 +145,10 @@ pub async fn call(
     json: bool,
     approve: bool,
 ) -> ExitCode {
-    let input: serde_json::Value = match serde_json::from_str(input) {
+    let input = match crate::input::read_input(input) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("corral: --input is not valid JSON: {e}");
+            eprintln!("corral: {e}");
             return ExitCode::from(2);
         }
     };
