@@ -166,6 +166,18 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// A supervisor on a loaded config, or the exit code after saying what is wrong (2).
+pub fn start(cfg: Result<Config, ConfigError>) -> Result<Supervisor, ExitCode> {
+    let cfg = cfg.map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    Supervisor::new(cfg).map_err(|e| {
+        eprintln!("corral: {e}");
+        ExitCode::from(2)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,16 +206,4 @@ mod tests {
             "{last:?}"
         );
     }
-}
-
-/// A supervisor on a loaded config, or the exit code after saying what is wrong (2).
-pub fn start(cfg: Result<Config, ConfigError>) -> Result<Supervisor, ExitCode> {
-    let cfg = cfg.map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(2)
-    })?;
-    Supervisor::new(cfg).map_err(|e| {
-        eprintln!("corral: {e}");
-        ExitCode::from(2)
-    })
 }
