@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod exposure;
+mod layer;
 mod print;
 pub mod reach;
 #[cfg(test)]
