@@ -1,5 +1,7 @@
 //! The config a verb runs on: the file given, else `./corral.toml`, else the embedded defaults
-//! (the example agents built next to the `corral` binary).
+//! (the example agents built next to the `corral` binary, with state in a per-user directory:
+//! `$XDG_STATE_HOME/corral`, else `~/.local/state/corral`; `/var/lib/corral` for root; never
+//! a directory shared by every user).
 
 use corral::{Config, ConfigError, Supervisor};
 use std::path::{Path, PathBuf};
@@ -8,12 +10,52 @@ use std::process::ExitCode;
 /// Where the embedded defaults say they come from, in messages.
 pub const EMBEDDED: &str = "<embedded defaults>";
 
-/// Config used when none is given: the example agents next to the `corral` binary.
-pub fn embedded_default() -> String {
-    let dir = std::env::current_exe()
+/// The directory of the running `corral` binary, where the embedded defaults look for the
+/// example agents.
+pub fn binary_dir() -> PathBuf {
+    std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The state directory of the embedded defaults: per user, never shared.
+pub fn state_home() -> PathBuf {
+    state_home_from(
+        nix::unistd::geteuid().is_root(),
+        std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+/// [`state_home`] from its inputs: root's is `/var/lib/corral`; else an absolute
+/// `$XDG_STATE_HOME/corral`, else `$HOME/.local/state/corral`, else one named by the uid
+/// under the temporary directory (no home at all).
+pub fn state_home_from(root: bool, xdg: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+    if root {
+        return PathBuf::from("/var/lib/corral");
+    }
+    if let Some(x) = xdg.filter(|x| x.is_absolute()) {
+        return x.join("corral");
+    }
+    if let Some(h) = home.filter(|h| h.is_absolute()) {
+        return h.join(".local/state/corral");
+    }
+    std::env::temp_dir().join(format!("corral-{}", nix::unistd::geteuid()))
+}
+
+/// What to do when the example agents the embedded defaults run are not next to the binary.
+pub fn missing_agents_hint() -> String {
+    format!(
+        "corral: the embedded defaults run the example agents built next to this binary (in \
+         {}); build them with `cargo build --workspace`, or give a config with --config",
+        binary_dir().display()
+    )
+}
+
+/// Config used when none is given: the example agents next to the `corral` binary.
+pub fn embedded_default() -> String {
+    let dir = binary_dir();
     let esc = |p: PathBuf| {
         p.display()
             .to_string()
@@ -54,7 +96,7 @@ readonly_paths = ["{tree}"]
 [agents.merger]
 command = ["{merger}"]
 "#,
-        state = esc(std::env::temp_dir().join("corral-state")),
+        state = esc(state_home()),
         tree = esc(demo_tree()),
         echo = esc(dir.join("echo")),
         chaos = esc(dir.join("chaos")),
@@ -93,13 +135,19 @@ pub fn python_agent() -> Option<(PathBuf, PathBuf)> {
     Some((py, src.canonicalize().unwrap_or(src)))
 }
 
-/// Where `corral demo` writes the source tree its review plan reads.
+/// Where `corral demo` writes the source tree its review plan reads: in the per-user state
+/// directory.
 pub fn demo_tree() -> PathBuf {
-    std::env::temp_dir().join("corral-demo-tree")
+    state_home().join("demo-tree")
 }
 
-/// The embedded defaults, parsed.
+/// The embedded defaults, parsed (the demo's tree, which two of its agents read, written first
+/// if it is not there yet; if it cannot be, `validate` says so).
 pub fn embedded() -> Result<Config, ConfigError> {
+    let tree = demo_tree();
+    if !tree.exists() {
+        let _ = crate::demo::write_tree(&tree);
+    }
     Config::parse(&embedded_default(), Path::new(EMBEDDED))
 }
 
@@ -128,4 +176,34 @@ pub fn start(cfg: Result<Config, ConfigError>) -> Result<Supervisor, ExitCode> {
         eprintln!("corral: {e}");
         ExitCode::from(2)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_per_user_and_never_a_shared_directory() {
+        let p = |root, xdg: Option<&str>, home: Option<&str>| {
+            state_home_from(root, xdg.map(PathBuf::from), home.map(PathBuf::from))
+        };
+        assert_eq!(
+            p(true, Some("/x"), Some("/h")),
+            Path::new("/var/lib/corral")
+        );
+        assert_eq!(p(false, Some("/x"), Some("/h")), Path::new("/x/corral"));
+        assert_eq!(
+            p(false, Some("rel"), Some("/h")),
+            Path::new("/h/.local/state/corral")
+        );
+        assert_eq!(
+            p(false, None, Some("/h")),
+            Path::new("/h/.local/state/corral")
+        );
+        let last = p(false, None, None);
+        assert!(
+            last.ends_with(format!("corral-{}", nix::unistd::geteuid())),
+            "{last:?}"
+        );
+    }
 }

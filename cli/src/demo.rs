@@ -101,7 +101,7 @@ const TREE: &[(&str, &str)] = &[
 ];
 
 /// Write the tree (directories 0755, files 0644: the agents run as uids of their own).
-fn write_tree(root: &Path) -> std::io::Result<()> {
+pub fn write_tree(root: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for (rel, text) in TREE {
         let path = root.join(rel);
@@ -141,6 +141,9 @@ pub async fn review() -> ExitCode {
         Err(code) => return code,
     };
     sup.disable_prewarm();
+    for why in degraded() {
+        println!("warning: isolation degraded: {why}");
+    }
     println!(
         "corral demo: plan `review` over {} files in {} — a lister, one isolated reader per \
          file, a merger; `catalog` crashes once, `style` hangs once, `spelling` fails (optional)\n",
@@ -195,12 +198,13 @@ pub async fn review() -> ExitCode {
         );
     }
     println!(
-        "run {} ended {} ({} instances).\nSee it:    corral show {}\nReplay it: corral replay {}   (one task)\nMisbehaving agents one by one: corral demo --chaos",
+        "run {} ended {} ({} instances).\nSee it:    {me} show {}\nReplay it: {me} replay {}   (one task)\nMisbehaving agents one by one: {me} demo --chaos",
         outcome.run_id,
         outcome.status.as_str(),
         outcome.nodes.len(),
         outcome.run_id,
-        outcome.run_id
+        outcome.run_id,
+        me = me(),
     );
     match outcome.status {
         PlanStatus::Succeeded | PlanStatus::Degraded => ExitCode::SUCCESS,
@@ -208,36 +212,170 @@ pub async fn review() -> ExitCode {
     }
 }
 
-/// `corral demo --chaos`: real agents on the embedded defaults, misbehaving on purpose.
+/// The running binary, as a command a shell can run: `corral` when that is what `PATH` finds,
+/// else its path.
+pub fn me() -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("corral"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+    });
+    match exe {
+        Some(e) if on_path.as_ref() == e.canonicalize().ok().as_ref() => "corral".into(),
+        Some(e) => e.display().to_string(),
+        None => "corral".into(),
+    }
+}
+
+/// Why isolation is weaker on this host than the defaults ask, one reason a line (empty when
+/// nothing is missing).
+pub fn degraded() -> Vec<String> {
+    let mut why = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        why.push(
+            "not running as root: agents run as your own uid (no uid of their own, no \
+             cgroups unless delegated)"
+                .to_string(),
+        );
+    }
+    let wanted = corral::sandbox::cgroup::CgroupLimits {
+        memory: Some(1),
+        pids: Some(1),
+        cpu_quota: Some(1.0),
+    };
+    let missing = corral::sandbox::cgroup::Cgroups::detect().unenforceable(&wanted);
+    for m in &missing {
+        why.push(format!(
+            "no cgroup {m} controller here: the {m} limit is not enforced by a cgroup"
+        ));
+    }
+    if let Err(e) = corral::sandbox::landlock::abi() {
+        why.push(format!(
+            "{e}: readonly_paths/writable_paths are not enforced"
+        ));
+    }
+    why
+}
+
+/// One row of `demo --chaos`: the call, what it shows, and how it must end.
+struct Row {
+    agent: &'static str,
+    input: &'static str,
+    shows: &'static str,
+    /// The reason of the last attempt; `None`: any (the row is skipped from the check).
+    ends: Option<&'static str>,
+}
+
+const fn row(
+    agent: &'static str,
+    input: &'static str,
+    ends: &'static str,
+    shows: &'static str,
+) -> Row {
+    Row {
+        agent,
+        input,
+        shows,
+        ends: Some(ends),
+    }
+}
+
+/// `corral demo --chaos`: real agents on the embedded defaults, misbehaving on purpose. Exit 1
+/// when a row does not end as it should.
 pub async fn chaos() -> ExitCode {
     let sup = match start(embedded()) {
         Ok(s) => s,
         Err(code) => return code,
     };
     println!("corral demo --chaos: real agent processes on the embedded defaults\n");
-    let cases: &[(&str, &str)] = &[
-        ("echo", r#"{"hello":"world"}"#),
-        ("chaos", r#"{"do":"ok"}"#),
-        ("chaos", r#"{"do":"fail","retryable":false}"#),
-        ("chaos", r#"{"do":"exit","code":3}"#),
-        ("chaos", r#"{"do":"crash"}"#),
-        ("chaos", r#"{"do":"garbage"}"#),
-        ("chaos", r#"{"do":"huge_frame"}"#),
-        ("chaos", r#"{"do":"hang"}"#),
-        ("chaos", r#"{"do":"hog_mb","mb":600}"#),
-        ("chaos", r#"{"do":"read","path":"/root/.profile"}"#),
+    let degraded = degraded();
+    let memory_cgroup = !degraded.iter().any(|d| d.contains("cgroup memory"));
+    for why in &degraded {
+        println!("warning: isolation degraded: {why}");
+    }
+    if !degraded.is_empty() {
+        println!();
+    }
+    let mut cases = vec![
+        row(
+            "echo",
+            r#"{"hello":"world"}"#,
+            "completed",
+            "a well-behaved agent: one attempt, its output",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"ok"}"#,
+            "completed",
+            "the chaos agent behaving: completed",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"fail","retryable":false}"#,
+            "agent_error",
+            "a structured failure marked not retryable: one attempt, no retry",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"exit","code":3}"#,
+            "exit_code",
+            "an exit before finishing: retried by policy, then given up",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"crash"}"#,
+            "signal",
+            "a crash (abort): the signal recorded by name, retried",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"garbage"}"#,
+            "protocol_violation",
+            "bytes that are not a frame: a protocol violation",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"huge_frame"}"#,
+            "protocol_violation",
+            "a frame claiming 4 GiB: refused before anything is read",
+        ),
+        row(
+            "chaos",
+            r#"{"do":"hang"}"#,
+            "hung",
+            "no heartbeat: killed after heartbeat_timeout",
+        ),
+        Row {
+            agent: "chaos",
+            input: r#"{"do":"hog_mb","mb":600}"#,
+            shows: "600 MiB against a 512 MiB limit: killed by the cgroup's OOM killer",
+            ends: memory_cgroup.then_some("oom_killed"),
+        },
+        row(
+            "chaos",
+            r#"{"do":"read","path":"/root/.profile"}"#,
+            "completed",
+            "reading the host's files: not in the agent's root (its answer says why)",
+        ),
     ];
+    if crate::defaults::python_agent().is_some() {
+        cases.push(row(
+            "pyecho",
+            r#"{"lang":"python"}"#,
+            "completed",
+            "an agent in Python (the corral_agent SDK)",
+        ));
+    }
     println!(
         "{:<6} {:<34} {:<9} {:<28} {:>5} {:>8}  detail",
         "agent", "input", "result", "reasons", "tries", "ms"
     );
-    let python = crate::defaults::python_agent().is_some();
-    let py_case: &[(&str, &str)] = if python {
-        &[("pyecho", r#"{"lang":"python"}"#)]
-    } else {
-        &[]
-    };
-    for (agent, input) in cases.iter().chain(py_case) {
+    let mut unexpected = Vec::new();
+    for case in &cases {
+        let (agent, input) = (case.agent, case.input);
+        println!("\n# {}", case.shows);
         let json: serde_json::Value = serde_json::from_str(input).unwrap_or_default();
         let started = std::time::Instant::now();
         match sup
@@ -265,15 +403,39 @@ pub async fn chaos() -> ExitCode {
                     started.elapsed().as_millis(),
                     detail
                 );
+                let last = reasons.last().copied().unwrap_or("none");
+                if case.ends.is_some_and(|want| want != last) {
+                    unexpected.push(format!(
+                        "{agent} {input}: ended {last}, expected {}",
+                        case.ends.unwrap_or("")
+                    ));
+                }
             }
-            Err(e) => println!("{agent:<6} {input:<34} error: {e}"),
+            Err(e) => {
+                println!("{agent:<6} {input:<34} error: {e}");
+                unexpected.push(format!("{agent} {input}: {e}"));
+            }
         }
     }
-    if !python {
-        println!("pyecho (a Python agent) skipped: no python3 in the system paths on PATH");
+    if crate::defaults::python_agent().is_none() {
+        println!("\npyecho (a Python agent) skipped: no python3 in the system paths on PATH");
     }
-    println!("\nEvery attempt above has a full exit record: try\n  corral call chaos --input '{{\"do\":\"crash\"}}' --json");
-    ExitCode::SUCCESS
+    println!(
+        "\nEvery attempt above has a full exit record: try\n  {} call chaos --input '{{\"do\":\"crash\"}}' --json",
+        me()
+    );
+    if unexpected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "\ncorral demo: {} row(s) did not end as expected:",
+            unexpected.len()
+        );
+        for u in &unexpected {
+            eprintln!("  {u}");
+        }
+        ExitCode::from(1)
+    }
 }
 
 fn dedup(reasons: &[&str]) -> String {

@@ -11,6 +11,7 @@ mod approve;
 mod ctl;
 mod defaults;
 mod demo;
+mod input;
 mod plan;
 mod runs;
 mod verbs;
@@ -41,7 +42,7 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The task input, as JSON.
+        /// The task input: JSON, @FILE holding JSON, or - to read it from stdin.
         #[arg(long, short, default_value = "null")]
         input: String,
         /// Print one JSON object: {"run_id": …, "output": …, "attempts": [exit records]}.
@@ -59,6 +60,13 @@ enum Command {
         config: Option<PathBuf>,
         /// A plan file to check against the config too.
         plan: Option<PathBuf>,
+        /// Also start each agent once, up to `Ready`, and show its contract (or why it could
+        /// not start, with its stderr).
+        #[arg(long)]
+        start: bool,
+        /// Print the resolved config (built-in defaults included), per agent, as TOML.
+        #[arg(long)]
+        print: bool,
     },
     /// Run a plan: a DAG of agent calls with hand-offs, fan-out, checkpoints and resume.
     Run {
@@ -67,7 +75,7 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The run's input, as JSON, or @FILE holding JSON.
+        /// The run's input: JSON, @FILE holding JSON, or - to read it from stdin.
         #[arg(long, short, default_value = "null")]
         input: String,
         /// Print one JSON object: {run_id, status, output, nodes}.
@@ -323,8 +331,10 @@ fn init_tracing(verbose: Option<u8>) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -368,8 +378,14 @@ fn main() -> ExitCode {
                 json,
                 approve,
             } => verbs::call(&agent, config.as_deref(), &input, json, approve).await,
-            Command::Validate { config, plan } => {
-                verbs::validate(config.as_deref(), plan.as_deref())
+            Command::Validate {
+                config,
+                plan,
+                start,
+                print,
+            } => {
+                let how = verbs::Validate { start, print };
+                verbs::validate(config.as_deref(), plan.as_deref(), how).await
             }
             Command::Run {
                 plan: plan_path,

@@ -13,14 +13,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// `--input`: JSON, or `@file` holding JSON.
-fn read_input(arg: &str) -> Result<serde_json::Value, String> {
-    let text = match arg.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(file).map_err(|e| format!("--input {arg}: {e}"))?,
-        None => arg.to_string(),
-    };
-    serde_json::from_str(&text).map_err(|e| format!("--input is not valid JSON: {e}"))
-}
+use crate::input::read_input;
 
 /// `corral run PLAN`.
 pub async fn run(

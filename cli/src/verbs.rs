@@ -9,56 +9,131 @@ use corral_proto::Value;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// `corral validate`: load the config and say, per agent, what its settings give away.
-pub fn validate(path: Option<&Path>, plan: Option<&Path>) -> ExitCode {
-    match load_config(path) {
-        Ok(cfg) => {
-            if let Some(p) = plan {
-                match corral::plan::Plan::load(p, &cfg) {
-                    Ok(plan) => println!(
-                        "{}: ok, plan `{}` with {} node(s)",
-                        p.display(),
-                        plan.name,
-                        plan.nodes.len()
-                    ),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-            println!(
-                "{}: ok, {} agent(s): {}",
-                cfg.path.display(),
-                cfg.agents.len(),
-                cfg.agents.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-            for problem in cfg.tool_problems() {
-                println!("warning: {problem}");
-            }
-            for (name, spec) in &cfg.agents {
-                let found = exposure::assess(spec);
-                if let Some(why) = corral::config::reach::unreachable_program(spec) {
-                    println!("agent `{name}`: warning: command: {why}");
-                }
-                if found.is_empty() {
-                    println!("agent `{name}`: fully contained (the default; docs/isolation.md)");
-                }
-                for e in found {
-                    println!(
-                        "agent `{name}`: {}: {}: {}",
-                        e.level.as_str(),
-                        e.key,
-                        e.gives_away
-                    );
-                }
-            }
-            ExitCode::SUCCESS
-        }
+/// What `corral validate` does beyond checking.
+pub struct Validate {
+    /// Start each agent once up to `Ready` (`--start`).
+    pub start: bool,
+    /// Print the resolved config (`--print`).
+    pub print: bool,
+}
+
+/// `corral validate`: load the config, check it against this host (every problem, in file
+/// order, exit 2), and say per agent what its program is and what its settings give away.
+pub async fn validate(path: Option<&Path>, plan: Option<&Path>, how: Validate) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    let report = corral::config::check::host(&cfg);
+    let notes = report.notes.clone();
+    if let Some(e) = report.error() {
+        eprintln!("{e}");
+        if cfg.path == Path::new(crate::defaults::EMBEDDED) {
+            eprintln!("{}", crate::defaults::missing_agents_hint());
+        }
+        return ExitCode::from(2);
+    }
+    if let Some(p) = plan {
+        match corral::plan::Plan::load(p, &cfg) {
+            Ok(plan) => println!(
+                "{}: ok, plan `{}` with {} node(s)",
+                p.display(),
+                plan.name,
+                plan.nodes.len()
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if how.print {
+        print!("{}", cfg.render_resolved());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{}: ok, {} agent(s): {}",
+        cfg.path.display(),
+        cfg.agents.len(),
+        cfg.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    for problem in cfg.tool_problems() {
+        println!("warning: {problem}");
+    }
+    for (name, note) in &notes {
+        println!("agent `{name}`: {note}");
+    }
+    for (name, spec) in &cfg.agents {
+        let found = exposure::assess(spec);
+        if found.is_empty() {
+            println!("agent `{name}`: fully contained (the default; docs/isolation.md)");
+        }
+        for e in found {
+            println!(
+                "agent `{name}`: {}: {}: {}",
+                e.level.as_str(),
+                e.key,
+                e.gives_away
+            );
+        }
+    }
+    if how.start {
+        return start_each(cfg).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// `--start`: each agent started once up to `Ready`; exit 1 when one could not start.
+async fn start_each(cfg: corral::Config) -> ExitCode {
+    let names: Vec<String> = cfg.agents.keys().cloned().collect();
+    let sup = match start(Ok(cfg)) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    sup.disable_prewarm();
+    let mut failed = 0;
+    for name in names {
+        match sup.probe(&name).await {
+            Ok(p) => match &p.contract {
+                Some(c) => println!(
+                    "agent `{name}`: started: contract `{}` {}, input {}, output {}, tools [{}]",
+                    c.name,
+                    c.version,
+                    c.input.describe(),
+                    c.output.describe(),
+                    c.tools.join(", ")
+                ),
+                None => {
+                    failed += 1;
+                    let why = p
+                        .record
+                        .error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default();
+                    println!(
+                        "agent `{name}`: did not start: {}: {why}",
+                        p.record.reason.as_str()
+                    );
+                    let tail: Vec<&str> = p.record.stderr_tail.lines().collect();
+                    for line in &tail[tail.len().saturating_sub(10)..] {
+                        println!("agent `{name}`: stderr: {line}");
+                    }
+                }
+            },
+            Err(e) => {
+                failed += 1;
+                println!("agent `{name}`: did not start: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -70,10 +145,10 @@ pub async fn call(
     json: bool,
     approve: bool,
 ) -> ExitCode {
-    let input: serde_json::Value = match serde_json::from_str(input) {
+    let input = match crate::input::read_input(input) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("corral: --input is not valid JSON: {e}");
+            eprintln!("corral: {e}");
             return ExitCode::from(2);
         }
     };

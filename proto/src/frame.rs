@@ -147,7 +147,7 @@ fn decode_limited<M: DeserializeOwned, const LIMIT: usize>(
     payload: &[u8],
 ) -> Result<(M, usize), FrameError> {
     bincode::serde::decode_from_slice(payload, config::<LIMIT>())
-        .map_err(|e| FrameError::Decode(e.to_string()))
+        .map_err(|e| FrameError::Decode(describe(&e)))
 }
 
 /// Write one message as a frame, in a single `write_all`, and flush.
@@ -428,6 +428,36 @@ mod async_io {
 #[cfg(feature = "tokio")]
 pub use async_io::{write_frame_async, AsyncFrameReader};
 
+/// A decode error in words (bincode's own `Display` is its `Debug`).
+fn describe(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as D;
+    let int = |t: &bincode::error::IntegerType| format!("{t:?}").to_lowercase();
+    match e {
+        D::UnexpectedEnd { additional } => {
+            format!("the payload ends {additional} byte(s) too early")
+        }
+        D::LimitExceeded => "the payload claims more than the frame limit".into(),
+        D::InvalidIntegerType { expected, found } => format!(
+            "an integer encoded as {} where {} was expected",
+            int(found),
+            int(expected)
+        ),
+        D::NonZeroTypeIsZero { .. } => "a zero where a non-zero integer was expected".into(),
+        D::UnexpectedVariant {
+            type_name, found, ..
+        } => format!("no variant {found} of {type_name}"),
+        D::Utf8 { inner } => format!("a string that is not UTF-8 ({inner})"),
+        D::InvalidCharEncoding(_) => "an invalid character".into(),
+        D::InvalidBooleanValue(b) => format!("{b} where a boolean (0 or 1) was expected"),
+        D::ArrayLengthMismatch { required, found } => {
+            format!("an array of {found} items where {required} were expected")
+        }
+        D::OutsideUsizeRange(n) => format!("a length of {n}, too large for this machine"),
+        D::OtherString(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod budget_tests {
     use super::*;
@@ -516,7 +546,10 @@ mod tests {
         ));
         let garbage = [3u8, 0, 0, 0, 0xff, 0xff, 0xff];
         let mut r = FrameReader::new(&garbage[..]);
-        assert!(matches!(r.read_frame::<Up>(), Err(FrameError::Decode(_))));
+        match r.read_frame::<Up>() {
+            Err(FrameError::Decode(m)) => assert!(!m.contains('{'), "debug text: {m}"),
+            other => panic!("{other:?}"),
+        }
         let huge = u32::MAX.to_le_bytes();
         let mut r = FrameReader::new(&huge[..]);
         assert!(matches!(

@@ -117,7 +117,7 @@ pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};
 pub use run::{
-    CallOptions, CallOutcome, JournalCall, RunError, RunShare, Supervisor, AGENT_TOOL,
+    CallOptions, CallOutcome, JournalCall, Probe, RunError, RunShare, Supervisor, AGENT_TOOL,
     MAX_RUN_AGENTS,
 };
 pub use stop::{Stop, StopHandle};

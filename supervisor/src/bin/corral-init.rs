@@ -88,7 +88,19 @@ pub unsafe extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_cha
     run(args)
 }
 
+/// One line saying what this is, for a person who runs it by hand.
+const USAGE: &str = "corral-init: the first process of an agent's pid namespace, started by \
+                     corral (usage: corral-init --adopt | --stem [UID GID] | PROGRAM [ARGS...], \
+                     with the status pipe on fd 5); not meant to be run by hand";
+
 fn run(args: Vec<CString>) -> libc::c_int {
+    // Run by hand (from a terminal, a script): corral always hands over fd 5 for the record.
+    // SAFETY: F_GETFD on a number we do not own only asks whether it is open.
+    let has_status_fd = unsafe { libc::fcntl(STATUS_FD, libc::F_GETFD) } != -1;
+    if !has_status_fd {
+        eprintln!("{USAGE}");
+        return 2;
+    }
     if args.is_empty() {
         eprintln!(
             "corral-init: usage: corral-init --adopt | corral-init PROGRAM [ARGS...] (started by corral)"

@@ -112,7 +112,7 @@ async fn obtain(spec: &AttemptSpec) -> Result<(bool, Launched), String> {
     launch(agent, &pools, &spec.run_id, spec.attempt, false)
         .await
         .map(|l| (false, l))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.explain(agent))
 }
 
 /// An attempt whose process exists: what its watch and its teardown need.
@@ -309,7 +309,11 @@ impl Running {
             Some(Ok(r)) => reaped = r,
             Some(Err(errno)) => {
                 let e = std::io::Error::from_raw_os_error(errno);
-                let message = format!("in the child, execve of the agent failed: {e}");
+                let message = format!(
+                    "agent `{}`: command {}: execve failed: {e}",
+                    agent.name,
+                    agent.command.first().map(String::as_str).unwrap_or("")
+                );
                 verdict = Verdict::ended(ExitReason::SpawnFailed, message, false, false);
             }
             None => {}
@@ -322,7 +326,13 @@ impl Running {
             disk_full,
             truncated: w.truncated.take(),
         };
-        let (reason, error) = verdict::decide(verdict, &evidence, &agent);
+        let (reason, error) = verdict::start_failure(
+            verdict::decide(verdict, &evidence, &agent),
+            w.proto.phase(),
+            evidence.reaped.exit_code,
+            &record.stderr_tail,
+            &agent,
+        );
         record.oom_killed = counters.oom;
         record.reason = reason;
         record.error = error;

@@ -168,6 +168,40 @@ pub(super) fn decide(
     }
 }
 
+/// A process that ended before `Ready` with 126 or 127 never started as the agent (a program
+/// or an interpreter that cannot be executed or loaded, a shim that cannot find its target):
+/// a `spawn_failed`, not retried, saying the program and the last line it wrote on stderr.
+pub(super) fn start_failure(
+    decided: (ExitReason, Option<RecordedError>),
+    phase: crate::record::Phase,
+    exit_code: Option<i32>,
+    stderr_tail: &str,
+    agent: &AgentSpec,
+) -> (ExitReason, Option<RecordedError>) {
+    let code = match (decided.0, phase, exit_code) {
+        (ExitReason::ExitCode, crate::record::Phase::Starting, Some(c @ (126 | 127))) => c,
+        _ => return decided,
+    };
+    let what = if code == 126 {
+        "found but could not be executed"
+    } else {
+        "not found, or an interpreter or library it needs could not be loaded"
+    };
+    let program = agent.command.first().map(String::as_str).unwrap_or("");
+    let last = stderr_tail
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default();
+    let message = format!(
+        "agent `{}`: command `{program}` exited with code {code} before Ready ({what}){last}",
+        agent.name
+    );
+    (ExitReason::SpawnFailed, err("spawn_failed", message, false))
+}
+
 /// Why a process that ended on its own ended, from evidence.
 fn classify(ev: &Evidence, agent: &AgentSpec) -> (ExitReason, Option<RecordedError>) {
     let r = &ev.reaped;
@@ -309,6 +343,34 @@ mod tests {
         );
         let done = Verdict::completed();
         assert_eq!(decide(done, &pids, &a).0, ExitReason::Completed);
+    }
+
+    #[test]
+    fn exit_126_or_127_before_ready_is_a_start_failure_with_the_last_stderr_line() {
+        use crate::record::Phase;
+        let a = agent();
+        let decided = decide(Verdict::exited(), &exited(127), &a);
+        let tail = "pyenv: python3: command not found\n\nThe `python3' command exists in these\n";
+        let (r, e) = start_failure(decided.clone(), Phase::Starting, Some(127), tail, &a);
+        assert_eq!(r, ExitReason::SpawnFailed);
+        let e = e.expect("error");
+        assert!(!e.retryable);
+        assert_eq!(
+            e.message,
+            "agent `a`: command `/bin/true` exited with code 127 before Ready (not found, or an \
+             interpreter or library it needs could not be loaded): The `python3' command exists \
+             in these"
+        );
+        // After Ready, or another code, it is what the agent did.
+        assert_eq!(
+            start_failure(decided.clone(), Phase::Busy, Some(127), tail, &a),
+            decided
+        );
+        let three = decide(Verdict::exited(), &exited(3), &a);
+        assert_eq!(
+            start_failure(three.clone(), Phase::Starting, Some(3), "", &a),
+            three
+        );
     }
 
     #[test]

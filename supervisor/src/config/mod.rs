@@ -10,9 +10,14 @@
 //! with spans kept where a later check needs a location; `resolve` merges the layers and runs
 //! the semantic checks. The key reference for users is `docs/config.md`.
 
+pub mod check;
 mod daemon;
 pub mod exposure;
+mod layer;
+mod print;
 pub mod reach;
+#[cfg(test)]
+mod report_tests;
 mod resolve;
 mod schema;
 #[cfg(test)]
@@ -108,6 +113,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Several problems, in file order: one per line, each `FILE:LINE:COL: message`.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
 impl ConfigError {
@@ -117,16 +125,47 @@ impl ConfigError {
             ConfigError::Read { path, .. }
             | ConfigError::Syntax { path, .. }
             | ConfigError::Invalid { path, .. } => path,
+            ConfigError::Many(all) => all.first().map_or(Path::new(""), ConfigError::path),
         }
     }
 
-    /// Where in the file, when known.
+    /// Where in the file, when known (the first problem's place for [`ConfigError::Many`]).
     pub fn location(&self) -> Option<Location> {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Syntax { location, .. } | ConfigError::Invalid { location, .. } => {
                 *location
             }
+            ConfigError::Many(all) => all.first().and_then(ConfigError::location),
+        }
+    }
+
+    /// Every problem, one by one (a single error is a list of one).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Many(all) => all.iter().flat_map(ConfigError::problems).collect(),
+            one => vec![one],
+        }
+    }
+
+    /// The problems as one error, in file order (those without a place last); `None` when
+    /// there are none.
+    pub fn from_all(all: Vec<ConfigError>) -> Option<ConfigError> {
+        let mut flat: Vec<ConfigError> = Vec::new();
+        for e in all {
+            match e {
+                ConfigError::Many(inner) => flat.extend(inner),
+                one => flat.push(one),
+            }
+        }
+        flat.sort_by_key(|e| {
+            e.location()
+                .map_or((usize::MAX, usize::MAX), |l| (l.line, l.column))
+        });
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(ConfigError::Many(flat)),
         }
     }
 }
@@ -151,6 +190,8 @@ pub struct Config {
     pub digest: String,
     /// Every tool: the built-ins (`fs.read`, `fs.list`, `fs.write`) and each `[tools.NAME]`.
     pub tools: BTreeMap<String, ToolSpec>,
+    /// Where each agent's keys are set in the file, by agent (for [`check::host`]).
+    pub places: BTreeMap<String, check::Places>,
 }
 
 /// `[supervisor]`: settings of corral itself.
@@ -442,7 +483,7 @@ impl Config {
         let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             location: e.span().map(|span| Location::from_offset(text, span.start)),
-            message: one_line(e.message()),
+            message: explain(text, e.span().map(|s| s.start), &one_line(e.message())),
         })?;
         let mut config = resolve::resolve(file, text, path)?;
         config.digest = digest(text.as_bytes());
@@ -455,6 +496,39 @@ pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(bytes);
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A schema error made helpful: the key named when the error is about its value (`max_retries:
+/// invalid value: integer `99999999999`, expected u32`), and the nearest valid key offered for
+/// an unknown one (`did you mean `heartbeat_interval`?`).
+fn explain(text: &str, offset: Option<usize>, message: &str) -> String {
+    let mut out = message.to_string();
+    if let Some(unknown) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        let expected = message
+            .split_once("expected ")
+            .map(|(_, list)| list)
+            .unwrap_or("");
+        let nearest = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|k| (strsim::jaro_winkler(unknown, k), k))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((_, key)) = nearest {
+            out = format!("unknown key `{unknown}`: did you mean `{key}`?");
+        }
+        return out;
+    }
+    if let Some(key) = offset.and_then(|o| resolve::key_before(text, o)) {
+        if !message.starts_with(key) {
+            out = format!("{key}: {message}");
+        }
+    }
+    out
 }
 
 /// Joins a multi-line toml message into one line.

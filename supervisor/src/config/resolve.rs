@@ -10,14 +10,20 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::layer::{check_layer, check_path};
 use super::schema::{File, Restart, Settings};
-use super::units::{Count, Dur, Limit, Real, Size};
+use super::units::{Count, Dur, Real, Size};
 use super::{
     AgentSpec, Config, ConfigError, Location, Namespace, SupervisorConfig, DEFAULT_STATE_DIR,
     DEFAULT_UID_RANGE, MAX_MAX_FRAME, MIN_MAX_FRAME,
 };
 use crate::policy::RestartPolicy;
 use corral_proto::DEFAULT_MAX_FRAME;
+
+/// Largest `cpu_quota`, in cores: the kernel refuses a CFS quota above 2^44 - 1 us per
+/// period (`cpu.cfs_quota_us`, `cpu.max`); with corral's 100 ms period that is ~1.7e8 cores.
+/// Kept far below, at a number no host reaches, so that the quota always fits.
+pub(super) const MAX_CPU_QUOTA: f64 = 1_000_000.0;
 
 /// What every check needs: the text (for locations), the file name and the base directory.
 pub(super) struct Ctx<'a> {
@@ -34,6 +40,17 @@ impl Ctx<'_> {
             location: Some(Location::from_offset(self.text, offset)),
             message: message.into(),
         }
+    }
+
+    /// The place of byte `offset`.
+    pub(super) fn location(&self, offset: usize) -> Location {
+        Location::from_offset(self.text, offset)
+    }
+
+    /// The span starting at the key of the value spanned by `span` (the value's own if no key
+    /// is found in front of it).
+    pub(super) fn key_span(&self, span: Range<usize>) -> Range<usize> {
+        key_start(self.text, span.start).unwrap_or(span.start)..span.end
     }
 
     /// An error at the value spanned by `span`.
@@ -71,6 +88,14 @@ fn key_start(text: &str, value_start: usize) -> Option<usize> {
     }
 }
 
+/// The key in `key = value` given the value's start (unquoted), if the text has one there.
+pub(super) fn key_before(text: &str, value_start: usize) -> Option<&str> {
+    let start = key_start(text, value_start)?;
+    let rest = text.get(start..value_start)?;
+    let key = rest.split('=').next()?.trim().trim_matches(['"', '\'']);
+    (!key.is_empty()).then_some(key)
+}
+
 /// Drops `.` components and repeated separators (never `..`: that would change meaning across
 /// symbolic links).
 fn normalize(path: &Path) -> PathBuf {
@@ -99,7 +124,7 @@ fn valid_agent_name(name: &str) -> bool {
 }
 
 /// Why `name` cannot be an environment variable name, if it cannot.
-fn env_name_problem(name: &str) -> Option<&'static str> {
+pub(super) fn env_name_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("is empty")
     } else if name.contains('=') {
@@ -117,16 +142,35 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
         path,
         base: base_dir(path),
     };
-    let supervisor = supervisor(&ctx, file.supervisor)?;
+    // Every problem is collected and reported at once, in file order.
+    let mut errs = Vec::new();
+    let supervisor = supervisor(&ctx, file.supervisor).unwrap_or_else(|e| {
+        errs.push(e);
+        let mut out = SupervisorConfig {
+            state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
+            max_frame: DEFAULT_MAX_FRAME,
+            uid_range: DEFAULT_UID_RANGE,
+            journal: true,
+            journal_keep: None,
+            max_agents: None,
+            control_socket: PathBuf::new(),
+            control_group: None,
+            admins: Default::default(),
+            metrics_listen: None,
+        };
+        super::daemon::defaults(&mut out);
+        out
+    });
     let defaults = file.defaults.unwrap_or_default();
     if let Some(command) = &defaults.command {
-        return Err(ctx.at_key(
+        errs.push(ctx.at_key(
             command.span(),
             "`command` cannot be set in [defaults]; give it in each [agents.NAME]",
         ));
     }
-    check_layer(&ctx, &defaults)?;
+    errs.extend(check_layer(&ctx, &defaults));
     let mut agents = BTreeMap::new();
+    let mut places = BTreeMap::new();
     for (name, settings) in file.agents.unwrap_or_default() {
         let name_span = name.span();
         let name = name.into_inner();
@@ -136,25 +180,45 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
             } else {
                 format!("agent name {name:?}")
             };
-            return Err(ctx.at(
+            errs.push(ctx.at(
                 name_span.start,
                 format!("{shown} is not allowed: use letters, digits, '_' and '-'"),
             ));
+            continue;
         }
-        check_layer(&ctx, &settings)?;
+        let layer = check_layer(&ctx, &settings);
+        let layer_ok = layer.is_empty();
+        errs.extend(layer);
         let Some(command) = &settings.command else {
-            return Err(ctx.at(name_span.start, format!("agent `{name}` has no `command`")));
+            errs.push(ctx.at(name_span.start, format!("agent `{name}` has no `command`")));
+            continue;
         };
-        let spec = agent(&ctx, &name, command, &defaults, &settings)?;
-        agents.insert(name, spec);
+        if !layer_ok {
+            continue;
+        }
+        if let Some(spec) = agent_into(&ctx, &name, command, &defaults, &settings, &mut errs) {
+            places.insert(
+                name.clone(),
+                super::check::Places::of(&ctx, name_span.start, &defaults, &settings),
+            );
+            agents.insert(name, spec);
+        }
     }
-    let tools = super::tools::resolve(&ctx, file.tools.unwrap_or_default(), &defaults)?;
+    let tools = super::tools::resolve(&ctx, file.tools.unwrap_or_default(), &defaults)
+        .unwrap_or_else(|e| {
+            errs.push(e);
+            BTreeMap::new()
+        });
+    if let Some(e) = ConfigError::from_all(errs) {
+        return Err(e);
+    }
     Ok(Config {
         path: path.to_path_buf(),
         supervisor,
         agents,
         digest: String::new(),
         tools,
+        places,
     })
 }
 
@@ -229,208 +293,26 @@ fn supervisor(
     Ok(out)
 }
 
-fn check_path(ctx: &Ctx<'_>, p: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
-    if p.get_ref().is_empty() {
-        return Err(ctx.at_value(p.span(), format!("{key}: the path is empty")));
-    }
-    if p.get_ref().contains('\0') {
-        return Err(ctx.at_value(
-            p.span(),
-            format!("{key}: the path contains a NUL character"),
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn check_positive(
+/// [`agent`], its problems added to `errs`.
+fn agent_into(
     ctx: &Ctx<'_>,
-    d: &Option<Spanned<Dur>>,
-    key: &str,
-) -> Result<(), ConfigError> {
-    match d {
-        Some(d) if d.get_ref().0.is_zero() => {
-            Err(ctx.at_value(d.span(), format!("{key} must be greater than 0")))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn check_nonzero_limit<T>(
-    ctx: &Ctx<'_>,
-    v: &Option<Spanned<Limit<T>>>,
-    key: &str,
-    is_zero: impl Fn(&T) -> bool,
-) -> Result<(), ConfigError> {
-    match v {
-        Some(v) if v.get_ref().0.as_ref().is_some_and(is_zero) => Err(ctx.at_value(
-            v.span(),
-            format!("{key} must be greater than 0 (write \"unlimited\" for no limit)"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The checks a layer passes on its own, whatever it is merged with.
-pub(super) fn check_layer(ctx: &Ctx<'_>, s: &Settings) -> Result<(), ConfigError> {
-    if let Some(command) = &s.command {
-        let Some(program) = command.get_ref().first() else {
-            return Err(ctx.at_value(command.span(), "command is empty"));
-        };
-        if program.get_ref().is_empty() {
-            return Err(ctx.at_value(program.span(), "the program name is empty"));
-        }
-        for arg in command.get_ref() {
-            if arg.get_ref().contains('\0') {
-                return Err(ctx.at_value(arg.span(), "command contains a NUL character"));
-            }
+    name: &str,
+    command: &Spanned<Vec<Spanned<String>>>,
+    defaults: &Settings,
+    own: &Settings,
+    errs: &mut Vec<ConfigError>,
+) -> Option<AgentSpec> {
+    match agent(ctx, name, command, defaults, own) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            errs.push(e);
+            None
         }
     }
-    for (key, value) in s.env.iter().flatten() {
-        if let Some(problem) = env_name_problem(key.get_ref()) {
-            return Err(ctx.at(
-                key.span().start,
-                format!("environment variable name {:?} {problem}", key.get_ref()),
-            ));
-        }
-        if value.get_ref().contains('\0') {
-            return Err(ctx.at_value(
-                value.span(),
-                format!(
-                    "environment variable {} contains a NUL character",
-                    key.get_ref()
-                ),
-            ));
-        }
-    }
-    if let Some(cwd) = &s.cwd {
-        check_path(ctx, cwd, "cwd")?;
-    }
-    for p in s.readonly_paths.iter().flatten() {
-        check_path(ctx, p, "readonly_paths")?;
-    }
-    for p in s.writable_paths.iter().flatten() {
-        check_path(ctx, p, "writable_paths")?;
-    }
-    check_nonzero_limit(ctx, &s.memory, "memory", |Size(b)| *b == 0)?;
-    check_nonzero_limit(ctx, &s.disk, "disk", |Size(b)| *b == 0)?;
-    check_nonzero_limit(ctx, &s.cpu_time, "cpu_time", |Dur(d)| d.is_zero())?;
-    check_nonzero_limit(ctx, &s.pids, "pids", |Count(n)| *n == 0)?;
-    check_nonzero_limit(ctx, &s.open_files, "open_files", |Count(n)| *n == 0)?;
-    if let Some(q) = &s.cpu_quota {
-        if let Some(Real(x)) = q.get_ref().0 {
-            if !(x > 0.0 && x.is_finite()) {
-                return Err(ctx.at_value(
-                    q.span(),
-                    format!(
-                        "cpu_quota must be a fraction of one core greater than 0 \
-                         (write \"unlimited\" for no limit), found {x}"
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(namespaces) = &s.namespaces {
-        for (i, ns) in namespaces.iter().enumerate() {
-            if namespaces[..i].iter().any(|n| n.get_ref() == ns.get_ref()) {
-                return Err(ctx.at_value(
-                    ns.span(),
-                    format!("namespace \"{}\" is listed twice", ns.get_ref().as_str()),
-                ));
-            }
-        }
-    }
-    for (key, v) in [("user", &s.user), ("group", &s.group)] {
-        if let Some(v) = v {
-            if v.get_ref().is_empty() || v.get_ref().contains('\0') {
-                return Err(ctx.at_value(
-                    v.span(),
-                    format!("{key} must be a non-empty name or number without NUL"),
-                ));
-            }
-        }
-    }
-    for name in s.env_pass.iter().flatten() {
-        if let Some(problem) = env_name_problem(name.get_ref()) {
-            return Err(ctx.at_value(
-                name.span(),
-                format!("env_pass: variable name {:?} {problem}", name.get_ref()),
-            ));
-        }
-    }
-    for (key, d) in [
-        ("heartbeat_interval", &s.heartbeat_interval),
-        ("heartbeat_timeout", &s.heartbeat_timeout),
-        ("stall_timeout", &s.stall_timeout),
-        ("startup_timeout", &s.startup_timeout),
-        ("wall_time", &s.wall_time),
-        ("sample_interval", &s.sample_interval),
-    ] {
-        check_positive(ctx, d, key)?;
-    }
-    for code in s.no_retry_exit_codes.iter().flatten() {
-        if !(0..=255).contains(code.get_ref()) {
-            return Err(ctx.at_value(
-                code.span(),
-                format!(
-                    "no_retry_exit_codes: an exit code is between 0 and 255, found {}",
-                    code.get_ref()
-                ),
-            ));
-        }
-    }
-    if let Some(b) = &s.backoff {
-        if let Some(f) = &b.factor {
-            let Real(x) = *f.get_ref();
-            if !(x >= 1.0 && x.is_finite()) {
-                return Err(ctx.at_value(
-                    f.span(),
-                    format!("backoff.factor must be at least 1.0, found {x}"),
-                ));
-            }
-        }
-        if let Some(j) = &b.jitter {
-            let Real(x) = *j.get_ref();
-            if !(0.0..=1.0).contains(&x) {
-                return Err(ctx.at_value(
-                    j.span(),
-                    format!("backoff.jitter must be between 0.0 and 1.0, found {x}"),
-                ));
-            }
-        }
-    }
-    if let Some(i) = &s.intensity {
-        check_positive(ctx, &i.period, "intensity.period")?;
-    }
-    if let Some(f) = s.breaker.as_ref().and_then(|b| b.failures.as_ref()) {
-        if *f.get_ref() == 0 {
-            return Err(ctx.at_value(f.span(), "breaker.failures must be at least 1"));
-        }
-    }
-    if let Some(q) = &s.quarantine_after {
-        if *q.get_ref() == 0 {
-            return Err(ctx.at_value(q.span(), "quarantine_after must be at least 1"));
-        }
-    }
-    if let Some(m) = &s.max_instances {
-        if *m.get_ref() == 0 {
-            return Err(ctx.at_value(m.span(), "max_instances must be at least 1"));
-        }
-    }
-    if let Some(n) = &s.instances {
-        if !(1..=super::daemon::MAX_INSTANCES).contains(n.get_ref()) {
-            let m = format!(
-                "instances must be between 1 and {}, found {}",
-                super::daemon::MAX_INSTANCES,
-                n.get_ref()
-            );
-            return Err(ctx.at_value(n.span(), m));
-        }
-    }
-    Ok(())
 }
 
 /// Builds one agent: built-ins, then `[defaults]`, then its own table; then the checks that
-/// involve more than one key.
+/// involve more than one key (all of them: several problems come as [`ConfigError::Many`]).
 pub(super) fn agent(
     ctx: &Ctx<'_>,
     name: &str,
@@ -458,6 +340,7 @@ pub(super) fn agent(
     let mut spec = AgentSpec::builtin(name, args);
     apply(ctx, &mut spec, defaults);
     apply(ctx, &mut spec, own);
+    let mut errs = Vec::new();
     if spec.network {
         spec.namespaces.retain(|n| *n != Namespace::Net);
     }
@@ -469,7 +352,7 @@ pub(super) fn agent(
                 .as_ref()
                 .or(defaults.user.as_ref())
                 .map(Spanned::span);
-            return Err(blame(
+            errs.push(blame(
                 ctx,
                 &[span],
                 format!(
@@ -494,7 +377,7 @@ pub(super) fn agent(
             show(spec.heartbeat_timeout),
             show(spec.heartbeat_interval),
         );
-        return Err(blame(ctx, &culprit, message));
+        errs.push(blame(ctx, &culprit, message));
     }
     if spec.backoff.max < spec.backoff.initial {
         let initial = |s: &Settings| s.backoff.as_ref().and_then(|b| dur_span(&b.initial));
@@ -505,9 +388,12 @@ pub(super) fn agent(
             show(spec.backoff.max),
             show(spec.backoff.initial),
         );
-        return Err(blame(ctx, &culprit, message));
+        errs.push(blame(ctx, &culprit, message));
     }
-    Ok(spec)
+    match ConfigError::from_all(errs) {
+        Some(e) => Err(e),
+        None => Ok(spec),
+    }
 }
 
 /// The error at the first key that was set, in order of preference.

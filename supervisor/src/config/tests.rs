@@ -260,17 +260,17 @@ fn unknown_keys_are_located_at_the_key() {
     assert_err(
         "[agents.a]\ncommand = [\"x\"]\nhearbeat_timeout = \"5s\"\n",
         "x.toml:3:1: ",
-        "unknown field `hearbeat_timeout`, expected one of",
+        "unknown key `hearbeat_timeout`: did you mean `heartbeat_timeout`?",
     );
     assert_err(
         "[agent.a]\ncommand = [\"x\"]\n",
         "x.toml:1:2: ",
-        "unknown field `agent`",
+        "unknown key `agent`: did you mean `agents`?",
     );
     assert_err(
         "[supervisor]\nstate = \"s\"\n",
         "x.toml:2:1: ",
-        "unknown field `state`",
+        "unknown key `state`: did you mean `state_dir`?",
     );
     assert_err(
         "[defaults]\nbackoff = { bogus = 1 }\n",

@@ -327,7 +327,9 @@ fn tool(
                     format!("tool `{name}` is a command: url and headers are for kind = \"http\""),
                 ));
             }
-            resolve::check_layer(ctx, &sandbox)?;
+            if let Some(e) = ConfigError::from_all(super::layer::check_layer(ctx, &sandbox)) {
+                return Err(e);
+            }
             let Some(command) = &sandbox.command else {
                 return Err(ctx.at(at, format!("tool `{name}` has no `command`")));
             };
@@ -354,8 +356,8 @@ fn tool(
         }
     };
     let mut spec = plain(name, kind, t.effect.unwrap_or(effect));
-    resolve::check_positive(ctx, &t.timeout, "timeout")?;
-    resolve::check_positive(ctx, &t.approve_timeout, "approve_timeout")?;
+    super::layer::check_positive(ctx, &t.timeout, "timeout")?;
+    super::layer::check_positive(ctx, &t.approve_timeout, "approve_timeout")?;
     if let Some(d) = &t.timeout {
         spec.timeout = d.get_ref().0;
     }

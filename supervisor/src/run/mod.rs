@@ -8,6 +8,8 @@
 
 mod agents;
 mod call;
+mod probe;
+pub use probe::Probe;
 pub(crate) mod journal;
 mod ledger;
 
@@ -205,6 +207,11 @@ impl Supervisor {
         }
         report_unenforced(&config, cgroups.as_ref());
         for problem in config.tool_problems() {
+            tracing::warn!("{problem}");
+        }
+        // What `corral validate` refuses, said once here too: the spawn gives the final word
+        // (a directory may appear, a user be added, before the first call).
+        for problem in crate::config::check::host(&config).problems {
             tracing::warn!("{problem}");
         }
         let seed = SystemTime::now()

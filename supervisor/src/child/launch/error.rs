@@ -232,6 +232,60 @@ impl LaunchError {
     }
 }
 
+impl LaunchError {
+    /// The message of an exit record's `spawn_failed`: the agent, the key and the path
+    /// involved (`agent `x`: cwd /nope: No such file or directory (os error 2)`).
+    pub fn explain(&self, spec: &crate::config::AgentSpec) -> String {
+        use crate::sandbox::spawn::Stage;
+        let agent = &spec.name;
+        let program = spec.command.first().map(String::as_str).unwrap_or("");
+        match self {
+            LaunchError::Spawn {
+                source: SpawnError::Child { stage, source, .. },
+                ..
+            } => match stage {
+                Stage::Chdir => {
+                    let cwd = spec
+                        .cwd
+                        .as_ref()
+                        .map(|c| c.display().to_string())
+                        .unwrap_or_else(|| "(the workspace)".into());
+                    format!("agent `{agent}`: cwd {cwd}: {source}")
+                }
+                Stage::Execve | Stage::CloneAgent => {
+                    format!("agent `{agent}`: command {program}: execve failed: {source}")
+                }
+                Stage::Setuid | Stage::Setgid | Stage::Setgroups => {
+                    let user = spec.user.as_deref().unwrap_or("dynamic");
+                    format!("agent `{agent}`: user `{user}`: {self}")
+                }
+                Stage::Rlimit => format!(
+                    "agent `{agent}`: a limit (memory, cpu_time, open_files, file_size): {self}"
+                ),
+                _ => format!("agent `{agent}`: {self}"),
+            },
+            LaunchError::Spawn {
+                source: SpawnError::NotFound(_),
+                ..
+            }
+            | LaunchError::NotExecutable { .. } => format!("agent `{agent}`: command: {self}"),
+            LaunchError::NoSuchUser { .. } | LaunchError::LookupUser { .. } => {
+                format!("agent `{agent}`: user: {self}")
+            }
+            LaunchError::NoSuchGroup { .. } | LaunchError::LookupGroup { .. } => {
+                format!("agent `{agent}`: group: {self}")
+            }
+            LaunchError::Cgroup { .. } => format!(
+                "agent `{agent}`: memory/pids/cpu_quota ({}): {self}",
+                spec.cpu_quota
+                    .map_or("no cpu_quota".into(), |q| format!("cpu_quota {q}"))
+            ),
+            LaunchError::UserNamespaceUnderRoot { .. } => self.to_string(),
+            _ => format!("agent `{agent}`: {self}"),
+        }
+    }
+}
+
 /// A [`LaunchError::Io`] of `agent` while doing `what`.
 pub(super) fn io_error<'a>(
     agent: &'a str,
@@ -247,6 +301,31 @@ pub(super) fn io_error<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explained_messages_name_the_agent_the_key_and_the_path() {
+        let spec = crate::config::AgentSpec {
+            cwd: Some(PathBuf::from("/nope")),
+            ..crate::config::AgentSpec::builtin("x", vec!["/opt/agent".into()])
+        };
+        let child = |stage| LaunchError::Spawn {
+            agent: "x".into(),
+            source: SpawnError::Child {
+                stage,
+                root_step: None,
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+        };
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(
+            child(crate::sandbox::spawn::Stage::Chdir).explain(&spec),
+            format!("agent `x`: cwd /nope: {enoent}")
+        );
+        assert_eq!(
+            child(crate::sandbox::spawn::Stage::Execve).explain(&spec),
+            format!("agent `x`: command /opt/agent: execve failed: {enoent}")
+        );
+    }
 
     #[test]
     fn messages_read_as_before_and_name_the_agent() {
