@@ -38,7 +38,7 @@ use super::TaskInput;
 use crate::config::AgentSpec;
 use crate::record::{ExitReason, Phase, ToolTrace};
 use corral_proto::{
-    AgentError, Cancel, Contract, Down, Hello, LogLevel, Task, ToolCall, ToolResult, Up, Value,
+    AgentError, Cancel, Contract, Down, Hello, LogLevel, Task, ToolCall, Up, Value,
     PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
@@ -411,143 +411,6 @@ impl Protocol {
         }
     }
 
-    /// A tool call: checked against the bounds and the contract, then refused here or relayed.
-    fn on_call(&mut self, call: ToolCall, now: Instant) -> Step {
-        let calls = self.calls.get_or_insert_with(Box::default);
-        let checked = bounds::check_call(&call, calls.outstanding.len(), |id| {
-            calls.outstanding.contains_key(&id)
-        });
-        let refusal = match checked {
-            Ok(refusal) => refusal,
-            Err(e) => return Step::End(Verdict::violation(e.to_string())),
-        };
-        self.phase = Phase::ToolCall;
-        calls.seq += 1;
-        let seq = calls.seq;
-        let args = self.notes.as_ref().map(|_| call.args.clone());
-        calls.outstanding.insert(
-            call.call_id,
-            Outstanding {
-                tool: call.tool.clone(),
-                at: now,
-                seq,
-                args,
-            },
-        );
-        let declared = self
-            .contract
-            .as_ref()
-            .is_some_and(|c| c.tools.iter().any(|t| t == &call.tool || t == "*"));
-        let refusal = refusal.or_else(|| {
-            if !declared {
-                Some(AgentError::new(
-                    "permission_denied",
-                    format!(
-                        "tool `{}` is not declared in the agent's contract",
-                        call.tool
-                    ),
-                    false,
-                ))
-            } else if !self.tools {
-                Some(AgentError::new(
-                    "permission_denied",
-                    format!("no tools are configured for agent `{}`", self.agent.name),
-                    false,
-                ))
-            } else {
-                None
-            }
-        });
-        match refusal {
-            Some(refusal) => Step::Send(self.answer(call.call_id, Err(refusal), now)),
-            None => Step::Relay(call),
-        }
-    }
-
-    /// The sequence number of outstanding call `call_id` within the task, and the tools the
-    /// contract declares (what the owner needs to know of a relayed call).
-    pub(super) fn call_context(&mut self, call_id: u64) -> (u64, Arc<[String]>) {
-        let declared = self.contract.as_ref().map(|c| c.tools.clone());
-        let calls = self.calls.get_or_insert_with(Box::default);
-        let seq = calls.outstanding.get(&call_id).map_or(0, |c| c.seq);
-        let tools = calls
-            .contract_tools
-            .get_or_insert_with(|| declared.unwrap_or_default().into())
-            .clone();
-        (seq, tools)
-    }
-
-    /// Calls of the attempt answered from the trace.
-    pub(super) fn deduplicated(&self) -> u64 {
-        self.calls.as_ref().map_or(0, |c| c.deduplicated)
-    }
-
-    /// The answer to tool call `call_id`, arrived at `now`: accounted for, and the message
-    /// that carries it to the agent.
-    pub(super) fn answer(
-        &mut self,
-        call_id: u64,
-        result: Result<Value, AgentError>,
-        now: Instant,
-    ) -> Down {
-        self.answer_noted(call_id, result, now, super::CallNote::default())
-    }
-
-    /// [`Protocol::answer`], with what the owner noted of it.
-    pub(super) fn answer_noted(
-        &mut self,
-        call_id: u64,
-        result: Result<Value, AgentError>,
-        now: Instant,
-        note: super::CallNote,
-    ) -> Down {
-        let calls = self.calls.get_or_insert_with(Box::default);
-        if let Some(o) = calls.outstanding.remove(&call_id) {
-            calls.deduplicated += u64::from(note.deduplicated);
-            let duration_ms = now.saturating_duration_since(o.at).as_millis() as u64;
-            if let (Some(notes), Some(args)) = (&self.notes, o.args) {
-                notes(super::Note::ToolCall {
-                    seq: u32::try_from(o.seq).unwrap_or(u32::MAX),
-                    call_id,
-                    tool: o.tool.clone(),
-                    args,
-                    result: result.clone(),
-                    duration_ms,
-                });
-            }
-            calls.trace.push(ToolTrace {
-                call_id,
-                tool: o.tool,
-                ok: result.is_ok(),
-                error_kind: result.as_ref().err().map(|e| e.kind.clone()),
-                duration_ms,
-                seq: o.seq,
-                args_bytes: note.args_bytes,
-                args_hash: note.args_hash,
-                result_bytes: note.result_bytes,
-                deduplicated: note.deduplicated,
-                queued_ms: note.queued_ms,
-                approval_ms: note.approval_ms,
-            });
-        }
-        if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
-            self.phase = Phase::Busy;
-            // The agent could not progress while it waited.
-            self.progress.since = now;
-        }
-        Down::ToolResult(ToolResult { call_id, result })
-    }
-
-    /// The answer to a call the owner could not take (its channel full or closed).
-    pub(super) fn broker_busy() -> AgentError {
-        AgentError::new("unavailable", "tool broker is busy or gone", true)
-    }
-
-    /// The answer to a call the owner dropped without answering.
-    pub(super) fn broker_dropped() -> AgentError {
-        AgentError::new("unavailable", "tool broker dropped the call", true)
-    }
-
     /// A beat read at `read_at` (`mono_now` on the monotonic clock), dated `at_ns` by the agent:
     /// a sign of life at that date (clamped to when it was read, and to the attempt's start),
     /// with its progress.
@@ -723,5 +586,6 @@ pub(super) struct Finished {
     pub(super) tool_calls_deduplicated: u64,
 }
 
+mod calls;
 #[cfg(test)]
 mod tests;

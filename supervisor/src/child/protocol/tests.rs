@@ -4,7 +4,7 @@
 
 use super::*;
 use corral_proto::message::MAX_OUTSTANDING_CALLS;
-use corral_proto::{Done, Failed, Heartbeat, Log, Ready, Schema};
+use corral_proto::{Done, Failed, Heartbeat, Log, Ready, Schema, ToolResult};
 
 const MAX_FRAME: u32 = 64 * 1024;
 
