@@ -1,7 +1,7 @@
 """The package's type aliases: `Value` (of `codec`, `wire` and the package), `Down` and `Up` (of
-`wire`), `Handler` (of `agent`) and `Event` (inside the agent). Type checkers read them from here; at run time they are made on
-first use (the modules that name them forward to this one), because importing `typing` costs an
-agent's start more than the rest of the package."""
+`wire`), `Handler` (of `agent`) and `Event` (inside the agent). Type checkers read them from
+here; at run time they are made on first use (the modules that name them forward to this one),
+because importing `typing` costs an agent's start more than the rest of the package."""
 
 from __future__ import annotations
 
