@@ -173,7 +173,11 @@ class Records(unittest.TestCase):
         self.assertNotEqual(Schema.ANY, Field("any", Schema.ANY))
 
     def test_frozen_records_refuse_assignment(self) -> None:
-        records = [(self.contract(), "name"), (Schema.ANY, "kind"), (Field("f", Schema.ANY), "required")]
+        records = [
+            (self.contract(), "name"),
+            (Schema.ANY, "kind"),
+            (Field("f", Schema.ANY), "required"),
+        ]
         for record, field in records:
             with self.subTest(type(record).__name__):
                 with self.assertRaises(dataclasses.FrozenInstanceError):
