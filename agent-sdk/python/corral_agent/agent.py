@@ -457,6 +457,7 @@ def _shutdown_now(link: _Link, events: Events, grace_ms: int) -> None:
     if not link.busy:
         _exit_now(0)
     events.put(wire.Shutdown(grace_ms))
+
     def exit_later() -> None:
         time.sleep(grace_ms / 1000)
         _exit_now(0)
