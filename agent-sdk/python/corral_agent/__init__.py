@@ -18,10 +18,41 @@ Started outside corral (no fds 3 and 4), an agent prints one line saying so and 
 wire itself (`corral_agent.wire`) is usable alone, without I/O.
 """
 
-from .agent import Ctx, Handler, LogLevel, Misbehave, run, serve
-from .contract import Contract, Field, Schema, SideEffects
-from .errors import AgentError, ToolError, ToolErrorKind
-from .wire import PROTOCOL_VERSION, Value, WireError
+from __future__ import annotations
+
+from .agent import Ctx, LogLevel, Misbehave, run, serve
+from .contract import Contract, Field, Schema
+from .errors import AgentError, ToolError
+from .wire import PROTOCOL_VERSION, WireError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List
+
+    from ._enums import SideEffects, ToolErrorKind
+    from ._types import Handler, Value
+
+
+_LAZY = ("Handler", "SideEffects", "ToolErrorKind", "Value")
+
+
+def __getattr__(name: str) -> object:
+    # Made on first use (see `_enums` and `_types`): an agent that never names them does not
+    # pay for importing `enum` and `typing`.
+    if name in ("SideEffects", "ToolErrorKind"):
+        from . import _enums as where
+    elif name in ("Handler", "Value"):
+        from . import _types as where  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(where, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "PROTOCOL_VERSION",

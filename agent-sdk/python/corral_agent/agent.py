@@ -14,21 +14,40 @@ exactly one `Done` or `Failed`. The same behaviour as the Rust SDK (`corral-sdk`
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import io
 import os
-import queue
-import signal
 import sys
-import threading
 import time
-import traceback
-from typing import BinaryIO, Callable, List, NoReturn, Optional, Union
 
 from . import wire
-from .contract import Contract
+from ._sync import Events, Flag, spawn
 from .errors import AgentError, ToolError
-from .wire import Value, WireError
+from .wire import WireError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import BinaryIO, List, NoReturn, Optional
+
+    from ._types import Event, Value
+    from ._types import Handler as Handler
+    from .contract import Contract
+else:
+    # The C half of `signal`, loaded with the interpreter: `signal` itself imports `enum`.
+    import _signal
+
+
+def __getattr__(name: str) -> object:
+    # `Handler` (a `typing.Callable`) is made on first use: importing `typing` is not free.
+    if name == "Handler":
+        from ._types import Handler
+
+        globals()[name] = Handler
+        return Handler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DOWN_FD = 3
 """The fd the agent reads `Down` frames from."""
@@ -95,7 +114,7 @@ class _Link:
         self.up_fd = up_fd
         self.max_frame = max_frame
         self.beat_fd = beat_fd
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.progress = 0
         self.busy = False
         self.stopping = False
@@ -104,7 +123,7 @@ class _Link:
         """The task the last `Cancel` named (task ids are unique on a connection, so a `Cancel`
         that crossed its task's start on the way is not lost)."""
         self.ignore_shutdown = False
-        self.beats_stopped = threading.Event()
+        self.beats_stopped = Flag()
 
     def send(self, msg: wire.Up) -> None:
         self.write(wire.encode_up(msg, self.max_frame))
@@ -117,13 +136,10 @@ class _Link:
                 view = view[n:]
 
 
-_Event = Union[wire.Task, wire.ToolResult, wire.Cancel, wire.Shutdown]
-
-
 class Ctx:
     """The handler's view of the world during one task."""
 
-    def __init__(self, link: _Link, events: queue.Queue[_Event], hello: wire.Hello) -> None:
+    def __init__(self, link: _Link, events: Events, hello: wire.Hello) -> None:
         self._link = link
         self._events = events
         self._hello = hello
@@ -131,7 +147,7 @@ class Ctx:
         self._memory_in: List[Value] = []
         self._memory_out: List[Value] = []
         self._next_call = 0
-        self._deferred: List[_Event] = []
+        self._deferred: List[Event] = []
 
     def progress(self, step: int = 1) -> int:
         """Move the progress counter carried by heartbeats on by `step` (at least 1) and return
@@ -268,21 +284,19 @@ class Misbehave:
     def ignore_shutdown(self) -> None:
         """Ignore `Shutdown` and SIGTERM from now on."""
         self._link.ignore_shutdown = True
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
 
     def write_raw(self, data: bytes) -> None:
         """Write raw bytes on fd 4, bypassing framing."""
         self._link.write(data)
 
 
-Handler = Callable[[Ctx, Value], Value]
-"""`handler(ctx, input) -> output`."""
-
-
 def _failure_of(e: BaseException) -> AgentError:
     """A handler's exception as the structured error of its `Failed`."""
     if isinstance(e, AgentError):
         return AgentError(e.kind, e.message, e.retryable)
+    import traceback
+
     lines = traceback.format_exception(type(e), e, e.__traceback__)
     text = "".join(lines).rstrip("\n").splitlines()
     tail = "\n".join(text[-TRACEBACK_LINES:])
@@ -334,7 +348,7 @@ def serve(contract: Contract, handler: Handler) -> int:
     except WireError as e:
         print(f"corral_agent: the contract cannot be sent: {e}", file=sys.stderr)
         return 2
-    events: queue.Queue[_Event] = queue.Queue()
+    events = Events()
     _start_heartbeats(link, max(hello.heartbeat_interval_ms, 1))
     _watch_sigterm(link, events)
     _start_reader(down, link, events)
@@ -432,33 +446,36 @@ def _start_heartbeats(link: _Link, every_ms: int) -> None:
             except OSError:
                 return  # supervisor gone
 
-    threading.Thread(target=beat, name="corral-heartbeat", daemon=True).start()
+    spawn(beat)
 
 
-def _shutdown_now(link: _Link, events: queue.Queue[_Event], grace_ms: int) -> None:
+def _shutdown_now(link: _Link, events: Events, grace_ms: int) -> None:
     """Idle: exit. Busy: flag cancellation, let the main loop end after the handler, and exit
     `grace_ms` from now at the latest."""
     link.stopping = True
     if not link.busy:
         _exit_now(0)
     events.put(wire.Shutdown(grace_ms))
-    timer = threading.Timer(grace_ms / 1000, _exit_now, args=(0,))
-    timer.daemon = True
-    timer.start()
+
+    def exit_later() -> None:
+        time.sleep(grace_ms / 1000)
+        _exit_now(0)
+
+    spawn(exit_later)
 
 
-def _watch_sigterm(link: _Link, events: queue.Queue[_Event]) -> None:
+def _watch_sigterm(link: _Link, events: Events) -> None:
     def on_term(signum: int, frame: object) -> None:
         if not link.ignore_shutdown:
             _shutdown_now(link, events, 1000)
 
     try:
-        signal.signal(signal.SIGTERM, on_term)
+        _signal.signal(_signal.SIGTERM, on_term)
     except ValueError:
         pass  # not the main thread: SIGTERM keeps its default (exit)
 
 
-def _start_reader(down: BinaryIO, link: _Link, events: queue.Queue[_Event]) -> None:
+def _start_reader(down: BinaryIO, link: _Link, events: Events) -> None:
     def read() -> None:
         while True:
             try:
@@ -482,4 +499,4 @@ def _start_reader(down: BinaryIO, link: _Link, events: queue.Queue[_Event]) -> N
                 link.stopping = True
             events.put(msg)
 
-    threading.Thread(target=read, name="corral-reader", daemon=True).start()
+    spawn(read)

@@ -21,13 +21,27 @@ Values map as the Rust `Value` does:
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Union
 
 from .contract import Field, Schema
 from .errors import AgentError
 
-Value = Union[None, bool, int, float, str, bytes, List["Value"], Dict[str, "Value"]]
-"""A self-describing tree: what task inputs, outputs, memory notes and tool calls carry."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List
+
+    from ._types import Value as Value
+
+
+def __getattr__(name: str) -> object:
+    # `Value` (a `typing.Union`: a self-describing tree, what task inputs, outputs, memory notes
+    # and tool calls carry) is made on first use: importing `typing` is not free.
+    if name == "Value":
+        from ._types import Value
+
+        globals()[name] = Value
+        return Value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 PROTOCOL_VERSION = 1
 """The protocol version this package speaks."""

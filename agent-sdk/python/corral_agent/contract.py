@@ -14,33 +14,40 @@ against `input` before sending it and every output against `output` on receipt.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import ClassVar, Sequence, Tuple
+from ._record import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional, Sequence, Tuple
+
+    from ._enums import SideEffects as SideEffects
 
 
-class SideEffects(enum.IntEnum):
-    """What running the agent does to the world (the wire's variant index)."""
+def __getattr__(name: str) -> object:
+    # `SideEffects` is an `enum.IntEnum`, made on first use (importing `enum` is not free).
+    if name == "SideEffects":
+        from ._enums import SideEffects
 
-    READ_ONLY = 0
-    """Reads only; safe to repeat."""
-    IDEMPOTENT = 1
-    """Writes; repeating with the same input has the same effect."""
-    DESTRUCTIVE = 2
-    """Writes that must not be repeated blindly."""
+        globals()[name] = SideEffects
+        return SideEffects
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Frozen):
     """One field of an object schema."""
 
+    __match_args__ = ("name", "schema", "required")
     name: str
     schema: Schema
-    required: bool = True
+    required: bool
+
+    def __init__(self, name: str, schema: Schema, required: bool = True) -> None:
+        self._init("name", name)
+        self._init("schema", schema)
+        self._init("required", required)
 
 
-@dataclass(frozen=True)
-class Schema:
+class Schema(Frozen):
     """A shape of `Value`, as the protocol's `Schema` (section 4.5 of `docs/protocol.md`).
 
     Scalars are class constants (`Schema.ANY`, `Schema.NULL`, `Schema.BOOL`, `Schema.INT`,
@@ -48,14 +55,15 @@ class Schema:
     `map_of`, `object` (then `.field`, `.optional`, `.allow_extra`), `optional_of`, `one_of`.
     """
 
+    __match_args__ = ("kind", "items", "fields", "extra")
     kind: str
     """`any`, `null`, `bool`, `int`, `float`, `string`, `bytes`, `list`, `map`, `object`,
     `optional` or `one_of`."""
-    items: Tuple[Schema, ...] = ()
+    items: Tuple[Schema, ...]
     """The inner schemas of `list`, `map`, `optional` (one) and `one_of` (any number)."""
-    fields: Tuple[Field, ...] = ()
+    fields: Tuple[Field, ...]
     """The fields of an `object`."""
-    extra: bool = False
+    extra: bool
     """Whether an `object` accepts keys it does not declare."""
 
     ANY: ClassVar[Schema]
@@ -65,6 +73,18 @@ class Schema:
     FLOAT: ClassVar[Schema]
     STRING: ClassVar[Schema]
     BYTES: ClassVar[Schema]
+
+    def __init__(
+        self,
+        kind: str,
+        items: Tuple[Schema, ...] = (),
+        fields: Tuple[Field, ...] = (),
+        extra: bool = False,
+    ) -> None:
+        self._init("kind", kind)
+        self._init("items", items)
+        self._init("fields", fields)
+        self._init("extra", extra)
 
     @staticmethod
     def list_of(item: Schema) -> Schema:
@@ -122,14 +142,48 @@ Schema.STRING = Schema("string")
 Schema.BYTES = Schema("bytes")
 
 
-@dataclass(frozen=True)
-class Contract:
+class Contract(Frozen):
     """What the agent is, accepts, returns and may call. `tools` entry `"*"` declares every
-    tool."""
+    tool. `side_effects` left out (or `None`) is `SideEffects.READ_ONLY`."""
 
+    __match_args__ = ("name", "version", "input", "output", "tools", "side_effects")
     name: str
     version: str
-    input: Schema = Schema.ANY
-    output: Schema = Schema.ANY
-    tools: Sequence[str] = field(default_factory=tuple)
-    side_effects: SideEffects = SideEffects.READ_ONLY
+    input: Schema
+    output: Schema
+    tools: Sequence[str]
+    _side_effects: Optional[SideEffects]
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        input: Schema = Schema.ANY,
+        output: Schema = Schema.ANY,
+        tools: Sequence[str] = (),
+        side_effects: Optional[SideEffects] = None,
+    ) -> None:
+        self._init("name", name)
+        self._init("version", version)
+        self._init("input", input)
+        self._init("output", output)
+        self._init("tools", tools)
+        self._init("_side_effects", side_effects)
+
+    @property
+    def side_effects(self) -> SideEffects:
+        """What running the agent does to the world."""
+        if self._side_effects is None:
+            from ._enums import SideEffects
+
+            return SideEffects.READ_ONLY
+        return self._side_effects
+
+    def _side_effects_index(self) -> int:
+        """The wire's variant index of `side_effects`, without making the enum."""
+        return 0 if self._side_effects is None else int(self._side_effects)
+
+    def _astuple(self) -> Tuple[object, ...]:
+        # Left out, it compares and hashes as `SideEffects.READ_ONLY` (an int 0) does.
+        se = 0 if self._side_effects is None else self._side_effects
+        return (self.name, self.version, self.input, self.output, self.tools, se)

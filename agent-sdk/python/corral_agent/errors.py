@@ -5,8 +5,21 @@ machine-readable `kind`, a human-readable `message`, and whether trying again ma
 
 from __future__ import annotations
 
-import enum
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Optional
+
+    from ._enums import ToolErrorKind as ToolErrorKind
+
+
+def __getattr__(name: str) -> object:
+    # `ToolErrorKind` is an `enum.Enum`, made on first use (importing `enum` is not free).
+    if name == "ToolErrorKind":
+        from ._enums import ToolErrorKind
+
+        globals()[name] = ToolErrorKind
+        return ToolErrorKind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AgentError(Exception):
@@ -38,22 +51,6 @@ class AgentError(Exception):
         return hash((self.kind, self.message, self.retryable))
 
 
-class ToolErrorKind(str, enum.Enum):
-    """The kinds of tool failure the tool broker reports. A `ToolError.kind` may also be a kind
-    not listed here (the supervisor's own, such as `denied` or `too_many_calls`, or one a newer
-    broker adds): it is kept as the string it was."""
-
-    PERMISSION_DENIED = "permission_denied"
-    UNKNOWN_TOOL = "unknown_tool"
-    TIMEOUT = "timeout"
-    CIRCUIT_OPEN = "circuit_open"
-    TOO_LARGE = "too_large"
-    TOOL_FAILED = "tool_failed"
-    UNKNOWN_OUTCOME = "unknown_outcome"
-    APPROVAL_DENIED = "approval_denied"
-    REPLAY_DIVERGENCE = "replay_divergence"
-
-
 class ToolError(AgentError):
     """A tool call that did not return a value: refused by the SDK before it was sent
     (`too_large`, `invalid_args`), by the supervisor or the broker, or abandoned (`cancelled`,
@@ -62,6 +59,8 @@ class ToolError(AgentError):
     @property
     def known_kind(self) -> Optional[ToolErrorKind]:
         """The kind as a `ToolErrorKind`, or `None` for a kind outside that list."""
+        from ._enums import ToolErrorKind
+
         try:
             return ToolErrorKind(self.kind)
         except ValueError:

@@ -8,16 +8,14 @@ It does no I/O: `encode_up`/`decode_down` (what an agent needs) and `encode_down
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
 
+from ._record import Record
 from .codec import (
     DEFAULT_MAX_FRAME,
     MAX_NESTING,
     MAX_TOOL_CALL,
     MAX_TOOL_NAME,
     PROTOCOL_VERSION,
-    Value,
     WireError,
     _error,
     _Reader,
@@ -31,8 +29,16 @@ from .codec import (
     decode_value,
     encode_value,
 )
-from .contract import Contract, SideEffects
+from .contract import Contract
 from .errors import AgentError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple, Union
+
+    from ._types import Down as Down
+    from ._types import Up as Up
+    from ._types import Value as Value
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -49,106 +55,149 @@ __all__ = [
 _U32 = struct.Struct("<I")
 
 
+def __getattr__(name: str) -> object:
+    # The `typing.Union`s `Value`, `Down` and `Up` are made on first use: importing `typing` is
+    # not free.
+    if name in ("Value", "Down", "Up"):
+        from . import _types
+
+        value = getattr(_types, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # ---------------------------------------------------------------------------------------------
-# Messages
+# Messages (records: compared field by field, as dataclasses of the same fields would be)
 
 
-@dataclass
-class Hello:
+class Hello(Record):
     """Down 0: the first frame of every connection."""
 
-    protocol: int
-    agent_id: str
-    run_id: str
-    attempt: int
-    heartbeat_interval_ms: int
-    max_frame: int
+    __match_args__ = (
+        "protocol",
+        "agent_id",
+        "run_id",
+        "attempt",
+        "heartbeat_interval_ms",
+        "max_frame",
+    )
+
+    def __init__(
+        self,
+        protocol: int,
+        agent_id: str,
+        run_id: str,
+        attempt: int,
+        heartbeat_interval_ms: int,
+        max_frame: int,
+    ) -> None:
+        self.protocol = protocol
+        self.agent_id = agent_id
+        self.run_id = run_id
+        self.attempt = attempt
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_frame = max_frame
 
 
-@dataclass
-class Task:
+class Task(Record):
     """Down 1: one task to run."""
 
-    task_id: int
-    input: Value
-    memory: List[Value] = field(default_factory=list)
+    __match_args__ = ("task_id", "input", "memory")
+
+    def __init__(self, task_id: int, input: Value, memory: Optional[List[Value]] = None) -> None:
+        self.task_id = task_id
+        self.input = input
+        self.memory: List[Value] = [] if memory is None else memory
 
 
-@dataclass
-class ToolResult:
+class ToolResult(Record):
     """Down 2: the answer to a `ToolCall`: a `Value`, or the error (an `AgentError`)."""
 
-    call_id: int
-    result: Union[Value, AgentError]
+    __match_args__ = ("call_id", "result")
+
+    def __init__(self, call_id: int, result: Union[Value, AgentError]) -> None:
+        self.call_id = call_id
+        self.result = result
 
 
-@dataclass
-class Cancel:
+class Cancel(Record):
     """Down 3: abandon this task."""
 
-    task_id: int
+    __match_args__ = ("task_id",)
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
 
 
-@dataclass
-class Shutdown:
+class Shutdown(Record):
     """Down 4: exit within `grace_ms`."""
 
-    grace_ms: int
+    __match_args__ = ("grace_ms",)
+
+    def __init__(self, grace_ms: int) -> None:
+        self.grace_ms = grace_ms
 
 
-Down = Union[Hello, Task, ToolResult, Cancel, Shutdown]
-
-
-@dataclass
-class Ready:
+class Ready(Record):
     """Up 0: the answer to `Hello`."""
 
-    protocol: int
-    contract: Contract
+    __match_args__ = ("protocol", "contract")
+
+    def __init__(self, protocol: int, contract: Contract) -> None:
+        self.protocol = protocol
+        self.contract = contract
 
 
-@dataclass
-class Heartbeat:
+class Heartbeat(Record):
     """Up 1: alive, with the progress counter."""
 
-    progress: int
+    __match_args__ = ("progress",)
+
+    def __init__(self, progress: int) -> None:
+        self.progress = progress
 
 
-@dataclass
-class Log:
+class Log(Record):
     """Up 2: one log line (`level` 0 trace … 4 error)."""
 
-    level: int
-    message: str
+    __match_args__ = ("level", "message")
+
+    def __init__(self, level: int, message: str) -> None:
+        self.level = level
+        self.message = message
 
 
-@dataclass
-class ToolCall:
+class ToolCall(Record):
     """Up 3: call a tool."""
 
-    call_id: int
-    tool: str
-    args: Value
+    __match_args__ = ("call_id", "tool", "args")
+
+    def __init__(self, call_id: int, tool: str, args: Value) -> None:
+        self.call_id = call_id
+        self.tool = tool
+        self.args = args
 
 
-@dataclass
-class Done:
+class Done(Record):
     """Up 4: the task's output, and the notes handed downstream."""
 
-    task_id: int
-    output: Value
-    memory: List[Value] = field(default_factory=list)
+    __match_args__ = ("task_id", "output", "memory")
+
+    def __init__(self, task_id: int, output: Value, memory: Optional[List[Value]] = None) -> None:
+        self.task_id = task_id
+        self.output = output
+        self.memory: List[Value] = [] if memory is None else memory
 
 
-@dataclass
-class Failed:
+class Failed(Record):
     """Up 5: the task (or, with `task_id` 0, the handshake) failed."""
 
-    task_id: int
-    error: AgentError
+    __match_args__ = ("task_id", "error")
 
-
-Up = Union[Ready, Heartbeat, Log, ToolCall, Done, Failed]
+    def __init__(self, task_id: int, error: AgentError) -> None:
+        self.task_id = task_id
+        self.error = error
 
 
 def _values(out: bytearray, vs: Sequence[Value]) -> None:
@@ -171,7 +220,7 @@ def encode_up_payload(msg: Up) -> bytes:
         _varint(out, len(c.tools))
         for t in c.tools:
             _str(out, t)
-        out.append(int(c.side_effects))
+        out.append(c._side_effects_index())
     elif isinstance(msg, Heartbeat):
         out.append(1)
         _varint(out, msg.progress)
@@ -312,6 +361,8 @@ def decode_up(payload: bytes) -> Up:
         se = r.varint(32)
         if se > 2:
             raise _undecodable(f"invalid SideEffects variant {se}")
+        from ._enums import SideEffects
+
         msg = Ready(protocol, Contract(name, version, inp, outp, tools, SideEffects(se)))
     elif tag == 1:
         msg = Heartbeat(r.varint())
