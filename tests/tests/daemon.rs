@@ -132,6 +132,31 @@ fn notify_order_service_restart_and_drain() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"x":1}"#);
+    // Journalled like a call: its input and output.
+    let runs = corral(&[
+        "runs",
+        "--json",
+        "--agent",
+        "svc",
+        "--config",
+        d.fx.config.to_str().expect("utf-8"),
+    ]);
+    let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).expect("runs --json");
+    let run_id = runs[0]["run_id"]
+        .as_str()
+        .expect("a journalled run")
+        .to_string();
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    let shown = corral(&[
+        "show",
+        &run_id,
+        "--json",
+        "--config",
+        d.fx.config.to_str().expect("utf-8"),
+    ]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
+    assert_eq!(shown["calls"][0]["input"], serde_json::json!({"x": 1}));
+    assert_eq!(shown["calls"][0]["output"], serde_json::json!({"x": 1}));
     let live = d.wait_pids(&[]);
     let (code, err) = d.term_with_seen();
     assert_eq!(code, 0, "{err}");

@@ -255,6 +255,7 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
             Err(r) => return reply(&replies, r),
         };
         let seq = d.seq.fetch_add(1, Ordering::Relaxed);
+        let input_value = input.clone();
         let rx = {
             let services = d.services.lock().unwrap_or_else(|p| p.into_inner());
             match services.get(&agent) {
@@ -279,6 +280,17 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                 run_id: run_id.clone(),
             },
         );
+        // Journalled like a call: its input now, its output or error when it is served.
+        let journal = d.sup.journal().map(|j| {
+            crate::run::journal::CallJournal::begin(
+                j,
+                &run_id,
+                &agent,
+                &d.sup.config().digest,
+                &input_value,
+                &[],
+            )
+        });
         let waiter = wait.then_some(replies);
         let d = d.clone();
         tokio::spawn(async move {
@@ -289,6 +301,11 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                     true,
                 ))
             });
+            if let Some(j) = &journal {
+                if let Err(e) = j.served(&result).await {
+                    tracing::warn!(run = %run_id, "journal: {e}");
+                }
+            }
             let (doc, output, exit) = match result {
                 Ok((out, _)) => {
                     let out = out.to_json();

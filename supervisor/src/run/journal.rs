@@ -207,6 +207,39 @@ impl CallJournal {
             .await
     }
 
+    /// A task served by a service agent ended (its records belong to the agent's instance,
+    /// not to the task): its output or error, durably, and the run ends with it.
+    pub(crate) async fn served(
+        &self,
+        result: &Result<(Value, Vec<Value>), AgentError>,
+    ) -> Result<(), JournalError> {
+        let at_ms = now_ms();
+        let (output, memory, error) = match result {
+            Ok((o, m)) => (Some(o.to_json()), list_json(m), None),
+            Err(e) => (None, list_json(&[]), Some(error_json(e))),
+        };
+        let status = if output.is_some() {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        self.journal.append(Entry::CallEnded {
+            run_id: self.run_id.to_string(),
+            call: self.call,
+            output,
+            memory,
+            error,
+            at_ms,
+        });
+        self.journal
+            .durable(Entry::RunEnded {
+                run_id: self.run_id.to_string(),
+                status,
+                at_ms,
+            })
+            .await
+    }
+
     /// The call ended with `output` (and `memory`) or the last record's error; the run ends
     /// with it.
     pub(crate) async fn ended(
