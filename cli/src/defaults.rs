@@ -166,6 +166,27 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// What SIGINT and SIGTERM stop: the calls given it end with escalation and their records
+/// say `shutdown` (instead of being left to PDEATHSIG). Must be called inside the runtime.
+pub fn stop_on_signals() -> corral::Stop {
+    let (handle, stop) = corral::Stop::new();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        handle.stop(corral::ExitReason::Shutdown);
+    });
+    stop
+}
+
 /// A supervisor on a loaded config, or the exit code after saying what is wrong (2).
 pub fn start(cfg: Result<Config, ConfigError>) -> Result<Supervisor, ExitCode> {
     let cfg = cfg.map_err(|e| {

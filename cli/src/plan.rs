@@ -5,7 +5,7 @@
 use crate::defaults::{load_config, start};
 use corral::journal;
 use corral::plan::{run_plan, NodeReport, Plan, PlanOptions, PlanStatus};
-use corral::{ExitReason, Stop, Value};
+use corral::Value;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -67,21 +67,7 @@ pub async fn run(
         Err(code) => return code,
     };
     sup.disable_prewarm();
-    let (handle, stop) = Stop::new();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        handle.stop(ExitReason::Shutdown);
-    });
+    let stop = crate::defaults::stop_on_signals();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shown = if json {
         None

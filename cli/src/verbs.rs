@@ -4,7 +4,7 @@ use crate::approve::TerminalApprover;
 use crate::defaults::{load_config, start};
 use corral::config::exposure;
 use corral::tools::Broker;
-use corral::{CallOptions, ExitReason, ExitRecord, Stop};
+use corral::{CallOptions, ExitRecord};
 use corral_proto::Value;
 use std::path::Path;
 use std::process::ExitCode;
@@ -160,21 +160,7 @@ pub async fn call(
     sup.disable_prewarm();
     // SIGINT/SIGTERM stop the agent with escalation and still print its record (reason
     // `shutdown`), instead of leaving it to PDEATHSIG.
-    let (stop_handle, stop) = Stop::new();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        stop_handle.stop(ExitReason::Shutdown);
-    });
+    let stop = crate::defaults::stop_on_signals();
     // Tool calls go through the broker of the config's tools.
     let mut broker = Broker::for_supervisor(&sup);
     if approve {

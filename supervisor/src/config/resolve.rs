@@ -146,18 +146,7 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
     let mut errs = Vec::new();
     let supervisor = supervisor(&ctx, file.supervisor).unwrap_or_else(|e| {
         errs.push(e);
-        let mut out = SupervisorConfig {
-            state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
-            max_frame: DEFAULT_MAX_FRAME,
-            uid_range: DEFAULT_UID_RANGE,
-            journal: true,
-            journal_keep: None,
-            max_agents: None,
-            control_socket: PathBuf::new(),
-            control_group: None,
-            admins: Default::default(),
-            metrics_listen: None,
-        };
+        let mut out = default_supervisor(&ctx);
         super::daemon::defaults(&mut out);
         out
     });
@@ -222,11 +211,10 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
     })
 }
 
-fn supervisor(
-    ctx: &Ctx<'_>,
-    raw: Option<super::schema::Supervisor>,
-) -> Result<SupervisorConfig, ConfigError> {
-    let mut out = SupervisorConfig {
+/// `[supervisor]` with every key at its default (the daemon's defaults, which depend on
+/// `state_dir`, still to be filled in).
+fn default_supervisor(ctx: &Ctx<'_>) -> SupervisorConfig {
+    SupervisorConfig {
         state_dir: ctx.resolve_path(DEFAULT_STATE_DIR),
         max_frame: DEFAULT_MAX_FRAME,
         uid_range: DEFAULT_UID_RANGE,
@@ -237,7 +225,14 @@ fn supervisor(
         control_group: None,
         admins: Default::default(),
         metrics_listen: None,
-    };
+    }
+}
+
+fn supervisor(
+    ctx: &Ctx<'_>,
+    raw: Option<super::schema::Supervisor>,
+) -> Result<SupervisorConfig, ConfigError> {
+    let mut out = default_supervisor(ctx);
     let Some(raw) = raw else {
         super::daemon::defaults(&mut out);
         return Ok(out);
