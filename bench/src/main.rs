@@ -76,7 +76,8 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--soak" => {
                 let d = argv.next().context("--soak needs a duration, e.g. 10m")?;
-                a.soak = Some(soak::parse_duration(&d).map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?);
+                a.soak =
+                    Some(soak::parse_duration(&d).map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?);
             }
             "--quick" => a.quick = true,
             "--no-build" => a.build = false,

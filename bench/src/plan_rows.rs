@@ -30,10 +30,21 @@ pub fn items(n: usize) -> Value {
     Value::from_json(&serde_json::json!({ "items": (0..n).collect::<Vec<_>>() }))
 }
 
+/// Raised from the default 10 s: with 1000 isolated agents started at once on 2 cores, the
+/// last ones got `Ready` after more than 10 s (and the failures opened the breaker).
+pub const STARTUP_TIMEOUT: &str = "startup_timeout = \"120s\"\n";
+
 /// A supervisor of `echo` with the default isolation and cgroups.
 fn isolated_sup(env: &Env) -> Result<Sup> {
-    let text = harness::config_text("echo", &env.echo, "")?;
+    let text = harness::config_text("echo", &env.echo, STARTUP_TIMEOUT)?;
     harness::supervisor(env, &text, true)
+}
+
+/// A supervisor of `echo` with row 1's keys: no isolation, no cgroups.
+fn plain_sup(env: &Env) -> Result<Sup> {
+    let keys = format!("{}{STARTUP_TIMEOUT}", crate::call_rows::PLAIN);
+    let text = harness::config_text("echo", &env.echo, &keys)?;
+    harness::supervisor(env, &text, false)
 }
 
 /// One plan run of `n` instances: its wall time.
@@ -53,17 +64,24 @@ fn plan_once(env: &Env, sup: &Arc<Supervisor>, n: usize) -> Result<Duration> {
     })?;
     let out = out.map_err(|e| anyhow!("run_plan: {e}"))?;
     if out.status != PlanStatus::Succeeded || out.nodes.len() != n {
-        let why = out
-            .nodes
-            .iter()
-            .find(|r| r.status != "succeeded")
-            .and_then(|r| r.attempts.last())
-            .map(|a| format!("{}: {:?}", a.reason, a.error.as_ref().map(|e| &e.message)))
-            .unwrap_or_default();
+        // Every attempt's reason, and the first failure's message.
+        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+        let mut first = None;
+        for a in out.nodes.iter().flat_map(|r| r.attempts.iter()) {
+            *reasons.entry(a.reason.to_string()).or_default() += 1;
+            if a.reason != corral::ExitReason::Completed && first.is_none() {
+                first = Some(format!(
+                    "{}: {}",
+                    a.reason,
+                    a.error.as_ref().map(|e| e.message.as_str()).unwrap_or("")
+                ));
+            }
+        }
         bail!(
-            "plan {} with {} instances: {why}",
+            "plan {} with {} instances; attempts: {reasons:?}; first failure: {}",
             out.status.as_str(),
-            out.nodes.len()
+            out.nodes.len(),
+            first.unwrap_or_default()
         );
     }
     Ok(wall)
@@ -118,7 +136,8 @@ fn raw_once(path: &Path, n: usize) -> Result<Duration> {
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow!("raw spawn thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow!("raw spawn thread panicked"))??;
         }
         Ok(())
     })?;
@@ -230,7 +249,10 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
             Unit::Time,
             measured(&secs(&w.plan)),
         )
-        .base(&format!("raw spawn+hs ×{n}, {cores} threads"), measured(&secs(&w.raw)));
+        .base(
+            &format!("raw spawn+hs ×{n}, {cores} threads"),
+            measured(&secs(&w.raw)),
+        );
         let met = row.corral.p50().map(|p| p <= target);
         sec.rows.push(row.target(&format!("≤ {target} s"), met));
         all.push((n, runs, w));
@@ -263,7 +285,10 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
             Unit::Time,
             measured(&per(&w.plan)),
         )
-        .base("direct Supervisor::call, all at once", measured(&per(&w.direct)))
+        .base(
+            "direct Supervisor::call, all at once",
+            measured(&per(&w.direct)),
+        )
         .target("informative", None);
         if let (Some(a), Some(b)) = (row.corral.p50(), row.base.p50()) {
             let d = a - b;
@@ -285,7 +310,8 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
         sec.note(format!(
             "{}: {runs} run(s) of run_plan over {n} items (one for_each node, max_parallel {n}, \
              echo with the default isolation: dynamic uid, own root, pid/ipc/uts/mount/net \
-             namespaces, cgroups, seccomp, landlock; journal on), interleaved with the same \
+             namespaces, cgroups, seccomp, landlock; journal on; startup_timeout 120s, as with the \
+             default 10s the last of 1000 agents started at once missed it here), interleaved with the same \
              calls made directly (p50 {}) and with {n} raw posix_spawn + handshake + kill of \
              the same binary without any isolation on {cores} threads (p50 {}); plan p50 {} = \
              {:.0} instances/s",
@@ -294,6 +320,31 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
             Unit::Time.fmt(Summary::of(&secs(&w.raw)).map_or(f64::NAN, |s| s.p50)),
             Unit::Time.fmt(Summary::of(&secs(&w.plan)).map_or(f64::NAN, |s| s.p50)),
             Summary::of(&secs(&w.plan)).map_or(f64::NAN, |s| *n as f64 / s.p50),
+        ));
+    }
+    // Contrast: the same 300-way plan without isolation, to tell the scheduler and the
+    // supervision from the making of sandboxes.
+    if let Some((n, runs, w)) = all.first() {
+        let plain = plain_sup(env)?;
+        plan_once(env, &plain.sup, 8).context("warm-up plan")?;
+        let mut p = Vec::new();
+        for _ in 0..*runs {
+            p.push(plan_once(env, &plain.sup, *n)?);
+        }
+        sec.rows.push(
+            Row::new(
+                "11f",
+                &format!("plan fan-out {n}, no isolation: wall"),
+                Unit::Time,
+                measured(&secs(&p)),
+            )
+            .base(&format!("raw spawn+hs ×{n} (11a)"), measured(&secs(&w.raw)))
+            .target("contrast", None),
+        );
+        sec.note(format!(
+            "11f: 11a's plan on a supervisor of echo with row 1's keys (no namespaces, no \
+             cgroups, no seccomp or landlock, the supervisor's own uid, no disk quota), {runs} \
+             run(s) after 11a and 11b"
         ));
     }
     // The peer: Python multiprocessing on the same 300 tasks.
@@ -305,10 +356,7 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
         Ok((per_task, pool)) => {
             sec.rows.push(
                 Row::new("11e", "plan fan-out 300 (11a)", Unit::Time, plan300)
-                    .base(
-                        "python mp spawn, process/task",
-                        Figure::Single(per_task),
-                    )
+                    .base("python mp spawn, process/task", Figure::Single(per_task))
                     .target("peer", None),
             );
             sec.note(format!(

@@ -279,7 +279,8 @@ fn verdict(
 
 /// Run the soak for `total` and print its table.
 pub fn run(env: &Env, total: Duration) -> Result<()> {
-    let text = harness::config_text("chaos", &env.chaos, &tool_keys(""))?;
+    let keys = tool_keys(crate::plan_rows::STARTUP_TIMEOUT);
+    let text = harness::config_text("chaos", &env.chaos, &keys)?;
     let sup = harness::supervisor(env, &text, true)?;
     let plan_text = fan_plan(
         "chaos",
