@@ -40,10 +40,13 @@ fn isolated_sup(env: &Env) -> Result<Sup> {
     harness::supervisor(env, &text, true)
 }
 
-/// A supervisor of `echo` with row 1's keys: no isolation, no cgroups.
-fn plain_sup(env: &Env) -> Result<Sup> {
+/// A supervisor of `echo` with row 1's keys: no isolation, no cgroups; the journal on or off.
+fn plain_sup(env: &Env, journal: bool) -> Result<Sup> {
     let keys = format!("{}{STARTUP_TIMEOUT}", crate::call_rows::PLAIN);
-    let text = harness::config_text("echo", &env.echo, &keys)?;
+    let text = format!(
+        "[supervisor]\njournal = {journal}\n\n{}",
+        harness::config_text("echo", &env.echo, &keys)?
+    );
     harness::supervisor(env, &text, false)
 }
 
@@ -325,26 +328,29 @@ pub fn row11(env: &Env, sec: &mut Section) -> Result<()> {
     // Contrast: the same 300-way plan without isolation, to tell the scheduler and the
     // supervision from the making of sandboxes.
     if let Some((n, runs, w)) = all.first() {
-        let plain = plain_sup(env)?;
-        plan_once(env, &plain.sup, 8).context("warm-up plan")?;
-        let mut p = Vec::new();
-        for _ in 0..*runs {
-            p.push(plan_once(env, &plain.sup, *n)?);
+        for (id, journal) in [("11f", true), ("11g", false)] {
+            let plain = plain_sup(env, journal)?;
+            plan_once(env, &plain.sup, 8).context("warm-up plan")?;
+            let mut p = Vec::new();
+            for _ in 0..*runs {
+                p.push(plan_once(env, &plain.sup, *n)?);
+            }
+            let what = if journal {
+                format!("plan fan-out {n}, no isolation: wall")
+            } else {
+                "same, journal = false".to_string()
+            };
+            sec.rows.push(
+                Row::new(id, &what, Unit::Time, measured(&secs(&p)))
+                    .base(&format!("raw spawn+hs ×{n} (11a)"), measured(&secs(&w.raw)))
+                    .target("contrast", None),
+            );
         }
-        sec.rows.push(
-            Row::new(
-                "11f",
-                &format!("plan fan-out {n}, no isolation: wall"),
-                Unit::Time,
-                measured(&secs(&p)),
-            )
-            .base(&format!("raw spawn+hs ×{n} (11a)"), measured(&secs(&w.raw)))
-            .target("contrast", None),
-        );
         sec.note(format!(
-            "11f: 11a's plan on a supervisor of echo with row 1's keys (no namespaces, no \
-             cgroups, no seccomp or landlock, the supervisor's own uid, no disk quota), {runs} \
-             run(s) after 11a and 11b"
+            "11f/11g: 11a's plan on a supervisor of echo with row 1's keys (no namespaces, no \
+             cgroups, no seccomp or landlock, the supervisor's own uid, no disk quota), journal \
+             on (11f) and off (11g), {runs} run(s) each after 11a and 11b: what is left when \
+             no sandbox is made"
         ));
     }
     // The peer: Python multiprocessing on the same 300 tasks.
