@@ -400,3 +400,46 @@ fn print_report(samples: &[Sample], c: &Counts, total: Duration) {
         }
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_number_and_a_unit() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["60", "s", "", "0s", "10 parsecs", "-5s", "1.5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    fn samples(values: &[f64]) -> Vec<Sample> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Sample {
+                rounds: i as u64,
+                instances: i as u64 * 600,
+                fds: *v as u64,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_column_that_stays_is_flat_and_one_that_climbs_grows() {
+        let n = |v: f64| format!("{v:.0}");
+        let flat = samples(&[15.0, 53.0, 53.0, 54.0, 53.0, 53.0]);
+        let v = verdict(&flat, "fds", |s| s.fds as f64, 8.0, n);
+        assert!(v.starts_with("fds: flat"), "{v}");
+        let leak = samples(&[15.0, 53.0, 90.0, 130.0, 170.0, 210.0]);
+        let v = verdict(&leak, "fds", |s| s.fds as f64, 8.0, n);
+        assert!(v.starts_with("fds: GROWS from 53 to 210"), "{v}");
+        let none = samples(&[15.0]);
+        let v = verdict(&none, "fds", |s| s.fds as f64, 8.0, n);
+        assert!(v.contains("not enough samples"), "{v}");
+    }
+}
