@@ -6,9 +6,10 @@
 use crate::harness::{self, Env, Sup};
 use crate::stats::{fig, p50, Row, Section, Unit};
 use anyhow::{anyhow, Result};
-use corral::CallOptions;
+use corral::{AttemptEvent, CallOptions};
 use corral_proto::Value;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// The agent keys of row 1: the spawn path without isolation.
 pub const PLAIN: &str = "namespaces = []\nnetwork = true\nseccomp = false\nlandlock = false\n\
@@ -25,16 +26,45 @@ fn echo_sup(env: &Env, journal: bool) -> Result<Sup> {
     harness::supervisor(env, &text, false)
 }
 
-/// One call, timed from just before `Supervisor::call` until it returned its outcome.
-fn timed_call(env: &Env, sup: &Sup) -> Result<Duration> {
+/// One call: from just before `Supervisor::call` until it returned its outcome, and its
+/// phases (call → `Ready`, `Ready` → `Exited`, `Exited` → return).
+fn timed_call(env: &Env, sup: &Sup) -> Result<(Duration, [Duration; 3])> {
     let s = sup.sup.clone();
     env.run(async move {
         let input = Value::map([("n", Value::Int(1))]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let opts = CallOptions {
+            events: Some(tx),
+            ..Default::default()
+        };
         let t0 = Instant::now();
-        let out = s.call("echo", input, CallOptions::default()).await;
-        let d = t0.elapsed();
+        let watch = async {
+            let (mut ready, mut exited) = (None, None);
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    AttemptEvent::Ready { .. } => ready = Some(Instant::now()),
+                    AttemptEvent::Exited(_) => exited = Some(Instant::now()),
+                    _ => {}
+                }
+            }
+            (ready, exited)
+        };
+        let call = async {
+            let out = s.call("echo", input, opts).await;
+            (out, Instant::now())
+        };
+        let ((out, returned), (ready, exited)) = tokio::join!(call, watch);
+        let d = returned - t0;
+        let (Some(ready), Some(exited)) = (ready, exited) else {
+            return Err(anyhow!("no Ready or no Exited event"));
+        };
+        let phases = [
+            ready - t0,
+            exited.saturating_duration_since(ready),
+            returned.saturating_duration_since(exited),
+        ];
         match out {
-            Ok(o) if o.ok() => Ok(d),
+            Ok(o) if o.ok() => Ok((d, phases)),
             Ok(o) => Err(anyhow!(
                 "the call did not complete: {}",
                 o.last().map(|r| r.reason.to_string()).unwrap_or_default()
@@ -42,6 +72,17 @@ fn timed_call(env: &Env, sup: &Sup) -> Result<Duration> {
             Err(e) => Err(anyhow!("{e}")),
         }
     })?
+}
+
+/// p50 of each phase, formatted.
+fn phases(p: &[[Duration; 3]]) -> String {
+    let col = |i: usize| p.iter().map(|x| x[i]).collect::<Vec<_>>();
+    format!(
+        "call → Ready {}, Ready → Exited {}, Exited → return {}",
+        p50(&col(0)),
+        p50(&col(1)),
+        p50(&col(2))
+    )
 }
 
 /// Row 9.
@@ -53,6 +94,7 @@ pub fn row9(env: &Env, sec: &mut Section) -> Result<()> {
     }
     let n = env.spawn_iters();
     let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut with_p, mut without_p) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..WARMUP + n {
         // Alternate which goes first, so that neither always follows the other's teardown.
         let (a, b) = if i % 2 == 0 {
@@ -63,8 +105,10 @@ pub fn row9(env: &Env, sec: &mut Section) -> Result<()> {
             (timed_call(env, &on)?, b)
         };
         if i >= WARMUP {
-            with.push(a);
-            without.push(b);
+            with.push(a.0);
+            with_p.push(a.1);
+            without.push(b.0);
+            without_p.push(b.1);
         }
     }
     let row = Row::new("9", "call spawn→done, journal on", Unit::Time, fig(&with))
@@ -84,9 +128,12 @@ pub fn row9(env: &Env, sec: &mut Section) -> Result<()> {
          goes first; row 1's agent keys (no isolation, no cgroups); timed from just before \
          Supervisor::call to its return, so the journalled figure includes making the run, \
          call and attempt rows and the commit (WAL, synchronous=FULL) that must be durable \
-         before the caller is told; p50 on {} vs off {}; journal file {} after the row",
+         before the caller is told; p50 on {} ({}) vs off {} ({}); journal file {} after \
+         the row",
         p50(&with),
+        phases(&with_p),
         p50(&without),
+        phases(&without_p),
         db.map(|b| Unit::Bytes.fmt(b))
             .unwrap_or_else(|_| "unknown".into()),
     ));
