@@ -41,30 +41,45 @@ pub fn tool_results(out: &Value) -> (usize, Option<Value>) {
     (ok, first)
 }
 
-/// One task of `n` calls: the instant each `ToolRequest` reached the bench (the owner of the
-/// broker), and the value the first call returned.
-async fn corral_run(
-    sup: Arc<Supervisor>,
-    broker: Arc<Broker>,
-    n: usize,
-) -> Result<(Vec<Instant>, Value), String> {
+/// What one task of `n` calls gave.
+struct Run {
+    /// The instant each `ToolRequest` reached the bench (the owner of the broker).
+    stamps: Vec<Instant>,
+    /// Time in `Broker::handle` per call (permission, execution, reply).
+    handled: Vec<Duration>,
+    /// The value the first call returned.
+    first: Value,
+}
+
+/// One task of `n` calls through `broker`.
+async fn corral_run(sup: Arc<Supervisor>, broker: Arc<Broker>, n: usize) -> Result<Run, String> {
     let (tx, mut rx) = mpsc::channel::<ToolRequest>(64);
     let opts = CallOptions {
         tools: Some(tx),
         ..Default::default()
     };
     let call = sup.call("chaos", tools_input(n), opts);
+    let (htx, mut hrx) = mpsc::unbounded_channel();
     let serve = async move {
         let mut stamps = Vec::with_capacity(n);
         while let Some(req) = rx.recv().await {
             stamps.push(Instant::now());
             // As `Broker::serve` does: each call answered on a task of its own.
             let b = broker.clone();
-            tokio::spawn(async move { b.handle(req).await });
+            let htx = htx.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                b.handle(req).await;
+                let _ = htx.send(t.elapsed());
+            });
         }
         stamps
     };
     let (out, stamps) = tokio::join!(call, serve);
+    let mut handled = Vec::with_capacity(n);
+    while let Ok(d) = hrx.try_recv() {
+        handled.push(d);
+    }
     let out = out.map_err(|e| e.to_string())?;
     let Some(output) = out.output.as_ref() else {
         return Err(out
@@ -79,7 +94,11 @@ async fn corral_run(
             stamps.len()
         ));
     }
-    Ok((stamps, first.unwrap_or(Value::Null)))
+    Ok(Run {
+        stamps,
+        handled,
+        first: first.unwrap_or(Value::Null),
+    })
 }
 
 /// The raw baseline: `n` round trips between two threads over two pipes, the "agent" thread
@@ -151,15 +170,16 @@ pub fn row10(env: &Env, sec: &mut Section) -> Result<()> {
     let text = harness::config_text("chaos", &env.chaos, &keys)?;
     let sup = harness::supervisor(env, &text, false)?;
     let broker = Arc::new(Broker::for_supervisor(&sup.sup));
-    let (mut trips, mut rates) = (Vec::new(), Vec::new());
+    let (mut trips, mut rates, mut handled) = (Vec::new(), Vec::new(), Vec::new());
     let (mut raw_trips, mut raw_rates) = (Vec::new(), Vec::new());
     let mut failure = None;
     for _ in 0..runs {
         let r = env.run(corral_run(sup.sup.clone(), broker.clone(), n))?;
         let reply = match r {
-            Ok((stamps, first)) => {
-                rates.push(split(&stamps, &mut trips));
-                first
+            Ok(run) => {
+                rates.push(split(&run.stamps, &mut trips));
+                handled.extend(run.handled);
+                run.first
             }
             Err(e) => {
                 failure = Some(e);
@@ -202,11 +222,14 @@ pub fn row10(env: &Env, sec: &mut Section) -> Result<()> {
          the workspace at every call); a round trip is the time between two consecutive \
          ToolRequests reaching the bench, which owns the broker (answer → ToolResult down the \
          pipe → the agent decodes it, encodes the next call → up the pipe → the attempt \
-         relays it); p50 {} p99 {}. Baseline: two threads and two pipes in the bench, the \
+         relays it); p50 {} p99 {}, of which in Broker::handle (permission, listing the \
+         workspace, the reply sent) p50 {} p99 {}. Baseline: two threads and two pipes in the bench, the \
          agent side encoding each ToolCall and blocking on its ToolResult (carrying the value \
          fs.list returned), timed the same way on the other side; p50 {} p99 {}",
         p50(&trips),
         p99(&trips),
+        p50(&handled),
+        p99(&handled),
         p50(&raw_trips),
         p99(&raw_trips)
     ));
