@@ -4,8 +4,10 @@
 //! cargo run --release -p corral-bench -- [--quick] [ROW-FILTER...]
 //! ```
 //!
-//! A filter is a row number (`1` … `8`) or part of a row's name (`spawn`, `isolated`,
-//! `ballast`, `frames`, `hang`, `restart`, `idle`, `journal`); without filters every row runs. `--quick`
+//! A filter is a row number (`1` … `12`) or part of a row's name (`spawn`, `isolated`,
+//! `ballast`, `frames`, `hang`, `restart`, `idle`, `journal`, `journal-call`, `tools`,
+//! `fan-out`, `python`); without filters every row runs. `--soak DURATION` runs the soak
+//! instead (see `soak`). `--quick`
 //! runs fewer iterations (and fewer agents in rows 5 and 7). The program first builds the
 //! agents it needs (`cargo build -p corral-examples -p corral`, same profile as itself) and
 //! finds them next to its own executable.
@@ -13,20 +15,25 @@
 //! Benchmarks measure; tests assert. Nothing here fails on a figure: each row prints p50/p99,
 //! the baseline's p50/p99, their ratio and whether the target is met. See `docs/bench.md`.
 
+mod call_rows;
 mod harness;
 mod journal_rows;
 mod load_rows;
 mod peers;
+mod plan_rows;
+mod python_rows;
 mod raw;
+mod soak;
 mod spawn_rows;
 mod stats;
+mod tool_rows;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The row groups, by number and name.
-const GROUPS: [(&str, &str); 8] = [
+const GROUPS: [(&str, &str); 12] = [
     ("1", "spawn-plain"),
     ("2", "spawn-isolated"),
     ("3", "ballast"),
@@ -35,17 +42,24 @@ const GROUPS: [(&str, &str); 8] = [
     ("6", "restart"),
     ("7", "idle"),
     ("8", "journal"),
+    ("9", "journal-call"),
+    ("10", "tools"),
+    ("11", "fan-out"),
+    ("12", "python"),
 ];
 
 const USAGE: &str = "usage: corral-bench [--quick] [--no-build] [--setup-peers] [ROW-FILTER...]\n\
+       corral-bench [--no-build] --soak DURATION\n\
   --setup-peers: first install the peer tools (bench/setup-peers: bubblewrap, supervisor)\n\
-  ROW-FILTER: a row number 1-8 or part of a name: spawn-plain spawn-isolated ballast frames \
-  hang restart idle journal";
+  --soak DURATION: 300-way fan-outs making tool calls, back to back, for DURATION (e.g. 10m)\n\
+  ROW-FILTER: a row number 1-12 or part of a name: spawn-plain spawn-isolated ballast frames \
+  hang restart idle journal journal-call tools fan-out python";
 
 struct Args {
     quick: bool,
     build: bool,
     setup_peers: bool,
+    soak: Option<std::time::Duration>,
     filters: Vec<String>,
 }
 
@@ -54,10 +68,17 @@ fn parse_args() -> Result<Args> {
         quick: false,
         build: true,
         setup_peers: false,
+        soak: None,
         filters: Vec::new(),
     };
-    for arg in std::env::args().skip(1) {
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
         match arg.as_str() {
+            "--soak" => {
+                let d = argv.next().context("--soak needs a duration, e.g. 10m")?;
+                a.soak =
+                    Some(soak::parse_duration(&d).map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?);
+            }
             "--quick" => a.quick = true,
             "--no-build" => a.build = false,
             "--setup-peers" => a.setup_peers = true,
@@ -164,6 +185,9 @@ fn main() -> Result<()> {
         echo: dir.join("echo"),
         chaos: dir.join("chaos"),
     };
+    if let Some(d) = args.soak {
+        return soak::run(&env, d);
+    }
     let started = Instant::now();
     let date = std::process::Command::new("date")
         .arg("-u")
@@ -176,7 +200,7 @@ fn main() -> Result<()> {
     // Row 7 runs first, so that its baseline is the process before it ever started an agent
     // (and before row 3's ballast or row 5's 300 agents left anything in the allocator).
     let mut sections: Vec<(usize, stats::Section)> = Vec::new();
-    let order = [7, 1, 2, 3, 4, 5, 6, 8];
+    let order = [7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12];
     let mut row1 = None;
     for g in order {
         if !selected(&args, g) {
@@ -192,6 +216,10 @@ fn main() -> Result<()> {
             5 => load_rows::row5(&env, &mut sec),
             6 => load_rows::row6(&env, &mut sec),
             8 => journal_rows::row8(&env, &mut sec),
+            9 => call_rows::row9(&env, &mut sec),
+            10 => tool_rows::row10(&env, &mut sec),
+            11 => plan_rows::row11(&env, &mut sec),
+            12 => python_rows::row12(&env, &mut sec),
             _ => load_rows::row7(&env, &mut sec),
         };
         guard(&mut sec, &g.to_string(), r);

@@ -60,7 +60,8 @@ impl Program {
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A pipe (read end, write end), both close-on-exec and above fd 4.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fresh fds into the array we own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

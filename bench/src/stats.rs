@@ -84,6 +84,8 @@ impl Unit {
             Unit::Rate => {
                 if v >= 1e6 {
                     format!("{:.2} M/s", v / 1e6)
+                } else if v < 1e3 {
+                    format!("{v:.0} /s")
                 } else {
                     format!("{:.0} k/s", v / 1e3)
                 }
