@@ -7,9 +7,11 @@
 //! descriptor of that directory, with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: the kernel
 //! refuses `..` past it, absolute symbolic links, links leading out, and `/proc/self/root` style
 //! magic links, so no check here races with the agent changing its files. `rustix` makes the
-//! call (a safe wrapper: no `unsafe` here). The supervisor reads and writes as itself, so the
-//! confinement is by path alone; a file written is given to the owner of the directory it was
-//! resolved beneath (the agent's uid in its workspace).
+//! call (a safe wrapper: no `unsafe` here). The supervisor reads and writes as itself, so on top
+//! of the paths, what the call touches is checked against the file's mode bits for the agent's
+//! uid and gid (the owner of its workspace): an agent cannot read through a tool a file its own
+//! process could not read, nor write one it could not write. A file written is given to the
+//! owner of the directory it was resolved beneath (the agent's uid in its workspace).
 //!
 //! Blocking: the broker runs these on the blocking pool.
 
@@ -30,13 +32,56 @@ pub(super) struct Reach {
     workspace: Option<PathBuf>,
     read: Vec<PathBuf>,
     write: Vec<PathBuf>,
+    /// The agent's uid and gid (the workspace's owner); `None`: host root, unchecked.
+    who: Option<(u32, u32)>,
+}
+
+/// Whether `who` may `want` (4 read, 2 write, 1 search) the file of `st`, by its mode bits.
+fn may(st: &rustix::fs::Stat, who: Option<(u32, u32)>, want: u32) -> bool {
+    let Some((uid, gid)) = who else { return true };
+    let mode = st.st_mode;
+    let bits = if st.st_uid == uid {
+        mode >> 6
+    } else if st.st_gid == gid {
+        mode >> 3
+    } else {
+        mode
+    } & 7;
+    bits & want == want
+}
+
+/// Refuse unless the agent may `want` (see [`may`]) the file open at `fd`.
+fn check(fd: &OwnedFd, reach: &Reach, want: u32, path: &str) -> Result<(), ToolError> {
+    let st = rustix::fs::fstat(fd)
+        .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("fstat: {e}")))?;
+    if may(&st, reach.who, want) {
+        return Ok(());
+    }
+    let what = match want {
+        2 | 3 => "write",
+        _ => "read",
+    };
+    err(
+        ErrorKind::PermissionDenied,
+        format!(
+            "`{}`: the agent's uid may not {what} it (mode {:o})",
+            super::broker::clip(path, 256),
+            st.st_mode & 0o7777
+        ),
+    )
 }
 
 impl Reach {
     /// What the agent of `req` may reach.
     pub(super) fn of(req: &ToolRequest) -> Reach {
         let spec = &req.spec;
+        let who = req.workspace.as_ref().and_then(|w| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(w).ok()?;
+            (m.uid() != 0).then_some((m.uid(), m.gid()))
+        });
         Reach {
+            who,
             workspace: req.workspace.clone(),
             read: spec
                 .readonly_paths
@@ -172,6 +217,7 @@ fn read(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
     // Non-blocking: a FIFO must not hold the call.
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     let (fd, _) = open(reach, path, false, flags, Mode::empty())?;
+    check(&fd, reach, 4, path)?;
     let (kind, size) = kind_of(&fd)?;
     if kind != rustix::fs::FileType::RegularFile {
         return err(
@@ -206,6 +252,7 @@ fn read(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
 fn list(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY;
     let (fd, _) = open(reach, path, false, flags, Mode::empty())?;
+    check(&fd, reach, 4, path)?;
     let dir = rustix::fs::Dir::new(fd)
         .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("list `{path}`: {e}")))?;
     let mut entries = Vec::new();
@@ -243,6 +290,23 @@ fn list(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
 }
 
 fn write(reach: &Reach, path: &str, content: &[u8]) -> Result<Value, ToolError> {
+    // Checked before anything is created or truncated: the file if it exists, else the
+    // directory it would be made in.
+    let probe = OFlags::PATH | OFlags::NOFOLLOW;
+    match open(reach, path, true, probe, Mode::empty()) {
+        Ok((fd, _)) => check(&fd, reach, 2, path)?,
+        Err(_) => {
+            let parent = Path::new(path)
+                .parent()
+                .and_then(Path::to_str)
+                .filter(|p| !p.is_empty())
+                .unwrap_or(".");
+            let dir_flags = OFlags::PATH | OFlags::DIRECTORY;
+            if let Ok((fd, _)) = open(reach, parent, true, dir_flags, Mode::empty()) {
+                check(&fd, reach, 3, parent)?;
+            }
+        }
+    }
     let flags =
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
     let (fd, dir) = open(reach, path, true, flags, Mode::from_raw_mode(0o644))?;
@@ -278,7 +342,46 @@ mod tests {
             workspace: Some(dir.join("ws")),
             read: vec![dir.join("ro")],
             write: vec![],
+            who: None,
         }
+    }
+
+    /// The agent's uid: what its own process could not read or write, a tool does not either.
+    #[test]
+    fn the_agents_uid_bounds_what_a_tool_touches() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = setup();
+        let ro = t.path().join("ro");
+        std::fs::write(ro.join("secret"), "s").unwrap();
+        std::fs::set_permissions(ro.join("secret"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(ro.join("public"), "p").unwrap();
+        std::fs::set_permissions(ro.join("public"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let mut r = reach(t.path());
+        r.write = vec![ro.clone()];
+        r.who = Some((64999, 64999));
+        let secret = ro.join("secret");
+        let public = ro.join("public");
+        assert_eq!(
+            kind(read(&r, secret.to_str().unwrap(), 1 << 20)),
+            ErrorKind::PermissionDenied
+        );
+        assert_eq!(content(read(&r, public.to_str().unwrap(), 1 << 20)), "p");
+        // Not written (nor truncated): the file is root's, 0644.
+        let w = write(&r, public.to_str().unwrap(), b"x");
+        assert_eq!(kind(w), ErrorKind::PermissionDenied);
+        assert_eq!(std::fs::read_to_string(&public).unwrap(), "p");
+        // Nor created in a directory the agent may not write.
+        let new = ro.join("new");
+        assert_eq!(
+            kind(write(&r, new.to_str().unwrap(), b"x")),
+            ErrorKind::PermissionDenied
+        );
+        assert!(!new.exists());
+        // Host root (no uid of its own) is not checked.
+        r.who = None;
+        assert_eq!(content(read(&r, secret.to_str().unwrap(), 1 << 20)), "s");
     }
 
     fn setup() -> tempfile::TempDir {
