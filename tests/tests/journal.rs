@@ -396,3 +396,24 @@ fn a_full_disk_fails_the_call_clearly() {
         libc::umount2(c.as_ptr(), libc::MNT_DETACH);
     }
 }
+
+/// A repeated read answered from the run's trace is journalled as such.
+#[test]
+fn a_tool_call_served_from_the_trace_says_so() {
+    let fx = corral_e2e::fixture(&format!(
+        "[agents.reader]\ncommand = [\"{}\"]\ntools = [\"fs.list\"]\n",
+        corral_e2e::bin("chaos").display()
+    ));
+    let input = r#"{"do":"tools","calls":[{"tool":"fs.list","args":{"path":"."}},{"tool":"fs.list","args":{"path":"."}}]}"#;
+    let called = call_json(&fx, "reader", input);
+    assert_eq!(called.code, 0, "{}", called.stderr);
+    let run = show(&fx, called.doc["run_id"].as_str().expect("run_id"));
+    let calls = run["calls"][0]["tool_calls"]
+        .as_array()
+        .expect("tool_calls");
+    assert_eq!(calls.len(), 2, "{run}");
+    assert_eq!(calls[0]["status"], "ok", "{run}");
+    assert_eq!(calls[0]["deduplicated"], false);
+    assert_eq!(calls[1]["deduplicated"], true, "{run}");
+    assert_eq!(calls[1]["result"], calls[0]["result"]);
+}

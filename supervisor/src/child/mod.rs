@@ -149,6 +149,8 @@ pub enum Note {
         result: Result<Value, AgentError>,
         /// From the call to its answer.
         duration_ms: u64,
+        /// Answered from the run's trace (or the ledger) instead of being executed.
+        deduplicated: bool,
     },
     /// At the attempt's end: heartbeats received (summarised, never one note each) and the
     /// progress counter.

@@ -250,6 +250,8 @@ pub enum Entry {
         result: serde_json::Value,
         /// How long it took.
         duration_ms: u64,
+        /// Answered from the run's trace (or the ledger) instead of being executed.
+        deduplicated: bool,
         /// When it was answered.
         at_ms: i64,
     },

@@ -139,6 +139,8 @@ pub struct ToolCallView {
     pub result: serde_json::Value,
     /// How long it took.
     pub duration_ms: u64,
+    /// Answered from the run's trace (or the ledger) instead of being executed.
+    pub deduplicated: bool,
 }
 
 /// A recorded event.

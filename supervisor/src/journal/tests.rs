@@ -52,6 +52,7 @@ fn run_entries(run_id: &str, input: serde_json::Value, ended: bool) -> Vec<Entry
             status: "denied".into(),
             result: json!({"kind": "denied", "message": "no", "retryable": false}),
             duration_ms: 3,
+            deduplicated: false,
             at_ms: 1_004,
         },
     ];

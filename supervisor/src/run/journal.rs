@@ -165,6 +165,7 @@ impl CallJournal {
                     args,
                     result,
                     duration_ms,
+                    deduplicated,
                 } => {
                     let (status, result) = match &result {
                         Ok(v) => ("ok".to_string(), v.to_json()),
@@ -181,6 +182,7 @@ impl CallJournal {
                         status,
                         result,
                         duration_ms,
+                        deduplicated,
                         at_ms,
                     }
                 }

@@ -112,6 +112,7 @@ impl Protocol {
                     args,
                     result: result.clone(),
                     duration_ms,
+                    deduplicated: note.deduplicated,
                 });
             }
             calls.trace.push(ToolTrace {

@@ -188,7 +188,7 @@ impl SqliteReader {
         }
         let mut stmt = tx
             .prepare(&format!(
-                "SELECT seq, attempt, call_id, tool, {}, status, {}, duration_ms
+                "SELECT seq, attempt, call_id, tool, {}, status, {}, duration_ms, deduplicated
                  FROM tool_calls WHERE run_id = ?1 AND call = ?2 ORDER BY attempt, seq",
                 payload("tool_calls", "args"),
                 payload("tool_calls", "result"),
@@ -203,6 +203,7 @@ impl SqliteReader {
             String,
             Option<String>,
             i64,
+            bool,
         );
         let tools: Vec<RawTool> = stmt
             .query_map(params![run_id, cv.call], |r| {
@@ -215,12 +216,14 @@ impl SqliteReader {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
+                    r.get(8)?,
                 ))
             })
             .map_err(e)?
             .collect::<Result<_, _>>()
             .map_err(e)?;
-        for (seq, attempt, call_id, tool, args, status, result, duration_ms) in tools {
+        for (seq, attempt, call_id, tool, args, status, result, duration_ms, deduplicated) in tools
+        {
             cv.tool_calls.push(ToolCallView {
                 seq,
                 attempt,
@@ -230,6 +233,7 @@ impl SqliteReader {
                 status,
                 result: json("result", result)?,
                 duration_ms: u64::try_from(duration_ms).unwrap_or(0),
+                deduplicated,
             });
         }
         let mut stmt = tx

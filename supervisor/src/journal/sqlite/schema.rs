@@ -112,6 +112,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, task, seq)
     );
     ",
+    // 4: whether a tool call was answered from the trace instead of executed.
+    "
+    ALTER TABLE tool_calls ADD COLUMN deduplicated INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Every `(table, column)` that may hold a blob hash.

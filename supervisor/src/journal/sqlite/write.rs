@@ -198,13 +198,15 @@ fn write_one(
             status,
             result,
             duration_ms,
+            deduplicated,
             at_ms,
         } => {
             let (args, result) = (put(tx, args)?, put(tx, result)?);
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO tool_calls (run_id, call, attempt, seq, call_id, tool,
-                     args, args_blob, status, result, result_blob, duration_ms, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     args, args_blob, status, result, result_blob, duration_ms, at_ms,
+                     deduplicated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 run_id,
@@ -220,7 +222,8 @@ fn write_one(
                 result.inline,
                 result.blob,
                 ms_i64(*duration_ms),
-                at_ms
+                at_ms,
+                deduplicated
             ])?;
         }
         Entry::AttemptEnded {
