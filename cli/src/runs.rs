@@ -136,7 +136,35 @@ fn timeline(run: &RunView) -> String {
 
 fn call_timeline(out: &mut String, call: &CallView) {
     use std::fmt::Write;
-    let _ = writeln!(out, "\ncall {} · agent {}", call.call, call.agent);
+    // A plan's node instance, or an agent called by another: said first.
+    let place = call.events.iter().find_map(|e| {
+        let p = &e.payload;
+        match e.kind.as_str() {
+            "node" => {
+                let node = p.get("node")?.as_str()?;
+                let at = match p.get("index").and_then(|i| i.as_u64()) {
+                    Some(i) => format!("node {node}[{i}]"),
+                    None => format!("node {node}"),
+                };
+                Some(match p.get("parent").and_then(|x| x.as_str()) {
+                    Some(parent) => format!("{at} (in place of {parent}) · "),
+                    None => format!("{at} · "),
+                })
+            }
+            "child" => Some(format!(
+                "called by task {} · ",
+                p.get("parent_call").and_then(|c| c.as_u64()).unwrap_or(0)
+            )),
+            _ => None,
+        }
+    });
+    let _ = writeln!(
+        out,
+        "\ncall {} · {}agent {}",
+        call.call,
+        place.unwrap_or_default(),
+        call.agent
+    );
     let _ = writeln!(out, "  input:  {}", brief(&call.input));
     let _ = writeln!(out, "  memory: {}", brief(&call.memory));
     for rec in &call.attempts {
