@@ -67,6 +67,12 @@ pub async fn run(
         Err(code) => return code,
     };
     sup.disable_prewarm();
+    // Field paths against what the agents declare (each asked once, then cached).
+    let contracts = corral::plan::contracts(&sup, &plan).await;
+    if let Err(e) = plan.check_paths(&contracts) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     let stop = crate::defaults::stop_on_signals();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let shown = if json {

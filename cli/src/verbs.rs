@@ -37,18 +37,31 @@ pub async fn validate(path: Option<&Path>, plan: Option<&Path>, how: Validate) -
         return ExitCode::from(2);
     }
     if let Some(p) = plan {
-        match corral::plan::Plan::load(p, &cfg) {
-            Ok(plan) => println!(
-                "{}: ok, plan `{}` with {} node(s)",
-                p.display(),
-                plan.name,
-                plan.nodes.len()
-            ),
+        let plan = match corral::plan::Plan::load(p, &cfg) {
+            Ok(plan) => plan,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(2);
             }
+        };
+        // Field paths against what the agents declare (each asked once, then cached).
+        let sup = match start(Ok(cfg.clone())) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        sup.disable_prewarm();
+        let contracts = corral::plan::contracts(&sup, &plan).await;
+        if let Err(e) = plan.check_paths(&contracts) {
+            eprintln!("{e}");
+            return ExitCode::from(2);
         }
+        println!(
+            "{}: ok, plan `{}` with {} node(s); field paths checked against {} contract(s)",
+            p.display(),
+            plan.name,
+            plan.nodes.len(),
+            contracts.len()
+        );
     }
     if how.print {
         print!("{}", cfg.render_resolved());

@@ -456,3 +456,50 @@ input = { got = "$slow.output" }
         assert_eq!(n["attempts"][0]["reason"], "deadline", "{n}");
     }
 }
+
+/// A field path the upstream agent's contract cannot have is refused before anything runs,
+/// at its place; the contracts are asked of the agents once and cached.
+#[test]
+fn field_paths_are_checked_against_the_agents_contracts() {
+    let fx = fixture("");
+    let plan = |path: &str| {
+        format!(
+            "[plan]\nname = \"p\"\n[[node]]\nid = \"a\"\nagent = \"shout\"\ninput = {{ text = \"$input\" }}\n\
+             [[node]]\nid = \"b\"\nagent = \"echo\"\ninput = {{ got = \"{path}\" }}\n"
+        )
+    };
+    for bad in ["$a.output.shot", "$a.output.shout.deeper"] {
+        let p = plan_file(&fx, &plan(bad));
+        let out = corral(&["validate", "--config", cfg(&fx), p.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("plan.toml:10:9:") && err.contains("shout"),
+            "{err}"
+        );
+        let out = corral(&[
+            "run",
+            p.to_str().expect("utf-8"),
+            "--config",
+            cfg(&fx),
+            "--input",
+            "\"x\"",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad}: run refuses too: {out:?}"
+        );
+    }
+    let p = plan_file(&fx, &plan("$a.output.shout"));
+    let out = corral(&["validate", "--config", cfg(&fx), p.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (code, doc) = run(&fx, &plan("$a.output.shout"), &json!("hi"), &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["output"], json!({"got": "HI"}));
+    // Cached: the contracts directory holds them.
+    let cached = std::fs::read_dir(fx.dir.path().join("state/contracts"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(cached >= 2, "{cached} contracts cached");
+}

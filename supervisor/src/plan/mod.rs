@@ -7,10 +7,13 @@
 //! policies), each error at `file:line:col`; the errors are [`ConfigError`]s, since a plan is
 //! configuration and is reported the same way (exit 2). Running a plan is `schedule`.
 
+mod contracts;
 pub mod expr;
 mod outcome;
+mod paths;
 mod schedule;
 
+pub use contracts::contracts;
 pub use outcome::{NodeReport, PlanOptions, PlanOutcome, PlanStatus};
 pub use schedule::run_plan;
 
@@ -55,6 +58,8 @@ pub struct Plan {
     pub nodes: Vec<Node>,
     /// SHA-256 of the plan's text.
     pub digest: String,
+    /// The plan's text (for the places of later checks).
+    pub text: String,
 }
 
 /// One node of a plan.
@@ -82,6 +87,10 @@ pub struct Node {
     pub timeout: Option<Duration>,
     /// Nodes it waits for (data or `after`), in file order.
     pub deps: Vec<String>,
+    /// Where its `input` is in the plan file (a byte offset), for messages.
+    pub input_at: usize,
+    /// Where its `for_each` is.
+    pub for_each_at: usize,
     /// Runs only as another node's fallback.
     pub fallback_only: bool,
 }
@@ -214,6 +223,7 @@ impl Plan {
             memory_budget,
             nodes,
             digest: crate::config::digest(text.as_bytes()),
+            text: text.to_string(),
         })
     }
 
@@ -371,6 +381,14 @@ fn node(
         timeout: n.timeout.as_ref().map(|d| d.get_ref().0),
         deps,
         fallback_only: false,
+        input_at: n
+            .input
+            .as_ref()
+            .map_or(n.id.span().start, |v| v.span().start),
+        for_each_at: n
+            .for_each
+            .as_ref()
+            .map_or(n.id.span().start, |f| f.span().start),
     })
 }
 
