@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 
 /// Where a path leaves `schema`, if it does: the segment and what is there.
 fn walk(schema: &Schema, path: &[String]) -> Option<(String, String)> {
-    let Some((seg, rest)) = path.split_first() else {
-        return None;
-    };
+    let (seg, rest) = path.split_first()?;
     match schema {
         Schema::Any => None,
         Schema::Optional(inner) => walk(inner, path),
