@@ -88,6 +88,7 @@ pub async fn run(
         resume: resumed,
         stop: Some(stop),
         progress: Some(tx),
+        run_id: None,
     };
     let outcome = run_plan(sup.clone(), &plan, opts).await;
     if let Some(s) = shown {

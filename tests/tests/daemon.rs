@@ -503,3 +503,88 @@ fn approvals_are_listed_and_decided_over_the_socket() {
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }
+
+/// A plan run under way when the daemon stops is resumed by the next daemon: only the
+/// instances that had not finished run again, and the run ends in the journal.
+#[test]
+fn a_plan_run_left_by_a_stopped_daemon_is_resumed_by_the_next() {
+    let d = start("");
+    let plan = d.fx.dir.path().join("slow.toml");
+    std::fs::write(
+        &plan,
+        "[plan]\nname = \"slow\"\nmax_parallel = 2\n[[node]]\nid = \"work\"\nagent = \"chaos\"\n\
+         for_each = \"$input\"\ninput = { do = \"sleep_ms\", ms = \"$item\" }\n",
+    )
+    .expect("plan");
+    let items = serde_json::to_string(&vec![300; 8]).expect("json");
+    let out = d.ctl(&[
+        "submit",
+        "--plan",
+        plan.to_str().expect("utf-8"),
+        "--input",
+        &items,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let config = d.fx.config.to_str().expect("utf-8").to_string();
+    // Stop the daemon once some instances are checkpointed, not all.
+    loop {
+        let shown = corral(&["show", &run_id, "--json", "--config", &config]);
+        let run: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        let done = run["calls"]
+            .as_array()
+            .map(|c| c.iter().filter(|c| !c["output"].is_null()).count())
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    d.wait_for("STOPPING=1");
+    let status = d.child.wait().expect("wait daemon");
+    assert_eq!(status.code(), Some(0));
+    let shown = corral(&["show", &run_id, "--json", "--config", &config]);
+    let before: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_ne!(
+        before["status"], "succeeded",
+        "stopped before the run ended"
+    );
+    let fx = d.fx;
+    std::fs::remove_file(fx.dir.path().join("notify.sock")).expect("rm notify socket");
+    let d = start_on(fx);
+    // The run ends in the journal, every instance once with an output.
+    let run = loop {
+        let shown = corral(&["show", &run_id, "--json", "--config", &config]);
+        let run: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        if run["status"] == "succeeded" {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let with_output: Vec<u64> = run["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .filter(|c| !c["output"].is_null())
+        .filter_map(|c| {
+            c["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["kind"] == "node")?["payload"]["index"]
+                .as_u64()
+        })
+        .collect();
+    let mut sorted = with_output.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, (0..8).collect::<Vec<u64>>(), "{run}");
+    assert_eq!(
+        with_output.len(),
+        8,
+        "no finished instance ran twice: {run}"
+    );
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}

@@ -403,8 +403,7 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
         Ok(id) => id,
         Err(r) => return reply(&replies, r),
     };
-    // The scheduler makes the plan run's own id (printed by --wait); the daemon's id names
-    // it for `corral cancel`.
+    // The daemon's id is the plan run's id in the journal too.
     reply(
         &replies,
         Response::Accepted {
@@ -413,14 +412,20 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
     );
     let waiter = wait.then_some(replies);
     let d = d.clone();
+    // Resumed by the next daemon if this one stops before the run ends.
+    super::resume::remember(&d, &run_id, path, text, &input);
     tokio::spawn(async move {
         let opts = PlanOptions {
             input,
             resume: None,
             stop: Some(stop),
             progress: None,
+            run_id: Some(run_id.clone()),
         };
         let r = run_plan(d.sup.clone(), &plan, opts).await;
+        if !matches!(&r, Ok(o) if o.status == PlanStatus::Cancelled) {
+            super::resume::forget(&d, &run_id);
+        }
         let resp = match r {
             Ok(o) => {
                 let exit = match o.status {

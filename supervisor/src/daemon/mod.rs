@@ -22,6 +22,7 @@
 
 mod approvals;
 mod handler;
+mod resume;
 mod service;
 mod state;
 
@@ -119,6 +120,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
 
     let (_, line) = daemon.status();
     notifier.ready(&line);
+    resume::resume_left(&daemon);
     tracing::info!(socket = %socket.display(), "corral daemon ready: {line}");
     let tick = notifier
         .watchdog()

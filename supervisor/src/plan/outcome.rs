@@ -41,6 +41,8 @@ pub struct PlanOptions {
     pub stop: Option<Stop>,
     /// Told each time an instance starts or ends (for progress displays).
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<NodeReport>>,
+    /// The id of a new run (made up when `None`; a resumed run keeps its own).
+    pub run_id: Option<String>,
 }
 
 /// One node instance, as `corral run --json` reports it.

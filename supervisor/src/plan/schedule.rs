@@ -133,7 +133,13 @@ impl<'p> Sched<'p> {
                 finished_of(view),
                 view.calls.iter().map(|c| c.call).max().unwrap_or(0) + 1,
             ),
-            None => (crate::run::new_run_id(0), Finished::new(), 1),
+            None => (
+                opts.run_id
+                    .clone()
+                    .unwrap_or_else(|| crate::run::new_run_id(0)),
+                Finished::new(),
+                1,
+            ),
         };
         if opts.resume.is_none() {
             if let Some(j) = sup.journal() {
