@@ -561,3 +561,39 @@ fn validate_names_grants_of_unknown_tools() {
         "{text}"
     );
 }
+
+/// A grant may ask for approval of one agent's calls, whatever the tool says.
+#[tokio::test]
+async fn a_grant_may_ask_for_approval() {
+    let fx = fixture(&format!(
+        "[agents.careful]\ncommand = [\"{chaos}\"]\ntools = [{{ name = \"fs.write\", approve = \"ask\" }}]\n\
+         [agents.trusted]\ncommand = [\"{chaos}\"]\ntools = [\"fs.write\"]\n",
+        chaos = bin("chaos").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let (approver, mut questions) = ChannelApprover::new();
+    let asked = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some((q, tx)) = questions.recv().await {
+            assert_eq!(q.agent, "careful");
+            n += 1;
+            let _ = tx.send(false);
+        }
+        n
+    });
+    let approver = Arc::new(approver);
+    let c = calls(&[("fs.write", json!({"path": "a", "content": "1"}))]);
+    let broker = Broker::for_supervisor(&sup).with_approver(approver.clone());
+    let (o, _) = run(&sup, broker, "careful", c.clone()).await;
+    assert_eq!(kinds(&o), ["approval_denied"], "{:?}", results(&o));
+    let broker = Broker::for_supervisor(&sup).with_approver(approver);
+    let (o, broker) = run(&sup, broker, "trusted", c).await;
+    assert_eq!(kinds(&o), ["ok"], "{:?}", results(&o));
+    drop(broker);
+    drop(sup);
+    assert_eq!(
+        asked.await.unwrap(),
+        1,
+        "only the careful agent's call was asked about"
+    );
+}

@@ -380,6 +380,9 @@ pub struct AgentSpec {
     pub tools: Vec<String>,
     /// Tools refused whatever else says (`deny_tools`).
     pub deny_tools: Vec<String>,
+    /// Tools whose calls by this agent wait for an approval (a grant written
+    /// `{ name = "…", approve = "ask" }`).
+    pub approve_tools: Vec<String>,
     /// A service agent (`service = true`): the daemon keeps `instances` long-lived processes
     /// that take tasks one after another.
     pub service: bool,
@@ -461,6 +464,7 @@ impl AgentSpec {
             max_children: 8,
             tools: Vec::new(),
             deny_tools: Vec::new(),
+            approve_tools: Vec::new(),
             service: false,
             instances: 1,
         }

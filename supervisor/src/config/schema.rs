@@ -108,7 +108,7 @@ pub(super) struct Settings {
     pub max_depth: Option<u32>,
     pub max_children: Option<u32>,
     // tools
-    pub tools: Option<Vec<Spanned<String>>>,
+    pub tools: Option<Vec<Spanned<super::tools::Grant>>>,
     pub deny_tools: Option<Vec<Spanned<String>>>,
     pub service: Option<bool>,
     pub instances: Option<Spanned<u32>>,

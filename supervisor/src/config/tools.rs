@@ -48,6 +48,25 @@ impl Effect {
     }
 }
 
+/// One grant of `[agents.X] tools`: a tool's name, or `{ name = "…", approve = "ask" }` to
+/// make this agent's calls of it wait for an approval (whatever the tool itself says).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a tool name, or { name = \"…\", approve = \"ask\" }"
+)]
+pub(super) enum Grant {
+    /// The tool, as the tool says.
+    Name(String),
+    /// The tool, with this agent's own approval.
+    With {
+        /// The tool.
+        name: String,
+        /// Whether this agent's calls of it ask.
+        approve: Approve,
+    },
+}
+
 /// `approve = "ask"`: whether a call waits for someone's yes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -499,7 +518,22 @@ fn http(
 pub(super) fn apply_grants(spec: &mut AgentSpec, s: &Settings) {
     let names = |v: &Vec<Spanned<String>>| v.iter().map(|n| n.get_ref().clone()).collect();
     if let Some(v) = &s.tools {
-        spec.tools = names(v);
+        spec.tools = v
+            .iter()
+            .map(|g| match g.get_ref() {
+                Grant::Name(n) | Grant::With { name: n, .. } => n.clone(),
+            })
+            .collect();
+        spec.approve_tools = v
+            .iter()
+            .filter_map(|g| match g.get_ref() {
+                Grant::With {
+                    name,
+                    approve: Approve::Ask,
+                } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
     }
     if let Some(v) = &s.deny_tools {
         spec.deny_tools = names(v);

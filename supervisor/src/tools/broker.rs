@@ -208,7 +208,7 @@ impl Broker {
                 });
             }
         }
-        if spec.approve == Approve::Ask {
+        if spec.approve == Approve::Ask || req.spec.approve_tools.iter().any(|t| t == name) {
             self.approve(req, spec).await?;
         }
         let probe = self.admit(tool)?;
