@@ -111,14 +111,30 @@ async fn start_each(cfg: corral::Config) -> ExitCode {
     for name in names {
         match sup.probe(&name).await {
             Ok(p) => match &p.contract {
-                Some(c) => println!(
-                    "agent `{name}`: started: contract `{}` {}, input {}, output {}, tools [{}]",
-                    c.name,
-                    c.version,
-                    c.input.describe(),
-                    c.output.describe(),
-                    c.tools.join(", ")
-                ),
+                Some(c) => {
+                    println!(
+                        "agent `{name}`: started: contract `{}` {}, input {}, output {}, tools [{}]",
+                        c.name,
+                        c.version,
+                        c.input.describe(),
+                        c.output.describe(),
+                        c.tools.join(", ")
+                    );
+                    // What the contract asks for and the config never grants: every call of
+                    // it will be refused `permission_denied`.
+                    let granted = sup
+                        .config()
+                        .agents
+                        .get(&name)
+                        .map(|a| a.tools.clone())
+                        .unwrap_or_default();
+                    for t in c.tools.iter().filter(|t| *t != "*" && !granted.contains(t)) {
+                        println!(
+                            "agent `{name}`: warning: its contract asks for tool `{t}`, which \
+                             its `tools` does not grant: its calls of it will be refused"
+                        );
+                    }
+                }
                 None => {
                     failed += 1;
                     let why = p
