@@ -597,3 +597,25 @@ async fn a_grant_may_ask_for_approval() {
         "only the careful agent's call was asked about"
     );
 }
+
+/// `corral validate --start` names a tool the agent's contract asks for and the config does
+/// not grant.
+#[test]
+fn validate_start_names_contract_tools_not_granted() {
+    let fx = fixture(&format!(
+        "[agents.tb]\ncommand = [\"{}\"]\nenv = {{ TOOLBOX_TOOLS = \"fs.read,fs.write\" }}\ntools = [\"fs.read\"]\n",
+        bin("toolbox").display()
+    ));
+    let out = corral_e2e::corral(&[
+        "validate",
+        "--start",
+        "--config",
+        fx.config.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("asks for tool `fs.write`, which its `tools` does not grant"),
+        "{text}"
+    );
+    assert!(!text.contains("asks for tool `fs.read`"), "{text}");
+}
