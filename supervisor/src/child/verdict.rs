@@ -168,9 +168,20 @@ pub(super) fn decide(
     }
 }
 
-/// A process that ended before `Ready` with 126 or 127 never started as the agent (a program
-/// or an interpreter that cannot be executed or loaded, a shim that cannot find its target):
-/// a `spawn_failed`, not retried, saying the program and the last line it wrote on stderr.
+/// What an interpreter or the dynamic loader writes when it cannot load the program at all
+/// (whatever exit code follows): such an exit before `Ready` is a start failure.
+const CANNOT_LOAD: [&str; 5] = [
+    "Fatal Python error",
+    "ModuleNotFoundError",
+    "ImportError",
+    "error while loading shared libraries",
+    "cannot execute binary file",
+];
+
+/// A process that ended before `Ready` with 126 or 127, or after saying it could not load (see
+/// [`CANNOT_LOAD`]), never started as the agent (a program or an interpreter that cannot be
+/// executed or loaded, a shim that cannot find its target, a module missing): a
+/// `spawn_failed`, not retried, saying the program and the last line it wrote on stderr.
 pub(super) fn start_failure(
     decided: (ExitReason, Option<RecordedError>),
     phase: crate::record::Phase,
@@ -178,14 +189,16 @@ pub(super) fn start_failure(
     stderr_tail: &str,
     agent: &AgentSpec,
 ) -> (ExitReason, Option<RecordedError>) {
+    let cannot_load = CANNOT_LOAD.iter().any(|m| stderr_tail.contains(m));
     let code = match (decided.0, phase, exit_code) {
         (ExitReason::ExitCode, crate::record::Phase::Starting, Some(c @ (126 | 127))) => c,
+        (ExitReason::ExitCode, crate::record::Phase::Starting, Some(c)) if cannot_load => c,
         _ => return decided,
     };
-    let what = if code == 126 {
-        "found but could not be executed"
-    } else {
-        "not found, or an interpreter or library it needs could not be loaded"
+    let what = match code {
+        126 => "found but could not be executed",
+        127 => "not found, or an interpreter or library it needs could not be loaded",
+        _ => "it could not load what it needs",
     };
     let program = agent.command.first().map(String::as_str).unwrap_or("");
     let last = stderr_tail
@@ -370,6 +383,23 @@ mod tests {
         assert_eq!(
             start_failure(three.clone(), Phase::Starting, Some(3), "", &a),
             three
+        );
+        // An interpreter that says it cannot load, whatever its code.
+        let one = decide(Verdict::exited(), &exited(1), &a);
+        let tail = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'corral_agent'\n";
+        let (r, e) = start_failure(one.clone(), Phase::Starting, Some(1), tail, &a);
+        assert_eq!(r, ExitReason::SpawnFailed);
+        let e = e.expect("an error");
+        assert!(!e.retryable);
+        assert!(
+            e.message.contains("No module named 'corral_agent'"),
+            "{}",
+            e.message
+        );
+        // The same line after Ready is the agent's own failure.
+        assert_eq!(
+            start_failure(one.clone(), Phase::Busy, Some(1), tail, &a),
+            one
         );
     }
 
