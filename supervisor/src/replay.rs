@@ -207,6 +207,7 @@ async fn replay_call(
         notes: Some(notes),
         unjournalled: true,
         single_attempt: true,
+        unpoliced: true,
         ..Default::default()
     };
     let outcome = sup

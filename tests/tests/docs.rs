@@ -2,8 +2,9 @@
 //! is parsed as a config (or, with a `[plan]` table, as TOML; blocks marked ```toml fragment
 //! as TOML only), and every `corral …` line of a ```sh block is run with the built binary
 //! against the example config, its exit status checked (0, or the `# exit N` its comment
-//! says). Lines with placeholders (`RUN_ID`, `C`, `[--json]`, a `plan.toml` of no file) and
-//! blocks marked ```sh no-run (network, systemd, long builds) are skipped, with the reason.
+//! says). `RUN_ID` and `DEMO_TREE` stand for the run and the tree of a `corral demo` run first;
+//! lines with other placeholders (`C`, `[--json]`, a `plan.toml` of no file) are skipped, with
+//! the reason printed.
 
 use corral_e2e::bin;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,27 @@ fn every_toml_block_parses_as_what_it_shows() {
 fn every_corral_command_of_the_docs_runs_and_exits_as_the_doc_says() {
     let corral = bin("corral");
     let state = tempfile::tempdir().expect("tempdir");
+    // A real run and tree for the lines that name one (`RUN_ID`, `DEMO_TREE`): the demo's.
+    let demo = Command::new(&corral)
+        .arg("demo")
+        .current_dir(root())
+        .env("XDG_STATE_HOME", state.path())
+        .output()
+        .expect("run the demo");
+    assert!(demo.status.success(), "{demo:?}");
+    let text = String::from_utf8_lossy(&demo.stdout).into_owned();
+    let run_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split(' ').next())
+        .expect("the demo names its run")
+        .to_string();
+    let tree = text
+        .split(" files in ")
+        .nth(1)
+        .and_then(|t| t.split(" \u{2014} ").next())
+        .expect("the demo names its tree")
+        .to_string();
     let mut ran = 0;
     for (file, line, info, body) in blocks() {
         if info != "sh" {
@@ -89,15 +111,11 @@ fn every_corral_command_of_the_docs_runs_and_exits_as_the_doc_says() {
                 }
                 None => (rest.split('#').next().unwrap_or(rest), 0),
             };
-            let placeholder = [
-                "RUN_ID",
-                " C ",
-                "[--",
-                "corral.toml plan.toml",
-                "plan.toml --config",
-            ]
-            .iter()
-            .any(|p| rest.contains(p));
+            let rest = rest.replace("RUN_ID", &run_id).replace("DEMO_TREE", &tree);
+            let rest = rest.as_str();
+            let placeholder = [" C ", "[--", "corral.toml plan.toml", "plan.toml --config"]
+                .iter()
+                .any(|p| rest.contains(p));
             if placeholder || rest.starts_with("demo") {
                 eprintln!("{file}:{line}: skipped (placeholder or long demo): {cmd}");
                 continue;
@@ -114,8 +132,9 @@ fn every_corral_command_of_the_docs_runs_and_exits_as_the_doc_says() {
             assert_eq!(
                 out.status.code(),
                 Some(want),
-                "{file}:{line}: `{cmd}` exited {:?}, the doc implies {want}\n{}",
+                "{file}:{line}: `{cmd}` exited {:?}, the doc implies {want}\n{}\n{}",
                 out.status.code(),
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
             ran += 1;

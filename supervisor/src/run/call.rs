@@ -201,6 +201,9 @@ impl<'s> Call<'s> {
             let message = format!("stopped by its owner before the attempt started: {reason}");
             return Err(refuse(reason, message));
         }
+        if self.opts.unpoliced {
+            return Ok(());
+        }
         let now = self.sup.clock.now();
         let spec = &self.spec;
         let key = &self.input_key;
@@ -319,7 +322,7 @@ impl<'s> Call<'s> {
             exit_code: rec.exit_code,
         };
         let now = self.sup.clock.now();
-        let quarantined_now = self.learn(&rec, &outcome, now);
+        let quarantined_now = !self.opts.unpoliced && self.learn(&rec, &outcome, now);
         self.backoff
             .on_healthy_run(Duration::from_millis(rec.duration_ms));
         let spec = &self.spec;

@@ -125,6 +125,9 @@ pub struct CallOptions {
     pub notes: Option<child::Notes>,
     /// Make one attempt only, whatever the restart policy says (a replay).
     pub single_attempt: bool,
+    /// Neither consult nor teach the agent type's breaker, quarantine and restart intensity
+    /// (a replay: a diagnosis must not be refused by, nor count toward, what live calls did).
+    pub unpoliced: bool,
     /// Number the attempts as if this many came before (a replay of attempt N says N).
     pub attempts_before: u32,
     /// Journal the call as a task of this larger run instead of as a run of its own.
