@@ -68,9 +68,15 @@ impl Client {
         mut each: impl FnMut(&Response),
     ) -> Result<Response, ControlError> {
         let bytes = frame::encode(req).map_err(|e| self.wire(e))?;
-        self.stream
-            .write_all(&bytes)
-            .map_err(|e| self.wire(e.into()))?;
+        // A daemon that refuses the peer answers at once and closes: the request may then not
+        // go out whole (EPIPE), but the answer is there to read, and it is what to say.
+        let sent = self.stream.write_all(&bytes);
+        if let Err(e) = sent {
+            return match self.reader.read_frame::<Response>() {
+                Ok(Some(r)) => Ok(r),
+                _ => Err(self.wire(e.into())),
+            };
+        }
         let mut last = None;
         loop {
             match self.reader.read_frame::<Response>() {
