@@ -17,10 +17,10 @@ pub const PLAIN: &str = "namespaces = []\nnetwork = true\nseccomp = false\nlandl
 
 const WARMUP: usize = 3;
 
-/// A supervisor of `echo` (row 1's keys) with the journal on or off.
-fn echo_sup(env: &Env, journal: bool) -> Result<Sup> {
+/// A supervisor of `echo` (row 1's keys) with the journal on or off, and its sync.
+fn echo_sup(env: &Env, journal: bool, sync: &str) -> Result<Sup> {
     let text = format!(
-        "[supervisor]\njournal = {journal}\n\n{}",
+        "[supervisor]\njournal = {journal}\njournal_sync = \"{sync}\"\n\n{}",
         harness::config_text("echo", &env.echo, PLAIN)?
     );
     harness::supervisor(env, &text, false)
@@ -87,15 +87,21 @@ fn phases(p: &[[Duration; 3]]) -> String {
 
 /// Row 9.
 pub fn row9(env: &Env, sec: &mut Section) -> Result<()> {
-    let on = echo_sup(env, true)?;
-    let off = echo_sup(env, false)?;
+    let on = echo_sup(env, true, "full")?;
+    let off = echo_sup(env, false, "full")?;
+    let normal = echo_sup(env, true, "normal")?;
     if on.sup.journal().is_none() || off.sup.journal().is_some() {
         return Err(anyhow!("`[supervisor] journal` did not take effect"));
     }
     let n = env.spawn_iters();
     let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut with_p, mut without_p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut unsynced = Vec::with_capacity(n);
     for i in 0..WARMUP + n {
+        let c = timed_call(env, &normal)?;
+        if i >= WARMUP {
+            unsynced.push(c.0);
+        }
         // Alternate which goes first, so that neither always follows the other's teardown.
         let (a, b) = if i % 2 == 0 {
             let a = timed_call(env, &on)?;
@@ -113,6 +119,15 @@ pub fn row9(env: &Env, sec: &mut Section) -> Result<()> {
     }
     let row = Row::new("9", "call spawn→done, journal on", Unit::Time, fig(&with))
         .base("same, journal = false", fig(&without));
+    let met = row.ratio().map(|r| r <= 1.1);
+    sec.rows.push(row.target("≤ 1.1× journal off", met));
+    let row = Row::new(
+        "9b",
+        "same, journal_sync = \"normal\"",
+        Unit::Time,
+        fig(&unsynced),
+    )
+    .base("same, journal = false", fig(&without));
     let met = row.ratio().map(|r| r <= 1.1);
     sec.rows.push(row.target("≤ 1.1× journal off", met));
     let db = on

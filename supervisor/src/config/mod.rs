@@ -212,6 +212,9 @@ pub struct SupervisorConfig {
     /// How long finished runs are kept in the journal (`journal_keep`, e.g. `"30d"`); `None`
     /// (the default): kept for ever.
     pub journal_keep: Option<std::time::Duration>,
+    /// Whether each journal commit syncs to the disk (`journal_sync = "full"`, the default) or
+    /// only reaches the kernel (`"normal"`: survives a crash of corral, not a power loss).
+    pub journal_sync_full: bool,
     /// Most agent processes the daemon keeps alive at once, service instances and task
     /// attempts together (`max_agents`); `None`: no cap.
     pub max_agents: Option<u32>,

@@ -220,6 +220,7 @@ fn default_supervisor(ctx: &Ctx<'_>) -> SupervisorConfig {
         uid_range: DEFAULT_UID_RANGE,
         journal: true,
         journal_keep: None,
+        journal_sync_full: true,
         max_agents: None,
         control_socket: PathBuf::new(),
         control_group: None,
@@ -278,6 +279,18 @@ fn supervisor(
             ));
         }
         out.journal_keep = Some(d);
+    }
+    if let Some(sync) = &raw.journal_sync {
+        out.journal_sync_full = match sync.get_ref().as_str() {
+            "full" => true,
+            "normal" => false,
+            other => {
+                return Err(ctx.at_value(
+                    sync.span(),
+                    format!("journal_sync must be \"full\" or \"normal\", found {other:?}"),
+                ))
+            }
+        };
     }
     super::daemon::resolve(
         &mut out,

@@ -31,6 +31,7 @@ pub(super) struct Supervisor {
     pub uid_range: Option<Spanned<[u32; 2]>>,
     pub journal: Option<bool>,
     pub journal_keep: Option<Spanned<Dur>>,
+    pub journal_sync: Option<Spanned<String>>,
     pub max_agents: Option<Spanned<u32>>,
     pub control_socket: Option<Spanned<String>>,
     pub control_group: Option<Spanned<String>>,

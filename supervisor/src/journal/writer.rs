@@ -66,7 +66,13 @@ impl Journal {
     /// refuses a newer schema, marks what a dead supervisor left unfinished, and starts the
     /// writer.
     pub fn open(path: &std::path::Path) -> Result<Journal, JournalError> {
-        let store = super::sqlite::SqliteStore::open(path)?;
+        Journal::open_synced(path, true)
+    }
+
+    /// [`Journal::open`], syncing at every commit (`full`) or not (`[supervisor]
+    /// journal_sync`; see the SQLite store's docs).
+    pub fn open_synced(path: &std::path::Path, full: bool) -> Result<Journal, JournalError> {
+        let store = super::sqlite::SqliteStore::open_synced(path, full)?;
         Journal::open_with(Box::new(store))
     }
 

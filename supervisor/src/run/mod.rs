@@ -538,7 +538,10 @@ fn open_journal(config: &Config) -> Result<Option<crate::journal::Journal>, RunE
     let dir = &config.supervisor.state_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| RunError::Setup(format!("create state_dir {}: {e}", dir.display())))?;
-    let journal = crate::journal::Journal::open(&dir.join("corral.db"))?;
+    let journal = crate::journal::Journal::open_synced(
+        &dir.join("corral.db"),
+        config.supervisor.journal_sync_full,
+    )?;
     let r = journal.recovered();
     if r.attempts_lost > 0 || r.runs_interrupted > 0 {
         tracing::warn!(

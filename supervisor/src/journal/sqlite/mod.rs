@@ -1,8 +1,11 @@
 //! The SQLite backend: the one room where the journal's SQL lives.
 //!
-//! One file in WAL mode with `synchronous = FULL`: a transaction is on disk (the log synced)
-//! before its commit returns, so an entry acknowledged as durable survives a `kill -9` of the
-//! process and a power loss alike; batching makes that one sync per batch, not per entry.
+//! One file in WAL mode with `synchronous = FULL` (the default): a transaction is on disk (the
+//! log synced) before its commit returns, so an entry acknowledged as durable survives a
+//! `kill -9` of the process and a power loss alike; batching makes that one sync per batch, not
+//! per entry. With `[supervisor] journal_sync = "normal"` (`synchronous = NORMAL`) a commit is
+//! in the log, in the kernel's cache, when it returns: it survives a crash or `kill -9` of
+//! corral, and a power loss may take the last commits since the log was last synced.
 //!
 //! Opening never changes a file it does not understand: the header is checked first (not a
 //! database, or shorter than its header says: a clear error naming the file), then the schema
@@ -52,6 +55,12 @@ impl SqliteStore {
     /// Opens (creating it and its directory if missing) and migrates the journal at `path`.
     /// Does not mark anything unfinished: [`Store::mark_unfinished`] does.
     pub fn open(path: &Path) -> Result<SqliteStore, JournalError> {
+        SqliteStore::open_synced(path, true)
+    }
+
+    /// [`SqliteStore::open`], syncing the log at every commit (`full`) or not (see the module
+    /// docs).
+    pub fn open_synced(path: &Path, full: bool) -> Result<SqliteStore, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
                 op: "create the journal's directory",
@@ -66,7 +75,7 @@ impl SqliteStore {
         check_version(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_error(path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
             .map_err(|e| open_error(path, e))?;
         let mut store = SqliteStore {
             conn,
