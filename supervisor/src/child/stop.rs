@@ -160,13 +160,14 @@ pub(super) async fn cgroup_counters(cgroup: Arc<AgentCgroup>) -> CgroupCounters 
     .unwrap_or_default()
 }
 
-/// Remove a cgroup (emptied already) and a workspace on the reaper thread: nothing waits for
-/// it (see [`process::settled`] for what does).
+/// Remove a cgroup (emptied already) and a workspace off the runtime, several at once
+/// ([`process::dispose_later`]): nothing waits for it (see [`process::settled`] for what
+/// does).
 pub(super) fn dispose(cgroup: Option<Arc<AgentCgroup>>, workspace: Option<Workspace>) {
     if cgroup.is_none() && workspace.is_none() {
         return;
     }
-    process::defer(move || {
+    process::dispose_later(move || {
         if let Some(c) = cgroup {
             if let Err(e) = c.remove() {
                 tracing::warn!(cgroup = c.name(), "remove cgroup: {e}");
