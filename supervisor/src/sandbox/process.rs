@@ -11,6 +11,8 @@
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
+//! What an attempt that ended normally leaves (its emptied cgroup, its workspace) is removed
+//! by a few disposal threads (`dispose_later`), several at once.
 //!
 //! Wait statuses are decoded in one place, `crate::exit_status::WaitStatus`, with libc's macros (pure
 //! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
@@ -376,6 +378,35 @@ mod tests {
         assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
         assert!(!pid_alive(pid), "{pid} is still there (a zombie?)");
         drop(child);
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_disposals_handed_on() {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate_rx));
+        // Handed on from the reaper, as an attempt's guard does; the first one waits until the
+        // test lets it go, after `settled` has been asked for.
+        for i in 0..20 {
+            let (done, gate) = (done.clone(), gate.clone());
+            defer(move || {
+                dispose_later(move || {
+                    if i == 0 {
+                        let _ = gate.lock().map(|g| g.recv());
+                    }
+                    assert_eq!(
+                        std::thread::current().name(),
+                        Some("corral-dispose"),
+                        "a disposal ran elsewhere"
+                    );
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            });
+        }
+        let settled = tokio::spawn(settled());
+        gate_tx.send(()).expect("the first disposal waits");
+        settled.await.expect("settled");
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 20);
     }
 
     #[tokio::test]

@@ -465,7 +465,7 @@ unsafe fn install_seccomp(program: &[libc::sock_filter]) -> Step {
 ///
 /// Marking them, rather than closing them here, keeps the spawn short: a supervisor with
 /// thousands of live agents holds tens of thousands of fds, whose closing took most of each
-/// spawn, on the one spawner thread, with the parent suspended. `execve` closes them after it
+/// spawn, on a spawner thread, with the parent suspended. `execve` closes them after it
 /// has released the parent (`CLONE_VFORK` ends when the new program's memory replaces the
 /// old), in the child's own time.
 ///

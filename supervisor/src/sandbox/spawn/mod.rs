@@ -12,7 +12,7 @@
 //! back through the same shared memory (the stage and the errno), which the parent reads once
 //! `clone` returns (with `CLONE_VFORK` that is after the child's `execve` or `_exit`).
 //!
-//! Spawning happens on a dedicated thread that lives as long as the process
+//! Spawning happens on a few dedicated threads that live as long as the process
 //! ([`Spawner`]): `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits, so
 //! it must not be a pool thread that may retire; and the async runtime is never blocked.
 //!
