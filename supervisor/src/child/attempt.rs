@@ -4,8 +4,8 @@
 //! `verdict`) and written into the [`ExitRecord`].
 //!
 //! Nothing that the next attempt does not need is awaited before the record is returned: the
-//! removal of the cgroup and of the workspace goes to the reaper thread once the counters are
-//! read.
+//! removal of the cgroup and of the workspace goes to the disposal threads
+//! (`process::dispose_later`) once the counters are read.
 
 use super::guard::Teardown;
 use super::launch::{launch, Launched};

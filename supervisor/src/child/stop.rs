@@ -5,7 +5,7 @@
 //! rusage. After that, what the kernel knows: `corral-init`'s record of the agent under it
 //! ([`read_init_status`]), the cgroup's counters ([`cgroup_counters`]). What is left to do
 //! (removing the cgroup and the workspace) does not hold up the record nor the next attempt: it
-//! goes to the reaper thread ([`dispose`]).
+//! goes to the disposal threads ([`dispose`]).
 
 use super::logs::Logs;
 use super::poller::{Poller, Ready};
@@ -145,7 +145,7 @@ pub(super) struct CgroupCounters {
 }
 
 /// Read the cgroup's counters (off the runtime: cgroup file I/O may block), then hand its
-/// removal to the reaper thread.
+/// removal to the disposal threads.
 pub(super) async fn cgroup_counters(cgroup: Arc<AgentCgroup>) -> CgroupCounters {
     tokio::task::spawn_blocking(move || {
         let counters = CgroupCounters {
@@ -160,13 +160,14 @@ pub(super) async fn cgroup_counters(cgroup: Arc<AgentCgroup>) -> CgroupCounters 
     .unwrap_or_default()
 }
 
-/// Remove a cgroup (emptied already) and a workspace on the reaper thread: nothing waits for
-/// it (see [`process::settled`] for what does).
+/// Remove a cgroup (emptied already) and a workspace off the runtime, several at once
+/// ([`process::dispose_later`]): nothing waits for it (see [`process::settled`] for what
+/// does).
 pub(super) fn dispose(cgroup: Option<Arc<AgentCgroup>>, workspace: Option<Workspace>) {
     if cgroup.is_none() && workspace.is_none() {
         return;
     }
-    process::defer(move || {
+    process::dispose_later(move || {
         if let Some(c) = cgroup {
             if let Err(e) = c.remove() {
                 tracing::warn!(cgroup = c.name(), "remove cgroup: {e}");

@@ -11,6 +11,8 @@
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
 //! processes in it): the kill is sent at once by the thread that dropped it, and the waiting,
 //! reaping and removal happen on the reaper, so that a drop never blocks a runtime worker.
+//! What an attempt that ended normally leaves (its emptied cgroup, its workspace) is removed
+//! by a few disposal threads (`dispose_later`), several at once.
 //!
 //! Wait statuses are decoded in one place, `crate::exit_status::WaitStatus`, with libc's macros (pure
 //! functions): `nix`'s `WaitStatus` cannot hold a real-time signal (`WaitStatus::from_raw`, and
@@ -167,11 +169,103 @@ pub(crate) fn defer(job: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Wait until the jobs handed to the reaper before this call are done (for tests, and for a
-/// program that wants nothing left behind when it exits).
+/// How many threads remove what attempts left (see [`dispose_later`]).
+const DISPOSERS: usize = 8;
+
+/// The removals handed to [`dispose_later`] and not finished yet.
+struct Disposals {
+    pending: std::sync::Mutex<usize>,
+    idle: std::sync::Condvar,
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+fn disposals() -> &'static Disposals {
+    static D: std::sync::OnceLock<Disposals> = std::sync::OnceLock::new();
+    D.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for _ in 0..DISPOSERS {
+            let rx = rx.clone();
+            let ok = std::thread::Builder::new()
+                .name("corral-dispose".into())
+                .spawn(move || loop {
+                    // The lock is held only to take the next job.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(job) = job else { break };
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a disposal job panicked");
+                    }
+                    disposals().done();
+                });
+            match ok {
+                Ok(_) => started += 1,
+                Err(e) => tracing::warn!("cannot start a disposal thread: {e}"),
+            }
+        }
+        Disposals {
+            pending: std::sync::Mutex::new(0),
+            idle: std::sync::Condvar::new(),
+            // No thread: every job runs in place.
+            tx: std::sync::Mutex::new((started > 0).then_some(tx)),
+        }
+    })
+}
+
+impl Disposals {
+    fn done(&self) {
+        if let Ok(mut n) = self.pending.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.idle.notify_all();
+            }
+        }
+    }
+
+    /// Block until no removal is pending.
+    fn wait_idle(&self) {
+        let Ok(mut n) = self.pending.lock() else {
+            return;
+        };
+        while *n > 0 {
+            match self.idle.wait(n) {
+                Ok(g) => n = g,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Remove what an ended attempt left (its emptied cgroup, its workspace and the workspace's
+/// tmpfs) on one of a few threads of their own, several at once: unmounting a workspace waits
+/// for an RCU grace period, which concurrent unmounts share, so one after another on the
+/// reaper drained only a few dozen workspaces a second, and the mounts that piled up meanwhile
+/// made every new mount namespace (each agent's root) slower to copy and to detach.
+/// [`settled`] waits for these too.
+pub(crate) fn dispose_later(job: impl FnOnce() + Send + 'static) {
+    let d = disposals();
+    let tx = d.tx.lock().ok().and_then(|t| t.clone());
+    let Some(tx) = tx else {
+        return job();
+    };
+    if let Ok(mut n) = d.pending.lock() {
+        *n += 1;
+    }
+    if let Err(std::sync::mpsc::SendError(job)) = tx.send(Box::new(job)) {
+        job();
+        d.done();
+    }
+}
+
+/// Wait until the jobs handed to the reaper before this call are done, and the removals
+/// they handed on (for tests, and for a program that wants nothing left behind when it exits).
 pub async fn settled() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     defer(move || {
+        disposals().wait_idle();
         let _ = tx.send(());
     });
     let _ = rx.await;
@@ -182,6 +276,7 @@ pub async fn settled() {
 pub fn settle_blocking() {
     let (tx, rx) = std::sync::mpsc::channel();
     defer(move || {
+        disposals().wait_idle();
         let _ = tx.send(());
     });
     let _ = rx.recv();
@@ -283,6 +378,35 @@ mod tests {
         assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
         assert!(!pid_alive(pid), "{pid} is still there (a zombie?)");
         drop(child);
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_disposals_handed_on() {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate_rx));
+        // Handed on from the reaper, as an attempt's guard does; the first one waits until the
+        // test lets it go, after `settled` has been asked for.
+        for i in 0..20 {
+            let (done, gate) = (done.clone(), gate.clone());
+            defer(move || {
+                dispose_later(move || {
+                    if i == 0 {
+                        let _ = gate.lock().map(|g| g.recv());
+                    }
+                    assert_eq!(
+                        std::thread::current().name(),
+                        Some("corral-dispose"),
+                        "a disposal ran elsewhere"
+                    );
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            });
+        }
+        let settled = tokio::spawn(settled());
+        gate_tx.send(()).expect("the first disposal waits");
+        settled.await.expect("settled");
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 20);
     }
 
     #[tokio::test]
