@@ -132,6 +132,31 @@ impl Journal {
         rx.await.unwrap_or(Err(JournalError::Closed))
     }
 
+    /// Queues `entries` at once, in order, and resolves once the transactions holding them
+    /// committed (usually one: what is queued together is written together), with the first
+    /// error if any.
+    pub fn durable_many(
+        &self,
+        entries: Vec<Entry>,
+    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
+        let waits: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                let (tx, rx) = oneshot::channel();
+                (self.push(Item::Durable(e, tx)), rx)
+            })
+            .collect();
+        async move {
+            for (queued, rx) in waits {
+                if !queued {
+                    return Err(JournalError::Closed);
+                }
+                rx.await.unwrap_or(Err(JournalError::Closed))?;
+            }
+            Ok(())
+        }
+    }
+
     /// Resolves once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();

@@ -148,9 +148,6 @@ impl<'s> Call<'s> {
             None => (None, Vec::new()),
         };
         if let Some(j) = &call.journal {
-            if let Some(rec) = call.attempts.last() {
-                j.attempt_ended(rec).await?;
-            }
             j.ended(output.as_ref(), &memory, call.attempts.last())
                 .await?;
         }

@@ -193,20 +193,22 @@ impl CallJournal {
 
     /// An attempt's record, its decision made: durable before anyone is told.
     pub(crate) async fn attempt_ended(&self, rec: &ExitRecord) -> Result<(), JournalError> {
-        self.journal
-            .durable(Entry::AttemptEnded {
-                run_id: self.run_id.to_string(),
-                call: self.call,
-                attempt: rec.attempt,
-                record: serde_json::to_value(rec).unwrap_or(serde_json::Value::Null),
-                reason: rec.reason.as_str().to_string(),
-                decision: rec.decision.as_str().to_string(),
-                pid: rec.pid,
-                started_at: rec.started_at.clone(),
-                ended_at: rec.ended_at.clone(),
-                duration_ms: rec.duration_ms,
-            })
-            .await
+        self.journal.durable(self.attempt_entry(rec)).await
+    }
+
+    fn attempt_entry(&self, rec: &ExitRecord) -> Entry {
+        Entry::AttemptEnded {
+            run_id: self.run_id.to_string(),
+            call: self.call,
+            attempt: rec.attempt,
+            record: serde_json::to_value(rec).unwrap_or(serde_json::Value::Null),
+            reason: rec.reason.as_str().to_string(),
+            decision: rec.decision.as_str().to_string(),
+            pid: rec.pid,
+            started_at: rec.started_at.clone(),
+            ended_at: rec.ended_at.clone(),
+            duration_ms: rec.duration_ms,
+        }
     }
 
     /// A task served by a service agent ended (its records belong to the agent's instance,
@@ -242,8 +244,9 @@ impl CallJournal {
             .await
     }
 
-    /// The call ended with `output` (and `memory`) or the last record's error; the run ends
-    /// with it.
+    /// The call ended with `output` (and `memory`) or the last record's error, `last` being its
+    /// last attempt's record; the run ends with it (when the call is a run of its own). All of
+    /// it durable, written together.
     pub(crate) async fn ended(
         &self,
         output: Option<&Value>,
@@ -257,30 +260,32 @@ impl CallJournal {
                 serde_json::json!({ "kind": e.kind, "message": e.message, "retryable": e.retryable })
             }),
         };
-        let ended = Entry::CallEnded {
+        let mut entries = Vec::with_capacity(3);
+        if let Some(rec) = last {
+            entries.push(self.attempt_entry(rec));
+        }
+        // A checkpoint of its run when it is a task of a larger one: durable before any
+        // dependant starts.
+        entries.push(Entry::CallEnded {
             run_id: self.run_id.to_string(),
             call: self.call,
             output: output.map(Value::to_json),
             memory: list_json(memory),
             error,
             at_ms,
-        };
-        if !self.own_run {
-            // A checkpoint of its run: durable before any dependant starts.
-            return self.journal.durable(ended).await;
-        }
-        self.journal.append(ended);
-        let status = if output.is_some() {
-            RunStatus::Succeeded
-        } else {
-            RunStatus::Failed
-        };
-        self.journal
-            .durable(Entry::RunEnded {
+        });
+        if self.own_run {
+            let status = if output.is_some() {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            };
+            entries.push(Entry::RunEnded {
                 run_id: self.run_id.to_string(),
                 status,
                 at_ms,
-            })
-            .await
+            });
+        }
+        self.journal.durable_many(entries).await
     }
 }
