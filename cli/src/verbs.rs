@@ -20,7 +20,15 @@ pub struct Validate {
 /// `corral validate`: load the config, check it against this host (every problem, in file
 /// order, exit 2), and say per agent what its program is and what its settings give away.
 pub async fn validate(path: Option<&Path>, plan: Option<&Path>, how: Validate) -> ExitCode {
-    let cfg = match load_config(path) {
+    // A file: every problem of its values and of the host at once (the embedded defaults
+    // are checked for the host below).
+    let local = Path::new("corral.toml");
+    let file = path.or_else(|| local.exists().then_some(local));
+    let loaded = match file {
+        Some(f) => corral::Config::check_all(f),
+        None => load_config(None),
+    };
+    let cfg = match loaded {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("{e}");

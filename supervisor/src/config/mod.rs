@@ -496,6 +496,33 @@ impl Config {
         config.digest = digest(text.as_bytes());
         Ok(config)
     }
+
+    /// Every problem of the config at `path`, in file order, for `corral validate`: the
+    /// schema's (which stop there), then the values' and the host's together (the host's for
+    /// the agents whose values resolved). `Ok` with the config when there are none.
+    pub fn check_all(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::check_text(&text, path)
+    }
+
+    /// [`Config::check_all`] of config `text`.
+    pub fn check_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            location: e.span().map(|span| Location::from_offset(text, span.start)),
+            message: explain(text, e.span().map(|s| s.start), &one_line(e.message())),
+        })?;
+        let (mut config, mut errs) = resolve::resolve_partial(file, text, path);
+        config.digest = digest(text.as_bytes());
+        errs.extend(check::host(&config).problems);
+        match ConfigError::from_all(errs) {
+            Some(e) => Err(e),
+            None => Ok(config),
+        }
+    }
 }
 
 /// The SHA-256 of `bytes`, in lowercase hex.

@@ -137,6 +137,15 @@ pub(super) fn env_name_problem(name: &str) -> Option<&'static str> {
 }
 
 pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let (config, errs) = resolve_partial(file, text, path);
+    match ConfigError::from_all(errs) {
+        Some(e) => Err(e),
+        None => Ok(config),
+    }
+}
+
+/// What resolves of `file` (agents with problems left out), and every problem found.
+pub(super) fn resolve_partial(file: File, text: &str, path: &Path) -> (Config, Vec<ConfigError>) {
     let ctx = Ctx {
         text,
         path,
@@ -198,17 +207,15 @@ pub(super) fn resolve(file: File, text: &str, path: &Path) -> Result<Config, Con
             errs.push(e);
             BTreeMap::new()
         });
-    if let Some(e) = ConfigError::from_all(errs) {
-        return Err(e);
-    }
-    Ok(Config {
+    let config = Config {
         path: path.to_path_buf(),
         supervisor,
         agents,
         digest: String::new(),
         tools,
         places,
-    })
+    };
+    (config, errs)
 }
 
 /// `[supervisor]` with every key at its default (the daemon's defaults, which depend on

@@ -588,3 +588,28 @@ fn every_namespace_is_named_as_the_file_names_it() {
     }
     assert_eq!(Namespace::Mount.as_str(), "mount");
 }
+
+/// `corral validate` (`Config::check_text`): the values' problems and the host's together, in
+/// file order, one line each.
+#[test]
+fn values_and_host_problems_are_reported_together_in_file_order() {
+    let text = "[agents.a]\ncommand = [\"/bin/true\"]\ncpu_quota = 1e308\n\
+                [agents.b]\ncommand = [\"/bin/true\"]\ncwd = \"/nonexistent/corral-test\"\n\
+                [agents.c]\ncommand = [\"/nonexistent/corral-prog\"]\n";
+    let e = Config::check_text(text, Path::new("c.toml")).expect_err("three problems");
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(
+        lines[0].starts_with("c.toml:3:") && lines[0].contains("cpu_quota"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:6:") && lines[1].contains("cwd"),
+        "{shown}"
+    );
+    assert!(
+        lines[2].starts_with("c.toml:8:") && lines[2].contains("corral-prog"),
+        "{shown}"
+    );
+}
