@@ -508,20 +508,61 @@ impl Config {
         Config::check_text(&text, path)
     }
 
-    /// [`Config::check_all`] of config `text`.
+    /// [`Config::check_all`] of config `text`. A schema error on one `key = value` line (an
+    /// unknown key, a value of the wrong type) is noted and that line blanked, so that the
+    /// rest of the file is checked too (line and column numbers stay those of the file).
     pub fn check_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let file: schema::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            location: e.span().map(|span| Location::from_offset(text, span.start)),
-            message: explain(text, e.span().map(|s| s.start), &one_line(e.message())),
-        })?;
-        let (mut config, mut errs) = resolve::resolve_partial(file, text, path);
+        let mut errs = Vec::new();
+        let mut text = text.to_string();
+        let file: schema::File = loop {
+            let e = match toml::from_str(&text) {
+                Ok(file) => break file,
+                Err(e) => e,
+            };
+            let error = ConfigError::Syntax {
+                path: path.to_path_buf(),
+                location: e
+                    .span()
+                    .map(|span| Location::from_offset(&text, span.start)),
+                message: explain(&text, e.span().map(|s| s.start), &one_line(e.message())),
+            };
+            // The line of the error, if blanking it leaves a file to go on with.
+            let line = e.span().and_then(|span| {
+                let start = text[..span.start.min(text.len())]
+                    .rfind('\n')
+                    .map_or(0, |i| i + 1);
+                let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+                let l = &text[start..end];
+                let simple = l.contains('=') && !l.trim_start().starts_with('[');
+                (simple && errs.len() < 100).then_some((start, end))
+            });
+            errs.push(error);
+            match line {
+                Some((start, end)) => text.replace_range(start..end, &" ".repeat(end - start)),
+                None => {
+                    return Err(
+                        ConfigError::from_all(errs).unwrap_or_else(|| unreachable_none(path))
+                    )
+                }
+            }
+        };
+        let (mut config, more) = resolve::resolve_partial(file, &text, path);
+        errs.extend(more);
         config.digest = digest(text.as_bytes());
         errs.extend(check::host(&config).problems);
         match ConfigError::from_all(errs) {
             Some(e) => Err(e),
             None => Ok(config),
         }
+    }
+}
+
+/// A stand-in error that is never made (a list of problems is never empty where it is used).
+fn unreachable_none(path: &Path) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        location: None,
+        message: "the config could not be checked".to_string(),
     }
 }
 

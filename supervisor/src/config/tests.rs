@@ -613,3 +613,33 @@ fn values_and_host_problems_are_reported_together_in_file_order() {
         "{shown}"
     );
 }
+
+/// Schema errors (an unknown key, a wrong type) do not hide the rest of the file from
+/// `corral validate`.
+#[test]
+fn schema_errors_do_not_hide_the_others() {
+    let text = "[agents.a]\ncommand = [\"/bin/true\"]\nhearbeat_interval = \"1s\"\n\
+                [agents.b]\ncommand = [\"/bin/true\"]\nmax_retries = -1\n\
+                [agents.c]\ncommand = [\"/bin/true\"]\ncpu_quota = 1e308\n\
+                [agents.d]\ncommand = [\"/nonexistent/corral-prog\"]\n";
+    let e = Config::check_text(text, Path::new("c.toml")).expect_err("four problems");
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 4, "{shown}");
+    assert!(
+        lines[0].starts_with("c.toml:3:") && lines[0].contains("did you mean"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:6:") && lines[1].contains("max_retries"),
+        "{shown}"
+    );
+    assert!(
+        lines[2].starts_with("c.toml:9:") && lines[2].contains("cpu_quota"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].starts_with("c.toml:11:") && lines[3].contains("corral-prog"),
+        "{shown}"
+    );
+}
