@@ -547,14 +547,52 @@ impl Config {
             }
         };
         let (mut config, more) = resolve::resolve_partial(file, &text, path);
+        // An agent left out for a value's problem is checked on the host too, with the lines
+        // of those values blanked.
+        let blanked = blank_lines(&text, &more);
         errs.extend(more);
+        if let Some(again) = blanked
+            .as_deref()
+            .and_then(|t| toml::from_str::<schema::File>(t).ok().map(|f| (t, f)))
+        {
+            let (fuller, _) = resolve::resolve_partial(again.1, again.0, path);
+            errs.extend(check::host(&fuller).problems);
+        } else {
+            errs.extend(check::host(&config).problems);
+        }
         config.digest = digest(text.as_bytes());
-        errs.extend(check::host(&config).problems);
         match ConfigError::from_all(errs) {
             Some(e) => Err(e),
             None => Ok(config),
         }
     }
+}
+
+/// `text` with the `key = value` lines of `errs` blanked (same lines and columns); `None`
+/// when there are none to blank.
+fn blank_lines(text: &str, errs: &[ConfigError]) -> Option<String> {
+    let mut out = text.to_string();
+    let mut any = false;
+    for e in errs.iter().flat_map(|e| e.problems()) {
+        let Some(at) = e.location() else { continue };
+        let Some((start, line)) = text
+            .split_inclusive('\n')
+            .scan(0usize, |off, l| {
+                let s = *off;
+                *off += l.len();
+                Some((s, l))
+            })
+            .nth(at.line.saturating_sub(1))
+        else {
+            continue;
+        };
+        let body = line.trim_end_matches('\n');
+        if body.contains('=') && !body.trim_start().starts_with('[') && !body.contains("command") {
+            out.replace_range(start..start + body.len(), &" ".repeat(body.len()));
+            any = true;
+        }
+    }
+    any.then_some(out)
 }
 
 /// A stand-in error that is never made (a list of problems is never empty where it is used).

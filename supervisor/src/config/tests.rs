@@ -643,3 +643,21 @@ fn schema_errors_do_not_hide_the_others() {
         "{shown}"
     );
 }
+
+/// An agent with a value's problem is still checked on the host.
+#[test]
+fn an_agent_with_a_bad_value_is_still_checked_on_the_host() {
+    let text = "[agents.c]\ncommand = [\"/nonexistent/corral-prog\"]\ncpu_quota = 1e308\n";
+    let e = Config::check_text(text, Path::new("c.toml")).expect_err("two problems");
+    let shown = e.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(
+        lines[0].starts_with("c.toml:2:") && lines[0].contains("corral-prog"),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:3:") && lines[1].contains("cpu_quota"),
+        "{shown}"
+    );
+}
