@@ -204,8 +204,18 @@ fn config_errors_show_file_line_col_and_exit_2() {
     let out = corral(&["validate", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("{}:5:1:", bad.display())), "{err}");
-    assert!(err.contains("hearbeat_timeout"), "{err}");
+    // Every problem, in file order: the program `a` (line 4), then the misspelt key.
+    assert!(
+        err.starts_with(&format!("{}:4:12:", bad.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:5:1: unknown key `hearbeat_timeout`",
+            bad.display()
+        )),
+        "{err}"
+    );
 
     std::fs::write(&bad, "[defaults]\nmemory = \"12 parsecs\"\n").unwrap();
     let out = corral(&["call", "x", "--config", bad.to_str().unwrap()]);
