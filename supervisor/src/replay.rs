@@ -162,7 +162,10 @@ async fn replay_call(
         while let Some(req) = rx.recv().await {
             let seq = u32::try_from(req.seq).unwrap_or(u32::MAX);
             let answer = match answers.get(&seq) {
-                Some(r) if r.tool == req.call.tool && r.args == req.call.args.to_json() => {
+                Some(r)
+                    if r.tool == req.call.tool
+                        && r.args == crate::child::noted_args(&req.call.args).to_json() =>
+                {
                     recorded_answer(r)
                 }
                 Some(r) => Err(AgentError::new(

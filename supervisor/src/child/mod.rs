@@ -143,7 +143,7 @@ pub enum Note {
         call_id: u64,
         /// The tool asked for.
         tool: String,
-        /// Its arguments as sent.
+        /// Its arguments as sent (within [`NOTED_ARGS`]; past it their size and hash).
         args: Value,
         /// The answer the agent got.
         result: Result<Value, AgentError>,
@@ -160,6 +160,21 @@ pub enum Note {
         /// The progress counter.
         progress: u64,
     },
+}
+
+/// Largest tool-call arguments (encoded) a [`Note::ToolCall`] carries whole; past it the note
+/// has `{"$omitted_bytes": N, "$sha256": H}` instead.
+pub const NOTED_ARGS: usize = 64 * 1024;
+
+/// A call's arguments as noted (see [`NOTED_ARGS`]); replay compares what it noted the same way.
+pub fn noted_args(args: &Value) -> Value {
+    match corral_proto::frame::encode(args) {
+        Ok(bytes) if bytes.len() - 4 > NOTED_ARGS => Value::map([
+            ("$omitted_bytes", Value::Int((bytes.len() - 4) as i64)),
+            ("$sha256", Value::from(crate::config::digest(&bytes[4..]))),
+        ]),
+        _ => args.clone(),
+    }
 }
 
 /// Where [`Note`]s go: called on the attempt's task, so it must not block.

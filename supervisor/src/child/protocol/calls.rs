@@ -23,7 +23,12 @@ impl Protocol {
         self.phase = Phase::ToolCall;
         calls.seq += 1;
         let seq = calls.seq;
-        let args = self.notes.as_ref().map(|_| call.args.clone());
+        // Kept for the note until the answer: within NOTED_ARGS, else only their size and hash
+        // (64 calls of 1 MiB outstanding would otherwise double what the broker holds).
+        let args = self
+            .notes
+            .as_ref()
+            .map(|_| crate::child::noted_args(&call.args));
         calls.outstanding.insert(
             call.call_id,
             Outstanding {

@@ -653,3 +653,26 @@ fn outgoing_frames_are_checked_against_max_frame() {
         format!("the input is {len} bytes encoded, more than max_frame (16 bytes)")
     );
 }
+
+/// What a note keeps of a call's arguments is bounded: past NOTED_ARGS only size and hash.
+#[test]
+fn noted_args_are_bounded() {
+    use crate::child::{noted_args, NOTED_ARGS};
+    let small = Value::map([("path", Value::from("a"))]);
+    assert_eq!(noted_args(&small), small);
+    let big = Value::String("x".repeat(NOTED_ARGS + 1));
+    let noted = noted_args(&big);
+    assert!(
+        noted
+            .get("$omitted_bytes")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > NOTED_ARGS as i64
+    );
+    assert_eq!(
+        noted.get("$sha256").and_then(Value::as_str).map(str::len),
+        Some(64)
+    );
+    // The same arguments are noted the same way (replay compares them).
+    assert_eq!(noted_args(&big), noted);
+}
