@@ -9,6 +9,7 @@
 //! looking unfinished.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -50,6 +51,10 @@ pub(super) struct Queue {
     pub dropped_untracked: u64,
     /// No more items will come: the writer finishes what is queued and stops.
     pub closed: bool,
+    /// Items someone waits on ([`Item::Durable`], [`Item::Flush`]) now queued.
+    waiters: usize,
+    /// When the oldest queued item was pushed.
+    since: Option<Instant>,
 }
 
 impl Queue {
@@ -61,6 +66,8 @@ impl Queue {
             dropped: BTreeMap::new(),
             dropped_untracked: 0,
             closed: false,
+            waiters: 0,
+            since: None,
         }
     }
 
@@ -75,12 +82,29 @@ impl Queue {
                 }
                 size
             }
-            Item::Durable(e, _) => entry_size(e),
-            Item::Flush(_) => 0,
+            Item::Durable(e, _) => {
+                self.waiters += 1;
+                entry_size(e)
+            }
+            Item::Flush(_) => {
+                self.waiters += 1;
+                0
+            }
         };
         self.bytes = self.bytes.saturating_add(size);
         self.items.push(item);
+        self.since.get_or_insert_with(Instant::now);
         true
+    }
+
+    /// Whether someone waits on what is queued (the writer commits at once then).
+    pub(super) fn awaited(&self) -> bool {
+        self.waiters > 0
+    }
+
+    /// When the oldest item still queued was pushed.
+    pub(super) fn since(&self) -> Option<Instant> {
+        self.since
     }
 
     /// Counts a droppable entry as dropped (`false`: it may not be dropped).
@@ -121,7 +145,6 @@ impl Queue {
     }
 
     /// Bytes queued (estimated).
-    #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -129,6 +152,8 @@ impl Queue {
     /// Takes everything queued, and the drop counts, leaving the queue empty.
     pub(super) fn take(&mut self) -> (Vec<Item>, BTreeMap<String, Dropped>) {
         self.bytes = 0;
+        self.waiters = 0;
+        self.since = None;
         (
             std::mem::take(&mut self.items),
             std::mem::take(&mut self.dropped),

@@ -539,3 +539,64 @@ async fn the_queue_is_bounded_and_never_drops_ends() {
     assert!(logs > 0 && logs < 2_000, "{logs}");
     assert_eq!(dropped.payload["events"].as_u64().unwrap() + logs, 2_000);
 }
+
+/// A store that reports the size of every batch it committed.
+struct Counting {
+    inner: SqliteStore,
+    batches: mpsc::Sender<usize>,
+}
+
+impl Store for Counting {
+    fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
+        self.inner.append(batch)?;
+        let _ = self.batches.send(batch.len());
+        Ok(())
+    }
+    fn mark_unfinished(&mut self, now: i64) -> Result<Recovered, JournalError> {
+        self.inner.mark_unfinished(now)
+    }
+    fn prune(&mut self, older: i64, max: usize) -> Result<u64, JournalError> {
+        self.inner.prune(older, max)
+    }
+    fn checkpoint(&mut self) -> Result<(), JournalError> {
+        self.inner.checkpoint()
+    }
+    fn readers(&self) -> ReaderSource {
+        self.inner.readers()
+    }
+}
+
+#[tokio::test]
+async fn entries_nobody_waits_on_are_committed_with_the_next_durable_one_or_after_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.db");
+    let (tx, batches) = mpsc::channel();
+    let store = Counting {
+        inner: SqliteStore::open(&path).unwrap(),
+        batches: tx,
+    };
+    let journal = Journal::open_with(Box::new(store)).unwrap();
+    // A short call's entries, its end awaited: one transaction.
+    let mut entries = run_entries("r", json!({"a": 1}), true);
+    let n = entries.len();
+    let last = entries.pop().unwrap();
+    for e in entries {
+        journal.append(e);
+    }
+    journal.durable(last).await.unwrap();
+    assert_eq!(batches.recv().unwrap(), n);
+    assert!(batches.try_recv().is_err(), "one batch for the whole call");
+    // Entries nobody waits on are written all the same, without a flush: the writer does not
+    // hold them past the delay.
+    let mut more = run_entries("s", json!(2), true);
+    more.truncate(3);
+    for e in more {
+        journal.append(e);
+    }
+    let got = tokio::task::spawn_blocking(move || batches.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got, 3);
+    let view = open_reader(&path).unwrap().run("s").unwrap();
+    assert!(view.is_some(), "the held entries were committed");
+}

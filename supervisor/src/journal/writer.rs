@@ -5,6 +5,13 @@
 //! it as one transaction, then answers those waiting on it. Between batches, and only when
 //! nothing is queued, it prunes old runs a few at a time.
 //!
+//! Group commit: a batch is written as soon as someone waits on it ([`Journal::durable`],
+//! [`Journal::flush`]); entries nobody waits on (events, tool calls, starts) are held up to
+//! [`COMMIT_DELAY`] or [`COMMIT_BYTES`] first, so that the entries of a short call and its
+//! durable end share one transaction and one sync of the log instead of one each. What is
+//! held is what a crash of this process could lose anyway (it was never promised durable);
+//! the delay bounds how much.
+//!
 //! A batch that fails (a full disk) is rolled back whole: its waiters get the error, the
 //! entries nobody waited on are gone (logged), and the writer goes on with the next batch.
 
@@ -19,6 +26,12 @@ use super::{now_ms, Entry, JournalError, Reader, ReaderSource, Recovered, Store}
 
 /// What the queue may hold of droppable entries (events, tool calls), in bytes.
 pub const QUEUE_LIMIT_BYTES: usize = 64 << 20;
+
+/// How long entries nobody waits on may be held before they are written.
+pub const COMMIT_DELAY: Duration = Duration::from_millis(10);
+
+/// Held entries past this many bytes are written at once.
+pub const COMMIT_BYTES: usize = 1 << 20;
 
 /// Runs deleted per pruning step (one short transaction).
 const PRUNE_STEP: usize = 64;
@@ -191,9 +204,15 @@ impl Journal {
         if q.closed {
             return false;
         }
+        // The writer is woken for what it must act on now: the first item (it starts the
+        // delay), an item someone waits on, or a batch grown past its size.
+        let first = q.is_empty();
         let queued = q.push(item);
+        let wake = first || q.awaited() || q.bytes() >= COMMIT_BYTES;
         drop(q);
-        shared.wake.notify_one();
+        if wake {
+            shared.wake.notify_one();
+        }
         queued
     }
 }
@@ -218,8 +237,28 @@ fn write_loop(shared: &Shared, mut store: Box<dyn Store>) {
         let (items, dropped, untracked) = {
             let mut q = lock(&shared.queue);
             loop {
-                if !q.is_empty() || q.closed {
+                if q.closed {
                     break;
+                }
+                if !q.is_empty() {
+                    // Written now when awaited or large, else once the oldest is old enough.
+                    let due = match q.since() {
+                        Some(since) if !q.awaited() && q.bytes() < COMMIT_BYTES => {
+                            (since + COMMIT_DELAY).checked_duration_since(Instant::now())
+                        }
+                        _ => None,
+                    };
+                    match due {
+                        None => break,
+                        Some(wait) => {
+                            q = shared
+                                .wake
+                                .wait_timeout(q, wait)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
+                            continue;
+                        }
+                    }
                 }
                 let keep = *lock(&shared.keep);
                 if keep.is_some() && (pruning || Instant::now() >= next_prune) {
