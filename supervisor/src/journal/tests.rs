@@ -446,23 +446,26 @@ async fn durable_resolves_after_commit_and_readers_see_it() {
     journal.flush().await.unwrap();
 }
 
-/// A store that holds its first append until told to go on, so that the queue fills while
-/// the writer is busy (as with a slow disk).
-struct Gated {
+/// A store over SQLite that can hold its first append until told to go on (so that the queue
+/// fills while the writer is busy, as with a slow disk) and report the size of every batch it
+/// committed.
+struct Probe {
     inner: SqliteStore,
-    entered: mpsc::Sender<()>,
-    go: mpsc::Receiver<()>,
-    held: bool,
+    gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    batches: Option<mpsc::Sender<usize>>,
 }
 
-impl Store for Gated {
+impl Store for Probe {
     fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
-        if !self.held {
-            self.held = true;
-            let _ = self.entered.send(());
-            let _ = self.go.recv();
+        if let Some((entered, go)) = self.gate.take() {
+            let _ = entered.send(());
+            let _ = go.recv();
         }
-        self.inner.append(batch)
+        self.inner.append(batch)?;
+        if let Some(batches) = &self.batches {
+            let _ = batches.send(batch.len());
+        }
+        Ok(())
     }
     fn mark_unfinished(&mut self, now: i64) -> Result<Recovered, JournalError> {
         self.inner.mark_unfinished(now)
@@ -484,11 +487,10 @@ async fn the_queue_is_bounded_and_never_drops_ends() {
     let path = dir.path().join("corral.db");
     let (entered_tx, entered) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    let store = Gated {
+    let store = Probe {
         inner: SqliteStore::open(&path).unwrap(),
-        entered: entered_tx,
-        go: go_rx,
-        held: false,
+        gate: Some((entered_tx, go_rx)),
+        batches: None,
     };
     const LIMIT: usize = 64 * 1024;
     let journal = Journal::open_with_limit(Recovered::default(), Box::new(store), LIMIT).unwrap();
@@ -540,40 +542,15 @@ async fn the_queue_is_bounded_and_never_drops_ends() {
     assert_eq!(dropped.payload["events"].as_u64().unwrap() + logs, 2_000);
 }
 
-/// A store that reports the size of every batch it committed.
-struct Counting {
-    inner: SqliteStore,
-    batches: mpsc::Sender<usize>,
-}
-
-impl Store for Counting {
-    fn append(&mut self, batch: &[Entry]) -> Result<(), JournalError> {
-        self.inner.append(batch)?;
-        let _ = self.batches.send(batch.len());
-        Ok(())
-    }
-    fn mark_unfinished(&mut self, now: i64) -> Result<Recovered, JournalError> {
-        self.inner.mark_unfinished(now)
-    }
-    fn prune(&mut self, older: i64, max: usize) -> Result<u64, JournalError> {
-        self.inner.prune(older, max)
-    }
-    fn checkpoint(&mut self) -> Result<(), JournalError> {
-        self.inner.checkpoint()
-    }
-    fn readers(&self) -> ReaderSource {
-        self.inner.readers()
-    }
-}
-
 #[tokio::test]
 async fn entries_nobody_waits_on_are_committed_with_the_next_durable_one_or_after_the_delay() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corral.db");
     let (tx, batches) = mpsc::channel();
-    let store = Counting {
+    let store = Probe {
         inner: SqliteStore::open(&path).unwrap(),
-        batches: tx,
+        gate: None,
+        batches: Some(tx),
     };
     let journal = Journal::open_with(Box::new(store)).unwrap();
     // A short call's entries, its end awaited: one transaction.
