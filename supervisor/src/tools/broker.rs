@@ -10,6 +10,7 @@ use crate::policy::{Admission, Breaker};
 use crate::{Supervisor, ToolRequest};
 use corral_proto::{AgentError, Value};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +54,8 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     in_flight: Arc<Semaphore>,
     executions: AtomicU64,
+    /// Calls dispatched and answered at once.
+    inline: AtomicU64,
 }
 
 impl Broker {
@@ -84,6 +87,7 @@ impl Broker {
             clock: Arc::new(SystemClock),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             executions: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
         }
     }
 
@@ -129,25 +133,43 @@ impl Broker {
         let broker = self.clone();
         let task = tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
-                match broker.in_flight.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let b = broker.clone();
-                        tokio::spawn(async move {
-                            b.handle(req).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        let e = ToolError::new(
-                            ErrorKind::TooManyCalls,
-                            format!("the tool broker has {MAX_IN_FLIGHT} calls in flight"),
-                        );
-                        let _ = req.reply.send(Err(e.to_agent()));
-                    }
-                }
+                broker.dispatch(req);
             }
         });
         (tx, task)
+    }
+
+    /// Answer `req` as [`Broker::serve`] does: at once, here, when nothing in it waits (a
+    /// built-in's small work, no approval, no queue: the common case costs no task and no
+    /// thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in flight it is
+    /// answered `too_many_calls`. Call it from a task of the runtime.
+    pub fn dispatch(self: &Arc<Self>, req: ToolRequest) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let e = ToolError::new(
+                ErrorKind::TooManyCalls,
+                format!("the tool broker has {MAX_IN_FLIGHT} calls in flight"),
+            );
+            let _ = req.reply.send(Err(e.to_agent()));
+            return;
+        };
+        let b = self.clone();
+        let mut call = Box::pin(async move {
+            b.handle(req).await;
+            drop(permit);
+        });
+        // Polled once here. Whatever it waits on registers the waker of each poll, so the task
+        // that takes it over when it waits is the one woken.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if call.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(call);
+        } else {
+            self.inline.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls [`Broker::dispatch`] answered at once, without a task of their own.
+    pub fn answered_inline(&self) -> u64 {
+        self.inline.load(Ordering::Relaxed)
     }
 
     /// Answer one request (the answer goes to its `reply`, its note filled in).
@@ -398,7 +420,11 @@ impl Broker {
         match &spec.kind {
             ToolKind::Builtin(b) => {
                 let (b, reach, max) = (*b, fs::Reach::of(req), spec.max_response);
-                let args = req.call.args.clone();
+                // Small work here and now; larger work on the blocking pool.
+                if let Some(done) = fs::run_inline(b, &req.call.args, &reach, max) {
+                    return done;
+                }
+                let (reach, args) = (reach.into_owned(), req.call.args.clone());
                 tokio::task::spawn_blocking(move || fs::run(b, &args, &reach, max))
                     .await
                     .unwrap_or_else(|e| {
