@@ -140,8 +140,8 @@ impl Broker {
     }
 
     /// Answer `req` as [`Broker::serve`] does: at once, here, when nothing in it waits (a
-    /// built-in's small work, no approval, no queue: the common case costs no task and no
-    /// thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in flight it is
+    /// refusal, or a built-in's small work without approval or queue: the common case costs no
+    /// task and no thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in flight it is
     /// answered `too_many_calls`. Call it from a task of the runtime.
     pub fn dispatch(self: &Arc<Self>, req: ToolRequest) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -152,19 +152,27 @@ impl Broker {
             let _ = req.reply.send(Err(e.to_agent()));
             return;
         };
+        // A command or an http tool goes to its task at once (making a sandbox or a request
+        // may take a while before it first waits); a built-in (or a refusal) is tried here.
+        let here = match self.tools.get(&req.call.tool) {
+            Some(tool) => matches!(tool.spec.kind, ToolKind::Builtin(_)),
+            None => true,
+        };
         let b = self.clone();
         let mut call = Box::pin(async move {
             b.handle(req).await;
             drop(permit);
         });
-        // Polled once here. Whatever it waits on registers the waker of each poll, so the task
-        // that takes it over when it waits is the one woken.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if call.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(call);
-        } else {
-            self.inline.fetch_add(1, Ordering::Relaxed);
+        if here {
+            // Polled once here. Whatever it waits on registers the waker of each poll, so the
+            // task that takes it over when it waits is the one woken.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if call.as_mut().poll(&mut cx).is_ready() {
+                self.inline.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        tokio::spawn(call);
     }
 
     /// Calls [`Broker::dispatch`] answered at once, without a task of their own.
@@ -215,14 +223,14 @@ impl Broker {
                 return self.within(spec, v, req);
             }
         }
-        let key = LedgerKey {
+        // The idempotency key of a destructive call.
+        let key = (spec.effect == Effect::Destructive).then(|| LedgerKey {
             run_id: req.run_id.clone(),
             task: req.task.clone(),
             seq: req.seq,
-        };
-        let destructive = spec.effect == Effect::Destructive;
-        if destructive {
-            if let Some(v) = self.recorded(&key, name, &args_hash)? {
+        });
+        if let Some(key) = &key {
+            if let Some(v) = self.recorded(key, name, &args_hash)? {
                 req.note.set(|n| n.deduplicated = true);
                 return v.map_err(|e| ToolError {
                     kind: kind_named(&e.kind),
@@ -244,9 +252,9 @@ impl Broker {
             }
             None => None,
         };
-        if destructive {
+        if let Some(key) = &key {
             self.ledger
-                .begin(&key, name, &args_hash)
+                .begin(key, name, &args_hash)
                 .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("not run: {e}")))?;
         }
         self.executions.fetch_add(1, Ordering::Relaxed);
@@ -264,9 +272,9 @@ impl Broker {
         };
         let result = result.and_then(|v| self.within(spec, v, req));
         self.learn(tool, &result, probe);
-        if destructive {
+        if let Some(key) = &key {
             let recorded = result.clone().map_err(|e| e.to_agent());
-            if let Err(e) = self.ledger.finish(&key, &recorded) {
+            if let Err(e) = self.ledger.finish(key, &recorded) {
                 tracing::warn!(tool = %name, run = %req.run_id, "tool ledger: {e}");
             }
         }
