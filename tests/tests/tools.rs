@@ -646,7 +646,10 @@ async fn small_file_work_is_answered_at_once_and_large_work_still_whole() {
     );
     let r = results(&o);
     assert_eq!(r[0]["value"]["bytes"], big.len());
-    assert_eq!(r[1]["value"]["content"].as_str().map(str::len), Some(big.len()));
+    assert_eq!(
+        r[1]["value"]["content"].as_str().map(str::len),
+        Some(big.len())
+    );
     assert_eq!(r[3]["value"]["content"], "hello");
     let names: Vec<&str> = r[4]["value"]["entries"]
         .as_array()

@@ -94,9 +94,7 @@ impl<'r> Reach<'r> {
         let spec = &req.spec;
         let dir = req.workspace.as_ref().and(req.workspace_dir.clone());
         let owner = match &dir {
-            Some(d) => rustix::fs::fstat(d)
-                .ok()
-                .map(|st| (st.st_uid, st.st_gid)),
+            Some(d) => rustix::fs::fstat(d).ok().map(|st| (st.st_uid, st.st_gid)),
             None => req.workspace.as_ref().and_then(|w| {
                 use std::os::unix::fs::MetadataExt;
                 let m = std::fs::metadata(w).ok()?;
@@ -125,7 +123,10 @@ impl<'r> Reach<'r> {
 
     /// The paths granted for reading (or writing, with `write`).
     fn granted(&self, write: bool) -> impl Iterator<Item = &PathBuf> {
-        let read = (!write).then_some(self.readonly.iter()).into_iter().flatten();
+        let read = (!write)
+            .then_some(self.readonly.iter())
+            .into_iter()
+            .flatten();
         read.chain(self.writable.iter())
     }
 }
@@ -172,13 +173,7 @@ impl From<ToolError> for Run {
     }
 }
 
-fn run_with(
-    b: Builtin,
-    args: &Value,
-    reach: &Reach,
-    max: u64,
-    inline: bool,
-) -> Result<Value, Run> {
+fn run_with(b: Builtin, args: &Value, reach: &Reach, max: u64, inline: bool) -> Result<Value, Run> {
     let path = args.get("path").and_then(Value::as_str).ok_or_else(|| {
         ToolError::new(
             ErrorKind::ToolFailed,

@@ -49,11 +49,9 @@ fn the_agents_uid_bounds_what_a_tool_touches() {
     let t = setup();
     let ro = t.path().join("ro");
     std::fs::write(ro.join("secret"), "s").unwrap();
-    std::fs::set_permissions(ro.join("secret"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(ro.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(ro.join("public"), "p").unwrap();
-    std::fs::set_permissions(ro.join("public"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(ro.join("public"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut r = reach(t.path());
     r.writable = Cow::Owned(vec![ro.clone()]);
     r.who = Some((64999, 64999));
@@ -165,7 +163,12 @@ fn an_opened_workspace_confines_as_its_path_does() {
     assert_eq!(content(read(&r, "a.txt", 1 << 20)), "hello");
     let abs = d.path().join("ws/a.txt");
     assert_eq!(content(read(&r, abs.to_str().unwrap(), 1 << 20)), "hello");
-    for escape in ["../secret", "abs-link", "rel-link", "/proc/self/root/etc/passwd"] {
+    for escape in [
+        "../secret",
+        "abs-link",
+        "rel-link",
+        "/proc/self/root/etc/passwd",
+    ] {
         assert_eq!(kind(read(&r, escape, 1 << 20)), denied, "{escape}");
     }
     let dotdot = format!("{}/ws/../secret", d.path().display());
@@ -186,20 +189,32 @@ fn only_small_work_is_done_inline() {
     std::fs::write(d.path().join("ws/big"), &big).unwrap();
     let args = |path: &str| Value::map([("path", Value::from(path))]);
     let small = run_inline(Builtin::FsRead, &args("a.txt"), &r, 1 << 20);
-    assert_eq!(content(small.expect("a small file is read inline")), "hello");
+    assert_eq!(
+        content(small.expect("a small file is read inline")),
+        "hello"
+    );
     assert!(run_inline(Builtin::FsRead, &args("big"), &r, 1 << 20).is_none());
     let whole = run(Builtin::FsRead, &args("big"), &r, 1 << 20).unwrap();
-    assert_eq!(whole.get("content").and_then(Value::as_str).map(str::len), Some(big.len()));
+    assert_eq!(
+        whole.get("content").and_then(Value::as_str).map(str::len),
+        Some(big.len())
+    );
     // Refusals are given inline, whatever the size.
     let escape = run_inline(Builtin::FsRead, &args("../secret"), &r, 1 << 20);
-    assert_eq!(kind(escape.expect("refused inline")), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(escape.expect("refused inline")),
+        ErrorKind::PermissionDenied
+    );
     // A large write is left before the file is created or truncated.
     let write_args = Value::map([
         ("path", Value::from("a.txt")),
         ("content", Value::Bytes(big.clone())),
     ]);
     assert!(run_inline(Builtin::FsWrite, &write_args, &r, 1 << 20).is_none());
-    assert_eq!(std::fs::read_to_string(d.path().join("ws/a.txt")).unwrap(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("ws/a.txt")).unwrap(),
+        "hello"
+    );
     // A small directory is listed inline.
     let listed = run_inline(Builtin::FsList, &args("."), &r, 1 << 20);
     assert!(listed.expect("listed inline").is_ok());
