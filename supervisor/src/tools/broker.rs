@@ -126,8 +126,8 @@ impl Broker {
     }
 
     /// A channel to give [`crate::CallOptions::tools`], and the task answering what arrives on
-    /// it (each call on a task of its own, at most [`MAX_IN_FLIGHT`] at once). The task ends
-    /// when every sender is gone.
+    /// it (each call as [`Broker::dispatch`] says, at most [`MAX_IN_FLIGHT`] at once). The task
+    /// ends when every sender is gone.
     pub fn serve(self: &Arc<Self>) -> (mpsc::Sender<ToolRequest>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<ToolRequest>(CHANNEL);
         let broker = self.clone();

@@ -13,8 +13,8 @@
 //! process could not read, nor write one it could not write. A file written is given to the
 //! owner of the directory it was resolved beneath (the agent's uid in its workspace).
 //!
-//! Blocking: a call whose work is small (a file or a directory of at most [`INLINE_BYTES`], a
-//! write of at most that much) is done where the broker decides it, on the runtime, which costs
+//! Blocking: a call whose work is small (a file or a directory of at most [`INLINE_BYTES`] and
+//! [`INLINE_ENTRIES`], a write of at most that much) is done where the broker decides it, on the runtime, which costs
 //! a few system calls; a larger one is left ([`run_inline`] gives `None` after opening and
 //! measuring, before reading or writing anything) for the broker to run again on the blocking
 //! pool. The agent's workspace is resolved beneath a descriptor its attempt opened once
@@ -37,6 +37,9 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// Largest work done inline (see the module docs): bytes of a file read or written, or the
 /// size the file system gives a directory listed.
 pub const INLINE_BYTES: u64 = 16 << 10;
+
+/// Most entries listed inline: a directory with more is listed again on the blocking pool.
+pub const INLINE_ENTRIES: usize = 1024;
 
 /// Where a call may reach: the workspace and the granted paths (borrowed from the request, or
 /// owned to be moved to the blocking pool).
@@ -365,11 +368,17 @@ fn read(reach: &Reach, path: &str, max: u64, inline: bool) -> Result<Value, Run>
     if too_big(inline, size) {
         return Err(Run::Larger);
     }
+    // Inline, no more than INLINE_BYTES is read whatever the size said (a file of `/proc`
+    // says 0): past it, it is read again whole on the blocking pool.
+    let cap = if inline { max.min(INLINE_BYTES) } else { max };
     let mut buf = Vec::with_capacity(size as usize);
     std::fs::File::from(fd)
-        .take(max + 1)
+        .take(cap + 1)
         .read_to_end(&mut buf)
         .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("read `{path}`: {e}")))?;
+    if buf.len() as u64 > cap && cap < max {
+        return Err(Run::Larger);
+    }
     if buf.len() as u64 > max {
         return Err(Run::Failed(ToolError::new(
             ErrorKind::TooLarge,
@@ -402,6 +411,10 @@ fn list(reach: &Reach, path: &str, max: u64, inline: bool) -> Result<Value, Run>
             continue;
         }
         bytes += name.len() as u64 + 32;
+        // (Inline, whatever size the file system gave the directory.)
+        if inline && entries.len() >= INLINE_ENTRIES {
+            return Err(Run::Larger);
+        }
         if entries.len() >= MAX_ENTRIES || bytes > max {
             return Err(Run::Failed(ToolError::new(
                 ErrorKind::TooLarge,

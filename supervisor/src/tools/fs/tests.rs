@@ -219,3 +219,39 @@ fn only_small_work_is_done_inline() {
     let listed = run_inline(Builtin::FsList, &args("."), &r, 1 << 20);
     assert!(listed.expect("listed inline").is_ok());
 }
+
+/// What a file system says of a size is not trusted inline: a file of `/proc` says 0 bytes, a
+/// directory of many short names may say little; past the inline bounds the work is left.
+#[test]
+fn sizes_that_understate_do_not_keep_large_work_inline() {
+    let d = setup();
+    let mut r = reach(d.path());
+    r.readonly = Cow::Owned(vec![PathBuf::from("/proc")]);
+    let args = |path: &str| Value::map([("path", Value::from(path))]);
+    // More entries than are listed inline, in a directory the file system may size small.
+    let many = d.path().join("ws/many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..INLINE_ENTRIES + 1 {
+        std::fs::write(many.join(format!("{i}")), "").unwrap();
+    }
+    assert!(run_inline(Builtin::FsList, &args("many"), &r, 1 << 22).is_none());
+    let whole = run(Builtin::FsList, &args("many"), &r, 1 << 22).unwrap();
+    let Some(Value::List(entries)) = whole.get("entries") else {
+        panic!("{whole:?}")
+    };
+    assert_eq!(entries.len(), INLINE_ENTRIES + 1);
+    // A file that says 0 bytes and holds more than INLINE_BYTES (a line per field of each of
+    // this process's mappings).
+    let smaps = Path::new("/proc/self/smaps");
+    assert_eq!(std::fs::metadata(smaps).unwrap().len(), 0);
+    assert!(std::fs::read(smaps).unwrap().len() as u64 > INLINE_BYTES);
+    assert!(run_inline(Builtin::FsRead, &args("/proc/self/smaps"), &r, 1 << 22).is_none());
+    let whole = run(Builtin::FsRead, &args("/proc/self/smaps"), &r, 1 << 22).unwrap();
+    let read = whole
+        .get("content")
+        .and_then(Value::as_str)
+        .map_or(0, str::len);
+    assert!(read as u64 > INLINE_BYTES, "{read}");
+    let small = run_inline(Builtin::FsRead, &args("/proc/self/comm"), &r, 1 << 22);
+    assert!(!content(small.expect("a short /proc file is read inline")).is_empty());
+}
