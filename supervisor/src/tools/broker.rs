@@ -140,9 +140,9 @@ impl Broker {
     }
 
     /// Answer `req` as [`Broker::serve`] does: at once, here, when nothing in it waits (a
-    /// refusal, or a built-in's small work without approval or queue: the common case costs no
-    /// task and no thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in flight it is
-    /// answered `too_many_calls`. Call it from a task of the runtime.
+    /// refusal, or a built-in's small work without approval or queue: the common case costs
+    /// no task and no thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in
+    /// flight it is answered `too_many_calls`. Call it from a task of the runtime.
     pub fn dispatch(self: &Arc<Self>, req: ToolRequest) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let e = ToolError::new(
