@@ -619,3 +619,52 @@ fn validate_start_names_contract_tools_not_granted() {
     );
     assert!(!text.contains("asks for tool `fs.read`"), "{text}");
 }
+
+#[tokio::test]
+async fn small_file_work_is_answered_at_once_and_large_work_still_whole() {
+    let fx = fixture(&format!(
+        "[agents.files]\ncommand = [\"{}\"]\ntools = [\"fs.read\", \"fs.write\", \"fs.list\"]\n",
+        bin("chaos").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    // Past what is done inline (16 KiB): written and read on the blocking pool.
+    let big = "x".repeat(40 << 10);
+    let c = calls(&[
+        ("fs.write", json!({"path": "big.txt", "content": big})),
+        ("fs.read", json!({"path": "big.txt"})),
+        ("fs.write", json!({"path": "small.txt", "content": "hello"})),
+        ("fs.read", json!({"path": "small.txt"})),
+        ("fs.list", json!({"path": "."})),
+        ("fs.read", json!({"path": "../../../../../etc/passwd"})),
+    ]);
+    let (o, broker) = run(&sup, Broker::for_supervisor(&sup), "files", c).await;
+    assert_eq!(
+        kinds(&o),
+        ["ok", "ok", "ok", "ok", "ok", "permission_denied"],
+        "{:?}",
+        results(&o)
+    );
+    let r = results(&o);
+    assert_eq!(r[0]["value"]["bytes"], big.len());
+    assert_eq!(
+        r[1]["value"]["content"].as_str().map(str::len),
+        Some(big.len())
+    );
+    assert_eq!(r[3]["value"]["content"], "hello");
+    // In name order (beside the workspace's own `.tmp`).
+    let names: Vec<&str> = r[4]["value"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(names, ["big.txt", "small.txt"]);
+    // The small write, the small read, the listing and the refusal were answered where they
+    // arrived; the two large ones on tasks of their own.
+    assert_eq!(broker.answered_inline(), 4);
+    // Traced as any call: the record holds all six, with their sizes.
+    let trace = &o.attempts[0].tool_calls;
+    assert_eq!(trace.len(), 6);
+    assert!(trace[1].result_bytes > big.len() as u64, "{:?}", trace[1]);
+}

@@ -293,6 +293,9 @@ pub struct ToolRequest {
     pub spec: Arc<AgentSpec>,
     /// The agent's workspace on the host, when it has one.
     pub workspace: Option<std::path::PathBuf>,
+    /// That workspace opened (`O_PATH`, a directory), once per attempt and shared by its calls,
+    /// for the file tools to resolve paths beneath; `None`: they open `workspace` themselves.
+    pub workspace_dir: Option<Arc<std::os::fd::OwnedFd>>,
     /// What the owner tells the trace about its answer (set before it replies).
     pub note: Arc<ToolNote>,
 }

@@ -24,7 +24,7 @@ use super::wire::{self, Beats, ReadState, Wire};
 use super::{AttemptEvent, AttemptSpec, ServiceQueue, ServiceTask, ToolNote, ToolRequest};
 use crate::record::ExitReason;
 use corral_proto::beat::monotonic_ns;
-use corral_proto::{AgentError, Up, Value};
+use corral_proto::{AgentError, Down, ToolResult, Up, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -47,6 +47,17 @@ type ToolWait = (
 struct Tools {
     tx: Option<(mpsc::Sender<ToolRequest>, std::path::PathBuf)>,
     waits: Vec<ToolWait>,
+    /// The workspace opened at the first call, for all the attempt's calls.
+    dir: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+/// The workspace at `path` opened (`O_PATH`) for the file tools; `None` if it cannot be (they
+/// then open its path at each call).
+fn open_dir(path: &std::path::Path) -> Option<std::sync::Arc<std::os::fd::OwnedFd>> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty()).ok()?;
+    Some(std::sync::Arc::new(fd))
 }
 
 /// What woke the watch.
@@ -191,6 +202,7 @@ impl Watch {
             tools: Tools {
                 tx: tools,
                 waits: Vec::new(),
+                dir: None,
             },
             truncated: None,
             service: None,
@@ -237,7 +249,12 @@ impl Watch {
             Step::Relay(call) => {
                 let call_id = call.call_id;
                 let (seq, contract_tools) = self.proto.call_context(call_id);
-                let sent = self.tools.tx.as_ref().map(|(tx, workspace)| {
+                let tools = &mut self.tools;
+                let sent = tools.tx.as_ref().map(|(tx, workspace)| {
+                    // Opened at the attempt's first call, shared by the rest.
+                    if tools.dir.is_none() {
+                        tools.dir = open_dir(workspace);
+                    }
                     let (reply, rx) = oneshot::channel();
                     let note = std::sync::Arc::new(ToolNote::default());
                     let req = ToolRequest {
@@ -254,12 +271,13 @@ impl Watch {
                         contract_tools,
                         spec: self.spec.agent.clone(),
                         workspace: Some(workspace.clone()),
+                        workspace_dir: tools.dir.clone(),
                         note: note.clone(),
                     };
                     tx.try_send(req).map(|()| (rx, note)).map_err(drop)
                 });
                 match sent {
-                    Some(Ok((rx, note))) => self.tools.waits.push((call_id, rx, note)),
+                    Some(Ok((rx, note))) => tools.waits.push((call_id, rx, note)),
                     _ => {
                         let answer = self
                             .proto
@@ -412,10 +430,13 @@ impl Watch {
                     self.sample(now, Duration::ZERO);
                 }
                 Wake::Tool(call_id, result, note) => {
-                    let answer =
-                        self.proto
-                            .answer_noted(call_id, result, Instant::now(), note.get());
+                    // Sent first; traced and noted (the journal's note built) after.
+                    let now = Instant::now();
+                    let answer = Down::ToolResult(ToolResult { call_id, result });
                     self.wire.send(&answer, &self.poller);
+                    if let Down::ToolResult(r) = answer {
+                        self.proto.answered(call_id, r.result, now, note.get());
+                    }
                 }
                 Wake::Writable => {
                     self.wire.flush(&self.poller);

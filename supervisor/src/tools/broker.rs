@@ -10,6 +10,7 @@ use crate::policy::{Admission, Breaker};
 use crate::{Supervisor, ToolRequest};
 use corral_proto::{AgentError, Value};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +54,8 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     in_flight: Arc<Semaphore>,
     executions: AtomicU64,
+    /// Calls dispatched and answered at once.
+    inline: AtomicU64,
 }
 
 impl Broker {
@@ -84,6 +87,7 @@ impl Broker {
             clock: Arc::new(SystemClock),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             executions: AtomicU64::new(0),
+            inline: AtomicU64::new(0),
         }
     }
 
@@ -122,32 +126,58 @@ impl Broker {
     }
 
     /// A channel to give [`crate::CallOptions::tools`], and the task answering what arrives on
-    /// it (each call on a task of its own, at most [`MAX_IN_FLIGHT`] at once). The task ends
-    /// when every sender is gone.
+    /// it (each call as [`Broker::dispatch`] says, at most [`MAX_IN_FLIGHT`] at once). The task
+    /// ends when every sender is gone.
     pub fn serve(self: &Arc<Self>) -> (mpsc::Sender<ToolRequest>, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<ToolRequest>(CHANNEL);
         let broker = self.clone();
         let task = tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
-                match broker.in_flight.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let b = broker.clone();
-                        tokio::spawn(async move {
-                            b.handle(req).await;
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        let e = ToolError::new(
-                            ErrorKind::TooManyCalls,
-                            format!("the tool broker has {MAX_IN_FLIGHT} calls in flight"),
-                        );
-                        let _ = req.reply.send(Err(e.to_agent()));
-                    }
-                }
+                broker.dispatch(req);
             }
         });
         (tx, task)
+    }
+
+    /// Answer `req` as [`Broker::serve`] does: at once, here, when nothing in it waits (a
+    /// refusal, or a built-in's small work without approval or queue: the common case costs
+    /// no task and no thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in
+    /// flight it is answered `too_many_calls`. Call it from a task of the runtime.
+    pub fn dispatch(self: &Arc<Self>, req: ToolRequest) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let e = ToolError::new(
+                ErrorKind::TooManyCalls,
+                format!("the tool broker has {MAX_IN_FLIGHT} calls in flight"),
+            );
+            let _ = req.reply.send(Err(e.to_agent()));
+            return;
+        };
+        // A command or an http tool goes to its task at once (making a sandbox or a request
+        // may take a while before it first waits); a built-in (or a refusal) is tried here.
+        let here = match self.tools.get(&req.call.tool) {
+            Some(tool) => matches!(tool.spec.kind, ToolKind::Builtin(_)),
+            None => true,
+        };
+        let b = self.clone();
+        let mut call = Box::pin(async move {
+            b.handle(req).await;
+            drop(permit);
+        });
+        if here {
+            // Polled once here. Whatever it waits on registers the waker of each poll, so the
+            // task that takes it over when it waits is the one woken.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if call.as_mut().poll(&mut cx).is_ready() {
+                self.inline.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        tokio::spawn(call);
+    }
+
+    /// Calls [`Broker::dispatch`] answered at once, without a task of their own.
+    pub fn answered_inline(&self) -> u64 {
+        self.inline.load(Ordering::Relaxed)
     }
 
     /// Answer one request (the answer goes to its `reply`, its note filled in).
@@ -193,14 +223,14 @@ impl Broker {
                 return self.within(spec, v, req);
             }
         }
-        let key = LedgerKey {
+        // The idempotency key of a destructive call.
+        let key = (spec.effect == Effect::Destructive).then(|| LedgerKey {
             run_id: req.run_id.clone(),
             task: req.task.clone(),
             seq: req.seq,
-        };
-        let destructive = spec.effect == Effect::Destructive;
-        if destructive {
-            if let Some(v) = self.recorded(&key, name, &args_hash)? {
+        });
+        if let Some(key) = &key {
+            if let Some(v) = self.recorded(key, name, &args_hash)? {
                 req.note.set(|n| n.deduplicated = true);
                 return v.map_err(|e| ToolError {
                     kind: kind_named(&e.kind),
@@ -222,9 +252,9 @@ impl Broker {
             }
             None => None,
         };
-        if destructive {
+        if let Some(key) = &key {
             self.ledger
-                .begin(&key, name, &args_hash)
+                .begin(key, name, &args_hash)
                 .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("not run: {e}")))?;
         }
         self.executions.fetch_add(1, Ordering::Relaxed);
@@ -242,9 +272,9 @@ impl Broker {
         };
         let result = result.and_then(|v| self.within(spec, v, req));
         self.learn(tool, &result, probe);
-        if destructive {
+        if let Some(key) = &key {
             let recorded = result.clone().map_err(|e| e.to_agent());
-            if let Err(e) = self.ledger.finish(&key, &recorded) {
+            if let Err(e) = self.ledger.finish(key, &recorded) {
                 tracing::warn!(tool = %name, run = %req.run_id, "tool ledger: {e}");
             }
         }
@@ -398,7 +428,11 @@ impl Broker {
         match &spec.kind {
             ToolKind::Builtin(b) => {
                 let (b, reach, max) = (*b, fs::Reach::of(req), spec.max_response);
-                let args = req.call.args.clone();
+                // Small work here and now; larger work on the blocking pool.
+                if let Some(done) = fs::run_inline(b, &req.call.args, &reach, max) {
+                    return done;
+                }
+                let (reach, args) = (reach.into_owned(), req.call.args.clone());
                 tokio::task::spawn_blocking(move || fs::run(b, &args, &reach, max))
                     .await
                     .unwrap_or_else(|e| {

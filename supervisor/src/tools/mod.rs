@@ -20,6 +20,11 @@
 //!    granted paths), a sandboxed program (`command`) or a JSON POST (`http`); a result larger
 //!    than `max_response` is `too_large`, a failure `tool_failed` with its reason.
 //!
+//! Cost: a call that waits for nothing (a refusal, or a built-in's small work without approval
+//! or queue) is answered where it arrives ([`Broker::dispatch`]): no task, no thread, and the
+//! agent's workspace is resolved beneath a descriptor its attempt opened once. Whatever may
+//! wait runs on a task of its own, and a built-in's larger work on the blocking pool.
+//!
 //! Bounds: a call's arguments are at most the protocol's `MAX_TOOL_CALL` (checked at the pipe)
 //! and [`MAX_ARGS_JSON`] as JSON; calls in flight per broker at most [`MAX_IN_FLIGHT`]; the
 //! de-duplication trace and the in-memory ledger keep at most [`ledger::MAX_RUNS`] runs and

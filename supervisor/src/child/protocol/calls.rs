@@ -105,24 +105,32 @@ impl Protocol {
         now: Instant,
         note: crate::child::CallNote,
     ) -> Down {
+        let noted = match &self.notes {
+            Some(_) => result.clone(),
+            None => result.as_ref().map(|_| Value::Null).map_err(Clone::clone),
+        };
+        self.answered(call_id, noted, now, note);
+        Down::ToolResult(ToolResult { call_id, result })
+    }
+
+    /// Account for the answer to tool call `call_id`, arrived at `now` and already sent to the
+    /// agent (so that tracing and noting it, the journal's note built from `result`, cost the
+    /// agent no wait): its trace entry and its note. `result` is what the agent was sent (only
+    /// its kind is kept when notes are not taken).
+    pub(in crate::child) fn answered(
+        &mut self,
+        call_id: u64,
+        result: Result<Value, AgentError>,
+        now: Instant,
+        note: crate::child::CallNote,
+    ) {
         let calls = self.calls.get_or_insert_with(Box::default);
         if let Some(o) = calls.outstanding.remove(&call_id) {
             calls.deduplicated += u64::from(note.deduplicated);
             let duration_ms = now.saturating_duration_since(o.at).as_millis() as u64;
-            if let (Some(notes), Some(args)) = (&self.notes, o.args) {
-                notes(crate::child::Note::ToolCall {
-                    seq: u32::try_from(o.seq).unwrap_or(u32::MAX),
-                    call_id,
-                    tool: o.tool.clone(),
-                    args,
-                    result: result.clone(),
-                    duration_ms,
-                    deduplicated: note.deduplicated,
-                });
-            }
             calls.trace.push(ToolTrace {
                 call_id,
-                tool: o.tool,
+                tool: o.tool.clone(),
                 ok: result.is_ok(),
                 error_kind: result.as_ref().err().map(|e| e.kind.clone()),
                 duration_ms,
@@ -134,13 +142,23 @@ impl Protocol {
                 queued_ms: note.queued_ms,
                 approval_ms: note.approval_ms,
             });
+            if let (Some(notes), Some(args)) = (&self.notes, o.args) {
+                notes(crate::child::Note::ToolCall {
+                    seq: u32::try_from(o.seq).unwrap_or(u32::MAX),
+                    call_id,
+                    tool: o.tool,
+                    args,
+                    result,
+                    duration_ms,
+                    deduplicated: note.deduplicated,
+                });
+            }
         }
         if calls.outstanding.is_empty() && self.phase == Phase::ToolCall {
             self.phase = Phase::Busy;
             // The agent could not progress while it waited.
             self.progress.since = now;
         }
-        Down::ToolResult(ToolResult { call_id, result })
     }
 
     /// The answer to a call the owner could not take (its channel full or closed).

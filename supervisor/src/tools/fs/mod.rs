@@ -13,25 +13,45 @@
 //! process could not read, nor write one it could not write. A file written is given to the
 //! owner of the directory it was resolved beneath (the agent's uid in its workspace).
 //!
-//! Blocking: the broker runs these on the blocking pool.
+//! Blocking: a call whose work is small (a file or a directory of at most [`INLINE_BYTES`] and
+//! [`INLINE_ENTRIES`], a write of at most that much) is done where the broker decides it, on the runtime, which costs
+//! a few system calls; a larger one is left ([`run_inline`] gives `None` after opening and
+//! measuring, before reading or writing anything) for the broker to run again on the blocking
+//! pool. The agent's workspace is resolved beneath a descriptor its attempt opened once
+//! ([`crate::ToolRequest::workspace_dir`]) when there is one.
 
 use super::{err, ErrorKind, ToolError};
 use crate::config::Builtin;
 use crate::ToolRequest;
 use corral_proto::Value;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+use std::borrow::Cow;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Most entries `fs.list` returns.
 pub const MAX_ENTRIES: usize = 10_000;
 
-/// Where a call may reach: the workspace and the granted paths.
-pub(super) struct Reach {
-    workspace: Option<PathBuf>,
-    read: Vec<PathBuf>,
-    write: Vec<PathBuf>,
+/// Largest work done inline (see the module docs): bytes of a file read or written, or the
+/// size the file system gives a directory listed.
+pub const INLINE_BYTES: u64 = 16 << 10;
+
+/// Most entries listed inline: a directory with more is listed again on the blocking pool.
+pub const INLINE_ENTRIES: usize = 1024;
+
+/// Where a call may reach: the workspace and the granted paths (borrowed from the request, or
+/// owned to be moved to the blocking pool).
+#[derive(Clone)]
+pub(super) struct Reach<'r> {
+    workspace: Option<Cow<'r, Path>>,
+    /// The workspace, opened by the attempt (resolved beneath instead of its path).
+    dir: Option<Arc<OwnedFd>>,
+    /// Granted for reading (`writable_paths` too).
+    readonly: Cow<'r, [PathBuf]>,
+    /// Granted for writing.
+    writable: Cow<'r, [PathBuf]>,
     /// The agent's uid and gid (the workspace's owner); `None`: host root, unchecked.
     who: Option<(u32, u32)>,
 }
@@ -71,31 +91,92 @@ fn check(fd: &OwnedFd, reach: &Reach, want: u32, path: &str) -> Result<(), ToolE
     )
 }
 
-impl Reach {
-    /// What the agent of `req` may reach.
-    pub(super) fn of(req: &ToolRequest) -> Reach {
+impl<'r> Reach<'r> {
+    /// What the agent of `req` may reach (nothing copied).
+    pub(super) fn of(req: &'r ToolRequest) -> Reach<'r> {
         let spec = &req.spec;
-        let who = req.workspace.as_ref().and_then(|w| {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(w).ok()?;
-            (m.uid() != 0).then_some((m.uid(), m.gid()))
-        });
+        let dir = req.workspace.as_ref().and(req.workspace_dir.clone());
+        let owner = match &dir {
+            Some(d) => rustix::fs::fstat(d).ok().map(|st| (st.st_uid, st.st_gid)),
+            None => req.workspace.as_ref().and_then(|w| {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(w).ok()?;
+                Some((m.uid(), m.gid()))
+            }),
+        };
         Reach {
-            who,
-            workspace: req.workspace.clone(),
-            read: spec
-                .readonly_paths
-                .iter()
-                .chain(&spec.writable_paths)
-                .cloned()
-                .collect(),
-            write: spec.writable_paths.clone(),
+            who: owner.filter(|(uid, _)| *uid != 0),
+            workspace: req.workspace.as_deref().map(Cow::Borrowed),
+            dir,
+            readonly: Cow::Borrowed(&spec.readonly_paths),
+            writable: Cow::Borrowed(&spec.writable_paths),
         }
+    }
+
+    /// The same, owning what it holds (to be moved to another thread).
+    pub(super) fn into_owned(self) -> Reach<'static> {
+        Reach {
+            workspace: self.workspace.map(|w| Cow::Owned(w.into_owned())),
+            dir: self.dir,
+            readonly: Cow::Owned(self.readonly.into_owned()),
+            writable: Cow::Owned(self.writable.into_owned()),
+            who: self.who,
+        }
+    }
+
+    /// The paths granted for reading (or writing, with `write`).
+    fn granted(&self, write: bool) -> impl Iterator<Item = &PathBuf> {
+        let read = (!write)
+            .then_some(self.readonly.iter())
+            .into_iter()
+            .flatten();
+        read.chain(self.writable.iter())
+    }
+}
+
+/// Whether work of `bytes` is too large to be done inline (with `inline`).
+fn too_big(inline: bool, bytes: u64) -> bool {
+    inline && bytes > INLINE_BYTES
+}
+
+/// Run built-in `b` with `args` if its work is small (see the module docs): `None` when it is
+/// not, before anything was read or written (run it again with [`run`] on the blocking pool).
+pub(super) fn run_inline(
+    b: Builtin,
+    args: &Value,
+    reach: &Reach,
+    max: u64,
+) -> Option<Result<Value, ToolError>> {
+    match run_with(b, args, reach, max, true) {
+        Err(Run::Larger) => None,
+        Err(Run::Failed(e)) => Some(Err(e)),
+        Ok(v) => Some(Ok(v)),
     }
 }
 
 /// Run built-in `b` with `args`, results within `max` bytes.
 pub(super) fn run(b: Builtin, args: &Value, reach: &Reach, max: u64) -> Result<Value, ToolError> {
+    run_with(b, args, reach, max, false).map_err(|e| match e {
+        Run::Failed(e) => e,
+        Run::Larger => ToolError::new(ErrorKind::ToolFailed, "not run"),
+    })
+}
+
+/// Why a call gave no value.
+enum Run {
+    /// It failed.
+    Failed(ToolError),
+    /// Its work is larger than what is done inline (nothing read or written).
+    Larger,
+}
+
+impl From<ToolError> for Run {
+    fn from(e: ToolError) -> Run {
+        Run::Failed(e)
+    }
+}
+
+fn run_with(b: Builtin, args: &Value, reach: &Reach, max: u64, inline: bool) -> Result<Value, Run> {
     let path = args.get("path").and_then(Value::as_str).ok_or_else(|| {
         ToolError::new(
             ErrorKind::ToolFailed,
@@ -103,26 +184,33 @@ pub(super) fn run(b: Builtin, args: &Value, reach: &Reach, max: u64) -> Result<V
         )
     })?;
     match b {
-        Builtin::FsRead => read(reach, path, max),
-        Builtin::FsList => list(reach, path, max),
+        Builtin::FsRead => read(reach, path, max, inline),
+        Builtin::FsList => list(reach, path, max, inline),
         Builtin::FsWrite => {
             let content = match args.get("content") {
                 Some(Value::String(s)) => s.as_bytes(),
                 Some(Value::Bytes(b)) => b.as_slice(),
                 _ => {
-                    return err(
+                    return Err(Run::Failed(ToolError::new(
                         ErrorKind::ToolFailed,
                         "invalid arguments: `content` (a string or bytes) is required",
-                    )
+                    )))
                 }
             };
-            write(reach, path, content)
+            if too_big(inline, content.len() as u64) {
+                return Err(Run::Larger);
+            }
+            Ok(write(reach, path, content)?)
         }
     }
 }
 
 /// The directory `path` is resolved beneath, and the rest of it.
-fn beneath<'p>(reach: &Reach, path: &'p str, write: bool) -> Result<(PathBuf, &'p str), ToolError> {
+fn beneath<'a, 'p>(
+    reach: &'a Reach,
+    path: &'p str,
+    write: bool,
+) -> Result<(Root<'a>, &'p str), ToolError> {
     if path.is_empty() || path.contains('\0') {
         return err(
             ErrorKind::ToolFailed,
@@ -132,17 +220,17 @@ fn beneath<'p>(reach: &Reach, path: &'p str, write: bool) -> Result<(PathBuf, &'
     let p = Path::new(path);
     if p.is_relative() {
         return match &reach.workspace {
-            Some(w) => Ok((w.clone(), path)),
+            Some(w) => Ok((Root::workspace(reach, w), path)),
             None => err(
                 ErrorKind::PermissionDenied,
                 "the agent has no workspace for a relative path",
             ),
         };
     }
-    let roots = reach
-        .workspace
-        .iter()
-        .chain(if write { &reach.write } else { &reach.read });
+    let workspace = reach.workspace.as_deref();
+    let roots = workspace
+        .into_iter()
+        .chain(reach.granted(write).map(PathBuf::as_path));
     let best = roots
         .filter(|r| p.starts_with(r))
         .max_by_key(|r| r.as_os_str().len());
@@ -154,7 +242,11 @@ fn beneath<'p>(reach: &Reach, path: &'p str, write: bool) -> Result<(PathBuf, &'
                 .and_then(Path::to_str)
                 .filter(|r| !r.is_empty())
                 .unwrap_or(".");
-            Ok((root.clone(), rest))
+            let root = match workspace {
+                Some(w) if w == root => Root::workspace(reach, w),
+                _ => Root::Path(root),
+            };
+            Ok((root, rest))
         }
         None => err(
             ErrorKind::PermissionDenied,
@@ -167,40 +259,82 @@ fn beneath<'p>(reach: &Reach, path: &'p str, write: bool) -> Result<(PathBuf, &'
     }
 }
 
+/// A directory paths are resolved beneath.
+enum Root<'a> {
+    /// Open already (the workspace, opened by the attempt).
+    Open(&'a Arc<OwnedFd>),
+    /// To be opened.
+    Path(&'a Path),
+}
+
+impl<'a> Root<'a> {
+    fn workspace(reach: &'a Reach, path: &'a Path) -> Root<'a> {
+        match &reach.dir {
+            Some(dir) => Root::Open(dir),
+            None => Root::Path(path),
+        }
+    }
+}
+
+/// The directory a file was opened beneath.
+enum Dir<'a> {
+    Shared(&'a Arc<OwnedFd>),
+    Own(OwnedFd),
+}
+
+impl AsFd for Dir<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Dir::Shared(d) => d.as_fd(),
+            Dir::Own(d) => d.as_fd(),
+        }
+    }
+}
+
 /// Open `path` beneath its root with `flags`; the root's descriptor too.
-fn open(
-    reach: &Reach,
+fn open<'a>(
+    reach: &'a Reach,
     path: &str,
     write: bool,
     flags: OFlags,
     mode: Mode,
-) -> Result<(OwnedFd, OwnedFd), ToolError> {
+) -> Result<(OwnedFd, Dir<'a>), ToolError> {
     let (root, rest) = beneath(reach, path, write)?;
     let rest = if rest.is_empty() { "." } else { rest };
-    let dir = rustix::fs::open(
-        &root,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        ToolError::new(
-            ErrorKind::ToolFailed,
-            format!("cannot open the directory the path is resolved beneath: {e}"),
-        )
-    })?;
+    let dir = match root {
+        Root::Open(dir) => Dir::Shared(dir),
+        Root::Path(root) => Dir::Own(
+            rustix::fs::open(
+                root,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| {
+                ToolError::new(
+                    ErrorKind::ToolFailed,
+                    format!("cannot open the directory the path is resolved beneath: {e}"),
+                )
+            })?,
+        ),
+    };
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let shown = super::broker::clip(path, 256);
     match rustix::fs::openat2(&dir, rest, flags | OFlags::CLOEXEC, mode, resolve) {
         Ok(fd) => Ok((fd, dir)),
         Err(e) if e == rustix::io::Errno::XDEV || e == rustix::io::Errno::LOOP => err(
             ErrorKind::PermissionDenied,
-            format!("`{shown}` escapes the directory it is resolved beneath (.., a symbolic link or a magic link)"),
+            format!(
+                "`{}` escapes the directory it is resolved beneath (.., a symbolic link or a magic link)",
+                super::broker::clip(path, 256)
+            ),
         ),
         Err(e) if e == rustix::io::Errno::NOSYS => err(
             ErrorKind::ToolFailed,
             "this kernel has no openat2 (Linux 5.6): the file tools cannot confine paths",
         ),
-        Err(e) => err(ErrorKind::ToolFailed, format!("`{shown}`: {e}")),
+        Err(e) => err(
+            ErrorKind::ToolFailed,
+            format!("`{}`: {e}", super::broker::clip(path, 256)),
+        ),
     }
 }
 
@@ -213,34 +347,43 @@ fn kind_of(fd: &OwnedFd) -> Result<(rustix::fs::FileType, u64), ToolError> {
     ))
 }
 
-fn read(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
+fn read(reach: &Reach, path: &str, max: u64, inline: bool) -> Result<Value, Run> {
     // Non-blocking: a FIFO must not hold the call.
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     let (fd, _) = open(reach, path, false, flags, Mode::empty())?;
     check(&fd, reach, 4, path)?;
     let (kind, size) = kind_of(&fd)?;
     if kind != rustix::fs::FileType::RegularFile {
-        return err(
+        return Err(Run::Failed(ToolError::new(
             ErrorKind::ToolFailed,
             format!("`{path}` is not a regular file"),
-        );
+        )));
     }
     if size > max {
-        return err(
+        return Err(Run::Failed(ToolError::new(
             ErrorKind::TooLarge,
             format!("`{path}` is {size} bytes, more than max_response ({max} bytes)"),
-        );
+        )));
     }
+    if too_big(inline, size) {
+        return Err(Run::Larger);
+    }
+    // Inline, no more than INLINE_BYTES is read whatever the size said (a file of `/proc`
+    // says 0): past it, it is read again whole on the blocking pool.
+    let cap = if inline { max.min(INLINE_BYTES) } else { max };
     let mut buf = Vec::with_capacity(size as usize);
     std::fs::File::from(fd)
-        .take(max + 1)
+        .take(cap + 1)
         .read_to_end(&mut buf)
         .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("read `{path}`: {e}")))?;
+    if buf.len() as u64 > cap && cap < max {
+        return Err(Run::Larger);
+    }
     if buf.len() as u64 > max {
-        return err(
+        return Err(Run::Failed(ToolError::new(
             ErrorKind::TooLarge,
             format!("`{path}` grew past max_response ({max} bytes) while read"),
-        );
+        )));
     }
     let content = match String::from_utf8(buf) {
         Ok(s) => Value::String(s),
@@ -249,10 +392,13 @@ fn read(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
     Ok(Value::map([("content", content)]))
 }
 
-fn list(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
+fn list(reach: &Reach, path: &str, max: u64, inline: bool) -> Result<Value, Run> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY;
     let (fd, _) = open(reach, path, false, flags, Mode::empty())?;
     check(&fd, reach, 4, path)?;
+    if inline && too_big(inline, kind_of(&fd)?.1) {
+        return Err(Run::Larger);
+    }
     let dir = rustix::fs::Dir::new(fd)
         .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("list `{path}`: {e}")))?;
     let mut entries = Vec::new();
@@ -265,11 +411,15 @@ fn list(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
             continue;
         }
         bytes += name.len() as u64 + 32;
+        // (Inline, whatever size the file system gave the directory.)
+        if inline && entries.len() >= INLINE_ENTRIES {
+            return Err(Run::Larger);
+        }
         if entries.len() >= MAX_ENTRIES || bytes > max {
-            return err(
+            return Err(Run::Failed(ToolError::new(
                 ErrorKind::TooLarge,
                 format!("`{path}` has more entries than a listing holds ({MAX_ENTRIES}, or max_response {max} bytes)"),
-            );
+            )));
         }
         let kind = match entry.file_type() {
             rustix::fs::FileType::RegularFile => "file",
@@ -277,15 +427,18 @@ fn list(reach: &Reach, path: &str, max: u64) -> Result<Value, ToolError> {
             rustix::fs::FileType::Symlink => "symlink",
             _ => "other",
         };
-        entries.push(Value::map([
-            ("name", Value::String(name)),
-            ("type", Value::String(kind.into())),
-        ]));
+        entries.push((name, kind));
     }
-    entries.sort_by(|a, b| {
-        let n = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
-        n(a).cmp(&n(b))
-    });
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let entries = entries
+        .into_iter()
+        .map(|(name, kind)| {
+            Value::map([
+                ("name", Value::String(name)),
+                ("type", Value::String(kind.into())),
+            ])
+        })
+        .collect();
     Ok(Value::map([("entries", Value::List(entries))]))
 }
 
@@ -333,130 +486,4 @@ fn write(reach: &Reach, path: &str, content: &[u8]) -> Result<Value, ToolError> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    fn reach(dir: &Path) -> Reach {
-        Reach {
-            workspace: Some(dir.join("ws")),
-            read: vec![dir.join("ro")],
-            write: vec![],
-            who: None,
-        }
-    }
-
-    /// The agent's uid: what its own process could not read or write, a tool does not either.
-    #[test]
-    fn the_agents_uid_bounds_what_a_tool_touches() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = setup();
-        let ro = t.path().join("ro");
-        std::fs::write(ro.join("secret"), "s").unwrap();
-        std::fs::set_permissions(ro.join("secret"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
-        std::fs::write(ro.join("public"), "p").unwrap();
-        std::fs::set_permissions(ro.join("public"), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
-        let mut r = reach(t.path());
-        r.write = vec![ro.clone()];
-        r.who = Some((64999, 64999));
-        let secret = ro.join("secret");
-        let public = ro.join("public");
-        assert_eq!(
-            kind(read(&r, secret.to_str().unwrap(), 1 << 20)),
-            ErrorKind::PermissionDenied
-        );
-        assert_eq!(content(read(&r, public.to_str().unwrap(), 1 << 20)), "p");
-        // Not written (nor truncated): the file is root's, 0644.
-        let w = write(&r, public.to_str().unwrap(), b"x");
-        assert_eq!(kind(w), ErrorKind::PermissionDenied);
-        assert_eq!(std::fs::read_to_string(&public).unwrap(), "p");
-        // Nor created in a directory the agent may not write.
-        let new = ro.join("new");
-        assert_eq!(
-            kind(write(&r, new.to_str().unwrap(), b"x")),
-            ErrorKind::PermissionDenied
-        );
-        assert!(!new.exists());
-        // Host root (no uid of its own) is not checked.
-        r.who = None;
-        assert_eq!(content(read(&r, secret.to_str().unwrap(), 1 << 20)), "s");
-    }
-
-    fn setup() -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("ws")).unwrap();
-        std::fs::create_dir(d.path().join("ro")).unwrap();
-        std::fs::write(d.path().join("secret"), "s3cret").unwrap();
-        std::fs::write(d.path().join("ws/a.txt"), "hello").unwrap();
-        std::fs::write(d.path().join("ro/b.txt"), "ro").unwrap();
-        symlink(d.path().join("secret"), d.path().join("ws/abs-link")).unwrap();
-        symlink("../secret", d.path().join("ws/rel-link")).unwrap();
-        symlink("a.txt", d.path().join("ws/inner-link")).unwrap();
-        d
-    }
-
-    fn content(v: Result<Value, ToolError>) -> String {
-        v.unwrap()
-            .get("content")
-            .and_then(Value::as_str)
-            .unwrap()
-            .to_string()
-    }
-
-    fn kind(v: Result<Value, ToolError>) -> ErrorKind {
-        v.unwrap_err().kind
-    }
-
-    #[test]
-    fn reads_beneath_the_workspace_and_granted_paths() {
-        let d = setup();
-        let r = reach(d.path());
-        assert_eq!(content(read(&r, "a.txt", 1 << 20)), "hello");
-        assert_eq!(content(read(&r, "inner-link", 1 << 20)), "hello");
-        let granted = d.path().join("ro/b.txt");
-        assert_eq!(content(read(&r, granted.to_str().unwrap(), 1 << 20)), "ro");
-        let abs = d.path().join("ws/a.txt");
-        assert_eq!(content(read(&r, abs.to_str().unwrap(), 1 << 20)), "hello");
-    }
-
-    #[test]
-    fn escapes_are_refused() {
-        let d = setup();
-        let r = reach(d.path());
-        let denied = ErrorKind::PermissionDenied;
-        assert_eq!(kind(read(&r, "../secret", 1 << 20)), denied);
-        assert_eq!(kind(read(&r, "abs-link", 1 << 20)), denied);
-        assert_eq!(kind(read(&r, "rel-link", 1 << 20)), denied);
-        assert_eq!(
-            kind(read(&r, "/proc/self/root/etc/passwd", 1 << 20)),
-            denied
-        );
-        let outside = d.path().join("secret");
-        assert_eq!(kind(read(&r, outside.to_str().unwrap(), 1 << 20)), denied);
-        let dotdot = format!("{}/ws/../secret", d.path().display());
-        assert_eq!(kind(read(&r, &dotdot, 1 << 20)), denied);
-        // Read-only grants are not writable.
-        let ro = d.path().join("ro/new");
-        assert_eq!(kind(write(&r, ro.to_str().unwrap(), b"x")), denied);
-        assert_eq!(kind(write(&r, "../escaped", b"x")), denied);
-        assert!(!d.path().join("escaped").exists());
-    }
-
-    #[test]
-    fn big_files_are_refused_unread_and_writes_land_in_the_workspace() {
-        let d = setup();
-        let r = reach(d.path());
-        std::fs::write(d.path().join("ws/big"), vec![b'x'; 5000]).unwrap();
-        assert_eq!(kind(read(&r, "big", 4096)), ErrorKind::TooLarge);
-        let v = write(&r, "new.txt", b"abc").unwrap();
-        assert_eq!(v.get("bytes").and_then(Value::as_i64), Some(3));
-        assert_eq!(std::fs::read(d.path().join("ws/new.txt")).unwrap(), b"abc");
-        let l = list(&r, ".", 1 << 20).unwrap();
-        let Some(Value::List(entries)) = l.get("entries") else {
-            panic!()
-        };
-        assert_eq!(entries.len(), 6, "{entries:?}");
-    }
-}
+mod tests;
