@@ -588,3 +588,171 @@ fn a_plan_run_left_by_a_stopped_daemon_is_resumed_by_the_next() {
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }
+
+impl Daemon {
+    /// `corral status --json`.
+    fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(out.status.success(), "status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status --json parses")
+    }
+
+    /// Wait until the daemon holds `queued` tasks waiting and `running` tasks on agents.
+    fn wait_tasks(&self, queued: u64, running: u64) {
+        loop {
+            let s = self.status();
+            if s["tasks"]["queued"] == queued && s["tasks"]["running"] == running {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of `agent`'s one ready instance, once it is not one of `except`.
+    fn ready_pid(&self, agent: &str, except: &[i64]) -> i64 {
+        loop {
+            let pid = self
+                .ps()
+                .iter()
+                .find(|r| r["agent"] == agent && r["state"] == "ready")
+                .and_then(|r| r["pid"].as_i64());
+            if let Some(p) = pid.filter(|p| !except.contains(p)) {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `corral submit AGENT --input INPUT --wait --json`, left running.
+    fn submit_waiting(&self, agent: &str, input: &str) -> Child {
+        let sock = self.fx.dir.path().join("state/control.sock");
+        Command::new(bin("corral"))
+            .args(["submit", agent, "--input", input, "--wait", "--json", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("submit")
+    }
+
+    /// The run id of the journalled task of `agent` whose input is `input`, once journalled.
+    fn run_of(&self, agent: &str, input: &serde_json::Value) -> String {
+        let config = self.fx.config.to_str().expect("utf-8").to_string();
+        loop {
+            let runs = corral(&["runs", "--json", "--agent", agent, "--config", &config]);
+            let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap_or_default();
+            for r in runs.as_array().into_iter().flatten() {
+                let id = r["run_id"].as_str().unwrap_or_default();
+                let shown = corral(&["show", id, "--json", "--config", &config]);
+                let shown: serde_json::Value =
+                    serde_json::from_slice(&shown.stdout).unwrap_or_default();
+                if shown["calls"][0]["input"] == *input {
+                    return id.to_string();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The journal's status of run `run_id`, once it ended.
+    fn ended_status(&self, run_id: &str) -> String {
+        let config = self.fx.config.to_str().expect("utf-8").to_string();
+        loop {
+            let shown = corral(&["show", run_id, "--json", "--config", &config]);
+            let shown: serde_json::Value =
+                serde_json::from_slice(&shown.stdout).unwrap_or_default();
+            match shown["status"].as_str() {
+                Some("running") | None => std::thread::sleep(Duration::from_millis(50)),
+                Some(s) => return s.to_string(),
+            }
+        }
+    }
+}
+
+/// What a `submit --wait --json` client printed and its exit code.
+fn waited(c: Child) -> (Option<i32>, serde_json::Value) {
+    let out = c.wait_with_output().expect("wait client");
+    let doc = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    (out.status.code(), doc)
+}
+
+/// `corral cancel` of tasks on a service agent: one waiting in the queue is answered
+/// `cancelled` at once (its agent never sees it), one running is sent `Cancel` (an agent that
+/// answers keeps its process), one whose agent ignores the `Cancel` has its process stopped
+/// after `kill_grace` and restarted. Each ends `cancelled` for its waiting client and in the
+/// journal.
+#[test]
+fn cancel_a_service_task_queued_running_and_ignored() {
+    let d = start(&format!(
+        "[agents.slow]\ncommand = [\"{}\"]\nservice = true\nkill_grace = \"500ms\"\n\
+         wall_time = \"120s\"\nstall_timeout = \"120s\"\n",
+        bin("chaos").display()
+    ));
+    let pid = d.ready_pid("slow", &[]);
+    let honours = serde_json::json!({"do": "wait_cancel"});
+    let queued = serde_json::json!({"do": "ok"});
+    let a = d.submit_waiting("slow", &honours.to_string());
+    d.wait_tasks(0, 1);
+    let b = d.submit_waiting("slow", &queued.to_string());
+    d.wait_tasks(1, 1);
+    let (run_a, run_b) = (d.run_of("slow", &honours), d.run_of("slow", &queued));
+
+    // Queued: answered at once, while the agent still holds the first task.
+    let out = d.ctl(&["cancel", &run_b]);
+    assert!(out.status.success(), "{out:?}");
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ack["was"], "queued", "{ack}");
+    let (code, doc) = waited(b);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert!(doc["output"].is_null(), "{doc}");
+    d.wait_tasks(0, 1);
+
+    // Running, and the agent answers the Cancel: same process afterwards.
+    let out = d.ctl(&["cancel", &run_a]);
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ack["was"], "running", "{ack}");
+    let (code, doc) = waited(a);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert_eq!(d.ready_pid("slow", &[]), pid, "the agent answered: not restarted");
+
+    // Running, and the agent ignores the Cancel: stopped, restarted with a new pid.
+    let ignores = serde_json::json!({"do": "stall", "n": 1});
+    let c = d.submit_waiting("slow", &ignores.to_string());
+    d.wait_tasks(0, 1);
+    let run_c = d.run_of("slow", &ignores);
+    let out = d.ctl(&["cancel", &run_c]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, doc) = waited(c);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kill_grace")),
+        "{doc}"
+    );
+    let new_pid = d.ready_pid("slow", &[pid]);
+    assert!(!alive(pid as i32), "the agent that ignored Cancel is gone");
+    let row = d
+        .ps()
+        .into_iter()
+        .find(|r| r["agent"] == "slow")
+        .expect("a row");
+    assert_eq!(row["pid"], new_pid);
+    assert_eq!(row["restarts"], 1, "{row}");
+    assert_eq!(row["last_exit_reason"], "cancelled", "{row}");
+
+    // The journal says so for each.
+    for run in [&run_a, &run_b, &run_c] {
+        assert_eq!(d.ended_status(run), "cancelled", "run {run}");
+    }
+    // A task that ended cannot be cancelled.
+    let out = d.ctl(&["cancel", &run_a]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_run"));
+    let (code, err) = d.term();
+    assert_eq!(code, 0, "{err}");
+}
