@@ -199,8 +199,13 @@ impl Daemon {
 
 #[test]
 fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
-    let mut d = start(SERVICE);
+    let slow = format!(
+        "[agents.slow]\ncommand = [\"{}\"]\nservice = true\nwall_time = \"20s\"\n",
+        bin("chaos").display()
+    );
+    let mut d = start(&format!("{SERVICE}\n{slow}"));
     let pids = d.wait_pids(&[]);
+    let slow_pid = d.ready_pid("slow", &[]);
     let good = std::fs::read_to_string(&d.fx.config).expect("read config");
     // Broken: the daemon goes on with the old config and the same agents.
     std::fs::write(
@@ -212,24 +217,54 @@ fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
     d.wait_for("RELOADING=1");
     d.wait_for("READY=1");
     assert_eq!(d.wait_pids(&[]), pids, "unchanged agents untouched");
-    // Changed limit: a task past the new wall_time fails by its deadline, on new processes.
+    assert_eq!(d.ready_pid("slow", &[]), slow_pid);
+    // A task of 1.5 s passes within the running wall_time of 20 s.
+    let task = r#"{"do":"sleep_ms","ms":1500}"#;
+    let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(0), "{doc}");
+    assert_eq!(doc["output"]["ok"], true, "{doc}");
+    // Changed limit on `slow` only: the same task now fails by its deadline, on a new
+    // process, while `svc` (unchanged) keeps its processes.
     std::fs::write(
         &d.fx.config,
-        good.replace("wall_time = \"30s\"", "wall_time = \"300ms\""),
+        good.replace("wall_time = \"20s\"", "wall_time = \"500ms\""),
     )
     .expect("write");
     d.signal(libc::SIGHUP);
     d.wait_for("RELOADING=1");
     d.wait_for("READY=1");
-    let new = d.wait_pids(&pids);
-    assert!(new.iter().all(|p| !pids.contains(p)));
+    d.ready_pid("slow", &[slow_pid]);
+    let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "deadline", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wall_time")),
+        "{doc}"
+    );
+    assert_eq!(d.wait_pids(&[]), pids, "the unchanged agent kept its pids");
     let (code, err) = d.term();
     assert_eq!(code, 0);
     assert!(
         err.contains("reload refused"),
         "the broken config is logged: {err}"
     );
-    assert!(err.contains(":"), "{err}");
+    // Its location: `file:line:col`.
+    assert!(err.lines().any(has_location), "{err}");
+}
+
+/// Whether `line` says where in the config a problem is: `corral.toml:LINE:COL`.
+fn has_location(line: &str) -> bool {
+    line.split("corral.toml:").skip(1).any(|rest| {
+        let mut parts = rest.splitn(3, ':');
+        let num = |p: Option<&str>| {
+            p.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        num(parts.next()) && num(parts.next())
+    })
 }
 
 #[test]
@@ -627,7 +662,9 @@ impl Daemon {
     fn submit_waiting(&self, agent: &str, input: &str) -> Child {
         let sock = self.fx.dir.path().join("state/control.sock");
         Command::new(bin("corral"))
-            .args(["submit", agent, "--input", input, "--wait", "--json", "--socket"])
+            .args([
+                "submit", agent, "--input", input, "--wait", "--json", "--socket",
+            ])
             .arg(&sock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -672,8 +709,7 @@ impl Daemon {
 /// What a `submit --wait --json` client printed and its exit code.
 fn waited(c: Child) -> (Option<i32>, serde_json::Value) {
     let out = c.wait_with_output().expect("wait client");
-    let doc = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
     (out.status.code(), doc)
 }
 
@@ -716,7 +752,11 @@ fn cancel_a_service_task_queued_running_and_ignored() {
     let (code, doc) = waited(a);
     assert_eq!(code, Some(1), "{doc}");
     assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
-    assert_eq!(d.ready_pid("slow", &[]), pid, "the agent answered: not restarted");
+    assert_eq!(
+        d.ready_pid("slow", &[]),
+        pid,
+        "the agent answered: not restarted"
+    );
 
     // Running, and the agent ignores the Cancel: stopped, restarted with a new pid.
     let ignores = serde_json::json!({"do": "stall", "n": 1});

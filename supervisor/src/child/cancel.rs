@@ -33,7 +33,10 @@ pub enum TaskState {
 impl TaskState {
     /// Whether the task was cancelled.
     pub fn cancelled(self) -> bool {
-        matches!(self, TaskState::CancelledQueued | TaskState::CancelledRunning)
+        matches!(
+            self,
+            TaskState::CancelledQueued | TaskState::CancelledRunning
+        )
     }
 }
 
@@ -242,7 +245,10 @@ mod tests {
         c.cancel();
         c.cancelled_running().await;
         tokio::task::yield_now().await;
-        assert!(!queued.is_finished(), "a running cancel is not a queued one");
+        assert!(
+            !queued.is_finished(),
+            "a running cancel is not a queued one"
+        );
         queued.abort();
         let c = TaskCancel::default();
         let queued = tokio::spawn(c.cancelled_queued());

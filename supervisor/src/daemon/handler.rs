@@ -2,8 +2,8 @@
 
 use super::service::ServiceAgent;
 use super::state::{Daemon, RunEntry, MAX_RUNS};
-use crate::control::{Handler, Peer, Replies, Request, Response};
 use crate::child::{TaskCancel, TaskState};
+use crate::control::{Handler, Peer, Replies, Request, Response};
 use crate::plan::{run_plan, Plan, PlanOptions, PlanStatus};
 use crate::{CallOptions, ExitReason, Stop, Value};
 use std::path::Path;

@@ -282,7 +282,9 @@ impl Daemon {
         }
         let (runs, queued, running) = {
             let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-            let tasks = runs.values().filter_map(|r| r.task.as_ref().map(|t| t.state()));
+            let tasks = runs
+                .values()
+                .filter_map(|r| r.task.as_ref().map(|t| t.state()));
             let (mut queued, mut running) = (0, 0);
             for t in tasks {
                 match t {
