@@ -157,11 +157,17 @@ fn notify_order_service_restart_and_drain() {
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
     assert_eq!(shown["calls"][0]["input"], serde_json::json!({"x": 1}));
     assert_eq!(shown["calls"][0]["output"], serde_json::json!({"x": 1}));
-    let live = d.wait_pids(&[]);
+    // The agents' processes, and the agents under their init when they have one.
+    let live: Vec<i32> = d
+        .wait_pids(&[])
+        .into_iter()
+        .flat_map(|p| [p as i32, corral_e2e::agent_pid(p as i32)])
+        .collect();
+    assert!(live.iter().all(|p| alive(*p)), "{live:?}");
     let (code, err) = d.term_with_seen();
     assert_eq!(code, 0, "{err}");
     for p in live {
-        assert!(!alive(p as i32), "agent {p} left after the drain");
+        assert!(!alive(p), "agent {p} left after the drain");
     }
 }
 
@@ -420,6 +426,39 @@ fn metrics_parse_and_submit_plan_matches_run() {
         .iter()
         .any(|(n, v)| n == "corral_runs_total" && *v >= 1.0);
     assert!(succeeded, "{body}");
+    // And by a kept parser of the format: every line understood, the families typed.
+    for line in body.lines() {
+        let info = prometheus_parse::LineInfo::parse(line);
+        let known = !matches!(info, prometheus_parse::LineInfo::Ignored)
+            || line == "# EOF"
+            || line.starts_with("# UNIT ");
+        assert!(known, "not understood: {line}\n{body}");
+    }
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let family = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| s.value.clone())
+            .collect::<Vec<_>>()
+    };
+    // (OpenMetrics names a counter's family without `_total`, which this parser of the older
+    // text format reads as untyped samples.)
+    let runs = family("corral_runs_total");
+    assert!(
+        runs.iter().any(|v| matches!(v,
+            prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if *n >= 1.0)),
+        "{runs:?}\n{body}"
+    );
+    let ready = family("corral_spawn_ready_seconds");
+    assert!(
+        ready
+            .iter()
+            .any(|v| matches!(v, prometheus_parse::Value::Histogram(b) if !b.is_empty())),
+        "{ready:?}\n{body}"
+    );
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }
