@@ -28,6 +28,8 @@ const PLAIN: &str = "namespaces = []\nnetwork = true\nuser = \"root\"\nallow_roo
 /// A `corral serve` child and its state directory.
 struct Served {
     child: Child,
+    /// When the child was started.
+    started: Instant,
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -37,7 +39,11 @@ impl Served {
     fn start(corral: &Path, agents: &str) -> Result<Served> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("corral.toml");
-        std::fs::write(&config, format!("[supervisor]\nstate_dir = \"state\"\n\n{agents}"))?;
+        std::fs::write(
+            &config,
+            format!("[supervisor]\nstate_dir = \"state\"\n\n{agents}"),
+        )?;
+        let started = Instant::now();
         let child = Command::new(corral)
             .args(["serve", "--config"])
             .arg(&config)
@@ -49,6 +55,7 @@ impl Served {
             .with_context(|| format!("start {} serve", corral.display()))?;
         let mut s = Served {
             child,
+            started,
             socket: dir.path().join("state/control.sock"),
             _dir: dir,
         };
@@ -76,16 +83,19 @@ impl Served {
         }
     }
 
-    /// Wait until `n` service instances are ready.
+    /// Wait until `n` service instances are ready; the time since the daemon was started.
     fn wait_ready(&self, n: u64, within: Duration) -> Result<Duration> {
-        let t0 = Instant::now();
+        let t0 = self.started;
         loop {
             let st = self.json(&Request::Status)?;
             if st["by_state"]["ready"].as_u64().unwrap_or(0) >= n {
                 return Ok(t0.elapsed());
             }
             if t0.elapsed() > within {
-                bail!("{n} instances not ready within {within:?}: {}", st["summary"]);
+                bail!(
+                    "{n} instances not ready within {within:?}: {}",
+                    st["summary"]
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -251,7 +261,8 @@ fn submit(env: &Env, corral: &Path, sec: &mut Section) -> Result<()> {
         let one_call = |call: &mut Vec<Duration>| -> Result<()> {
             let t0 = Instant::now();
             let input = Value::from_json(&serde_json::json!({"x": 1}));
-            let out = env.run(async move { s.call("echo", input, CallOptions::default()).await })?;
+            let out =
+                env.run(async move { s.call("echo", input, CallOptions::default()).await })?;
             if !out.map_err(|e| anyhow!("{e}"))?.ok() {
                 bail!("call failed");
             }
@@ -319,26 +330,38 @@ fn restart(env: &Env, corral: &Path, sec: &mut Section) -> Result<()> {
         .and_then(|r| r["pid"].as_i64())
         .ok_or_else(|| anyhow!("no pid in ps: {ps}"))?;
     let mut samples = Vec::new();
+    // Phases: kill → `exited` event, → `spawned`, → `ready`.
+    let (mut to_exited, mut to_spawned, mut to_ready) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..iters {
         let t0 = Instant::now();
         // SAFETY: kill(2) of the service agent's process, which the daemon started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let (mut exited, mut spawned) = (None, None);
         pid = loop {
             let (at, ev) = rx
                 .recv_timeout(Duration::from_secs(30))
                 .context("no ready event within 30 s")?;
             let p = ev["pid"].as_i64().unwrap_or(pid);
-            if ev["event"] == "ready" && p != pid {
-                samples.push(at.saturating_duration_since(t0));
-                break p;
+            match ev["event"].as_str() {
+                Some("exited") if exited.is_none() => exited = Some(at),
+                Some("spawned") if p != pid => spawned = Some(at),
+                Some("ready") if p != pid => {
+                    samples.push(at.saturating_duration_since(t0));
+                    if let (Some(e), Some(s)) = (exited, spawned) {
+                        to_exited.push(e.saturating_duration_since(t0));
+                        to_spawned.push(s.saturating_duration_since(e));
+                        to_ready.push(at.saturating_duration_since(s));
+                    }
+                    break p;
+                }
+                _ => {}
             }
         };
     }
     svc.stop()?;
     let peer = match harness::which("supervisord") {
         None => Figure::NotMeasured("missing: corral-bench --setup-peers".into()),
-        Some(svd) => match crate::peers::supervisord_samples(&svd, if env.quick { 2 } else { 5 })
-        {
+        Some(svd) => match crate::peers::supervisord_samples(&svd, if env.quick { 2 } else { 5 }) {
             Ok(s) => fig(&s),
             Err(e) => Figure::NotMeasured(format!("n/a: {e:#}")),
         },
@@ -358,8 +381,13 @@ fn restart(env: &Env, corral: &Path, sec: &mut Section) -> Result<()> {
         "13d: `[agents.chaos] service = true`, zero backoff; kill -9 of the instance's pid \
          (from `ps`, then from each `ready` event), timed to the arrival of the next `ready` \
          event on an `events -f` stream (so the figure carries the event's trip over the \
-         socket); {} samples; baseline: supervisord restarting `sleep 3600` as in row 6b",
-        samples.len()
+         socket); {} samples; phases p50 (event arrivals): kill → `exited` {}, → `spawned` {}, \
+         → `ready` {}; the daemon runs with the host's cgroups when it has them; baseline: \
+         supervisord restarting `sleep 3600` as in row 6b",
+        samples.len(),
+        p50(&to_exited),
+        p50(&to_spawned),
+        p50(&to_ready)
     ));
     Ok(())
 }

@@ -127,9 +127,18 @@ fn agents_dir(build: bool) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "corral-examples", "-p", "corral", "-p", "corral-cli"])
-            .arg("--manifest-path")
-            .arg(&manifest);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "corral-examples",
+            "-p",
+            "corral",
+            "-p",
+            "corral-cli",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest);
         if release {
             cmd.arg("--release");
         }
