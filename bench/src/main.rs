@@ -4,9 +4,9 @@
 //! cargo run --release -p corral-bench -- [--quick] [ROW-FILTER...]
 //! ```
 //!
-//! A filter is a row number (`1` … `12`) or part of a row's name (`spawn`, `isolated`,
+//! A filter is a row number (`1` … `13`) or part of a row's name (`spawn`, `isolated`,
 //! `ballast`, `frames`, `hang`, `restart`, `idle`, `journal`, `journal-call`, `tools`,
-//! `fan-out`, `python`); without filters every row runs. `--soak DURATION` runs the soak
+//! `fan-out`, `python`, `daemon`); without filters every row runs. `--soak DURATION` runs the soak
 //! instead (see `soak`). `--quick`
 //! runs fewer iterations (and fewer agents in rows 5 and 7). The program first builds the
 //! agents it needs (`cargo build -p corral-examples -p corral`, same profile as itself) and
@@ -16,6 +16,7 @@
 //! the baseline's p50/p99, their ratio and whether the target is met. See `docs/bench.md`.
 
 mod call_rows;
+mod daemon_rows;
 mod harness;
 mod journal_rows;
 mod load_rows;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The row groups, by number and name.
-const GROUPS: [(&str, &str); 12] = [
+const GROUPS: [(&str, &str); 13] = [
     ("1", "spawn-plain"),
     ("2", "spawn-isolated"),
     ("3", "ballast"),
@@ -46,14 +47,15 @@ const GROUPS: [(&str, &str); 12] = [
     ("10", "tools"),
     ("11", "fan-out"),
     ("12", "python"),
+    ("13", "daemon"),
 ];
 
 const USAGE: &str = "usage: corral-bench [--quick] [--no-build] [--setup-peers] [ROW-FILTER...]\n\
        corral-bench [--no-build] --soak DURATION\n\
   --setup-peers: first install the peer tools (bench/setup-peers: bubblewrap, supervisor)\n\
   --soak DURATION: 300-way fan-outs making tool calls, back to back, for DURATION (e.g. 10m)\n\
-  ROW-FILTER: a row number 1-12 or part of a name: spawn-plain spawn-isolated ballast frames \
-  hang restart idle journal journal-call tools fan-out python";
+  ROW-FILTER: a row number 1-13 or part of a name: spawn-plain spawn-isolated ballast frames \
+  hang restart idle journal journal-call tools fan-out python daemon";
 
 struct Args {
     quick: bool,
@@ -125,9 +127,18 @@ fn agents_dir(build: bool) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "corral-examples", "-p", "corral"])
-            .arg("--manifest-path")
-            .arg(&manifest);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "corral-examples",
+            "-p",
+            "corral",
+            "-p",
+            "corral-cli",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest);
         if release {
             cmd.arg("--release");
         }
@@ -200,7 +211,7 @@ fn main() -> Result<()> {
     // Row 7 runs first, so that its baseline is the process before it ever started an agent
     // (and before row 3's ballast or row 5's 300 agents left anything in the allocator).
     let mut sections: Vec<(usize, stats::Section)> = Vec::new();
-    let order = [7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12];
+    let order = [7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13];
     let mut row1 = None;
     for g in order {
         if !selected(&args, g) {
@@ -220,6 +231,7 @@ fn main() -> Result<()> {
             10 => tool_rows::row10(&env, &mut sec),
             11 => plan_rows::row11(&env, &mut sec),
             12 => python_rows::row12(&env, &mut sec),
+            13 => daemon_rows::row13(&env, &dir.join("corral"), &mut sec),
             _ => load_rows::row7(&env, &mut sec),
         };
         guard(&mut sec, &g.to_string(), r);

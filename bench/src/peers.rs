@@ -251,7 +251,7 @@ pub fn supervisord(env: &Env, sec: &mut Section) -> Result<()> {
     Ok(())
 }
 
-fn supervisord_samples(svd: &Path, iters: usize) -> Result<Vec<Duration>> {
+pub(crate) fn supervisord_samples(svd: &Path, iters: usize) -> Result<Vec<Duration>> {
     let dir = tempfile::tempdir()?;
     let conf = dir.path().join("supervisord.conf");
     std::fs::write(

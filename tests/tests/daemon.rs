@@ -157,11 +157,17 @@ fn notify_order_service_restart_and_drain() {
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("show --json");
     assert_eq!(shown["calls"][0]["input"], serde_json::json!({"x": 1}));
     assert_eq!(shown["calls"][0]["output"], serde_json::json!({"x": 1}));
-    let live = d.wait_pids(&[]);
+    // The agents' processes, and the agents under their init when they have one.
+    let live: Vec<i32> = d
+        .wait_pids(&[])
+        .into_iter()
+        .flat_map(|p| [p as i32, corral_e2e::agent_pid(p as i32)])
+        .collect();
+    assert!(live.iter().all(|p| alive(*p)), "{live:?}");
     let (code, err) = d.term_with_seen();
     assert_eq!(code, 0, "{err}");
     for p in live {
-        assert!(!alive(p as i32), "agent {p} left after the drain");
+        assert!(!alive(p), "agent {p} left after the drain");
     }
 }
 
@@ -199,8 +205,13 @@ impl Daemon {
 
 #[test]
 fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
-    let mut d = start(SERVICE);
+    let slow = format!(
+        "[agents.slow]\ncommand = [\"{}\"]\nservice = true\nwall_time = \"20s\"\n",
+        bin("chaos").display()
+    );
+    let mut d = start(&format!("{SERVICE}\n{slow}"));
     let pids = d.wait_pids(&[]);
+    let slow_pid = d.ready_pid("slow", &[]);
     let good = std::fs::read_to_string(&d.fx.config).expect("read config");
     // Broken: the daemon goes on with the old config and the same agents.
     std::fs::write(
@@ -212,24 +223,54 @@ fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
     d.wait_for("RELOADING=1");
     d.wait_for("READY=1");
     assert_eq!(d.wait_pids(&[]), pids, "unchanged agents untouched");
-    // Changed limit: a task past the new wall_time fails by its deadline, on new processes.
+    assert_eq!(d.ready_pid("slow", &[]), slow_pid);
+    // A task of 1.5 s passes within the running wall_time of 20 s.
+    let task = r#"{"do":"sleep_ms","ms":1500}"#;
+    let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(0), "{doc}");
+    assert_eq!(doc["output"]["ok"], true, "{doc}");
+    // Changed limit on `slow` only: the same task now fails by its deadline, on a new
+    // process, while `svc` (unchanged) keeps its processes.
     std::fs::write(
         &d.fx.config,
-        good.replace("wall_time = \"30s\"", "wall_time = \"300ms\""),
+        good.replace("wall_time = \"20s\"", "wall_time = \"500ms\""),
     )
     .expect("write");
     d.signal(libc::SIGHUP);
     d.wait_for("RELOADING=1");
     d.wait_for("READY=1");
-    let new = d.wait_pids(&pids);
-    assert!(new.iter().all(|p| !pids.contains(p)));
+    d.ready_pid("slow", &[slow_pid]);
+    let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(out.status.code(), Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "deadline", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wall_time")),
+        "{doc}"
+    );
+    assert_eq!(d.wait_pids(&[]), pids, "the unchanged agent kept its pids");
     let (code, err) = d.term();
     assert_eq!(code, 0);
     assert!(
         err.contains("reload refused"),
         "the broken config is logged: {err}"
     );
-    assert!(err.contains(":"), "{err}");
+    // Its location: `file:line:col`.
+    assert!(err.lines().any(has_location), "{err}");
+}
+
+/// Whether `line` says where in the config a problem is: `corral.toml:LINE:COL`.
+fn has_location(line: &str) -> bool {
+    line.split("corral.toml:").skip(1).any(|rest| {
+        let mut parts = rest.splitn(3, ':');
+        let num = |p: Option<&str>| {
+            p.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        num(parts.next()) && num(parts.next())
+    })
 }
 
 #[test]
@@ -385,6 +426,39 @@ fn metrics_parse_and_submit_plan_matches_run() {
         .iter()
         .any(|(n, v)| n == "corral_runs_total" && *v >= 1.0);
     assert!(succeeded, "{body}");
+    // And by a kept parser of the format: every line understood, the families typed.
+    for line in body.lines() {
+        let info = prometheus_parse::LineInfo::parse(line);
+        let known = !matches!(info, prometheus_parse::LineInfo::Ignored)
+            || line == "# EOF"
+            || line.starts_with("# UNIT ");
+        assert!(known, "not understood: {line}\n{body}");
+    }
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .unwrap_or_else(|e| panic!("{e}\n{body}"));
+    let family = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| s.value.clone())
+            .collect::<Vec<_>>()
+    };
+    // (OpenMetrics names a counter's family without `_total`, which this parser of the older
+    // text format reads as untyped samples.)
+    let runs = family("corral_runs_total");
+    assert!(
+        runs.iter().any(|v| matches!(v,
+            prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if *n >= 1.0)),
+        "{runs:?}\n{body}"
+    );
+    let ready = family("corral_spawn_ready_seconds");
+    assert!(
+        ready
+            .iter()
+            .any(|v| matches!(v, prometheus_parse::Value::Histogram(b) if !b.is_empty())),
+        "{ready:?}\n{body}"
+    );
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }
@@ -587,4 +661,177 @@ fn a_plan_run_left_by_a_stopped_daemon_is_resumed_by_the_next() {
     );
     let (code, _) = d.term();
     assert_eq!(code, 0);
+}
+
+impl Daemon {
+    /// `corral status --json`.
+    fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(out.status.success(), "status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status --json parses")
+    }
+
+    /// Wait until the daemon holds `queued` tasks waiting and `running` tasks on agents.
+    fn wait_tasks(&self, queued: u64, running: u64) {
+        loop {
+            let s = self.status();
+            if s["tasks"]["queued"] == queued && s["tasks"]["running"] == running {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of `agent`'s one ready instance, once it is not one of `except`.
+    fn ready_pid(&self, agent: &str, except: &[i64]) -> i64 {
+        loop {
+            let pid = self
+                .ps()
+                .iter()
+                .find(|r| r["agent"] == agent && r["state"] == "ready")
+                .and_then(|r| r["pid"].as_i64());
+            if let Some(p) = pid.filter(|p| !except.contains(p)) {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `corral submit AGENT --input INPUT --wait --json`, left running.
+    fn submit_waiting(&self, agent: &str, input: &str) -> Child {
+        let sock = self.fx.dir.path().join("state/control.sock");
+        Command::new(bin("corral"))
+            .args([
+                "submit", agent, "--input", input, "--wait", "--json", "--socket",
+            ])
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("submit")
+    }
+
+    /// The run id of the journalled task of `agent` whose input is `input`, once journalled.
+    fn run_of(&self, agent: &str, input: &serde_json::Value) -> String {
+        let config = self.fx.config.to_str().expect("utf-8").to_string();
+        loop {
+            let runs = corral(&["runs", "--json", "--agent", agent, "--config", &config]);
+            let runs: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap_or_default();
+            for r in runs.as_array().into_iter().flatten() {
+                let id = r["run_id"].as_str().unwrap_or_default();
+                let shown = corral(&["show", id, "--json", "--config", &config]);
+                let shown: serde_json::Value =
+                    serde_json::from_slice(&shown.stdout).unwrap_or_default();
+                if shown["calls"][0]["input"] == *input {
+                    return id.to_string();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The journal's status of run `run_id`, once it ended.
+    fn ended_status(&self, run_id: &str) -> String {
+        let config = self.fx.config.to_str().expect("utf-8").to_string();
+        loop {
+            let shown = corral(&["show", run_id, "--json", "--config", &config]);
+            let shown: serde_json::Value =
+                serde_json::from_slice(&shown.stdout).unwrap_or_default();
+            match shown["status"].as_str() {
+                Some("running") | None => std::thread::sleep(Duration::from_millis(50)),
+                Some(s) => return s.to_string(),
+            }
+        }
+    }
+}
+
+/// What a `submit --wait --json` client printed and its exit code.
+fn waited(c: Child) -> (Option<i32>, serde_json::Value) {
+    let out = c.wait_with_output().expect("wait client");
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    (out.status.code(), doc)
+}
+
+/// `corral cancel` of tasks on a service agent: one waiting in the queue is answered
+/// `cancelled` at once (its agent never sees it), one running is sent `Cancel` (an agent that
+/// answers keeps its process), one whose agent ignores the `Cancel` has its process stopped
+/// after `kill_grace` and restarted. Each ends `cancelled` for its waiting client and in the
+/// journal.
+#[test]
+fn cancel_a_service_task_queued_running_and_ignored() {
+    let d = start(&format!(
+        "[agents.slow]\ncommand = [\"{}\"]\nservice = true\nkill_grace = \"500ms\"\n\
+         wall_time = \"120s\"\nstall_timeout = \"120s\"\n",
+        bin("chaos").display()
+    ));
+    let pid = d.ready_pid("slow", &[]);
+    let honours = serde_json::json!({"do": "wait_cancel"});
+    let queued = serde_json::json!({"do": "ok"});
+    let a = d.submit_waiting("slow", &honours.to_string());
+    d.wait_tasks(0, 1);
+    let b = d.submit_waiting("slow", &queued.to_string());
+    d.wait_tasks(1, 1);
+    let (run_a, run_b) = (d.run_of("slow", &honours), d.run_of("slow", &queued));
+
+    // Queued: answered at once, while the agent still holds the first task.
+    let out = d.ctl(&["cancel", &run_b]);
+    assert!(out.status.success(), "{out:?}");
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ack["was"], "queued", "{ack}");
+    let (code, doc) = waited(b);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert!(doc["output"].is_null(), "{doc}");
+    d.wait_tasks(0, 1);
+
+    // Running, and the agent answers the Cancel: same process afterwards.
+    let out = d.ctl(&["cancel", &run_a]);
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ack["was"], "running", "{ack}");
+    let (code, doc) = waited(a);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert_eq!(
+        d.ready_pid("slow", &[]),
+        pid,
+        "the agent answered: not restarted"
+    );
+
+    // Running, and the agent ignores the Cancel: stopped, restarted with a new pid.
+    let ignores = serde_json::json!({"do": "stall", "n": 1});
+    let c = d.submit_waiting("slow", &ignores.to_string());
+    d.wait_tasks(0, 1);
+    let run_c = d.run_of("slow", &ignores);
+    let out = d.ctl(&["cancel", &run_c]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, doc) = waited(c);
+    assert_eq!(code, Some(1), "{doc}");
+    assert_eq!(doc["error"]["kind"], "cancelled", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("kill_grace")),
+        "{doc}"
+    );
+    let new_pid = d.ready_pid("slow", &[pid]);
+    assert!(!alive(pid as i32), "the agent that ignored Cancel is gone");
+    let row = d
+        .ps()
+        .into_iter()
+        .find(|r| r["agent"] == "slow")
+        .expect("a row");
+    assert_eq!(row["pid"], new_pid);
+    assert_eq!(row["restarts"], 1, "{row}");
+    assert_eq!(row["last_exit_reason"], "cancelled", "{row}");
+
+    // The journal says so for each.
+    for run in [&run_a, &run_b, &run_c] {
+        assert_eq!(d.ended_status(run), "cancelled", "run {run}");
+    }
+    // A task that ended cannot be cancelled.
+    let out = d.ctl(&["cancel", &run_a]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_run"));
+    let (code, err) = d.term();
+    assert_eq!(code, 0, "{err}");
 }

@@ -23,6 +23,7 @@
 //! - `verdict`: why the attempt ended, from the watch's verdict and the kernel's evidence.
 //! - `bounds`: what an agent can make the supervisor hold, and no more.
 //! - `guard`: a dropped attempt still kills and reaps its process.
+//! - `cancel`: a service task's cancellation, shared by its owner and its instance.
 //! - `tool_run`: a command tool's program, made in an agent's sandbox, run to its end or its
 //!   timeout (not a protocol agent: JSON in on stdin, out on stdout).
 //!
@@ -38,6 +39,7 @@
 
 mod attempt;
 mod bounds;
+mod cancel;
 mod guard;
 mod health;
 mod launch;
@@ -51,6 +53,7 @@ mod watch;
 mod wire;
 
 pub use attempt::{run_attempt, run_service_attempt};
+pub use cancel::{TaskCancel, TaskState};
 pub use launch::{Pools, StemPool};
 pub(crate) use protocol::{encode_within, Outgoing};
 pub(crate) use tool_run::run_tool;
@@ -116,6 +119,8 @@ pub struct ServiceTask {
     /// ends with the task in flight, the task comes back in [`AttemptOutcome::in_flight`]
     /// instead, for the owner to retry or fail.
     pub reply: oneshot::Sender<ServiceResult>,
+    /// Its cancellation (see [`TaskCancel`]).
+    pub cancel: TaskCancel,
 }
 
 /// The result of a service agent's task.

@@ -74,6 +74,8 @@ enum Wake {
     /// A service agent's next task (`None`: its queue is closed, the agent is no longer
     /// wanted).
     Task(Option<ServiceTask>),
+    /// The owner cancelled the service agent's running task.
+    Cancel,
 }
 
 /// A service agent's queue, and the wait for its next task (kept across turns, like the stop
@@ -83,6 +85,10 @@ pub(super) struct Service {
     next: Option<Pin<Box<dyn Future<Output = Option<ServiceTask>> + Send>>>,
     /// The task running.
     pub(super) current: Option<ServiceTask>,
+    /// The wait for the running task's cancel, and the end of the agent's grace once sent
+    /// (see `cancel`).
+    pub(super) cancel_wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pub(super) cancel_by: Option<Instant>,
 }
 
 impl Service {
@@ -91,6 +97,8 @@ impl Service {
             queue,
             next: None,
             current: None,
+            cancel_wait: None,
+            cancel_by: None,
         }
     }
 
@@ -240,7 +248,7 @@ impl Watch {
                 }
             }
             Step::Served(result) => {
-                if let Some(task) = self.service.as_mut().and_then(|s| s.current.take()) {
+                if let Some(task) = self.service.as_mut().and_then(|s| s.end()) {
                     // (The owner may have stopped waiting: nothing to do then.)
                     let _ = task.reply.send(result);
                 }
@@ -372,6 +380,7 @@ impl Watch {
             Some(t) => deadline.min(t),
             None => deadline,
         };
+        let exact = self.cancel_deadline().map_or(exact, |c| c.min(exact));
         let grid = agent
             .heartbeat_interval
             .clamp(Duration::from_millis(1), WAKE_GRID);
@@ -464,6 +473,9 @@ impl Watch {
                     if let Some(due) = self.overdue() {
                         return self.fire(due);
                     }
+                    if let Some(v) = self.cancel_overdue(Instant::now()) {
+                        return v;
+                    }
                     // A sample due within a quarter of its interval is taken now rather than
                     // with a wake-up of its own.
                     let quarter = self.spec.agent.sample_interval / 4;
@@ -478,20 +490,8 @@ impl Watch {
                     let message = "service agent no longer wanted (its queue closed)".to_string();
                     return Verdict::ended(ExitReason::Shutdown, message, false, true);
                 }
-                Wake::Task(Some(task)) => {
-                    let now = Instant::now();
-                    match self.proto.start_task(task.task.clone(), now) {
-                        Ok(frame) => {
-                            self.wire.send_encoded(&frame, &self.poller);
-                            if let Some(s) = self.service.as_mut() {
-                                s.current = Some(task);
-                            }
-                        }
-                        Err(e) => {
-                            let _ = task.reply.send(Err(e));
-                        }
-                    }
-                }
+                Wake::Task(Some(task)) => self.start_service_task(task, Instant::now()),
+                Wake::Cancel => self.cancel_task(Instant::now()),
             }
         }
     }
@@ -525,6 +525,11 @@ impl Watch {
                 if let Poll::Ready(t) = service.poll_next(cx) {
                     return Poll::Ready(Wake::Task(t));
                 }
+            }
+        }
+        if let Some(service) = self.service.as_mut() {
+            if service.poll_cancel(cx).is_ready() {
+                return Poll::Ready(Wake::Cancel);
             }
         }
         let waits = &mut self.tools.waits;

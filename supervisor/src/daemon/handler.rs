@@ -2,6 +2,7 @@
 
 use super::service::ServiceAgent;
 use super::state::{Daemon, RunEntry, MAX_RUNS};
+use crate::child::{TaskCancel, TaskState};
 use crate::control::{Handler, Peer, Replies, Request, Response};
 use crate::plan::{run_plan, Plan, PlanOptions, PlanStatus};
 use crate::{CallOptions, ExitReason, Stop, Value};
@@ -63,9 +64,17 @@ fn handle(d: &Arc<Daemon>, req: Request, replies: Replies) {
                     h.stop(ExitReason::Cancelled);
                     json(serde_json::json!({"run_id": run_id, "cancelled": true}))
                 }
+                Some(RunEntry { task: Some(t), .. }) => {
+                    let was = match t.cancel() {
+                        TaskState::Queued | TaskState::CancelledQueued => "queued",
+                        TaskState::Running | TaskState::CancelledRunning => "running",
+                    };
+                    tracing::info!(run = %run_id, was, "task cancelled by an operator");
+                    json(serde_json::json!({"run_id": run_id, "cancelled": true, "was": was}))
+                }
                 Some(_) => Response::error(
                     "unsupported",
-                    format!("run `{run_id}` is a task of a service agent: it cannot be cancelled once queued"),
+                    format!("run `{run_id}` cannot be cancelled yet: try again"),
                 ),
                 None => Response::error("unknown_run", format!("no run `{run_id}` under way")),
             };
@@ -220,6 +229,7 @@ fn admit(d: &Daemon, what: &str, stop: Option<crate::StopHandle>) -> Result<Stri
         RunEntry {
             what: what.to_string(),
             stop,
+            task: None,
         },
     );
     Ok(run_id)
@@ -267,13 +277,21 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                 )),
             }
         };
-        let rx = match rx {
+        let (rx, cancel) = match rx {
             Ok(rx) => rx,
             Err(e) => {
                 finished(d, &run_id, "failed");
                 return reply(&replies, Response::error(&e.kind, e.message));
             }
         };
+        if let Some(r) = d
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&run_id)
+        {
+            r.task = Some(cancel.clone());
+        }
         reply(
             &replies,
             Response::Accepted {
@@ -294,15 +312,12 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
         let waiter = wait.then_some(replies);
         let d = d.clone();
         tokio::spawn(async move {
-            let result = rx.await.unwrap_or_else(|_| {
-                Err(corral_proto::AgentError::new(
-                    "lost",
-                    "the task's answer was lost",
-                    true,
-                ))
-            });
+            let result = served(rx, &cancel).await;
+            // Cancelled: an agent that answered anyway (its answer crossed the `Cancel`)
+            // has its answer kept.
+            let cancelled = cancel.state().cancelled() && result.is_err();
             if let Some(j) = &journal {
-                if let Err(e) = j.served(&result).await {
+                if let Err(e) = j.served(&result, cancelled).await {
                     tracing::warn!(run = %run_id, "journal: {e}");
                 }
             }
@@ -318,7 +333,12 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                     (doc, serde_json::Value::Null, 1)
                 }
             };
-            finished(&d, &run_id, if exit == 0 { "succeeded" } else { "failed" });
+            let status = match (exit, cancelled) {
+                (0, _) => "succeeded",
+                (_, true) => "cancelled",
+                _ => "failed",
+            };
+            finished(&d, &run_id, status);
             if let Some(replies) = waiter {
                 let _ = replies
                     .send(Response::Finished {
@@ -387,6 +407,29 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
             let _ = replies.send(resp).await;
         }
     });
+}
+
+/// A service task's answer: the agent's, or `cancelled` at once when it is cancelled while
+/// it waits in the queue.
+async fn served(
+    rx: tokio::sync::oneshot::Receiver<crate::child::ServiceResult>,
+    cancel: &TaskCancel,
+) -> crate::child::ServiceResult {
+    let lost = || {
+        Err(corral_proto::AgentError::new(
+            "lost",
+            "the task's answer was lost",
+            true,
+        ))
+    };
+    tokio::select! {
+        r = rx => r.unwrap_or_else(|_| lost()),
+        () = cancel.cancelled_queued() => Err(corral_proto::AgentError::new(
+            "cancelled",
+            "cancelled before it started",
+            false,
+        )),
+    }
 }
 
 fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool, replies: Replies) {

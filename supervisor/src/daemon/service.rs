@@ -5,7 +5,7 @@
 //! the attempt's record.
 
 use super::state::{Daemon, InstanceInfo, InstanceState};
-use crate::child::{AttemptEvent, ServiceResult, ServiceTask, TaskInput};
+use crate::child::{AttemptEvent, ServiceResult, ServiceTask, TaskCancel, TaskInput};
 use crate::config::AgentSpec;
 use crate::policy::{Backoff, RestartPolicy};
 use crate::record::ExitReason;
@@ -85,13 +85,15 @@ impl ServiceAgent {
         }
     }
 
-    /// Queue a task; its result comes on the returned channel.
+    /// Queue a task; its result comes on the returned channel, and it is cancelled through
+    /// the returned [`TaskCancel`].
     pub fn submit(
         &self,
         task_id: u64,
         input: corral_proto::Value,
-    ) -> Result<oneshot::Receiver<ServiceResult>, AgentError> {
+    ) -> Result<(oneshot::Receiver<ServiceResult>, TaskCancel), AgentError> {
         let (reply, rx) = oneshot::channel();
+        let cancel = TaskCancel::default();
         let task = ServiceTask {
             task: TaskInput {
                 task_id,
@@ -99,9 +101,10 @@ impl ServiceAgent {
                 memory: Vec::new(),
             },
             reply,
+            cancel: cancel.clone(),
         };
         match self.queue.try_send(task) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok((rx, cancel)),
             Err(async_channel::TrySendError::Full(_)) => Err(AgentError::new(
                 "busy",
                 format!("{QUEUE_BOUND} tasks already wait for this agent"),
@@ -167,7 +170,14 @@ async fn instance_loop(
         daemon.event_record(&rec);
         let ran_for = started.elapsed();
         let stopping = stop.borrow().is_some();
-        if let Some(task) = out.in_flight {
+        let in_flight = match out.in_flight {
+            Some(task) if task.cancel.state().cancelled() => {
+                answer_cancelled(task, &rec);
+                None
+            }
+            other => other,
+        };
+        if let Some(task) = in_flight {
             let id = task.task.task_id;
             let n = tries.entry(id).or_insert(0);
             *n += 1;
@@ -177,6 +187,7 @@ async fn instance_loop(
                 && crate::policy::restart::counts_for_breaker(rec.reason);
             if retry && !rx.is_closed() {
                 // Back in the queue: the next idle instance (this one restarted) takes it.
+                task.cancel.requeued();
                 if let Err(e) = daemon_requeue(&daemon, &spec, task) {
                     tracing::warn!(agent = %spec.name, "task {id} lost on requeue: {e}");
                 }
@@ -219,6 +230,21 @@ async fn instance_loop(
     let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
     i.state = InstanceState::Stopped;
     i.pid = None;
+}
+
+/// `task`, in flight when its instance ended with `rec`, was cancelled: it is answered
+/// `cancelled` (never retried), whatever ended the instance.
+fn answer_cancelled(task: ServiceTask, rec: &crate::ExitRecord) {
+    let message = match rec.reason {
+        ExitReason::Cancelled => rec
+            .error
+            .as_ref()
+            .map_or_else(|| "cancelled".to_string(), |e| e.message.clone()),
+        other => format!("cancelled; its agent's process ended meanwhile ({other})"),
+    };
+    let _ = task
+        .reply
+        .send(Err(AgentError::new("cancelled", message, false)));
 }
 
 fn daemon_requeue(daemon: &Daemon, spec: &AgentSpec, task: ServiceTask) -> Result<(), String> {

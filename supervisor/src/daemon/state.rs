@@ -3,7 +3,7 @@
 //! `ps` and `status` print.
 
 use super::service::ServiceAgent;
-use crate::child::{AttemptEvent, Note, Notes, ServiceTask};
+use crate::child::{AttemptEvent, Note, Notes, ServiceTask, TaskState};
 use crate::control::Approvals;
 use crate::health::Metrics;
 use crate::{ExitRecord, StopHandle, Supervisor};
@@ -73,6 +73,8 @@ impl InstanceInfo {
 pub(crate) struct RunEntry {
     pub what: String,
     pub stop: Option<StopHandle>,
+    /// A task of a service agent: its cancellation.
+    pub task: Option<crate::child::TaskCancel>,
 }
 
 /// The daemon's state, shared by its tasks.
@@ -278,7 +280,21 @@ impl Daemon {
             self.metrics
                 .set_agents(s, by_state.get(s).copied().unwrap_or(0));
         }
-        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let (runs, queued, running) = {
+            let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+            let tasks = runs
+                .values()
+                .filter_map(|r| r.task.as_ref().map(|t| t.state()));
+            let (mut queued, mut running) = (0, 0);
+            for t in tasks {
+                match t {
+                    TaskState::Queued => queued += 1,
+                    TaskState::Running => running += 1,
+                    _ => {}
+                }
+            }
+            (runs.len(), queued, running)
+        };
         self.metrics.set_runs_active(runs as i64);
         let healthy = by_state.get("ready").copied().unwrap_or(0);
         let mut line = format!("{agents} agents, {healthy} healthy");
@@ -302,6 +318,7 @@ impl Daemon {
             "agents": agents,
             "by_state": by_state,
             "runs": runs,
+            "tasks": {"queued": queued, "running": running},
             "reloads": self.reloads.load(Ordering::Relaxed),
             "draining": self.draining.load(Ordering::SeqCst),
             "summary": line,

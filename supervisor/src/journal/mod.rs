@@ -160,6 +160,9 @@ pub enum RunStatus {
     Degraded,
     /// Found unfinished after the supervisor that ran it was gone (crash, `kill -9`).
     Interrupted,
+    /// A daemon's task that an operator cancelled (`corral cancel`). (A cancelled plan run
+    /// stays `interrupted`: it can be resumed.)
+    Cancelled,
 }
 
 impl RunStatus {

@@ -216,16 +216,17 @@ impl CallJournal {
     pub(crate) async fn served(
         &self,
         result: &Result<(Value, Vec<Value>), AgentError>,
+        cancelled: bool,
     ) -> Result<(), JournalError> {
         let at_ms = now_ms();
         let (output, memory, error) = match result {
             Ok((o, m)) => (Some(o.to_json()), list_json(m), None),
             Err(e) => (None, list_json(&[]), Some(error_json(e))),
         };
-        let status = if output.is_some() {
-            RunStatus::Succeeded
-        } else {
-            RunStatus::Failed
+        let status = match (&output, cancelled) {
+            (Some(_), _) => RunStatus::Succeeded,
+            (None, true) => RunStatus::Cancelled,
+            (None, false) => RunStatus::Failed,
         };
         self.journal.append(Entry::CallEnded {
             run_id: self.run_id.to_string(),
