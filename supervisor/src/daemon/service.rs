@@ -222,9 +222,12 @@ async fn instance_loop(
         }
         daemon.metrics.restarted(&spec.name);
         tracing::info!(agent = %spec.name, instance = index, reason = %rec.reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| s.is_some()) => break,
+        // A zero backoff restarts at once: even a timer of zero waits for the next tick.
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| s.is_some()) => break,
+            }
         }
     }
     let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
