@@ -421,6 +421,7 @@ pub(super) async fn launch_with(
     let pooled = ahead
         .as_ref()
         .and_then(|a| pools.workspaces.take_rooted(&a.key));
+    let from_spares = pooled.is_none();
     let (mut workspace, root_ns) = match pooled {
         Some((w, fd)) => (w, Some(fd)),
         None => (pools.workspaces.take(disk).map_err(workspace_error)?, None),
@@ -519,8 +520,15 @@ pub(super) async fn launch_with(
             source,
         })?;
     // The pools are topped up now, not beside the spawn: making a root or a network namespace
-    // takes a core for a millisecond, which the spawn would wait for.
+    // takes a core for a millisecond, which the spawn would wait for (and a workspace or a
+    // cgroup a thread woken on the other core while the spawn runs).
     crate::sandbox::netpool::top_up();
+    if from_spares {
+        pools.workspaces.top_up(disk);
+    }
+    if let Some(pool) = &pools.cgroups {
+        pool.top_up(&agent.name, &limits);
+    }
     // (The agent's settings are copied for the refill only when one is needed.)
     if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
         let (key, spec) = (a.key.clone(), agent.clone());
