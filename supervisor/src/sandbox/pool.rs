@@ -99,20 +99,25 @@ impl WorkspacePool {
     }
 
     /// A fresh workspace with a quota of `disk` bytes (when the host lets us mount): a spare if
-    /// one is ready, else made now. Tops the spares up in the background (when called inside a
-    /// tokio runtime).
+    /// one is ready, else made now. The caller tops the spares up ([`WorkspacePool::top_up`])
+    /// once its spawn is done, so that making the next one does not compete with the spawn for
+    /// the CPU.
     pub fn take(self: &Arc<Self>, disk: Option<u64>) -> Result<Workspace, WorkspaceError> {
         let ready = self
             .spare
             .lock()
             .ok()
             .and_then(|mut s| s.get_mut(&disk).and_then(Vec::pop));
-        let ws = match ready {
-            Some(w) => w,
-            None => self.make(disk)?,
-        };
+        match ready {
+            Some(w) => Ok(w),
+            None => self.make(disk),
+        }
+    }
+
+    /// Make spares with a quota of `disk` again in the background if they run short (when
+    /// called inside a tokio runtime).
+    pub fn top_up(self: &Arc<Self>, disk: Option<u64>) {
         self.refill(disk);
-        Ok(ws)
     }
 
     /// A workspace whose agent's root was made ahead for `key` (a mount namespace to join),
@@ -265,8 +270,8 @@ impl CgroupPool {
         Ok(cg)
     }
 
-    /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. Tops the
-    /// spares up in the background.
+    /// A fresh cgroup for one attempt of `agent`: a spare if ready, else made now. The caller
+    /// tops the spares up ([`CgroupPool::top_up`]) once its spawn is done.
     pub(crate) fn take(
         self: &Arc<Self>,
         agent: &str,
@@ -277,12 +282,15 @@ impl CgroupPool {
             .lock()
             .ok()
             .and_then(|mut s| s.get_mut(agent).and_then(Vec::pop));
-        let cg = match ready {
-            Some(c) => c,
-            None => self.make(agent, limits)?,
-        };
+        match ready {
+            Some(c) => Ok(c),
+            None => self.make(agent, limits),
+        }
+    }
+
+    /// Make spare cgroups of `agent` again in the background if they run short.
+    pub(crate) fn top_up(self: &Arc<Self>, agent: &str, limits: &CgroupLimits) {
         self.refill(agent, *limits);
-        Ok(cg)
     }
 
     fn refill(self: &Arc<Self>, agent: &str, limits: CgroupLimits) {

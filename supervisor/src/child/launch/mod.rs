@@ -278,7 +278,6 @@ fn spawn_spec(
             }
         }
     }
-    let arg_paths = arg_paths(spec);
     let mut status_rx = None;
     let init = crate::sandbox::init_path().filter(|_| ns.pid);
     if ns.pid {
@@ -292,12 +291,18 @@ fn spawn_spec(
     if let (Some((uid, gid)), false) = (ids, user_ns) {
         s = s.user(uid, gid);
     }
-    let (read_paths, write_paths) = agent_paths(spec, &resolved, &arg_paths, &cwd, workspace);
+    // The agent's paths, looked up (its program's real path, its arguments' files) only for
+    // what names them: a root built at the spawn, and landlock.
+    let paths = || agent_paths(spec, &resolved, &arg_paths(spec), &cwd, workspace);
+    let mut looked_up = None;
     if ns.mount {
         let ops = match root_ns {
             // Made ahead with this workspace: the child enters it.
             Some(fd) => crate::sandbox::rootfs::MountOps::join(fd, ns.pid),
-            None => root_plan(&read_paths, &write_paths, init, workspace, ns.pid).compile(),
+            None => {
+                let (read, write) = looked_up.get_or_insert_with(paths);
+                root_plan(read, write, init, workspace, ns.pid).compile()
+            }
         };
         s = s.root(ops.map_err(|source| LaunchError::Root {
             agent: agent.clone(),
@@ -313,6 +318,7 @@ fn spawn_spec(
     // agent's view of the path, which reaches that directory without passing its workspace,
     // so it needs a rule of its own.
     let tmp = workspace.tmp();
+    let (read_paths, write_paths) = looked_up.unwrap_or_else(paths);
     match crate::sandbox::landlock::Ruleset::build_with(
         crate::sandbox::rootfs::SYSTEM_PATHS
             .iter()
@@ -415,6 +421,7 @@ pub(super) async fn launch_with(
     let pooled = ahead
         .as_ref()
         .and_then(|a| pools.workspaces.take_rooted(&a.key));
+    let from_spares = pooled.is_none();
     let (mut workspace, root_ns) = match pooled {
         Some((w, fd)) => (w, Some(fd)),
         None => (pools.workspaces.take(disk).map_err(workspace_error)?, None),
@@ -513,8 +520,15 @@ pub(super) async fn launch_with(
             source,
         })?;
     // The pools are topped up now, not beside the spawn: making a root or a network namespace
-    // takes a core for a millisecond, which the spawn would wait for.
+    // takes a core for a millisecond, which the spawn would wait for (and a workspace or a
+    // cgroup a thread woken on the other core while the spawn runs).
     crate::sandbox::netpool::top_up();
+    if from_spares {
+        pools.workspaces.top_up(disk);
+    }
+    if let Some(pool) = &pools.cgroups {
+        pool.top_up(&agent.name, &limits);
+    }
     // (The agent's settings are copied for the refill only when one is needed.)
     if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
         let (key, spec) = (a.key.clone(), agent.clone());

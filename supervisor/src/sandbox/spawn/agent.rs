@@ -42,10 +42,10 @@ unsafe fn agent_drop_privileges(p: &Prepared) -> bool {
         libc::close(5);
         let mut ok = true;
         for cap in 0..64 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                && *libc::__errno_location() != libc::EINVAL
-            {
-                ok = false;
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                // EINVAL: past the kernel's last capability, as is every higher number.
+                ok = *libc::__errno_location() == libc::EINVAL;
+                break;
             }
         }
         if let (Some((uid, gid)), true) = (p.uid_gid, ok) {

@@ -352,13 +352,17 @@ unsafe fn drop_bounding_set(init: InitKind) -> Step {
         if keep {
             continue;
         }
-        // SAFETY: prctl with integer arguments; errno is readable at any time. EINVAL: a
-        // number past the kernel's last capability.
-        let failed = unsafe {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
-                && *libc::__errno_location() != libc::EINVAL
+        // SAFETY: prctl with integer arguments; errno is readable at any time.
+        let (rc, errno) = unsafe {
+            let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            (rc, *libc::__errno_location())
         };
-        check(!failed, Stage::BoundingSet)?;
+        // EINVAL: a number past the kernel's last capability, and so is every higher one
+        // (the kernel's capabilities are numbered without gaps): nothing left to drop.
+        if rc != 0 && errno == libc::EINVAL {
+            break;
+        }
+        check(rc == 0, Stage::BoundingSet)?;
     }
     Ok(())
 }
