@@ -42,7 +42,10 @@ pub fn run_attempt(
     let events = spec.events.clone();
     let start = Box::pin(start(spec, task, tools));
     async move {
-        let out = match start.await {
+        // (Awaited into a binding of its own: a box awaited in the match would be kept, spent,
+        // for the whole watch.)
+        let started = start.await;
+        let out = match started {
             Ok(mut running) => {
                 let verdict = running.watch(stop).await;
                 Box::pin(running.finish(verdict)).await
@@ -180,7 +183,7 @@ async fn start(
         t0,
     )
     .with_notes(spec.notes.clone());
-    let service = spec.service.clone().map(super::watch::Service::new);
+    let service = (spec.service.clone()).map(|q| Box::new(super::watch::Service::new(q)));
     if service.is_some() {
         proto = proto.serving();
     }

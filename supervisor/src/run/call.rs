@@ -15,10 +15,16 @@ use crate::policy::{
 };
 use crate::record::{Decision, ExitReason, ExitRecord};
 use corral_proto::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// A record queued for the journal, durable once this resolves.
+pub(super) type Durable =
+    Pin<Box<dyn Future<Output = Result<(), crate::journal::JournalError>> + Send>>;
 
 /// What follows an attempt.
 pub(super) enum Next {
@@ -159,13 +165,15 @@ impl<'s> Call<'s> {
         })
     }
 
-    /// An attempt ended and another follows: its record (the last so far) is made durable
-    /// before the next starts.
-    pub(super) async fn journal_retried(&self) -> Result<(), RunError> {
-        if let (Some(j), Some(rec)) = (&self.journal, self.attempts.last()) {
-            j.attempt_ended(rec).await?;
+    /// An attempt ended and another follows: its record (the last so far) is queued for the
+    /// journal now, ahead of the next attempt's start; the future resolves once it is durable.
+    /// The caller awaits it while the next attempt starts (see [`Supervisor::call`]): the
+    /// commit's sync is off the restart's way, and a journal that fails it still ends the call.
+    pub(super) fn journal_retried(&self) -> Option<Durable> {
+        match (&self.journal, self.attempts.last()) {
+            (Some(j), Some(rec)) => Some(Box::pin(j.attempt_ended(rec))),
+            _ => None,
         }
-        Ok(())
     }
 
     /// Where the notes of attempt `attempt_no` go (its start journalled now).
@@ -240,8 +248,12 @@ impl<'s> Call<'s> {
             .map_err(|(reason, message)| refuse(reason, message))
     }
 
-    /// Run the next attempt.
-    pub(super) async fn attempt(&self) -> child::AttemptOutcome {
+    /// Run the next attempt (its start journalled now). Boxed, and no larger than it needs:
+    /// a call keeps this future for as long as its agent runs (a thousand idle agents each keep
+    /// one), and an attempt of an agent that calls no agents has no router beside it.
+    pub(super) fn attempt(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = child::AttemptOutcome> + Send + '_>> {
         let attempt_no = self.attempt_no();
         let sup = self.sup;
         let aspec = AttemptSpec {
@@ -268,9 +280,25 @@ impl<'s> Call<'s> {
             .clone()
             .unwrap_or_else(|| self.sup.default_tools());
         if !agents::calls_agents(&self.spec) {
-            return child::run_attempt(aspec, task, Some(tools), self.stop.clone()).await;
+            return Box::pin(child::run_attempt(
+                aspec,
+                task,
+                Some(tools),
+                self.stop.clone(),
+            ));
         }
         // Agent calls are answered here; every other call goes on to the broker.
+        Box::pin(self.routed(aspec, task, tools))
+    }
+
+    /// An attempt of an agent that may call agents: its calls routed, agent calls answered
+    /// here and every other call sent on to `tools`.
+    async fn routed(
+        &self,
+        aspec: AttemptSpec,
+        task: TaskInput,
+        tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
+    ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
         let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone());
         tokio::pin!(attempt);

@@ -191,9 +191,13 @@ impl CallJournal {
         })
     }
 
-    /// An attempt's record, its decision made: durable before anyone is told.
-    pub(crate) async fn attempt_ended(&self, rec: &ExitRecord) -> Result<(), JournalError> {
-        self.journal.durable(self.attempt_entry(rec)).await
+    /// An attempt's record, its decision made, queued now (ahead of anything journalled after
+    /// this call, such as the next attempt's start); the future resolves once it is durable.
+    pub(crate) fn attempt_ended(
+        &self,
+        rec: &ExitRecord,
+    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
+        self.journal.durable_many(vec![self.attempt_entry(rec)])
     }
 
     fn attempt_entry(&self, rec: &ExitRecord) -> Entry {

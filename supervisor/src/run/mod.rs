@@ -25,7 +25,7 @@ use crate::policy::{Breaker, Intensity, Quarantine, SplitMix64};
 use crate::record::{Decision, ExitReason, ExitRecord, RecordedError};
 use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
 use crate::sandbox::pool::{CgroupPool, WorkspacePool};
-use call::{Call, Next};
+use call::{Call, Durable, Next};
 use corral_proto::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -495,18 +495,38 @@ impl Supervisor {
         let prepared = self.prepare(agent, input, opts);
         async move {
             let mut call = prepared?;
+            // The last record of a retried attempt, queued for the journal and not yet known
+            // durable: awaited beside the next attempt (its spawn does not wait for the sync),
+            // or before the call ends.
+            let mut pending: Option<Durable> = None;
             loop {
                 if let Err(refusal) = call.admit() {
-                    return call.end(refusal, None).await;
+                    if let Some(p) = pending.take() {
+                        p.await?;
+                    }
+                    return Box::pin(call.end(refusal, None)).await;
                 }
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
-                let out = Box::new(call.attempt().await);
+                let out = match pending.take() {
+                    None => Box::new(call.attempt().await),
+                    Some(p) => {
+                        // A journal that fails the commit ends the call, as it would have
+                        // before the attempt: the attempt is dropped (its guard kills and reaps
+                        // the process).
+                        let attempt = call.attempt();
+                        let attempt = async { Ok::<_, RunError>(Box::new(attempt.await)) };
+                        let durable = async { p.await.map_err(RunError::from) };
+                        tokio::try_join!(attempt, durable)?.0
+                    }
+                };
                 match call.after(*out) {
-                    Next::End(rec, done) => return call.end(rec, done).await,
+                    // Boxed, as the attempt is: the end moves the call into its own state,
+                    // which would otherwise be kept beside every attempt.
+                    Next::End(rec, done) => return Box::pin(call.end(rec, done)).await,
                     Next::Retry(delay) => {
-                        call.journal_retried().await?;
+                        pending = call.journal_retried();
                         call.back_off(delay).await
                     }
                 }
