@@ -148,7 +148,11 @@ async fn start(
         record.pid = pid.map(|p| p as u32);
         Box::new(spawn_failed(record, t0, message))
     };
-    let (was_warm, launched) = match obtain(&spec).await {
+    let obtained = obtain(&spec).await;
+    if let Some(f) = &spec.on_spawn {
+        f();
+    }
+    let (was_warm, launched) = match obtained {
         Ok(m) => m,
         Err(e) => return Err(failed(&spec, None, e)),
     };

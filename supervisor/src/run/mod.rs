@@ -25,7 +25,7 @@ use crate::policy::{Breaker, Intensity, Quarantine, SplitMix64};
 use crate::record::{Decision, ExitReason, ExitRecord, RecordedError};
 use crate::sandbox::cgroup::{CgroupLimits, Cgroups};
 use crate::sandbox::pool::{CgroupPool, WorkspacePool};
-use call::{Call, Durable, Next};
+use call::{Call, Next};
 use corral_proto::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -463,6 +463,7 @@ impl Supervisor {
             notes,
             service: Some(queue),
             task: None,
+            on_spawn: None,
         };
         child::run_service_attempt(aspec, Some(self.default_tools()), stop)
     }
@@ -495,29 +496,38 @@ impl Supervisor {
         let prepared = self.prepare(agent, input, opts);
         async move {
             let mut call = prepared?;
-            // The last record of a retried attempt, queued for the journal and not yet known
-            // durable: awaited beside the next attempt (its spawn does not wait for the sync),
-            // or before the call ends.
-            let mut pending: Option<Durable> = None;
+            // The record of a retried attempt, queued for the journal with the next attempt's
+            // start once that attempt's process exists (see `call::Deferred`), and awaited
+            // beside the attempt; or now, when no attempt follows.
+            let mut ended = None;
             loop {
                 if let Err(refusal) = call.admit() {
-                    if let Some(p) = pending.take() {
-                        p.await?;
+                    if let Some(e) = ended.take() {
+                        call.journal_now(e).await?;
                     }
                     return Box::pin(call.end(refusal, None)).await;
                 }
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
-                let out = match pending.take() {
-                    None => Box::new(call.attempt().await),
-                    Some(p) => {
-                        // A journal that fails the commit ends the call, as it would have
-                        // before the attempt: the attempt is dropped (its guard kills and reaps
-                        // the process).
-                        let attempt = call.attempt();
-                        let attempt = async { Ok::<_, RunError>(Box::new(attempt.await)) };
-                        let durable = async { p.await.map_err(RunError::from) };
+                let out = match call.attempt(ended.take()) {
+                    (attempt, None) => Box::new(attempt.await),
+                    (attempt, Some((held, rx))) => {
+                        // A journal that fails the commit ends the call: the attempt is dropped
+                        // (its guard kills and reaps the process).
+                        let attempt = async {
+                            let out = attempt.await;
+                            // (Queued by the spawn already, unless the attempt never got there.)
+                            call::fire(&held);
+                            Ok::<_, RunError>(Box::new(out))
+                        };
+                        let durable = async {
+                            match rx.await {
+                                Ok(d) => d.await.map_err(RunError::from),
+                                // Nothing to wait for: the attempt followed no retried one.
+                                Err(_) => Ok(()),
+                            }
+                        };
                         tokio::try_join!(attempt, durable)?.0
                     }
                 };
@@ -526,7 +536,7 @@ impl Supervisor {
                     // which would otherwise be kept beside every attempt.
                     Next::End(rec, done) => return Box::pin(call.end(rec, done)).await,
                     Next::Retry(delay) => {
-                        pending = call.journal_retried();
+                        ended = call.retried_entry();
                         call.back_off(delay).await
                     }
                 }
