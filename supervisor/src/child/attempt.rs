@@ -42,7 +42,10 @@ pub fn run_attempt(
     let events = spec.events.clone();
     let start = Box::pin(start(spec, task, tools));
     async move {
-        let out = match start.await {
+        // (Awaited into a binding of its own: a box awaited in the match would be kept, spent,
+        // for the whole watch.)
+        let started = start.await;
+        let out = match started {
             Ok(mut running) => {
                 let verdict = running.watch(stop).await;
                 Box::pin(running.finish(verdict)).await
@@ -145,7 +148,11 @@ async fn start(
         record.pid = pid.map(|p| p as u32);
         Box::new(spawn_failed(record, t0, message))
     };
-    let (was_warm, launched) = match obtain(&spec).await {
+    let obtained = obtain(&spec).await;
+    if let Some(f) = &spec.on_spawn {
+        f();
+    }
+    let (was_warm, launched) = match obtained {
         Ok(m) => m,
         Err(e) => return Err(failed(&spec, None, e)),
     };
@@ -180,7 +187,7 @@ async fn start(
         t0,
     )
     .with_notes(spec.notes.clone());
-    let service = spec.service.clone().map(super::watch::Service::new);
+    let service = (spec.service.clone()).map(|q| Box::new(super::watch::Service::new(q)));
     if service.is_some() {
         proto = proto.serving();
     }

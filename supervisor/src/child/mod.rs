@@ -105,7 +105,14 @@ pub struct AttemptSpec {
     /// A service agent: its tasks come one after another from this queue (shared by the
     /// agent's instances) instead of the one task of the attempt.
     pub service: Option<ServiceQueue>,
+    /// Called once, as soon as the attempt's process exists (or could not be made): what its
+    /// owner defers until then (the journal's entries of a restart, so that their commit does
+    /// not run beside the spawn).
+    pub on_spawn: Option<OnSpawn>,
 }
+
+/// See [`AttemptSpec::on_spawn`].
+pub type OnSpawn = Arc<dyn Fn() + Send + Sync>;
 
 /// The queue a service agent's instances take their tasks from, first come first served.
 pub type ServiceQueue = async_channel::Receiver<ServiceTask>;

@@ -186,7 +186,7 @@ pub(super) struct Watch {
     /// The up pipe ended mid-frame: why (usually the agent died writing; its exit says more).
     pub(super) truncated: Option<String>,
     /// A service agent's queue and task.
-    pub(super) service: Option<Service>,
+    pub(super) service: Option<Box<Service>>,
 }
 
 impl Watch {

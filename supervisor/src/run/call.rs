@@ -10,15 +10,54 @@ use super::journal::CallJournal;
 use super::{counts_for_quarantine, not_started, CallOptions, CallOutcome, RunError, Supervisor};
 use crate::child::{self, AttemptSpec, TaskInput};
 use crate::config::AgentSpec;
+use crate::journal::Entry;
 use crate::policy::{
     self, Admission, Backoff, Fingerprint, IntensityState, IntensityVerdict, RetryRules,
 };
 use crate::record::{Decision, ExitReason, ExitRecord};
 use corral_proto::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+
+/// A record queued for the journal, durable once this resolves.
+pub(super) type Durable =
+    Pin<Box<dyn Future<Output = Result<(), crate::journal::JournalError>> + Send>>;
+
+/// The journal's entries of an attempt's start (and the record of the attempt before it, when
+/// it was retried), held back until the attempt's process exists: their commit, synced, would
+/// otherwise run beside the spawn and slow it down. Queued by [`fire`], in that order and
+/// before any note of the attempt; the record's durability is sent on `tx`.
+pub(super) struct Deferred {
+    journal: crate::journal::Journal,
+    ended: Option<Entry>,
+    started: Entry,
+    tx: oneshot::Sender<Durable>,
+}
+
+/// See [`Deferred`]; shared by the attempt's spawn hook and the call.
+pub(super) type Held = Arc<Mutex<Option<Box<Deferred>>>>;
+
+/// Queue what `held` holds, once (the attempt's process exists, or the attempt is over).
+pub(super) fn fire(held: &Held) {
+    let d = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(d) = d {
+        if let Some(e) = d.ended {
+            let _ = d.tx.send(Box::pin(d.journal.durable_many(vec![e])));
+        }
+        d.journal.append(d.started);
+    }
+}
+
+/// An attempt's future, and what it holds back for the journal with where the record's
+/// durability comes.
+pub(super) type Attempt<'a> = (
+    Pin<Box<dyn Future<Output = child::AttemptOutcome> + Send + 'a>>,
+    Option<(Held, oneshot::Receiver<Durable>)>,
+);
 
 /// What follows an attempt.
 pub(super) enum Next {
@@ -159,25 +198,37 @@ impl<'s> Call<'s> {
         })
     }
 
-    /// An attempt ended and another follows: its record (the last so far) is made durable
-    /// before the next starts.
-    pub(super) async fn journal_retried(&self) -> Result<(), RunError> {
-        if let (Some(j), Some(rec)) = (&self.journal, self.attempts.last()) {
-            j.attempt_ended(rec).await?;
+    /// An attempt ended and another follows: its record (the last so far), as the journal's
+    /// entry, to be queued with the next attempt's start once its process exists (see
+    /// [`Call::attempt`]); `None` when the call is not journalled.
+    pub(super) fn retried_entry(&self) -> Option<Entry> {
+        let (j, rec) = (self.journal.as_ref()?, self.attempts.last()?);
+        Some(j.attempt_entry(rec))
+    }
+
+    /// Queue `entry` now and wait until it is durable (a retried record whose next attempt
+    /// never started).
+    pub(super) async fn journal_now(&self, entry: Entry) -> Result<(), RunError> {
+        if let Some(j) = &self.journal {
+            j.journal().durable_many(vec![entry]).await?;
         }
         Ok(())
     }
 
-    /// Where the notes of attempt `attempt_no` go (its start journalled now).
-    fn notes(&self, attempt_no: u32) -> Option<child::Notes> {
-        let journal = self.journal.as_ref().map(|j| j.attempt(attempt_no));
-        match (journal, self.opts.notes.clone()) {
+    /// Where the notes of attempt `attempt_no` go, and its start entry when journalled.
+    fn notes(&self, attempt_no: u32) -> (Option<Entry>, Option<child::Notes>) {
+        let (started, journal) = match self.journal.as_ref().map(|j| j.attempt(attempt_no)) {
+            Some((e, n)) => (Some(e), Some(n)),
+            None => (None, None),
+        };
+        let notes = match (journal, self.opts.notes.clone()) {
             (Some(a), Some(b)) => Some(Arc::new(move |n: child::Note| {
                 b(n.clone());
                 a(n)
-            })),
+            }) as child::Notes),
             (a, b) => a.or(b),
-        }
+        };
+        (started, notes)
     }
 
     /// May the next attempt start? Not after a stop (during a backoff, or before the first
@@ -240,10 +291,33 @@ impl<'s> Call<'s> {
             .map_err(|(reason, message)| refuse(reason, message))
     }
 
-    /// Run the next attempt.
-    pub(super) async fn attempt(&self) -> child::AttemptOutcome {
+    /// Run the next attempt (its start journalled now). Boxed, and no larger than it needs:
+    /// a call keeps this future for as long as its agent runs (a thousand idle agents each keep
+    /// one), and an attempt of an agent that calls no agents has no router beside it.
+    ///
+    /// `ended`: the record of the attempt before, when it was retried: queued with this
+    /// attempt's start once its process exists (see [`Deferred`]).
+    pub(super) fn attempt(&self, ended: Option<Entry>) -> Attempt<'_> {
         let attempt_no = self.attempt_no();
         let sup = self.sup;
+        let (started, notes) = self.notes(attempt_no);
+        let deferred = match (started, &self.journal) {
+            (Some(started), Some(j)) => {
+                let (tx, rx) = oneshot::channel();
+                let held: Held = Arc::new(Mutex::new(Some(Box::new(Deferred {
+                    journal: j.journal().clone(),
+                    ended,
+                    started,
+                    tx,
+                }))));
+                Some((held, rx))
+            }
+            _ => None,
+        };
+        let on_spawn = deferred.as_ref().map(|(held, _)| {
+            let held = held.clone();
+            Arc::new(move || fire(&held)) as child::OnSpawn
+        });
         let aspec = AttemptSpec {
             agent: self.spec.clone(),
             run_id: self.run_id.clone(),
@@ -253,9 +327,10 @@ impl<'s> Call<'s> {
             workspaces: sup.workspaces.clone(),
             stems: Some(sup.stems.clone()),
             events: self.opts.events.clone(),
-            notes: self.notes(attempt_no),
+            notes,
             task: self.opts.task.as_deref().map(Arc::from),
             service: None,
+            on_spawn,
         };
         let task = TaskInput {
             task_id: attempt_no as u64,
@@ -268,9 +343,21 @@ impl<'s> Call<'s> {
             .clone()
             .unwrap_or_else(|| self.sup.default_tools());
         if !agents::calls_agents(&self.spec) {
-            return child::run_attempt(aspec, task, Some(tools), self.stop.clone()).await;
+            let attempt = child::run_attempt(aspec, task, Some(tools), self.stop.clone());
+            return (Box::pin(attempt), deferred);
         }
         // Agent calls are answered here; every other call goes on to the broker.
+        (Box::pin(self.routed(aspec, task, tools)), deferred)
+    }
+
+    /// An attempt of an agent that may call agents: its calls routed, agent calls answered
+    /// here and every other call sent on to `tools`.
+    async fn routed(
+        &self,
+        aspec: AttemptSpec,
+        task: TaskInput,
+        tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
+    ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
         let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone());
         tokio::pin!(attempt);

@@ -121,14 +121,25 @@ impl CallJournal {
         }
     }
 
-    /// Attempt `attempt` starts: where its notes go.
-    pub(crate) fn attempt(&self, attempt: u32) -> Notes {
-        self.journal.append(Entry::AttemptStarted {
+    /// Attempt `attempt` starts: its start, for the caller to queue (see [`Journal::append`])
+    /// before any of its notes, and where its notes go.
+    pub(crate) fn attempt(&self, attempt: u32) -> (Entry, Notes) {
+        let started = Entry::AttemptStarted {
             run_id: self.run_id.to_string(),
             call: self.call,
             attempt,
             at_ms: now_ms(),
-        });
+        };
+        (started, self.notes(attempt))
+    }
+
+    /// The journal written to.
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Where the notes of attempt `attempt` go.
+    fn notes(&self, attempt: u32) -> Notes {
         let journal = self.journal.clone();
         let run_id = self.run_id.clone();
         let call = self.call;
@@ -191,12 +202,8 @@ impl CallJournal {
         })
     }
 
-    /// An attempt's record, its decision made: durable before anyone is told.
-    pub(crate) async fn attempt_ended(&self, rec: &ExitRecord) -> Result<(), JournalError> {
-        self.journal.durable(self.attempt_entry(rec)).await
-    }
-
-    fn attempt_entry(&self, rec: &ExitRecord) -> Entry {
+    /// An attempt's record, its decision made, as an entry (for the caller to queue).
+    pub(crate) fn attempt_entry(&self, rec: &ExitRecord) -> Entry {
         Entry::AttemptEnded {
             run_id: self.run_id.to_string(),
             call: self.call,

@@ -463,6 +463,7 @@ impl Supervisor {
             notes,
             service: Some(queue),
             task: None,
+            on_spawn: None,
         };
         child::run_service_attempt(aspec, Some(self.default_tools()), stop)
     }
@@ -495,18 +496,47 @@ impl Supervisor {
         let prepared = self.prepare(agent, input, opts);
         async move {
             let mut call = prepared?;
+            // The record of a retried attempt, queued for the journal with the next attempt's
+            // start once that attempt's process exists (see `call::Deferred`), and awaited
+            // beside the attempt; or now, when no attempt follows.
+            let mut ended = None;
             loop {
                 if let Err(refusal) = call.admit() {
-                    return call.end(refusal, None).await;
+                    if let Some(e) = ended.take() {
+                        call.journal_now(e).await?;
+                    }
+                    return Box::pin(call.end(refusal, None)).await;
                 }
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
-                let out = Box::new(call.attempt().await);
+                let out = match call.attempt(ended.take()) {
+                    (attempt, None) => Box::new(attempt.await),
+                    (attempt, Some((held, rx))) => {
+                        // A journal that fails the commit ends the call: the attempt is dropped
+                        // (its guard kills and reaps the process).
+                        let attempt = async {
+                            let out = attempt.await;
+                            // (Queued by the spawn already, unless the attempt never got there.)
+                            call::fire(&held);
+                            Ok::<_, RunError>(Box::new(out))
+                        };
+                        let durable = async {
+                            match rx.await {
+                                Ok(d) => d.await.map_err(RunError::from),
+                                // Nothing to wait for: the attempt followed no retried one.
+                                Err(_) => Ok(()),
+                            }
+                        };
+                        tokio::try_join!(attempt, durable)?.0
+                    }
+                };
                 match call.after(*out) {
-                    Next::End(rec, done) => return call.end(rec, done).await,
+                    // Boxed, as the attempt is: the end moves the call into its own state,
+                    // which would otherwise be kept beside every attempt.
+                    Next::End(rec, done) => return Box::pin(call.end(rec, done)).await,
                     Next::Retry(delay) => {
-                        call.journal_retried().await?;
+                        ended = call.retried_entry();
                         call.back_off(delay).await
                     }
                 }

@@ -52,6 +52,7 @@ impl Supervisor {
             notes: Some(notes),
             service: None,
             task: None,
+            on_spawn: None,
         };
         let task = TaskInput {
             task_id: 1,
