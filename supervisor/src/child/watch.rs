@@ -13,6 +13,10 @@
 //! What it keeps while the agent is idle is small on purpose (a thousand idle agents each keep
 //! one): the sources are polled in place (no future built per turn), one readiness
 //! registration serves all the agent's fds, and buffers are given back once empty.
+//!
+//! Past ~600 lines on purpose: the loop's order of priorities is the point of this room and
+//! reads best in one place; the protocol machine, the wire, the log sink and the cancel
+//! handling are rooms of their own.
 
 use super::bounds;
 use super::health::Health;

@@ -9,6 +9,9 @@
 //! Layout: `units` reads sizes and durations; `schema` is the raw serde view of the file
 //! with spans kept where a later check needs a location; `resolve` merges the layers and runs
 //! the semantic checks. The key reference for users is `docs/config.md`.
+//!
+//! Past ~600 lines on purpose: [`AgentSpec`] and [`SupervisorConfig`] carry one documented
+//! field per key and are the resolved reference; they stay together.
 
 pub mod check;
 mod daemon;

@@ -7,6 +7,9 @@
 //! ready instances are queued in file order, then index order, and each node sees its inputs
 //! and its upstream notes in that order whatever the timing. Resume reads the run from the
 //! journal and re-runs only the instances without a recorded output.
+//!
+//! Past ~600 lines on purpose: dispatch, completion, the failure policies and resume share the
+//! scheduler's state and are one loop; expressions, outcomes and paths are rooms of their own.
 
 use super::expr::{self, Scope};
 use super::outcome::{finished_of, Finished, NodeReport, PlanOptions, PlanOutcome, PlanStatus};

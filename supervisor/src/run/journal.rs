@@ -1,6 +1,6 @@
 //! What a call writes to the journal: its run, its task as sent, each attempt with what the
 //! agent saw and did (contract, log lines, tool calls and answers, a heartbeat summary) and its
-//! exit record, and the call's end.
+//! exit record, and the call's end. Also where run ids are made and the journal is opened.
 //!
 //! Entries are queued ([`Journal::append`]) as they happen, so that the runtime never waits on
 //! the disk per event; an attempt's record and the call's end are written durably
@@ -296,4 +296,53 @@ impl CallJournal {
         }
         self.journal.durable_many(entries).await
     }
+}
+
+/// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
+pub fn new_run_id(seq: u64) -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!("r{}-{}-{}", base36(ms), std::process::id(), seq)
+}
+
+fn base36(mut n: u64) -> String {
+    const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(D[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The journal at `<state_dir>/corral.db`, opened (and recovered) unless `journal = false`.
+pub(super) fn open_journal(
+    config: &crate::config::Config,
+) -> Result<Option<Journal>, super::RunError> {
+    if !config.supervisor.journal {
+        return Ok(None);
+    }
+    let dir = &config.supervisor.state_dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| super::RunError::Setup(format!("create state_dir {}: {e}", dir.display())))?;
+    let journal =
+        Journal::open_synced(&dir.join("corral.db"), config.supervisor.journal_sync_full)?;
+    let r = journal.recovered();
+    if r.attempts_lost > 0 || r.runs_interrupted > 0 {
+        tracing::warn!(
+            "journal: {} attempt(s) left unfinished by a previous supervisor marked lost, {} run(s) interrupted",
+            r.attempts_lost,
+            r.runs_interrupted
+        );
+    }
+    if let Some(keep) = config.supervisor.journal_keep {
+        journal.start_pruning(keep);
+    }
+    Ok(Some(journal))
 }

@@ -16,7 +16,8 @@ mod ledger;
 pub use ledger::JournalLedger;
 
 pub use agents::{RunShare, AGENT_TOOL, MAX_RUN_AGENTS};
-pub use journal::JournalCall;
+use journal::open_journal;
+pub use journal::{new_run_id, JournalCall};
 
 use crate::child::{self, StemPool, ToolRequest};
 use crate::clock::{Clock, SystemClock};
@@ -165,29 +166,6 @@ pub struct Supervisor {
     tools: std::sync::OnceLock<mpsc::Sender<ToolRequest>>,
     /// Who that broker asks about `approve = "ask"` tools (none: such calls are denied).
     approver: Mutex<Option<Arc<dyn crate::tools::Approver>>>,
-}
-
-/// A fresh, sortable, unique-enough run id: `r<ms since epoch, base 36>-<pid>-<seq>`.
-pub fn new_run_id(seq: u64) -> String {
-    let ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!("r{}-{}-{}", base36(ms), std::process::id(), seq)
-}
-
-fn base36(mut n: u64) -> String {
-    const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(D[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap_or_default()
 }
 
 impl Supervisor {
@@ -558,32 +536,6 @@ impl Supervisor {
         let run_id = opts.run_id.clone().unwrap_or_else(|| new_run_id(seq));
         Ok(Box::new(Call::new(self, spec, run_id, input, opts)))
     }
-}
-
-/// The journal at `<state_dir>/corral.db`, opened (and recovered) unless `journal = false`.
-fn open_journal(config: &Config) -> Result<Option<crate::journal::Journal>, RunError> {
-    if !config.supervisor.journal {
-        return Ok(None);
-    }
-    let dir = &config.supervisor.state_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| RunError::Setup(format!("create state_dir {}: {e}", dir.display())))?;
-    let journal = crate::journal::Journal::open_synced(
-        &dir.join("corral.db"),
-        config.supervisor.journal_sync_full,
-    )?;
-    let r = journal.recovered();
-    if r.attempts_lost > 0 || r.runs_interrupted > 0 {
-        tracing::warn!(
-            "journal: {} attempt(s) left unfinished by a previous supervisor marked lost, {} run(s) interrupted",
-            r.attempts_lost,
-            r.runs_interrupted
-        );
-    }
-    if let Some(keep) = config.supervisor.journal_keep {
-        journal.start_pruning(keep);
-    }
-    Ok(Some(journal))
 }
 
 /// Say once, at start-up, which configured limits this host cannot enforce and what stands in.
