@@ -1,5 +1,5 @@
 //! The time the supervisor's policy runs on: when a backoff ends, and the `now` that restart
-//! intensity and the circuit breaker decide with ([`crate::policy`] takes it as an argument).
+//! intensity and the circuit breaker decide with (the policy room takes it as an argument).
 //!
 //! A [`Supervisor`](crate::run::Supervisor) reads the [`SystemClock`] unless it is given
 //! another ([`Supervisor::with_clock`](crate::run::Supervisor::with_clock)). A

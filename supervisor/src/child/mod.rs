@@ -155,7 +155,7 @@ pub enum Note {
         call_id: u64,
         /// The tool asked for.
         tool: String,
-        /// Its arguments as sent (within [`NOTED_ARGS`]; past it their size and hash).
+        /// Its arguments as sent (within `NOTED_ARGS` (64 KiB); past it their size and hash).
         args: Value,
         /// The answer the agent got.
         result: Result<Value, AgentError>,

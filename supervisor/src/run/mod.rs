@@ -237,7 +237,7 @@ impl Supervisor {
     }
 
     /// The tool ledger in the journal, when it is on (the broker records destructive calls
-    /// there: see [`JournalLedger`]).
+    /// there: see `JournalLedger`).
     pub fn tool_ledger(&self) -> Option<Arc<dyn crate::tools::ToolLedger>> {
         self.ledger
             .clone()
