@@ -81,6 +81,9 @@ struct Counts {
     denied: u64,
     failed: u64,
     first_failure: Option<String>,
+    /// Calls through the broker that did not succeed, and the first one's error.
+    broker_errors: u64,
+    first_broker_error: Option<String>,
 }
 
 impl Counts {
@@ -96,6 +99,17 @@ impl Counts {
         if via_broker {
             self.executed += ok as u64;
             self.denied += (total - ok) as u64;
+            if ok < total {
+                self.broker_errors += (total - ok) as u64;
+                let json = out.to_json();
+                if let Some(e) = json["results"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|r| r["ok"] != true))
+                {
+                    self.first_broker_error
+                        .get_or_insert_with(|| e["error"].to_string());
+                }
+            }
         } else {
             self.denied += total as u64;
         }
@@ -390,6 +404,13 @@ fn print_report(samples: &[Sample], c: &Counts, total: Duration) {
             .map(|f| format!(", the first: {f}"))
             .unwrap_or_default()
     );
+    if c.broker_errors > 0 {
+        println!(
+            "- {} call(s) through the broker did not succeed (counted as denied above); the first: {}",
+            c.broker_errors,
+            c.first_broker_error.as_deref().unwrap_or("?")
+        );
+    }
     let real = last.at >= Duration::from_secs(600) && calls >= 10_000;
     println!(
         "- a real soak is ≥ 10 minutes and ≥ 10 000 tool calls: {}",
