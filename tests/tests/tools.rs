@@ -668,3 +668,55 @@ async fn small_file_work_is_answered_at_once_and_large_work_still_whole() {
     assert_eq!(trace.len(), 6);
     assert!(trace[1].result_bytes > big.len() as u64, "{:?}", trace[1]);
 }
+
+/// A broker too busy to take a call now (its channel full) makes the call wait, never fails it.
+#[tokio::test]
+async fn a_call_waits_for_a_busy_broker_instead_of_failing() {
+    let fx = fixture(&format!(
+        "[agents.caller]\ncommand = [\"{}\"]\ntools = [\"fs.list\"]\nwall_time = \"60s\"\n",
+        bin("chaos").display()
+    ));
+    let sup = Arc::new(Supervisor::new(load(&fx)).unwrap());
+    // The channel's one slot is taken: every call the attempt relays finds it full.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<corral::ToolRequest>(1);
+    let permit = tx.clone().reserve_owned().await.unwrap();
+    let (etx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let call = tokio::spawn({
+        let sup = sup.clone();
+        async move {
+            let opts = CallOptions {
+                tools: Some(tx),
+                events: Some(etx),
+                ..Default::default()
+            };
+            let json = calls(&[("fs.list", json!({"path": "."}))]);
+            sup.call("caller", input(&json.to_string()), opts)
+                .await
+                .unwrap()
+        }
+    });
+    while let Some(ev) = events.recv().await {
+        if matches!(ev, AttemptEvent::Ready { .. }) {
+            break;
+        }
+    }
+    // The agent makes its call as soon as it has its task. Failed at once (the old way), the
+    // call would end here; it must still be waiting.
+    let mut call = call;
+    let ended = tokio::time::timeout(std::time::Duration::from_millis(500), &mut call).await;
+    assert!(
+        ended.is_err(),
+        "the call ended while the broker was busy: {ended:?}"
+    );
+    drop(permit);
+    let req = rx
+        .recv()
+        .await
+        .expect("the call reaches the broker once there is room");
+    assert_eq!(req.call.tool, "fs.list");
+    req.reply
+        .send(Ok(corral_proto::Value::from_json(&json!({"entries": []}))))
+        .unwrap();
+    let o = call.await.unwrap();
+    assert_eq!(kinds(&o), ["ok"], "{:?}", o.attempts);
+}

@@ -286,14 +286,29 @@ impl Watch {
                         workspace_dir: tools.dir.clone(),
                         note: note.clone(),
                     };
-                    tx.try_send(req).map(|()| (rx, note)).map_err(drop)
+                    match tx.try_send(req) {
+                        Ok(()) => Ok((rx, note)),
+                        // The owner is busy (its channel full): the call waits for room, as
+                        // any call waits for its answer, instead of failing. What waits so is
+                        // bounded by the agent's outstanding calls.
+                        Err(mpsc::error::TrySendError::Full(req)) => {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                // Closed meanwhile: the request is dropped, and with it the
+                                // reply, which answers the call `unavailable`.
+                                let _ = tx.send(req).await;
+                            });
+                            Ok((rx, note))
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                    }
                 });
                 match sent {
                     Some(Ok((rx, note))) => tools.waits.push((call_id, rx, note)),
                     _ => {
                         let answer = self
                             .proto
-                            .answer(call_id, Err(Protocol::broker_busy()), now);
+                            .answer(call_id, Err(Protocol::broker_gone()), now);
                         self.wire.send(&answer, &self.poller);
                     }
                 }

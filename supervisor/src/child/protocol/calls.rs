@@ -161,9 +161,10 @@ impl Protocol {
         }
     }
 
-    /// The answer to a call the owner could not take (its channel full or closed).
-    pub(in crate::child) fn broker_busy() -> AgentError {
-        AgentError::new("unavailable", "tool broker is busy or gone", true)
+    /// The answer to a call the owner can no longer take (its channel closed; a full one is
+    /// waited on).
+    pub(in crate::child) fn broker_gone() -> AgentError {
+        AgentError::new("unavailable", "tool broker is gone", true)
     }
 
     /// The answer to a call the owner dropped without answering.

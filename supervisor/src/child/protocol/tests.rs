@@ -588,7 +588,7 @@ fn outstanding_calls_are_bounded_and_ids_unique() {
 fn answers_to_unknown_calls_are_sent_untraced() {
     let t0 = Instant::now();
     let mut p = in_phase(Phase::Busy, t0);
-    let down = p.answer(77, Err(Protocol::broker_busy()), t0);
+    let down = p.answer(77, Err(Protocol::broker_gone()), t0);
     assert!(matches!(
         down,
         Down::ToolResult(ToolResult { call_id: 77, .. })
