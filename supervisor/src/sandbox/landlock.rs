@@ -16,9 +16,7 @@
 //! parent's half is one `landlock_create_ruleset` with the attribute sized to the ABI (the
 //! scopes of ABI 6, TCP of ABI 4) and one `landlock_add_rule` per path, the kept system paths
 //! opened once per process; the crate's best-effort mode would also hide the "no landlock"
-//! answer that `strict` agents are refused on. The same holds for `seccompiler`: it compiles
-//! the seccomp filter in the parent (`sandbox::seccomp`), but the child installs it with one
-//! raw `prctl` rather than its `apply_filter`.
+//! answer that `strict` agents are refused on.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;

@@ -9,10 +9,8 @@
 //! that fails returns its [`Stage`] with `errno` still set by the failing call; [`child_main`]
 //! records both for the parent and exits.
 //!
-//! seccomp is installed with one raw `prctl(PR_SET_SECCOMP)` rather than `seccompiler`'s
-//! `apply_filter` (whose crate compiles the filter, in the parent: `sandbox::seccomp`): that
-//! function also sets `no_new_privs` itself and is not documented as safe to call between
-//! `clone(CLONE_VM)` and `execve`.
+//! seccomp is installed with one raw `prctl(PR_SET_SECCOMP)` of the program built in the parent
+//! (`sandbox::seccomp`).
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
