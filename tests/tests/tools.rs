@@ -661,8 +661,14 @@ async fn small_file_work_is_answered_at_once_and_large_work_still_whole() {
         .collect();
     assert_eq!(names, ["big.txt", "small.txt"]);
     // The small write, the small read, the listing and the refusal were answered where they
-    // arrived; the two large ones on tasks of their own.
-    assert_eq!(broker.answered_inline(), 4);
+    // arrived; the two large ones went to the blocking pool (which may finish one before its
+    // first poll: then it is answered at once too).
+    assert_eq!(broker.offloaded(), 2);
+    assert!(
+        (4..=6).contains(&broker.answered_inline()),
+        "{}",
+        broker.answered_inline()
+    );
     // Traced as any call: the record holds all six, with their sizes.
     let trace = &o.attempts[0].tool_calls;
     assert_eq!(trace.len(), 6);

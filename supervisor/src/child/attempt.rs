@@ -100,10 +100,10 @@ fn spawn_failed(mut record: ExitRecord, t0: Instant, message: String) -> Attempt
 
 /// The process: a warm stem of this agent type when one is waiting (released with this
 /// attempt's environment), else made now. Whether it was warm.
-async fn obtain(spec: &AttemptSpec) -> Result<(bool, Launched), String> {
+async fn obtain(spec: &AttemptSpec, hello: Option<&[u8]>) -> Result<(bool, Launched), String> {
     let agent = &spec.agent;
     if let Some(stem) = spec.stems.as_ref().and_then(|s| s.take(&agent.name)) {
-        match stem.release(agent, &spec.run_id, spec.attempt) {
+        match stem.release(agent, &spec.run_id, spec.attempt, hello) {
             Ok(l) => return Ok((true, l)),
             Err(e) => tracing::debug!(agent = %agent.name, "warm stem unusable: {e}"),
         }
@@ -112,7 +112,7 @@ async fn obtain(spec: &AttemptSpec) -> Result<(bool, Launched), String> {
         workspaces: spec.workspaces.clone(),
         cgroups: spec.cgroups.clone(),
     };
-    launch(agent, &pools, &spec.run_id, spec.attempt, false)
+    launch(agent, &pools, &spec.run_id, spec.attempt, false, hello)
         .await
         .map(|l| (false, l))
         .map_err(|e| e.explain(agent))
@@ -148,7 +148,11 @@ async fn start(
         record.pid = pid.map(|p| p as u32);
         Box::new(spawn_failed(record, t0, message))
     };
-    let obtained = obtain(&spec).await;
+    // The handshake's offer waits in the pipe before the agent starts (`launch::prewrite`).
+    let hello = Protocol::hello_of(&spec.agent, &spec.run_id, spec.attempt, spec.max_frame);
+    let mut hello_frame = Vec::new();
+    let encoded = corral_proto::frame::encode_into(&hello, &mut hello_frame).is_ok();
+    let obtained = obtain(&spec, encoded.then_some(hello_frame.as_slice())).await;
     if let Some(f) = &spec.on_spawn {
         f();
     }
@@ -166,6 +170,8 @@ async fn start(
         out_r,
         err_r,
         beat_r,
+        hello_sent,
+        refill,
         ..
     } = launched;
     let pid = spawned.pid;
@@ -210,7 +216,9 @@ async fn start(
             return Err(failed(&spec, Some(pid), message));
         }
     };
-    wire.send(&proto.hello(&spec.run_id, spec.attempt), &poller);
+    if !hello_sent {
+        wire.send(&hello, &poller);
+    }
     let mut w = Watch::new(
         spec,
         pid,
@@ -220,6 +228,7 @@ async fn start(
         tools.map(|tx| (tx, workspace_path)),
     );
     w.service = service;
+    w.refill = refill;
     Ok(Box::new(Running {
         w,
         guard,
@@ -240,6 +249,10 @@ impl Running {
     async fn finish(mut self: Box<Self>, mut verdict: Verdict) -> AttemptOutcome {
         let decided_at = Instant::now();
         let w = &mut self.w;
+        // An agent that never got ready leaves its pools to be topped up now.
+        if let Some(refill) = w.refill.take() {
+            refill.run();
+        }
         let agent = w.spec.agent.clone();
         let pid = self.guard.pid();
 

@@ -247,14 +247,21 @@ impl Protocol {
     }
 
     /// The handshake's offer, the first thing said.
+    #[cfg(test)]
     pub(super) fn hello(&self, run_id: &str, attempt: u32) -> Down {
+        Self::hello_of(&self.agent, run_id, attempt, self.max_frame)
+    }
+
+    /// The handshake's offer for an attempt of `agent`: all of it is known before the process
+    /// exists, so it can wait in the pipe for the agent (see `launch::prewrite`).
+    pub(super) fn hello_of(agent: &AgentSpec, run_id: &str, attempt: u32, max_frame: u32) -> Down {
         Down::Hello(Hello {
             protocol: PROTOCOL_VERSION,
-            agent_id: self.agent.name.clone(),
+            agent_id: agent.name.clone(),
             run_id: run_id.to_string(),
             attempt,
-            heartbeat_interval_ms: self.agent.heartbeat_interval.as_millis() as u64,
-            max_frame: self.max_frame,
+            heartbeat_interval_ms: agent.heartbeat_interval.as_millis() as u64,
+            max_frame,
         })
     }
 

@@ -191,6 +191,8 @@ pub(super) struct Watch {
     pub(super) truncated: Option<String>,
     /// A service agent's queue and task.
     pub(super) service: Option<Box<Service>>,
+    /// The pools' top-up after this spawn, run once the agent is ready (or the attempt ends).
+    pub(super) refill: Option<super::launch::Refill>,
 }
 
 impl Watch {
@@ -218,6 +220,7 @@ impl Watch {
             },
             truncated: None,
             service: None,
+            refill: None,
         }
     }
 
@@ -239,9 +242,12 @@ impl Watch {
                     attempt: self.spec.attempt,
                     pid: self.pid,
                 });
-                // The next stem is made now, not at the spawn: its making would compete with
-                // this agent's own start for the CPU.
+                // The next stem is made now, not at the spawn, and the pools topped up: their
+                // making would compete with this agent's own start for the CPU.
                 self.spec.refill_stem();
+                if let Some(refill) = self.refill.take() {
+                    refill.run();
+                }
                 match task {
                     Some(Ok(frame)) => {
                         self.wire.send_encoded(&frame, &self.poller);

@@ -56,6 +56,8 @@ pub struct Broker {
     executions: AtomicU64,
     /// Calls dispatched and answered at once.
     inline: AtomicU64,
+    /// Built-in calls whose work was too large to do inline, sent to the blocking pool.
+    offloaded: AtomicU64,
 }
 
 impl Broker {
@@ -88,6 +90,7 @@ impl Broker {
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             executions: AtomicU64::new(0),
             inline: AtomicU64::new(0),
+            offloaded: AtomicU64::new(0),
         }
     }
 
@@ -175,7 +178,13 @@ impl Broker {
         tokio::spawn(call);
     }
 
-    /// Calls [`Broker::dispatch`] answered at once, without a task of their own.
+    /// Built-in calls whose work went to the blocking pool (past what is done inline).
+    pub fn offloaded(&self) -> u64 {
+        self.offloaded.load(Ordering::Relaxed)
+    }
+
+    /// Calls [`Broker::dispatch`] answered at once, without a task of their own (a call sent
+    /// to the blocking pool counts too when its work is done by its first poll).
     pub fn answered_inline(&self) -> u64 {
         self.inline.load(Ordering::Relaxed)
     }
@@ -433,6 +442,7 @@ impl Broker {
                     return done;
                 }
                 let (reach, args) = (reach.into_owned(), req.call.args.clone());
+                self.offloaded.fetch_add(1, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || fs::run(b, &args, &reach, max))
                     .await
                     .unwrap_or_else(|e| {

@@ -23,6 +23,16 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
 }
 
+/// Put the handshake's `Hello` in the (empty) down pipe before the agent starts, so that it
+/// reads it at once instead of waiting for the supervisor to be scheduled after the spawn:
+/// the thread that spawned is often queued behind the starting agent on its core until the
+/// agent blocks. Only a frame of at most `PIPE_BUF` bytes, which an empty pipe takes whole
+/// and at once. Whether it was written; if not, the attempt sends it as any other frame.
+fn prewrite(down_w: &OwnedFd, frame: &[u8]) -> bool {
+    frame.len() <= libc::PIPE_BUF
+        && matches!(nix::unistd::write(down_w, frame), Ok(n) if n == frame.len())
+}
+
 /// The environment an agent starts with: nothing inherited but `env_pass`.
 pub fn agent_env(
     spec: &AgentSpec,
@@ -372,6 +382,10 @@ pub(super) struct Launched {
     /// The agent's program when the sandbox was made (device, inode): its landlock rule names
     /// that file, so a stem is not used for a program replaced since.
     pub(super) program: Option<(u64, u64)>,
+    /// The `Hello` waits in the down pipe already.
+    pub(super) hello_sent: bool,
+    /// The pools' top-up, for whoever holds the process to run when it suits (see [`Refill`]).
+    pub(super) refill: Option<Refill>,
 }
 
 /// The program `agent` runs: its path, and its device and inode.
@@ -391,12 +405,14 @@ pub(super) async fn launch(
     run_id: &str,
     attempt: u32,
     stem: bool,
+    hello: Option<&[u8]>,
 ) -> Result<Launched, LaunchError> {
-    launch_with(agent, pools, run_id, attempt, stem, None).await
+    launch_with(agent, pools, run_id, attempt, stem, None, hello).await
 }
 
 /// [`launch`], with `stdin` as the process's fd 0 instead of `/dev/null` (a command tool reads
-/// its arguments there).
+/// its arguments there). `hello`: the encoded `Hello` frame to leave in the down pipe for the
+/// agent (see [`prewrite`]).
 pub(super) async fn launch_with(
     agent: &AgentSpec,
     pools: &Pools,
@@ -404,6 +420,7 @@ pub(super) async fn launch_with(
     attempt: u32,
     stem: bool,
     stdin: Option<OwnedFd>,
+    hello: Option<&[u8]>,
 ) -> Result<Launched, LaunchError> {
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
@@ -483,6 +500,7 @@ pub(super) async fn launch_with(
     })();
     let ((down_r, down_w), (up_r, up_w), (out_r, out_w), (err_r, err_w), (beat_r, beat_w), control) =
         pipes.map_err(io_error(&agent.name, "create pipes"))?;
+    let hello_sent = hello.is_some_and(|h| prewrite(&down_w, h));
     let devnull = match stdin {
         Some(fd) => fd,
         None => std::fs::File::open("/dev/null")
@@ -519,23 +537,17 @@ pub(super) async fn launch_with(
             agent: agent.name.clone(),
             source,
         })?;
-    // The pools are topped up now, not beside the spawn: making a root or a network namespace
-    // takes a core for a millisecond, which the spawn would wait for (and a workspace or a
-    // cgroup a thread woken on the other core while the spawn runs).
-    crate::sandbox::netpool::top_up();
-    if from_spares {
-        pools.workspaces.top_up(disk);
-    }
-    if let Some(pool) = &pools.cgroups {
-        pool.top_up(&agent.name, &limits);
-    }
-    // (The agent's settings are copied for the refill only when one is needed.)
-    if let Some(a) = ahead.filter(|a| pools.workspaces.rooted_short(&a.key)) {
-        let (key, spec) = (a.key.clone(), agent.clone());
-        pools
-            .workspaces
-            .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
-    }
+    // (The agent's settings are copied for the refill only when a root is wanted.)
+    let refill = Refill {
+        pools: pools.clone(),
+        disk,
+        from_spares,
+        agent: agent.name.clone(),
+        limits,
+        root: ahead
+            .filter(|a| pools.workspaces.rooted_short(&a.key))
+            .map(|a| (a, agent.clone())),
+    };
     Ok(Launched {
         spawned,
         workspace,
@@ -553,5 +565,56 @@ pub(super) async fn launch_with(
         } else {
             None
         },
+        hello_sent,
+        // A stem is made ahead of any agent: its pools are topped up at once.
+        refill: if stem {
+            refill.run();
+            None
+        } else {
+            Some(refill)
+        },
     })
+}
+
+/// The pools' top-up after a spawn: not beside the spawn, nor before the agent is ready.
+/// Making a root or a network namespace takes a core for a millisecond, and a workspace or a
+/// cgroup wakes a thread on the other core: work the agent's own start would wait for on a
+/// small machine (the spawning thread and the runtime are queued behind it already). An
+/// attempt runs it when its agent is ready, or ends; a stem or a command tool at once.
+pub(super) struct Refill {
+    pools: Pools,
+    disk: Option<u64>,
+    /// The workspace came from the spares (not with a root made ahead).
+    from_spares: bool,
+    agent: String,
+    limits: CgroupLimits,
+    /// A root to make ahead for the next attempt, and the agent it is made for.
+    root: Option<(RootAhead, AgentSpec)>,
+}
+
+impl Refill {
+    /// Tell each pool's maker what was taken (none of them waits for the making).
+    pub(super) fn run(self) {
+        let Refill {
+            pools,
+            disk,
+            from_spares,
+            agent,
+            limits,
+            root,
+        } = self;
+        crate::sandbox::netpool::top_up();
+        if from_spares {
+            pools.workspaces.top_up(disk);
+        }
+        if let Some(pool) = &pools.cgroups {
+            pool.top_up(&agent, &limits);
+        }
+        if let Some((a, spec)) = root {
+            let key = a.key.clone();
+            pools
+                .workspaces
+                .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
+        }
+    }
 }

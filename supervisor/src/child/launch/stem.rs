@@ -17,6 +17,7 @@ impl Stem {
         agent: &AgentSpec,
         run_id: &str,
         attempt: u32,
+        hello: Option<&[u8]>,
     ) -> Result<Launched, LaunchError> {
         let mut l = self.0;
         let name = || agent.name.clone();
@@ -41,6 +42,8 @@ impl Stem {
                 .control
                 .take()
                 .ok_or_else(|| LaunchError::NotAStem { agent: name() })?;
+            // Before the agent can start: it finds its `Hello` waiting.
+            l.hello_sent = hello.is_some_and(|h| super::prewrite(&l.down_w, h));
             let mut f = std::fs::File::from(control);
             std::io::Write::write_all(&mut f, &record)
                 .map_err(io_error(&agent.name, "start the agent"))
@@ -159,7 +162,7 @@ impl StemPool {
         if self.spare.lock().is_ok_and(|s| s.contains_key(&agent.name)) {
             return Ok(true);
         }
-        let l = launch(&agent, &pools, "", 0, true)
+        let l = launch(&agent, &pools, "", 0, true, None)
             .await
             .map_err(|e| e.to_string())?;
         self.put(&agent.name, l).await;
@@ -202,7 +205,7 @@ impl StemPool {
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let made = launch(&agent, &pools, "", 0, true).await;
+            let made = launch(&agent, &pools, "", 0, true, None).await;
             let Some(me) = me.upgrade() else {
                 if let Ok(l) = made {
                     let _ = tokio::task::spawn_blocking(move || Stem(l).discard()).await;
