@@ -192,7 +192,8 @@ pub(super) struct Watch {
     /// A service agent's queue and task.
     pub(super) service: Option<Box<Service>>,
     /// The pools' top-up after this spawn, run once the agent is ready (or the attempt ends).
-    pub(super) refill: Option<super::launch::Refill>,
+    /// (Boxed: an idle agent keeps the field, empty, for as long as it runs.)
+    pub(super) refill: Option<Box<super::launch::Refill>>,
 }
 
 impl Watch {

@@ -52,3 +52,13 @@ pub(crate) fn init_path() -> Option<&'static PathBuf> {
     })
     .as_ref()
 }
+
+/// Lower the calling thread's priority (nice 10): the pools' makers, whose work is for spawns
+/// to come and should yield a core to an agent starting or to the supervisor's own work when
+/// both want it, without being starved under a steady load (`SCHED_IDLE` would be). Threads it
+/// starts inherit it. Nothing is lost if it cannot be set.
+pub(crate) fn background_thread() {
+    // SAFETY: setpriority with PRIO_PROCESS and a thread id changes that thread's nice value
+    // only (Linux); gettid cannot fail. No memory is passed.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+}

@@ -61,6 +61,7 @@ pub fn top_up() {
 /// told one was taken. Each `unshare` moves this thread into a new namespace; the previous one
 /// lives on through its fd.
 fn refill() {
+    crate::sandbox::background_thread();
     let p = pool();
     loop {
         let short = p.ready.lock().map(|r| r.len() < SPARES).unwrap_or(false);

@@ -1,6 +1,6 @@
 //! Spares made ahead of time, so that a spawn does not wait for a `mkdir`: per-attempt
-//! workspaces and per-attempt cgroups are created in the background (on tokio's blocking
-//! pool) and taken ready-made. Each spare is still used once and removed after its attempt.
+//! workspaces and per-attempt cgroups are created in the background (on threads of their own,
+//! at a lower priority: `sandbox::background_thread`) and taken ready-made. Each spare is still used once and removed after its attempt.
 
 use crate::sandbox::cgroup::{AgentCgroup, CgroupError, CgroupLimits, Cgroups};
 use crate::sandbox::owner::Owner;
@@ -114,8 +114,7 @@ impl WorkspacePool {
         }
     }
 
-    /// Make spares with a quota of `disk` again in the background if they run short (when
-    /// called inside a tokio runtime).
+    /// Make spares with a quota of `disk` again in the background if they run short.
     pub fn top_up(self: &Arc<Self>, disk: Option<u64>) {
         self.refill(disk);
     }
@@ -158,6 +157,7 @@ impl WorkspacePool {
         let started = std::thread::Builder::new()
             .name("corral-roots".into())
             .spawn(move || {
+                crate::sandbox::background_thread();
                 while let Some(pool) = me.upgrade() {
                     if !short(&pool, &key) {
                         break;
@@ -192,45 +192,60 @@ impl WorkspacePool {
         }
     }
 
+    /// Make spares on this thread until [`SPARES`] are ready (nothing when another thread
+    /// is at it): what the pools' refill thread does.
+    pub(crate) fn fill_here(self: &Arc<Self>, disk: Option<u64>) {
+        if self.claim(disk) {
+            self.fill(disk);
+        }
+    }
+
     fn refill(self: &Arc<Self>, disk: Option<u64>) {
-        if tokio::runtime::Handle::try_current().is_err() {
+        if !self.claim(disk) {
             return;
         }
-        {
-            let Ok(mut busy) = self.refilling.lock() else {
-                return;
-            };
-            let flag = busy.entry(disk).or_insert(false);
-            if *flag {
-                return;
-            }
-            *flag = true;
-        }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let short = |me: &WorkspacePool| {
-                me.spare
-                    .lock()
-                    .map(|s| s.get(&disk).map_or(0, Vec::len) < SPARES)
-                    .unwrap_or(false)
-            };
-            while short(&me) {
-                match me.make(disk) {
-                    Ok(w) => {
-                        if let Ok(mut s) = me.spare.lock() {
-                            s.entry(disk).or_default().push(w);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("making a spare workspace: {e}");
-                        break;
+        if !in_background("corral-workspaces", move || me.fill(disk)) {
+            self.release(disk);
+        }
+    }
+
+    /// Mark `disk`'s spares as being made; false when they already are.
+    fn claim(&self, disk: Option<u64>) -> bool {
+        let Ok(mut busy) = self.refilling.lock() else {
+            return false;
+        };
+        !std::mem::replace(busy.entry(disk).or_insert(false), true)
+    }
+
+    fn release(&self, disk: Option<u64>) {
+        if let Ok(mut busy) = self.refilling.lock() {
+            busy.insert(disk, false);
+        }
+    }
+
+    /// Make spares until enough are ready, then release the claim.
+    fn fill(&self, disk: Option<u64>) {
+        let short = || {
+            self.spare
+                .lock()
+                .map(|s| s.get(&disk).map_or(0, Vec::len) < SPARES)
+                .unwrap_or(false)
+        };
+        while short() {
+            match self.make(disk) {
+                Ok(w) => {
+                    if let Ok(mut s) = self.spare.lock() {
+                        s.entry(disk).or_default().push(w);
                     }
                 }
+                Err(e) => {
+                    tracing::warn!("making a spare workspace: {e}");
+                    break;
+                }
             }
-            if let Ok(mut busy) = me.refilling.lock() {
-                busy.insert(disk, false);
-            }
-        });
+        }
+        self.release(disk);
     }
 }
 
@@ -293,45 +308,76 @@ impl CgroupPool {
         self.refill(agent, *limits);
     }
 
+    /// Make spare cgroups of `agent` on this thread until [`SPARES`] are ready (nothing when
+    /// another thread is at it): what the pools' refill thread does.
+    pub(crate) fn fill_here(self: &Arc<Self>, agent: &str, limits: &CgroupLimits) {
+        if self.claim(agent) {
+            self.fill(agent, limits);
+        }
+    }
+
     fn refill(self: &Arc<Self>, agent: &str, limits: CgroupLimits) {
-        if tokio::runtime::Handle::try_current().is_err() {
+        if !self.claim(agent) {
             return;
         }
-        {
-            let Ok(mut busy) = self.refilling.lock() else {
-                return;
-            };
-            let flag = busy.entry(agent.to_string()).or_insert(false);
-            if *flag {
-                return;
-            }
-            *flag = true;
-        }
         let me = self.clone();
-        let agent = agent.to_string();
-        tokio::task::spawn_blocking(move || {
-            let short = |me: &CgroupPool| {
-                me.spare
-                    .lock()
-                    .map(|s| s.get(&agent).map_or(0, Vec::len) < SPARES)
-                    .unwrap_or(false)
-            };
-            while short(&me) {
-                match me.make_spare(&agent, &limits) {
-                    Ok(c) => {
-                        if let Ok(mut s) = me.spare.lock() {
-                            s.entry(agent.clone()).or_default().push(c);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(agent = %agent, "making a spare cgroup: {e}");
-                        break;
+        let name = agent.to_string();
+        if !in_background("corral-cgroups", move || me.fill(&name, &limits)) {
+            self.release(agent);
+        }
+    }
+
+    /// Mark `agent`'s spares as being made; false when they already are.
+    fn claim(&self, agent: &str) -> bool {
+        let Ok(mut busy) = self.refilling.lock() else {
+            return false;
+        };
+        !std::mem::replace(busy.entry(agent.to_string()).or_insert(false), true)
+    }
+
+    fn release(&self, agent: &str) {
+        if let Ok(mut busy) = self.refilling.lock() {
+            busy.insert(agent.to_string(), false);
+        }
+    }
+
+    /// Make spares until enough are ready, then release the claim.
+    fn fill(&self, agent: &str, limits: &CgroupLimits) {
+        let short = || {
+            self.spare
+                .lock()
+                .map(|s| s.get(agent).map_or(0, Vec::len) < SPARES)
+                .unwrap_or(false)
+        };
+        while short() {
+            match self.make_spare(agent, limits) {
+                Ok(c) => {
+                    if let Ok(mut s) = self.spare.lock() {
+                        s.entry(agent.to_string()).or_default().push(c);
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(agent = %agent, "making a spare cgroup: {e}");
+                    break;
+                }
             }
-            if let Ok(mut busy) = me.refilling.lock() {
-                busy.insert(agent, false);
-            }
-        });
+        }
+        self.release(agent);
     }
+}
+
+/// Run `f` on a thread of its own at the pools' priority ([`crate::sandbox::background_thread`]),
+/// not on a runtime's blocking pool: the pools are topped up from the refill thread
+/// (`child::launch::Refill`), outside any runtime. Whether the thread started.
+fn in_background(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+    let started = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            crate::sandbox::background_thread();
+            f();
+        });
+    if let Err(e) = &started {
+        tracing::warn!("cannot start a thread to make spares ahead: {e}");
+    }
+    started.is_ok()
 }

@@ -385,7 +385,7 @@ pub(super) struct Launched {
     /// The `Hello` waits in the down pipe already.
     pub(super) hello_sent: bool,
     /// The pools' top-up, for whoever holds the process to run when it suits (see [`Refill`]).
-    pub(super) refill: Option<Refill>,
+    pub(super) refill: Option<Box<Refill>>,
 }
 
 /// The program `agent` runs: its path, and its device and inode.
@@ -571,7 +571,7 @@ pub(super) async fn launch_with(
             refill.run();
             None
         } else {
-            Some(refill)
+            Some(Box::new(refill))
         },
     })
 }
@@ -593,8 +593,39 @@ pub(super) struct Refill {
 }
 
 impl Refill {
-    /// Tell each pool's maker what was taken (none of them waits for the making).
+    /// Hand the top-up to the pools' refill thread (one channel send): telling the makers
+    /// starts threads, which the caller (a runtime thread, with an agent just ready whose
+    /// event is on its way) should not wait for. Done here when that thread cannot be had.
     pub(super) fn run(self) {
+        type Tx = std::sync::Mutex<std::sync::mpsc::Sender<Refill>>;
+        static TX: std::sync::OnceLock<Option<Tx>> = std::sync::OnceLock::new();
+        let tx = TX.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Refill>();
+            std::thread::Builder::new()
+                .name("corral-refill".into())
+                .spawn(move || {
+                    crate::sandbox::background_thread();
+                    while let Ok(r) = rx.recv() {
+                        r.now(true);
+                    }
+                })
+                .map_err(|e| tracing::warn!("cannot start the pools' refill thread: {e}"))
+                .ok()
+                .map(|_| std::sync::Mutex::new(tx))
+        });
+        let unsent = match tx.as_ref().map(|tx| tx.lock()) {
+            Some(Ok(tx)) => tx.send(self).err().map(|e| e.0),
+            _ => Some(self),
+        };
+        if let Some(r) = unsent {
+            r.now(false);
+        }
+    }
+
+    /// Top the pools up: on the refill thread (`here`), workspaces and cgroups are made on it;
+    /// elsewhere each pool's maker is told (none of them waits for the making). Roots and
+    /// network namespaces have makers of their own either way.
+    fn now(self, here: bool) {
         let Refill {
             pools,
             disk,
@@ -604,17 +635,23 @@ impl Refill {
             root,
         } = self;
         crate::sandbox::netpool::top_up();
-        if from_spares {
-            pools.workspaces.top_up(disk);
-        }
-        if let Some(pool) = &pools.cgroups {
-            pool.top_up(&agent, &limits);
-        }
         if let Some((a, spec)) = root {
             let key = a.key.clone();
             pools
                 .workspaces
                 .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
+        }
+        if from_spares {
+            match here {
+                true => pools.workspaces.fill_here(disk),
+                false => pools.workspaces.top_up(disk),
+            }
+        }
+        if let Some(pool) = &pools.cgroups {
+            match here {
+                true => pool.fill_here(&agent, &limits),
+                false => pool.top_up(&agent, &limits),
+            }
         }
     }
 }
