@@ -576,6 +576,10 @@ pub(super) async fn launch_with(
     })
 }
 
+/// Top-ups waiting for the refill thread, at most: the queue's memory stays bounded whatever
+/// the rate of spawns. Each looks at its pools afresh when it is carried out.
+const REFILLS_QUEUED: usize = 64;
+
 /// The pools' top-up after a spawn: not beside the spawn, nor before the agent is ready.
 /// Making a root or a network namespace takes a core for a millisecond, and a workspace or a
 /// cgroup wakes a thread on the other core: work the agent's own start would wait for on a
@@ -597,10 +601,11 @@ impl Refill {
     /// starts threads, which the caller (a runtime thread, with an agent just ready whose
     /// event is on its way) should not wait for. Done here when that thread cannot be had.
     pub(super) fn run(self) {
-        type Tx = std::sync::Mutex<std::sync::mpsc::Sender<Refill>>;
+        use std::sync::mpsc::TrySendError;
+        type Tx = std::sync::Mutex<std::sync::mpsc::SyncSender<Refill>>;
         static TX: std::sync::OnceLock<Option<Tx>> = std::sync::OnceLock::new();
         let tx = TX.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Refill>();
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Refill>(REFILLS_QUEUED);
             std::thread::Builder::new()
                 .name("corral-refill".into())
                 .spawn(move || {
@@ -614,7 +619,12 @@ impl Refill {
                 .map(|_| std::sync::Mutex::new(tx))
         });
         let unsent = match tx.as_ref().map(|tx| tx.lock()) {
-            Some(Ok(tx)) => tx.send(self).err().map(|e| e.0),
+            Some(Ok(tx)) => match tx.try_send(self) {
+                // Dropped when 64 wait already: its pools stay short until the next spawn of
+                // their kind, which makes what it lacks itself and asks again.
+                Ok(()) | Err(TrySendError::Full(_)) => None,
+                Err(TrySendError::Disconnected(r)) => Some(r),
+            },
             _ => Some(self),
         };
         if let Some(r) = unsent {
