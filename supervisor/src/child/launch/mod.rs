@@ -4,11 +4,13 @@
 //! `docs/isolation.md`). What can go wrong is a [`LaunchError`].
 
 mod error;
+mod refill;
 mod root;
 mod stem;
 
 use error::io_error;
 pub use error::LaunchError;
+pub(super) use refill::Refill;
 use root::{agent_paths, arg_paths, root_plan, RootAhead};
 pub use stem::StemPool;
 
@@ -574,94 +576,4 @@ pub(super) async fn launch_with(
             Some(Box::new(refill))
         },
     })
-}
-
-/// Top-ups waiting for the refill thread, at most: the queue's memory stays bounded whatever
-/// the rate of spawns. Each looks at its pools afresh when it is carried out.
-const REFILLS_QUEUED: usize = 64;
-
-/// The pools' top-up after a spawn: not beside the spawn, nor before the agent is ready.
-/// Making a root or a network namespace takes a core for a millisecond, and a workspace or a
-/// cgroup wakes a thread on the other core: work the agent's own start would wait for on a
-/// small machine (the spawning thread and the runtime are queued behind it already). An
-/// attempt runs it when its agent is ready, or ends; a stem or a command tool at once.
-pub(super) struct Refill {
-    pools: Pools,
-    disk: Option<u64>,
-    /// The workspace came from the spares (not with a root made ahead).
-    from_spares: bool,
-    agent: String,
-    limits: CgroupLimits,
-    /// A root to make ahead for the next attempt, and the agent it is made for.
-    root: Option<(RootAhead, AgentSpec)>,
-}
-
-impl Refill {
-    /// Hand the top-up to the pools' refill thread (one channel send): telling the makers
-    /// starts threads, which the caller (a runtime thread, with an agent just ready whose
-    /// event is on its way) should not wait for. Done here when that thread cannot be had.
-    pub(super) fn run(self) {
-        use std::sync::mpsc::TrySendError;
-        type Tx = std::sync::Mutex<std::sync::mpsc::SyncSender<Refill>>;
-        static TX: std::sync::OnceLock<Option<Tx>> = std::sync::OnceLock::new();
-        let tx = TX.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Refill>(REFILLS_QUEUED);
-            std::thread::Builder::new()
-                .name("corral-refill".into())
-                .spawn(move || {
-                    crate::sandbox::background_thread();
-                    while let Ok(r) = rx.recv() {
-                        r.now(true);
-                    }
-                })
-                .map_err(|e| tracing::warn!("cannot start the pools' refill thread: {e}"))
-                .ok()
-                .map(|_| std::sync::Mutex::new(tx))
-        });
-        let unsent = match tx.as_ref().map(|tx| tx.lock()) {
-            Some(Ok(tx)) => match tx.try_send(self) {
-                // Dropped when 64 wait already: its pools stay short until the next spawn of
-                // their kind, which makes what it lacks itself and asks again.
-                Ok(()) | Err(TrySendError::Full(_)) => None,
-                Err(TrySendError::Disconnected(r)) => Some(r),
-            },
-            _ => Some(self),
-        };
-        if let Some(r) = unsent {
-            r.now(false);
-        }
-    }
-
-    /// Top the pools up: on the refill thread (`here`), workspaces and cgroups are made on it;
-    /// elsewhere each pool's maker is told (none of them waits for the making). Roots and
-    /// network namespaces have makers of their own either way.
-    fn now(self, here: bool) {
-        let Refill {
-            pools,
-            disk,
-            from_spares,
-            agent,
-            limits,
-            root,
-        } = self;
-        crate::sandbox::netpool::top_up();
-        if let Some((a, spec)) = root {
-            let key = a.key.clone();
-            pools
-                .workspaces
-                .refill_rooted(key, disk, move |w: &Workspace| a.ops(&spec, w));
-        }
-        if from_spares {
-            match here {
-                true => pools.workspaces.fill_here(disk),
-                false => pools.workspaces.top_up(disk),
-            }
-        }
-        if let Some(pool) = &pools.cgroups {
-            match here {
-                true => pool.fill_here(&agent, &limits),
-                false => pool.top_up(&agent, &limits),
-            }
-        }
-    }
 }

@@ -1,5 +1,7 @@
 //! Tests of the seccomp filter: an interpreter run over the program for every rule, the program
-//! against `seccompiler`'s compilation of the same rules, and real children that install it.
+//! against `seccompiler`'s compilation of the same rules, an expectation table written from the
+//! kernel's ABI, and real children that install it. Past 600 lines because the reference rules
+//! and the probe child's calls are long lists; they share the interpreter and the helpers here.
 use super::*;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
