@@ -64,6 +64,8 @@ impl AsRawFd for EpollFd {
 /// The attempt's epoll. See the module docs.
 pub(super) struct Poller {
     ep: AsyncFd<EpollFd>,
+    /// Not looked at yet: the first look asks the set itself (see [`Poller::poll`]).
+    first: std::sync::atomic::AtomicBool,
 }
 
 impl Poller {
@@ -74,7 +76,10 @@ impl Poller {
         // open for as long as the `AsyncFd` owns the `EpollFd`, and its `as_raw_fd` always
         // returns that fd.
         let ep = unsafe { AsyncFd::register_with_interest(ep, Interest::READABLE) }?;
-        Ok(Poller { ep })
+        Ok(Poller {
+            ep,
+            first: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     fn epoll(&self) -> &Epoll {
@@ -122,6 +127,16 @@ impl Poller {
             let mut guard = match self.ep.poll_read_ready(cx) {
                 Poll::Ready(Ok(g)) => g,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                // What was ready before the runtime's reactor could say so (an agent that
+                // wrote its first frame before its watch began, as one that finds its `Hello`
+                // waiting does) is seen at the first look, not after a turn of the reactor:
+                // one system call, once per attempt.
+                Poll::Pending if self.first.swap(false, std::sync::atomic::Ordering::Relaxed) => {
+                    return match self.ready_now() {
+                        Ok(r) if r.is_empty() => Poll::Pending,
+                        other => Poll::Ready(other),
+                    };
+                }
                 Poll::Pending => return Poll::Pending,
             };
             match self.ready_now() {
