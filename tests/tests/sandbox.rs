@@ -619,3 +619,66 @@ async fn workspaces_left_by_a_dead_supervisor_are_swept_at_start() {
     let me = format!("ws-{}-", std::process::id());
     assert!(name.starts_with(&me), "{home}");
 }
+
+/// A `corral call` that ends as soon as its agent answers leaves none of the spares its pools
+/// were still making (cgroups, workspaces) behind: its exit waits for the pools' refill, which
+/// a busy machine delays (two spinning threads here, as a loaded host would).
+#[test]
+fn a_call_ended_at_once_leaves_no_spare_behind() {
+    if !root_ok("cgroups and workspaces of other uids") {
+        return;
+    }
+    let fx = fixture("");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let work = fx.dir.path().join("state").join("work");
+    let mut left = Vec::new();
+    for _ in 0..6 {
+        let child = std::process::Command::new(bin("corral"))
+            .args(["call", "echo", "--config", fx.config.to_str().unwrap()])
+            .args(["--input", r#"{"n":1}"#])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let walk = std::process::Command::new("find")
+            .args(["/sys/fs/cgroup", "-maxdepth", "6", "-name"])
+            .arg(format!("corral-{pid}-*"))
+            .output()
+            .unwrap();
+        left.extend(
+            String::from_utf8_lossy(&walk.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+        if let Ok(entries) = std::fs::read_dir(&work) {
+            left.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        }
+        if !left.is_empty() {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -154,9 +154,13 @@ impl WorkspacePool {
         }
         let me = Arc::downgrade(self);
         let failed_key = key.clone();
+        let busy = crate::sandbox::process::busy();
         let started = std::thread::Builder::new()
             .name("corral-roots".into())
             .spawn(move || {
+                // Waited for at exit (counted before the thread exists): a root half made
+                // would be left behind.
+                let _busy = busy;
                 crate::sandbox::background_thread();
                 while let Some(pool) = me.upgrade() {
                     if !short(&pool, &key) {
@@ -370,9 +374,12 @@ impl CgroupPool {
 /// not on a runtime's blocking pool: the pools are topped up from the refill thread
 /// (`child::launch::Refill`), outside any runtime. Whether the thread started.
 fn in_background(name: &str, f: impl FnOnce() + Send + 'static) -> bool {
+    // Counted before the thread exists, so that an exit cannot slip in between.
+    let busy = crate::sandbox::process::busy();
     let started = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
+            let _busy = busy;
             crate::sandbox::background_thread();
             f();
         });

@@ -215,6 +215,25 @@ fn disposals() -> &'static Disposals {
     })
 }
 
+/// Work on a thread of its own that must end before the process may (the pools' making: a
+/// spare half made at exit would be left behind): [`settled`] waits for it as for a removal.
+/// Held for as long as the work runs.
+pub(crate) struct Busy(());
+
+/// Count work as running until the [`Busy`] is dropped.
+pub(crate) fn busy() -> Busy {
+    if let Ok(mut n) = disposals().pending.lock() {
+        *n += 1;
+    }
+    Busy(())
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        disposals().done();
+    }
+}
+
 impl Disposals {
     fn done(&self) {
         if let Ok(mut n) = self.pending.lock() {

@@ -541,7 +541,7 @@ pub(super) async fn launch_with(
         })?;
     // (The agent's settings are copied for the refill only when a root is wanted.)
     let refill = Refill {
-        pools: pools.clone(),
+        pools: refill::WeakPools::of(pools),
         disk,
         from_spares,
         agent: agent.name.clone(),

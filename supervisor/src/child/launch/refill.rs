@@ -2,9 +2,12 @@
 //! agent is ready rather than between its spawn and its handshake.
 
 use super::root::RootAhead;
-use super::{CgroupLimits, Pools};
+use super::{CgroupLimits, Pools, WorkspacePool};
 use crate::config::AgentSpec;
+use crate::sandbox::pool::CgroupPool;
+use crate::sandbox::process::{busy, Busy};
 use crate::sandbox::workspace::Workspace;
+use std::sync::{Arc, Weak};
 
 /// Top-ups waiting for the refill thread, at most: the queue's memory stays bounded whatever
 /// the rate of spawns. Each looks at its pools afresh when it is carried out.
@@ -16,7 +19,8 @@ const REFILLS_QUEUED: usize = 64;
 /// spawning thread and the runtime are queued behind it already). An attempt runs it when its
 /// agent is ready, or ends; a stem or a command tool at once.
 pub(in crate::child) struct Refill {
-    pub(super) pools: Pools,
+    /// The pools, not kept alive by a top-up waiting in the queue.
+    pub(super) pools: WeakPools,
     pub(super) disk: Option<u64>,
     /// The workspace came from the spares (not with a root made ahead).
     pub(super) from_spares: bool,
@@ -32,16 +36,20 @@ impl Refill {
     /// event is on its way) should not wait for. Done here when that thread cannot be had.
     pub(in crate::child) fn run(self) {
         use std::sync::mpsc::TrySendError;
-        type Tx = std::sync::Mutex<std::sync::mpsc::SyncSender<Refill>>;
+        // Each queued top-up counts as work the process waits for before it exits
+        // (`process::settled`): a spare half made at exit would be left behind.
+        type Job = (Refill, Busy);
+        type Tx = std::sync::Mutex<std::sync::mpsc::SyncSender<Job>>;
         static TX: std::sync::OnceLock<Option<Tx>> = std::sync::OnceLock::new();
         let tx = TX.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Refill>(REFILLS_QUEUED);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(REFILLS_QUEUED);
             std::thread::Builder::new()
                 .name("corral-refill".into())
                 .spawn(move || {
                     crate::sandbox::background_thread();
-                    while let Ok(r) = rx.recv() {
+                    while let Ok((r, busy)) = rx.recv() {
                         r.now(true);
+                        drop(busy);
                     }
                 })
                 .map_err(|e| tracing::warn!("cannot start the pools' refill thread: {e}"))
@@ -49,11 +57,11 @@ impl Refill {
                 .map(|_| std::sync::Mutex::new(tx))
         });
         let unsent = match tx.as_ref().map(|tx| tx.lock()) {
-            Some(Ok(tx)) => match tx.try_send(self) {
+            Some(Ok(tx)) => match tx.try_send((self, busy())) {
                 // Dropped when 64 wait already: its pools stay short until the next spawn of
                 // their kind, which makes what it lacks itself and asks again.
                 Ok(()) | Err(TrySendError::Full(_)) => None,
-                Err(TrySendError::Disconnected(r)) => Some(r),
+                Err(TrySendError::Disconnected((r, _))) => Some(r),
             },
             _ => Some(self),
         };
@@ -74,6 +82,10 @@ impl Refill {
             limits,
             root,
         } = self;
+        // Nothing for a supervisor that is gone (its pools are held by nothing else now).
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
         crate::sandbox::netpool::top_up();
         if let Some((a, spec)) = root {
             let key = a.key.clone();
@@ -93,5 +105,32 @@ impl Refill {
                 false => pool.top_up(&agent, &limits),
             }
         }
+    }
+}
+
+/// [`Pools`] held weakly.
+pub(in crate::child) struct WeakPools {
+    workspaces: Weak<WorkspacePool>,
+    cgroups: Option<Weak<CgroupPool>>,
+}
+
+impl WeakPools {
+    pub(super) fn of(p: &Pools) -> WeakPools {
+        WeakPools {
+            workspaces: Arc::downgrade(&p.workspaces),
+            cgroups: p.cgroups.as_ref().map(Arc::downgrade),
+        }
+    }
+
+    /// The pools, if their supervisor still holds them.
+    fn upgrade(&self) -> Option<Pools> {
+        let cgroups = match &self.cgroups {
+            Some(c) => Some(c.upgrade()?),
+            None => None,
+        };
+        Some(Pools {
+            workspaces: self.workspaces.upgrade()?,
+            cgroups,
+        })
     }
 }
