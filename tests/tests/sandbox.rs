@@ -283,6 +283,34 @@ async fn privileges_are_dropped_to_the_configured_user() {
     assert_eq!(output(&o)["uid"].as_i64(), Some(65534), "{:?}", output(&o));
 }
 
+/// `corral call AGENT --input INPUT` on the fixture's config (`RUST_LOG=error`, and `env`):
+/// the supervisor's pid and its output, its exit asserted to be 0.
+fn call_cli(
+    fx: &Fixture,
+    agent: &str,
+    input: &str,
+    env: &[(&str, &str)],
+) -> (u32, std::process::Output) {
+    let child = std::process::Command::new(bin("corral"))
+        .args(["call", agent, "--config", fx.config.to_str().unwrap()])
+        .args(["--input", input])
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, out)
+}
+
 #[test]
 fn environment_is_scrubbed_and_no_cgroup_is_left_behind() {
     let fx = fixture("[agents.envy]\ncommand = [\"placeholder\"]\n");
@@ -295,28 +323,11 @@ fn environment_is_scrubbed_and_no_cgroup_is_left_behind() {
         ),
     );
     std::fs::write(&fx.config, text).unwrap();
-    let child = std::process::Command::new(bin("corral"))
-        .args([
-            "call",
-            "envy",
-            "--config",
-            fx.config.to_str().unwrap(),
-            "--input",
-            r#"{"do":"env"}"#,
-        ])
-        .env("SECRET_TOKEN", "hunter2")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let corral_pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (corral_pid, out) = call_cli(
+        &fx,
+        "envy",
+        r#"{"do":"env"}"#,
+        &[("SECRET_TOKEN", "hunter2")],
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let env = v["env"].as_object().unwrap();
@@ -643,22 +654,7 @@ fn a_call_ended_at_once_leaves_no_spare_behind() {
     let work = fx.dir.path().join("state").join("work");
     let mut left = Vec::new();
     for _ in 0..6 {
-        let child = std::process::Command::new(bin("corral"))
-            .args(["call", "echo", "--config", fx.config.to_str().unwrap()])
-            .args(["--input", r#"{"n":1}"#])
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (pid, _) = call_cli(&fx, "echo", r#"{"n":1}"#, &[]);
         let walk = std::process::Command::new("find")
             .args(["/sys/fs/cgroup", "-maxdepth", "6", "-name"])
             .arg(format!("corral-{pid}-*"))
