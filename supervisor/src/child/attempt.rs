@@ -212,6 +212,9 @@ async fn start(
     let (mut wire, poller, logs) = match io {
         Ok(io) => io,
         Err(e) => {
+            if let Some(refill) = refill {
+                refill.run();
+            }
             let message = format!("set up pipes: {e}");
             return Err(failed(&spec, Some(pid), message));
         }
@@ -249,7 +252,8 @@ impl Running {
     async fn finish(mut self: Box<Self>, mut verdict: Verdict) -> AttemptOutcome {
         let decided_at = Instant::now();
         let w = &mut self.w;
-        // An agent that never got ready leaves its pools to be topped up now.
+        // An agent that never got ready leaves its pools to be topped up now (an attempt
+        // dropped before its end does so as its watch goes: `Watch`'s drop).
         if let Some(refill) = w.refill.take() {
             refill.run();
         }

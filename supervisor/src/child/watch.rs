@@ -196,6 +196,16 @@ pub(super) struct Watch {
     pub(super) refill: Option<Box<super::launch::Refill>>,
 }
 
+impl Drop for Watch {
+    /// An attempt dropped before its agent was ready (its call dropped, say) still has its
+    /// pools topped up.
+    fn drop(&mut self) {
+        if let Some(refill) = self.refill.take() {
+            refill.run();
+        }
+    }
+}
+
 impl Watch {
     pub(super) fn new(
         spec: AttemptSpec,
