@@ -102,6 +102,7 @@ pub mod control;
 pub mod daemon;
 pub mod exit_status;
 pub mod health;
+mod init_record;
 pub mod journal;
 pub mod plan;
 mod policy;

@@ -483,6 +483,31 @@ async fn warm_stems_start_agents_with_the_same_isolation_and_leave_nothing() {
     assert_eq!(stems.len(), 1, "{stems:?}");
     let stem_pid = stems[0].1;
     assert!(alive(stem_pid));
+    // Its agent's process is made already, pid 2 of the namespace, waiting for its program
+    // as the agent's user with no capability at all: a release only reads fd 7 and execs.
+    let waiting = agent_pid(stem_pid);
+    assert_ne!(
+        waiting, stem_pid,
+        "the stem holds its agent's process ready"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{waiting}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let uids = field("Uid:");
+    assert_eq!(uids.len(), 4, "{status}");
+    assert!(
+        uids.iter().all(|u| *u == uids[0] && *u != "0"),
+        "the agent's own uid, real to saved: {status}"
+    );
+    for cap in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(cap), ["0000000000000000"], "{cap} {status}");
+    }
+    assert_eq!(field("NSpid:").last(), Some(&"2"), "{status}");
 
     // The agent of a warm stem: its own run id, attempt and workspace, pid 2 of its own pid
     // namespace, the same confinement.

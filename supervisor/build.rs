@@ -1,0 +1,64 @@
+//! Builds `corral-init` (`init/main.rs`): a program with neither `std` nor a C library, which
+//! must be compiled with `panic=abort`, a setting cargo's profiles cannot make for one binary.
+//! It is placed beside the package's binaries (`target/<profile>/corral-init`), where the
+//! library looks for it, and where the install steps in `docs/operations.md` take it from.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    for f in [
+        "init/main.rs",
+        "init/run.rs",
+        "init/sys.rs",
+        "src/init_record.rs",
+    ] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let Some(dest) = out.ancestors().nth(3).map(|d| d.join("corral-init")) else {
+        panic!("unexpected OUT_DIR layout: {}", out.display());
+    };
+    println!("cargo:rerun-if-changed={}", dest.display());
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if os != "linux" || !(arch == "x86_64" || arch == "aarch64") {
+        println!("cargo:warning=corral-init is built for Linux on x86_64 and aarch64 only");
+        return;
+    }
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    let built = out.join("corral-init");
+    let status = Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--crate-name",
+            "corral_init",
+        ])
+        .args(["--target", &target])
+        .args([
+            "-C",
+            "panic=abort",
+            "-C",
+            "opt-level=2",
+            "-C",
+            "debuginfo=0",
+        ])
+        .args(["-C", "relocation-model=static", "-C", "strip=symbols"])
+        .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
+        .args(["-C", "link-arg=-static", "-C", "link-arg=-no-pie"])
+        .arg("-o")
+        .arg(&built)
+        .arg("init/main.rs")
+        .status()
+        .expect("run rustc for corral-init");
+    assert!(status.success(), "building corral-init failed");
+    // A copy, not a link: the destination may be on another file system; replaced whole.
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(&built, &tmp).expect("copy corral-init");
+    std::fs::rename(&tmp, &dest).expect("place corral-init");
+}
