@@ -57,8 +57,21 @@ fn main() {
         .status()
         .expect("run rustc for corral-init");
     assert!(status.success(), "building corral-init failed");
-    // A copy, not a link: the destination may be on another file system; replaced whole.
-    let tmp = dest.with_extension("tmp");
-    std::fs::copy(&built, &tmp).expect("copy corral-init");
-    std::fs::rename(&tmp, &dest).expect("place corral-init");
+    // Replaced only when it differs: a supervisor that runs keeps its landlock rules on the
+    // file it opened, so a new inode at the same path would be refused to its agents.
+    let new = std::fs::read(&built).expect("read corral-init");
+    if std::fs::read(&dest).ok().as_deref() != Some(&new[..]) {
+        // A copy, not a link: the destination may be on another file system; replaced whole.
+        let tmp = dest.with_extension("tmp");
+        std::fs::write(&tmp, &new).expect("write corral-init");
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make corral-init executable");
+        std::fs::rename(&tmp, &dest).expect("place corral-init");
+    }
+    // Dated as its sources, not now: cargo runs this script again when the destination is
+    // newer than its last run (or missing), which a copy made now always would be.
+    let sources = std::fs::metadata("init/run.rs").and_then(|m| m.modified());
+    if let (Ok(when), Ok(file)) = (sources, std::fs::File::options().write(true).open(&dest)) {
+        let _ = file.set_modified(when);
+    }
 }

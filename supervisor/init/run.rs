@@ -3,6 +3,7 @@
 
 use crate::init_record::InitRecord;
 use crate::sys;
+use core::sync::atomic::Ordering;
 
 const STATUS_FD: i32 = 5;
 const CONTROL_FD: i32 = 7;
@@ -109,7 +110,7 @@ pub unsafe fn main(argc: usize, argv: *const *const u8, envp: *const *const u8) 
     let start = match arg(1) {
         // corral started the agent before exec'ing us: it is our child, pid 2 of the namespace
         // (the first process after its init).
-        Some(b"--adopt") => wait_for(2),
+        Some(b"--adopt") => wait_for(2, None),
         // A stem: its agent runs as this user (`--stem UID GID`) when it is released.
         Some(b"--stem") => {
             let ids = match (arg(2), arg(3)) {
@@ -131,67 +132,39 @@ pub unsafe fn main(argc: usize, argv: *const *const u8, envp: *const *const u8) 
 }
 
 /// Start the agent as our child, then wait for it. A stem's agent process is made at once and
-/// made ready (default signals, its ids, no capabilities), then waits on fd 7 for its program:
-/// a release costs that read and the `execve`, nothing more. It tells us through a
-/// close-on-exec pipe whether it failed (an errno), was not needed (the stem's end of file), or
-/// exec'd (the pipe closes with nothing written).
+/// made ready (default signals, no capabilities, its ids), then waits on fd 7 for its program:
+/// a release costs that read and the `execve`, nothing more. Should it end before its `execve`,
+/// it leaves why in a word of memory it shares with us (an errno, or `NOT_NEEDED` for the
+/// stem's end of file), which its `execve` unmaps from the agent.
 ///
 /// # Safety
 /// `envp` (and `Start::Args`'s array) as in [`main`].
 unsafe fn start_agent(start: Start, envp: *const *const u8) -> ! {
-    let mut pipe = [0i32; 2];
-    let r = sys::pipe2(&mut pipe, sys::O_CLOEXEC);
-    if r < 0 {
-        not_started(sys::errno(r), 127);
-    }
+    let Some(word) = sys::shared_word() else {
+        not_started(sys::ENOMEM, 127)
+    };
+    // No forwarding handler may run in the child before it resets them.
+    sys::block_all(true);
     let pid = sys::fork();
+    if pid == 0 {
+        // SAFETY: per our contract.
+        let errno = unsafe { agent(start, envp) };
+        word.store(errno, Ordering::SeqCst);
+        sys::exit(127);
+    }
+    sys::block_all(false);
     if pid < 0 {
         not_started(sys::errno(pid), 127);
     }
-    if pid == 0 {
-        sys::close(pipe[0]);
-        // SAFETY: per our contract.
-        let errno = unsafe { agent(start, envp) };
-        sys::write(pipe[1], &errno.to_le_bytes());
-        sys::exit(127);
-    }
-    sys::close(pipe[1]);
     if let Start::Stem(_) = start {
         // The agent's process reads it; the supervisor's end of file must reach it alone.
         sys::close(CONTROL_FD);
     }
-    let mut word = [0u8; 4];
-    let mut got = 0;
-    while got < word.len() {
-        let n = sys::read(pipe[0], &mut word[got..]);
-        if n < 0 && sys::errno(n) == sys::EINTR {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
-    }
-    sys::close(pipe[0]);
-    match (got, i32::from_le_bytes(word)) {
-        (0, _) => wait_for(pid as i32),
-        (4, NOT_NEEDED) => {
-            let _ = sys::wait_any();
-            sys::exit(0)
-        }
-        (4, errno) => {
-            let _ = sys::wait_any();
-            not_started(errno, 127)
-        }
-        _ => {
-            let _ = sys::wait_any();
-            not_started(sys::EIO, 127)
-        }
-    }
+    wait_for(pid as i32, Some(word))
 }
 
-/// In the agent's process: make it the agent's (signals, ids), learn its program, exec it.
-/// Returns the errno of what failed, or `NOT_NEEDED`.
+/// In the agent's process: make it the agent's (signals, capabilities, ids), learn its program,
+/// exec it. Returns the errno of what failed, or `NOT_NEEDED`.
 ///
 /// # Safety
 /// As [`start_agent`].
@@ -199,16 +172,16 @@ unsafe fn agent(start: Start, envp: *const *const u8) -> i32 {
     for sig in FORWARDED.iter().chain(&[sys::SIGPIPE]) {
         sys::signal(*sig, None);
     }
-    sys::unblock_all();
+    sys::block_all(false);
     match start {
         // SAFETY: per our contract.
         Start::Args(argv) => unsafe { sys::execve(*argv, argv, envp) },
         Start::Stem(ids) => {
-            if let Some((uid, gid)) = ids {
-                let e = sys::become_user(uid, gid);
-                if e != 0 {
-                    return e;
-                }
+            // Ids or not (an unprivileged supervisor gives none: the agent is root of its user
+            // namespace), no capability is left, as on the cold path.
+            let e = sys::become_agent(ids);
+            if e != 0 {
+                return e;
             }
             match read_start() {
                 Ok(Some((path, argv, env))) => {
@@ -303,17 +276,22 @@ fn read_start() -> Result<Option<(*const u8, *const *const u8, *const *const u8)
 }
 
 /// Reap children until `pid` (the agent) ends; report it; exit (the kernel then kills what is
-/// left in the namespace).
-fn wait_for(pid: i32) -> ! {
+/// left in the namespace). With `word` (a process we forked): what it left there when it ended
+/// before its `execve` is reported instead.
+fn wait_for(pid: i32, word: Option<&core::sync::atomic::AtomicI32>) -> ! {
     loop {
         match sys::wait_any() {
             Ok((r, status, [utime_ms, stime_ms, maxrss_kb])) if r == pid => {
-                report(InitRecord::Ended {
-                    status,
-                    utime_ms,
-                    stime_ms,
-                    maxrss_kb,
-                });
+                match word.map_or(0, |w| w.load(Ordering::SeqCst)) {
+                    0 => report(InitRecord::Ended {
+                        status,
+                        utime_ms,
+                        stime_ms,
+                        maxrss_kb,
+                    }),
+                    NOT_NEEDED => {}
+                    errno => not_started(errno, 127),
+                }
                 sys::exit(0)
             }
             Ok(_) => {}

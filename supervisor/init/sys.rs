@@ -6,6 +6,7 @@ use core::arch::asm;
 #[cfg(target_arch = "x86_64")]
 mod nr {
     pub const READ: usize = 0;
+    pub const MMAP: usize = 9;
     pub const WRITE: usize = 1;
     pub const CLOSE: usize = 3;
     pub const RT_SIGACTION: usize = 13;
@@ -21,12 +22,12 @@ mod nr {
     pub const CAPSET: usize = 126;
     pub const PRCTL: usize = 157;
     pub const EXIT_GROUP: usize = 231;
-    pub const PIPE2: usize = 293;
 }
 
 #[cfg(target_arch = "aarch64")]
 mod nr {
     pub const READ: usize = 63;
+    pub const MMAP: usize = 222;
     pub const WRITE: usize = 64;
     pub const CLOSE: usize = 57;
     pub const RT_SIGACTION: usize = 134;
@@ -42,13 +43,12 @@ mod nr {
     pub const CAPSET: usize = 91;
     pub const PRCTL: usize = 167;
     pub const EXIT_GROUP: usize = 94;
-    pub const PIPE2: usize = 59;
 }
 
 pub const EINTR: i32 = 4;
-pub const EIO: i32 = 5;
 pub const E2BIG: i32 = 7;
 pub const ECHILD: i32 = 10;
+pub const ENOMEM: i32 = 12;
 pub const EINVAL: i32 = 22;
 
 pub const SIGHUP: i32 = 1;
@@ -63,7 +63,6 @@ pub const SIGCHLD: usize = 17;
 pub const F_GETFD: usize = 1;
 pub const F_SETFD: usize = 2;
 pub const FD_CLOEXEC: usize = 1;
-pub const O_CLOEXEC: usize = 0o2000000;
 pub const PR_SET_DUMPABLE: usize = 4;
 pub const PR_CAPBSET_DROP: usize = 24;
 const SA_RESTART: u64 = 0x1000_0000;
@@ -155,11 +154,6 @@ pub fn exit(code: i32) -> ! {
     loop {}
 }
 
-pub fn pipe2(fds: &mut [i32; 2], flags: usize) -> isize {
-    // SAFETY: the kernel writes two ints.
-    unsafe { call(nr::PIPE2, [fds.as_mut_ptr() as usize, flags, 0, 0, 0, 0]) }
-}
-
 /// `fork`, as `clone(SIGCHLD)`: our memory copied (it is small), the child on its own.
 pub fn fork() -> isize {
     // SAFETY: no new stack and no shared memory: the child continues as a copy of us.
@@ -211,9 +205,12 @@ pub unsafe fn execve(path: *const u8, argv: *const *const u8, envp: *const *cons
     })
 }
 
-/// Drop every capability from the bounding set, take the ids and clear the capability sets:
-/// the agent holds none. 0 or an errno.
-pub fn become_user(uid: u32, gid: u32) -> i32 {
+/// Drop every capability from the bounding set, take the ids (when given: under an unprivileged
+/// supervisor the agent stays root of its user namespace) and clear the capability sets: the
+/// agent holds none either way (with one, in a user namespace, it could trace its init and open
+/// its status fd). Then not dumpable again, whatever `fs.suid_dumpable` made of the uid change
+/// (its `execve` makes the agent dumpable as any program). 0 or an errno.
+pub fn become_agent(ids: Option<(u32, u32)>) -> i32 {
     for cap in 0..64 {
         let r = prctl(PR_CAPBSET_DROP, cap);
         if r < 0 {
@@ -227,22 +224,40 @@ pub fn become_user(uid: u32, gid: u32) -> i32 {
     // SAFETY: setgroups with no list; plain ids; capset over a header and data we own
     // (_LINUX_CAPABILITY_VERSION_3: two of { effective, permitted, inheritable }, all empty).
     unsafe {
-        for (n, a) in [
-            (nr::SETGROUPS, [0, 0, 0]),
-            (nr::SETRESGID, [gid as usize; 3]),
-            (nr::SETRESUID, [uid as usize; 3]),
-        ] {
-            let r = call(n, [a[0], a[1], a[2], 0, 0, 0]);
-            if r < 0 {
-                return errno(r);
+        if let Some((uid, gid)) = ids {
+            for (n, a) in [
+                (nr::SETGROUPS, [0, 0, 0]),
+                (nr::SETRESGID, [gid as usize; 3]),
+                (nr::SETRESUID, [uid as usize; 3]),
+            ] {
+                let r = call(n, [a[0], a[1], a[2], 0, 0, 0]);
+                if r < 0 {
+                    return errno(r);
+                }
             }
         }
         let hdr: [u32; 2] = [0x2008_0522, 0];
         let data = [0u32; 6];
-        errno(call(
+        let r = call(
             nr::CAPSET,
             [hdr.as_ptr() as usize, data.as_ptr() as usize, 0, 0, 0, 0],
-        ))
+        );
+        if r < 0 {
+            return errno(r);
+        }
+    }
+    errno(prctl(PR_SET_DUMPABLE, 0))
+}
+
+/// One word of memory shared with the children forked after (anonymous, `MAP_SHARED`): how
+/// the agent's process reports a failure before its `execve` without an fd (an agent may have
+/// no fd to spare: `open_files` counts 0–7). `None` when the kernel refuses.
+pub fn shared_word() -> Option<&'static core::sync::atomic::AtomicI32> {
+    // SAFETY: a fresh anonymous mapping of one page, readable and writable, never unmapped: a
+    // valid, aligned AtomicI32 (zero) for the life of the process.
+    unsafe {
+        let p = call(nr::MMAP, [0, 4096, 3, 0x01 | 0x20, usize::MAX, 0]);
+        (p > 0).then(|| &*(p as *const core::sync::atomic::AtomicI32))
     }
 }
 
@@ -289,14 +304,14 @@ pub fn signal(sig: i32, handler: Option<extern "C" fn(i32)>) {
     };
 }
 
-/// Unblock every signal.
-pub fn unblock_all() {
-    let empty: u64 = 0;
+/// Set the signal mask: every signal blocked (`true`) or none.
+pub fn block_all(on: bool) {
+    let set: u64 = if on { !0 } else { 0 };
     // SAFETY: SIG_SETMASK (2) from an 8-byte set we own.
     unsafe {
         call(
             nr::RT_SIGPROCMASK,
-            [2, &empty as *const u64 as usize, 0, 8, 0, 0],
+            [2, &set as *const u64 as usize, 0, 8, 0, 0],
         )
     };
 }

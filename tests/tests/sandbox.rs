@@ -402,6 +402,110 @@ fn unprivileged_supervisor_uses_a_user_namespace_and_reports_what_it_cannot_enfo
     );
 }
 
+/// A pipe whose ends survive `execve` (the test hands them to a child by number).
+fn raw_pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into the array we own; each is then owned by one File.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+#[test]
+fn a_stem_agent_holds_no_capability_without_ids_of_its_own() {
+    // Under an unprivileged supervisor a stem's init is given no ids (its agent stays root of
+    // its user namespace). The agent must still hold no capability: with them it could open
+    // its init's /proc/1/fd/5 and write a record of its own death. Run here as corral runs it
+    // there: as nobody, in a user and pid namespace of its own, fds 5 and 7 its pipes.
+    if !root_ok("run corral-init as nobody in a user namespace") {
+        return;
+    }
+    for tool in ["/usr/bin/setpriv", "/usr/bin/unshare"] {
+        if !std::path::Path::new(tool).exists() {
+            return skip_or_fail(&format!("{tool} (util-linux) is not installed"));
+        }
+    }
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut status_r, status_w) = raw_pipe();
+    let (control_r, mut control_w) = raw_pipe();
+    let (s, c) = (status_w.as_raw_fd(), control_r.as_raw_fd());
+    let mut cmd = std::process::Command::new("/usr/bin/setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args([
+            "/usr/bin/unshare",
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+        ])
+        .arg(bin("corral-init"))
+        .arg("--stem")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: fcntl and dup2 are async-signal-safe; the fds are open in the parent and so in
+    // the child. Both are lifted above 7 first (close-on-exec), so that placing one cannot
+    // overwrite the other.
+    unsafe {
+        cmd.pre_exec(move || {
+            let s = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, 10);
+            let c = libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10);
+            if s < 0 || c < 0 || libc::dup2(s, 5) < 0 || libc::dup2(c, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop((status_w, control_r));
+    let script = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; \
+                  printf forged > /proc/1/fd/5 && echo FORGED; exit 0";
+    let strings = ["/bin/sh", "sh", "-c", script, "PATH=/usr/bin:/bin"];
+    let mut start = Vec::new();
+    start.extend_from_slice(&3u32.to_le_bytes());
+    start.extend_from_slice(&1u32.to_le_bytes());
+    for s in strings {
+        start.extend_from_slice(s.as_bytes());
+        start.push(0);
+    }
+    let wrote = control_w.write_all(&start);
+    drop(control_w);
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wrote.is_ok(),
+        "{wrote:?} {:?} fds {s} {c}: {said}",
+        out.status
+    );
+    let caps: Vec<&str> = said.lines().filter(|l| l.starts_with("Cap")).collect();
+    assert_eq!(caps.len(), 5, "{said}");
+    for line in caps {
+        assert!(line.ends_with("0000000000000000"), "{line}: {said}");
+    }
+    assert!(!said.contains("FORGED"), "{said}");
+    let mut record = Vec::new();
+    status_r.read_to_end(&mut record).unwrap();
+    assert_eq!(record.len(), corral::exit_status::RECORD_LEN, "{record:?}");
+    let record: [u8; corral::exit_status::RECORD_LEN] = record.try_into().unwrap();
+    match corral::exit_status::InitRecord::decode(&record) {
+        Some(corral::exit_status::InitRecord::Ended { status, .. }) => {
+            assert_eq!(status, 0, "the shell's own exit, as the init saw it")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_under_tmp_stay_visible_under_the_private_tmp() {
     // The agent's binary and a file it reads live under the host's /tmp, which the agent's
@@ -576,6 +680,18 @@ async fn warm_stems_start_agents_with_the_same_isolation_and_leave_nothing() {
     drop(s);
     corral::sandbox::process::settled().await;
     assert!(!alive(last), "a stem outlived its supervisor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stem_starts_its_agent_with_no_fd_to_spare() {
+    // The agent's fds are 0–7 and `open_files = 9` leaves one more: the stem's init must not
+    // need fds of its own to start its agent (it used to need a pipe, and every call then ran
+    // cold beside a stem made and thrown away).
+    let (_fx, s) = sup_with("max_retries = 0\nopen_files = 9", "");
+    assert!(s.prewarm("chaos").await.unwrap());
+    let (o, warm) = call_warm(&s, r#"{"do":"ok"}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    assert_eq!(warm, [true], "{:?}", o.attempts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
