@@ -463,7 +463,7 @@ fn a_stem_agent_holds_no_capability_without_ids_of_its_own() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     drop((status_w, control_r));
     let script = "grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status; \
                   printf forged > /proc/1/fd/5 && echo FORGED; exit 0";
