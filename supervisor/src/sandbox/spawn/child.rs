@@ -68,6 +68,10 @@ unsafe fn fail(p: &mut Prepared, stage: Stage) -> ! {
 unsafe fn run(p: &mut Prepared) -> Result<Infallible, Stage> {
     // Each step's contract is the spawn child and its place in this order; each SAFETY below
     // says why that place.
+    if let Some(mask) = &p.affinity {
+        // SAFETY: first: everything after runs where the kernel may move it.
+        unsafe { restore_affinity(mask) }?;
+    }
     // SAFETY: first: no parent handler may run here.
     unsafe { reset_signals() }?;
     // SAFETY: the group is what the supervisor kills.
@@ -157,6 +161,17 @@ unsafe fn reset_signals() -> Step {
             Stage::SignalMask,
         )
     }
+}
+
+/// Take back the CPU affinity the spawning thread had before it narrowed its own to the CPU it
+/// ran on, which placed us there (see `spawn_now`): the agent runs wherever it had.
+///
+/// # Safety
+/// Only in the spawn child.
+unsafe fn restore_affinity(mask: &libc::cpu_set_t) -> Step {
+    // SAFETY: our own thread (0); the kernel reads a whole cpu_set_t we hold.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), mask) };
+    check(r == 0, Stage::Affinity)
 }
 
 /// Own session and process group: the group is what the supervisor kills.

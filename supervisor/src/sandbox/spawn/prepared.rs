@@ -42,6 +42,9 @@ pub(super) struct Prepared {
     pub(super) landlock: Option<RawFd>,
     pub(super) pdeathsig: bool,
     pub(super) parent_pid: libc::pid_t,
+    /// The CPU affinity to take back first: the spawning thread's own, which it narrowed to
+    /// its current CPU around `clone` (see `spawn_now`).
+    pub(super) affinity: Option<libc::cpu_set_t>,
     pub(super) ns: Namespaces,
     pub(super) hostname: Option<CString>,
     pub(super) user_maps: Option<[CString; 2]>,
@@ -145,6 +148,7 @@ impl Prepared {
             landlock: spec.landlock.as_ref().map(|f| f.as_raw_fd()),
             pdeathsig: spec.pdeathsig,
             parent_pid: nix::unistd::getpid().as_raw(),
+            affinity: None,
             ns: spec.ns.clone(),
             hostname: match &spec.ns.uts {
                 Some(h) => Some(cstr(OsStr::new(h), "host name")?),

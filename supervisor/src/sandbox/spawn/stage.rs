@@ -5,6 +5,8 @@ use std::fmt;
 /// A step of the spawn child, named in the error when it fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Taking back the CPU affinity the spawning thread had (it is placed beside it).
+    Affinity,
     /// Unblocking every signal.
     SignalMask,
     /// A session (and process group) of its own.
@@ -61,6 +63,7 @@ impl Stage {
     /// The step as error messages have always named it.
     fn name(self) -> &'static str {
         match self {
+            Stage::Affinity => "sched_setaffinity",
             Stage::SignalMask => "sigprocmask",
             Stage::Session => "setsid",
             Stage::CgroupAttach => "cgroup attach",
