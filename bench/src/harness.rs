@@ -79,8 +79,12 @@ pub fn supervisor(env: &Env, text: &str, cgroups: bool) -> Result<Sup> {
 /// One call timed from just before `Supervisor::call` to its events.
 #[derive(Debug, Clone)]
 pub struct ReadySample {
-    /// To the `Ready` event.
+    /// To the supervisor's reading of `Ready` (the event's `at`), as the raw baseline times
+    /// its own read of it.
     pub ready: Duration,
+    /// To the `Ready` event reaching this task (which polls it beside the call: after the task
+    /// has gone down to the agent, often after its result has come back).
+    pub seen: Duration,
     /// To the `Spawned` event.
     pub spawned: Option<Duration>,
     /// What isolation the agent had (when asked to inspect).
@@ -117,10 +121,10 @@ pub async fn corral_ready(
                     spawned = Some(t0.elapsed());
                     warm_start = warm;
                 }
-                AttemptEvent::Ready { pid, .. } => {
-                    let at = t0.elapsed();
+                AttemptEvent::Ready { pid, at, .. } => {
+                    let seen = t0.elapsed();
                     if ready.is_none() {
-                        ready = Some((at, pid));
+                        ready = Some((at.saturating_duration_since(t0), seen, pid));
                         if inspect {
                             iso = Some(isolation_of(pid));
                         }
@@ -135,8 +139,9 @@ pub async fn corral_ready(
     let (out, (spawned, ready, isolation, warm)) = tokio::join!(call, watch);
     let out = out.map_err(|e| e.to_string())?;
     match ready {
-        Some((ready, _pid)) => Ok(ReadySample {
+        Some((ready, seen, _pid)) => Ok(ReadySample {
             ready,
+            seen,
             spawned,
             isolation,
             completed: out.ok(),

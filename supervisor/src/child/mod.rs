@@ -241,6 +241,10 @@ pub enum AttemptEvent {
         attempt: u32,
         /// Its pid.
         pid: i32,
+        /// When the supervisor woke to read the agent's `Ready` (a consumer polled in the same
+        /// task as the call sees the event only when the call next waits: after the task has
+        /// been sent, often after its result has come back).
+        at: std::time::Instant,
     },
     /// A watchdog fired (hung, stalled, deadline, startup_timeout, or protocol_violation for
     /// an agent that left fd 3 unread); the kill follows at once.

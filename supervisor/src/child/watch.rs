@@ -252,6 +252,7 @@ impl Watch {
                     agent: self.agent_name().to_string(),
                     attempt: self.spec.attempt,
                     pid: self.pid,
+                    at: now,
                 });
                 // The next stem is made now, not at the spawn, and the pools topped up: their
                 // making would compete with this agent's own start for the CPU.

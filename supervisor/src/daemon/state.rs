@@ -196,6 +196,7 @@ impl Daemon {
                 agent,
                 attempt,
                 pid,
+                ..
             } => serde_json::json!(
                 {"event": "ready", "agent": agent, "attempt": attempt, "pid": pid}),
             AttemptEvent::Watchdog {
