@@ -285,13 +285,14 @@ pub fn row6(env: &Env, sec: &mut Section) -> Result<()> {
                         *other.entry(rec.reason.to_string()).or_default() += 1;
                     }
                 }
-                AttemptEvent::Ready { pid, .. } if !stopping => {
+                AttemptEvent::Ready { pid, at, .. } if !stopping => {
+                    // Timed where the supervisor read it, as the hand-written loop times its read.
                     if let Some(t) = killed.take() {
-                        samples.push(now - t);
+                        samples.push(at.saturating_duration_since(t));
                         if let (Some(e), Some(sp)) = (exited_at, spawned_at) {
                             to_exited.push(e.saturating_duration_since(t));
                             to_spawned.push(sp.saturating_duration_since(e));
-                            handshake.push(now.saturating_duration_since(sp));
+                            handshake.push(at.saturating_duration_since(sp));
                         }
                     }
                     if samples.len() >= iters {

@@ -54,8 +54,10 @@ pub(crate) fn init_path() -> Option<&'static PathBuf> {
 }
 
 /// Lower the calling thread's priority (nice 10): the pools' makers, whose work is for spawns
-/// to come and should yield a core to an agent starting or to the supervisor's own work when
-/// both want it, without being starved under a steady load (`SCHED_IDLE` would be). Threads it
+/// to come, and the disposal threads, which remove what attempts left: both should yield a core
+/// to an agent starting or to the supervisor's own work when both want it (a restart's spawn
+/// ran beside the removal of the workspace its attempt left), without being starved under a
+/// steady load (`SCHED_IDLE` would be). Threads it
 /// starts inherit it. Nothing is lost if it cannot be set.
 pub(crate) fn background_thread() {
     // SAFETY: setpriority with PRIO_PROCESS and a thread id changes that thread's nice value

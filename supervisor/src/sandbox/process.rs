@@ -189,17 +189,21 @@ fn disposals() -> &'static Disposals {
             let rx = rx.clone();
             let ok = std::thread::Builder::new()
                 .name("corral-dispose".into())
-                .spawn(move || loop {
-                    // The lock is held only to take the next job.
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok(job) = job else { break };
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                        tracing::error!("a disposal job panicked");
+                .spawn(move || {
+                    // Removals wait for no one: a spawn beside them goes first.
+                    super::background_thread();
+                    loop {
+                        // The lock is held only to take the next job.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                            tracing::error!("a disposal job panicked");
+                        }
+                        disposals().done();
                     }
-                    disposals().done();
                 });
             match ok {
                 Ok(_) => started += 1,
