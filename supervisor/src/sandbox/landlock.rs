@@ -199,7 +199,11 @@ impl Ruleset {
         }
     }
 
-    /// Like [`Ruleset::add`] for a path that never changes: its fd is opened once and kept.
+    /// Like [`Ruleset::add`] for a path that stays: its fd is opened once and kept. A kept
+    /// file replaced since (a new inode at its path, as an upgrade installs `corral-init`) is
+    /// opened again: a rule on the old inode would refuse the new file to every agent until
+    /// the supervisor restarted. (Directories are kept as they are: their rules cover whatever
+    /// is replaced beneath them.)
     fn add_kept(&self, path: &Path, access: u64) -> Result<(), LandlockError> {
         type Kept = std::collections::HashMap<std::path::PathBuf, Option<(std::fs::File, bool)>>;
         static KEPT: std::sync::OnceLock<std::sync::Mutex<Kept>> = std::sync::OnceLock::new();
@@ -207,7 +211,12 @@ impl Ruleset {
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if !kept.contains_key(path) {
+        let stale = match kept.get(path) {
+            None => true,
+            Some(Some((file, false))) => !same_file(file, path),
+            Some(_) => false,
+        };
+        if stale {
             let opened = open_path(path)?;
             kept.insert(path.to_path_buf(), opened);
         }
@@ -247,6 +256,15 @@ impl Ruleset {
 use std::os::unix::fs::OpenOptionsExt;
 
 /// An O_PATH fd for `path` and whether it is a directory; `None` when it does not exist.
+/// Whether `path` still names the file `file` was opened from.
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn open_path(path: &Path) -> Result<Option<(std::fs::File, bool)>, LandlockError> {
     match std::fs::OpenOptions::new()
         .read(true)
