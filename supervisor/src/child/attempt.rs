@@ -266,7 +266,7 @@ impl Running {
         let mut signals_sent = Vec::new();
         let shutdown = w.proto.shutdown();
         let (wire, poller) = (&mut w.wire, &w.poller);
-        let reaped = stop::stop_and_reap(
+        let (reaped, counters) = stop::stop_and_reap(
             (pid, self.guard.pidfd()),
             (poller, &mut w.logs, &agent.name),
             self.cgroup.as_ref(),
@@ -317,10 +317,11 @@ impl Running {
             other => other,
         };
         stop::dispose(None, workspace);
-        let counters = match self.cgroup.take() {
-            Some(c) => stop::cgroup_counters(c).await,
-            None => stop::CgroupCounters::default(),
-        };
+        // Read with the cgroup's emptying (`stop_and_reap`); its removal goes to the reaper.
+        let counters = counters.unwrap_or_default();
+        if let Some(c) = self.cgroup.take() {
+            stop::dispose(Some(c), None);
+        }
         // Torn down: the process is reaped, the cgroup and workspace are left to the reaper.
         self.guard.disarm();
         if let Some(peak) = counters.mem_peak {

@@ -17,7 +17,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Stop the process tree with escalation, then reap the leader.
+/// Stop the process tree with escalation, then reap the leader. With a cgroup, its counters
+/// are read in the same trip off the runtime as its emptying (the whole tree is dead by then:
+/// they are final), and returned.
 ///
 /// `graceful`: the agent was asked to stop (its task ended, or its owner stopped it) and gets
 /// `kill_grace` after `Shutdown`; otherwise SIGTERM goes with it. `say_shutdown` sends
@@ -33,7 +35,7 @@ pub(super) async fn stop_and_reap(
     grace: Duration,
     say_shutdown: impl FnOnce(),
     signals_sent: &mut Vec<String>,
-) -> Option<Reaped> {
+) -> (Option<Reaped>, Option<CgroupCounters>) {
     // Did it already exit? (Does not reap, so the group id stays reserved.)
     if !exited(pidfd) {
         say_shutdown();
@@ -52,20 +54,27 @@ pub(super) async fn stop_and_reap(
     // Nothing the agent started survives it: the group (the leader is a zombie, so its id
     // cannot have been reused) and the cgroup, before the leader is reaped.
     process::kill_group(pid, libc::SIGKILL);
+    let mut counters = None;
     if let Some(cg) = cgroup {
         // cgroup file I/O can take milliseconds (v1 waits on RCU): off the runtime.
         let cg = cg.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        counters = tokio::task::spawn_blocking(move || {
             let members = cg.pids().unwrap_or_default();
             if let Err(e) = cg.kill_all() {
                 tracing::warn!(cgroup = cg.name(), pid, "kill cgroup: {e}");
             }
             // Escapees reparented to us (no pid namespace) are zombies of ours now.
             process::reap_adopted(&members);
+            CgroupCounters {
+                oom: cg.oom_kills() > 0,
+                pids_hits: cg.pids_limit_hits(),
+                mem_peak: cg.memory_peak_bytes(),
+            }
         })
-        .await;
+        .await
+        .ok();
     }
-    process::try_reap(pid)
+    (process::try_reap(pid), counters)
 }
 
 /// Whether the process of `pidfd` has exited (it is then a zombie until reaped).
@@ -142,22 +151,6 @@ pub(super) struct CgroupCounters {
     pub(super) oom: bool,
     pub(super) pids_hits: u64,
     pub(super) mem_peak: Option<u64>,
-}
-
-/// Read the cgroup's counters (off the runtime: cgroup file I/O may block), then hand its
-/// removal to the disposal threads.
-pub(super) async fn cgroup_counters(cgroup: Arc<AgentCgroup>) -> CgroupCounters {
-    tokio::task::spawn_blocking(move || {
-        let counters = CgroupCounters {
-            oom: cgroup.oom_kills() > 0,
-            pids_hits: cgroup.pids_limit_hits(),
-            mem_peak: cgroup.memory_peak_bytes(),
-        };
-        dispose(Some(cgroup), None);
-        counters
-    })
-    .await
-    .unwrap_or_default()
 }
 
 /// Remove a cgroup (emptied already) and a workspace off the runtime, several at once
