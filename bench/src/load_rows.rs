@@ -55,7 +55,9 @@ pub fn row4(env: &Env, sec: &mut Section) -> Result<()> {
                 let (mut ready, mut exited) = (None, None);
                 while let Some(ev) = rx.recv().await {
                     match ev {
-                        AttemptEvent::Ready { .. } => ready = Some(Instant::now()),
+                        // Where the supervisor read it: this task may see the event only
+                        // after the call has handled many of the frames that followed.
+                        AttemptEvent::Ready { at, .. } => ready = Some(at),
                         AttemptEvent::Exited(_) => {
                             exited = Some(Instant::now());
                             break;

@@ -417,3 +417,52 @@ fn a_tool_call_served_from_the_trace_says_so() {
     assert_eq!(calls[1]["deduplicated"], true, "{run}");
     assert_eq!(calls[1]["result"], calls[0]["result"]);
 }
+
+#[test]
+fn log_lines_are_journalled_in_order_by_level() {
+    let fx = fixture("");
+    let out = call_json(&fx, "chaos", r#"{"do":"frames","n":3000}"#);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = show(&fx, out.doc["run_id"].as_str().expect("run_id"));
+    let events = run["calls"][0]["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    // Lines read together are one event per run of one level: `{level, lines}`.
+    let logs: Vec<(String, Vec<String>)> = events
+        .iter()
+        .filter(|e| e["kind"] == "log")
+        .map(|e| {
+            let p = &e["payload"];
+            let lines = p["lines"].as_array().expect("lines");
+            (
+                p["level"].as_str().expect("level").to_string(),
+                lines
+                    .iter()
+                    .map(|l| l.as_str().expect("text").to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert!(!logs.is_empty(), "{events:?}");
+    // chaos says what it does (info), then sends its 3000 lines (trace), in that order.
+    assert_eq!(
+        logs[0],
+        ("info".to_string(), vec!["chaos: frames".to_string()])
+    );
+    let rest = &logs[1..];
+    assert!(rest.iter().all(|(level, _)| level == "trace"), "{logs:?}");
+    let lines: Vec<&String> = rest.iter().flat_map(|(_, l)| l).collect();
+    assert_eq!(lines.len(), 3000);
+    assert!(lines.iter().all(|l| *l == "x"));
+    // Gathered: fewer events than lines.
+    assert!(rest.len() < 3000, "{}", rest.len());
+    // The contract comes before the lines, as the frames came.
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let contract = kinds
+        .iter()
+        .position(|k| *k == "contract")
+        .expect("contract");
+    let first_log = kinds.iter().position(|k| *k == "log").expect("log");
+    assert!(contract < first_log, "{kinds:?}");
+}

@@ -140,13 +140,9 @@ pub type ServiceResult = Result<(Value, Vec<Value>), AgentError>;
 pub enum Note {
     /// The handshake finished with this contract.
     Contract(corral_proto::Contract),
-    /// A `Log` frame, within the log budget (not escaped).
-    Log {
-        /// Its level.
-        level: corral_proto::LogLevel,
-        /// Its text.
-        text: String,
-    },
+    /// `Log` frames within the log budget (not escaped), in order: those read in one wake-up
+    /// of the attempt together (one note, and one journal event, for a burst of lines).
+    Logs(Vec<LogLine>),
     /// A tool call and its answer (refused here, or answered by the owner).
     ToolCall {
         /// Order among the attempt's calls, from 1, by arrival.
@@ -271,6 +267,15 @@ pub enum AttemptEvent {
     },
     /// The attempt is over.
     Exited(Box<ExitRecord>),
+}
+
+/// One `Log` frame of an agent.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Its level.
+    pub level: corral_proto::LogLevel,
+    /// Its text.
+    pub text: String,
 }
 
 /// The task to run.

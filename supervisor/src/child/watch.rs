@@ -194,6 +194,8 @@ pub(super) struct Watch {
     /// The pools' top-up after this spawn, run once the agent is ready (or the attempt ends).
     /// (Boxed: an idle agent keeps the field, empty, for as long as it runs.)
     pub(super) refill: Option<Box<super::launch::Refill>>,
+    /// `Log` lines read in this wake-up, for the notes (see `handle_buffered`).
+    log_batch: Vec<super::LogLine>,
 }
 
 impl Drop for Watch {
@@ -232,6 +234,7 @@ impl Watch {
             truncated: None,
             service: None,
             refill: None,
+            log_batch: Vec::new(),
         }
     }
 
@@ -333,15 +336,12 @@ impl Watch {
                 None
             }
             Step::Log(level, text) => {
-                if let Some(notes) = &self.spec.notes {
-                    notes(super::Note::Log {
-                        level,
-                        text: text.clone(),
-                    });
+                // Escaped, so that it stays one line of the supervisor's log (only when that
+                // log is written: the arguments are evaluated then).
+                tracing::info!(agent = %self.agent_name(), pid = self.pid, level = ?level, "{}", bounds::escape(&text));
+                if self.spec.notes.is_some() {
+                    self.log_batch.push(super::LogLine { level, text });
                 }
-                // Escaped, so that it stays one line of the supervisor's log.
-                let text = bounds::escape(&text);
-                tracing::info!(agent = %self.agent_name(), pid = self.pid, level = ?level, "{text}");
                 None
             }
             Step::End(v) => Some(v),
@@ -349,14 +349,25 @@ impl Watch {
     }
 
     /// Decode and handle the complete frames buffered, until the agent is backpressured (the
-    /// frames left wait in the decoder).
+    /// frames left wait in the decoder). The `Log` lines among them go to the notes together,
+    /// before any other frame's note and at the end.
     fn handle_buffered(&mut self, now: Instant) -> Option<Verdict> {
+        let verdict = self.handle_frames(now);
+        self.flush_logs();
+        verdict
+    }
+
+    fn handle_frames(&mut self, now: Instant) -> Option<Verdict> {
         while !self.wire.backpressured() {
             if let Err(e) = bounds::check_head(self.wire.decoder.peek_head()) {
                 return Some(Verdict::violation(e.to_string()));
             }
             match self.wire.decoder.next::<Up>() {
                 Ok(Some(msg)) => {
+                    if !matches!(msg, Up::Log(_)) {
+                        // What this frame notes comes after the lines before it.
+                        self.flush_logs();
+                    }
                     let step = self.proto.on_frame(msg, now);
                     if let Some(v) = self.carry_out(step, now) {
                         return Some(v);
@@ -367,6 +378,17 @@ impl Watch {
             }
         }
         None
+    }
+
+    /// Hand the `Log` lines gathered to the notes, as one.
+    fn flush_logs(&mut self) {
+        if self.log_batch.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.log_batch);
+        if let Some(notes) = &self.spec.notes {
+            notes(super::Note::Logs(lines));
+        }
     }
 
     /// The watchdog that is due now, if any. Beats are read first when the one due is `hung`

@@ -143,8 +143,10 @@ impl Daemon {
         let d = Arc::downgrade(self);
         let agent = agent.to_string();
         Arc::new(move |note| {
-            if let (Note::Log { level, text }, Some(d)) = (note, d.upgrade()) {
-                d.log_line(&agent, &format!("{level:?} {text}"));
+            if let (Note::Logs(lines), Some(d)) = (note, d.upgrade()) {
+                for l in lines {
+                    d.log_line(&agent, &format!("{:?} {}", l.level, l.text));
+                }
             }
         })
     }

@@ -158,10 +158,26 @@ impl CallJournal {
                     "contract",
                     serde_json::to_value(&c).unwrap_or(serde_json::Value::Null),
                 ),
-                Note::Log { level, text } => event(
-                    "log",
-                    serde_json::json!({ "level": format!("{level:?}").to_lowercase(), "text": text }),
-                ),
+                Note::Logs(lines) => {
+                    // One event per run of lines of one level: `{level, lines: [text, …]}`.
+                    let mut runs: Vec<(corral_proto::LogLevel, Vec<serde_json::Value>)> =
+                        Vec::new();
+                    for l in lines {
+                        match runs.last_mut() {
+                            Some((level, texts)) if *level == l.level => {
+                                texts.push(serde_json::Value::String(l.text))
+                            }
+                            _ => runs.push((l.level, vec![serde_json::Value::String(l.text)])),
+                        }
+                    }
+                    for (level, texts) in runs {
+                        let mut payload = serde_json::Map::new();
+                        payload.insert("level".into(), log_level(level).into());
+                        payload.insert("lines".into(), serde_json::Value::Array(texts));
+                        journal.append(event("log", serde_json::Value::Object(payload)));
+                    }
+                    return;
+                }
                 Note::Summary {
                     heartbeats,
                     progress,
@@ -345,4 +361,16 @@ pub(super) fn open_journal(
         journal.start_pruning(keep);
     }
     Ok(Some(journal))
+}
+
+/// A log level as the journal names it.
+fn log_level(level: corral_proto::LogLevel) -> &'static str {
+    use corral_proto::LogLevel;
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
 }
