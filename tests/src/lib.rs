@@ -52,6 +52,24 @@ pub fn require_isolation() -> bool {
     std::env::var("CORRAL_REQUIRE_ISOLATION").is_ok_and(|v| v == "1")
 }
 
+/// A private copy of the chaos binary, so its processes can be counted (or it replaced) by
+/// its executable without touching other tests' agents.
+pub fn private_chaos(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("chaos-escape");
+    std::fs::copy(bin("chaos"), &p).unwrap();
+    p
+}
+
+/// Whether this runs as root; skip (or fail) otherwise.
+pub fn root_ok(what: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    skip_or_fail(&format!("{what}: needs root"));
+    false
+}
+
 /// Skip (print why) or, under `CORRAL_REQUIRE_ISOLATION=1`, fail.
 pub fn skip_or_fail(why: &str) {
     if require_isolation() {
@@ -297,4 +315,31 @@ pub fn host_uid(pid: i32) -> Option<u32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// One call of `chaos` with its events: the outcome and whether its agent started in a warm stem.
+pub async fn call_warm(s: &corral::Supervisor, json: &str) -> (corral::CallOutcome, Vec<bool>) {
+    call_warm_on(s, "chaos", json).await
+}
+
+/// [`call_warm`] of another agent.
+pub async fn call_warm_on(
+    s: &corral::Supervisor,
+    agent: &str,
+    json: &str,
+) -> (corral::CallOutcome, Vec<bool>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = corral::CallOptions {
+        events: Some(tx),
+        ..Default::default()
+    };
+    let input = corral_proto::Value::from_json(&serde_json::from_str(json).unwrap());
+    let o = s.call(agent, input, opts).await.unwrap();
+    let mut warm = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let corral::AttemptEvent::Spawned { warm: w, .. } = ev {
+            warm.push(w);
+        }
+    }
+    (o, warm)
 }
