@@ -30,7 +30,14 @@ fn main() {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     let built = out.join("corral-init");
-    let status = Command::new(rustc)
+    let mut rustc = Command::new(rustc);
+    // The linker cargo resolved for the target, when one is configured (cross builds).
+    if let Some(linker) = std::env::var_os("RUSTC_LINKER") {
+        let mut arg = std::ffi::OsString::from("linker=");
+        arg.push(linker);
+        rustc.arg("-C").arg(arg);
+    }
+    let status = rustc
         .args([
             "--edition",
             "2021",
