@@ -207,8 +207,9 @@ static mut POINTERS: [*const u8; MAX_STRINGS + 2] = [core::ptr::null(); MAX_STRI
 /// end of file before a whole record (the stem is not needed); the environment is NULL when
 /// the record has none (the agent then gets ours).
 fn read_start() -> Result<Option<(*const u8, *const *const u8, *const *const u8)>, i32> {
-    // SAFETY: only the agent's process, single-threaded, touches these statics, here.
+    // SAFETY: only the agent's process, single-threaded, touches this static, here, once.
     let buf = unsafe { &mut *core::ptr::addr_of_mut!(START) };
+    // SAFETY: as `START`: no other reference to it exists.
     let ptrs = unsafe { &mut *core::ptr::addr_of_mut!(POINTERS) };
     let mut len = 0;
     let mut counted: Option<(usize, usize)> = None;
