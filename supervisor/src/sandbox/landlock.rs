@@ -200,28 +200,41 @@ impl Ruleset {
     }
 
     /// Like [`Ruleset::add`] for a path that stays: its fd is opened once and kept. A kept
-    /// file replaced since (a new inode at its path, as an upgrade installs `corral-init`) is
-    /// opened again: a rule on the old inode would refuse the new file to every agent until
-    /// the supervisor restarted. (Directories are kept as they are: their rules cover whatever
-    /// is replaced beneath them.)
+    /// regular file replaced since (a new inode at its path, as an upgrade installs
+    /// `corral-init`) is opened again: a rule on the old inode would refuse the new file to every
+    /// agent until the supervisor restarted. That costs one `stat` a spawn for such a file;
+    /// directories (their rules cover whatever is replaced beneath them) and devices are kept
+    /// as they are.
     fn add_kept(&self, path: &Path, access: u64) -> Result<(), LandlockError> {
-        type Kept = std::collections::HashMap<std::path::PathBuf, Option<(std::fs::File, bool)>>;
+        /// A kept fd, whether it is a directory, and a regular file's device and inode.
+        type Entry = Option<(std::fs::File, bool, Option<(u64, u64)>)>;
+        type Kept = std::collections::HashMap<std::path::PathBuf, Entry>;
         static KEPT: std::sync::OnceLock<std::sync::Mutex<Kept>> = std::sync::OnceLock::new();
+        use std::os::unix::fs::MetadataExt;
         let mut kept = KEPT
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let stale = match kept.get(path) {
             None => true,
-            Some(Some((file, false))) => !same_file(file, path),
+            Some(Some((_, _, Some(id)))) => std::fs::metadata(path)
+                .map(|m| (m.dev(), m.ino()))
+                .map_or(true, |now| now != *id),
             Some(_) => false,
         };
         if stale {
-            let opened = open_path(path)?;
+            let opened = open_path(path)?.map(|(file, is_dir)| {
+                let id = file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.file_type().is_file())
+                    .map(|m| (m.dev(), m.ino()));
+                (file, is_dir, id)
+            });
             kept.insert(path.to_path_buf(), opened);
         }
         match kept.get(path) {
-            Some(Some((file, is_dir))) => self.add_fd(path, file.as_raw_fd(), *is_dir, access),
+            Some(Some((file, is_dir, _))) => self.add_fd(path, file.as_raw_fd(), *is_dir, access),
             _ => Ok(()),
         }
     }
@@ -256,15 +269,6 @@ impl Ruleset {
 use std::os::unix::fs::OpenOptionsExt;
 
 /// An O_PATH fd for `path` and whether it is a directory; `None` when it does not exist.
-/// Whether `path` still names the file `file` was opened from.
-fn same_file(file: &std::fs::File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
 fn open_path(path: &Path) -> Result<Option<(std::fs::File, bool)>, LandlockError> {
     match std::fs::OpenOptions::new()
         .read(true)
