@@ -348,8 +348,9 @@ pub fn spawn_now(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, Sp
         (end & !15) as *mut libc::c_void
     };
     // The child starts on this CPU, not on an idle one: this thread sleeps at once until the
-    // child execs (CLONE_VFORK), and waking an idle CPU costs tens of µs on a VM (row 1 of
-    // `docs/bench.md`, three interleaved runs each: 1.24–1.28× raw before, 1.21–1.26× after).
+    // child execs (CLONE_VFORK), and waking an idle CPU costs tens of µs on a VM (`docs/bench.md`,
+    // five alternating runs each: row 1 1.17–1.21× raw before, 1.13–1.18× after; the cold
+    // isolated row 2c' 1.85–1.88 ms before, 1.75–1.86 ms after).
     // The kernel places a new task by the affinity it inherits, so this thread narrows its own
     // to the CPU it runs on around `clone`; the child takes the old mask back first thing.
     let narrowed = narrow_affinity();
