@@ -59,8 +59,8 @@ pub(super) async fn stop_and_reap(
         // cgroup file I/O can take milliseconds (v1 waits on RCU): off the runtime.
         let cg = cg.clone();
         counters = tokio::task::spawn_blocking(move || {
-            let members = cg.pids().unwrap_or_default();
-            if let Err(e) = cg.kill_all() {
+            let (members, killed) = cg.kill_all_listed();
+            if let Err(e) = killed {
                 tracing::warn!(cgroup = cg.name(), pid, "kill cgroup: {e}");
             }
             // Escapees reparented to us (no pid namespace) are zombies of ours now.

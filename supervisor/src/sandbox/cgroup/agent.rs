@@ -173,6 +173,27 @@ impl AgentCgroup {
         }
     }
 
+    /// [`Self::kill_all`] that also returns the processes it found inside before the kill (what
+    /// [`Self::pids`] would have said), listing them once: the pids, then how many were
+    /// signalled or why the cgroup could not be emptied.
+    pub fn kill_all_listed(&self) -> (Vec<u32>, Result<usize, CgroupError>) {
+        let listed = match &self.inner {
+            AgentInner::V2(l) => l.members(),
+            AgentInner::V1(l) => l.members(),
+            AgentInner::None(_) => Ok(BTreeSet::new()),
+        };
+        let before = match listed {
+            Ok(before) => before,
+            Err(e) => return (Vec::new(), Err(e)),
+        };
+        let killed = match &self.inner {
+            AgentInner::V2(l) => l.kill_listed(&before),
+            AgentInner::V1(l) => l.kill_listed(&before),
+            AgentInner::None(_) => Ok(0),
+        };
+        (before.into_iter().collect(), killed)
+    }
+
     fn stats(&self) -> Stats {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
         match *removed {

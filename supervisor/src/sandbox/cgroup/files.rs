@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -169,6 +170,11 @@ pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<()
             detail: format!("not a pid: {line:?}"),
         })?;
         into.insert(pid);
+    }
+    // A cgroup directory's link count is 2 + its sub-cgroups (kernfs keeps it so): one
+    // `stat` instead of listing the controller's files, for the leaf that has none.
+    if fs::metadata(dir).is_ok_and(|m| m.nlink() <= 2) {
+        return Ok(());
     }
     for child in sub_dirs(dir)? {
         procs_recursive(&child, into)?;

@@ -402,6 +402,40 @@ fn kill_all_reaches_grandchildren_and_pids_limit_is_counted() {
     assert!(agent.pids_limit_hits() >= 1, "counter lost at removal");
 }
 
+/// A process the agent moved into a sub-cgroup of its own is listed and killed with the rest
+/// (a leaf's sub-cgroups are found by its link count, one `stat` instead of a listing).
+#[test]
+fn kill_all_listed_reaches_a_sub_cgroup() {
+    let Some(cgroups) = usable(&["pids"]) else {
+        return;
+    };
+    let agent = cgroups
+        .create(&unique("sub"), &CgroupLimits::default())
+        .unwrap();
+    let (top, deep) = (sleeper(), sleeper());
+    agent.attach(top.id()).unwrap();
+    agent.attach(deep.id()).unwrap();
+    // Moved, in every hierarchy, into a sub-cgroup `inner` of the agent's leaf.
+    for dir in agent.paths() {
+        let inner = dir.join("inner");
+        fs::create_dir(&inner).unwrap();
+        fs::write(inner.join("cgroup.procs"), deep.id().to_string()).unwrap();
+    }
+    let mut both = [top.id(), deep.id()];
+    both.sort_unstable();
+    assert_eq!(agent.pids().unwrap(), both);
+    let (listed, killed) = agent.kill_all_listed();
+    assert_eq!(listed, both);
+    assert_eq!(killed.unwrap(), 2);
+    for mut p in [top, deep] {
+        assert_eq!(p.wait().signal(), Some(libc::SIGKILL));
+    }
+    let (listed, killed) = agent.kill_all_listed();
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_eq!(killed.unwrap(), 0);
+    agent.remove().unwrap();
+}
+
 #[test]
 fn memory_hog_is_oom_killed_and_counted() {
     let Some(cgroups) = usable(&["memory"]) else {

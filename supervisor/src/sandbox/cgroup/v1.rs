@@ -252,10 +252,16 @@ impl Leaf {
     /// SIGKILL every member, thaw (frozen tasks die only once thawed), then kill stragglers and
     /// wait until empty.
     pub(super) fn kill_all(&self) -> Result<usize, CgroupError> {
-        let all = self.all();
-        if members(&all)?.is_empty() {
+        self.kill_listed(&self.members()?)
+    }
+
+    /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
+    /// list ends it at once.
+    pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {
+        if before.is_empty() {
             return Ok(0);
         }
+        let all = self.all();
         let mut killed = BTreeSet::new();
         if let Some(freezer) = self.dir(self.v1.freezer).filter(|d| d.is_dir()) {
             let state = freezer.join("freezer.state");

@@ -308,17 +308,22 @@ impl Leaf {
     /// `cgroup.kill` (5.14+) kills the whole subtree at once; older kernels freeze with
     /// `cgroup.freeze`, SIGKILL each member and thaw. Then stragglers are killed until empty.
     pub(super) fn kill_all(&self) -> Result<usize, CgroupError> {
-        let dirs = [self.dir.as_path()];
-        let before = members(&dirs)?;
+        self.kill_listed(&self.members()?)
+    }
+
+    /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
+    /// list ends it at once.
+    pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {
         if before.is_empty() {
             return Ok(0);
         }
+        let dirs = [self.dir.as_path()];
         let mut killed = BTreeSet::new();
         let kill_file = self.dir.join("cgroup.kill");
         let freeze_file = self.dir.join("cgroup.freeze");
         if kill_file.exists() {
             write_file(&kill_file, "1")?;
-            killed = before;
+            killed = before.clone();
         } else if freeze_file.exists() {
             write_file(&freeze_file, "1")?;
             let events = self.dir.join("cgroup.events");
