@@ -54,8 +54,8 @@ pub fn run_attempt(
         };
         // Every attempt ends with this event, whichever way it ended (a failed spawn
         // included).
-        if let Some(tx) = events {
-            let _ = tx.send(AttemptEvent::Exited(Box::new(out.record.clone())));
+        if let Some(sink) = events {
+            sink.send(AttemptEvent::Exited(Box::new(out.record.clone())));
         }
         out
     }

@@ -97,7 +97,7 @@ pub struct AttemptSpec {
     /// Warm stems (see [`StemPool`]).
     pub stems: Option<Arc<StemPool>>,
     /// Where to report life events of the attempt (for status displays, tests, benchmarks).
-    pub events: Option<mpsc::UnboundedSender<AttemptEvent>>,
+    pub events: Option<EventSink>,
     /// Where to report what the agent saw and did, as it happens (for the journal).
     pub notes: Option<Notes>,
     /// The task's name within its run (see [`ToolRequest::task`]); `None`: the agent's name.
@@ -113,6 +113,34 @@ pub struct AttemptSpec {
 
 /// See [`AttemptSpec::on_spawn`].
 pub type OnSpawn = Arc<dyn Fn() + Send + Sync>;
+
+/// Where an attempt's life events go (see [`AttemptSpec::events`]).
+#[derive(Clone)]
+pub enum EventSink {
+    /// A channel the owner reads (a caller's [`crate::CallOptions::events`]).
+    Channel(mpsc::UnboundedSender<AttemptEvent>),
+    /// A function called with each event where it happens: it must not block. No channel is
+    /// made per attempt (a channel's first block of slots is ~1.8 KiB, which a service
+    /// instance would keep for its whole life).
+    Call(Arc<dyn Fn(AttemptEvent) + Send + Sync>),
+}
+
+impl EventSink {
+    fn send(&self, ev: AttemptEvent) {
+        match self {
+            EventSink::Channel(tx) => {
+                let _ = tx.send(ev);
+            }
+            EventSink::Call(f) => f(ev),
+        }
+    }
+}
+
+impl From<mpsc::UnboundedSender<AttemptEvent>> for EventSink {
+    fn from(tx: mpsc::UnboundedSender<AttemptEvent>) -> Self {
+        EventSink::Channel(tx)
+    }
+}
 
 /// The queue a service agent's instances take their tasks from, first come first served.
 pub type ServiceQueue = async_channel::Receiver<ServiceTask>;
@@ -370,8 +398,8 @@ pub struct AttemptOutcome {
 
 impl AttemptSpec {
     fn emit(&self, ev: impl FnOnce() -> AttemptEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(ev());
+        if let Some(sink) = &self.events {
+            sink.send(ev());
         }
     }
 }

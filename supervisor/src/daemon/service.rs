@@ -5,14 +5,14 @@
 //! the attempt's record.
 
 use super::state::{Daemon, InstanceInfo, InstanceState};
-use crate::child::{AttemptEvent, ServiceResult, ServiceTask, TaskCancel, TaskInput};
+use crate::child::{AttemptEvent, EventSink, ServiceResult, ServiceTask, TaskCancel, TaskInput};
 use crate::config::AgentSpec;
 use crate::policy::{Backoff, RestartPolicy};
 use crate::record::ExitReason;
 use corral_proto::AgentError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// One generation of a service agent: its spec, its queue, its instances. A reload that
 /// changes the agent makes a new generation; the old one's queue is closed, so its instances
@@ -143,75 +143,32 @@ async fn instance_loop(
             break;
         };
         attempt += 1;
-        let (tx, mut events) = mpsc::unbounded_channel();
         let notes = daemon.log_notes(&spec.name);
-        let fut = daemon.sup.service_attempt(
-            spec.clone(),
-            run_id.clone(),
-            attempt,
-            rx.clone(),
-            Some(tx),
-            Some(notes),
-            stop.clone(),
-        );
         let started = Instant::now();
-        let mut fut = std::pin::pin!(fut);
-        let out = loop {
-            tokio::select! {
-                out = &mut fut => break out,
-                Some(ev) = events.recv() => observe(&daemon, &info, &ev, started),
-            }
+        // Each event is observed where it happens (no channel kept per instance).
+        let sink = {
+            let (daemon, info) = (daemon.clone(), info.clone());
+            EventSink::Call(Arc::new(move |ev| observe(&daemon, &info, &ev, started)))
         };
-        while let Ok(ev) = events.try_recv() {
-            observe(&daemon, &info, &ev, started);
-        }
-        let rec = out.record;
-        daemon.metrics.exited(&rec);
-        daemon.event_record(&rec);
+        let out = daemon
+            .sup
+            .service_attempt(
+                spec.clone(),
+                run_id.clone(),
+                attempt,
+                rx.clone(),
+                Some(sink),
+                Some(notes),
+                stop.clone(),
+            )
+            .await;
         let ran_for = started.elapsed();
         let stopping = stop.borrow().is_some();
-        let in_flight = match out.in_flight {
-            Some(task) if task.cancel.state().cancelled() => {
-                answer_cancelled(task, &rec);
-                None
-            }
-            other => other,
-        };
-        if let Some(task) = in_flight {
-            let id = task.task.task_id;
-            let n = tries.entry(id).or_insert(0);
-            *n += 1;
-            let retry = !stopping
-                && spec.restart != RestartPolicy::Never
-                && *n <= spec.max_retries
-                && crate::policy::restart::counts_for_breaker(rec.reason);
-            if retry && !rx.is_closed() {
-                // Back in the queue: the next idle instance (this one restarted) takes it.
-                task.cancel.requeued();
-                if let Err(e) = daemon_requeue(&daemon, &spec, task) {
-                    tracing::warn!(agent = %spec.name, "task {id} lost on requeue: {e}");
-                }
-            } else {
-                tries.remove(&id);
-                let err = rec
-                    .error
-                    .clone()
-                    .map(|e| AgentError::new(e.kind, e.message, e.retryable));
-                let err = err.unwrap_or_else(|| {
-                    AgentError::new(rec.reason.as_str(), rec.reason.to_string(), false)
-                });
-                let _ = task.reply.send(Err(err));
-            }
-        }
-        {
-            let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
-            i.pid = None;
-            i.last_exit = Some(rec.reason.as_str().to_string());
-            i.state = InstanceState::Backoff;
-        }
-        if stopping || rec.reason == ExitReason::Shutdown && rx.is_closed() {
+        // Settled apart: nothing of the attempt's end (its record is large) is kept in this
+        // loop's state across the backoff's wait, for the instance's whole life.
+        let Some(reason) = settle(&daemon, &spec, &info, &mut tries, &rx, out, stopping) else {
             break;
-        }
+        };
         drop(_slot);
         backoff.on_healthy_run(ran_for);
         let delay = backoff.next_delay(0.5);
@@ -221,7 +178,7 @@ async fn instance_loop(
             i.backoff_until = Some(Instant::now() + delay);
         }
         daemon.metrics.restarted(&spec.name);
-        tracing::info!(agent = %spec.name, instance = index, reason = %rec.reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
+        tracing::info!(agent = %spec.name, instance = index, %reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
         // A zero backoff restarts at once: even a timer of zero waits for the next tick.
         if !delay.is_zero() {
             tokio::select! {
@@ -233,6 +190,66 @@ async fn instance_loop(
     let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
     i.state = InstanceState::Stopped;
     i.pid = None;
+}
+
+/// An attempt's end, `out`: its record published, its task in flight requeued or answered, its
+/// instance shown in backoff. `None`: the instance leaves (stopping, or shut down with its
+/// queue closed); else the reason it ended.
+fn settle(
+    daemon: &Daemon,
+    spec: &AgentSpec,
+    info: &Mutex<InstanceInfo>,
+    tries: &mut Tries,
+    rx: &async_channel::Receiver<ServiceTask>,
+    out: crate::child::AttemptOutcome,
+    stopping: bool,
+) -> Option<ExitReason> {
+    let rec = out.record;
+    daemon.metrics.exited(&rec);
+    daemon.event_record(&rec);
+    let in_flight = match out.in_flight {
+        Some(task) if task.cancel.state().cancelled() => {
+            answer_cancelled(task, &rec);
+            None
+        }
+        other => other,
+    };
+    if let Some(task) = in_flight {
+        let id = task.task.task_id;
+        let n = tries.entry(id).or_insert(0);
+        *n += 1;
+        let retry = !stopping
+            && spec.restart != RestartPolicy::Never
+            && *n <= spec.max_retries
+            && crate::policy::restart::counts_for_breaker(rec.reason);
+        if retry && !rx.is_closed() {
+            // Back in the queue: the next idle instance (this one restarted) takes it.
+            task.cancel.requeued();
+            if let Err(e) = daemon_requeue(daemon, spec, task) {
+                tracing::warn!(agent = %spec.name, "task {id} lost on requeue: {e}");
+            }
+        } else {
+            tries.remove(&id);
+            let err = rec
+                .error
+                .clone()
+                .map(|e| AgentError::new(e.kind, e.message, e.retryable));
+            let err = err.unwrap_or_else(|| {
+                AgentError::new(rec.reason.as_str(), rec.reason.to_string(), false)
+            });
+            let _ = task.reply.send(Err(err));
+        }
+    }
+    {
+        let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
+        i.pid = None;
+        i.last_exit = Some(rec.reason.as_str().to_string());
+        i.state = InstanceState::Backoff;
+    }
+    if stopping || rec.reason == ExitReason::Shutdown && rx.is_closed() {
+        return None;
+    }
+    Some(rec.reason)
 }
 
 /// `task`, in flight when its instance ended with `rec`, was cancelled: it is answered

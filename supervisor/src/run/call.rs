@@ -326,7 +326,7 @@ impl<'s> Call<'s> {
             cgroups: sup.cgroups.clone(),
             workspaces: sup.workspaces.clone(),
             stems: Some(sup.stems.clone()),
-            events: self.opts.events.clone(),
+            events: self.opts.events.clone().map(Into::into),
             notes,
             task: self.opts.task.as_deref().map(Arc::from),
             service: None,

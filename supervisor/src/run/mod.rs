@@ -425,7 +425,7 @@ impl Supervisor {
         run_id: String,
         attempt: u32,
         queue: child::ServiceQueue,
-        events: Option<mpsc::UnboundedSender<child::AttemptEvent>>,
+        events: Option<child::EventSink>,
         notes: Option<child::Notes>,
         stop: tokio::sync::watch::Receiver<Option<ExitReason>>,
     ) -> impl Future<Output = child::AttemptOutcome> + Send {

@@ -48,7 +48,7 @@ impl Supervisor {
             cgroups: self.cgroups.clone(),
             workspaces: self.workspaces.clone(),
             stems: None,
-            events: Some(events),
+            events: Some(events.into()),
             notes: Some(notes),
             service: None,
             task: None,
