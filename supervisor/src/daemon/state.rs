@@ -37,6 +37,18 @@ pub(crate) enum InstanceState {
     Stopped,
 }
 
+impl InstanceState {
+    /// Its name, as `ps` and `status` show it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
 /// One service instance as `ps` shows it.
 #[derive(Debug, Clone)]
 pub(crate) struct InstanceInfo {
@@ -267,17 +279,28 @@ impl Daemon {
 
     /// `corral status`: the summary, and the one line `STATUS=` carries.
     pub(crate) fn status(&self) -> (serde_json::Value, String) {
-        let rows = self.ps();
-        let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+        // Counted in place (it runs every second): no row is built.
+        let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
         let mut backoff_max: u64 = 0;
         let mut agents = 0;
-        for r in rows.iter().filter(|r| r["service"] == true) {
-            agents += 1;
-            let s = r["state"].as_str().unwrap_or("unknown").to_string();
-            if s == "backoff" {
-                backoff_max = backoff_max.max(r["backoff_ms"].as_u64().unwrap_or(0));
+        let now = Instant::now();
+        {
+            let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+            for name in &self.sup.agent_names() {
+                self.metrics.breaker(name, self.sup.breaker_state(name));
+                let Some(s) = services.get(name) else {
+                    continue;
+                };
+                for i in &s.instances {
+                    let i = i.lock().unwrap_or_else(|p| p.into_inner());
+                    agents += 1;
+                    if i.state == InstanceState::Backoff {
+                        let left = i.backoff_until.map(|t| t.saturating_duration_since(now));
+                        backoff_max = backoff_max.max(left.map_or(0, |d| d.as_millis() as u64));
+                    }
+                    *by_state.entry(i.state.as_str()).or_default() += 1;
+                }
             }
-            *by_state.entry(s).or_default() += 1;
         }
         for s in ["starting", "ready", "backoff", "stopped"] {
             self.metrics
@@ -302,11 +325,11 @@ impl Daemon {
         let healthy = by_state.get("ready").copied().unwrap_or(0);
         let mut line = format!("{agents} agents, {healthy} healthy");
         for (s, n) in &by_state {
-            if s == "ready" {
+            if *s == "ready" {
                 continue;
             }
             line.push_str(&format!(", {n} {s}"));
-            if s == "backoff" && backoff_max > 0 {
+            if *s == "backoff" && backoff_max > 0 {
                 line.push_str(&format!(" {:.0}s", backoff_max as f64 / 1000.0));
             }
         }
