@@ -59,7 +59,8 @@ pub(super) async fn stop_and_reap(
         // cgroup file I/O can take milliseconds (v1 waits on RCU): off the runtime.
         let cg = cg.clone();
         counters = tokio::task::spawn_blocking(move || {
-            let (members, killed) = cg.kill_all_listed();
+            // The leader is a zombie here: the cheap check first.
+            let (members, killed) = cg.kill_all_after_leader();
             if let Err(e) = killed {
                 tracing::warn!(cgroup = cg.name(), pid, "kill cgroup: {e}");
             }

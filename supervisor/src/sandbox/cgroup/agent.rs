@@ -173,6 +173,23 @@ impl AgentCgroup {
         }
     }
 
+    /// [`Self::kill_all_listed`] at the end of an attempt whose first process (the one the
+    /// cgroup was made for) has exited but is not reaped yet. When the cgroup's own counter
+    /// shows nothing else inside (v1: `pids.current` at most 1, that zombie; v2: `populated
+    /// 0`), nothing is listed or killed: one small read instead of listing every hierarchy.
+    /// Otherwise, or without such a counter, as [`Self::kill_all_listed`].
+    pub fn kill_all_after_leader(&self) -> (Vec<u32>, Result<usize, CgroupError>) {
+        let empty = match &self.inner {
+            AgentInner::V2(l) => l.unpopulated(),
+            AgentInner::V1(l) => l.at_most_one_task(),
+            AgentInner::None(_) => true,
+        };
+        if empty {
+            return (Vec::new(), Ok(0));
+        }
+        self.kill_all_listed()
+    }
+
     /// [`Self::kill_all`] that also returns the processes it found inside before the kill (what
     /// [`Self::pids`] would have said), listing them once: the pids, then how many were
     /// signalled or why the cgroup could not be emptied.

@@ -436,6 +436,67 @@ fn kill_all_listed_reaches_a_sub_cgroup() {
     agent.remove().unwrap();
 }
 
+/// Whether `pid` has exited and waits to be reaped.
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// At an attempt's end (its first process exited, not reaped), a cgroup holding only that
+/// zombie is seen empty from its counter; one that still holds a live process is listed and
+/// killed whole.
+#[test]
+fn kill_all_after_leader_skips_only_an_empty_cgroup() {
+    let Some(cgroups) = usable(&["pids"]) else {
+        return;
+    };
+    for live_child in [false, true] {
+        let agent = cgroups
+            .create(&unique("leader"), &CgroupLimits::default())
+            .unwrap();
+        // It forks (or not) only once told to, after it is attached: its child is born inside.
+        let script = if live_child {
+            "read go; sleep 30 & echo $!; exec sleep 30"
+        } else {
+            "read go; echo; exec sleep 30"
+        };
+        let mut leader = Reaped::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        );
+        agent.attach(leader.id()).unwrap();
+        leader.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(leader.0.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let want = if live_child { 2 } else { 1 };
+        assert_eq!(agent.pids().unwrap().len(), want);
+        // SAFETY: kill(2) of our own child, not reaped yet.
+        unsafe { libc::kill(leader.id() as i32, libc::SIGKILL) };
+        assert!(eventually(5, || is_zombie(leader.id())));
+        let (listed, killed) = agent.kill_all_after_leader();
+        if live_child {
+            let grandchild: u32 = line.trim().parse().unwrap();
+            assert_eq!(listed, [grandchild]);
+            assert_eq!(killed.unwrap(), 1);
+            assert!(agent.pids().unwrap().is_empty());
+        } else {
+            assert!(listed.is_empty(), "{listed:?}");
+            assert_eq!(killed.unwrap(), 0);
+        }
+        assert_eq!(leader.wait().signal(), Some(libc::SIGKILL));
+        assert!(eventually(5, || agent.remove().is_ok()));
+    }
+}
+
 #[test]
 fn memory_hog_is_oom_killed_and_counted() {
     let Some(cgroups) = usable(&["memory"]) else {

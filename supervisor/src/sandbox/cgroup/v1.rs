@@ -255,6 +255,15 @@ impl Leaf {
         self.kill_listed(&self.members()?)
     }
 
+    /// Whether nothing but an exited leader can be inside: `pids.current` (which counts
+    /// every task until it is reaped, zombies included) is at most 1. `false` without a pids
+    /// hierarchy, or when it cannot be read.
+    pub(super) fn at_most_one_task(&self) -> bool {
+        self.dir(self.v1.pids)
+            .and_then(|d| read_number(&d.join("pids.current")))
+            .is_some_and(|n| n <= 1)
+    }
+
     /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
     /// list ends it at once.
     pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {

@@ -311,6 +311,12 @@ impl Leaf {
         self.kill_listed(&self.members()?)
     }
 
+    /// Whether no live process is inside (`cgroup.events` `populated 0`; an exited process
+    /// leaves it as it exits, before it is reaped).
+    pub(super) fn unpopulated(&self) -> bool {
+        read_keyed(&self.dir.join("cgroup.events"), "populated") == Some(0)
+    }
+
     /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
     /// list ends it at once.
     pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {
