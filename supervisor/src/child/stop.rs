@@ -56,24 +56,31 @@ pub(super) async fn stop_and_reap(
     process::kill_group(pid, libc::SIGKILL);
     let mut counters = None;
     if let Some(cg) = cgroup {
-        // cgroup file I/O can take milliseconds (v1 waits on RCU): off the runtime.
-        let cg = cg.clone();
-        counters = tokio::task::spawn_blocking(move || {
-            // The leader is a zombie here: the cheap check first.
-            let (members, killed) = cg.kill_all_after_leader();
-            if let Err(e) = killed {
-                tracing::warn!(cgroup = cg.name(), pid, "kill cgroup: {e}");
-            }
-            // Escapees reparented to us (no pid namespace) are zombies of ours now.
-            process::reap_adopted(&members);
-            CgroupCounters {
-                oom: cg.oom_kills() > 0,
-                pids_hits: cg.pids_limit_hits(),
-                mem_peak: cg.memory_peak_bytes(),
-            }
-        })
-        .await
-        .ok();
+        let read = |cg: &AgentCgroup| CgroupCounters {
+            oom: cg.oom_kills() > 0,
+            pids_hits: cg.pids_limit_hits(),
+            mem_peak: cg.memory_peak_bytes(),
+        };
+        if cg.holds_only_exited_leader() {
+            // Most often nothing else is left, which one small read shows: that and the
+            // counters cost less here than a hop to a blocking thread and back.
+            counters = Some(read(cg));
+        } else {
+            // Listing, killing and waiting for the cgroup to empty can take milliseconds (v1
+            // waits on RCU): off the runtime.
+            let cg = cg.clone();
+            counters = tokio::task::spawn_blocking(move || {
+                let (members, killed) = cg.kill_all_listed();
+                if let Err(e) = killed {
+                    tracing::warn!(cgroup = cg.name(), pid, "kill cgroup: {e}");
+                }
+                // Escapees reparented to us (no pid namespace) are zombies of ours now.
+                process::reap_adopted(&members);
+                read(&cg)
+            })
+            .await
+            .ok();
+        }
     }
     (process::try_reap(pid), counters)
 }

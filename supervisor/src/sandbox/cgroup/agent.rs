@@ -173,21 +173,17 @@ impl AgentCgroup {
         }
     }
 
-    /// [`Self::kill_all_listed`] at the end of an attempt whose first process (the one the
-    /// cgroup was made for) has exited but is not reaped yet. When the cgroup's own counter
-    /// shows nothing else inside (v1: `pids.current` at most 1, that zombie; v2: `populated
-    /// 0`), nothing is listed or killed: one small read instead of listing every hierarchy.
-    /// Otherwise, or without such a counter, as [`Self::kill_all_listed`].
-    pub fn kill_all_after_leader(&self) -> (Vec<u32>, Result<usize, CgroupError>) {
-        let empty = match &self.inner {
+    /// At the end of an attempt whose first process (the one the cgroup was made for) has
+    /// exited but is not reaped yet: whether the cgroup's own counter shows nothing else inside
+    /// (v1: `pids.current`, which counts tasks until they are reaped, at most 1: that zombie;
+    /// v2: `populated 0`). One small read instead of listing every hierarchy; `false` without
+    /// such a counter (then list: [`Self::kill_all_listed`]). `true` without a backend.
+    pub fn holds_only_exited_leader(&self) -> bool {
+        match &self.inner {
             AgentInner::V2(l) => l.unpopulated(),
             AgentInner::V1(l) => l.at_most_one_task(),
             AgentInner::None(_) => true,
-        };
-        if empty {
-            return (Vec::new(), Ok(0));
         }
-        self.kill_all_listed()
     }
 
     /// [`Self::kill_all`] that also returns the processes it found inside before the kill (what

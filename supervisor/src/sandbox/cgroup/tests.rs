@@ -445,10 +445,10 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// At an attempt's end (its first process exited, not reaped), a cgroup holding only that
-/// zombie is seen empty from its counter; one that still holds a live process is listed and
-/// killed whole.
+/// zombie is seen empty from its counter; one that still holds a live process is not, and is
+/// listed and killed whole.
 #[test]
-fn kill_all_after_leader_skips_only_an_empty_cgroup() {
+fn only_an_exited_leader_is_seen_from_the_counter() {
     let Some(cgroups) = usable(&["pids"]) else {
         return;
     };
@@ -482,7 +482,8 @@ fn kill_all_after_leader_skips_only_an_empty_cgroup() {
         // SAFETY: kill(2) of our own child, not reaped yet.
         unsafe { libc::kill(leader.id() as i32, libc::SIGKILL) };
         assert!(eventually(5, || is_zombie(leader.id())));
-        let (listed, killed) = agent.kill_all_after_leader();
+        assert_eq!(agent.holds_only_exited_leader(), !live_child);
+        let (listed, killed) = agent.kill_all_listed();
         if live_child {
             let grandchild: u32 = line.trim().parse().unwrap();
             assert_eq!(listed, [grandchild]);
