@@ -296,6 +296,21 @@ pub fn open_tempdir() -> tempfile::TempDir {
     open_tempdir_in(&std::env::temp_dir())
 }
 
+/// Whether `cond` holds within `secs` seconds, asked every millisecond: for what only `/proc`
+/// shows, such as a process another one forks on its own time.
+pub fn within(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// The host pid of an attempt's agent, from the pid its events and record show: under a pid
 /// namespace that is its `corral-init`, whose only child is the agent.
 pub fn agent_pid(pid: i32) -> i32 {

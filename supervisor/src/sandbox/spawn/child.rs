@@ -163,8 +163,9 @@ unsafe fn reset_signals() -> Step {
     }
 }
 
-/// Take back the CPU affinity the spawning thread had before it narrowed its own to the CPU it
-/// ran on, which placed us there (see `spawn_now`): the agent runs wherever it had.
+/// Take back the whole CPU affinity: the spawning thread runs pinned to one CPU (its lane's, or
+/// narrowed around `clone`), which placed us there (see `spawn_now`); the agent runs wherever
+/// the supervisor may.
 ///
 /// # Safety
 /// Only in the spawn child.

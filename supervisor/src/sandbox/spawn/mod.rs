@@ -14,7 +14,8 @@
 //!
 //! Spawning happens on a few dedicated threads that live as long as the process
 //! ([`Spawner`]): `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits, so
-//! it must not be a pool thread that may retire; and the async runtime is never blocked.
+//! it must not be a pool thread that may retire; and the async runtime is never blocked. A spawn
+//! goes to a thread pinned to its caller's CPU (`spawner.rs` says why).
 //!
 //! What the child does, in order (`child.rs`: one small `unsafe fn` per step, a failure named
 //! by its [`Stage`]): reset signal dispositions and unblock signals; `setsid`; attach itself to
@@ -28,16 +29,16 @@
 mod agent;
 mod child;
 mod prepared;
+mod spawner;
 mod stage;
 
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use prepared::Prepared;
+pub use spawner::Spawner;
 pub use stage::Stage;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::OnceLock;
 
 /// Spawning failed.
 #[derive(Debug, thiserror::Error)]
@@ -324,9 +325,16 @@ fn lift(fd: &mut OwnedFd) -> Result<(), SpawnError> {
 /// Size of the child's private stack. The child makes a handful of system calls.
 const CHILD_STACK: usize = 64 * 1024;
 
-/// Start a process now, on the calling thread. Prefer [`Spawner::spawn`]: the thread that
-/// calls this must outlive the child (PDEATHSIG is tied to it).
-pub fn spawn_now(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, SpawnError> {
+/// Start a process now, on the calling thread (a [`Spawner`] thread: the thread that calls
+/// this must outlive the child, as PDEATHSIG is tied to it). The child starts on this thread's
+/// CPU (see below). `restore`: the thread is pinned to that CPU already, and this is the mask
+/// the child takes back first thing; `None`: the thread narrows its own mask to its CPU around
+/// `clone` and the child takes the old one back.
+pub(super) fn spawn_now(
+    mut spec: SpawnSpec,
+    stack: &mut Vec<u8>,
+    restore: Option<libc::cpu_set_t>,
+) -> Result<Spawned, SpawnError> {
     lift_low_fds(&mut spec)?;
     let mut prepared = Prepared::new(&mut spec)?;
     if stack.len() < CHILD_STACK {
@@ -353,8 +361,12 @@ pub fn spawn_now(mut spec: SpawnSpec, stack: &mut Vec<u8>) -> Result<Spawned, Sp
     // isolated row 2c' 1.85–1.88 ms before, 1.75–1.86 ms after).
     // The kernel places a new task by the affinity it inherits, so this thread narrows its own
     // to the CPU it runs on around `clone`; the child takes the old mask back first thing.
-    let narrowed = narrow_affinity();
-    prepared.affinity = narrowed;
+    let narrowed = if restore.is_some() {
+        None
+    } else {
+        narrow_affinity()
+    };
+    prepared.affinity = restore.or(narrowed);
     let flags = libc::CLONE_VM
         | libc::CLONE_VFORK
         | libc::CLONE_PIDFD
@@ -435,74 +447,6 @@ fn narrow_affinity() -> Option<libc::cpu_set_t> {
     }
 }
 
-type Job = (
-    SpawnSpec,
-    tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
-);
-
-/// How many spawner threads there are: four per core. A spawn keeps its thread suspended
-/// until the child has built its sandbox and exec'd (`CLONE_VFORK`), and much of that time the
-/// child waits rather than runs (the unmount of the host's tree waits for an RCU grace period,
-/// which concurrent unmounts share), so several spawns at once overlap their waits and use the
-/// cores one leaves idle. (Measured with the fan-out rows of `corral-bench`: 300 isolated
-/// agents at once took about half as long with 8 threads as with 1, on 2 cores.)
-fn spawner_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) * 4
-}
-
-/// Long-lived threads that spawn processes, so the async runtime never blocks on a spawn and
-/// PDEATHSIG is tied to a thread that never exits. Jobs go to whichever thread is free.
-pub struct Spawner {
-    tx: std::sync::Mutex<mpsc::Sender<Job>>,
-}
-
-impl Spawner {
-    /// The process-wide spawner (its threads started on first use).
-    pub fn global() -> &'static Spawner {
-        static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-        SPAWNER.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-            for i in 0..spawner_threads() {
-                let rx = rx.clone();
-                let started = std::thread::Builder::new()
-                    .name("corral-spawner".into())
-                    .spawn(move || {
-                        let mut stack = vec![0u8; CHILD_STACK];
-                        loop {
-                            // The lock is held only to take the next job, never across a spawn.
-                            let job = match rx.lock() {
-                                Ok(rx) => rx.recv(),
-                                Err(_) => break,
-                            };
-                            let Ok((spec, reply)) = job else { break };
-                            let _ = reply.send(spawn_now(spec, &mut stack));
-                        }
-                    });
-                if let Err(e) = started {
-                    // The threads started before take every job; with none, spawns fail with
-                    // `SpawnerGone`.
-                    tracing::warn!("cannot start spawner thread {i}: {e}");
-                }
-            }
-            Spawner {
-                tx: std::sync::Mutex::new(tx),
-            }
-        })
-    }
-
-    /// Spawn on a spawner thread and wait (asynchronously) for the result.
-    pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .lock()
-            .map_err(|_| SpawnError::SpawnerGone)?
-            .send((spec, reply))
-            .map_err(|_| SpawnError::SpawnerGone)?;
-        rx.await.map_err(|_| SpawnError::SpawnerGone)?
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,7 +499,7 @@ mod tests {
         // chdir into a directory that is not there: the child's chdir fails with ENOENT.
         let spec = SpawnSpec::new("true").cwd(Some(PathBuf::from("/nonexistent/corral-test")));
         let mut stack = Vec::new();
-        match spawn_now(spec, &mut stack) {
+        match spawn_now(spec, &mut stack, None) {
             Err(SpawnError::Child {
                 stage: Stage::Chdir,
                 root_step: None,
@@ -563,6 +507,31 @@ mod tests {
             }) => assert_eq!(source.raw_os_error(), Some(libc::ENOENT)),
             other => panic!("expected a chdir failure, got {other:?}"),
         }
+    }
+
+    /// Spawner threads run pinned, one CPU each; what they start may run wherever the
+    /// supervisor may (it takes the whole mask back, not its spawner's one CPU).
+    #[test]
+    fn a_spawned_process_may_run_on_every_cpu_the_supervisor_may() {
+        let status = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        };
+        let ours = status(&std::fs::read_to_string("/proc/thread-self/status").unwrap());
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let spec = SpawnSpec::new("/bin/sh")
+            .args(["-c".to_string(), "cat /proc/self/status".to_string()])
+            .fd(w, 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let spawned = rt.block_on(Spawner::global().spawn(spec)).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text).unwrap();
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
+        assert!(ours.is_some());
+        assert_eq!(status(&text), ours, "{text}");
     }
 
     #[test]
