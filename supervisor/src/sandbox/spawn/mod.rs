@@ -509,10 +509,9 @@ mod tests {
         }
     }
 
-    /// Spawner threads run pinned, one CPU each; what they start may run wherever the
-    /// supervisor may (it takes the whole mask back, not its spawner's one CPU).
-    #[test]
-    fn a_spawned_process_may_run_on_every_cpu_the_supervisor_may() {
+    /// `Cpus_allowed_list` of a process spawned through the [`Spawner`] from the calling
+    /// thread, and of the calling thread itself.
+    fn allowed_cpus_of_a_spawn() -> (Option<String>, Option<String>) {
         let status = |text: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -530,8 +529,39 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text).unwrap();
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
+        (status(&text), ours)
+    }
+
+    /// Spawner threads run pinned, one CPU each; what they start runs wherever its caller may
+    /// (it takes the caller's mask back, not its spawner's one CPU), read at each spawn.
+    #[test]
+    fn a_spawned_process_may_run_wherever_its_caller_may() {
+        let (theirs, ours) = allowed_cpus_of_a_spawn();
         assert!(ours.is_some());
-        assert_eq!(status(&text), ours, "{text}");
+        assert_eq!(theirs, ours);
+        // A caller narrowed to one CPU after the spawner started: its child gets that one.
+        let (theirs, ours, cpu) = std::thread::spawn(|| {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            // SAFETY: zeroed cpu_set_t values are valid empty sets, read and written whole by
+            // the kernel for the calling thread (0); CPU_ISSET and CPU_SET read and set one bit.
+            let cpu = unsafe {
+                let mut all: libc::cpu_set_t = std::mem::zeroed();
+                assert_eq!(libc::sched_getaffinity(0, size, &mut all), 0);
+                let cpu = (0..libc::CPU_SETSIZE as usize)
+                    .find(|&c| libc::CPU_ISSET(c, &all))
+                    .unwrap();
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut one);
+                assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+                cpu
+            };
+            let (theirs, ours) = allowed_cpus_of_a_spawn();
+            (theirs, ours, cpu)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ours, Some(cpu.to_string()));
+        assert_eq!(theirs, ours);
     }
 
     #[test]

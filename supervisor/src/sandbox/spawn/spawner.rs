@@ -7,15 +7,19 @@
 //! hundred µs each way (measured at a service agent's restart: 70–140 µs to reach the spawner,
 //! 75–80 µs back); a thread on the caller's own CPU is woken without one. A lane whose threads
 //! are all busy passes the job to the least busy lane, so a burst from one caller still uses
-//! every core. The child takes the supervisor's whole mask back as its first step (see
-//! `child.rs`), so agents run anywhere.
+//! every core. The child takes back the mask of the thread that asked for it as its first step
+//! (see `child.rs`), read at each spawn, so agents run wherever the supervisor may now (a mask
+//! or cpuset changed since start included).
 
 use super::{spawn_now, SpawnError, SpawnSpec, Spawned, CHILD_STACK};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
+/// A spawn, the mask of the thread that asked for it (what its child takes back), and where the
+/// result goes.
 type Job = (
     SpawnSpec,
+    Option<libc::cpu_set_t>,
     tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
 );
 
@@ -47,7 +51,8 @@ impl Spawner {
     }
 
     fn start() -> Spawner {
-        // The mask every child takes back: the one threads are started with.
+        // The CPUs to make lanes for, and the mask a child takes back when its caller's cannot be
+        // read: the one threads are started with.
         let whole = current_mask();
         let cpus: Vec<Option<usize>> = match &whole {
             Some(mask) => (0..libc::CPU_SETSIZE as usize)
@@ -77,13 +82,17 @@ impl Spawner {
     /// Spawn on a spawner thread and wait (asynchronously) for the result.
     pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let lane = self.pick();
+        let mask = current_mask();
         let (reply, rx) = tokio::sync::oneshot::channel();
         lane.pending.fetch_add(1, Ordering::Relaxed);
         let sent = lane
             .tx
             .lock()
             .map_err(|_| SpawnError::SpawnerGone)
-            .and_then(|tx| tx.send((spec, reply)).map_err(|_| SpawnError::SpawnerGone));
+            .and_then(|tx| {
+                tx.send((spec, mask, reply))
+                    .map_err(|_| SpawnError::SpawnerGone)
+            });
         if let Err(e) = sent {
             lane.pending.fetch_sub(1, Ordering::Relaxed);
             return Err(e);
@@ -110,8 +119,8 @@ impl Spawner {
     }
 }
 
-/// Start `threads` spawner threads on `cpu` (pinned; `None`: unpinned), whose children take
-/// `whole` back.
+/// Start `threads` spawner threads on `cpu` (pinned; `None`: unpinned). Their children take
+/// back the asking thread's mask, or `whole` when it could not be read.
 fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> Lane {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
@@ -121,12 +130,9 @@ fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> L
         let started = std::thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
-                // Pinned, children start here and take `whole` back; if pinning fails, each
+                // Pinned, children start here and take a whole mask back; if pinning fails, each
                 // spawn narrows and restores around its clone instead (`spawn_now`).
-                let restore = match cpu {
-                    Some(c) if pin_to(c) => whole,
-                    _ => None,
-                };
+                let pinned = cpu.is_some_and(pin_to);
                 let mut stack = vec![0u8; CHILD_STACK];
                 loop {
                     // The lock is held only to take the next job, never across a spawn.
@@ -134,7 +140,8 @@ fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> L
                         Ok(rx) => rx.recv(),
                         Err(_) => break,
                     };
-                    let Ok((spec, reply)) = job else { break };
+                    let Ok((spec, mask, reply)) = job else { break };
+                    let restore = if pinned { mask.or(whole) } else { None };
                     let out = spawn_now(spec, &mut stack, restore);
                     pending.fetch_sub(1, Ordering::Relaxed);
                     let _ = reply.send(out);
