@@ -256,11 +256,7 @@ async fn wait_started(daemon: &Daemon) {
         + Duration::from_secs(1);
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let starting = daemon
-            .ps()
-            .iter()
-            .any(|r| r["service"] == true && r["state"] == "starting");
-        if !starting {
+        if !daemon.any_starting() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

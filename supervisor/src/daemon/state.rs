@@ -277,6 +277,16 @@ impl Daemon {
         rows
     }
 
+    /// Whether a service instance is still starting (spawned, not ready yet).
+    pub(crate) fn any_starting(&self) -> bool {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services.values().any(|s| {
+            s.instances.iter().any(|i| {
+                i.lock().unwrap_or_else(|p| p.into_inner()).state == InstanceState::Starting
+            })
+        })
+    }
+
     /// `corral status`: the summary, and the one line `STATUS=` carries.
     pub(crate) fn status(&self) -> (serde_json::Value, String) {
         // Counted in place (it runs every second): no row is built.
