@@ -133,6 +133,50 @@ async fn escaped_grandchild_does_not_survive() {
     }
 }
 
+/// Host root outside a pid namespace (`allow_root`, no landlock) can write cgroup files: a
+/// process it moves out of the (v1) pids cgroup alone stays in the others, and is killed at
+/// its attempt's end like the rest, before the call returns (the pids counter alone would miss
+/// it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_moved_out_of_one_cgroup_is_killed_at_the_end() {
+    if !root_ok("an agent running as host root") || !cgroups_ok("cgroup kill at the end") {
+        return;
+    }
+    let pids_root = std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs");
+    if !pids_root.exists() {
+        eprintln!("skipped: no cgroup v1 pids hierarchy (v2 has no move out of one hierarchy)");
+        return;
+    }
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let d = work.path().display();
+    let script = format!(
+        "setsid sh -c 'echo $$ > {} || exit 1; echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; \
+         exec sleep 30' & while [ ! -f {d}/pid ]; do sleep 0.01; done; exit 0",
+        pids_root.display()
+    );
+    let extra = format!(
+        "[agents.mover]\ncommand = [\"/bin/sh\", \"-c\", '''{script}''']\nmax_retries = 0\n\
+         user = \"root\"\nallow_root = true\nlandlock = false\nnamespaces = []\n"
+    );
+    let (_fx, s) = sup_with("", &extra);
+    let o = call(&s, "mover", "{}").await;
+    let pid: i32 = std::fs::read_to_string(work.path().join("pid"))
+        .expect("the mover wrote its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let survived = alive(pid);
+    if survived {
+        // SAFETY: kill(2) of the test's own stray, by pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        !survived,
+        "pid {pid} outlived its attempt: {:?}",
+        o.attempts
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_is_loopback_only_unless_allowed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -270,6 +270,7 @@ impl Running {
             (pid, self.guard.pidfd()),
             (poller, &mut w.logs, &agent.name),
             self.cgroup.as_ref(),
+            agent.namespaces.contains(&crate::config::Namespace::Pid) || !agent.allow_root,
             verdict.graceful,
             w.proto.kill_grace(),
             || {

@@ -18,8 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Stop the process tree with escalation, then reap the leader. With a cgroup, its counters
-/// are read in the same trip off the runtime as its emptying (the whole tree is dead by then:
-/// they are final), and returned.
+/// are read once it is empty (the whole tree is dead by then: they are final), and returned:
+/// in place when its own counter shows nothing but the dead leader inside and `counter_trusted`
+/// (the agent cannot have moved a process out of the counted hierarchy alone: it runs in a pid
+/// namespace, whose end kills everything in it, or not as host root), else off the runtime
+/// after listing, killing and waiting for the cgroup to empty.
 ///
 /// `graceful`: the agent was asked to stop (its task ended, or its owner stopped it) and gets
 /// `kill_grace` after `Shutdown`; otherwise SIGTERM goes with it. `say_shutdown` sends
@@ -31,6 +34,7 @@ pub(super) async fn stop_and_reap(
     (pid, pidfd): (i32, &OwnedFd),
     (poller, logs, agent): (&Poller, &mut Logs, &str),
     cgroup: Option<&Arc<AgentCgroup>>,
+    counter_trusted: bool,
     graceful: bool,
     grace: Duration,
     say_shutdown: impl FnOnce(),
@@ -61,9 +65,11 @@ pub(super) async fn stop_and_reap(
             pids_hits: cg.pids_limit_hits(),
             mem_peak: cg.memory_peak_bytes(),
         };
-        if cg.holds_only_exited_leader() {
+        if counter_trusted && cg.holds_only_exited_leader() {
             // Most often nothing else is left, which one small read shows: that and the
-            // counters cost less here than a hop to a blocking thread and back.
+            // counters cost less here than a hop to a blocking thread and back. (On v1 the
+            // counter is the pids hierarchy's: host root outside a pid namespace could have
+            // moved a process out of that one alone, so then every hierarchy is listed.)
             counters = Some(read(cg));
         } else {
             // Listing, killing and waiting for the cgroup to empty can take milliseconds (v1

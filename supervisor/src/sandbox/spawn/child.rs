@@ -163,9 +163,9 @@ unsafe fn reset_signals() -> Step {
     }
 }
 
-/// Take back the whole CPU affinity: the spawning thread runs pinned to one CPU (its lane's, or
-/// narrowed around `clone`), which placed us there (see `spawn_now`); the agent runs wherever
-/// the supervisor may.
+/// Take back a whole CPU mask (the asking thread's, see `spawn_now`): the spawning thread runs
+/// pinned to one CPU (its lane's, or narrowed around `clone`), which placed us there; the agent
+/// runs wherever its supervisor may.
 ///
 /// # Safety
 /// Only in the spawn child.

@@ -42,8 +42,9 @@ pub(super) struct Prepared {
     pub(super) landlock: Option<RawFd>,
     pub(super) pdeathsig: bool,
     pub(super) parent_pid: libc::pid_t,
-    /// The CPU affinity to take back first: the supervisor's, where the spawning thread's is
-    /// one CPU (see `spawn_now`).
+    /// The CPU affinity to take back first (the spawning thread's is one CPU): the mask of the
+    /// thread that asked for the spawn, or the spawning thread's own before it narrowed it
+    /// (see `spawn_now`).
     pub(super) affinity: Option<libc::cpu_set_t>,
     pub(super) ns: Namespaces,
     pub(super) hostname: Option<CString>,

@@ -7,9 +7,10 @@
 //! hundred µs each way (measured at a service agent's restart: 70–140 µs to reach the spawner,
 //! 75–80 µs back); a thread on the caller's own CPU is woken without one. A lane whose threads
 //! are all busy passes the job to the least busy lane, so a burst from one caller still uses
-//! every core. The child takes back the mask of the thread that asked for it as its first step
-//! (see `child.rs`), read at each spawn, so agents run wherever the supervisor may now (a mask
-//! or cpuset changed since start included).
+//! every core. The threads number four per core the supervisor may use (a CPU quota counts),
+//! spread over the lanes. The child takes back the mask of the thread that asked for it as its
+//! first step (see `child.rs`), read at each spawn, so agents run wherever the supervisor may
+//! now (a mask or cpuset changed since start included).
 
 use super::{spawn_now, SpawnError, SpawnSpec, Spawned, CHILD_STACK};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,23 +24,46 @@ type Job = (
     tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
 );
 
-/// Threads per lane. A spawn keeps its thread suspended until the child has built its sandbox
-/// and exec'd (`CLONE_VFORK`), and much of that time the child waits rather than runs (the
-/// unmount of the host's tree waits for an RCU grace period, which concurrent unmounts share),
-/// so several spawns at once overlap their waits. (Measured with the fan-out rows of
-/// `corral-bench`: 300 isolated agents at once took about half as long with 8 threads as with
-/// 1, on 2 cores.)
-const THREADS_PER_LANE: usize = 4;
+/// Spawner threads per core the supervisor may use (`available_parallelism`, which honours a
+/// CPU quota), spread over the lanes. A spawn keeps its thread suspended until the child has
+/// built its sandbox and exec'd (`CLONE_VFORK`), and much of that time the child waits rather
+/// than runs (the unmount of the host's tree waits for an RCU grace period, which concurrent
+/// unmounts share), so several spawns at once overlap their waits. (Measured with the fan-out
+/// rows of `corral-bench`: 300 isolated agents at once took about half as long with 8 threads
+/// as with 1, on 2 cores.)
+const THREADS_PER_CORE: usize = 4;
 
-/// The threads of one CPU, and the jobs given to them and not yet done.
+/// The threads of one CPU (how many started), and the jobs given to them and not yet done.
 struct Lane {
     cpu: Option<usize>,
+    threads: usize,
     tx: Mutex<mpsc::Sender<Job>>,
     pending: Arc<AtomicUsize>,
 }
 
+impl Lane {
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Hand `job` to this lane's threads: `None` once they have it, the job back when none is
+    /// left to take it.
+    fn offer(&self, job: Job) -> Option<Job> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let back = match self.tx.lock() {
+            Ok(tx) => tx.send(job).err().map(|e| e.0),
+            Err(_) => Some(job),
+        };
+        if back.is_some() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        back
+    }
+}
+
 /// Long-lived threads that spawn processes (see the module doc).
 pub struct Spawner {
+    /// Lanes with at least one thread running.
     lanes: Vec<Lane>,
 }
 
@@ -54,7 +78,8 @@ impl Spawner {
         // The CPUs to make lanes for, and the mask a child takes back when its caller's cannot be
         // read: the one threads are started with.
         let whole = current_mask();
-        let cpus: Vec<Option<usize>> = match &whole {
+        let total = THREADS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut cpus: Vec<Option<usize>> = match &whole {
             Some(mask) => (0..libc::CPU_SETSIZE as usize)
                 // SAFETY: CPU_ISSET reads a bit of a whole cpu_set_t we hold.
                 .filter(|&c| unsafe { libc::CPU_ISSET(c, mask) })
@@ -62,72 +87,67 @@ impl Spawner {
                 .collect(),
             None => Vec::new(),
         };
-        // Without a mask to pin by, one lane of unpinned threads (one per core's worth).
-        let cpus = if cpus.is_empty() {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            return Spawner {
-                lanes: vec![lane(None, None, THREADS_PER_LANE * n)],
-            };
-        } else {
-            cpus
-        };
+        if cpus.is_empty() {
+            // Without a mask to pin by, one lane of unpinned threads.
+            cpus.push(None);
+        }
+        // Under a CPU quota there are more CPUs than cores' worth of threads: lanes for the
+        // first CPUs only (callers elsewhere go to the least busy lane).
+        cpus.truncate(total);
+        let per_lane = total.div_ceil(cpus.len());
         Spawner {
             lanes: cpus
                 .into_iter()
-                .map(|cpu| lane(cpu, whole, THREADS_PER_LANE))
+                .filter_map(|cpu| lane(cpu, whole, per_lane))
                 .collect(),
         }
     }
 
     /// Spawn on a spawner thread and wait (asynchronously) for the result.
     pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
-        let lane = self.pick();
-        let mask = current_mask();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        lane.pending.fetch_add(1, Ordering::Relaxed);
-        let sent = lane
-            .tx
-            .lock()
-            .map_err(|_| SpawnError::SpawnerGone)
-            .and_then(|tx| {
-                tx.send((spec, mask, reply))
-                    .map_err(|_| SpawnError::SpawnerGone)
-            });
-        if let Err(e) = sent {
-            lane.pending.fetch_sub(1, Ordering::Relaxed);
-            return Err(e);
+        let mut job = (spec, current_mask(), reply);
+        let first = self.pick().ok_or(SpawnError::SpawnerGone)?;
+        // The picked lane, else any other whose threads still run.
+        let others = self.lanes.iter().filter(|l| !std::ptr::eq(*l, first));
+        for lane in std::iter::once(first).chain(others) {
+            match lane.offer(job) {
+                None => return rx.await.map_err(|_| SpawnError::SpawnerGone)?,
+                Some(back) => job = back,
+            }
         }
-        rx.await.map_err(|_| SpawnError::SpawnerGone)?
+        Err(SpawnError::SpawnerGone)
     }
 
-    /// The lane of the calling thread's CPU, unless all its threads are busy: then the least
-    /// busy lane.
-    fn pick(&self) -> &Lane {
+    /// The lane of the calling thread's CPU, unless all its threads are busy: then the lane
+    /// with the fewest jobs waiting beyond its threads (then the fewest jobs).
+    fn pick(&self) -> Option<&Lane> {
         // SAFETY: sched_getcpu has no preconditions; -1 on failure.
         let here = unsafe { libc::sched_getcpu() };
         let local = usize::try_from(here)
             .ok()
             .and_then(|c| self.lanes.iter().find(|l| l.cpu == Some(c)));
         match local {
-            Some(l) if l.pending.load(Ordering::Relaxed) < THREADS_PER_LANE => l,
+            Some(l) if l.pending() < l.threads => Some(l),
             _ => self
                 .lanes
                 .iter()
-                .min_by_key(|l| l.pending.load(Ordering::Relaxed))
-                .unwrap_or(&self.lanes[0]),
+                .min_by_key(|l| (l.pending().saturating_sub(l.threads), l.pending())),
         }
     }
 }
 
 /// Start `threads` spawner threads on `cpu` (pinned; `None`: unpinned). Their children take
-/// back the asking thread's mask, or `whole` when it could not be read.
-fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> Lane {
+/// back the asking thread's mask, or `whole` when it could not be read. `None` when no thread
+/// could be started.
+fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> Option<Lane> {
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
     let pending = Arc::new(AtomicUsize::new(0));
+    let mut started = 0;
     for i in 0..threads {
         let (rx, pending) = (rx.clone(), pending.clone());
-        let started = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("corral-spawner".into())
             .spawn(move || {
                 // Pinned, children start here and take a whole mask back; if pinning fails, each
@@ -147,17 +167,19 @@ fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> L
                     let _ = reply.send(out);
                 }
             });
-        if let Err(e) = started {
-            // The threads started before take every job; with none, spawns fail with
-            // `SpawnerGone`.
-            tracing::warn!("cannot start spawner thread {i} for CPU {cpu:?}: {e}");
+        match thread {
+            Ok(_) => started += 1,
+            // The lane's other threads take its jobs; a lane with none is left out (spawns go
+            // to the others; with no lane at all they fail with `SpawnerGone`).
+            Err(e) => tracing::warn!("cannot start spawner thread {i} for CPU {cpu:?}: {e}"),
         }
     }
-    Lane {
+    (started > 0).then(|| Lane {
         cpu,
+        threads: started,
         tx: Mutex::new(tx),
         pending,
-    }
+    })
 }
 
 /// The calling thread's CPU mask.
@@ -179,5 +201,36 @@ fn pin_to(cpu: usize) -> bool {
         let mut one: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut one);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_true(sp: &Spawner) -> Result<(), SpawnError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let spawned = rt.block_on(sp.spawn(SpawnSpec::new("/bin/true")))?;
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
+        Ok(())
+    }
+
+    /// A lane whose threads could not start is left out, and spawns asked from a CPU without
+    /// a lane go to a lane that has threads; with none at all they fail cleanly.
+    #[test]
+    fn spawns_reach_a_lane_with_threads_or_fail_cleanly() {
+        assert!(lane(Some(0), None, 0).is_none(), "a lane without threads");
+        // One unpinned lane of one thread, for no CPU: whatever CPU asks, it is picked.
+        let sp = Spawner {
+            lanes: lane(None, None, 1).into_iter().collect(),
+        };
+        for _ in 0..3 {
+            run_true(&sp).expect("spawned through the only lane");
+        }
+        assert_eq!(sp.lanes[0].pending(), 0);
+        let none = Spawner { lanes: Vec::new() };
+        assert!(matches!(run_true(&none), Err(SpawnError::SpawnerGone)));
     }
 }
