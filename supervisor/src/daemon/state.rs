@@ -183,6 +183,9 @@ impl Daemon {
         }
         q.push_back(line.clone());
         drop(logs);
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let _ = self
             .events
             .send(serde_json::json!({"event": "log", "agent": agent, "line": line}).to_string());
@@ -198,6 +201,10 @@ impl Daemon {
 
     /// An attempt's life event, to the event stream.
     pub(crate) fn event_attempt(&self, ev: &AttemptEvent) {
+        // Nobody following: no line is made.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let v = match ev {
             AttemptEvent::Spawned {
                 agent,
@@ -224,6 +231,9 @@ impl Daemon {
 
     /// An attempt's end, to the event stream.
     pub(crate) fn event_record(&self, rec: &ExitRecord) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let line = serde_json::json!({"event": "exited", "record": rec}).to_string();
         let _ = self.events.send(line);
     }
