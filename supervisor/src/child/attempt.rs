@@ -270,7 +270,7 @@ impl Running {
             (pid, self.guard.pidfd()),
             (poller, &mut w.logs, &agent.name),
             self.cgroup.as_ref(),
-            agent.namespaces.contains(&crate::config::Namespace::Pid) || !agent.allow_root,
+            cgroup_counter_trusted(&agent),
             verdict.graceful,
             w.proto.kill_grace(),
             || {
@@ -382,6 +382,21 @@ impl Running {
     }
 }
 
+/// Whether the agent cannot have moved one of its processes out of one cgroup hierarchy alone
+/// (see `stop::stop_and_reap`): it runs in a pid namespace (whose end kills everything in it),
+/// or not as host root (the cgroup files are root's), or under landlock with no writable path
+/// over or under `/sys`, where the cgroup hierarchies are mounted.
+fn cgroup_counter_trusted(agent: &crate::config::AgentSpec) -> bool {
+    let sys = std::path::Path::new("/sys");
+    agent.namespaces.contains(&crate::config::Namespace::Pid)
+        || !agent.allow_root
+        || agent.landlock
+            && !agent
+                .writable_paths
+                .iter()
+                .any(|p| p.starts_with(sys) || sys.starts_with(p))
+}
+
 /// What the process and the watch say, into the record.
 fn account(
     record: &mut ExitRecord,
@@ -407,4 +422,56 @@ fn account(
         .proto
         .last_alive()
         .map(|t| decided_at.saturating_duration_since(t).as_millis() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup_counter_trusted;
+    use crate::config::Config;
+
+    /// Only host root outside a pid namespace that may write under `/sys` (no landlock, or a
+    /// writable path over or under it) could leave the counted cgroup hierarchy alone.
+    #[test]
+    fn the_cgroup_counter_is_trusted_unless_root_could_write_cgroup_files() {
+        let text = r#"
+[agents.plain]
+command = ["/bin/true"]
+[agents.pidns_root]
+command = ["/bin/true"]
+user = "root"
+allow_root = true
+landlock = false
+[agents.landlocked_root]
+command = ["/bin/true"]
+user = "root"
+allow_root = true
+namespaces = []
+[agents.open_root]
+command = ["/bin/true"]
+user = "root"
+allow_root = true
+namespaces = []
+landlock = false
+[agents.sys_root]
+command = ["/bin/true"]
+user = "root"
+allow_root = true
+namespaces = []
+writable_paths = ["/sys/fs/cgroup"]
+[agents.slash_root]
+command = ["/bin/true"]
+user = "root"
+allow_root = true
+namespaces = []
+writable_paths = ["/"]
+"#;
+        let config = Config::parse(text, std::path::Path::new("t.toml")).expect("config");
+        let trusted = |name: &str| cgroup_counter_trusted(&config.agents[name]);
+        assert!(trusted("plain"));
+        assert!(trusted("pidns_root"));
+        assert!(trusted("landlocked_root"));
+        assert!(!trusted("open_root"));
+        assert!(!trusted("sys_root"));
+        assert!(!trusted("slash_root"));
+    }
 }

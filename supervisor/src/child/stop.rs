@@ -20,9 +20,9 @@ use std::time::Duration;
 /// Stop the process tree with escalation, then reap the leader. With a cgroup, its counters
 /// are read once it is empty (the whole tree is dead by then: they are final), and returned:
 /// in place when its own counter shows nothing but the dead leader inside and `counter_trusted`
-/// (the agent cannot have moved a process out of the counted hierarchy alone: it runs in a pid
-/// namespace, whose end kills everything in it, or not as host root), else off the runtime
-/// after listing, killing and waiting for the cgroup to empty.
+/// (the agent cannot have moved a process out of the counted hierarchy alone, see
+/// `cgroup_counter_trusted` in `attempt.rs`), else off the runtime after listing, killing and
+/// waiting for the cgroup to empty.
 ///
 /// `graceful`: the agent was asked to stop (its task ended, or its owner stopped it) and gets
 /// `kill_grace` after `Shutdown`; otherwise SIGTERM goes with it. `say_shutdown` sends
