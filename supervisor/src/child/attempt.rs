@@ -433,45 +433,38 @@ mod tests {
     /// writable path over or under it) could leave the counted cgroup hierarchy alone.
     #[test]
     fn the_cgroup_counter_is_trusted_unless_root_could_write_cgroup_files() {
-        let text = r#"
-[agents.plain]
-command = ["/bin/true"]
-[agents.pidns_root]
-command = ["/bin/true"]
-user = "root"
-allow_root = true
-landlock = false
-[agents.landlocked_root]
-command = ["/bin/true"]
-user = "root"
-allow_root = true
-namespaces = []
-[agents.open_root]
-command = ["/bin/true"]
-user = "root"
-allow_root = true
-namespaces = []
-landlock = false
-[agents.sys_root]
-command = ["/bin/true"]
-user = "root"
-allow_root = true
-namespaces = []
-writable_paths = ["/sys/fs/cgroup"]
-[agents.slash_root]
-command = ["/bin/true"]
-user = "root"
-allow_root = true
-namespaces = []
-writable_paths = ["/"]
-"#;
-        let config = Config::parse(text, std::path::Path::new("t.toml")).expect("config");
-        let trusted = |name: &str| cgroup_counter_trusted(&config.agents[name]);
-        assert!(trusted("plain"));
-        assert!(trusted("pidns_root"));
-        assert!(trusted("landlocked_root"));
-        assert!(!trusted("open_root"));
-        assert!(!trusted("sys_root"));
-        assert!(!trusted("slash_root"));
+        let root = "user = \"root\"\nallow_root = true\n";
+        let cases = [
+            ("plain", String::new(), true),
+            ("pidns_root", format!("{root}landlock = false"), true),
+            ("landlocked_root", format!("{root}namespaces = []"), true),
+            (
+                "open_root",
+                format!("{root}namespaces = []\nlandlock = false"),
+                false,
+            ),
+            (
+                "sys_root",
+                format!("{root}namespaces = []\nwritable_paths = [\"/sys/fs/cgroup\"]"),
+                false,
+            ),
+            (
+                "slash_root",
+                format!("{root}namespaces = []\nwritable_paths = [\"/\"]"),
+                false,
+            ),
+        ];
+        let text: String = cases
+            .iter()
+            .map(|(name, keys, _)| format!("[agents.{name}]\ncommand = [\"/bin/true\"]\n{keys}\n"))
+            .collect();
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).expect("config");
+        for (name, _, trusted) in cases {
+            assert_eq!(
+                cgroup_counter_trusted(&config.agents[name]),
+                trusted,
+                "{name}"
+            );
+        }
     }
 }
