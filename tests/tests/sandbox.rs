@@ -177,6 +177,45 @@ async fn a_process_moved_out_of_one_cgroup_is_killed_at_the_end() {
     );
 }
 
+/// Without a pid namespace an agent's orphans are reparented to the supervisor: processes
+/// that keep starting one another and exiting (each in a session of its own) leave no zombie
+/// in the supervisor once their attempts are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_that_exit_on_their_own_are_reaped() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = open_tempdir_in(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    let relay = work.path().join("orphan-relay");
+    std::fs::write(&relay, "#!/bin/sh\n\"$0\" &\nexit 0\n").unwrap();
+    std::fs::set_permissions(&relay, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = relay.display();
+    let extra = format!(
+        "[agents.relay]\ncommand = [\"/bin/sh\", \"-c\", \
+         \"setsid {r} & setsid {r} & {r} & sleep 0.3; exit 0\"]\nmax_retries = 0\n\
+         namespaces = []\nlandlock = false\n"
+    );
+    let (_fx, s) = sup_with("", &extra);
+    let me = std::process::id().to_string();
+    let zombies = || {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+            else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if name == "orphan-relay" && f.first() == Some(&"Z") && f.get(1) == Some(&me.as_str()) {
+                n += 1;
+            }
+        }
+        n
+    };
+    for _ in 0..3 {
+        let o = call(&s, "relay", "{}").await;
+        assert_eq!(zombies(), 0, "zombies left after {:?}", o.attempts);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_is_loopback_only_unless_allowed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -270,7 +270,10 @@ impl Running {
             (pid, self.guard.pidfd()),
             (poller, &mut w.logs, &agent.name),
             self.cgroup.as_ref(),
-            cgroup_counter_trusted(&agent),
+            (
+                cgroup_counter_trusted(&agent),
+                !agent.namespaces.contains(&crate::config::Namespace::Pid),
+            ),
             verdict.graceful,
             w.proto.kill_grace(),
             || {

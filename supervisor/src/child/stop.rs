@@ -22,7 +22,8 @@ use std::time::Duration;
 /// in place when its own counter shows nothing but the dead leader inside and `counter_trusted`
 /// (the agent cannot have moved a process out of the counted hierarchy alone, see
 /// `cgroup_counter_trusted` in `attempt.rs`), else off the runtime after listing, killing and
-/// waiting for the cgroup to empty.
+/// waiting for the cgroup to empty. `orphans_ours`: without a pid namespace, the agent's
+/// orphans are reparented to the supervisor; those that exited on their own are reaped too.
 ///
 /// `graceful`: the agent was asked to stop (its task ended, or its owner stopped it) and gets
 /// `kill_grace` after `Shutdown`; otherwise SIGTERM goes with it. `say_shutdown` sends
@@ -34,7 +35,7 @@ pub(super) async fn stop_and_reap(
     (pid, pidfd): (i32, &OwnedFd),
     (poller, logs, agent): (&Poller, &mut Logs, &str),
     cgroup: Option<&Arc<AgentCgroup>>,
-    counter_trusted: bool,
+    (counter_trusted, orphans_ours): (bool, bool),
     graceful: bool,
     grace: Duration,
     say_shutdown: impl FnOnce(),
@@ -87,6 +88,10 @@ pub(super) async fn stop_and_reap(
             .await
             .ok();
         }
+    }
+    if orphans_ours {
+        // Before the leader is reaped: its session id stays its own meanwhile.
+        process::reap_orphans_of(pid);
     }
     (process::try_reap(pid), counters)
 }

@@ -3,9 +3,10 @@
 //!
 //! The supervisor is a child subreaper, so orphans of agents are reparented to it. Each
 //! attempt reaps its own agent (with `wait4`, for status and rusage) and, after killing its
-//! cgroup, exactly the pids that were in it (`reap_adopted`). Nothing here waits for "any
-//! child": a program embedding corral keeps its own children's exit statuses. (With a pid
-//! namespace, orphans go to the namespace's `corral-init` instead.)
+//! cgroup, exactly the pids that were in it (`reap_adopted`), then the zombies of its tree that
+//! had exited on their own (`reap_orphans_of`). Nothing here waits for "any child": a program
+//! embedding corral keeps its own children's exit statuses. (With a pid namespace, orphans go
+//! to the namespace's `corral-init` instead.)
 //!
 //! The reaper (`defer`, `kill_and_reap`) is one background thread for the blocking end of
 //! what was dropped rather than torn down (an attempt's future, a warm stem, a cgroup with
@@ -118,6 +119,53 @@ pub(crate) fn reap_adopted(pids: &[u32]) -> usize {
         // SAFETY: waitpid on a specific pid with WNOHANG; ECHILD for pids that are not ours.
         if unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) } == pid as i32 {
             n += 1;
+        }
+    }
+    n
+}
+
+/// Reap the zombies of `leader`'s tree that were reparented to this subreaper and exited on
+/// their own before its attempt's end (a cgroup lists no zombie, so [`reap_adopted`] misses
+/// them, and they would stay ours for good): the zombie children of the main thread (orphans
+/// go to a subreaper's first live thread; agents themselves are children of the spawner
+/// threads) in `leader`'s session, or of `leader`'s uid when that is not ours. Call it while
+/// `leader` is an unreaped zombie: its pid, so its session id, cannot have been reused. No
+/// other child is touched (a program embedding corral keeps its own). Returns how many.
+pub(crate) fn reap_orphans_of(leader: i32) -> usize {
+    let me = std::process::id();
+    let Ok(children) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+        return 0;
+    };
+    let uid = |pid: i32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+        line.split_whitespace().next()?.parse().ok()
+    };
+    // SAFETY: geteuid cannot fail.
+    let ours = unsafe { libc::geteuid() };
+    let leader_uid = uid(leader).filter(|&u| u != ours);
+    let mut n = 0;
+    for pid in children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        if pid == leader {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name: state, ppid, pgrp, session.
+        let mut rest = stat
+            .rsplit_once(") ")
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let (state, session) = (rest.next(), rest.nth(2).and_then(|s| s.parse::<i32>().ok()));
+        if state != Some("Z") {
+            continue;
+        }
+        if session == Some(leader) || leader_uid.is_some() && uid(pid) == leader_uid {
+            n += reap_adopted(&[pid as u32]);
         }
     }
     n
