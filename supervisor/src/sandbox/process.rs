@@ -143,7 +143,8 @@ pub(crate) fn reap_orphans_of(leader: i32) -> usize {
     };
     // SAFETY: geteuid cannot fail.
     let ours = unsafe { libc::geteuid() };
-    let leader_uid = uid(leader).filter(|&u| u != ours);
+    // Read only once a zombie is found (most often the main thread has no child at all).
+    let mut leader_uid = None;
     let mut n = 0;
     for pid in children
         .split_whitespace()
@@ -164,6 +165,7 @@ pub(crate) fn reap_orphans_of(leader: i32) -> usize {
         if state != Some("Z") {
             continue;
         }
+        let leader_uid = *leader_uid.get_or_insert_with(|| uid(leader).filter(|&u| u != ours));
         if session == Some(leader) || leader_uid.is_some() && uid(pid) == leader_uid {
             n += reap_adopted(&[pid as u32]);
         }
