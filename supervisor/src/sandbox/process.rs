@@ -141,8 +141,7 @@ pub(crate) fn reap_orphans_of(leader: i32) -> usize {
         let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
         line.split_whitespace().next()?.parse().ok()
     };
-    // SAFETY: geteuid cannot fail.
-    let ours = unsafe { libc::geteuid() };
+    let ours = nix::unistd::geteuid().as_raw();
     // Read only once a zombie is found (most often the main thread has no child at all).
     let mut leader_uid = None;
     let mut n = 0;
