@@ -20,10 +20,19 @@ async fn warm_stems_start_agents_with_the_same_isolation_and_leave_nothing() {
     let stem_pid = stems[0].1;
     assert!(alive(stem_pid));
     // Its agent's process is made at once (the init forks it as it starts, on its own time),
-    // pid 2 of the namespace, waiting for its program as the agent's user with no capability
-    // at all: a release only reads fd 7 and execs.
+    // pid 2 of the namespace; once it blocks reading fd 7 for its program, it waits as the
+    // agent's user with no capability at all: a release only reads fd 7 and execs.
+    let blocked_in_read = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok())
+            == Some(libc::SYS_read)
+    };
     assert!(
-        within(5, || agent_pid(stem_pid) != stem_pid),
+        within(5, || {
+            let child = agent_pid(stem_pid);
+            child != stem_pid && blocked_in_read(child)
+        }),
         "the stem holds its agent's process ready"
     );
     let waiting = agent_pid(stem_pid);
