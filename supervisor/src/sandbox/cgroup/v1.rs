@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,13 @@ use super::{
 /// How long a freeze may take before killing anyway (the kill then lands at thaw).
 const FREEZE_DEADLINE: Duration = Duration::from_millis(100);
 
-/// The v1 hierarchies the supervisor can use.
+/// The v1 hierarchies the supervisor can use. Cheap to clone: each attempt's [`Leaf`] holds
+/// one, and finds its directories from it rather than keeping a path per hierarchy (a
+/// thousand idle agents would keep five thousand paths).
 #[derive(Debug, Clone)]
 pub(super) struct V1 {
     /// The supervisor's own directory in each hierarchy used, without duplicates.
-    bases: Vec<PathBuf>,
+    bases: Arc<[PathBuf]>,
     /// Index into `bases` per controller, when usable.
     memory: Option<usize>,
     pids: Option<usize>,
@@ -141,7 +144,7 @@ pub(super) fn probe(
         freezer,
         memsw,
         cfs,
-        bases,
+        bases: bases.into(),
     };
     Ok((v1, enforcement))
 }
@@ -150,12 +153,8 @@ impl V1 {
     /// The (not yet created) leaf `name` in every hierarchy.
     pub(super) fn leaf(&self, name: &str) -> Leaf {
         Leaf {
-            dirs: self
-                .bases
-                .iter()
-                .map(|b| b.join(CORRAL_DIR).join(name))
-                .collect(),
             v1: self.clone(),
+            name: name.into(),
         }
     }
 
@@ -165,7 +164,7 @@ impl V1 {
         let leaf = self.leaf(name);
         let mut made = Vec::new();
         let mut result = Ok(());
-        for base in &self.bases {
+        for base in self.bases.iter() {
             match mkdir_leaf(&base.join(CORRAL_DIR), name) {
                 Ok(dir) => made.push(dir),
                 Err(e) => {
@@ -191,27 +190,32 @@ impl V1 {
     /// Names of all leaves (ours and other supervisors') in the shared directories.
     pub(super) fn leaf_names(&self) -> Result<BTreeSet<String>, CgroupError> {
         let mut names = BTreeSet::new();
-        for base in &self.bases {
+        for base in self.bases.iter() {
             leaf_names_in(&base.join(CORRAL_DIR), &mut names)?;
         }
         Ok(names)
     }
 }
 
-/// One attempt's directories, one per hierarchy (same order as `V1::bases`).
+/// One attempt's directories: `<base>/corral/<name>` in each hierarchy of `V1::bases`, made
+/// when asked for (they are wanted at the attempt's start and end only).
 #[derive(Debug)]
 pub(super) struct Leaf {
     v1: V1,
-    dirs: Vec<PathBuf>,
+    name: Box<str>,
 }
 
 impl Leaf {
-    fn dir(&self, controller: Option<usize>) -> Option<&Path> {
-        controller.map(|i| self.dirs[i].as_path())
+    fn dir(&self, controller: Option<usize>) -> Option<PathBuf> {
+        controller.map(|i| self.at(&self.v1.bases[i]))
     }
 
-    fn all(&self) -> Vec<&Path> {
-        self.dirs.iter().map(PathBuf::as_path).collect()
+    fn at(&self, base: &Path) -> PathBuf {
+        base.join(CORRAL_DIR).join(&*self.name)
+    }
+
+    fn all(&self) -> Vec<PathBuf> {
+        self.v1.bases.iter().map(|b| self.at(b)).collect()
     }
 
     fn apply(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
@@ -240,12 +244,13 @@ impl Leaf {
     }
 
     pub(super) fn paths(&self) -> Vec<PathBuf> {
-        self.dirs.clone()
+        self.all()
     }
 
     /// Members across all hierarchies (a process half-attached is still found).
     pub(super) fn members(&self) -> Result<BTreeSet<u32>, CgroupError> {
-        members(&self.all())
+        let all = self.all();
+        members(&all.iter().map(PathBuf::as_path).collect::<Vec<_>>())
     }
 
     /// Freeze (when the freezer is mounted, so nothing forks between reading and killing),
@@ -271,6 +276,7 @@ impl Leaf {
             return Ok(0);
         }
         let all = self.all();
+        let all: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
         let mut killed = BTreeSet::new();
         if let Some(freezer) = self.dir(self.v1.freezer).filter(|d| d.is_dir()) {
             let state = freezer.join("freezer.state");
@@ -296,6 +302,7 @@ impl Leaf {
         let memory = self.dir(self.v1.memory);
         Stats {
             oom_kills: memory
+                .as_ref()
                 .and_then(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill"))
                 .unwrap_or(0),
             pids_limit_hits: self
@@ -315,12 +322,13 @@ impl Leaf {
     /// the shared `corral` directories if they are now empty.
     pub(super) fn remove(&self) -> Result<(), CgroupError> {
         let mut first = None;
-        for dir in &self.dirs {
+        let dirs = self.all();
+        for dir in &dirs {
             if let Err(e) = rmdir_tree(dir) {
                 first.get_or_insert(e);
             }
         }
-        for dir in &self.dirs {
+        for dir in &dirs {
             if let Some(shared) = dir.parent() {
                 rmdir_shared_if_empty(shared);
             }
