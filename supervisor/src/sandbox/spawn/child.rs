@@ -17,7 +17,7 @@
 use super::agent::{agent_main, clear_caps};
 use super::prepared::{InitKind, Prepared};
 use super::stage::{check, Stage, Step};
-use super::{Namespaces, Rlimit, MAX_TARGET};
+use super::{ChildStack, Namespaces, Rlimit, MAX_TARGET};
 use crate::sandbox::landlock;
 use crate::sandbox::rootfs::MountOps;
 use std::convert::Infallible;
@@ -509,9 +509,11 @@ unsafe fn close_other_fds() -> Step {
 /// # Safety
 /// Only in the spawn child, last before its `execve`: the agent inherits everything in force.
 unsafe fn start_agent(p: &mut Prepared) -> Step {
-    let top = {
-        let end = p.agent_stack.as_mut_ptr() as usize + p.agent_stack.len();
-        (end & !15) as *mut libc::c_void
+    let Some(top) = p.agent_stack.as_mut().map(ChildStack::top) else {
+        // (Made whenever there is an agent to start: not reached.)
+        // SAFETY: errno is writable at any time.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return Err(Stage::CloneAgent);
     };
     let arg = (p as *mut Prepared).cast();
     // SAFETY: `agent_main` only makes raw calls over `p`, which outlives it (CLONE_VFORK

@@ -325,6 +325,23 @@ fn lift(fd: &mut OwnedFd) -> Result<(), SpawnError> {
 /// Size of the child's private stack. The child makes a handful of system calls.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// A private stack for a `clone`d child, left uninitialised: only the pages the child really
+/// uses are ever touched (a zeroed one would put all 64 KiB in the supervisor's memory, for
+/// each spawner thread, and zero them at each spawn that makes one).
+pub(super) struct ChildStack(Box<[std::mem::MaybeUninit<u8>]>);
+
+impl ChildStack {
+    pub(super) fn new() -> ChildStack {
+        ChildStack(Box::new_uninit_slice(CHILD_STACK))
+    }
+
+    /// The (16-byte aligned) top of the stack: stacks grow down.
+    pub(super) fn top(&mut self) -> *mut libc::c_void {
+        let end = self.0.as_mut_ptr() as usize + self.0.len();
+        (end & !15) as *mut libc::c_void
+    }
+}
+
 /// Start a process now, on the calling thread (a [`Spawner`] thread: the thread that calls
 /// this must outlive the child, as PDEATHSIG is tied to it). The child starts on this thread's
 /// CPU (see below). `restore`: the thread is pinned to that CPU already, and this is the mask
@@ -332,14 +349,11 @@ const CHILD_STACK: usize = 64 * 1024;
 /// `clone` and the child takes the old one back.
 pub(super) fn spawn_now(
     mut spec: SpawnSpec,
-    stack: &mut Vec<u8>,
+    stack: &mut ChildStack,
     restore: Option<libc::cpu_set_t>,
 ) -> Result<Spawned, SpawnError> {
     lift_low_fds(&mut spec)?;
     let mut prepared = Prepared::new(&mut spec)?;
-    if stack.len() < CHILD_STACK {
-        stack.resize(CHILD_STACK, 0);
-    }
     let mut pidfd: libc::c_int = -1;
     // Every signal blocked around clone keeps parent handlers from running in the child before
     // it resets them; the old mask is restored right after.
@@ -350,11 +364,7 @@ pub(super) fn spawn_now(
         Some(&SigSet::all()),
         Some(&mut old),
     );
-    // The stack grows down: pass its (16-byte aligned) top.
-    let top = {
-        let end = stack.as_mut_ptr() as usize + stack.len();
-        (end & !15) as *mut libc::c_void
-    };
+    let top = stack.top();
     // The child starts on this CPU, not on an idle one: this thread sleeps at once until the
     // child execs (CLONE_VFORK), and waking an idle CPU costs tens of µs on a VM (`docs/bench.md`,
     // five alternating runs each: row 1 1.17–1.21× raw before, 1.13–1.18× after; the cold
@@ -498,7 +508,7 @@ mod tests {
     fn a_failing_step_names_its_stage() {
         // chdir into a directory that is not there: the child's chdir fails with ENOENT.
         let spec = SpawnSpec::new("true").cwd(Some(PathBuf::from("/nonexistent/corral-test")));
-        let mut stack = Vec::new();
+        let mut stack = ChildStack::new();
         match spawn_now(spec, &mut stack, None) {
             Err(SpawnError::Child {
                 stage: Stage::Chdir,

@@ -2,7 +2,7 @@
 //! NUL-terminated, every number in place, so that the child allocates nothing.
 
 use super::stage::Stage;
-use super::{resolve_program, Namespaces, Rlimit, SpawnError, SpawnSpec, CHILD_STACK};
+use super::{resolve_program, ChildStack, Namespaces, Rlimit, SpawnError, SpawnSpec};
 use crate::sandbox::rootfs::MountOps;
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,7 +26,8 @@ pub(super) struct Prepared {
     /// With an init: the agent, started by the child before it execs the init.
     pub(super) agent_path: Option<CString>,
     pub(super) agent_argv: Vec<*const libc::c_char>,
-    pub(super) agent_stack: Vec<u8>,
+    /// The agent's clone's stack (with an agent to start).
+    pub(super) agent_stack: Option<ChildStack>,
     /// Written by the agent's clone when its `execve` failed (the errno, at least 1).
     pub(super) agent_errno: i32,
     pub(super) path: CString,
@@ -124,11 +125,7 @@ impl Prepared {
             None => None,
         };
         Ok(Prepared {
-            agent_stack: if agent_path.is_some() {
-                vec![0u8; CHILD_STACK]
-            } else {
-                Vec::new()
-            },
+            agent_stack: agent_path.is_some().then(ChildStack::new),
             agent_path,
             agent_argv,
             agent_errno: 0,

@@ -12,7 +12,7 @@
 //! first step (see `child.rs`), read at each spawn, so agents run wherever the supervisor may
 //! now (a mask or cpuset changed since start included).
 
-use super::{spawn_now, SpawnError, SpawnSpec, Spawned, CHILD_STACK};
+use super::{spawn_now, ChildStack, SpawnError, SpawnSpec, Spawned};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
@@ -153,7 +153,7 @@ fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> O
                 // Pinned, children start here and take a whole mask back; if pinning fails, each
                 // spawn narrows and restores around its clone instead (`spawn_now`).
                 let pinned = cpu.is_some_and(pin_to);
-                let mut stack = vec![0u8; CHILD_STACK];
+                let mut stack = ChildStack::new();
                 loop {
                     // The lock is held only to take the next job, never across a spawn.
                     let job = match rx.lock() {
