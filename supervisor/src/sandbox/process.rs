@@ -218,52 +218,72 @@ pub(crate) fn defer(job: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// How many threads remove what attempts left (see [`dispose_later`]).
+/// Most threads that remove what attempts left (see [`dispose_later`]). They are started as
+/// removals need them (a supervisor whose agents never end keeps none), and stay.
 const DISPOSERS: usize = 8;
 
-/// The removals handed to [`dispose_later`] and not finished yet.
+/// The removals handed to [`dispose_later`] and not finished yet, and the threads doing them.
 struct Disposals {
     pending: std::sync::Mutex<usize>,
     idle: std::sync::Condvar,
-    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    threads: std::sync::Mutex<Disposers>,
+}
+
+/// The disposal threads' queue, and how many of them there are and wait for a job.
+struct Disposers {
+    tx: std::sync::mpsc::Sender<Job>,
+    rx: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
+    started: usize,
+    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Disposers {
+    /// Start one more thread, unless none waits already or all are started. `false` when
+    /// none is running and none could be started.
+    fn grow(&mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.waiting.load(Ordering::Relaxed) > 0 || self.started >= DISPOSERS {
+            return self.started > 0;
+        }
+        let (rx, waiting) = (self.rx.clone(), self.waiting.clone());
+        let ok = std::thread::Builder::new()
+            .name("corral-dispose".into())
+            .spawn(move || {
+                // Removals wait for no one: a spawn beside them goes first.
+                super::background_thread();
+                loop {
+                    // The lock is held only to take the next job.
+                    waiting.fetch_add(1, Ordering::Relaxed);
+                    let job = rx.lock().map(|rx| rx.recv());
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    let Ok(Ok(job)) = job else { break };
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a disposal job panicked");
+                    }
+                    disposals().done();
+                }
+            });
+        match ok {
+            Ok(_) => self.started += 1,
+            Err(e) => tracing::warn!("cannot start a disposal thread: {e}"),
+        }
+        self.started > 0
+    }
 }
 
 fn disposals() -> &'static Disposals {
     static D: std::sync::OnceLock<Disposals> = std::sync::OnceLock::new();
     D.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        let mut started = 0;
-        for _ in 0..DISPOSERS {
-            let rx = rx.clone();
-            let ok = std::thread::Builder::new()
-                .name("corral-dispose".into())
-                .spawn(move || {
-                    // Removals wait for no one: a spawn beside them goes first.
-                    super::background_thread();
-                    loop {
-                        // The lock is held only to take the next job.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(job) = job else { break };
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
-                            tracing::error!("a disposal job panicked");
-                        }
-                        disposals().done();
-                    }
-                });
-            match ok {
-                Ok(_) => started += 1,
-                Err(e) => tracing::warn!("cannot start a disposal thread: {e}"),
-            }
-        }
         Disposals {
             pending: std::sync::Mutex::new(0),
             idle: std::sync::Condvar::new(),
-            // No thread: every job runs in place.
-            tx: std::sync::Mutex::new((started > 0).then_some(tx)),
+            threads: std::sync::Mutex::new(Disposers {
+                tx,
+                rx: std::sync::Arc::new(std::sync::Mutex::new(rx)),
+                started: 0,
+                waiting: Default::default(),
+            }),
         }
     })
 }
@@ -319,7 +339,12 @@ impl Disposals {
 /// [`settled`] waits for these too.
 pub(crate) fn dispose_later(job: impl FnOnce() + Send + 'static) {
     let d = disposals();
-    let tx = d.tx.lock().ok().and_then(|t| t.clone());
+    // No thread to take it (none could be started): the job runs in place.
+    let tx = d
+        .threads
+        .lock()
+        .ok()
+        .and_then(|mut t| t.grow().then(|| t.tx.clone()));
     let Some(tx) = tx else {
         return job();
     };
