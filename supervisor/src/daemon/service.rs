@@ -27,13 +27,16 @@ pub(crate) struct ServiceAgent {
     pub running: Arc<tokio::sync::Semaphore>,
 }
 
-/// Most tasks waiting for one service agent; more are refused `busy`.
+/// Most tasks waiting for one service agent; more are refused `busy`. (The queue itself is
+/// unbounded and grows by blocks as tasks come: a bounded one would hold a slot for each of
+/// these from the start, 640 KiB per service agent, most of it never used. A task put back
+/// after its instance died is always taken.)
 pub(crate) const QUEUE_BOUND: usize = 10_000;
 
 impl ServiceAgent {
     /// Start the instances of `spec`.
     pub fn start(daemon: &Arc<Daemon>, spec: Arc<AgentSpec>) -> ServiceAgent {
-        let (queue, rx) = async_channel::bounded(QUEUE_BOUND);
+        let (queue, rx) = async_channel::unbounded();
         let (stop, _) = watch::channel(None);
         let running = Arc::new(tokio::sync::Semaphore::new(0));
         let mut instances = Vec::new();
@@ -103,20 +106,24 @@ impl ServiceAgent {
             reply,
             cancel: cancel.clone(),
         };
-        match self.queue.try_send(task) {
-            Ok(()) => Ok((rx, cancel)),
-            Err(async_channel::TrySendError::Full(_)) => Err(AgentError::new(
-                "busy",
-                format!("{QUEUE_BOUND} tasks already wait for this agent"),
-                true,
-            )),
-            Err(async_channel::TrySendError::Closed(_)) => Err(AgentError::new(
-                "shutdown",
-                "the service agent is stopped",
-                true,
-            )),
-        }
+        offer(&self.queue, task).map(|()| (rx, cancel))
     }
+}
+
+/// Queue `task` unless [`QUEUE_BOUND`] tasks wait already (`busy`) or the queue is closed
+/// (`shutdown`). Submissions are made one at a time under the daemon's lock on its services,
+/// so the count read is the count the task joins.
+fn offer(queue: &async_channel::Sender<ServiceTask>, task: ServiceTask) -> Result<(), AgentError> {
+    if queue.len() >= QUEUE_BOUND && !queue.is_closed() {
+        return Err(AgentError::new(
+            "busy",
+            format!("{QUEUE_BOUND} tasks already wait for this agent"),
+            true,
+        ));
+    }
+    queue
+        .try_send(task)
+        .map_err(|_| AgentError::new("shutdown", "the service agent is stopped", true))
 }
 
 /// Tries of one task across instance deaths, by task id.
@@ -301,4 +308,40 @@ fn observe(daemon: &Daemon, info: &Mutex<InstanceInfo>, ev: &AttemptEvent, start
 /// How long the drain may take for `spec`: its kill grace and a margin.
 pub(crate) fn drain_time(spec: &AgentSpec) -> Duration {
     spec.kill_grace * 2 + Duration::from_secs(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: u64) -> ServiceTask {
+        ServiceTask {
+            task: TaskInput {
+                task_id: id,
+                input: Arc::new(corral_proto::Value::Null),
+                memory: Vec::new(),
+            },
+            reply: oneshot::channel().0,
+            cancel: TaskCancel::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_busy_and_a_closed_one_shutdown() {
+        let (tx, rx) = async_channel::unbounded();
+        for id in 0..QUEUE_BOUND as u64 {
+            offer(&tx, task(id)).unwrap();
+        }
+        let err = offer(&tx, task(u64::MAX)).unwrap_err();
+        assert_eq!(err.kind, "busy");
+        assert_eq!(tx.len(), QUEUE_BOUND);
+        // A task put back after its instance died is taken beyond the bound.
+        tx.try_send(task(u64::MAX)).unwrap();
+        // One taken makes room for one.
+        assert_eq!(rx.try_recv().unwrap().task.task_id, 0);
+        rx.try_recv().unwrap();
+        offer(&tx, task(1 << 40)).unwrap();
+        tx.close();
+        assert_eq!(offer(&tx, task(7)).unwrap_err().kind, "shutdown");
+    }
 }
