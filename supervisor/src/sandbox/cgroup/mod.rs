@@ -252,7 +252,7 @@ pub(crate) use crate::sandbox::owner::Owner;
 #[derive(Debug, Clone)]
 enum Inner {
     V2(v2::V2),
-    V1(v1::V1),
+    V1(std::sync::Arc<v1::V1>),
     None,
 }
 
@@ -297,7 +297,7 @@ impl Cgroups {
         );
         let chosen = match (v2, v1) {
             (Ok((v2, e)), _) if n2 > 0 && n2 >= n1 => (Inner::V2(v2), e),
-            (_, Ok((v1, e))) if n1 > 0 => (Inner::V1(v1), e),
+            (_, Ok((v1, e))) if n1 > 0 => (Inner::V1(std::sync::Arc::new(v1)), e),
             (r2, r1) => {
                 let why = |limit: CgroupLimit| {
                     let w2 = match &r2 {

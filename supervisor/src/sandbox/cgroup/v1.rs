@@ -23,13 +23,13 @@ use super::{
 /// How long a freeze may take before killing anyway (the kill then lands at thaw).
 const FREEZE_DEADLINE: Duration = Duration::from_millis(100);
 
-/// The v1 hierarchies the supervisor can use. Cheap to clone: each attempt's [`Leaf`] holds
-/// one, and finds its directories from it rather than keeping a path per hierarchy (a
-/// thousand idle agents would keep five thousand paths).
+/// The v1 hierarchies the supervisor can use. Shared (`Arc`) by each attempt's [`Leaf`], which
+/// finds its directories from it rather than keeping a path per hierarchy (a thousand idle
+/// agents would keep five thousand paths).
 #[derive(Debug, Clone)]
 pub(super) struct V1 {
     /// The supervisor's own directory in each hierarchy used, without duplicates.
-    bases: Arc<[PathBuf]>,
+    bases: Vec<PathBuf>,
     /// Index into `bases` per controller, when usable.
     memory: Option<usize>,
     pids: Option<usize>,
@@ -144,14 +144,14 @@ pub(super) fn probe(
         freezer,
         memsw,
         cfs,
-        bases: bases.into(),
+        bases,
     };
     Ok((v1, enforcement))
 }
 
 impl V1 {
     /// The (not yet created) leaf `name` in every hierarchy.
-    pub(super) fn leaf(&self, name: &str) -> Leaf {
+    pub(super) fn leaf(self: &Arc<Self>, name: &str) -> Leaf {
         Leaf {
             v1: self.clone(),
             name: name.into(),
@@ -160,11 +160,15 @@ impl V1 {
 
     /// Create the leaf in every hierarchy and write the limits. On failure the directories
     /// this call made are removed again (never ones that already existed).
-    pub(super) fn create(&self, name: &str, limits: &CgroupLimits) -> Result<Leaf, CgroupError> {
+    pub(super) fn create(
+        self: &Arc<Self>,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Leaf, CgroupError> {
         let leaf = self.leaf(name);
         let mut made = Vec::new();
         let mut result = Ok(());
-        for base in self.bases.iter() {
+        for base in &self.bases {
             match mkdir_leaf(&base.join(CORRAL_DIR), name) {
                 Ok(dir) => made.push(dir),
                 Err(e) => {
@@ -190,7 +194,7 @@ impl V1 {
     /// Names of all leaves (ours and other supervisors') in the shared directories.
     pub(super) fn leaf_names(&self) -> Result<BTreeSet<String>, CgroupError> {
         let mut names = BTreeSet::new();
-        for base in self.bases.iter() {
+        for base in &self.bases {
             leaf_names_in(&base.join(CORRAL_DIR), &mut names)?;
         }
         Ok(names)
@@ -201,7 +205,7 @@ impl V1 {
 /// when asked for (they are wanted at the attempt's start and end only).
 #[derive(Debug)]
 pub(super) struct Leaf {
-    v1: V1,
+    v1: Arc<V1>,
     name: Box<str>,
 }
 
