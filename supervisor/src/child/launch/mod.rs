@@ -399,6 +399,19 @@ fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64)
     Some((path, (m.dev(), m.ino())))
 }
 
+/// Wait for a turn to launch: at most twice as many launches are under way as there are
+/// spawner threads, so a burst of a thousand agents does not make a thousand spawns' worth of
+/// pipes, environments and programs at once (they would wait for a spawner thread anyway),
+/// whose memory, freed in between the agents' long-lived state, the supervisor would keep.
+async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS
+        .get_or_init(|| tokio::sync::Semaphore::new(2 * Spawner::global().threads()))
+        .acquire()
+        .await
+        .ok()
+}
+
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
 /// sandbox and its `corral-init` are made, waiting for [`stem::Stem::release`].
 pub(super) async fn launch(
@@ -424,6 +437,7 @@ pub(super) async fn launch_with(
     stdin: Option<OwnedFd>,
     hello: Option<&[u8]>,
 ) -> Result<Launched, LaunchError> {
+    let _turn = turn().await;
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
     // Its user: a uid of its own unless the config names one.

@@ -103,6 +103,11 @@ impl Spawner {
         }
     }
 
+    /// How many spawner threads run.
+    pub fn threads(&self) -> usize {
+        self.lanes.iter().map(|l| l.threads).sum()
+    }
+
     /// Spawn on a spawner thread and wait (asynchronously) for the result.
     pub async fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
