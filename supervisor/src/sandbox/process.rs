@@ -229,23 +229,45 @@ struct Disposals {
     threads: std::sync::Mutex<Disposers>,
 }
 
-/// The disposal threads' queue, and how many of them there are and wait for a job.
+/// The disposal threads' queue, how many threads there are, and how many jobs wait in the
+/// queue against how many threads wait for one.
 struct Disposers {
     tx: std::sync::mpsc::Sender<Job>,
     rx: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     started: usize,
-    waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// (jobs queued and not taken yet, threads waiting for a job)
+    counts: std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
 }
 
 impl Disposers {
-    /// Start one more thread, unless none waits already or all are started. `false` when
-    /// none is running and none could be started.
-    fn grow(&mut self) -> bool {
+    /// Queue `job`, first starting one more thread when the jobs already queued are as many as
+    /// the threads waiting for one (and not all are started). The job back when no thread
+    /// runs and none could be started.
+    fn queue(&mut self, job: Job) -> Result<(), Job> {
         use std::sync::atomic::Ordering;
-        if self.waiting.load(Ordering::Relaxed) > 0 || self.started >= DISPOSERS {
-            return self.started > 0;
+        let counts = self.counts.clone();
+        let (queued, waiting) = (&counts.0, &counts.1);
+        if queued.load(Ordering::Relaxed) >= waiting.load(Ordering::Relaxed)
+            && self.started < DISPOSERS
+        {
+            self.start();
         }
-        let (rx, waiting) = (self.rx.clone(), self.waiting.clone());
+        if self.started == 0 {
+            return Err(job);
+        }
+        queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(job).map_err(|e| {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            e.0
+        })
+    }
+
+    fn start(&mut self) {
+        use std::sync::atomic::Ordering;
+        let (rx, counts) = (self.rx.clone(), self.counts.clone());
         let ok = std::thread::Builder::new()
             .name("corral-dispose".into())
             .spawn(move || {
@@ -253,10 +275,11 @@ impl Disposers {
                 super::background_thread();
                 loop {
                     // The lock is held only to take the next job.
-                    waiting.fetch_add(1, Ordering::Relaxed);
+                    counts.1.fetch_add(1, Ordering::Relaxed);
                     let job = rx.lock().map(|rx| rx.recv());
-                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    counts.1.fetch_sub(1, Ordering::Relaxed);
                     let Ok(Ok(job)) = job else { break };
+                    counts.0.fetch_sub(1, Ordering::Relaxed);
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                         tracing::error!("a disposal job panicked");
                     }
@@ -267,7 +290,6 @@ impl Disposers {
             Ok(_) => self.started += 1,
             Err(e) => tracing::warn!("cannot start a disposal thread: {e}"),
         }
-        self.started > 0
     }
 }
 
@@ -282,7 +304,7 @@ fn disposals() -> &'static Disposals {
                 tx,
                 rx: std::sync::Arc::new(std::sync::Mutex::new(rx)),
                 started: 0,
-                waiting: Default::default(),
+                counts: Default::default(),
             }),
         }
     })
@@ -339,19 +361,16 @@ impl Disposals {
 /// [`settled`] waits for these too.
 pub(crate) fn dispose_later(job: impl FnOnce() + Send + 'static) {
     let d = disposals();
-    // No thread to take it (none could be started): the job runs in place.
-    let tx = d
-        .threads
-        .lock()
-        .ok()
-        .and_then(|mut t| t.grow().then(|| t.tx.clone()));
-    let Some(tx) = tx else {
-        return job();
-    };
+    // Counted before a thread can take it (and count it done).
     if let Ok(mut n) = d.pending.lock() {
         *n += 1;
     }
-    if let Err(std::sync::mpsc::SendError(job)) = tx.send(Box::new(job)) {
+    let queued = match d.threads.lock() {
+        Ok(mut t) => t.queue(Box::new(job)),
+        Err(_) => Err(Box::new(job) as Job),
+    };
+    // No thread to take it (none could be started): the job runs in place.
+    if let Err(job) = queued {
         job();
         d.done();
     }
@@ -504,6 +523,45 @@ mod tests {
         gate_tx.send(()).expect("the first disposal waits");
         settled.await.expect("settled");
         assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 20);
+    }
+
+    #[test]
+    fn a_burst_of_removals_gets_threads_of_its_own() {
+        // Four removals handed on at once, each waiting until all four run: they pass only
+        // when a thread is started for each of them (not one after another on the first). A
+        // thread already waiting for work must not keep more from starting.
+        let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+        dispose_later(move || {
+            let _ = warm_tx.send(());
+        });
+        warm_rx.recv().expect("a removal ran");
+        let running =
+            std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (running, tx) = (running.clone(), tx.clone());
+            dispose_later(move || {
+                let (n, cv) = &*running;
+                let Ok(mut n) = n.lock() else { return };
+                *n += 1;
+                cv.notify_all();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while *n < 4 {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    n = match cv.wait_timeout(n, left) {
+                        Ok((g, _)) => g,
+                        Err(_) => return,
+                    };
+                }
+                let _ = tx.send(*n);
+            });
+        }
+        drop(tx);
+        let seen: Vec<usize> = rx.iter().collect();
+        assert_eq!(seen, [4, 4, 4, 4], "the removals did not all run at once");
     }
 
     #[tokio::test]
