@@ -406,7 +406,8 @@ fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64)
 async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
     static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     TURNS
-        .get_or_init(|| tokio::sync::Semaphore::new(2 * Spawner::global().threads()))
+        // (At least one: with no spawner thread, a launch goes on to fail there.)
+        .get_or_init(|| tokio::sync::Semaphore::new((2 * Spawner::global().threads()).max(1)))
         .acquire()
         .await
         .ok()
