@@ -835,3 +835,44 @@ fn cancel_a_service_task_queued_running_and_ignored() {
     let (code, err) = d.term();
     assert_eq!(code, 0, "{err}");
 }
+
+/// A task that kills every instance it meets is retried `max_retries` times in all, not that
+/// many times per instance: with two instances and one retry, it runs twice.
+#[test]
+fn a_poison_task_is_retried_max_retries_times_across_instances() {
+    let d = start(&format!(
+        "[agents.poison]\ncommand = [\"{}\"]\nservice = true\ninstances = 2\n\
+         restart = \"always\"\nmax_retries = 1\n\
+         backoff = {{ initial = \"0ms\", max = \"0ms\", jitter = 0.0 }}\n",
+        bin("chaos").display()
+    ));
+    let rows = |d: &Daemon| -> Vec<serde_json::Value> {
+        d.ps()
+            .into_iter()
+            .filter(|r| r["agent"] == "poison")
+            .collect()
+    };
+    let settled = |d: &Daemon, restarts: u64| loop {
+        let rows = rows(d);
+        let sum: u64 = rows.iter().filter_map(|r| r["restarts"].as_u64()).sum();
+        if rows.len() == 2 && rows.iter().all(|r| r["state"] == "ready") && sum >= restarts {
+            return sum;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(settled(&d, 0), 0);
+    let (code, doc) = waited(d.submit_waiting("poison", r#"{"do":"crash"}"#));
+    assert_eq!(code, Some(1), "{doc}");
+    assert!(doc["output"].is_null(), "{doc}");
+    assert!(!doc["error"].is_null(), "{doc}");
+    // Each death is counted before its instance is ready again: once both are, the count is
+    // final.
+    assert_eq!(
+        settled(&d, 2),
+        2,
+        "the task ran more than twice: {:?}",
+        rows(&d)
+    );
+    let (code, err) = d.term();
+    assert_eq!(code, 0, "{err}");
+}

@@ -156,6 +156,9 @@ pub struct ServiceTask {
     pub reply: oneshot::Sender<ServiceResult>,
     /// Its cancellation (see [`TaskCancel`]).
     pub cancel: TaskCancel,
+    /// Instances that died with it in flight so far (whichever instance each was): its
+    /// retries are counted against `max_retries` by this.
+    pub tries: u32,
 }
 
 /// The result of a service agent's task.

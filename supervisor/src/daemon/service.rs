@@ -105,6 +105,7 @@ impl ServiceAgent {
             },
             reply,
             cancel: cancel.clone(),
+            tries: 0,
         };
         offer(&self.queue, task).map(|()| (rx, cancel))
     }
@@ -126,9 +127,6 @@ fn offer(queue: &async_channel::Sender<ServiceTask>, task: ServiceTask) -> Resul
         .map_err(|_| AgentError::new("shutdown", "the service agent is stopped", true))
 }
 
-/// Tries of one task across instance deaths, by task id.
-type Tries = std::collections::HashMap<u64, u32>;
-
 /// One instance: attempts one after another, with the agent's backoff between failures.
 async fn instance_loop(
     daemon: Arc<Daemon>,
@@ -139,7 +137,6 @@ async fn instance_loop(
     mut stop: watch::Receiver<Option<ExitReason>>,
 ) {
     let mut backoff = Backoff::new(spec.backoff.clone());
-    let mut tries = Tries::new();
     let mut attempt = 0u32;
     let run_id = format!("svc-{}-{}-{}", spec.name, index, std::process::id());
     loop {
@@ -173,7 +170,7 @@ async fn instance_loop(
         let stopping = stop.borrow().is_some();
         // Settled apart: nothing of the attempt's end (its record is large) is kept in this
         // loop's state across the backoff's wait, for the instance's whole life.
-        let Some(reason) = settle(&daemon, &spec, &info, &mut tries, &rx, out, stopping) else {
+        let Some(reason) = settle(&daemon, &spec, &info, &rx, out, stopping) else {
             break;
         };
         drop(_slot);
@@ -206,7 +203,6 @@ fn settle(
     daemon: &Daemon,
     spec: &AgentSpec,
     info: &Mutex<InstanceInfo>,
-    tries: &mut Tries,
     rx: &async_channel::Receiver<ServiceTask>,
     out: crate::child::AttemptOutcome,
     stopping: bool,
@@ -221,13 +217,14 @@ fn settle(
         }
         other => other,
     };
-    if let Some(task) = in_flight {
+    if let Some(mut task) = in_flight {
         let id = task.task.task_id;
-        let n = tries.entry(id).or_insert(0);
-        *n += 1;
+        // Counted with the task, so that its retries are the same whichever instances it
+        // meets (and nothing is kept per instance for tasks long gone).
+        task.tries += 1;
         let retry = !stopping
             && spec.restart != RestartPolicy::Never
-            && *n <= spec.max_retries
+            && task.tries <= spec.max_retries
             && crate::policy::restart::counts_for_breaker(rec.reason);
         if retry && !rx.is_closed() {
             // Back in the queue: the next idle instance (this one restarted) takes it.
@@ -236,7 +233,6 @@ fn settle(
                 tracing::warn!(agent = %spec.name, "task {id} lost on requeue: {e}");
             }
         } else {
-            tries.remove(&id);
             let err = rec
                 .error
                 .clone()
@@ -323,6 +319,7 @@ mod tests {
             },
             reply: oneshot::channel().0,
             cancel: TaskCancel::default(),
+            tries: 0,
         }
     }
 
