@@ -218,8 +218,8 @@ pub(crate) fn defer(job: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Most threads that remove what attempts left (see [`dispose_later`]). They are started as
-/// removals need them (a supervisor whose agents never end keeps none), and stay.
+/// Most threads that remove what attempts left (see [`dispose_later`]). One is started with the
+/// first use, the others as removals need them, and they stay.
 const DISPOSERS: usize = 8;
 
 /// The removals handed to [`dispose_later`] and not finished yet, and the threads doing them.
@@ -235,6 +235,8 @@ struct Disposers {
     tx: std::sync::mpsc::Sender<Job>,
     rx: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
     started: usize,
+    /// A thread could not be started (said once).
+    refused: bool,
     /// (jobs queued and not taken yet, threads waiting for a job)
     counts: std::sync::Arc<(
         std::sync::atomic::AtomicUsize,
@@ -250,7 +252,7 @@ impl Disposers {
         use std::sync::atomic::Ordering;
         let counts = self.counts.clone();
         let (queued, waiting) = (&counts.0, &counts.1);
-        if queued.load(Ordering::Relaxed) >= waiting.load(Ordering::Relaxed)
+        if queued.load(Ordering::SeqCst) >= waiting.load(Ordering::SeqCst)
             && self.started < DISPOSERS
         {
             self.start();
@@ -258,9 +260,9 @@ impl Disposers {
         if self.started == 0 {
             return Err(job);
         }
-        queued.fetch_add(1, Ordering::Relaxed);
+        queued.fetch_add(1, Ordering::SeqCst);
         self.tx.send(job).map_err(|e| {
-            queued.fetch_sub(1, Ordering::Relaxed);
+            queued.fetch_sub(1, Ordering::SeqCst);
             e.0
         })
     }
@@ -275,11 +277,11 @@ impl Disposers {
                 super::background_thread();
                 loop {
                     // The lock is held only to take the next job.
-                    counts.1.fetch_add(1, Ordering::Relaxed);
+                    counts.1.fetch_add(1, Ordering::SeqCst);
                     let job = rx.lock().map(|rx| rx.recv());
-                    counts.1.fetch_sub(1, Ordering::Relaxed);
+                    counts.1.fetch_sub(1, Ordering::SeqCst);
                     let Ok(Ok(job)) = job else { break };
-                    counts.0.fetch_sub(1, Ordering::Relaxed);
+                    counts.0.fetch_sub(1, Ordering::SeqCst);
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                         tracing::error!("a disposal job panicked");
                     }
@@ -288,7 +290,14 @@ impl Disposers {
             });
         match ok {
             Ok(_) => self.started += 1,
-            Err(e) => tracing::warn!("cannot start a disposal thread: {e}"),
+            // Said once: a host out of threads would otherwise say it at every removal.
+            Err(e) if !self.refused => {
+                self.refused = true;
+                tracing::warn!(
+                    "cannot start a disposal thread: {e} (removals wait or run in place)"
+                );
+            }
+            Err(_) => {}
         }
     }
 }
@@ -297,15 +306,20 @@ fn disposals() -> &'static Disposals {
     static D: std::sync::OnceLock<Disposals> = std::sync::OnceLock::new();
     D.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let mut first = Disposers {
+            tx,
+            rx: std::sync::Arc::new(std::sync::Mutex::new(rx)),
+            started: 0,
+            refused: false,
+            counts: Default::default(),
+        };
+        // One from the start, while threads can be had (a pids limit the agents reach later
+        // may refuse more); the rest as removals need them.
+        first.start();
         Disposals {
             pending: std::sync::Mutex::new(0),
             idle: std::sync::Condvar::new(),
-            threads: std::sync::Mutex::new(Disposers {
-                tx,
-                rx: std::sync::Arc::new(std::sync::Mutex::new(rx)),
-                started: 0,
-                counts: Default::default(),
-            }),
+            threads: std::sync::Mutex::new(first),
         }
     })
 }
