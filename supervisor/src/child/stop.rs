@@ -61,10 +61,13 @@ pub(super) async fn stop_and_reap(
     process::kill_group(pid, libc::SIGKILL);
     let mut counters = None;
     if let Some(cg) = cgroup {
-        let read = |cg: &AgentCgroup| CgroupCounters {
-            oom: cg.oom_kills() > 0,
-            pids_hits: cg.pids_limit_hits(),
-            mem_peak: cg.memory_peak_bytes(),
+        let read = |cg: &AgentCgroup| {
+            let (oom_kills, pids_hits, mem_peak) = cg.end_counters();
+            CgroupCounters {
+                oom: oom_kills > 0,
+                pids_hits,
+                mem_peak,
+            }
         };
         if counter_trusted && cg.holds_only_exited_leader() {
             // Most often nothing else is left, which one small read shows: that and the
