@@ -250,19 +250,16 @@ impl Disposers {
     /// runs and none could be started.
     fn queue(&mut self, job: Job) -> Result<(), Job> {
         use std::sync::atomic::Ordering;
-        let counts = self.counts.clone();
-        let (queued, waiting) = (&counts.0, &counts.1);
-        if queued.load(Ordering::SeqCst) >= waiting.load(Ordering::SeqCst)
-            && self.started < DISPOSERS
-        {
+        let short = self.counts.0.load(Ordering::SeqCst) >= self.counts.1.load(Ordering::SeqCst);
+        if short && self.started < DISPOSERS {
             self.start();
         }
         if self.started == 0 {
             return Err(job);
         }
-        queued.fetch_add(1, Ordering::SeqCst);
+        self.counts.0.fetch_add(1, Ordering::SeqCst);
         self.tx.send(job).map_err(|e| {
-            queued.fetch_sub(1, Ordering::SeqCst);
+            self.counts.0.fetch_sub(1, Ordering::SeqCst);
             e.0
         })
     }
