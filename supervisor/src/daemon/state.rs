@@ -7,7 +7,6 @@ use crate::child::{AttemptEvent, Note, Notes, ServiceTask, TaskState};
 use crate::control::Approvals;
 use crate::health::Metrics;
 use crate::{ExitRecord, StopHandle, Supervisor};
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +23,7 @@ const EVENT_BUFFER: usize = 4096;
 pub(crate) const MAX_RUNS: usize = 10_000;
 
 /// Where a service agent's instance is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InstanceState {
     /// Spawned, no `Ready` yet.
     Starting,
@@ -38,6 +36,13 @@ pub(crate) enum InstanceState {
 }
 
 impl InstanceState {
+    const ALL: [InstanceState; 4] = [
+        InstanceState::Starting,
+        InstanceState::Ready,
+        InstanceState::Backoff,
+        InstanceState::Stopped,
+    ];
+
     /// Its name, as `ps` and `status` show it.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -276,7 +281,7 @@ impl Daemon {
                 rows.push(serde_json::json!({
                     "name": format!("{}#{}", i.agent, i.index),
                     "agent": i.agent, "instance": i.index, "service": true,
-                    "state": i.state, "pid": i.pid,
+                    "state": i.state.as_str(), "pid": i.pid,
                     "uptime_s": i.pid.map(|_| now.saturating_duration_since(i.since).as_secs()),
                     "restarts": i.restarts, "last_exit_reason": i.last_exit,
                     "rss_kb": i.rss_kb, "cpu_ms": i.cpu_ms, "breaker": breaker,
@@ -322,7 +327,7 @@ impl Daemon {
                 }
             }
         }
-        for s in ["starting", "ready", "backoff", "stopped"] {
+        for s in InstanceState::ALL.map(InstanceState::as_str) {
             self.metrics
                 .set_agents(s, by_state.get(s).copied().unwrap_or(0));
         }
