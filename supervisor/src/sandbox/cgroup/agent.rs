@@ -166,11 +166,7 @@ impl AgentCgroup {
     /// Kill everything inside and wait (up to about a second) until the cgroup is empty.
     /// Returns how many processes were signalled.
     pub fn kill_all(&self) -> Result<usize, CgroupError> {
-        match &self.inner {
-            AgentInner::V2(l) => l.kill_all(),
-            AgentInner::V1(l) => l.kill_all(),
-            AgentInner::None(_) => Ok(0),
-        }
+        self.kill_all_listed().1
     }
 
     /// At the end of an attempt whose first process (the one the cgroup was made for) has
@@ -186,9 +182,9 @@ impl AgentCgroup {
         }
     }
 
-    /// [`Self::kill_all`] that also returns the processes it found inside before the kill (what
-    /// [`Self::pids`] would have said), listing them once: the pids, then how many were
-    /// signalled or why the cgroup could not be emptied.
+    /// Kill everything inside as [`Self::kill_all`] does, and also return the processes found
+    /// inside before the kill (what [`Self::pids`] would have said), listing them once: the
+    /// pids, then how many were signalled or why the cgroup could not be emptied.
     pub fn kill_all_listed(&self) -> (Vec<u32>, Result<usize, CgroupError>) {
         let listed = match &self.inner {
             AgentInner::V2(l) => l.members(),

@@ -257,13 +257,6 @@ impl Leaf {
         members(&all.iter().map(PathBuf::as_path).collect::<Vec<_>>())
     }
 
-    /// Freeze (when the freezer is mounted, so nothing forks between reading and killing),
-    /// SIGKILL every member, thaw (frozen tasks die only once thawed), then kill stragglers and
-    /// wait until empty.
-    pub(super) fn kill_all(&self) -> Result<usize, CgroupError> {
-        self.kill_listed(&self.members()?)
-    }
-
     /// Whether nothing but an exited leader can be inside: `pids.current` (which counts
     /// every task until it is reaped, zombies included) is at most 1. `false` without a pids
     /// hierarchy, or when it cannot be read.
@@ -273,8 +266,10 @@ impl Leaf {
             .is_some_and(|n| n <= 1)
     }
 
-    /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
-    /// list ends it at once.
+    /// Kill a cgroup whose members were just listed (`before`; an empty list ends it at once):
+    /// freeze (when the freezer is mounted, so nothing forks between reading and killing),
+    /// SIGKILL every member, thaw (frozen tasks die only once thawed), then kill stragglers and
+    /// wait until empty.
     pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {
         if before.is_empty() {
             return Ok(0);

@@ -305,20 +305,15 @@ impl Leaf {
         members(&[&self.dir])
     }
 
-    /// `cgroup.kill` (5.14+) kills the whole subtree at once; older kernels freeze with
-    /// `cgroup.freeze`, SIGKILL each member and thaw. Then stragglers are killed until empty.
-    pub(super) fn kill_all(&self) -> Result<usize, CgroupError> {
-        self.kill_listed(&self.members()?)
-    }
-
     /// Whether no live process is inside (`cgroup.events` `populated 0`; an exited process
     /// leaves it as it exits, before it is reaped).
     pub(super) fn unpopulated(&self) -> bool {
         read_keyed(&self.dir.join("cgroup.events"), "populated") == Some(0)
     }
 
-    /// [`Self::kill_all`] of a cgroup whose members were just listed (`before`): an empty
-    /// list ends it at once.
+    /// Kill a cgroup whose members were just listed (`before`; an empty list ends it at once):
+    /// `cgroup.kill` (5.14+) kills the whole subtree at once; older kernels freeze with
+    /// `cgroup.freeze`, SIGKILL each member and thaw. Then stragglers are killed until empty.
     pub(super) fn kill_listed(&self, before: &BTreeSet<u32>) -> Result<usize, CgroupError> {
         if before.is_empty() {
             return Ok(0);
