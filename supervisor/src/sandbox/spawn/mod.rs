@@ -542,6 +542,37 @@ mod tests {
         (status(&text), ours)
     }
 
+    /// `CapBnd` of `/bin/sh` spawned with `drop_caps(drop)`, from its `/proc/self/status`.
+    fn bounding_set_of_a_spawn(drop: bool) -> u64 {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let spec = SpawnSpec::new("/bin/sh")
+            .args(["-c".to_string(), "cat /proc/self/status".to_string()])
+            .drop_caps(drop)
+            .fd(w, 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let spawned = rt.block_on(Spawner::global().spawn(spec)).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text).unwrap();
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
+        let hex = text.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap();
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    }
+
+    /// The spawner threads narrow their own bounding set once, to what an init keeps; a child
+    /// inherits it, and one that drops its capabilities ends with an empty set.
+    #[test]
+    fn spawns_inherit_a_narrowed_bounding_set_and_empty_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root may narrow a bounding set");
+            return;
+        }
+        let kept: u64 = child::SPAWNER_KEEPS.iter().map(|&c| 1u64 << c).sum();
+        assert_eq!(bounding_set_of_a_spawn(false), kept);
+        assert_eq!(bounding_set_of_a_spawn(true), 0);
+    }
+
     /// Spawner threads run pinned, one CPU each; what they start runs wherever its caller may
     /// (it takes the caller's mask back, not its spawner's one CPU), read at each spawn.
     #[test]
