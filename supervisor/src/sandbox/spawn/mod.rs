@@ -519,31 +519,9 @@ mod tests {
         }
     }
 
-    /// `Cpus_allowed_list` of a process spawned through the [`Spawner`] from the calling
-    /// thread, and of the calling thread itself.
-    fn allowed_cpus_of_a_spawn() -> (Option<String>, Option<String>) {
-        let status = |text: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(|v| v.trim().to_string())
-        };
-        let ours = status(&std::fs::read_to_string("/proc/thread-self/status").unwrap());
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let spec = SpawnSpec::new("/bin/sh")
-            .args(["-c".to_string(), "cat /proc/self/status".to_string()])
-            .fd(w, 1);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let spawned = rt.block_on(Spawner::global().spawn(spec)).unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text).unwrap();
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
-        (status(&text), ours)
-    }
-
-    /// `CapBnd` of `/bin/sh` spawned with `drop_caps(drop)`, from its `/proc/self/status`.
-    fn bounding_set_of_a_spawn(drop: bool) -> u64 {
+    /// `/proc/self/status` of `/bin/sh` spawned through the [`Spawner`] from the calling
+    /// thread, with `drop_caps(drop)`.
+    fn status_of_a_spawn(drop: bool) -> String {
         let (r, w) = nix::unistd::pipe().unwrap();
         let spec = SpawnSpec::new("/bin/sh")
             .args(["-c".to_string(), "cat /proc/self/status".to_string()])
@@ -556,7 +534,28 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut text).unwrap();
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid), None);
-        let hex = text.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap();
+        text
+    }
+
+    /// `Cpus_allowed_list` of a process spawned through the [`Spawner`] from the calling
+    /// thread, and of the calling thread itself.
+    fn allowed_cpus_of_a_spawn() -> (Option<String>, Option<String>) {
+        let status = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        };
+        let ours = status(&std::fs::read_to_string("/proc/thread-self/status").unwrap());
+        (status(&status_of_a_spawn(false)), ours)
+    }
+
+    /// `CapBnd` of a process spawned with `drop_caps(drop)`.
+    fn bounding_set_of_a_spawn(drop: bool) -> u64 {
+        let text = status_of_a_spawn(drop);
+        let hex = text
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .unwrap();
         u64::from_str_radix(hex.trim(), 16).unwrap()
     }
 
