@@ -15,7 +15,6 @@ pub(super) struct Stats {
     pub(super) oom_kills: u64,
     pub(super) pids_limit_hits: u64,
     pub(super) memory_peak_bytes: Option<u64>,
-    pub(super) cpu_usage_us: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -237,12 +236,6 @@ impl AgentCgroup {
     #[cfg(test)]
     pub fn memory_peak_bytes(&self) -> Option<u64> {
         self.stats().memory_peak_bytes
-    }
-
-    /// CPU time used, in microseconds (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
-    #[cfg(test)]
-    pub fn cpu_usage_us(&self) -> Option<u64> {
-        self.stats().cpu_usage_us
     }
 
     /// `rmdir` every directory of the attempt (call [`AgentCgroup::kill_all`] first: a cgroup

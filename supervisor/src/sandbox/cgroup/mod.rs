@@ -10,8 +10,8 @@
 //!
 //! - `v2` (`v2.rs`): the unified hierarchy with the controllers delegated to the supervisor's
 //!   own cgroup (systemd `Delegate=yes`). Attempts live under `<own>/corral/`.
-//! - `v1` (`v1.rs`): one hierarchy per controller (memory, pids, cpu, and cpuacct / freezer
-//!   for statistics and freezing). Attempts live under `<mount>/<own>/corral/` in each.
+//! - `v1` (`v1.rs`): one hierarchy per controller (memory, pids, cpu, and freezer for
+//!   freezing). Attempts live under `<mount>/<own>/corral/` in each.
 //! - `none` (`none.rs`): no usable cgroup (not root, read-only, nothing delegated). Nothing is
 //!   enforced and [`Cgroups::report`] says why, limit by limit.
 //!

@@ -200,7 +200,6 @@ fn disabled_backend_enforces_nothing_and_says_why() {
     assert_eq!(agent.oom_kills(), 0);
     assert_eq!(agent.pids_limit_hits(), 0);
     assert_eq!(agent.memory_peak_bytes(), None);
-    assert_eq!(agent.cpu_usage_us(), None);
     agent.remove().unwrap();
 }
 
@@ -698,10 +697,7 @@ fn v2_leaves_attach_kill_and_sweep() {
     let has_kill = agent.paths()[0].join("cgroup.kill").exists();
     assert_eq!(agent.kill_all().unwrap(), 1);
     assert_eq!(child.wait().signal(), Some(libc::SIGKILL));
-    eprintln!(
-        "cgroup.kill present: {has_kill}; cpu usage {:?}",
-        agent.cpu_usage_us()
-    );
+    eprintln!("cgroup.kill present: {has_kill}");
     agent.remove().unwrap();
     assert!(!agent.paths()[0].exists());
     assert!(

@@ -1,8 +1,9 @@
 //! cgroup v1: one hierarchy per controller, each mounted on its own (usually
 //! `/sys/fs/cgroup/<controller>`).
 //!
-//! For each controller used (memory, pids and cpu for limits; cpuacct and freezer for the CPU
-//! counter and for freezing before a kill) the supervisor's own directory is the mount point
+//! For each controller used (memory, pids and cpu for limits; freezer for freezing before a
+//! kill; not cpuacct, whose CPU counter no record uses: an attempt on its own hierarchy cost one
+//! more attach in each spawn, `mkdir` and `rmdir`) the supervisor's own directory is the mount point
 //! (from `/proc/self/mountinfo`, matched on the controller in the super options) joined with
 //! its own path in that hierarchy (from `/proc/self/cgroup`). An attempt gets
 //! `<own>/corral/<leaf>` in every such hierarchy; co-mounted controllers (`cpu,cpuacct`) share
@@ -34,7 +35,6 @@ pub(super) struct V1 {
     memory: Option<usize>,
     pids: Option<usize>,
     cpu: Option<usize>,
-    cpuacct: Option<usize>,
     freezer: Option<usize>,
     /// `memory.memsw.limit_in_bytes` exists (swap accounting is on).
     memsw: bool,
@@ -100,7 +100,6 @@ pub(super) fn probe(
         .map(&mut index);
     let pids = locate("pids", mounts, own).map(&mut index);
     let cpu = locate("cpu", mounts, own).map(&mut index);
-    let cpuacct = locate("cpuacct", mounts, own).map(&mut index).ok();
     let freezer = locate("freezer", mounts, own).map(&mut index).ok();
 
     let memsw = memory
@@ -140,7 +139,6 @@ pub(super) fn probe(
         memory: memory.ok(),
         pids: pids.ok(),
         cpu: cpu.ok(),
-        cpuacct,
         freezer,
         memsw,
         cfs,
@@ -310,10 +308,6 @@ impl Leaf {
                 .unwrap_or(0),
             memory_peak_bytes: memory
                 .and_then(|d| read_number(&d.join("memory.max_usage_in_bytes"))),
-            cpu_usage_us: self
-                .dir(self.v1.cpuacct)
-                .and_then(|d| read_number(&d.join("cpuacct.usage")))
-                .map(|ns| ns / 1000),
         }
     }
 

@@ -349,7 +349,6 @@ impl Leaf {
             oom_kills: read_keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
             pids_limit_hits: read_keyed(&d.join("pids.events"), "max").unwrap_or(0),
             memory_peak_bytes: read_number(&d.join("memory.peak")),
-            cpu_usage_us: read_keyed(&d.join("cpu.stat"), "usage_usec"),
         }
     }
 
