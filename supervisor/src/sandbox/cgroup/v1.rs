@@ -2,9 +2,9 @@
 //! `/sys/fs/cgroup/<controller>`).
 //!
 //! For each controller used (memory, pids and cpu for limits; freezer for freezing before a
-//! kill; not cpuacct, whose CPU counter no record uses: an attempt on its own hierarchy cost one
-//! more attach in each spawn, `mkdir` and `rmdir`) the supervisor's own directory is the mount point
-//! (from `/proc/self/mountinfo`, matched on the controller in the super options) joined with
+//! kill; not cpuacct, whose CPU counter no record uses, while its own hierarchy cost an
+//! attempt one more `mkdir`, attach and `rmdir`) the supervisor's own directory is the mount
+//! point (from `/proc/self/mountinfo`, matched on the controller in the super options) joined with
 //! its own path in that hierarchy (from `/proc/self/cgroup`). An attempt gets
 //! `<own>/corral/<leaf>` in every such hierarchy; co-mounted controllers (`cpu,cpuacct`) share
 //! one directory.
