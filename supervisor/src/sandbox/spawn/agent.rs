@@ -4,8 +4,8 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
-use super::child::exec;
-use super::prepared::Prepared;
+use super::child::{drop_bounding_set, exec};
+use super::prepared::{InitKind, Prepared};
 
 /// The agent's side under an init: namespaces, limits, landlock and seccomp are in place (it
 /// shares the child's); it drops the init's status fd, every capability (the bounding set
@@ -37,17 +37,12 @@ pub(super) extern "C" fn agent_main(arg: *mut libc::c_void) -> libc::c_int {
 /// # Safety
 /// Only in the agent's clone ([`agent_main`]).
 unsafe fn agent_drop_privileges(p: &Prepared) -> bool {
-    // SAFETY: raw calls with integer arguments, an empty group list and stack data (capset).
+    // SAFETY: raw calls with integer arguments, an empty group list and stack data (capset);
+    // `drop_bounding_set` in the agent's clone, which its contract allows.
     unsafe {
         libc::close(5);
-        let mut ok = true;
-        for cap in 0..64 {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
-                // EINVAL: past the kernel's last capability, as is every higher number.
-                ok = *libc::__errno_location() == libc::EINVAL;
-                break;
-            }
-        }
+        // (Only what is still in the set is dropped: see `drop_bounding_set`.)
+        let mut ok = drop_bounding_set(InitKind::None).is_ok();
         if let (Some((uid, gid)), true) = (p.uid_gid, ok) {
             // Raw system calls, not libc's: in a CLONE_VM child libc's setuid would broadcast
             // to the supervisor's threads (its all-threads setxid), under its locks.

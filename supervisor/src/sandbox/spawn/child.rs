@@ -366,8 +366,8 @@ unsafe fn drop_privileges(p: &Prepared) -> Step {
 /// and drops it all.
 ///
 /// # Safety
-/// Only in the spawn child.
-unsafe fn drop_bounding_set(init: InitKind) -> Step {
+/// Only in the spawn child, or in the agent's clone under an init ([`agent_main`]).
+pub(super) unsafe fn drop_bounding_set(init: InitKind) -> Step {
     for cap in 0..64 {
         let keep = match init {
             InitKind::None => false,
