@@ -41,8 +41,7 @@ unsafe fn agent_drop_privileges(p: &Prepared) -> bool {
     // `drop_bounding_set` in the agent's clone, which its contract allows.
     unsafe {
         libc::close(5);
-        // (Only what is still in the set is dropped: see `drop_bounding_set`.)
-        let mut ok = drop_bounding_set(InitKind::None).is_ok();
+        let mut ok = drop_bounding_set(InitKind::None, p.bounding_narrowed).is_ok();
         if let (Some((uid, gid)), true) = (p.uid_gid, ok) {
             // Raw system calls, not libc's: in a CLONE_VM child libc's setuid would broadcast
             // to the supervisor's threads (its all-threads setxid), under its locks.

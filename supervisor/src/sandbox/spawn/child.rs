@@ -343,7 +343,7 @@ unsafe fn drop_privileges(p: &Prepared) -> Step {
     let under_init = p.init_kind != InitKind::None;
     if p.drop_caps {
         // SAFETY: our contract.
-        unsafe { drop_bounding_set(p.init_kind) }?;
+        unsafe { drop_bounding_set(p.init_kind, p.bounding_narrowed) }?;
     }
     if let (Some((uid, gid)), false) = (p.uid_gid, under_init) {
         // SAFETY: our contract; after the bounding set.
@@ -358,40 +358,39 @@ unsafe fn drop_privileges(p: &Prepared) -> Step {
 
 /// Empty the capability bounding set but for what the init keeps (see [`drop_privileges`]).
 ///
-/// Only what is still in the set is dropped: the spawner threads empty their own set but for
-/// [`SPAWNER_KEEPS`] when they start (`spawner::narrow_bounding_set`), and a child inherits
-/// it, so that a child in the supervisor's user namespace drops at most those few. (Each drop
-/// makes and commits new credentials: the 41 drops of a whole set took 55–90 µs of each spawn
-/// here; a read makes none.) A child in a new user namespace starts there with a full set,
-/// and drops it all.
+/// With `narrowed`, the set holds at most [`SPAWNER_KEEPS`]: the spawner thread that cloned
+/// the child emptied its own set but for those when it started (`spawner::narrow_bounding_set`),
+/// the child inherited it, and no user namespace was made (a new one starts with a full set).
+/// Then only those few are dropped: each drop makes and commits new credentials, and the 41
+/// drops of a whole set took 55–90 µs of each spawn here. Otherwise every capability is.
 ///
 /// # Safety
 /// Only in the spawn child, or in the agent's clone under an init ([`agent_main`]).
-pub(super) unsafe fn drop_bounding_set(init: InitKind) -> Step {
-    for cap in 0..64 {
-        let keep = match init {
-            InitKind::None => false,
-            InitKind::Adopt => cap == CAP_KILL,
-            InitKind::Stem => SPAWNER_KEEPS.contains(&cap),
-        };
-        if keep {
-            continue;
+pub(super) unsafe fn drop_bounding_set(init: InitKind, narrowed: bool) -> Step {
+    let keep = |cap: i32| match init {
+        InitKind::None => false,
+        InitKind::Adopt => cap == CAP_KILL,
+        InitKind::Stem => SPAWNER_KEEPS.contains(&cap),
+    };
+    if narrowed {
+        for cap in SPAWNER_KEEPS.into_iter().filter(|&c| !keep(c)) {
+            // SAFETY: prctl with integer arguments.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+            check(rc == 0, Stage::BoundingSet)?;
         }
+        return Ok(());
+    }
+    for cap in (0..64).filter(|&c| !keep(c)) {
         // SAFETY: prctl with integer arguments; errno is readable at any time.
-        let (held, errno) = unsafe {
-            let rc = libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0);
+        let (rc, errno) = unsafe {
+            let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
             (rc, *libc::__errno_location())
         };
         // EINVAL: a number past the kernel's last capability, and so is every higher one
         // (the kernel's capabilities are numbered without gaps): nothing left to drop.
-        if held < 0 && errno == libc::EINVAL {
+        if rc != 0 && errno == libc::EINVAL {
             break;
         }
-        if held == 0 {
-            continue;
-        }
-        // SAFETY: as above.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
         check(rc == 0, Stage::BoundingSet)?;
     }
     Ok(())

@@ -354,6 +354,8 @@ pub(super) fn spawn_now(
 ) -> Result<Spawned, SpawnError> {
     lift_low_fds(&mut spec)?;
     let mut prepared = Prepared::new(&mut spec)?;
+    // A new user namespace gives the child a full bounding set there.
+    prepared.bounding_narrowed = spawner::narrowed() && prepared.ns.user_map.is_none();
     let mut pidfd: libc::c_int = -1;
     // Every signal blocked around clone keeps parent handlers from running in the child before
     // it resets them; the old mask is restored right after.

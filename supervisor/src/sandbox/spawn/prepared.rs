@@ -30,6 +30,9 @@ pub(super) struct Prepared {
     pub(super) agent_stack: Option<ChildStack>,
     /// Written by the agent's clone when its `execve` failed (the errno, at least 1).
     pub(super) agent_errno: i32,
+    /// The bounding set the child inherits holds at most `child::SPAWNER_KEEPS` (see
+    /// `child::drop_bounding_set`).
+    pub(super) bounding_narrowed: bool,
     pub(super) path: CString,
     pub(super) argv: Vec<*const libc::c_char>,
     pub(super) envp: Vec<*const libc::c_char>,
@@ -129,6 +132,7 @@ impl Prepared {
             agent_path,
             agent_argv,
             agent_errno: 0,
+            bounding_narrowed: false,
             path,
             argv,
             envp,

@@ -158,7 +158,7 @@ fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> O
                 // Pinned, children start here and take a whole mask back; if pinning fails, each
                 // spawn narrows and restores around its clone instead (`spawn_now`).
                 let pinned = cpu.is_some_and(pin_to);
-                narrow_bounding_set();
+                NARROWED.set(narrow_bounding_set());
                 let mut stack = ChildStack::new();
                 loop {
                     // The lock is held only to take the next job, never across a spawn.
@@ -199,13 +199,23 @@ fn current_mask() -> Option<libc::cpu_set_t> {
     }
 }
 
+thread_local! {
+    /// This spawner thread's bounding set holds at most `child::SPAWNER_KEEPS`.
+    static NARROWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a spawner thread that narrowed its bounding set.
+pub(super) fn narrowed() -> bool {
+    NARROWED.get()
+}
+
 /// Empty the calling thread's capability bounding set but for what an init keeps
-/// (`child::SPAWNER_KEEPS`), once, so that its children inherit it and drop only the rest
-/// (see `child::drop_bounding_set`, which drops whatever is still there). The bounding set
-/// limits only what an `execve` or a `capset` may gain: the thread keeps every capability it
-/// has, and a child that makes a user namespace starts there with a full set. Without
-/// `CAP_SETPCAP` (a supervisor that is not root) nothing is dropped here.
-fn narrow_bounding_set() {
+/// (`child::SPAWNER_KEEPS`), once, so that its children inherit it and drop only those few
+/// (see `child::drop_bounding_set`). The bounding set limits only what an `execve` or a
+/// `capset` may gain: the thread keeps every capability it has, and a child that makes a user
+/// namespace starts there with a full set. Whether every other capability is gone: not
+/// without `CAP_SETPCAP` (a supervisor that is not root); then children drop them all.
+fn narrow_bounding_set() -> bool {
     for cap in 0..64 {
         if super::child::SPAWNER_KEEPS.contains(&cap) {
             continue;
@@ -213,11 +223,11 @@ fn narrow_bounding_set() {
         // SAFETY: prctl with integer arguments, on the calling thread's own credentials; the
         // thread never execs (its children do, after `drop_bounding_set`).
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-            // Past the last capability (EINVAL) or not allowed (EPERM): the child drops
-            // whatever is left.
-            break;
+            // EINVAL: past the kernel's last capability, every one before it dropped.
+            return std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL);
         }
     }
+    true
 }
 
 /// Pin the calling thread to `cpu`.
