@@ -185,6 +185,12 @@ impl<R: Read> FrameReader<R> {
         self.max = max;
     }
 
+    /// The stream read from (to wait for it to be readable, say). The reader keeps no bytes
+    /// of its own between frames: whatever comes next is still in the stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// The next message; `Ok(None)` at a clean end of stream between frames.
     pub fn read_frame<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FrameError> {
         let mut header = [0u8; 4];

@@ -449,3 +449,53 @@ async fn full_beat_pipe_falls_back_to_frames_and_is_drained() {
     let a = &o.attempts[0];
     assert!(a.last_heartbeat_age_ms.unwrap() < 400, "{a:?}");
 }
+
+/// `Threads:` of a live process.
+fn threads(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_agent_runs_on_two_threads_whose_io_thread_beats() {
+    // The handler's thread and one I/O thread (frames, beats, SIGTERM), never more while a
+    // task runs; with a heartbeat_timeout a third of the task's length, the task completes
+    // only because that thread beats while the handler sleeps.
+    let (_fx, s, _clock) = sup("heartbeat_timeout = \"400ms\"\nmax_retries = 0");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = CallOptions {
+        events: Some(tx),
+        ..Default::default()
+    };
+    let call = s.call("chaos", input(r#"{"do":"sleep_ms","ms":1200}"#), opts);
+    let seen = async {
+        let pid = loop {
+            match rx.recv().await {
+                Some(corral::AttemptEvent::Ready { pid, .. }) => break agent_pid(pid),
+                Some(_) => {}
+                None => panic!("no ready event"),
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            // Its I/O thread starts right after `Ready`.
+            assert!(within(10, || threads(pid) == Some(2)), "{:?}", threads(pid));
+            let mut most = 0;
+            while let Some(n) = threads(pid) {
+                most = most.max(n);
+                std::thread::sleep(ms(20));
+            }
+            most
+        })
+        .await
+        .unwrap()
+    };
+    let (o, most) = tokio::join!(call, seen);
+    let o = o.unwrap();
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    assert_eq!(most, 2, "threads of the agent while its task ran");
+}
