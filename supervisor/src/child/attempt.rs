@@ -8,7 +8,7 @@
 //! (`process::dispose_later`) once the counters are read.
 
 use super::guard::Teardown;
-use super::launch::{launch, Launched};
+use super::launch::{launch, Launched, Turn};
 use super::logs::Logs;
 use super::poller::{set_nonblocking, Poller, Ready};
 use super::protocol::Protocol;
@@ -28,19 +28,21 @@ use tokio::sync::{mpsc, watch};
 /// Run one task on one fresh agent process and account for it.
 ///
 /// `tools` receives the agent's tool calls (when `None`, every call is answered `denied`).
-/// `stop` lets the owner cancel the attempt.
+/// `stop` lets the owner cancel the attempt. `turn`: a launch turn taken already (see
+/// [`super::launch_turn`]); without one, the launch waits for one.
 pub fn run_attempt(
     spec: AttemptSpec,
     task: TaskInput,
     tools: Option<mpsc::Sender<ToolRequest>>,
     stop: watch::Receiver<Option<ExitReason>>,
+    turn: Option<Turn>,
 ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
     // Three stages; only the watch waits long, and the future that waits holds no more than
     // it needs: the arguments go into the (boxed) start at once rather than being kept beside
     // it, the finishing is boxed too, and what the agent's whole life needs is one box of its
     // own (a thousand idle agents each keep one of each).
     let events = spec.events.clone();
-    let start = Box::pin(start(spec, task, tools));
+    let start = Box::pin(start(spec, task, tools, turn));
     async move {
         // (Awaited into a binding of its own: a box awaited in the match would be kept, spent,
         // for the whole watch.)
@@ -68,6 +70,7 @@ pub fn run_service_attempt(
     spec: AttemptSpec,
     tools: Option<mpsc::Sender<ToolRequest>>,
     stop: watch::Receiver<Option<ExitReason>>,
+    turn: Option<Turn>,
 ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
     // The placeholder task is never sent: a serving protocol starts without one.
     let task = TaskInput {
@@ -75,7 +78,7 @@ pub fn run_service_attempt(
         input: Arc::new(corral_proto::Value::Null),
         memory: Vec::new(),
     };
-    run_attempt(spec, task, tools, stop)
+    run_attempt(spec, task, tools, stop, turn)
 }
 
 /// The record's times, and its bounds applied: the last thing done to it.
@@ -100,7 +103,11 @@ fn spawn_failed(mut record: ExitRecord, t0: Instant, message: String) -> Attempt
 
 /// The process: a warm stem of this agent type when one is waiting (released with this
 /// attempt's environment), else made now. Whether it was warm.
-async fn obtain(spec: &AttemptSpec, hello: Option<&[u8]>) -> Result<(bool, Launched), String> {
+async fn obtain(
+    spec: &AttemptSpec,
+    hello: Option<&[u8]>,
+    turn: Option<Turn>,
+) -> Result<(bool, Launched), String> {
     let agent = &spec.agent;
     if let Some(stem) = spec.stems.as_ref().and_then(|s| s.take(&agent.name)) {
         match stem.release(agent, &spec.run_id, spec.attempt, hello) {
@@ -112,10 +119,17 @@ async fn obtain(spec: &AttemptSpec, hello: Option<&[u8]>) -> Result<(bool, Launc
         workspaces: spec.workspaces.clone(),
         cgroups: spec.cgroups.clone(),
     };
-    launch(agent, &pools, &spec.run_id, spec.attempt, false, hello)
-        .await
-        .map(|l| (false, l))
-        .map_err(|e| e.explain(agent))
+    launch(
+        agent,
+        &pools,
+        (&spec.run_id, spec.attempt),
+        false,
+        hello,
+        turn,
+    )
+    .await
+    .map(|l| (false, l))
+    .map_err(|e| e.explain(agent))
 }
 
 /// An attempt whose process exists: what its watch and its teardown need.
@@ -139,6 +153,7 @@ async fn start(
     spec: AttemptSpec,
     task: TaskInput,
     tools: Option<mpsc::Sender<ToolRequest>>,
+    turn: Option<Turn>,
 ) -> Result<Box<Running>, Box<AttemptOutcome>> {
     let started = SystemTime::now();
     let t0 = Instant::now();
@@ -152,7 +167,7 @@ async fn start(
     let hello = Protocol::hello_of(&spec.agent, &spec.run_id, spec.attempt, spec.max_frame);
     let mut hello_frame = Vec::new();
     let encoded = corral_proto::frame::encode_into(&hello, &mut hello_frame).is_ok();
-    let obtained = obtain(&spec, encoded.then_some(hello_frame.as_slice())).await;
+    let obtained = obtain(&spec, encoded.then_some(hello_frame.as_slice()), turn).await;
     if let Some(f) = &spec.on_spawn {
         f();
     }

@@ -54,6 +54,7 @@ mod wire;
 
 pub use attempt::{run_attempt, run_service_attempt};
 pub use cancel::{TaskCancel, TaskState};
+pub(crate) use launch::{turn as launch_turn, Turn};
 pub use launch::{Pools, StemPool};
 pub(crate) use protocol::{encode_within, Outgoing};
 pub(crate) use tool_run::run_tool;

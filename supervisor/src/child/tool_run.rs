@@ -49,9 +49,17 @@ pub(crate) async fn run_tool(
     max_out: u64,
 ) -> Result<ToolRun, String> {
     let (stdin_r, stdin_w) = pipe().map_err(|e| format!("create pipe: {e}"))?;
-    let launched = launch_with(tool, pools, run_id, attempt, false, Some(stdin_r), None)
-        .await
-        .map_err(|e| e.to_string())?;
+    let launched = launch_with(
+        tool,
+        pools,
+        (run_id, attempt),
+        false,
+        Some(stdin_r),
+        None,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if let Some(refill) = launched.refill {
         refill.run();
     }

@@ -343,7 +343,7 @@ impl<'s> Call<'s> {
             .clone()
             .unwrap_or_else(|| self.sup.default_tools());
         if !agents::calls_agents(&self.spec) {
-            let attempt = child::run_attempt(aspec, task, Some(tools), self.stop.clone());
+            let attempt = child::run_attempt(aspec, task, Some(tools), self.stop.clone(), None);
             return (Box::pin(attempt), deferred);
         }
         // Agent calls are answered here; every other call goes on to the broker.
@@ -359,7 +359,7 @@ impl<'s> Call<'s> {
         tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
     ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
-        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone());
+        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), None);
         tokio::pin!(attempt);
         let task_name = self
             .opts

@@ -428,6 +428,7 @@ impl Supervisor {
         events: Option<child::EventSink>,
         notes: Option<child::Notes>,
         stop: tokio::sync::watch::Receiver<Option<ExitReason>>,
+        turn: child::Turn,
     ) -> impl Future<Output = child::AttemptOutcome> + Send {
         let aspec = child::AttemptSpec {
             agent: spec,
@@ -443,7 +444,7 @@ impl Supervisor {
             task: None,
             on_spawn: None,
         };
-        child::run_service_attempt(aspec, Some(self.default_tools()), stop)
+        child::run_service_attempt(aspec, Some(self.default_tools()), stop, Some(turn))
     }
 
     /// The circuit breaker's state of `agent` now: `closed`, `open` or `half_open`.

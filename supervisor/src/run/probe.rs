@@ -59,7 +59,7 @@ impl Supervisor {
             input: Arc::new(Value::Null),
             memory: Vec::new(),
         };
-        let attempt = child::run_attempt(aspec, task, None, stopped);
+        let attempt = child::run_attempt(aspec, task, None, stopped, None);
         tokio::pin!(attempt);
         let mut listening = true;
         let out = loop {

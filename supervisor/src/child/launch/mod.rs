@@ -403,27 +403,37 @@ fn program_identity(agent: &AgentSpec) -> Option<(std::path::PathBuf, (u64, u64)
 /// spawner threads, so a burst of a thousand agents does not make a thousand spawns' worth of
 /// pipes, environments and programs at once (they would wait for a spawner thread anyway),
 /// whose memory, freed in between the agents' long-lived state, the supervisor would keep.
-async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+/// A caller that makes state of its own for the launch (an attempt's start) takes its turn
+/// before making it, and hands it to [`launch`].
+pub(crate) async fn turn() -> Turn {
     static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    TURNS
-        // (At least one: with no spawner thread, a launch goes on to fail there.)
-        .get_or_init(|| tokio::sync::Semaphore::new((2 * Spawner::global().threads()).max(1)))
-        .acquire()
-        .await
-        .ok()
+    Turn {
+        _permit: TURNS
+            // (At least one: with no spawner thread, a launch goes on to fail there.)
+            .get_or_init(|| tokio::sync::Semaphore::new((2 * Spawner::global().threads()).max(1)))
+            .acquire()
+            .await
+            .ok(),
+    }
+}
+
+/// A turn to launch (see [`turn`]), held until the launch is done.
+pub(crate) struct Turn {
+    _permit: Option<tokio::sync::SemaphorePermit<'static>>,
 }
 
 /// Make the process of an attempt: workspace, cgroup, pipes, spawn. With `stem`, only the
 /// sandbox and its `corral-init` are made, waiting for [`stem::Stem::release`].
+/// `turn`: one taken already (else one is waited for here).
 pub(super) async fn launch(
     agent: &AgentSpec,
     pools: &Pools,
-    run_id: &str,
-    attempt: u32,
+    (run_id, attempt): (&str, u32),
     stem: bool,
     hello: Option<&[u8]>,
+    turn: Option<Turn>,
 ) -> Result<Launched, LaunchError> {
-    launch_with(agent, pools, run_id, attempt, stem, None, hello).await
+    launch_with(agent, pools, (run_id, attempt), stem, None, hello, turn).await
 }
 
 /// [`launch`], with `stdin` as the process's fd 0 instead of `/dev/null` (a command tool reads
@@ -432,13 +442,16 @@ pub(super) async fn launch(
 pub(super) async fn launch_with(
     agent: &AgentSpec,
     pools: &Pools,
-    run_id: &str,
-    attempt: u32,
+    (run_id, attempt): (&str, u32),
     stem: bool,
     stdin: Option<OwnedFd>,
     hello: Option<&[u8]>,
+    turn: Option<Turn>,
 ) -> Result<Launched, LaunchError> {
-    let _turn = turn().await;
+    let _turn = match turn {
+        Some(t) => t,
+        None => self::turn().await,
+    };
     // Workspace: a fresh private directory per attempt, under the state directory (made ahead
     // of time; kept visible in the agent's private /tmp if the state directory is under /tmp).
     // Its user: a uid of its own unless the config names one.

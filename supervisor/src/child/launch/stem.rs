@@ -162,7 +162,7 @@ impl StemPool {
         if self.spare.lock().is_ok_and(|s| s.contains_key(&agent.name)) {
             return Ok(true);
         }
-        let l = launch(&agent, &pools, "", 0, true, None)
+        let l = launch(&agent, &pools, ("", 0), true, None, None)
             .await
             .map_err(|e| e.to_string())?;
         self.put(&agent.name, l).await;
@@ -205,7 +205,7 @@ impl StemPool {
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let made = launch(&agent, &pools, "", 0, true, None).await;
+            let made = launch(&agent, &pools, ("", 0), true, None, None).await;
             let Some(me) = me.upgrade() else {
                 if let Ok(l) = made {
                     let _ = tokio::task::spawn_blocking(move || Stem(l).discard()).await;

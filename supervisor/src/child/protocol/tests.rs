@@ -676,3 +676,34 @@ fn noted_args_are_bounded() {
     // The same arguments are noted the same way (replay compares them).
     assert_eq!(noted_args(&big), noted);
 }
+
+#[test]
+fn attempts_that_declare_the_same_contract_share_one_copy() {
+    let name = "contract-sharing";
+    let a = super::shared(name, contract());
+    let b = super::shared(name, contract());
+    assert!(Arc::ptr_eq(&a, &b), "an equal contract is the one kept");
+    let mut other = contract();
+    other.version = "2.0.0".into();
+    let c = super::shared(name, other.clone());
+    assert!(!Arc::ptr_eq(&a, &c), "a different one is not");
+    assert_eq!(*c, other);
+    assert_eq!(*a, contract(), "who holds the first keeps it");
+    assert!(
+        Arc::ptr_eq(&c, &super::shared(name, other)),
+        "the newer one is kept"
+    );
+    let d = super::shared("contract-sharing-2", contract());
+    assert!(!Arc::ptr_eq(&a, &d), "one per agent type");
+    // Through the conversation: a service agent's Ready keeps the shared copy.
+    let t0 = Instant::now();
+    let mut p = fresh(t0);
+    let _ = p.on_frame(ready(contract()), t0);
+    let mut q = fresh(t0);
+    let _ = q.on_frame(ready(contract()), t0);
+    let (pc, qc) = (
+        p.contract.clone().expect("kept"),
+        q.contract.clone().expect("kept"),
+    );
+    assert!(Arc::ptr_eq(&pc, &qc));
+}
