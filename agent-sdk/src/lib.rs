@@ -42,7 +42,7 @@
 //! again and again.
 
 use corral_proto::beat::{monotonic_ns, BEAT_FD};
-use corral_proto::frame::{self, FrameReader};
+use corral_proto::frame::{self, FrameDecoder, FrameReader};
 use corral_proto::{
     Done, Down, Failed, Heartbeat, Hello, Log, LogLevel, Ready, ToolCall, Up, PROTOCOL_VERSION,
 };
@@ -376,7 +376,7 @@ where
         }
         None => return Err(SdkError::Protocol("supervisor closed before Hello".into())),
     };
-    reader.set_max(hello.max_frame.max(1024));
+    let max_frame = hello.max_frame.max(1024);
     let shared = Arc::new(Shared {
         writer: Mutex::new(up),
         progress: AtomicU64::new(0),
@@ -402,7 +402,8 @@ where
 
     let (tx, rx) = channel();
     spawn_io(
-        reader,
+        reader.into_inner(),
+        FrameDecoder::new(max_frame),
         &shared,
         tx,
         Duration::from_millis(hello.heartbeat_interval_ms.max(1)),
@@ -522,36 +523,41 @@ fn until_next_tick(every: Duration) -> Duration {
     Duration::from_nanos((next - now).min(u64::MAX as u128) as u64)
 }
 
-/// Idle: ask the main loop to return. Busy: flag cancellation and give the handler `grace_ms`
-/// (at most) to finish before exiting.
-fn shutdown_now(shared: &Arc<Shared>, tx: &Sender<Event>, grace_ms: u64) {
-    shared.cancelled.store(true, Ordering::SeqCst);
-    if !shared.busy.load(Ordering::SeqCst) {
-        std::process::exit(0);
-    }
-    let _ = tx.send(Event::Shutdown);
-    std::thread::sleep(Duration::from_millis(grace_ms));
-    std::process::exit(0);
-}
-
 /// The I/O thread (see the crate's doc): frames from the supervisor to the handler's thread, a
-/// beat at each tick of `every`, SIGTERM into a shutdown.
-fn spawn_io(reader: FrameReader<File>, shared: &Arc<Shared>, tx: Sender<Event>, every: Duration) {
-    // SIGTERM writes a byte here (from the handler, async-signal-safe); without it, SIGTERM
-    // keeps its default action and ends the agent at once.
+/// beat at each tick of `every`, SIGTERM into a shutdown. It never blocks but in `ppoll`: the
+/// down pipe is read only as far as it is readable (a frame may arrive in pieces, or never
+/// whole, when the supervisor stops writing it), and a shutdown's grace is one more deadline of
+/// the same wait, not a thread (one may not be had at the `pids` limit).
+fn spawn_io(
+    down: File,
+    decoder: FrameDecoder,
+    shared: &Arc<Shared>,
+    tx: Sender<Event>,
+    every: Duration,
+) {
+    // SIGTERM sets this process's flag, then writes a byte to the socket (both from the
+    // handler, async-signal-safe; in that order). A child the agent forks without exec keeps
+    // the handler and the socket: its SIGTERM wakes this thread too, but sets only its own
+    // flag. Without them, SIGTERM keeps its default action and ends the agent at once.
+    let flag = Arc::new(AtomicBool::new(false));
     let sigterm = UnixStream::pair().ok().and_then(|(r, w)| {
         r.set_nonblocking(true).ok()?;
         w.set_nonblocking(true).ok()?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone()).ok()?;
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, w).ok()?;
         Some(r)
     });
     let mut io = Io {
-        reader: Some(reader),
+        down: Some(down),
+        decoder,
+        buf: vec![0; 16 * 1024],
         shared: shared.clone(),
         tx,
         sigterm,
+        sigterm_flag: flag,
         every,
         next_beat: Instant::now() + until_next_tick(every),
+        exit_at: None,
     };
     let _ = std::thread::Builder::new()
         .name("corral-io".into())
@@ -561,12 +567,18 @@ fn spawn_io(reader: FrameReader<File>, shared: &Arc<Shared>, tx: Sender<Event>, 
 /// The I/O thread's state.
 struct Io {
     /// The down pipe; `None` once it ended for an agent that ignores shutdown.
-    reader: Option<FrameReader<File>>,
+    down: Option<File>,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
     shared: Arc<Shared>,
     tx: Sender<Event>,
     sigterm: Option<UnixStream>,
+    /// Set by this process's SIGTERM handler.
+    sigterm_flag: Arc<AtomicBool>,
     every: Duration,
     next_beat: Instant,
+    /// When a busy handler's grace after a shutdown ends: the process exits then.
+    exit_at: Option<Instant>,
 }
 
 impl Io {
@@ -574,14 +586,19 @@ impl Io {
         use nix::poll::{PollFd, PollFlags};
         loop {
             let beating = !self.shared.beats_stopped.load(Ordering::SeqCst);
-            let timeout = beating.then(|| {
-                let left = self.next_beat.saturating_duration_since(Instant::now());
-                nix::sys::time::TimeSpec::from_duration(left)
+            let wake = match (beating.then_some(self.next_beat), self.exit_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = wake.map(|at| {
+                nix::sys::time::TimeSpec::from_duration(
+                    at.saturating_duration_since(Instant::now()),
+                )
             });
             let (down_ready, sig_ready) = {
                 let mut fds = Vec::with_capacity(2);
-                if let Some(r) = &self.reader {
-                    fds.push(PollFd::new(r.get_ref().as_fd(), PollFlags::POLLIN));
+                if let Some(d) = &self.down {
+                    fds.push(PollFd::new(d.as_fd(), PollFlags::POLLIN));
                 }
                 if let Some(s) = &self.sigterm {
                     fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
@@ -604,22 +621,27 @@ impl Io {
                 let ready = |fd: Option<&PollFd>| {
                     fd.and_then(|f| f.revents()).is_some_and(|r| !r.is_empty())
                 };
-                let down = self.reader.is_some().then(|| fds.first()).flatten();
+                let down = self.down.is_some().then(|| fds.first()).flatten();
                 let sig = self
                     .sigterm
                     .is_some()
-                    .then(|| fds.get(usize::from(self.reader.is_some())))
+                    .then(|| fds.get(usize::from(self.down.is_some())))
                     .flatten();
                 (ready(down), ready(sig))
             };
             if down_ready {
-                self.read_one();
+                self.read_available();
             }
             if sig_ready {
                 self.on_sigterm();
             }
-            if Instant::now() >= self.next_beat {
-                if beating {
+            let now = Instant::now();
+            if self.exit_at.is_some_and(|at| now >= at) {
+                std::process::exit(0);
+            }
+            if now >= self.next_beat {
+                // (Read again: the handler may have stopped them while this thread waited.)
+                if !self.shared.beats_stopped.load(Ordering::SeqCst) {
                     self.beat();
                 }
                 self.next_beat = Instant::now() + until_next_tick(self.every);
@@ -627,49 +649,86 @@ impl Io {
         }
     }
 
-    /// One frame from the supervisor, to the handler's thread.
-    fn read_one(&mut self) {
-        let Some(reader) = self.reader.as_mut() else {
+    /// What the down pipe holds now (one read: it polled readable, so it does not block),
+    /// each whole frame to the handler's thread.
+    fn read_available(&mut self) {
+        let Some(down) = &self.down else {
             return;
         };
-        let (shared, tx) = (&self.shared, &self.tx);
-        match reader.read_frame::<Down>() {
-            Ok(Some(Down::Task(t))) => {
-                let _ = tx.send(Event::Task(t));
-            }
-            Ok(Some(Down::ToolResult(r))) => {
-                let _ = tx.send(Event::ToolResult(r));
-            }
-            Ok(Some(Down::Cancel(c))) => {
-                shared.cancelled.store(true, Ordering::SeqCst);
-                let _ = tx.send(Event::Cancel(c.task_id));
-            }
-            Ok(Some(Down::Shutdown(s))) => {
-                if shared.ignore_shutdown.load(Ordering::SeqCst) {
-                    return;
-                }
-                let grace = s.grace_ms / 2;
-                let (shared, tx) = (shared.clone(), tx.clone());
-                let _ =
-                    std::thread::Builder::new().spawn(move || shutdown_now(&shared, &tx, grace));
-            }
-            Ok(Some(Down::Hello(_))) => {
-                eprintln!("corral-sdk: protocol error: second Hello");
+        let n = match std::io::Read::read(&mut &*down, &mut self.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return,
+            Err(e) => {
+                eprintln!("corral-sdk: {}", corral_proto::FrameError::Io(e));
                 std::process::exit(2);
             }
-            Ok(None) => {
-                if shared.ignore_shutdown.load(Ordering::SeqCst) {
-                    // Nothing more to read; beats go on.
-                    self.reader = None;
-                    return;
-                }
-                std::process::exit(0); // supervisor closed our input: nobody to answer
-            }
-            Err(e) => {
+        };
+        if n == 0 {
+            if let Err(e) = self.decoder.finish() {
+                // The supervisor's end closed mid-frame.
                 eprintln!("corral-sdk: {e}");
                 std::process::exit(2);
             }
+            if self.shared.ignore_shutdown.load(Ordering::SeqCst) {
+                // Nothing more to read; beats go on.
+                self.down = None;
+                return;
+            }
+            std::process::exit(0); // supervisor closed our input: nobody to answer
         }
+        self.decoder.push(&self.buf[..n]);
+        loop {
+            // (`wanted` refuses a frame announced over the maximum before its payload comes.)
+            match self
+                .decoder
+                .wanted()
+                .and_then(|_| self.decoder.next::<Down>())
+            {
+                Ok(Some(msg)) => self.dispatch(msg),
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!("corral-sdk: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, msg: Down) {
+        let (shared, tx) = (&self.shared, &self.tx);
+        match msg {
+            Down::Task(t) => {
+                let _ = tx.send(Event::Task(t));
+            }
+            Down::ToolResult(r) => {
+                let _ = tx.send(Event::ToolResult(r));
+            }
+            Down::Cancel(c) => {
+                shared.cancelled.store(true, Ordering::SeqCst);
+                let _ = tx.send(Event::Cancel(c.task_id));
+            }
+            Down::Shutdown(s) => {
+                if !shared.ignore_shutdown.load(Ordering::SeqCst) {
+                    self.shut_down(s.grace_ms / 2);
+                }
+            }
+            Down::Hello(_) => {
+                eprintln!("corral-sdk: protocol error: second Hello");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Idle: exit now. Busy: flag cancellation, ask the handler's loop to return, and exit
+    /// when `grace_ms` have passed (if it has not returned by then).
+    fn shut_down(&mut self, grace_ms: u64) {
+        self.shared.cancelled.store(true, Ordering::SeqCst);
+        if !self.shared.busy.load(Ordering::SeqCst) {
+            std::process::exit(0);
+        }
+        let _ = self.tx.send(Event::Shutdown);
+        let at = Instant::now() + Duration::from_millis(grace_ms);
+        self.exit_at = Some(self.exit_at.map_or(at, |e| e.min(at)));
     }
 
     fn on_sigterm(&mut self) {
@@ -677,12 +736,13 @@ impl Io {
             let mut buf = [0u8; 64];
             while matches!(std::io::Read::read(&mut &*s, &mut buf), Ok(n) if n > 0) {}
         }
-        if self.shared.ignore_shutdown.load(Ordering::SeqCst) {
+        // Only this process's own SIGTERM (not a forked child's).
+        if !self.sigterm_flag.swap(false, Ordering::SeqCst)
+            || self.shared.ignore_shutdown.load(Ordering::SeqCst)
+        {
             return;
         }
-        // A busy handler gets its grace on a thread of its own: this one keeps reading.
-        let (shared, tx) = (self.shared.clone(), self.tx.clone());
-        let _ = std::thread::Builder::new().spawn(move || shutdown_now(&shared, &tx, 1000));
+        self.shut_down(1000);
     }
 
     /// One beat: a record on the beat pipe, or a `Heartbeat` frame where corral gave no beat

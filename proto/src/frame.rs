@@ -185,10 +185,11 @@ impl<R: Read> FrameReader<R> {
         self.max = max;
     }
 
-    /// The stream read from (to wait for it to be readable, say). The reader keeps no bytes
-    /// of its own between frames: whatever comes next is still in the stream.
-    pub fn get_ref(&self) -> &R {
-        &self.inner
+    /// The stream, to read on in another way (a [`FrameDecoder`] over non-blocking reads, say).
+    /// The reader keeps no bytes of its own between frames: whatever comes next is still in the
+    /// stream.
+    pub fn into_inner(self) -> R {
+        self.inner
     }
 
     /// The next message; `Ok(None)` at a clean end of stream between frames.

@@ -73,6 +73,14 @@ async fn fork_bomb_is_contained_by_pids() {
     );
     let msg = &bomb.attempts[0].error.as_ref().unwrap().message;
     assert!(msg.contains("pids limit refused"), "{msg}");
+    // At the limit the agent can make no thread, yet its SIGTERM is handled: it exits within
+    // its grace (the SDK's 1 s, within the 2 s kill_grace), and is not killed.
+    assert_eq!(
+        bomb.attempts[0].signals_sent,
+        ["SIGTERM"],
+        "{:?}",
+        bomb.attempts
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,3 +499,13 @@ async fn an_sdk_agent_runs_on_two_threads_whose_io_thread_beats() {
     assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
     assert_eq!(most, 2, "threads of the agent while its task ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_childs_sigterm_is_not_its_agents() {
+    // A child forked without exec keeps the SDK's SIGTERM handler and the socket it writes to:
+    // its SIGTERM wakes the agent's I/O thread, which must not take it for the agent's own.
+    let (_fx, s, _clock) = sup("max_retries = 0");
+    let o = call(&s, "chaos", r#"{"do":"fork_term","ms":1500}"#).await;
+    assert_eq!(reasons(&o), [ExitReason::Completed], "{:?}", o.attempts);
+    assert_eq!(output(&o)["cancelled"], false, "{:?}", o.output);
+}

@@ -12,6 +12,7 @@
 //! | `{"do":"spin"}` | burns CPU, beating and progressing |
 //! | `{"do":"hog_mb","mb":N}` | allocates and touches N MiB, then `{"ok":true}` |
 //! | `{"do":"fork_bomb"}` | forks without end |
+//! | `{"do":"fork_term","ms":N}` | forks a child (no exec) that sleeps, sends it SIGTERM (its SDK handler catches it), then SIGKILL, reaps it, then works N ms, beating: `{"cancelled":B}` (whether the agent took the child's SIGTERM for its own) |
 //! | `{"do":"ignore_term"}` | ignores SIGTERM and Shutdown, then hangs |
 //! | `{"do":"garbage"}` | writes a frame that does not decode on fd 4 |
 //! | `{"do":"huge_frame"}` | announces a 4 GiB frame |
@@ -120,6 +121,34 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
             }
             ctx.progress();
         },
+        "fork_term" => {
+            // SAFETY: fork in a test agent; the child only sleeps (no locks, no allocation).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            if pid > 0 {
+                // (It keeps the SDK's SIGTERM handler: it does not die of it. The SIGKILL after
+                // leaves it time to run the handler.)
+                // SAFETY: kill and waitpid of our own child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_millis(100));
+                // SAFETY: idem.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+            let until =
+                Instant::now() + Duration::from_millis(arg_i64(&input, "ms")?.max(0) as u64);
+            while Instant::now() < until {
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                ctx.progress();
+            }
+            Ok(Value::map([("cancelled", Value::Bool(ctx.cancelled()))]))
+        }
         "ignore_term" => {
             ctx.misbehave().ignore_shutdown();
             // SAFETY: setting a signal's disposition to SIG_IGN is always sound.
