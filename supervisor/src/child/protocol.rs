@@ -590,22 +590,27 @@ impl Protocol {
 /// frame it came in).
 static CONTRACTS: Mutex<Vec<(String, Weak<Contract>)>> = Mutex::new(Vec::new());
 
-/// `contract`, declared by an agent of type `agent`, or the equal one already kept.
+/// `contract`, declared by an agent of type `agent`, or the equal one already kept. (Compared
+/// outside the lock: a large contract holds up no other attempt's `Ready`.)
 fn shared(agent: &str, contract: Contract) -> Arc<Contract> {
-    let mut kept = CONTRACTS.lock().unwrap_or_else(|p| p.into_inner());
-    let i = match kept.iter().position(|(name, _)| name == agent) {
-        Some(i) => i,
-        None => {
-            kept.push((agent.to_string(), Weak::new()));
-            kept.len() - 1
-        }
+    let kept = |f: &mut dyn FnMut(&mut Weak<Contract>)| {
+        let mut all = CONTRACTS.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match all.iter().position(|(name, _)| name == agent) {
+            Some(i) => i,
+            None => {
+                all.push((agent.to_string(), Weak::new()));
+                all.len() - 1
+            }
+        };
+        f(&mut all[i].1);
     };
-    let slot = &mut kept[i].1;
-    if let Some(known) = slot.upgrade().filter(|k| **k == contract) {
+    let mut known = None;
+    kept(&mut |slot| known = slot.upgrade());
+    if let Some(known) = known.filter(|k| **k == contract) {
         return known;
     }
     let contract = Arc::new(contract);
-    *slot = Arc::downgrade(&contract);
+    kept(&mut |slot| *slot = Arc::downgrade(&contract));
     contract
 }
 

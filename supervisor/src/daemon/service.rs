@@ -150,6 +150,10 @@ async fn instance_loop(
         // instances waiting for turns then holds no starts (~1.7 KiB each, freed in between
         // the instances' long-lived state, where the supervisor would keep their room).
         let turn = crate::child::launch_turn().await;
+        // (A drain asked for meanwhile launches nothing more.)
+        if stop.borrow().is_some() {
+            break;
+        }
         attempt += 1;
         let notes = daemon.log_notes(&spec.name);
         let started = Instant::now();
