@@ -8,9 +8,9 @@
 //!
 //! An agent has two threads: the handler's (`main`) and one I/O thread, which reads the
 //! supervisor's frames, beats at each tick and catches SIGTERM. (It was three threads, one for
-//! each: an agent killed with SIGKILL ends only when its last thread has, and with four threads
-//! on two CPUs the supervisor saw the end of a killed agent ~0.5 ms after the kill at p50,
-//! against ~0.26 ms with two; see `docs/bench.md`.)
+//! each. Two threads and two stacks fewer per agent; an agent killed with SIGKILL ends only
+//! when its last thread has, though the restart rows did not move beyond their noise: see
+//! `docs/bench.md`.)
 //!
 //! ```no_run
 //! use corral_sdk::{run, AgentError, Contract, Ctx, Schema};
