@@ -18,7 +18,6 @@ use super::watch::Watch;
 use super::wire::{Beats, Wire};
 use super::{AttemptEvent, AttemptOutcome, AttemptSpec, Pools, TaskInput, ToolRequest};
 use crate::record::{ExitReason, ExitRecord};
-use crate::sandbox::cgroup::AgentCgroup;
 use crate::sandbox::process::Reaped;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -39,27 +38,19 @@ pub fn run_attempt(
 ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
     // Three stages; only the watch waits long, and the future that waits holds no more than
     // it needs: the arguments go into the (boxed) start at once rather than being kept beside
-    // it, the finishing is boxed too, and what the agent's whole life needs is one box of its
-    // own (a thousand idle agents each keep one of each).
-    let events = spec.events.clone();
+    // it, the stop's wait is made here (the block keeps it, not the receiver it came from),
+    // the finishing is boxed too, and what the agent's whole life needs is one box of its own
+    // (a thousand idle agents each keep one of each). The last event, `Exited`, is sent by the
+    // stage that ends the attempt.
     let start = Box::pin(start(spec, task, tools, turn));
+    let stop = super::watch::StopWait::new(stop);
     async move {
-        // (Awaited into a binding of its own: a box awaited in the match would be kept, spent,
-        // for the whole watch.)
-        let started = start.await;
-        let out = match started {
-            Ok(mut running) => {
-                let verdict = running.watch(stop).await;
-                Box::pin(running.finish(verdict)).await
-            }
-            Err(outcome) => *outcome,
+        let mut running = match start.await {
+            Ok(running) => running,
+            Err(outcome) => return *outcome,
         };
-        // Every attempt ends with this event, whichever way it ended (a failed spawn
-        // included).
-        if let Some(sink) = events {
-            sink.send(AttemptEvent::Exited(Box::new(out.record.clone())));
-        }
-        out
+        let verdict = running.w.run(stop).await;
+        Box::pin(running.finish(verdict)).await
     }
 }
 
@@ -134,12 +125,9 @@ async fn obtain(
 
 /// An attempt whose process exists: what its watch and its teardown need.
 pub(super) struct Running {
-    /// The conversation, the pipes, the output, the beats, health, tools.
+    /// The conversation, the pipes, the output, the beats, health, tools; the process's
+    /// guard.
     w: Watch,
-    /// Kills and reaps the process (and removes the cgroup and workspace) if this is dropped
-    /// before the teardown.
-    guard: Teardown,
-    cgroup: Option<Arc<AgentCgroup>>,
     /// `corral-init`'s record of the agent, when it runs under one.
     status_rx: Option<OwnedFd>,
     /// When the attempt started, for the record.
@@ -161,7 +149,10 @@ async fn start(
         let mut record = ExitRecord::begin(&spec.agent.name, &spec.run_id, spec.attempt);
         record.started_at = crate::record::rfc3339(started);
         record.pid = pid.map(|p| p as u32);
-        Box::new(spawn_failed(record, t0, message))
+        let out = spawn_failed(record, t0, message);
+        // Every attempt ends with this event, whichever way it ended.
+        spec.emit(|| AttemptEvent::Exited(Box::new(out.record.clone())));
+        Box::new(out)
     };
     // The handshake's offer waits in the pipe before the agent starts (`launch::prewrite`).
     let hello = Protocol::hello_of(&spec.agent, &spec.run_id, spec.attempt, spec.max_frame);
@@ -190,7 +181,6 @@ async fn start(
         ..
     } = launched;
     let pid = spawned.pid;
-    let workspace_path = workspace.path().to_path_buf();
     spec.emit(|| AttemptEvent::Spawned {
         agent: spec.agent.name.clone(),
         attempt: spec.attempt,
@@ -199,7 +189,7 @@ async fn start(
     });
     // From here on, the process exists: every path ends in teardown + reap, and if the attempt
     // is dropped before, the guard does it (on the reaper thread).
-    let guard = Teardown::new(pid, spawned.pidfd, cgroup.clone(), workspace);
+    let guard = Teardown::new(pid, spawned.pidfd, cgroup, workspace);
     let mut proto = Protocol::new(
         spec.agent.clone(),
         task,
@@ -239,18 +229,16 @@ async fn start(
     }
     let mut w = Watch::new(
         spec,
-        pid,
+        guard,
         proto,
         (wire, poller, logs),
         Beats::new(beat_r),
-        tools.map(|tx| (tx, workspace_path)),
+        tools,
     );
     w.service = service;
     w.refill = refill;
     Ok(Box::new(Running {
         w,
-        guard,
-        cgroup,
         status_rx,
         started,
         t0,
@@ -258,11 +246,6 @@ async fn start(
 }
 
 impl Running {
-    /// Watch the agent until the attempt's end is decided (see `watch`).
-    async fn watch(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
-        self.w.run(stop).await
-    }
-
     /// Stop and reap the process, then account for the attempt.
     async fn finish(mut self: Box<Self>, mut verdict: Verdict) -> AttemptOutcome {
         let decided_at = Instant::now();
@@ -273,7 +256,7 @@ impl Running {
             refill.run();
         }
         let agent = w.spec.agent.clone();
-        let pid = self.guard.pid();
+        let pid = w.guard.pid();
 
         // Teardown: stop the process (whole group), reap it. Nothing on the wire wakes the
         // attempt any more: only the exit, and the output read meanwhile.
@@ -282,9 +265,9 @@ impl Running {
         let shutdown = w.proto.shutdown();
         let (wire, poller) = (&mut w.wire, &w.poller);
         let (reaped, counters) = stop::stop_and_reap(
-            (pid, self.guard.pidfd()),
+            (pid, w.guard.pidfd()),
             (poller, &mut w.logs, &agent.name),
-            self.cgroup.as_ref(),
+            w.guard.cgroup(),
             (
                 cgroup_counter_trusted(&agent),
                 !agent.namespaces.contains(&crate::config::Namespace::Pid),
@@ -299,9 +282,9 @@ impl Running {
         )
         .await;
         if reaped.is_some() {
-            self.guard.set_reaped();
+            w.guard.set_reaped();
         }
-        w.poller.remove(self.guard.pidfd().as_fd());
+        w.poller.remove(w.guard.pidfd().as_fd());
         // (Also here: an agent that never got ready did not ask for the next stem.)
         w.spec.refill_stem();
         if verdict.reason.is_none() {
@@ -324,7 +307,7 @@ impl Running {
         record.log_bytes_dropped = w.proto.log_budget().dropped();
 
         // What the kernel says, then the removals, left to the reaper.
-        let workspace = self.guard.take_workspace();
+        let workspace = w.guard.take_workspace();
         // Read before the workspace (and its quota's tmpfs) goes.
         let disk_full = workspace.as_ref().is_some_and(|ws| ws.is_full());
         let workspace = match workspace {
@@ -338,11 +321,11 @@ impl Running {
         stop::dispose(None, workspace);
         // Read with the cgroup's emptying (`stop_and_reap`); its removal goes to the reaper.
         let counters = counters.unwrap_or_default();
-        if let Some(c) = self.cgroup.take() {
+        if let Some(c) = w.guard.take_cgroup() {
             stop::dispose(Some(c), None);
         }
         // Torn down: the process is reaped, the cgroup and workspace are left to the reaper.
-        self.guard.disarm();
+        w.guard.disarm();
         if let Some(peak) = counters.mem_peak {
             w.health.note_peak(peak / 1024);
         }
@@ -391,10 +374,15 @@ impl Running {
             record.last_task_id = last;
         }
         let in_flight = w.service.as_mut().and_then(|s| s.current.take());
+        let record = finish(record, self.t0);
+        // Every attempt ends with this event, whichever way it ended (a failed spawn included:
+        // `start`).
+        w.spec
+            .emit(|| AttemptEvent::Exited(Box::new(record.clone())));
         AttemptOutcome {
             output: done.output.filter(|_| completed),
             memory: if completed { done.memory } else { Vec::new() },
-            record: finish(record, self.t0),
+            record,
             in_flight,
         }
     }

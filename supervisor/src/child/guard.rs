@@ -48,6 +48,21 @@ impl Teardown {
         self.pid
     }
 
+    /// The process's cgroup, while the attempt has it.
+    pub(super) fn cgroup(&self) -> Option<&Arc<AgentCgroup>> {
+        self.cgroup.as_ref()
+    }
+
+    /// The process's cgroup, for the attempt to hand to the reaper itself.
+    pub(super) fn take_cgroup(&mut self) -> Option<Arc<AgentCgroup>> {
+        self.cgroup.take()
+    }
+
+    /// The workspace's path, while the attempt has it.
+    pub(super) fn workspace_path(&self) -> Option<&std::path::Path> {
+        self.workspace.as_ref().map(|w| w.path())
+    }
+
     /// The leader has been reaped.
     pub(super) fn set_reaped(&mut self) {
         self.reaped = true;

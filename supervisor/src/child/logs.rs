@@ -10,8 +10,8 @@
 
 use super::bounds::{self, LogBudget};
 use super::poller::{Poller, Ready};
-use super::with_scratch;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use super::{read_scratch, SCRATCH_LEN};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 /// How much of stderr the exit record keeps.
@@ -125,12 +125,12 @@ impl Logs {
                 continue;
             };
             let sink = &mut self.sink;
-            let ended = with_scratch(|c| match nix::unistd::read(fd.as_raw_fd(), c) {
-                Ok(n) => {
-                    sink.consume(which, &c[..n], n == 0, agent, pid);
-                    n == 0
+            let ended = read_scratch(fd.as_fd(), SCRATCH_LEN, |r| match r {
+                Ok(read) => {
+                    sink.consume(which, read, read.is_empty(), agent, pid);
+                    read.is_empty()
                 }
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => false,
                 Err(_) => {
                     sink.consume(which, &[], true, agent, pid);
                     true

@@ -69,15 +69,34 @@ use corral_proto::{AgentError, ToolCall, Value};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// The largest read into a thread's read buffer.
+const SCRATCH_LEN: usize = 64 * 1024;
+
 thread_local! {
     /// Per-thread read buffer (never held across an await): a thousand idle agents do not each
-    /// keep one, and no read zeroes a fresh one. What is read is consumed before the next await.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+    /// keep one. It is read into as spare capacity, never zeroed, so that its pages are touched
+    /// only as far as reads have filled it (a thread reading small frames keeps one page).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(SCRATCH_LEN));
 }
 
-/// Run `f` on this thread's 64 KiB read buffer. Not reentrant: `f` must not call it again.
-fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    SCRATCH.with(|c| f(&mut c.borrow_mut()))
+/// Read at most `max` bytes of `fd` (64 KiB at most) into this thread's read buffer, and run
+/// `f` on what was read (empty at the end of the stream). Not reentrant: `f` must not call it
+/// again.
+fn read_scratch<R>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    max: usize,
+    f: impl FnOnce(rustix::io::Result<&[u8]>) -> R,
+) -> R {
+    SCRATCH.with(|c| {
+        let mut buf = c.borrow_mut();
+        let spare = buf.spare_capacity_mut();
+        let n = max.min(spare.len());
+        match rustix::io::read(fd, &mut spare[..n]) {
+            Ok((read, _)) => f(Ok(read)),
+            Err(e) => f(Err(e)),
+        }
+    })
 }
 
 /// What one attempt needs to know.

@@ -19,6 +19,7 @@
 //! handling are rooms of their own.
 
 use super::bounds;
+use super::guard::Teardown;
 use super::health::Health;
 use super::logs::Logs;
 use super::poller::{Poller, Ready};
@@ -46,10 +47,15 @@ type ToolWait = (
     std::sync::Arc<ToolNote>,
 );
 
-/// The owner's tool broker (and the agent's workspace, which the broker's file tools reach)
-/// and the calls waiting for its answers.
+/// The owner's tool broker, and the calls waiting for its answers.
 struct Tools {
-    tx: Option<(mpsc::Sender<ToolRequest>, std::path::PathBuf)>,
+    tx: Option<mpsc::Sender<ToolRequest>>,
+    /// Made at the attempt's first call (most attempts of an idle agent make none).
+    calls: Option<Box<Calls>>,
+}
+
+/// The calls of an attempt that made one.
+struct Calls {
     waits: Vec<ToolWait>,
     /// The workspace opened at the first call, for all the attempt's calls.
     dir: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
@@ -125,7 +131,7 @@ impl Service {
 /// The owner's stop request, awaited by one future kept for the whole watch (made again only
 /// when the value changed to "no stop"), on a clone of the receiver so that the value can be
 /// read while it waits.
-struct StopWait {
+pub(super) struct StopWait {
     fut: Option<Pin<Box<StopFuture>>>,
 }
 
@@ -133,7 +139,7 @@ type StopFuture =
     dyn Future<Output = (Option<ExitReason>, watch::Receiver<Option<ExitReason>>)> + Send;
 
 impl StopWait {
-    fn new(rx: watch::Receiver<Option<ExitReason>>) -> StopWait {
+    pub(super) fn new(rx: watch::Receiver<Option<ExitReason>>) -> StopWait {
         let mut w = StopWait { fut: None };
         w.arm(rx);
         w
@@ -173,7 +179,6 @@ impl StopWait {
 pub(super) struct Watch {
     /// The attempt.
     pub(super) spec: AttemptSpec,
-    pid: i32,
     /// The conversation.
     pub(super) proto: Protocol,
     /// The pipes it travels on.
@@ -196,6 +201,9 @@ pub(super) struct Watch {
     pub(super) refill: Option<Box<super::launch::Refill>>,
     /// `Log` lines read in this wake-up, for the notes (see `handle_buffered`).
     log_batch: Vec<super::LogLine>,
+    /// Kills and reaps the process (and removes the cgroup and workspace) if this is dropped
+    /// before the teardown. (Last: dropped after the rest.)
+    pub(super) guard: Teardown,
 }
 
 impl Drop for Watch {
@@ -211,15 +219,14 @@ impl Drop for Watch {
 impl Watch {
     pub(super) fn new(
         spec: AttemptSpec,
-        pid: i32,
+        guard: Teardown,
         proto: Protocol,
         (wire, poller, logs): (Wire, Poller, Logs),
         beats: Beats,
-        tools: Option<(mpsc::Sender<ToolRequest>, std::path::PathBuf)>,
+        tools: Option<mpsc::Sender<ToolRequest>>,
     ) -> Watch {
         Watch {
             spec,
-            pid,
             proto,
             wire,
             poller,
@@ -228,13 +235,13 @@ impl Watch {
             health: Health::default(),
             tools: Tools {
                 tx: tools,
-                waits: Vec::new(),
-                dir: None,
+                calls: None,
             },
             truncated: None,
             service: None,
             refill: None,
             log_batch: Vec::new(),
+            guard,
         }
     }
 
@@ -254,7 +261,7 @@ impl Watch {
                 self.spec.emit(|| AttemptEvent::Ready {
                     agent: self.agent_name().to_string(),
                     attempt: self.spec.attempt,
-                    pid: self.pid,
+                    pid: self.guard.pid(),
                     at: now,
                 });
                 // The next stem is made now, not at the spawn, and the pools topped up: their
@@ -283,11 +290,15 @@ impl Watch {
                 let call_id = call.call_id;
                 let (seq, contract_tools) = self.proto.call_context(call_id);
                 let tools = &mut self.tools;
-                let sent = tools.tx.as_ref().map(|(tx, workspace)| {
-                    // Opened at the attempt's first call, shared by the rest.
-                    if tools.dir.is_none() {
-                        tools.dir = open_dir(workspace);
-                    }
+                let workspace = self.guard.workspace_path();
+                let sent = tools.tx.as_ref().map(|tx| {
+                    let calls = tools.calls.get_or_insert_with(|| {
+                        // Opened at the attempt's first call, shared by the rest.
+                        Box::new(Calls {
+                            waits: Vec::new(),
+                            dir: workspace.and_then(open_dir),
+                        })
+                    });
                     let (reply, rx) = oneshot::channel();
                     let note = std::sync::Arc::new(ToolNote::default());
                     let req = ToolRequest {
@@ -303,8 +314,8 @@ impl Watch {
                         seq,
                         contract_tools,
                         spec: self.spec.agent.clone(),
-                        workspace: Some(workspace.clone()),
-                        workspace_dir: tools.dir.clone(),
+                        workspace: workspace.map(std::path::Path::to_path_buf),
+                        workspace_dir: calls.dir.clone(),
                         note: note.clone(),
                     };
                     match tx.try_send(req) {
@@ -325,7 +336,11 @@ impl Watch {
                     }
                 });
                 match sent {
-                    Some(Ok((rx, note))) => tools.waits.push((call_id, rx, note)),
+                    Some(Ok((rx, note))) => {
+                        if let Some(calls) = tools.calls.as_mut() {
+                            calls.waits.push((call_id, rx, note));
+                        }
+                    }
                     _ => {
                         let answer = self
                             .proto
@@ -338,7 +353,7 @@ impl Watch {
             Step::Log(level, text) => {
                 // Escaped, so that it stays one line of the supervisor's log (only when that
                 // log is written: the arguments are evaluated then).
-                tracing::info!(agent = %self.agent_name(), pid = self.pid, level = ?level, "{}", bounds::escape(&text));
+                tracing::info!(agent = %self.agent_name(), pid = self.guard.pid(), level = ?level, "{}", bounds::escape(&text));
                 if self.spec.notes.is_some() {
                     self.log_batch.push(super::LogLine { level, text });
                 }
@@ -406,7 +421,7 @@ impl Watch {
     fn fire(&mut self, (due, why): (Instant, ExitReason)) -> Verdict {
         self.spec.emit(|| AttemptEvent::Watchdog {
             agent: self.agent_name().to_string(),
-            pid: self.pid,
+            pid: self.guard.pid(),
             reason: why,
             late_us: Instant::now().saturating_duration_since(due).as_micros() as u64,
         });
@@ -417,13 +432,16 @@ impl Watch {
     fn sample(&mut self, now: Instant, early: Duration) {
         let agent = &self.spec.agent;
         let under_init = agent.namespaces.contains(&crate::config::Namespace::Pid);
-        if let Some(s) = self
-            .health
-            .sample(self.pid, under_init, now, early, agent.sample_interval)
-        {
+        if let Some(s) = self.health.sample(
+            self.guard.pid(),
+            under_init,
+            now,
+            early,
+            agent.sample_interval,
+        ) {
             self.spec.emit(|| AttemptEvent::Sample {
                 agent: agent.name.clone(),
-                pid: self.pid,
+                pid: self.guard.pid(),
                 rss_kb: s.rss_kb,
                 cpu_ms: s.cpu_ms,
             });
@@ -450,107 +468,117 @@ impl Watch {
     }
 
     /// The event loop: frames, exit, watchdogs, tool results, stop requests.
-    pub(super) async fn run(&mut self, stop: watch::Receiver<Option<ExitReason>>) -> Verdict {
-        // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
-        // comes closer, but not later on every frame: when it fires early, the loop re-arms
-        // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
-        // on the beat pipe no wake-up at all: beats are read when the timer fires).
-        let sleep = tokio::time::sleep_until(self.next_wake().into());
-        tokio::pin!(sleep);
-        let mut stop_wait = StopWait::new(stop);
-        loop {
-            self.proto
-                .set_blocked(self.wire.backpressured(), Instant::now());
-            self.wire.watch_up(&self.poller);
-            let wake_at = self.next_wake();
-            if wake_at < sleep.deadline().into_std() {
-                sleep.as_mut().reset(wake_at.into());
-            }
-            // Checked here as well as by the timer: an agent flooding frames keeps the read
-            // branch ready, and must not keep its watchdog from firing.
-            if let Some(due) = self.overdue() {
-                return self.fire(due);
-            }
-            let wake =
-                std::future::poll_fn(|cx| self.poll_wake(cx, &mut stop_wait, sleep.as_mut())).await;
-            match wake {
-                Wake::Up => {
-                    let now = Instant::now();
-                    let state = match self.wire.read_available(4) {
-                        Ok(state) => state,
-                        Err(e) => return Verdict::violation(e),
-                    };
-                    if let Some(v) = self.handle_buffered(now) {
-                        return v;
-                    }
-                    self.wire.settle();
-                    if state == ReadState::Eof {
-                        self.wire.up_open = false;
-                        // (Whole frames held back by backpressure are no truncation.)
-                        if !self.wire.backpressured() {
-                            if let Err(e) = self.wire.decoder.finish() {
-                                // The writer end closed mid-frame: usually the agent died
-                                // while writing; its exit tells more.
-                                self.truncated = Some(e.to_string());
+    ///
+    /// (An `async` block rather than an `async fn`: each idle agent keeps this future, and an
+    /// `async fn` would keep its arguments twice.)
+    pub(super) fn run(
+        &mut self,
+        mut stop_wait: StopWait,
+    ) -> impl Future<Output = Verdict> + Send + '_ {
+        async move {
+            // One timer per attempt in the runtime's wheel. It is moved earlier when a deadline
+            // comes closer, but not later on every frame: when it fires early, the loop re-arms
+            // it for the real deadline. A heartbeat therefore costs no timer operation (and a beat
+            // on the beat pipe no wake-up at all: beats are read when the timer fires).
+            let sleep = tokio::time::sleep_until(self.next_wake().into());
+            tokio::pin!(sleep);
+            loop {
+                self.proto
+                    .set_blocked(self.wire.backpressured(), Instant::now());
+                self.wire.watch_up(&self.poller);
+                let wake_at = self.next_wake();
+                if wake_at < sleep.deadline().into_std() {
+                    sleep.as_mut().reset(wake_at.into());
+                }
+                // Checked here as well as by the timer: an agent flooding frames keeps the read
+                // branch ready, and must not keep its watchdog from firing.
+                if let Some(due) = self.overdue() {
+                    return self.fire(due);
+                }
+                let wake =
+                    std::future::poll_fn(|cx| self.poll_wake(cx, &mut stop_wait, sleep.as_mut()))
+                        .await;
+                match wake {
+                    Wake::Up => {
+                        let now = Instant::now();
+                        let state = match self.wire.read_available(4) {
+                            Ok(state) => state,
+                            Err(e) => return Verdict::violation(e),
+                        };
+                        if let Some(v) = self.handle_buffered(now) {
+                            return v;
+                        }
+                        self.wire.settle();
+                        if state == ReadState::Eof {
+                            self.wire.up_open = false;
+                            // (Whole frames held back by backpressure are no truncation.)
+                            if !self.wire.backpressured() {
+                                if let Err(e) = self.wire.decoder.finish() {
+                                    // The writer end closed mid-frame: usually the agent died
+                                    // while writing; its exit tells more.
+                                    self.truncated = Some(e.to_string());
+                                }
                             }
                         }
+                        self.sample(now, Duration::ZERO);
                     }
-                    self.sample(now, Duration::ZERO);
-                }
-                Wake::Tool(call_id, result, note) => {
-                    // Sent first; traced and noted (the journal's note built) after.
-                    let now = Instant::now();
-                    let answer = Down::ToolResult(ToolResult { call_id, result });
-                    self.wire.send(&answer, &self.poller);
-                    if let Down::ToolResult(r) = answer {
-                        self.proto.answered(call_id, r.result, now, note.get());
+                    Wake::Tool(call_id, result, note) => {
+                        // Sent first; traced and noted (the journal's note built) after.
+                        let now = Instant::now();
+                        let answer = Down::ToolResult(ToolResult { call_id, result });
+                        self.wire.send(&answer, &self.poller);
+                        if let Down::ToolResult(r) = answer {
+                            self.proto.answered(call_id, r.result, now, note.get());
+                        }
                     }
-                }
-                Wake::Writable => {
-                    self.wire.flush(&self.poller);
-                    // The agent read: frames held back meanwhile are handled now.
-                    if let Some(v) = self.handle_buffered(Instant::now()) {
-                        return v;
+                    Wake::Writable => {
+                        self.wire.flush(&self.poller);
+                        // The agent read: frames held back meanwhile are handled now.
+                        if let Some(v) = self.handle_buffered(Instant::now()) {
+                            return v;
+                        }
                     }
-                }
-                Wake::Logs(ready) => {
-                    self.logs.read(ready, &self.spec.agent.name, self.pid);
-                }
-                Wake::Exited => return Verdict::exited(),
-                Wake::Stop(reason) => {
-                    let (say, verdict) = self.proto.on_stop(reason);
-                    if let Some(msg) = say {
-                        self.wire.send(&msg, &self.poller);
+                    Wake::Logs(ready) => {
+                        self.logs
+                            .read(ready, &self.spec.agent.name, self.guard.pid());
                     }
-                    return verdict;
-                }
-                Wake::Timer => {
-                    // Re-check: events (and beats, read now) may have moved the deadline. The
-                    // beats are read even when the wake-up came early (on the grid), so that
-                    // an agent that is alive is not woken for again at its exact deadline.
-                    self.beats.absorb(&mut self.proto);
-                    if let Some(due) = self.overdue() {
-                        return self.fire(due);
+                    Wake::Exited => return Verdict::exited(),
+                    Wake::Stop(reason) => {
+                        let (say, verdict) = self.proto.on_stop(reason);
+                        if let Some(msg) = say {
+                            self.wire.send(&msg, &self.poller);
+                        }
+                        return verdict;
                     }
-                    if let Some(v) = self.cancel_overdue(Instant::now()) {
-                        return v;
+                    Wake::Timer => {
+                        // Re-check: events (and beats, read now) may have moved the deadline. The
+                        // beats are read even when the wake-up came early (on the grid), so that
+                        // an agent that is alive is not woken for again at its exact deadline.
+                        self.beats.absorb(&mut self.proto);
+                        if let Some(due) = self.overdue() {
+                            return self.fire(due);
+                        }
+                        if let Some(v) = self.cancel_overdue(Instant::now()) {
+                            return v;
+                        }
+                        // A sample due within a quarter of its interval is taken now rather than
+                        // with a wake-up of its own.
+                        let quarter = self.spec.agent.sample_interval / 4;
+                        self.sample(Instant::now(), quarter);
+                        sleep.as_mut().reset(self.next_wake().into());
                     }
-                    // A sample due within a quarter of its interval is taken now rather than
-                    // with a wake-up of its own.
-                    let quarter = self.spec.agent.sample_interval / 4;
-                    self.sample(Instant::now(), quarter);
-                    sleep.as_mut().reset(self.next_wake().into());
+                    Wake::Lost(e) => {
+                        let message = format!("watching the agent's process failed: {e}");
+                        return Verdict::ended(ExitReason::Lost, message, true, false);
+                    }
+                    Wake::Task(None) => {
+                        let message =
+                            "service agent no longer wanted (its queue closed)".to_string();
+                        return Verdict::ended(ExitReason::Shutdown, message, false, true);
+                    }
+                    Wake::Task(Some(task)) => self.start_service_task(task, Instant::now()),
+                    Wake::Cancel => self.cancel_task(Instant::now()),
                 }
-                Wake::Lost(e) => {
-                    let message = format!("watching the agent's process failed: {e}");
-                    return Verdict::ended(ExitReason::Lost, message, true, false);
-                }
-                Wake::Task(None) => {
-                    let message = "service agent no longer wanted (its queue closed)".to_string();
-                    return Verdict::ended(ExitReason::Shutdown, message, false, true);
-                }
-                Wake::Task(Some(task)) => self.start_service_task(task, Instant::now()),
-                Wake::Cancel => self.cancel_task(Instant::now()),
             }
         }
     }
@@ -591,12 +619,14 @@ impl Watch {
                 return Poll::Ready(Wake::Cancel);
             }
         }
-        let waits = &mut self.tools.waits;
-        for i in 0..waits.len() {
-            if let Poll::Ready(r) = Pin::new(&mut waits[i].1).poll(cx) {
-                let (id, _, note) = waits.swap_remove(i);
-                let r = r.unwrap_or_else(|_| Err(Protocol::broker_dropped()));
-                return Poll::Ready(Wake::Tool(id, r, note));
+        if let Some(calls) = self.tools.calls.as_mut() {
+            let waits = &mut calls.waits;
+            for i in 0..waits.len() {
+                if let Poll::Ready(r) = Pin::new(&mut waits[i].1).poll(cx) {
+                    let (id, _, note) = waits.swap_remove(i);
+                    let r = r.unwrap_or_else(|_| Err(Protocol::broker_dropped()));
+                    return Poll::Ready(Wake::Tool(id, r, note));
+                }
             }
         }
         if ready.has(Ready::DOWN) {

@@ -8,11 +8,11 @@
 use super::bounds;
 use super::poller::{Poller, Ready};
 use super::protocol::Protocol;
-use super::with_scratch;
+use super::{read_scratch, SCRATCH_LEN};
 use corral_proto::beat::{monotonic_ns, BEAT_LEN};
 use corral_proto::frame::{self, FrameDecoder};
 use corral_proto::Down;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 /// The pipes to and from the agent.
@@ -152,29 +152,26 @@ impl Wire {
             return Ok(ReadState::Eof);
         };
         let decoder = &mut self.decoder;
-        with_scratch(|c| {
-            let chunk = &mut c[..16 * 1024];
-            for _ in 0..max_chunks {
-                // Refuse a too-large length, or a too-large tool call, before reading its
-                // payload.
-                decoder.wanted().map_err(frame_error)?;
-                bounds::check_head(decoder.peek_head()).map_err(|e| e.to_string())?;
-                match nix::unistd::read(up.as_raw_fd(), chunk) {
-                    Ok(0) => return Ok(ReadState::Eof),
-                    Ok(n) => {
-                        decoder.push(&chunk[..n]);
-                        if n < chunk.len() {
-                            // A short read proves the pipe empty.
-                            return Ok(ReadState::Drained);
-                        }
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => return Ok(ReadState::Drained),
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(frame_error(std::io::Error::from(e).into())),
+        for _ in 0..max_chunks {
+            // Refuse a too-large length, or a too-large tool call, before reading its payload.
+            decoder.wanted().map_err(frame_error)?;
+            bounds::check_head(decoder.peek_head()).map_err(|e| e.to_string())?;
+            let state = read_scratch(up.as_fd(), CHUNK, |r| match r {
+                Ok([]) => Ok(Some(ReadState::Eof)),
+                Ok(read) => {
+                    decoder.push(read);
+                    // A short read proves the pipe empty.
+                    Ok((read.len() < CHUNK).then_some(ReadState::Drained))
                 }
+                Err(rustix::io::Errno::AGAIN) => Ok(Some(ReadState::Drained)),
+                Err(rustix::io::Errno::INTR) => Ok(None),
+                Err(e) => Err(frame_error(std::io::Error::from(e).into())),
+            })?;
+            if let Some(state) = state {
+                return Ok(state);
             }
-            Ok(ReadState::More)
-        })
+        }
+        Ok(ReadState::More)
     }
 
     /// Give back the decoder's room once every frame in it is handled (an idle agent's frames
@@ -185,6 +182,9 @@ impl Wire {
         }
     }
 }
+
+/// The most read of the up pipe at once: a frame's head is checked between reads.
+const CHUNK: usize = 16 * 1024;
 
 /// What one bounded read found.
 #[derive(PartialEq)]
@@ -220,38 +220,54 @@ impl Beats {
 
     /// Read the beats waiting (a few bounded reads, never blocking) into `proto`.
     pub(super) fn absorb(&mut self, proto: &mut Protocol) {
-        let Some(raw) = self.fd.as_ref().map(|f| f.as_raw_fd()) else {
+        let Some(fd) = self.fd.as_ref().map(|f| f.as_fd()) else {
             return;
         };
         let now = Instant::now();
         let Some(mono_now) = monotonic_ns() else {
             return;
         };
-        with_scratch(|c| {
-            // A pipe holds 64 KiB by default: a couple of reads drain it.
-            for _ in 0..4 {
-                let (rest, kept) = self.rest;
-                c[..kept].copy_from_slice(&rest[..kept]);
-                let n = match nix::unistd::read(raw, &mut c[kept..]) {
-                    Ok(n) if n > 0 => n,
-                    _ => return, // empty (EAGAIN), or the agent closed its end
+        // A pipe holds 64 KiB by default: a couple of reads drain it.
+        for _ in 0..4 {
+            let rest = &mut self.rest;
+            let more = read_scratch(fd, SCRATCH_LEN, |r| {
+                let Ok(read) = r else {
+                    return false; // empty (EAGAIN)
                 };
-                let total = kept + n;
-                let whole = total - total % BEAT_LEN;
-                for rec in c[..whole].chunks_exact(BEAT_LEN) {
+                if read.is_empty() {
+                    return false; // the agent closed its end
+                }
+                let mut data = read;
+                // A record cut short by the last read first.
+                let (kept, n) = (rest.1, read.len());
+                if kept > 0 {
+                    let need = (BEAT_LEN - kept).min(data.len());
+                    rest.0[kept..kept + need].copy_from_slice(&data[..need]);
+                    rest.1 += need;
+                    data = &data[need..];
+                    if rest.1 == BEAT_LEN {
+                        let (progress, at_ns) = corral_proto::beat::decode(&rest.0);
+                        proto.on_beat(progress, at_ns, now, mono_now);
+                        rest.1 = 0;
+                    }
+                }
+                let whole = data.len() - data.len() % BEAT_LEN;
+                for rec in data[..whole].chunks_exact(BEAT_LEN) {
                     let mut r = [0u8; BEAT_LEN];
                     r.copy_from_slice(rec);
                     let (progress, at_ns) = corral_proto::beat::decode(&r);
                     proto.on_beat(progress, at_ns, now, mono_now);
                 }
-                let mut rest = [0u8; BEAT_LEN];
-                rest[..total - whole].copy_from_slice(&c[whole..total]);
-                self.rest = (rest, total - whole);
-                if n < c.len() - kept {
-                    return; // a short read: the pipe is empty
-                }
+                let tail = &data[whole..];
+                rest.0[rest.1..rest.1 + tail.len()].copy_from_slice(tail);
+                rest.1 += tail.len();
+                // A short read: the pipe is empty.
+                n == SCRATCH_LEN
+            });
+            if !more {
+                return;
             }
-        });
+        }
     }
 }
 

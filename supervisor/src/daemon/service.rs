@@ -40,16 +40,20 @@ impl ServiceAgent {
         let (stop, _) = watch::channel(None);
         let running = Arc::new(tokio::sync::Semaphore::new(0));
         let mut instances = Vec::new();
+        // One sink of `Log` lines for all the instances (each attempt keeps a handle).
+        let notes = daemon.log_notes(&spec.name);
         for i in 0..spec.instances {
-            let info = Arc::new(Mutex::new(InstanceInfo::new(&spec.name, i)));
+            let info = Arc::new(Mutex::new(InstanceInfo::new(i)));
             instances.push(info.clone());
-            let d = daemon.clone();
-            let (spec, rx, stop_rx, running) =
-                (spec.clone(), rx.clone(), stop.subscribe(), running.clone());
-            tokio::spawn(async move {
-                instance_loop(d, spec, i, rx, info, stop_rx).await;
-                running.add_permits(1);
-            });
+            let me = Instance {
+                daemon: daemon.clone(),
+                spec: spec.clone(),
+                index: i,
+                rx: rx.clone(),
+                info,
+                notes: notes.clone(),
+            };
+            tokio::spawn(instance_loop(me, stop.subscribe(), running.clone()));
         }
         ServiceAgent {
             queue,
@@ -127,82 +131,108 @@ fn offer(queue: &async_channel::Sender<ServiceTask>, task: ServiceTask) -> Resul
         .map_err(|_| AgentError::new("shutdown", "the service agent is stopped", true))
 }
 
-/// One instance: attempts one after another, with the agent's backoff between failures.
-async fn instance_loop(
+/// What one instance's loop keeps for its whole life.
+struct Instance {
     daemon: Arc<Daemon>,
     spec: Arc<AgentSpec>,
     index: u32,
     rx: async_channel::Receiver<ServiceTask>,
     info: Arc<Mutex<InstanceInfo>>,
+    notes: crate::child::Notes,
+}
+
+/// One instance: attempts one after another, with the agent's backoff between failures;
+/// `running` gets a permit back when it ends.
+///
+/// (A function returning an `async` block, not an `async fn`: a thousand idle instances each
+/// keep this future in their task, and an `async fn` would keep its arguments twice, as
+/// arguments and as the locals they are moved to. The task is allocated in steps of 128
+/// bytes; this one fits 512.)
+fn instance_loop(
+    me: Instance,
     mut stop: watch::Receiver<Option<ExitReason>>,
-) {
-    let mut backoff = Backoff::new(spec.backoff.clone());
-    let mut attempt = 0u32;
-    let run_id = format!("svc-{}-{}-{}", spec.name, index, std::process::id());
-    loop {
-        if stop.borrow().is_some() || rx.is_closed() && rx.is_empty() {
-            break;
-        }
-        let Some(_slot) = daemon.agent_slot().await else {
-            break;
-        };
-        // The launch's turn is taken here, before the attempt's start is made: a burst of
-        // instances waiting for turns then holds no starts (~1.7 KiB each, freed in between
-        // the instances' long-lived state, where the supervisor would keep their room).
-        let turn = crate::child::launch_turn().await;
-        // (A drain asked for meanwhile launches nothing more.)
-        if stop.borrow().is_some() {
-            break;
-        }
-        attempt += 1;
-        let notes = daemon.log_notes(&spec.name);
-        let started = Instant::now();
-        // Each event is observed where it happens (no channel kept per instance).
-        let sink = {
-            let (daemon, info) = (daemon.clone(), info.clone());
-            EventSink::Call(Arc::new(move |ev| observe(&daemon, &info, &ev, started)))
-        };
-        let out = daemon
-            .sup
-            .service_attempt(
-                spec.clone(),
-                run_id.clone(),
-                attempt,
-                rx.clone(),
-                Some(sink),
-                Some(notes),
-                stop.clone(),
-                turn,
-            )
-            .await;
-        let ran_for = started.elapsed();
-        let stopping = stop.borrow().is_some();
-        // Settled apart: nothing of the attempt's end (its record is large) is kept in this
-        // loop's state across the backoff's wait, for the instance's whole life.
-        let Some(reason) = settle(&daemon, &spec, &info, &rx, out, stopping) else {
-            break;
-        };
-        drop(_slot);
-        backoff.on_healthy_run(ran_for);
-        let delay = backoff.next_delay(0.5);
-        {
-            let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
-            i.restarts += 1;
-            i.backoff_until = Some(Instant::now() + delay);
-        }
-        daemon.metrics.restarted(&spec.name);
-        tracing::info!(agent = %spec.name, instance = index, %reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
-        // A zero backoff restarts at once: even a timer of zero waits for the next tick.
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stop.wait_for(|s| s.is_some()) => break,
+    running: Arc<tokio::sync::Semaphore>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        // (Its fields used where they are, not moved to locals: a local would be a copy.)
+        let mut backoff = Backoff::new(&me.spec.backoff);
+        let mut attempt = 0u32;
+        loop {
+            if stop.borrow().is_some() || me.rx.is_closed() && me.rx.is_empty() {
+                break;
+            }
+            let Some(_slot) = me.daemon.agent_slot().await else {
+                break;
+            };
+            // The launch's turn is taken here, before the attempt's start is made: a burst of
+            // instances waiting for turns then holds no starts (~1.7 KiB each, freed in between
+            // the instances' long-lived state, where the supervisor would keep their room).
+            let turn = crate::child::launch_turn().await;
+            // (A drain asked for meanwhile launches nothing more.)
+            if stop.borrow().is_some() {
+                break;
+            }
+            attempt += 1;
+            let started = Instant::now();
+            // Each event is observed where it happens (no channel kept per instance).
+            let sink = {
+                let (daemon, info) = (me.daemon.clone(), me.info.clone());
+                EventSink::Call(Arc::new(move |ev| observe(&daemon, &info, &ev, started)))
+            };
+            let run_id = format!("svc-{}-{}-{}", me.spec.name, me.index, std::process::id());
+            let out = me
+                .daemon
+                .sup
+                .service_attempt(
+                    me.spec.clone(),
+                    run_id,
+                    attempt,
+                    me.rx.clone(),
+                    Some(sink),
+                    Some(me.notes.clone()),
+                    stop.clone(),
+                    turn,
+                )
+                .await;
+            let ran_for = started.elapsed();
+            let stopping = stop.borrow().is_some();
+            // Settled apart: nothing of the attempt's end (its record is large) is kept in this
+            // loop's state across the backoff's wait, for the instance's whole life.
+            let Some(reason) = settle(&me.daemon, &me.spec, &me.info, &me.rx, out, stopping) else {
+                break;
+            };
+            drop(_slot);
+            backoff.on_healthy_run(ran_for);
+            let delay = backoff.next_delay(0.5);
+            {
+                let mut i = me.info.lock().unwrap_or_else(|p| p.into_inner());
+                i.restarts += 1;
+                i.backoff_until = Some(Instant::now() + delay);
+            }
+            me.daemon.metrics.restarted(&me.spec.name);
+            tracing::info!(agent = %me.spec.name, instance = me.index, %reason, backoff_ms = delay.as_millis() as u64, "service agent restarting");
+            // A zero backoff restarts at once: even a timer of zero waits for the next tick.
+            // (The wait boxed: the instance's future would otherwise keep its room, twice
+            // that of the rest, for its whole life.)
+            if !delay.is_zero() {
+                let stopped = Box::pin(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => false,
+                        _ = stop.wait_for(|s| s.is_some()) => true,
+                    }
+                });
+                if stopped.await {
+                    break;
+                }
             }
         }
+        {
+            let mut i = me.info.lock().unwrap_or_else(|p| p.into_inner());
+            i.state = InstanceState::Stopped;
+            i.pid = None;
+        }
+        running.add_permits(1);
     }
-    let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
-    i.state = InstanceState::Stopped;
-    i.pid = None;
 }
 
 /// An attempt's end, `out`: its record published, its task in flight requeued or answered, its
@@ -255,7 +285,7 @@ fn settle(
     {
         let mut i = info.lock().unwrap_or_else(|p| p.into_inner());
         i.pid = None;
-        i.last_exit = Some(rec.reason.as_str().to_string());
+        i.last_exit = Some(rec.reason);
         i.state = InstanceState::Backoff;
     }
     if stopping || rec.reason == ExitReason::Shutdown && rx.is_closed() {
@@ -298,11 +328,11 @@ fn observe(daemon: &Daemon, info: &Mutex<InstanceInfo>, ev: &AttemptEvent, start
             daemon.metrics.spawn_ready(started.elapsed());
         }
         AttemptEvent::Sample { rss_kb, cpu_ms, .. } => {
-            i.rss_kb = Some(*rss_kb);
+            i.rss_kb = Some(u32::try_from(*rss_kb).unwrap_or(u32::MAX));
             i.cpu_ms = *cpu_ms;
         }
         AttemptEvent::Watchdog { reason, .. } => {
-            i.last_exit = Some(reason.as_str().to_string());
+            i.last_exit = Some(*reason);
         }
         AttemptEvent::Exited(_) => {}
     }

@@ -6,7 +6,7 @@ use super::service::ServiceAgent;
 use crate::child::{AttemptEvent, Note, Notes, ServiceTask, TaskState};
 use crate::control::Approvals;
 use crate::health::Metrics;
-use crate::{ExitRecord, StopHandle, Supervisor};
+use crate::{ExitReason, ExitRecord, StopHandle, Supervisor};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,25 +54,25 @@ impl InstanceState {
     }
 }
 
-/// One service instance as `ps` shows it.
+/// One service instance as `ps` shows it (kept for each instance: its agent's name is its
+/// service's, its sizes are no larger than they need to be).
 #[derive(Debug, Clone)]
 pub(crate) struct InstanceInfo {
-    pub agent: String,
     pub index: u32,
     pub state: InstanceState,
     pub pid: Option<i32>,
     pub since: Instant,
     pub restarts: u64,
-    pub last_exit: Option<String>,
-    pub rss_kb: Option<u64>,
+    pub last_exit: Option<ExitReason>,
+    /// KiB (a `u32` holds 4 TiB).
+    pub rss_kb: Option<u32>,
     pub cpu_ms: Option<u64>,
     pub backoff_until: Option<Instant>,
 }
 
 impl InstanceInfo {
-    pub fn new(agent: &str, index: u32) -> InstanceInfo {
+    pub fn new(index: u32) -> InstanceInfo {
         InstanceInfo {
-            agent: agent.to_string(),
             index,
             state: InstanceState::Starting,
             pid: None,
@@ -279,11 +279,11 @@ impl Daemon {
                     .backoff_until
                     .map(|t| t.saturating_duration_since(now).as_millis() as u64);
                 rows.push(serde_json::json!({
-                    "name": format!("{}#{}", i.agent, i.index),
-                    "agent": i.agent, "instance": i.index, "service": true,
+                    "name": format!("{name}#{}", i.index),
+                    "agent": name, "instance": i.index, "service": true,
                     "state": i.state.as_str(), "pid": i.pid,
                     "uptime_s": i.pid.map(|_| now.saturating_duration_since(i.since).as_secs()),
-                    "restarts": i.restarts, "last_exit_reason": i.last_exit,
+                    "restarts": i.restarts, "last_exit_reason": i.last_exit.as_ref().map(ExitReason::as_str),
                     "rss_kb": i.rss_kb, "cpu_ms": i.cpu_ms, "breaker": breaker,
                     "backoff_ms": backoff_ms,
                 }));

@@ -17,20 +17,23 @@
 //! above `max`. The config refuses nonsense settings up front (with their place in the file);
 //! [`Backoff`] itself copes with any.
 
+use std::borrow::Borrow;
 use std::time::Duration;
 
 use super::BackoffConfig;
 
-/// The backoff state of one task (or one agent's restart loop).
+/// The backoff state of one task (or one agent's restart loop). It holds its settings (`C`
+/// = [`BackoffConfig`]) or borrows them (`&BackoffConfig`: a loop that keeps its agent's spec
+/// anyway keeps 16 bytes instead of 72).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
-    cfg: BackoffConfig,
+pub struct Backoff<C: Borrow<BackoffConfig> = BackoffConfig> {
+    cfg: C,
     attempts: u32,
 }
 
-impl Backoff {
+impl<C: Borrow<BackoffConfig>> Backoff<C> {
     /// A fresh sequence: the next delay is `initial` (give or take jitter).
-    pub fn new(cfg: BackoffConfig) -> Self {
+    pub fn new(cfg: C) -> Self {
         Backoff { cfg, attempts: 0 }
     }
 
@@ -51,17 +54,18 @@ impl Backoff {
     /// The delay retry `k` (0-based) would get with jitter sample `rand01`, without counting it.
     /// Pure; [`Backoff::next_delay`] is this with `k` the delays handed out so far.
     pub fn delay_for(&self, k: u32, rand01: f64) -> Duration {
-        let max = self.cfg.max;
+        let cfg = self.cfg.borrow();
+        let max = cfg.max;
         // u128 -> f64 is lossy only past 2^53 ns (~104 days), and rounds, never panics.
         let max_ns = max.as_nanos() as f64;
-        let initial_ns = self.cfg.initial.as_nanos() as f64;
+        let initial_ns = cfg.initial.as_nanos() as f64;
 
         // A NaN or negative factor has no meaning: grow by 1 (constant delays). A factor in
         // [0, 1) shrinks the delays; the config refuses it, but it is well defined.
-        let factor = if self.cfg.factor.is_nan() || self.cfg.factor < 0.0 {
+        let factor = if cfg.factor.is_nan() || cfg.factor < 0.0 {
             1.0
         } else {
-            self.cfg.factor
+            cfg.factor
         };
         // powf saturates to +inf rather than overflowing; 0^0 = inf^0 = 1.
         let growth = factor.powf(f64::from(k));
@@ -72,10 +76,10 @@ impl Backoff {
         };
         let nominal = if nominal < max_ns { nominal } else { max_ns };
 
-        let jitter = if self.cfg.jitter.is_nan() {
+        let jitter = if cfg.jitter.is_nan() {
             0.0
         } else {
-            self.cfg.jitter.clamp(0.0, 1.0)
+            cfg.jitter.clamp(0.0, 1.0)
         };
         let r = if rand01.is_nan() {
             0.5
@@ -108,7 +112,7 @@ impl Backoff {
     /// `reset_after` counts as healthy and starts the sequence over (so `reset_after = 0` resets
     /// after every run). Returns whether it started over.
     pub fn on_healthy_run(&mut self, ran_for: Duration) -> bool {
-        if ran_for >= self.cfg.reset_after {
+        if ran_for >= self.cfg.borrow().reset_after {
             self.reset();
             true
         } else {

@@ -410,7 +410,7 @@ pub(crate) async fn turn() -> Turn {
     Turn {
         _permit: TURNS
             // (At least one: with no spawner thread, a launch goes on to fail there.)
-            .get_or_init(|| tokio::sync::Semaphore::new((2 * Spawner::global().threads()).max(1)))
+            .get_or_init(|| tokio::sync::Semaphore::new((2 * Spawner::global().capacity()).max(1)))
             .acquire()
             .await
             .ok(),

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{none, v1, v2, CgroupError};
 
@@ -52,18 +52,21 @@ impl AgentInner {
 #[derive(Debug)]
 pub(crate) struct AgentCgroup {
     inner: AgentInner,
-    name: String,
-    /// Set once the directories are gone: the last counters read before removal.
-    removed: Mutex<Option<Stats>>,
+    /// (Shared with the leaf, which names its directories by it.)
+    name: Arc<str>,
+    /// Set once the directories are gone: the last counters read before removal. (Boxed, as
+    /// the fds below: an attempt keeps its cgroup for its agent's whole life, and these only
+    /// at its start or end.)
+    removed: Mutex<Option<Box<Stats>>>,
     /// Attach fds opened ahead of time (see [`AgentCgroup::open_attach_ahead`]).
-    attach_ahead: Mutex<Option<Vec<OwnedFd>>>,
+    attach_ahead: Mutex<Option<Box<[OwnedFd]>>>,
     /// Set once a process may have been put inside (attach fds handed out, or an attach).
     used: AtomicBool,
 }
 
 impl AgentCgroup {
     /// The cgroup(s) of leaf `name`; `used` when a process may be inside already.
-    pub(super) fn new(inner: AgentInner, name: String, used: bool) -> AgentCgroup {
+    pub(super) fn new(inner: AgentInner, name: Arc<str>, used: bool) -> AgentCgroup {
         AgentCgroup {
             inner,
             name,
@@ -90,7 +93,7 @@ impl AgentCgroup {
     pub fn attach_fds(&self) -> Result<Vec<OwnedFd>, CgroupError> {
         self.used.store(true, Ordering::Relaxed);
         if let Some(fds) = self.attach_ahead.lock().ok().and_then(|mut a| a.take()) {
-            return Ok(fds);
+            return Ok(fds.into_vec());
         }
         self.open_attach_fds()
     }
@@ -101,7 +104,7 @@ impl AgentCgroup {
     pub fn open_attach_ahead(&self) -> Result<(), CgroupError> {
         let fds = self.open_attach_fds()?;
         if let Ok(mut a) = self.attach_ahead.lock() {
-            *a = Some(fds);
+            *a = Some(fds.into_boxed_slice());
         }
         Ok(())
     }
@@ -204,8 +207,8 @@ impl AgentCgroup {
 
     fn stats(&self) -> Stats {
         let removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
-        match *removed {
-            Some(stats) => stats,
+        match removed.as_deref() {
+            Some(stats) => *stats,
             None => self.inner.stats(),
         }
     }
@@ -252,7 +255,7 @@ impl AgentCgroup {
             AgentInner::V1(l) => l.remove()?,
             AgentInner::None(_) => {}
         }
-        *removed = Some(stats);
+        *removed = Some(Box::new(stats));
         Ok(())
     }
 
@@ -280,7 +283,7 @@ impl Drop for AgentCgroup {
             // Emptying it waits for its processes to go: not on a runtime thread.
             let rest = AgentCgroup {
                 inner: std::mem::replace(&mut self.inner, AgentInner::None(none::NoneLeaf)),
-                name: std::mem::take(&mut self.name),
+                name: self.name.clone(),
                 removed: Mutex::new(None),
                 attach_ahead: Mutex::new(None),
                 used: AtomicBool::new(true),

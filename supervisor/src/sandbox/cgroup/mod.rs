@@ -386,13 +386,13 @@ impl Cgroups {
         limits: &CgroupLimits,
     ) -> Result<AgentCgroup, CgroupError> {
         validate(limits)?;
-        let leaf = leaf_name(self.owner, name);
+        let leaf: std::sync::Arc<str> = leaf_name(self.owner, name).into();
         let inner = match &self.inner {
             Inner::V2(v2) => AgentInner::V2(v2.create(&leaf, limits)?),
             Inner::V1(v1) => AgentInner::V1(v1.create(&leaf, limits)?),
             Inner::None => AgentInner::None(none::NoneLeaf),
         };
-        tracing::debug!(leaf, paths = ?inner.paths(), "cgroup created");
+        tracing::debug!(leaf = &*leaf, paths = ?inner.paths(), "cgroup created");
         Ok(AgentCgroup::new(inner, leaf, false))
     }
 
@@ -414,12 +414,13 @@ impl Cgroups {
             if owner == self.owner || !owner.is_gone() {
                 continue;
             }
+            let name: std::sync::Arc<str> = leaf.as_str().into();
             let inner = match &self.inner {
                 Inner::V2(v2) => AgentInner::V2(v2.leaf(&leaf)),
-                Inner::V1(v1) => AgentInner::V1(v1.leaf(&leaf)),
+                Inner::V1(v1) => AgentInner::V1(v1.leaf(&name)),
                 Inner::None => unreachable!("returned above"),
             };
-            let cgroup = AgentCgroup::new(inner, leaf.clone(), true);
+            let cgroup = AgentCgroup::new(inner, name, true);
             let killed = match cgroup.kill_all() {
                 Ok(n) => n,
                 Err(e) => {

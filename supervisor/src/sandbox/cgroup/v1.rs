@@ -149,10 +149,10 @@ pub(super) fn probe(
 
 impl V1 {
     /// The (not yet created) leaf `name` in every hierarchy.
-    pub(super) fn leaf(self: &Arc<Self>, name: &str) -> Leaf {
+    pub(super) fn leaf(self: &Arc<Self>, name: &Arc<str>) -> Leaf {
         Leaf {
             v1: self.clone(),
-            name: name.into(),
+            name: name.clone(),
         }
     }
 
@@ -160,7 +160,7 @@ impl V1 {
     /// this call made are removed again (never ones that already existed).
     pub(super) fn create(
         self: &Arc<Self>,
-        name: &str,
+        name: &Arc<str>,
         limits: &CgroupLimits,
     ) -> Result<Leaf, CgroupError> {
         let leaf = self.leaf(name);
@@ -204,7 +204,7 @@ impl V1 {
 #[derive(Debug)]
 pub(super) struct Leaf {
     v1: Arc<V1>,
-    name: Box<str>,
+    name: Arc<str>,
 }
 
 impl Leaf {

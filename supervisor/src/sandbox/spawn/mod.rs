@@ -154,6 +154,13 @@ impl Namespaces {
 }
 
 impl SpawnSpec {
+    /// Whether the child waits more than it runs before its `exec` (its spawner thread waiting
+    /// with it): it builds a mount namespace or makes a network namespace, whose set-up waits
+    /// for RCU grace periods. More spawner threads than cores help such spawns only.
+    pub(super) fn waits(&self) -> bool {
+        self.ns.mount || self.ns.mount_join || self.ns.net_own
+    }
+
     /// A process running `program` (looked up in PATH when it has no `/`).
     pub fn new(program: impl Into<PathBuf>) -> Self {
         SpawnSpec {

@@ -7,8 +7,12 @@
 //! hundred µs each way (measured at a service agent's restart: 70–140 µs to reach the spawner,
 //! 75–80 µs back); a thread on the caller's own CPU is woken without one. A lane whose threads
 //! are all busy passes the job to the least busy lane, so a burst from one caller still uses
-//! every core. The threads number four per core the supervisor may use (a CPU quota counts),
-//! spread over the lanes. The child takes back the mask of the thread that asked for it as its
+//! every core. A lane starts with one thread and grows, up to four per core the supervisor
+//! may use (a CPU quota counts) spread over the lanes, when a spawn whose child mostly waits
+//! (see `THREADS_PER_CORE`) finds its threads busy: spawns that only run (no mount or network
+//! namespace) gain nothing from more threads than cores, and a daemon keeping a thousand
+//! plain agents keeps two threads, not eight (each keeps its stack and its allocator's arena).
+//! The child takes back the mask of the thread that asked for it as its
 //! first step (see `child.rs`), read at each spawn, so agents run wherever the supervisor may
 //! now (a mask or cpuset changed since start included).
 
@@ -25,7 +29,7 @@ type Job = (
 );
 
 /// Spawner threads per core the supervisor may use (`available_parallelism`, which honours a
-/// CPU quota), spread over the lanes. A spawn keeps its thread suspended until the child has
+/// CPU quota), spread over the lanes, for spawns whose child mostly waits. A spawn keeps its thread suspended until the child has
 /// built its sandbox and exec'd (`CLONE_VFORK`), and much of that time the child waits rather
 /// than runs (the unmount of the host's tree waits for an RCU grace period, which concurrent
 /// unmounts share), so several spawns at once overlap their waits. (Measured with the fan-out
@@ -33,11 +37,16 @@ type Job = (
 /// as with 1, on 2 cores.)
 const THREADS_PER_CORE: usize = 4;
 
-/// The threads of one CPU (how many started), and the jobs given to them and not yet done.
+/// The threads of one CPU (how many started, how many it may have), and the jobs given to
+/// them and not yet done.
 struct Lane {
     cpu: Option<usize>,
-    threads: usize,
+    threads: AtomicUsize,
+    max: usize,
+    /// The mask a child takes back when its caller's could not be read.
+    whole: Option<libc::cpu_set_t>,
     tx: Mutex<mpsc::Sender<Job>>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     pending: Arc<AtomicUsize>,
 }
 
@@ -46,10 +55,18 @@ impl Lane {
         self.pending.load(Ordering::Relaxed)
     }
 
+    fn threads(&self) -> usize {
+        self.threads.load(Ordering::Relaxed)
+    }
+
     /// Hand `job` to this lane's threads: `None` once they have it, the job back when none is
-    /// left to take it.
+    /// left to take it. A job whose child mostly waits, finding every thread busy, starts one
+    /// more (up to the lane's most).
     fn offer(&self, job: Job) -> Option<Job> {
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let pending = self.pending.fetch_add(1, Ordering::Relaxed);
+        if job.0.waits() && pending >= self.threads() {
+            self.grow();
+        }
         let back = match self.tx.lock() {
             Ok(tx) => tx.send(job).err().map(|e| e.0),
             Err(_) => Some(job),
@@ -58,6 +75,29 @@ impl Lane {
             self.pending.fetch_sub(1, Ordering::Relaxed);
         }
         back
+    }
+
+    /// Start one more thread, unless the lane has its most.
+    fn grow(&self) {
+        let mut n = self.threads();
+        while n < self.max {
+            match self
+                .threads
+                .compare_exchange(n, n + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if let Err(e) = start_thread(self.cpu, self.whole, &self.rx, &self.pending) {
+                        self.threads.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "cannot start spawner thread {n} for CPU {:?}: {e}",
+                            self.cpu
+                        );
+                    }
+                    return;
+                }
+                Err(now) => n = now,
+            }
+        }
     }
 }
 
@@ -103,9 +143,9 @@ impl Spawner {
         }
     }
 
-    /// How many spawner threads run.
-    pub fn threads(&self) -> usize {
-        self.lanes.iter().map(|l| l.threads).sum()
+    /// How many spawner threads there may be.
+    pub fn capacity(&self) -> usize {
+        self.lanes.iter().map(|l| l.max).sum()
     }
 
     /// Spawn on a spawner thread and wait (asynchronously) for the result.
@@ -133,59 +173,65 @@ impl Spawner {
             .ok()
             .and_then(|c| self.lanes.iter().find(|l| l.cpu == Some(c)));
         match local {
-            Some(l) if l.pending() < l.threads => Some(l),
+            Some(l) if l.pending() < l.threads() => Some(l),
             _ => self
                 .lanes
                 .iter()
-                .min_by_key(|l| (l.pending().saturating_sub(l.threads), l.pending())),
+                .min_by_key(|l| (l.pending().saturating_sub(l.threads()), l.pending())),
         }
     }
 }
 
-/// Start `threads` spawner threads on `cpu` (pinned; `None`: unpinned). Their children take
-/// back the asking thread's mask, or `whole` when it could not be read. `None` when no thread
-/// could be started.
-fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, threads: usize) -> Option<Lane> {
+/// A lane for `cpu` (its threads pinned there; `None`: unpinned) of one thread, that may grow
+/// to `max`. Their children take back the asking thread's mask, or `whole` when it could not
+/// be read. `None` when no thread could be started.
+fn lane(cpu: Option<usize>, whole: Option<libc::cpu_set_t>, max: usize) -> Option<Lane> {
     let (tx, rx) = mpsc::channel::<Job>();
-    let rx = Arc::new(Mutex::new(rx));
-    let pending = Arc::new(AtomicUsize::new(0));
-    let mut started = 0;
-    for i in 0..threads {
-        let (rx, pending) = (rx.clone(), pending.clone());
-        let thread = std::thread::Builder::new()
-            .name("corral-spawner".into())
-            .spawn(move || {
-                // Pinned, children start here and take a whole mask back; if pinning fails, each
-                // spawn narrows and restores around its clone instead (`spawn_now`).
-                let pinned = cpu.is_some_and(pin_to);
-                NARROWED.set(narrow_bounding_set());
-                let mut stack = ChildStack::new();
-                loop {
-                    // The lock is held only to take the next job, never across a spawn.
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok((spec, mask, reply)) = job else { break };
-                    let restore = if pinned { mask.or(whole) } else { None };
-                    let out = spawn_now(spec, &mut stack, restore);
-                    pending.fetch_sub(1, Ordering::Relaxed);
-                    let _ = reply.send(out);
-                }
-            });
-        match thread {
-            Ok(_) => started += 1,
-            // The lane's other threads take its jobs; a lane with none is left out (spawns go
-            // to the others; with no lane at all they fail with `SpawnerGone`).
-            Err(e) => tracing::warn!("cannot start spawner thread {i} for CPU {cpu:?}: {e}"),
-        }
-    }
-    (started > 0).then(|| Lane {
+    let lane = Lane {
         cpu,
-        threads: started,
+        threads: AtomicUsize::new(0),
+        max,
+        whole,
         tx: Mutex::new(tx),
-        pending,
-    })
+        rx: Arc::new(Mutex::new(rx)),
+        pending: Arc::new(AtomicUsize::new(0)),
+    };
+    lane.grow();
+    // The lane's other threads take its jobs; a lane with none is left out (spawns go to the
+    // others; with no lane at all they fail with `SpawnerGone`).
+    (lane.threads() > 0).then_some(lane)
+}
+
+/// Start a spawner thread taking the jobs of `rx` (see [`lane`]).
+fn start_thread(
+    cpu: Option<usize>,
+    whole: Option<libc::cpu_set_t>,
+    rx: &Arc<Mutex<mpsc::Receiver<Job>>>,
+    pending: &Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let (rx, pending) = (rx.clone(), pending.clone());
+    std::thread::Builder::new()
+        .name("corral-spawner".into())
+        .spawn(move || {
+            // Pinned, children start here and take a whole mask back; if pinning fails, each
+            // spawn narrows and restores around its clone instead (`spawn_now`).
+            let pinned = cpu.is_some_and(pin_to);
+            NARROWED.set(narrow_bounding_set());
+            let mut stack = ChildStack::new();
+            loop {
+                // The lock is held only to take the next job, never across a spawn.
+                let job = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => break,
+                };
+                let Ok((spec, mask, reply)) = job else { break };
+                let restore = if pinned { mask.or(whole) } else { None };
+                let out = spawn_now(spec, &mut stack, restore);
+                pending.fetch_sub(1, Ordering::Relaxed);
+                let _ = reply.send(out);
+            }
+        })
+        .map(drop)
 }
 
 /// The calling thread's CPU mask.
