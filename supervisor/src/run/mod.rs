@@ -471,27 +471,31 @@ impl Supervisor {
     ) -> impl Future<Output = Result<CallOutcome, RunError>> + Send + 'a {
         // Prepared before the future is made, and the call boxed: what a call keeps while its
         // agent runs is held once (an async fn would keep its arguments beside what it made
-        // of them, for the whole call).
-        let prepared = self.prepare(agent, input, opts);
+        // of them, for the whole call). The future's own room is its largest state's, and
+        // it keeps that room for the whole call: every state but the one that waits for an
+        // attempt is boxed, its room taken only while it lasts (a thousand calls at once each
+        // keep ~200 bytes here instead of ~900).
+        let prepared = self.prepare(agent, input, opts).map_err(Box::new);
         async move {
-            let mut call = prepared?;
+            let mut call = prepared.map_err(|e| *e)?;
             // The record of a retried attempt, queued for the journal with the next attempt's
             // start once that attempt's process exists (see `call::Deferred`), and awaited
             // beside the attempt; or now, when no attempt follows.
-            let mut ended = None;
+            let mut ended: Option<Box<crate::journal::Entry>> = None;
             loop {
                 if let Err(refusal) = call.admit() {
                     if let Some(e) = ended.take() {
-                        call.journal_now(e).await?;
+                        Box::pin(call.journal_now(*e)).await?;
                     }
                     return Box::pin(call.end(refusal, None)).await;
                 }
+                let (attempt, deferred) = call.attempt(ended.take().map(|e| *e));
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
-                let out = match call.attempt(ended.take()) {
-                    (attempt, None) => Box::new(attempt.await),
-                    (attempt, Some((held, rx))) => {
+                let out = match deferred {
+                    None => Box::new(attempt.await),
+                    Some((held, rx)) => {
                         // A journal that fails the commit ends the call: the attempt is dropped
                         // (its guard kills and reaps the process).
                         let attempt = async {
@@ -507,18 +511,19 @@ impl Supervisor {
                                 Err(_) => Ok(()),
                             }
                         };
-                        tokio::try_join!(attempt, durable)?.0
+                        Box::pin(async { tokio::try_join!(attempt, durable) })
+                            .await?
+                            .0
                     }
                 };
-                match call.after(*out) {
+                let delay = match call.after(*out) {
                     // Boxed, as the attempt is: the end moves the call into its own state,
                     // which would otherwise be kept beside every attempt.
                     Next::End(rec, done) => return Box::pin(call.end(rec, done)).await,
-                    Next::Retry(delay) => {
-                        ended = call.retried_entry();
-                        call.back_off(delay).await
-                    }
-                }
+                    Next::Retry(delay) => delay,
+                };
+                ended = call.retried_entry().map(Box::new);
+                Box::pin(call.back_off(delay)).await;
             }
         }
     }
