@@ -471,6 +471,10 @@ impl Watch {
     ///
     /// (An `async` block rather than an `async fn`: each idle agent keeps this future, and an
     /// `async fn` would keep its arguments twice.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
     pub(super) fn run(
         &mut self,
         mut stop_wait: StopWait,

@@ -275,3 +275,54 @@ impl Beats {
 pub(super) fn frame_error(e: corral_proto::FrameError) -> String {
     format!("{} ({})", e, e.kind())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::child::{Note, Notes, TaskInput};
+    use std::sync::{Arc, Mutex};
+
+    /// Beat records cut across reads (as only a misbehaving agent writes them) are put back
+    /// together: each counted once, none made up, the last progress the last record's.
+    #[test]
+    fn beats_cut_across_reads_are_each_counted_once() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        super::super::poller::set_nonblocking(r.as_fd()).expect("nonblocking");
+        let mut beats = Beats::new(r);
+        let agent = Arc::new(crate::config::AgentSpec::builtin(
+            "a",
+            vec!["/bin/true".into()],
+        ));
+        let task = TaskInput {
+            task_id: 1,
+            input: Arc::new(corral_proto::Value::Null),
+            memory: Vec::new(),
+        };
+        let seen = Arc::new(Mutex::new(None));
+        let s = seen.clone();
+        let notes: Notes = Arc::new(move |n| {
+            if let Note::Summary {
+                heartbeats,
+                progress,
+            } = n
+            {
+                *s.lock().expect("lock") = Some((heartbeats, progress));
+            }
+        });
+        let mut proto =
+            Protocol::new(agent, task, 1 << 16, false, Instant::now()).with_notes(Some(notes));
+        let at = monotonic_ns().expect("monotonic clock");
+        let records: Vec<u8> = (1..=4u64)
+            .flat_map(|p| corral_proto::beat::encode(p, at))
+            .collect();
+        // Two records and a half; one byte more; the rest.
+        for part in [&records[..40], &records[40..41], &records[41..]] {
+            nix::unistd::write(&w, part).expect("write");
+            beats.absorb(&mut proto);
+        }
+        // Nothing waiting: nothing more counted.
+        beats.absorb(&mut proto);
+        proto.finish();
+        assert_eq!(*seen.lock().expect("lock"), Some((4, 4)));
+    }
+}

@@ -148,6 +148,10 @@ struct Instance {
 /// keep this future in their task, and an `async fn` would keep its arguments twice, as
 /// arguments and as the locals they are moved to. The task is allocated in steps of 128
 /// bytes; this one fits 512.)
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
 fn instance_loop(
     me: Instance,
     mut stop: watch::Receiver<Option<ExitReason>>,

@@ -316,4 +316,33 @@ mod tests {
         let none = Spawner { lanes: Vec::new() };
         assert!(matches!(run_true(&none), Err(SpawnError::SpawnerGone)));
     }
+
+    /// A lane starts with one thread; spawns that only run never add one; it grows one at a
+    /// time to its most, and no further.
+    #[test]
+    fn a_lane_starts_with_one_thread_and_grows_to_its_most() {
+        let sp = Spawner {
+            lanes: lane(None, None, 3).into_iter().collect(),
+        };
+        assert_eq!(sp.lanes[0].threads(), 1);
+        assert_eq!(sp.capacity(), 3);
+        // Four at once: the later ones find the thread busy (most likely), and start none.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let spawn = || sp.spawn(SpawnSpec::new("/bin/true"));
+        let all = rt.block_on(async { tokio::join!(spawn(), spawn(), spawn(), spawn()) });
+        for spawned in [all.0, all.1, all.2, all.3] {
+            let pid = spawned.expect("spawned").pid;
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        assert_eq!(sp.lanes[0].threads(), 1, "a plain spawn started a thread");
+        for want in [2, 3, 3] {
+            sp.lanes[0].grow();
+            assert_eq!(sp.lanes[0].threads(), want);
+        }
+        for _ in 0..4 {
+            run_true(&sp).expect("spawned by the grown lane");
+        }
+    }
 }
