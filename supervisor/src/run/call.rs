@@ -296,8 +296,9 @@ impl<'s> Call<'s> {
     /// one), and an attempt of an agent that calls no agents has no router beside it.
     ///
     /// `ended`: the record of the attempt before, when it was retried: queued with this
-    /// attempt's start once its process exists (see [`Deferred`]).
-    pub(super) fn attempt(&self, ended: Option<Entry>) -> Attempt<'_> {
+    /// attempt's start once its process exists (see [`Deferred`]). `turn`: the launch's turn,
+    /// taken before the attempt is made (see `Supervisor::call`).
+    pub(super) fn attempt(&self, ended: Option<Entry>, turn: child::Turn) -> Attempt<'_> {
         let attempt_no = self.attempt_no();
         let sup = self.sup;
         let (started, notes) = self.notes(attempt_no);
@@ -343,11 +344,12 @@ impl<'s> Call<'s> {
             .clone()
             .unwrap_or_else(|| self.sup.default_tools());
         if !agents::calls_agents(&self.spec) {
-            let attempt = child::run_attempt(aspec, task, Some(tools), self.stop.clone(), None);
+            let attempt =
+                child::run_attempt(aspec, task, Some(tools), self.stop.clone(), Some(turn));
             return (Box::pin(attempt), deferred);
         }
         // Agent calls are answered here; every other call goes on to the broker.
-        (Box::pin(self.routed(aspec, task, tools)), deferred)
+        (Box::pin(self.routed(aspec, task, tools, turn)), deferred)
     }
 
     /// An attempt of an agent that may call agents: its calls routed, agent calls answered
@@ -357,9 +359,10 @@ impl<'s> Call<'s> {
         aspec: AttemptSpec,
         task: TaskInput,
         tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
+        turn: child::Turn,
     ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
-        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), None);
+        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), Some(turn));
         tokio::pin!(attempt);
         let task_name = self
             .opts

@@ -489,7 +489,12 @@ impl Supervisor {
                     }
                     return Box::pin(call.end(refusal, None)).await;
                 }
-                let (attempt, deferred) = call.attempt(ended.take().map(|e| *e));
+                // The launch's turn taken before the attempt is made, as a service instance
+                // does: a burst of calls waiting for turns then holds no attempts' starts
+                // (~1.7 KiB each, which would be freed one by one in between the long-lived
+                // state of the agents started meanwhile, where the allocator keeps their room).
+                let turn = Box::pin(child::launch_turn()).await;
+                let (attempt, deferred) = call.attempt(ended.take().map(|e| *e), turn);
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
                 // attempt.
