@@ -695,11 +695,18 @@ fn attempts_that_declare_the_same_contract_share_one_copy() {
     );
     let d = super::shared("contract-sharing-2", contract());
     assert!(!Arc::ptr_eq(&a, &d), "one per agent type");
-    // Through the conversation: a service agent's Ready keeps the shared copy.
+    // Through the conversation: a service agent's Ready keeps the shared copy. (An agent type
+    // of this test's own: the other tests, running meanwhile, declare other contracts for
+    // theirs, each replacing the one kept.)
     let t0 = Instant::now();
-    let mut p = fresh(t0);
+    let spec = Arc::new(AgentSpec::builtin(
+        "contract-sharing-3",
+        vec!["/bin/true".into()],
+    ));
+    let fresh = || Protocol::new(spec.clone(), task(input()), MAX_FRAME, true, t0);
+    let mut p = fresh();
     let _ = p.on_frame(ready(contract()), t0);
-    let mut q = fresh(t0);
+    let mut q = fresh();
     let _ = q.on_frame(ready(contract()), t0);
     let (pc, qc) = (
         p.contract.clone().expect("kept"),
