@@ -291,14 +291,21 @@ impl<'s> Call<'s> {
             .map_err(|(reason, message)| refuse(reason, message))
     }
 
+    /// Whether the attempt's launch turn is taken before the attempt is made: not for an agent
+    /// that gets warm stems, whose attempt may take one and launch nothing (it would wait
+    /// behind the cold launches of a burst for a turn it does not use).
+    pub(super) fn turn_first(&self) -> bool {
+        !self.sup.stems.wants(&self.spec)
+    }
+
     /// Run the next attempt (its start journalled now). Boxed, and no larger than it needs:
     /// a call keeps this future for as long as its agent runs (a thousand idle agents each keep
     /// one), and an attempt of an agent that calls no agents has no router beside it.
     ///
     /// `ended`: the record of the attempt before, when it was retried: queued with this
     /// attempt's start once its process exists (see [`Deferred`]). `turn`: the launch's turn,
-    /// taken before the attempt is made (see `Supervisor::call`).
-    pub(super) fn attempt(&self, ended: Option<Entry>, turn: child::Turn) -> Attempt<'_> {
+    /// when taken before the attempt is made (see [`Call::turn_first`]).
+    pub(super) fn attempt(&self, ended: Option<Entry>, turn: Option<child::Turn>) -> Attempt<'_> {
         let attempt_no = self.attempt_no();
         let sup = self.sup;
         let (started, notes) = self.notes(attempt_no);
@@ -344,8 +351,7 @@ impl<'s> Call<'s> {
             .clone()
             .unwrap_or_else(|| self.sup.default_tools());
         if !agents::calls_agents(&self.spec) {
-            let attempt =
-                child::run_attempt(aspec, task, Some(tools), self.stop.clone(), Some(turn));
+            let attempt = child::run_attempt(aspec, task, Some(tools), self.stop.clone(), turn);
             return (Box::pin(attempt), deferred);
         }
         // Agent calls are answered here; every other call goes on to the broker.
@@ -359,10 +365,10 @@ impl<'s> Call<'s> {
         aspec: AttemptSpec,
         task: TaskInput,
         tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
-        turn: child::Turn,
+        turn: Option<child::Turn>,
     ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
-        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), Some(turn));
+        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), turn);
         tokio::pin!(attempt);
         let task_name = self
             .opts

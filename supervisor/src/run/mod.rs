@@ -493,7 +493,10 @@ impl Supervisor {
                 // does: a burst of calls waiting for turns then holds no attempts' starts
                 // (~1.7 KiB each, which would be freed one by one in between the long-lived
                 // state of the agents started meanwhile, where the allocator keeps their room).
-                let turn = Box::pin(child::launch_turn()).await;
+                let turn = match call.turn_first() {
+                    true => Some(Box::pin(child::launch_turn()).await),
+                    false => None,
+                };
                 let (attempt, deferred) = call.attempt(ended.take().map(|e| *e), turn);
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole

@@ -140,7 +140,7 @@ impl StemPool {
     }
 
     /// Whether `agent` gets stems at all: `prewarm` on, a pid namespace, and the pool enabled.
-    fn wants(&self, agent: &AgentSpec) -> bool {
+    pub(crate) fn wants(&self, agent: &AgentSpec) -> bool {
         agent.prewarm
             && agent.namespaces.contains(&crate::config::Namespace::Pid)
             && !self.disabled.load(std::sync::atomic::Ordering::Relaxed)
