@@ -319,7 +319,7 @@ impl Watch {
                         note: note.clone(),
                     };
                     match tx.try_send(req) {
-                        Ok(()) => Ok((rx, note)),
+                        Ok(()) => {}
                         // The owner is busy (its channel full): the call waits for room, as
                         // any call waits for its answer, instead of failing. What waits so is
                         // bounded by the agent's outstanding calls.
@@ -330,23 +330,18 @@ impl Watch {
                                 // reply, which answers the call `unavailable`.
                                 let _ = tx.send(req).await;
                             });
-                            Ok((rx, note))
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return false,
                     }
+                    calls.waits.push((call_id, rx, note));
+                    true
                 });
-                match sent {
-                    Some(Ok((rx, note))) => {
-                        if let Some(calls) = tools.calls.as_mut() {
-                            calls.waits.push((call_id, rx, note));
-                        }
-                    }
-                    _ => {
-                        let answer = self
-                            .proto
-                            .answer(call_id, Err(Protocol::broker_gone()), now);
-                        self.wire.send(&answer, &self.poller);
-                    }
+                // No broker, or it is gone: the call is answered now.
+                if sent != Some(true) {
+                    let answer = self
+                        .proto
+                        .answer(call_id, Err(Protocol::broker_gone()), now);
+                    self.wire.send(&answer, &self.poller);
                 }
                 None
             }

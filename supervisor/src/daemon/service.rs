@@ -168,10 +168,8 @@ fn instance_loop(
             let Some(_slot) = me.daemon.agent_slot().await else {
                 break;
             };
-            // The launch's turn is taken here, before the attempt's start is made: a burst of
-            // instances waiting for turns then holds no starts (~1.7 KiB each, freed in between
-            // the instances' long-lived state, where the supervisor would keep their room).
-            let turn = crate::child::launch_turn().await;
+            // The launch's turn, taken before the attempt is made (`Supervisor::early_turn`).
+            let turn = me.daemon.sup.early_turn(&me.spec).await;
             // (A drain asked for meanwhile launches nothing more.)
             if stop.borrow().is_some() {
                 break;

@@ -291,11 +291,10 @@ impl<'s> Call<'s> {
             .map_err(|(reason, message)| refuse(reason, message))
     }
 
-    /// Whether the attempt's launch turn is taken before the attempt is made: not for an agent
-    /// that gets warm stems, whose attempt may take one and launch nothing (it would wait
-    /// behind the cold launches of a burst for a turn it does not use).
-    pub(super) fn turn_first(&self) -> bool {
-        !self.sup.stems.wants(&self.spec)
+    /// The launch's turn for the next attempt, taken before it is made (see
+    /// [`Supervisor::early_turn`]).
+    pub(super) async fn early_turn(&self) -> Option<child::Turn> {
+        self.sup.early_turn(&self.spec).await
     }
 
     /// Run the next attempt (its start journalled now). Boxed, and no larger than it needs:
@@ -304,7 +303,7 @@ impl<'s> Call<'s> {
     ///
     /// `ended`: the record of the attempt before, when it was retried: queued with this
     /// attempt's start once its process exists (see [`Deferred`]). `turn`: the launch's turn,
-    /// when taken before the attempt is made (see [`Call::turn_first`]).
+    /// when taken before the attempt is made (see [`Call::early_turn`]).
     pub(super) fn attempt(&self, ended: Option<Entry>, turn: Option<child::Turn>) -> Attempt<'_> {
         let attempt_no = self.attempt_no();
         let sup = self.sup;

@@ -428,7 +428,7 @@ impl Supervisor {
         events: Option<child::EventSink>,
         notes: Option<child::Notes>,
         stop: tokio::sync::watch::Receiver<Option<ExitReason>>,
-        turn: child::Turn,
+        turn: Option<child::Turn>,
     ) -> impl Future<Output = child::AttemptOutcome> + Send {
         let aspec = child::AttemptSpec {
             agent: spec,
@@ -444,7 +444,20 @@ impl Supervisor {
             task: None,
             on_spawn: None,
         };
-        child::run_service_attempt(aspec, Some(self.default_tools()), stop, Some(turn))
+        child::run_service_attempt(aspec, Some(self.default_tools()), stop, turn)
+    }
+
+    /// The launch's turn for an attempt of `spec`, taken before the attempt is made: a burst of
+    /// attempts waiting for turns then holds no attempts' starts (~1.7 KiB each, which would
+    /// be freed one by one in between the long-lived state of the agents started meanwhile,
+    /// where the allocator keeps their room). `None` for an agent that gets warm stems: its
+    /// attempt may take one and launch nothing, and would wait behind a burst's cold launches
+    /// for a turn it does not use (the launch takes one when it needs it).
+    pub(crate) async fn early_turn(&self, spec: &AgentSpec) -> Option<child::Turn> {
+        match self.stems.wants(spec) {
+            true => None,
+            false => Some(child::launch_turn().await),
+        }
     }
 
     /// The circuit breaker's state of `agent` now: `closed`, `open` or `half_open`.
@@ -489,14 +502,7 @@ impl Supervisor {
                     }
                     return Box::pin(call.end(refusal, None)).await;
                 }
-                // The launch's turn taken before the attempt is made, as a service instance
-                // does: a burst of calls waiting for turns then holds no attempts' starts
-                // (~1.7 KiB each, which would be freed one by one in between the long-lived
-                // state of the agents started meanwhile, where the allocator keeps their room).
-                let turn = match call.turn_first() {
-                    true => Some(Box::pin(child::launch_turn()).await),
-                    false => None,
-                };
+                let turn = Box::pin(call.early_turn()).await;
                 let (attempt, deferred) = call.attempt(ended.take().map(|e| *e), turn);
                 // Boxed: the outcome outlives the attempt's future, which would otherwise keep
                 // a hole of its size beside that future in every call's state for the whole
