@@ -223,7 +223,7 @@ async fn direct_round(sup: Arc<Supervisor>, broker: &Arc<Broker>, c: &mut Counts
     for _ in 0..WIDTH {
         let s = sup.clone();
         let opts = CallOptions {
-            tools: Some(tx.clone()),
+            tools: Some(tx.clone().into()),
             ..Default::default()
         };
         set.spawn(async move { s.call("chaos", tools_input(CALLS), opts).await });

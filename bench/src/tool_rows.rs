@@ -1,23 +1,25 @@
 //! Row 10: a tool call's round trip through the broker. A real `chaos` agent makes N `fs.list`
-//! calls of its workspace in one task (`{"do":"tools"}`); every call goes up the pipe, through
-//! the attempt, to a [`Broker`] (made from the config, as `corral call` makes it) which executes
-//! it (`dedup = false`, so none is served from the trace) and answers down the pipe. The
-//! baseline is a raw frame round trip in the same run: a `ToolCall` frame written by one thread
-//! on a pipe, decoded by another, which writes the same `ToolResult` back on a second pipe.
+//! calls of its workspace in one task (`{"do":"tools","timed":true}`), timing each from before
+//! the call to its result; every call goes up the pipe to the attempt, which hands it to the
+//! [`Broker`] (made from the config, as `corral call` makes it, and called in the attempt's own
+//! task as `corral call` calls it: `ToolSink::Broker`), which executes it (`dedup = false`, so
+//! none is served from the trace) and answers down the pipe. The baseline is a raw frame round
+//! trip in the same run: a thread encodes a `ToolCall` frame on a pipe and waits for the
+//! `ToolResult` that another thread, which decoded the call, writes back on a second pipe;
+//! timed the same way, by the calling side.
 
 use crate::harness::{self, Env};
 use crate::raw;
 use crate::stats::{self, fig, p50, p99, Figure, Row, Section, Unit};
 use anyhow::{anyhow, bail, Result};
 use corral::tools::Broker;
-use corral::{CallOptions, Supervisor, ToolRequest};
+use corral::{CallOptions, Supervisor};
 use corral_proto::frame::{self, FrameReader};
 use corral_proto::{Down, ToolCall, ToolResult, Up, Value};
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Row 1's agent keys, `fs.list` granted, and the tool executed at every call.
 pub fn tool_keys(plain: &str) -> String {
@@ -43,37 +45,42 @@ pub fn tool_results(out: &Value) -> (usize, Option<Value>) {
 
 /// What one task of `n` calls gave.
 struct Run {
-    /// The instant each `ToolRequest` reached the bench (the owner of the broker).
-    stamps: Vec<Instant>,
-    /// Time in `Broker::dispatch` per call (permission, execution and reply when answered at
-    /// once; else until its task was spawned).
-    handled: Vec<Duration>,
+    /// Each call's round trip, as the agent timed it.
+    trips: Vec<Duration>,
     /// The value the first call returned.
     first: Value,
 }
 
-/// One task of `n` calls through `broker`.
-async fn corral_run(sup: Arc<Supervisor>, broker: Arc<Broker>, n: usize) -> Result<Run, String> {
-    let (tx, mut rx) = mpsc::channel::<ToolRequest>(64);
+/// One task of `n` timed calls through `broker`: called in the attempt's task, or with
+/// `channel` through the channel [`Broker::serve`] reads (a task of its own).
+async fn corral_run(
+    sup: Arc<Supervisor>,
+    broker: Arc<Broker>,
+    n: usize,
+    channel: bool,
+) -> Result<Run, String> {
+    let mut serving = None;
+    let sink = if channel {
+        let (tx, task) = broker.serve();
+        serving = Some(task);
+        tx.into()
+    } else {
+        broker.into()
+    };
     let opts = CallOptions {
-        tools: Some(tx),
+        tools: Some(sink),
         ..Default::default()
     };
-    let call = sup.call("chaos", tools_input(n), opts);
-    let serve = async move {
-        let mut stamps = Vec::with_capacity(n);
-        let mut handled = Vec::with_capacity(n);
-        while let Some(req) = rx.recv().await {
-            stamps.push(Instant::now());
-            // As `Broker::serve` does: answered at once when nothing waits, else on a task.
-            let t = Instant::now();
-            broker.dispatch(req);
-            handled.push(t.elapsed());
-        }
-        (stamps, handled)
-    };
-    let (out, (stamps, handled)) = tokio::join!(call, serve);
-    let out = out.map_err(|e| e.to_string())?;
+    let mut input = tools_input(n).to_json();
+    input["timed"] = serde_json::Value::Bool(true);
+    let out = sup
+        .call("chaos", Value::from_json(&input), opts)
+        .await
+        .map_err(|e| e.to_string());
+    if let Some(task) = serving {
+        task.abort();
+    }
+    let out = out?;
     let Some(output) = out.output.as_ref() else {
         return Err(out
             .last()
@@ -81,30 +88,36 @@ async fn corral_run(sup: Arc<Supervisor>, broker: Arc<Broker>, n: usize) -> Resu
             .unwrap_or_else(|| "no attempt".into()));
     };
     let (ok, first) = tool_results(output);
-    if ok != n || stamps.len() != n {
-        return Err(format!(
-            "{ok} of {n} calls ok, {} reached the broker",
-            stamps.len()
-        ));
+    let trips: Vec<Duration> = output.to_json()["ns"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter_map(serde_json::Value::as_u64)
+                .map(Duration::from_nanos)
+                .collect()
+        })
+        .unwrap_or_default();
+    if ok != n || trips.len() != n {
+        return Err(format!("{ok} of {n} calls ok, {} timed", trips.len()));
     }
     Ok(Run {
-        stamps,
-        handled,
+        trips,
         first: first.unwrap_or(Value::Null),
     })
 }
 
 /// The raw baseline: `n` round trips between two threads over two pipes, the "agent" thread
-/// encoding each `ToolCall` as the SDK does and waiting for its `ToolResult`; the instants at
-/// which the "supervisor" side decoded each call.
-fn raw_run(n: usize, reply: &Value) -> Result<Vec<Instant>> {
+/// encoding each `ToolCall` as the SDK does and timing it until its `ToolResult` is decoded.
+fn raw_run(n: usize, reply: &Value) -> Result<Vec<Duration>> {
     let (up_r, up_w) = raw::pipe()?;
     let (down_r, down_w) = raw::pipe()?;
     let args = Value::from_json(&serde_json::json!({"path": "."}));
-    let agent = std::thread::spawn(move || -> Result<()> {
+    let agent = std::thread::spawn(move || -> Result<Vec<Duration>> {
         let mut up = File::from(up_w);
         let mut down = FrameReader::new(File::from(down_r));
+        let mut trips = Vec::with_capacity(n);
         for call_id in 1..=n as u64 {
+            let t0 = Instant::now();
             let bytes = frame::encode(&Up::ToolCall(ToolCall {
                 call_id,
                 tool: "fs.list".into(),
@@ -117,14 +130,14 @@ fn raw_run(n: usize, reply: &Value) -> Result<Vec<Instant>> {
                 }
                 other => bail!("expected the ToolResult of call {call_id}, got {other:?}"),
             }
+            trips.push(t0.elapsed());
         }
-        Ok(())
+        Ok(trips)
     });
-    let mut stamps = Vec::with_capacity(n);
     let mut up = FrameReader::new(File::from(up_r));
     let mut down = File::from(down_w);
+    let mut answered = 0;
     while let Some(msg) = up.read_frame::<Up>()? {
-        stamps.push(Instant::now());
         let Up::ToolCall(call) = msg else {
             bail!("expected a ToolCall");
         };
@@ -133,26 +146,28 @@ fn raw_run(n: usize, reply: &Value) -> Result<Vec<Instant>> {
             result: Ok(reply.clone()),
         }))?;
         down.write_all(&bytes)?;
-        if stamps.len() == n {
+        answered += 1;
+        if answered == n {
             break;
         }
     }
     drop(down);
-    agent
+    let trips = agent
         .join()
         .map_err(|_| anyhow!("raw agent thread panicked"))??;
-    if stamps.len() != n {
-        bail!("{} of {n} raw round trips", stamps.len());
+    if trips.len() != n {
+        bail!("{} of {n} raw round trips", trips.len());
     }
-    Ok(stamps)
+    Ok(trips)
 }
 
-/// Round trips (consecutive arrivals) and the rate over one run.
-fn split(stamps: &[Instant], trips: &mut Vec<Duration>) -> f64 {
-    trips.extend(stamps.windows(2).map(|w| w[1] - w[0]));
-    match (stamps.first(), stamps.last()) {
-        (Some(a), Some(b)) if b > a => (stamps.len() - 1) as f64 / (*b - *a).as_secs_f64(),
-        _ => f64::NAN,
+/// Calls per second over one run of `trips` made back to back.
+fn rate(trips: &[Duration]) -> f64 {
+    let total: Duration = trips.iter().sum();
+    if total.is_zero() {
+        f64::NAN
+    } else {
+        trips.len() as f64 / total.as_secs_f64()
     }
 }
 
@@ -163,15 +178,24 @@ pub fn row10(env: &Env, sec: &mut Section) -> Result<()> {
     let text = harness::config_text("chaos", &env.chaos, &keys)?;
     let sup = harness::supervisor(env, &text, false)?;
     let broker = Arc::new(Broker::for_supervisor(&sup.sup));
-    let (mut trips, mut rates, mut handled) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut trips, mut rates) = (Vec::new(), Vec::new());
     let (mut raw_trips, mut raw_rates) = (Vec::new(), Vec::new());
+    let mut channel_trips = Vec::new();
     let mut failure = None;
     for _ in 0..runs {
-        let r = env.run(corral_run(sup.sup.clone(), broker.clone(), n))?;
+        // The same calls through `Broker::serve`'s channel, alternating with the rest.
+        match env.run(corral_run(sup.sup.clone(), broker.clone(), n, true))? {
+            Ok(run) => channel_trips.extend(run.trips),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        let r = env.run(corral_run(sup.sup.clone(), broker.clone(), n, false))?;
         let reply = match r {
             Ok(run) => {
-                rates.push(split(&run.stamps, &mut trips));
-                handled.extend(run.handled);
+                rates.push(rate(&run.trips));
+                trips.extend(run.trips);
                 run.first
             }
             Err(e) => {
@@ -179,8 +203,9 @@ pub fn row10(env: &Env, sec: &mut Section) -> Result<()> {
                 break;
             }
         };
-        let stamps = raw_run(n, &reply)?;
-        raw_rates.push(split(&stamps, &mut raw_trips));
+        let raw = raw_run(n, &reply)?;
+        raw_rates.push(rate(&raw));
+        raw_trips.extend(raw);
     }
     let corral_fig = |f: Figure| match &failure {
         Some(e) => Figure::NotMeasured(format!("n/a: {e}")),
@@ -209,28 +234,45 @@ pub fn row10(env: &Env, sec: &mut Section) -> Result<()> {
         .base("raw frame round trips/s", rf(&raw_rates))
         .target("informative", None),
     );
+    sec.rows.push(
+        Row::new(
+            "10c",
+            "tool round trip, broker behind a channel",
+            Unit::Time,
+            corral_fig(fig(&channel_trips)),
+        )
+        .base("10a's (the attempt's task)", fig(&trips))
+        .target("informative", None),
+    );
     sec.note(format!(
-        "10a: chaos {{\"do\":\"tools\"}} making {n} fs.list {{\"path\":\".\"}} calls in one \
-         task, {runs} tasks (row 1's agent keys, journal on, dedup = false so the broker lists \
-         the workspace at every call); a round trip is the time between two consecutive \
-         ToolRequests reaching the bench, which owns the broker (answer → ToolResult down the \
-         pipe → the agent decodes it, encodes the next call → up the pipe → the attempt \
-         relays it); p50 {} p99 {}, of which in Broker::dispatch (permission, listing the \
-         workspace, the reply sent: {} of {} calls answered at once, without a task of their \
-         own) p50 {} p99 {}. Baseline: two threads and two pipes in the bench, the \
-         agent side encoding each ToolCall and blocking on its ToolResult (carrying the value \
-         fs.list returned), timed the same way on the other side; p50 {} p99 {}",
+        "10a: chaos {{\"do\":\"tools\",\"timed\":true}} making {n} fs.list \
+         {{\"path\":\".\"}} calls in one task, {runs} tasks (row 1's agent keys, journal on, \
+         dedup = false so the broker lists the workspace at every call), the broker called in \
+         the attempt's task (`ToolSink::Broker`, as `corral call` and the daemon call theirs); \
+         a round trip is what the agent timed around one call (encoded → up the pipe → the \
+         attempt decodes it, the broker checks and lists the workspace → ToolResult down the \
+         pipe → the SDK's I/O thread decodes it and hands it to the handler); p50 {} p99 {}; \
+         {} of {} calls answered at once, in the attempt's turn. Baseline: two threads and two \
+         pipes in the bench, one encoding each ToolCall and blocking on its ToolResult \
+         (carrying the value fs.list returned), which the other decodes and answers, timed by \
+         the calling side in the same way; p50 {} p99 {}",
         p50(&trips),
         p99(&trips),
         broker.answered_inline(),
-        handled.len(),
-        p50(&handled),
-        p99(&handled),
+        broker.executions(),
         p50(&raw_trips),
         p99(&raw_trips)
     ));
     sec.note(format!(
-        "10b: calls/s = (n − 1) / (first → last ToolRequest) per task; the p99 column is the \
+        "10c: the same tasks with the same broker behind the channel `Broker::serve` reads (an \
+         embedder's own owner, as `CallOptions::tools` may be): each call goes from the \
+         attempt's task to the broker's and its answer back; {runs} tasks, run before each of \
+         10a's; p50 {} p99 {}",
+        p50(&channel_trips),
+        p99(&channel_trips)
+    ));
+    sec.note(format!(
+        "10b: calls/s = calls / the sum of their round trips, per task; the p99 column is the \
          slowest of the {runs} tasks; broker executions {}",
         broker.executions()
     ));

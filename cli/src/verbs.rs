@@ -203,10 +203,9 @@ pub async fn call(
     if approve {
         broker = broker.with_approver(std::sync::Arc::new(TerminalApprover));
     }
-    let (tools, _broker_task) = std::sync::Arc::new(broker).serve();
     let opts = CallOptions {
         stop: Some(stop),
-        tools: Some(tools),
+        tools: Some(std::sync::Arc::new(broker).into()),
         ..Default::default()
     };
     let outcome = match sup.call(agent, Value::from_json(&input), opts).await {

@@ -113,7 +113,7 @@ pub mod sandbox;
 mod stop;
 pub mod tools;
 
-pub use child::{AttemptEvent, CallNote, LogLine, Note, Notes, ToolNote, ToolRequest};
+pub use child::{AttemptEvent, CallNote, LogLine, Note, Notes, ToolNote, ToolRequest, ToolSink};
 pub use config::{AgentSpec, Config, ConfigError};
 pub use corral_proto::Value;
 pub use record::{ExitReason, ExitRecord};

@@ -206,7 +206,7 @@ async fn replay_call(
         run_id: Some(run_id.to_string()),
         attempts_before: attempt.saturating_sub(1),
         memory,
-        tools: Some(tx),
+        tools: Some(tx.into()),
         notes: Some(notes),
         unjournalled: true,
         single_attempt: true,

@@ -739,7 +739,7 @@ async fn pair(
         let a = a.to_string();
         async move {
             let opts = CallOptions {
-                tools: Some(tx),
+                tools: Some(tx.into()),
                 ..Default::default()
             };
             s.call(&a, corral_e2e::input(&serve.to_string()), opts)
@@ -925,7 +925,7 @@ async fn hold(lab: &Lab, agent: &str) -> (i32, ToolRequest, tokio::task::JoinHan
         let agent = agent.to_string();
         async move {
             let opts = CallOptions {
-                tools: Some(tx),
+                tools: Some(tx.into()),
                 events: Some(etx),
                 ..Default::default()
             };

@@ -271,7 +271,7 @@ async fn calls_past_64_outstanding_are_refused() {
         relayed
     });
     let opts = CallOptions {
-        tools: Some(tx),
+        tools: Some(tx.into()),
         ..Default::default()
     };
     let o = s

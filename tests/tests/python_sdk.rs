@@ -100,7 +100,7 @@ fn broker() -> tokio::sync::mpsc::Sender<corral::ToolRequest> {
 
 async fn run_case(s: &corral::Supervisor, agent: &str, json: &str) -> corral::CallOutcome {
     let opts = CallOptions {
-        tools: Some(broker()),
+        tools: Some(broker().into()),
         ..Default::default()
     };
     s.call(agent, input(json), opts).await.expect("known agent")

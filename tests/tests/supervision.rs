@@ -296,7 +296,7 @@ async fn tool_calls_reach_the_owner_and_answers_reach_the_agent() {
         seen
     });
     let opts = |tx: &tokio::sync::mpsc::Sender<_>| CallOptions {
-        tools: Some(tx.clone()),
+        tools: Some(tx.clone().into()),
         ..Default::default()
     };
     let ok = s

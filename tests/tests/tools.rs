@@ -25,7 +25,9 @@ fn toolbox(contract: &str, grant: &str) -> String {
     )
 }
 
-/// Run `agent` on `json` with a broker made by `make`.
+/// Run `agent` on `json`, its tool calls handed to `broker` in the attempt's own task (as
+/// `corral call` and the daemon hand theirs: `ToolSink::Broker`; the channel a broker may
+/// also serve is taken by the tests that say so).
 async fn run(
     sup: &Supervisor,
     broker: Broker,
@@ -33,9 +35,8 @@ async fn run(
     json: Json,
 ) -> (CallOutcome, Arc<Broker>) {
     let broker = Arc::new(broker);
-    let (tx, _task) = broker.serve();
     let opts = CallOptions {
-        tools: Some(tx),
+        tools: Some(broker.clone().into()),
         ..Default::default()
     };
     let out = sup
@@ -367,7 +368,7 @@ async fn a_call_begun_by_a_crashed_attempt_gives_unknown_outcome() {
     let (tx, _task) = broker.serve();
     let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = CallOptions {
-        tools: Some(tx),
+        tools: Some(tx.into()),
         events: Some(ev_tx),
         ..Default::default()
     };
@@ -429,7 +430,7 @@ async fn a_ledger_entry_left_unfinished_is_never_run_again() {
     let broker = Arc::new(Broker::for_supervisor(&sup).with_ledger(ledger.clone()));
     let (tx, _task) = broker.serve();
     let opts = CallOptions {
-        tools: Some(tx),
+        tools: Some(tx.into()),
         run_id: Some("resumed".into()),
         ..Default::default()
     };
@@ -691,7 +692,7 @@ async fn a_call_waits_for_a_busy_broker_instead_of_failing() {
         let sup = sup.clone();
         async move {
             let opts = CallOptions {
-                tools: Some(tx),
+                tools: Some(tx.into()),
                 events: Some(etx),
                 ..Default::default()
             };

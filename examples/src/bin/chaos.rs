@@ -24,7 +24,7 @@
 //! | `{"do":"net","addr":"HOST:PORT"}` | `{"connected":B,"error":S}` |
 //! | `{"do":"read","path":P}` | `{"ok":B,"error":S}` |
 //! | `{"do":"tool","name":T,"args":V}` | the tool's result, or its error |
-//! | `{"do":"tools","calls":[{"tool":T,"args":V},…]}` | makes the calls in order: `{"results":[{"ok":true,"value":V} or {"ok":false,"error":{"kind":K,"message":M}},…]}` |
+//! | `{"do":"tools","calls":[{"tool":T,"args":V},…]}` | makes the calls in order: `{"results":[{"ok":true,"value":V} or {"ok":false,"error":{"kind":K,"message":M}},…]}`; with `"timed":true` also `"ns":[N,…]`, each call's round trip as this agent saw it (from before the call to its result, in nanoseconds) |
 //! | `{"do":"random"}` | `{"n":N}`, N drawn afresh each time (for replay's divergence) |
 //! | `{"do":"remember","notes":[V,…],"echo":V}` | hands the notes downstream; `{"seen":[notes received],"echo":V}` |
 //! | `{"do":"crash_first","echo":V}` | crashes (SIGABRT) on attempt 1, then `{"echo":V,"attempt":N}` |
@@ -252,11 +252,18 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                     ))
                 }
             };
+            let timed = matches!(input.get("timed"), Some(Value::Bool(true)));
             let mut results = Vec::with_capacity(calls.len());
+            let mut ns = Vec::new();
             for call in calls {
                 let tool = arg_str(&call, "tool")?.to_string();
                 let args = call.get("args").cloned().unwrap_or(Value::Null);
-                results.push(match ctx.call_tool(&tool, args) {
+                let t0 = std::time::Instant::now();
+                let result = ctx.call_tool(&tool, args);
+                if timed {
+                    ns.push(Value::Int(t0.elapsed().as_nanos() as i64));
+                }
+                results.push(match result {
                     Ok(value) => Value::map([("ok", Value::Bool(true)), ("value", value)]),
                     Err(e) => Value::map([
                         ("ok", Value::Bool(false)),
@@ -269,6 +276,12 @@ fn handle(ctx: &mut Ctx, input: Value) -> Result<Value, AgentError> {
                         ),
                     ]),
                 });
+            }
+            if timed {
+                return Ok(Value::map([
+                    ("results", Value::List(results)),
+                    ("ns", Value::List(ns)),
+                ]));
             }
             Ok(Value::map([("results", Value::List(results))]))
         }

@@ -16,13 +16,13 @@ use super::stop;
 use super::verdict::{self, Evidence, Verdict};
 use super::watch::Watch;
 use super::wire::{Beats, Wire};
-use super::{AttemptEvent, AttemptOutcome, AttemptSpec, Pools, TaskInput, ToolRequest};
+use super::{AttemptEvent, AttemptOutcome, AttemptSpec, Pools, TaskInput, ToolSink};
 use crate::record::{ExitReason, ExitRecord};
 use crate::sandbox::process::Reaped;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Run one task on one fresh agent process and account for it.
 ///
@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 pub fn run_attempt(
     spec: AttemptSpec,
     task: TaskInput,
-    tools: Option<mpsc::Sender<ToolRequest>>,
+    tools: Option<ToolSink>,
     stop: watch::Receiver<Option<ExitReason>>,
     turn: Option<Turn>,
 ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
@@ -59,7 +59,7 @@ pub fn run_attempt(
 /// in flight at the end, if any, is returned in [`AttemptOutcome::in_flight`].
 pub fn run_service_attempt(
     spec: AttemptSpec,
-    tools: Option<mpsc::Sender<ToolRequest>>,
+    tools: Option<ToolSink>,
     stop: watch::Receiver<Option<ExitReason>>,
     turn: Option<Turn>,
 ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
@@ -140,7 +140,7 @@ pub(super) struct Running {
 async fn start(
     spec: AttemptSpec,
     task: TaskInput,
-    tools: Option<mpsc::Sender<ToolRequest>>,
+    tools: Option<ToolSink>,
     turn: Option<Turn>,
 ) -> Result<Box<Running>, Box<AttemptOutcome>> {
     let started = SystemTime::now();

@@ -340,6 +340,39 @@ pub struct TaskInput {
     pub memory: Vec<Value>,
 }
 
+/// Where an attempt's tool calls go.
+#[derive(Clone)]
+pub enum ToolSink {
+    /// To whoever reads this channel; it answers each request's `reply`.
+    Channel(tokio::sync::mpsc::Sender<ToolRequest>),
+    /// To this broker, called in the attempt's own task ([`crate::tools::Broker::dispatch`]):
+    /// a call it answers at once (a refusal, a built-in's small work) goes back down the pipe
+    /// in the same turn, with no hop to another task and back; the rest go on tasks of their
+    /// own, their answers awaited as a channel's are.
+    Broker(Arc<crate::tools::Broker>),
+}
+
+impl From<tokio::sync::mpsc::Sender<ToolRequest>> for ToolSink {
+    fn from(tx: tokio::sync::mpsc::Sender<ToolRequest>) -> ToolSink {
+        ToolSink::Channel(tx)
+    }
+}
+
+impl From<Arc<crate::tools::Broker>> for ToolSink {
+    fn from(broker: Arc<crate::tools::Broker>) -> ToolSink {
+        ToolSink::Broker(broker)
+    }
+}
+
+impl std::fmt::Debug for ToolSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ToolSink::Channel(_) => "ToolSink::Channel",
+            ToolSink::Broker(_) => "ToolSink::Broker",
+        })
+    }
+}
+
 /// A tool call relayed to the owner, with where to send the answer.
 #[derive(Debug)]
 pub struct ToolRequest {

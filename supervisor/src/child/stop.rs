@@ -69,11 +69,17 @@ pub(super) async fn stop_and_reap(
                 mem_peak,
             }
         };
-        if counter_trusted && cg.holds_only_exited_leader() {
+        let alone = cg.holds_only_exited_leader();
+        if alone && counter_trusted {
             // Most often nothing else is left, which one small read shows: that and the
             // counters cost less here than a hop to a blocking thread and back. (On v1 the
             // counter is the pids hierarchy's: host root outside a pid namespace could have
             // moved a process out of that one alone, so then every hierarchy is listed.)
+            counters = Some(read(cg));
+        } else if alone && cg.pids().is_ok_and(|left| left.is_empty()) {
+            // Every hierarchy listed, here (a few small reads, bounded by the agent's own
+            // `pids` limit: its counter shows none left in that one): nothing to kill or wait
+            // for, so no hop to a blocking thread either. A restart waits for this.
             counters = Some(read(cg));
         } else {
             // Listing, killing and waiting for the cgroup to empty can take milliseconds (v1

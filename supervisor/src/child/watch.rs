@@ -26,7 +26,9 @@ use super::poller::{Poller, Ready};
 use super::protocol::{Protocol, Step};
 use super::verdict::Verdict;
 use super::wire::{self, Beats, ReadState, Wire};
-use super::{AttemptEvent, AttemptSpec, ServiceQueue, ServiceTask, ToolNote, ToolRequest};
+use super::{
+    AttemptEvent, AttemptSpec, ServiceQueue, ServiceTask, ToolNote, ToolRequest, ToolSink,
+};
 use crate::record::ExitReason;
 use corral_proto::beat::monotonic_ns;
 use corral_proto::{AgentError, Down, ToolResult, Up, Value};
@@ -49,7 +51,7 @@ type ToolWait = (
 
 /// The owner's tool broker, and the calls waiting for its answers.
 struct Tools {
-    tx: Option<mpsc::Sender<ToolRequest>>,
+    sink: Option<ToolSink>,
     /// Made at the attempt's first call (most attempts of an idle agent make none).
     calls: Option<Box<Calls>>,
 }
@@ -223,7 +225,7 @@ impl Watch {
         proto: Protocol,
         (wire, poller, logs): (Wire, Poller, Logs),
         beats: Beats,
-        tools: Option<mpsc::Sender<ToolRequest>>,
+        tools: Option<ToolSink>,
     ) -> Watch {
         Watch {
             spec,
@@ -234,7 +236,7 @@ impl Watch {
             beats,
             health: Health::default(),
             tools: Tools {
-                tx: tools,
+                sink: tools,
                 calls: None,
             },
             truncated: None,
@@ -291,7 +293,8 @@ impl Watch {
                 let (seq, contract_tools) = self.proto.call_context(call_id);
                 let tools = &mut self.tools;
                 let workspace = self.guard.workspace_path();
-                let sent = tools.tx.as_ref().map(|tx| {
+                let mut sent = None;
+                if let Some(sink) = tools.sink.as_ref() {
                     let calls = tools.calls.get_or_insert_with(|| {
                         // Opened at the attempt's first call, shared by the rest.
                         Box::new(Calls {
@@ -299,7 +302,7 @@ impl Watch {
                             dir: workspace.and_then(open_dir),
                         })
                     });
-                    let (reply, rx) = oneshot::channel();
+                    let (reply, mut rx) = oneshot::channel();
                     let note = std::sync::Arc::new(ToolNote::default());
                     let req = ToolRequest {
                         agent: self.spec.agent.name.clone(),
@@ -318,24 +321,46 @@ impl Watch {
                         workspace_dir: calls.dir.clone(),
                         note: note.clone(),
                     };
-                    match tx.try_send(req) {
-                        Ok(()) => {}
-                        // The owner is busy (its channel full): the call waits for room, as
-                        // any call waits for its answer, instead of failing. What waits so is
-                        // bounded by the agent's outstanding calls.
-                        Err(mpsc::error::TrySendError::Full(req)) => {
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                // Closed meanwhile: the request is dropped, and with it the
-                                // reply, which answers the call `unavailable`.
-                                let _ = tx.send(req).await;
-                            });
+                    sent = Some(match sink {
+                        ToolSink::Broker(broker) => {
+                            broker.dispatch(req);
+                            // Answered at once (the common case): down the pipe now.
+                            match rx.try_recv() {
+                                Ok(result) => {
+                                    self.send_answer(call_id, result, &note);
+                                    return None;
+                                }
+                                Err(oneshot::error::TryRecvError::Closed) => {
+                                    let dropped = Err(Protocol::broker_dropped());
+                                    self.send_answer(call_id, dropped, &note);
+                                    return None;
+                                }
+                                Err(oneshot::error::TryRecvError::Empty) => true,
+                            }
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                        ToolSink::Channel(tx) => match tx.try_send(req) {
+                            Ok(()) => true,
+                            // The owner is busy (its channel full): the call waits for room,
+                            // as any call waits for its answer, instead of failing. What waits
+                            // so is bounded by the agent's outstanding calls.
+                            Err(mpsc::error::TrySendError::Full(req)) => {
+                                let tx = tx.clone();
+                                tokio::spawn(async move {
+                                    // Closed meanwhile: the request is dropped, and with it
+                                    // the reply, which answers the call `unavailable`.
+                                    let _ = tx.send(req).await;
+                                });
+                                true
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        },
+                    });
+                    if sent == Some(true) {
+                        if let Some(calls) = self.tools.calls.as_mut() {
+                            calls.waits.push((call_id, rx, note));
+                        }
                     }
-                    calls.waits.push((call_id, rx, note));
-                    true
-                });
+                }
                 // No broker, or it is gone: the call is answered now.
                 if sent != Some(true) {
                     let answer = self
@@ -355,6 +380,17 @@ impl Watch {
                 None
             }
             Step::End(v) => Some(v),
+        }
+    }
+
+    /// The owner's answer to tool call `call_id`: sent first, then traced and noted (the
+    /// journal's note built) after.
+    fn send_answer(&mut self, call_id: u64, result: Result<Value, AgentError>, note: &ToolNote) {
+        let now = Instant::now();
+        let answer = Down::ToolResult(ToolResult { call_id, result });
+        self.wire.send(&answer, &self.poller);
+        if let Down::ToolResult(r) = answer {
+            self.proto.answered(call_id, r.result, now, note.get());
         }
     }
 
@@ -522,13 +558,7 @@ impl Watch {
                         self.sample(now, Duration::ZERO);
                     }
                     Wake::Tool(call_id, result, note) => {
-                        // Sent first; traced and noted (the journal's note built) after.
-                        let now = Instant::now();
-                        let answer = Down::ToolResult(ToolResult { call_id, result });
-                        self.wire.send(&answer, &self.poller);
-                        if let Down::ToolResult(r) = answer {
-                            self.proto.answered(call_id, r.result, now, note.get());
-                        }
+                        self.send_answer(call_id, result, &note);
                     }
                     Wake::Writable => {
                         self.wire.flush(&self.poller);

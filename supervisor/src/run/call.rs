@@ -363,11 +363,11 @@ impl<'s> Call<'s> {
         &self,
         aspec: AttemptSpec,
         task: TaskInput,
-        tools: tokio::sync::mpsc::Sender<child::ToolRequest>,
+        tools: child::ToolSink,
         turn: Option<child::Turn>,
     ) -> child::AttemptOutcome {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<child::ToolRequest>(64);
-        let attempt = child::run_attempt(aspec, task, Some(tx), self.stop.clone(), turn);
+        let attempt = child::run_attempt(aspec, task, Some(tx.into()), self.stop.clone(), turn);
         tokio::pin!(attempt);
         let task_name = self
             .opts
@@ -378,8 +378,13 @@ impl<'s> Call<'s> {
         let router = async {
             while let Some(req) = rx.recv().await {
                 if !req.call.tool.starts_with(agents::AGENT_TOOL) {
-                    // (A full or closed broker drops the reply: the agent is told so.)
-                    let _ = tools.send(req).await;
+                    match &tools {
+                        child::ToolSink::Broker(broker) => broker.dispatch(req),
+                        // (A full or closed broker drops the reply: the agent is told so.)
+                        child::ToolSink::Channel(tx) => {
+                            let _ = tx.send(req).await;
+                        }
+                    }
                     continue;
                 }
                 let caller = agents::Caller {

@@ -19,7 +19,7 @@ pub use agents::{RunShare, AGENT_TOOL, MAX_RUN_AGENTS};
 use journal::open_journal;
 pub use journal::{new_run_id, JournalCall};
 
-use crate::child::{self, StemPool, ToolRequest};
+use crate::child::{self, StemPool, ToolSink};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AgentSpec, Config};
 use crate::policy::{Breaker, Intensity, Quarantine, SplitMix64};
@@ -115,7 +115,7 @@ pub struct CallOptions {
     pub memory: Vec<Value>,
     /// Where tool calls go (`None`: the supervisor's own broker, see
     /// [`Supervisor::set_approver`]).
-    pub tools: Option<mpsc::Sender<ToolRequest>>,
+    pub tools: Option<ToolSink>,
     /// Stop the call from outside: see [`crate::Stop`].
     pub stop: Option<crate::Stop>,
     /// Where to report attempts' life events.
@@ -163,7 +163,7 @@ pub struct Supervisor {
     /// The tool ledger in the journal (destructive calls at most once across processes).
     ledger: Option<Arc<JournalLedger>>,
     /// The broker of calls made without one of their own (made at the first such call).
-    tools: std::sync::OnceLock<mpsc::Sender<ToolRequest>>,
+    tools: std::sync::OnceLock<ToolSink>,
     /// Who that broker asks about `approve = "ask"` tools (none: such calls are denied).
     approver: Mutex<Option<Arc<dyn crate::tools::Approver>>>,
 }
@@ -253,7 +253,7 @@ impl Supervisor {
     /// Where tool calls go for a call that has no broker of its own: the supervisor's broker
     /// (every configured tool, the journal's ledger), started at the first use. Must be called
     /// inside the runtime.
-    pub(crate) fn default_tools(&self) -> mpsc::Sender<ToolRequest> {
+    pub(crate) fn default_tools(&self) -> ToolSink {
         self.tools
             .get_or_init(|| {
                 let mut broker = crate::tools::Broker::for_supervisor(self);
@@ -265,7 +265,7 @@ impl Supervisor {
                 if let Some(a) = approver {
                     broker = broker.with_approver(a);
                 }
-                Arc::new(broker).serve().0
+                ToolSink::Broker(Arc::new(broker))
             })
             .clone()
     }
