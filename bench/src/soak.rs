@@ -8,7 +8,7 @@
 //!   run routes no tool calls to a broker, so those calls are answered `permission_denied`
 //!   by the attempt (and traced and journalled as such);
 //! - one as 300 `Supervisor::call`s at once, their calls executed by one `Broker` (made from
-//!   the config, as `corral call` makes it).
+//!   the config, as `corral call` makes it, and called in each attempt's task as it calls it).
 //!
 //! Between rounds, at least every [`EVERY`], once the reaper has finished the round's
 //! clean-up, a sample: the process's RSS and open fds, the directories under the cgroup roots
@@ -218,17 +218,16 @@ async fn plan_round(sup: Arc<Supervisor>, plan: &Plan, c: &mut Counts) {
 
 /// 300 direct calls at once, their tool calls executed by `broker`.
 async fn direct_round(sup: Arc<Supervisor>, broker: &Arc<Broker>, c: &mut Counts) {
-    let (tx, serving) = broker.serve();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..WIDTH {
         let s = sup.clone();
+        // Called in each attempt's task, as `corral call` calls its broker.
         let opts = CallOptions {
-            tools: Some(tx.clone().into()),
+            tools: Some(broker.clone().into()),
             ..Default::default()
         };
         set.spawn(async move { s.call("chaos", tools_input(CALLS), opts).await });
     }
-    drop(tx);
     while let Some(r) = set.join_next().await {
         c.instances += 1;
         match r {
@@ -243,7 +242,6 @@ async fn direct_round(sup: Arc<Supervisor>, broker: &Arc<Broker>, c: &mut Counts
             Err(e) => c.failure(format!("task: {e}")),
         }
     }
-    let _ = serving.await;
 }
 
 /// What one column did over the soak: flat, or how much it grew.

@@ -16,8 +16,9 @@
 //! A [`Config`] (from a `corral.toml`, see `docs/config.md`) names the agents; a
 //! [`Supervisor`] owns their processes and runs tasks on them with [`Supervisor::call`],
 //! which returns the output and the [`ExitRecord`] of every attempt. [`CallOptions`] add a
-//! [`Stop`] to end a call from outside, a channel for the agent's tool calls
-//! ([`ToolRequest`]), and one for the attempts' life events ([`AttemptEvent`]).
+//! [`Stop`] to end a call from outside, where the agent's tool calls go ([`ToolSink`]: a
+//! broker, or a channel of [`ToolRequest`]s), and a channel for the attempts' life events
+//! ([`AttemptEvent`]).
 //!
 //! ```
 //! use corral::{CallOptions, Config, ExitReason, Stop, Supervisor, Value};

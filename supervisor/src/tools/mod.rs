@@ -1,8 +1,11 @@
 //! Tools and permissions: the broker that every tool call of an agent goes through.
 //!
-//! An agent reaches the world only by the `ToolCall`s it sends; the attempt relays each one as
-//! a [`ToolRequest`] to its owner, and a [`Broker`] (made from the config, one per supervisor,
-//! serving any number of runs) answers it. For each call, in order:
+//! An agent reaches the world only by the `ToolCall`s it sends; the attempt makes each one a
+//! [`ToolRequest`] for its owner, and a [`Broker`] (made from the config, one per supervisor,
+//! serving any number of runs) answers it: called in the attempt's own task
+//! ([`crate::ToolSink::Broker`], as `corral call` and the daemon call theirs, so that a call
+//! answered at once goes back in the same turn), or behind a channel ([`Broker::serve`]) for
+//! an owner that wants to see the requests first. For each call, in order:
 //!
 //! 1. **Permission**: the tool must be in the contract, granted by `[agents.NAME] tools` and
 //!    not in `deny_tools` (which always wins), else `permission_denied`; granted but not
