@@ -251,8 +251,8 @@ impl Supervisor {
     }
 
     /// Where tool calls go for a call that has no broker of its own: the supervisor's broker
-    /// (every configured tool, the journal's ledger), started at the first use. Must be called
-    /// inside the runtime.
+    /// (every configured tool, the journal's ledger), made at the first use and called in each
+    /// attempt's own task.
     pub(crate) fn default_tools(&self) -> ToolSink {
         self.tools
             .get_or_init(|| {
