@@ -199,12 +199,17 @@ fn variant(
         Ok(s) => {
             let mut row = Row::new(v.id, v.what, Unit::Time, fig(&s.ready))
                 .base("raw posix_spawn + handshake", fig(&s.raw));
+            // The targets of the issue that set them last (row 1 was ≤ 1.3× before).
             if v.id == "1" {
-                let met = row.ratio().map(|r| r <= 1.3);
-                row = row.target("≤ 1.3× raw p50", met);
+                let met = row.ratio().map(|r| r <= 1.15);
+                row = row.target("≤ 1.15× raw p50", met);
             } else if v.id == "2c" {
-                let met = row.corral.p50().map(|p| p <= 1.5e-3);
-                row = row.target("≤ 1.5 ms p50", met);
+                // Warm isolated against the plain raw spawn, and the absolute bound before it.
+                let ratio = row.ratio();
+                let met = ratio
+                    .zip(row.corral.p50())
+                    .map(|(r, p)| r <= 1.25 && p <= 1.5e-3);
+                row = row.target("≤ 1.25× raw p50, ≤ 1.5 ms", met);
             }
             sec.rows.push(row);
             let iso = s
