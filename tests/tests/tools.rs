@@ -533,6 +533,37 @@ async fn approval_yes_no_and_timeout() {
     assert_eq!(answers.await.unwrap(), 3);
 }
 
+/// A broker called in the attempt's task answers at most 64 calls in place per pass over the
+/// frames read (each leaves no call outstanding, so the agent's bound on outstanding calls would
+/// not hold back a flood of small ones); the rest of the pass's calls go to tasks of their own,
+/// where that bound applies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_answers_at_most_64_calls_in_place() {
+    let fx = fixture(&format!(
+        "[agents.hostile]\ncommand = [\"{}\"]\ntools = [\"fs.read\"]\nmax_retries = 0\n",
+        bin("hostile_flood").display()
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    // A hundred reads of a missing file in one write (under PIPE_BUF: seen in one pass).
+    let (o, broker) = run(
+        &sup,
+        Broker::for_supervisor(&sup),
+        "hostile",
+        json!({"do": "outstanding", "n": 100, "path": "m"}),
+    )
+    .await;
+    let out = o.output.as_ref().map(|v| v.to_json()).unwrap_or_default();
+    assert_eq!(
+        out["kinds"],
+        json!({"tool_failed": 100}),
+        "{:?}",
+        o.attempts
+    );
+    assert_eq!(broker.executions(), 100);
+    assert_eq!(broker.answered_inline(), 64);
+    assert_eq!(o.attempts[0].tool_calls.len(), 100);
+}
+
 #[tokio::test]
 async fn a_flood_of_tool_calls_keeps_the_supervisor_bounded() {
     let fx = fixture(&format!(

@@ -9,7 +9,7 @@
 //! | `{"do":"names","kb":K,"n":N}` | N tool calls (0: without end) named with K KiB each, never reading fd 3 |
 //! | `{"do":"calls","n":N}` | N small tool calls (0: without end), never reading fd 3 |
 //! | `{"do":"calls","n":N,"read":true}` | N small tool calls one after the other, each answer read; `{"ok":A,"err":B}` |
-//! | `{"do":"outstanding","n":N}` | N small tool calls in one write, then their N answers read; `{"kinds":{KIND:COUNT}}` (`ok` for answers) |
+//! | `{"do":"outstanding","n":N}` | N small tool calls in one write, then their N answers read; `{"kinds":{KIND:COUNT}}` (`ok` for answers); with `"path":P`, calls of `fs.read {"path":P}` instead of tool `t` |
 //! | `{"do":"args","kb":K}` | one tool call with K KiB of arguments, never reading fd 3 |
 //! | `{"do":"logs","n":N,"kb":K}` | N `Log` frames of K KiB each, full of newlines, carriage returns, ANSI escapes and forged log lines; then `{"ok":true,"bytes":B}` (B: message bytes sent) |
 //! | `{"do":"beat_future"}` | one beat on fd 6 dated at the end of time (progress 7), then silence |
@@ -137,9 +137,13 @@ fn probe(input: &Value, down: &mut FrameReader<File>, up: &mut File) -> Result<(
         "calls" => Err(flood(up, int(input, "n"), |i| call(i, "t", Value::Null))),
         "outstanding" => {
             let n = int(input, "n");
+            let path = input.get("path").and_then(Value::as_str);
             let mut all = Vec::new();
             for i in 1..=n {
-                all.extend(call(i, "t", Value::Null)?);
+                all.extend(match path {
+                    Some(p) => call(i, "fs.read", Value::map([("path", Value::from(p))]))?,
+                    None => call(i, "t", Value::Null)?,
+                });
             }
             // One write (under PIPE_BUF for a hundred calls): the supervisor sees them at once.
             up.write_all(&all)?;

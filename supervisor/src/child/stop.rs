@@ -76,10 +76,11 @@ pub(super) async fn stop_and_reap(
             // counter is the pids hierarchy's: host root outside a pid namespace could have
             // moved a process out of that one alone, so then every hierarchy is listed.)
             counters = Some(read(cg));
-        } else if alone && cg.pids().is_ok_and(|left| left.is_empty()) {
-            // Every hierarchy listed, here (a few small reads, bounded by the agent's own
-            // `pids` limit: its counter shows none left in that one): nothing to kill or wait
-            // for, so no hop to a blocking thread either. A restart waits for this.
+        } else if alone && cg.seen_empty_flat() {
+            // Every hierarchy listed, here: a read and a `stat` per hierarchy, for leaves
+            // without sub-cgroups only (an agent that made some, whatever their number, is
+            // listed on the blocking thread below). Nothing to kill or wait for, so no hop to a
+            // blocking thread either; a restart waits for this.
             counters = Some(read(cg));
         } else {
             // Listing, killing and waiting for the cgroup to empty can take milliseconds (v1

@@ -42,6 +42,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// [`next_wake`].
 const WAKE_GRID: Duration = Duration::from_millis(100);
 
+/// Tool calls a broker called in the attempt's task ([`ToolSink::Broker`]) may answer in place
+/// in one pass over the frames read; the rest of the pass's calls go to tasks of their own.
+/// (Each answered in place leaves no call outstanding, so the bound on outstanding calls would
+/// not hold back an agent that floods small calls: this does, a pass at a time.)
+const INLINE_PER_PASS: u8 = 64;
+
 /// A call relayed to the owner, waiting for its answer.
 type ToolWait = (
     u64,
@@ -194,6 +200,8 @@ pub(super) struct Watch {
     /// Health samples.
     pub(super) health: Health,
     tools: Tools,
+    /// Calls the broker may still answer in place in this pass ([`INLINE_PER_PASS`]).
+    inline_left: u8,
     /// The up pipe ended mid-frame: why (usually the agent died writing; its exit says more).
     pub(super) truncated: Option<String>,
     /// A service agent's queue and task.
@@ -239,6 +247,7 @@ impl Watch {
                 sink: tools,
                 calls: None,
             },
+            inline_left: INLINE_PER_PASS,
             truncated: None,
             service: None,
             refill: None,
@@ -322,7 +331,15 @@ impl Watch {
                         note: note.clone(),
                     };
                     sent = Some(match sink {
+                        // Past the calls a pass may answer in place, the rest go to tasks of
+                        // their own: they stay outstanding until answered, so the agent's bound
+                        // on outstanding calls applies again (a flood is refused, cheaply).
+                        ToolSink::Broker(broker) if self.inline_left == 0 => {
+                            broker.dispatch_on_task(req);
+                            true
+                        }
                         ToolSink::Broker(broker) => {
+                            self.inline_left -= 1;
                             broker.dispatch(req);
                             // Answered at once (the common case): down the pipe now.
                             match rx.try_recv() {
@@ -398,6 +415,7 @@ impl Watch {
     /// frames left wait in the decoder). The `Log` lines among them go to the notes together,
     /// before any other frame's note and at the end.
     fn handle_buffered(&mut self, now: Instant) -> Option<Verdict> {
+        self.inline_left = INLINE_PER_PASS;
         let verdict = self.handle_frames(now);
         self.flush_logs();
         verdict

@@ -147,6 +147,17 @@ impl Broker {
     /// no task and no thread), else on a task of its own; past [`MAX_IN_FLIGHT`] calls in
     /// flight it is answered `too_many_calls`. Call it from a task of the runtime.
     pub fn dispatch(self: &Arc<Self>, req: ToolRequest) {
+        self.dispatch_with(req, true)
+    }
+
+    /// [`Broker::dispatch`], but nothing of the call's work is done here: it goes to a task of
+    /// its own at once (past `too_many_calls`). For an owner that has answered enough calls
+    /// in place in one turn (see the attempt's `Watch`).
+    pub fn dispatch_on_task(self: &Arc<Self>, req: ToolRequest) {
+        self.dispatch_with(req, false)
+    }
+
+    fn dispatch_with(self: &Arc<Self>, req: ToolRequest, here_allowed: bool) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let e = ToolError::new(
                 ErrorKind::TooManyCalls,
@@ -157,10 +168,11 @@ impl Broker {
         };
         // A command or an http tool goes to its task at once (making a sandbox or a request
         // may take a while before it first waits); a built-in (or a refusal) is tried here.
-        let here = match self.tools.get(&req.call.tool) {
-            Some(tool) => matches!(tool.spec.kind, ToolKind::Builtin(_)),
-            None => true,
-        };
+        let here = here_allowed
+            && match self.tools.get(&req.call.tool) {
+                Some(tool) => matches!(tool.spec.kind, ToolKind::Builtin(_)),
+                None => true,
+            };
         let b = self.clone();
         let mut call = Box::pin(async move {
             b.handle(req).await;

@@ -165,6 +165,19 @@ impl AgentCgroup {
         Ok(set.into_iter().collect())
     }
 
+    /// Whether nothing is inside, as a listing of every hierarchy says, when that listing is
+    /// small: `false` when a leaf has a sub-cgroup (listing those is for a blocking thread:
+    /// [`Self::kill_all_listed`]), when something is inside, or when it cannot be read. `true`
+    /// without a backend.
+    pub fn seen_empty_flat(&self) -> bool {
+        let flat = match &self.inner {
+            AgentInner::V2(l) => l.flat_members(),
+            AgentInner::V1(l) => l.flat_members(),
+            AgentInner::None(_) => Ok(Some(BTreeSet::new())),
+        };
+        matches!(flat, Ok(Some(pids)) if pids.is_empty())
+    }
+
     /// Kill everything inside and wait (up to about a second) until the cgroup is empty.
     /// Returns how many processes were signalled.
     pub fn kill_all(&self) -> Result<usize, CgroupError> {

@@ -182,6 +182,41 @@ pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<()
     Ok(())
 }
 
+/// Members of the given cgroups when none of them has a sub-cgroup (`None` as soon as one
+/// has: listing those is left to a thread that may take its time). One read and one `stat`
+/// per directory, whatever the agent made.
+pub(super) fn flat_members(dirs: &[&Path]) -> Result<Option<BTreeSet<u32>>, CgroupError> {
+    let mut pids = BTreeSet::new();
+    for dir in dirs {
+        // (The link count of a cgroup directory is 2 + its sub-cgroups, see above.)
+        match fs::metadata(dir) {
+            Ok(m) if m.nlink() > 2 => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(CgroupError::Read {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let path = dir.join("cgroup.procs");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(CgroupError::Read { path, source }),
+        };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
+                path: path.clone(),
+                detail: format!("not a pid: {line:?}"),
+            })?;
+            pids.insert(pid);
+        }
+    }
+    Ok(Some(pids))
+}
+
 /// Members of all the given cgroups (and their sub-cgroups).
 pub(super) fn members(dirs: &[&Path]) -> Result<BTreeSet<u32>, CgroupError> {
     let mut pids = BTreeSet::new();

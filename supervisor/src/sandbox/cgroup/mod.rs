@@ -48,8 +48,9 @@ mod v2;
 pub(crate) use agent::AgentCgroup;
 use agent::{AgentInner, Stats};
 use files::{
-    kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok, mkdir_leaf, read_file,
-    read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file,
+    flat_members, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok,
+    mkdir_leaf, read_file, read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable,
+    write_file,
 };
 use mounts::{parse_mountinfo, parse_proc_cgroup};
 pub(crate) use mounts::{CgroupMount, OwnCgroup};

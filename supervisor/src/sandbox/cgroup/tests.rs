@@ -435,6 +435,34 @@ fn kill_all_listed_reaches_a_sub_cgroup() {
     agent.remove().unwrap();
 }
 
+/// An attempt's end lists the cgroup in place only when every leaf is flat: seen empty when
+/// nothing is inside, not when a process is, and not when a sub-cgroup exists, even an empty one
+/// (however many an agent made, those are listed off the runtime).
+#[test]
+fn seen_empty_flat_only_for_flat_empty_leaves() {
+    let Some(cgroups) = usable(&["pids"]) else {
+        return;
+    };
+    let agent = cgroups
+        .create(&unique("flat"), &CgroupLimits::default())
+        .unwrap();
+    assert!(agent.seen_empty_flat());
+    let mut p = sleeper();
+    agent.attach(p.id()).unwrap();
+    assert!(!agent.seen_empty_flat());
+    let _ = agent.kill_all().unwrap();
+    assert_eq!(p.wait().signal(), Some(libc::SIGKILL));
+    assert!(agent.seen_empty_flat());
+    // An empty sub-cgroup in one hierarchy: not flat.
+    let dir = agent.paths()[0].join("inner");
+    fs::create_dir(&dir).unwrap();
+    assert!(!agent.seen_empty_flat());
+    assert!(agent.pids().unwrap().is_empty());
+    fs::remove_dir(&dir).unwrap();
+    assert!(agent.seen_empty_flat());
+    agent.remove().unwrap();
+}
+
 /// Whether `pid` has exited and waits to be reaped.
 fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))

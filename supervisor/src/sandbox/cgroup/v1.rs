@@ -16,9 +16,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    cpu_quota_us, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_leaf, read_file,
-    read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file, CgroupError,
-    CgroupLimits, CgroupMount, Enforcement, OwnCgroup, Stats, CORRAL_DIR, CPU_PERIOD_US,
+    cpu_quota_us, flat_members, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_leaf,
+    read_file, read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file,
+    CgroupError, CgroupLimits, CgroupMount, Enforcement, OwnCgroup, Stats, CORRAL_DIR,
+    CPU_PERIOD_US,
 };
 
 /// How long a freeze may take before killing anyway (the kill then lands at thaw).
@@ -253,6 +254,12 @@ impl Leaf {
     pub(super) fn members(&self) -> Result<BTreeSet<u32>, CgroupError> {
         let all = self.all();
         members(&all.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    }
+
+    /// [`Self::members`] when no hierarchy's leaf has a sub-cgroup, else `None`.
+    pub(super) fn flat_members(&self) -> Result<Option<BTreeSet<u32>>, CgroupError> {
+        let all = self.all();
+        flat_members(&all.iter().map(PathBuf::as_path).collect::<Vec<_>>())
     }
 
     /// Whether nothing but an exited leader can be inside: `pids.current` (which counts

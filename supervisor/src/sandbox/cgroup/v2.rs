@@ -17,10 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    cpu_quota_us, kill_pass, kill_until_empty, leaf_names_in, members, mkdir_existing_ok,
-    read_file, read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree, writable, write_file,
-    CgroupError, CgroupLimit, CgroupLimits, CgroupMount, Enforcement, OwnCgroup, Stats, CORRAL_DIR,
-    CPU_PERIOD_US,
+    cpu_quota_us, flat_members, kill_pass, kill_until_empty, leaf_names_in, members,
+    mkdir_existing_ok, read_file, read_keyed, read_number, rmdir_shared_if_empty, rmdir_tree,
+    writable, write_file, CgroupError, CgroupLimit, CgroupLimits, CgroupMount, Enforcement,
+    OwnCgroup, Stats, CORRAL_DIR, CPU_PERIOD_US,
 };
 
 /// The leaf the supervisor moves itself into when its own cgroup must give up its processes.
@@ -303,6 +303,11 @@ impl Leaf {
 
     pub(super) fn members(&self) -> Result<BTreeSet<u32>, CgroupError> {
         members(&[&self.dir])
+    }
+
+    /// [`Self::members`] when the leaf has no sub-cgroup, else `None`.
+    pub(super) fn flat_members(&self) -> Result<Option<BTreeSet<u32>>, CgroupError> {
+        flat_members(&[&self.dir])
     }
 
     /// Whether no live process is inside (`cgroup.events` `populated 0`; an exited process
