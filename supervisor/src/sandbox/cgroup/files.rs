@@ -156,12 +156,12 @@ pub(super) fn leaf_names_in(shared: &Path, into: &mut BTreeSet<String>) -> Resul
     Ok(())
 }
 
-/// Pids in `cgroup.procs` of `dir` and of its sub-cgroups. A missing directory has none.
-pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<(), CgroupError> {
+/// Add the pids in `cgroup.procs` of `dir` to `into`. `false`: there is no such directory.
+fn read_procs(dir: &Path, into: &mut BTreeSet<u32>) -> Result<bool, CgroupError> {
     let path = dir.join("cgroup.procs");
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(source) => return Err(CgroupError::Read { path, source }),
     };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -171,9 +171,19 @@ pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<()
         })?;
         into.insert(pid);
     }
-    // A cgroup directory's link count is 2 + its sub-cgroups (kernfs keeps it so): one
-    // `stat` instead of listing the controller's files, for the leaf that has none.
-    if fs::metadata(dir).is_ok_and(|m| m.nlink() <= 2) {
+    Ok(true)
+}
+
+/// Whether the cgroup directory `dir` has sub-cgroups: its link count is 2 + their number
+/// (kernfs keeps it so), so one `stat` tells, instead of listing the controller's files. A
+/// directory that cannot be read is taken to have some (the caller then lists it).
+fn has_sub_cgroups(dir: &Path) -> bool {
+    !fs::metadata(dir).is_ok_and(|m| m.nlink() <= 2)
+}
+
+/// Pids in `cgroup.procs` of `dir` and of its sub-cgroups. A missing directory has none.
+pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<(), CgroupError> {
+    if !read_procs(dir, into)? || !has_sub_cgroups(dir) {
         return Ok(());
     }
     for child in sub_dirs(dir)? {
@@ -183,36 +193,15 @@ pub(super) fn procs_recursive(dir: &Path, into: &mut BTreeSet<u32>) -> Result<()
 }
 
 /// Members of the given cgroups when none of them has a sub-cgroup (`None` as soon as one
-/// has: listing those is left to a thread that may take its time). One read and one `stat`
-/// per directory, whatever the agent made.
+/// has, or may have: listing those is left to a thread that may take its time). One `stat`
+/// and one read per directory, whatever the agent made.
 pub(super) fn flat_members(dirs: &[&Path]) -> Result<Option<BTreeSet<u32>>, CgroupError> {
     let mut pids = BTreeSet::new();
     for dir in dirs {
-        // (The link count of a cgroup directory is 2 + its sub-cgroups, see above.)
-        match fs::metadata(dir) {
-            Ok(m) if m.nlink() > 2 => return Ok(None),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(CgroupError::Read {
-                    path: dir.to_path_buf(),
-                    source,
-                })
-            }
+        if has_sub_cgroups(dir) {
+            return Ok(None);
         }
-        let path = dir.join("cgroup.procs");
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(CgroupError::Read { path, source }),
-        };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
-                path: path.clone(),
-                detail: format!("not a pid: {line:?}"),
-            })?;
-            pids.insert(pid);
-        }
+        read_procs(dir, &mut pids)?;
     }
     Ok(Some(pids))
 }
