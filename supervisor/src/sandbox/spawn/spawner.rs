@@ -29,12 +29,12 @@ type Job = (
 );
 
 /// Spawner threads per core the supervisor may use (`available_parallelism`, which honours a
-/// CPU quota), spread over the lanes, for spawns whose child mostly waits. A spawn keeps its thread suspended until the child has
-/// built its sandbox and exec'd (`CLONE_VFORK`), and much of that time the child waits rather
-/// than runs (the unmount of the host's tree waits for an RCU grace period, which concurrent
-/// unmounts share), so several spawns at once overlap their waits. (Measured with the fan-out
-/// rows of `corral-bench`: 300 isolated agents at once took about half as long with 8 threads
-/// as with 1, on 2 cores.)
+/// CPU quota), spread over the lanes, for spawns whose child mostly waits. A spawn keeps its
+/// thread suspended until the child has built its sandbox and exec'd (`CLONE_VFORK`), and
+/// much of that time the child waits rather than runs (the unmount of the host's tree waits
+/// for an RCU grace period, which concurrent unmounts share), so several spawns at once
+/// overlap their waits. (Measured with the fan-out rows of `corral-bench`: 300 isolated agents
+/// at once took about half as long with 8 threads as with 1, on 2 cores.)
 const THREADS_PER_CORE: usize = 4;
 
 /// The threads of one CPU (how many started, how many it may have), and the jobs given to
