@@ -57,8 +57,8 @@ impl ToolErrorKind {
     }
 }
 
-/// A tool call's error, typed (see [`Ctx::tool`]). Converts back into an [`AgentError`] with
-/// `?` in a handler.
+/// A tool call's error, typed (see [`Ctx::tool`](crate::Ctx::tool)). Converts back into an
+/// [`AgentError`] with `?` in a handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolError {
     /// What kind of failure.
