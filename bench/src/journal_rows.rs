@@ -31,6 +31,7 @@ fn through_writer(env: &Env, n: u64) -> Result<f64> {
         kind: "call".into(),
         config_hash: "h".into(),
         started_at_ms: 0,
+        input: None,
     });
     env.rt.block_on(journal.flush())?;
     let events: Vec<Entry> = (0..n).map(event).collect();

@@ -75,13 +75,15 @@ enum Command {
         /// Config file (default: ./corral.toml if present, else the embedded defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The run's input: JSON, @FILE holding JSON, or - to read it from stdin.
-        #[arg(long, short, default_value = "null")]
-        input: String,
+        /// The run's input: JSON, @FILE holding JSON, or - to read it from stdin (default:
+        /// null; with --resume, the input the run was started with).
+        #[arg(long, short)]
+        input: Option<String>,
         /// Print one JSON object: {run_id, status, output, nodes}.
         #[arg(long)]
         json: bool,
-        /// Resume this run: re-run only the instances that did not finish.
+        /// Resume this run (started from the same plan file, on the same input): re-run only
+        /// the instances that did not finish.
         #[arg(long)]
         resume: Option<String>,
     },
@@ -397,7 +399,7 @@ fn main() -> ExitCode {
                 plan::run(
                     &plan_path,
                     config.as_deref(),
-                    &input,
+                    input.as_deref(),
                     json,
                     resume.as_deref(),
                 )

@@ -19,13 +19,14 @@ use crate::input::read_input;
 pub async fn run(
     plan_path: &Path,
     config: Option<&Path>,
-    input: &str,
+    input: Option<&str>,
     json: bool,
     resume: Option<&str>,
 ) -> ExitCode {
-    let input = match read_input(input) {
-        Ok(v) => v,
-        Err(e) => {
+    let input = match input.map(read_input) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
             eprintln!("corral: {e}");
             return ExitCode::from(2);
         }
@@ -83,6 +84,10 @@ pub async fn run(
             std::io::stderr().is_terminal(),
         )))
     };
+    // Resumed without --input: the input the run was started with.
+    let input = input
+        .or_else(|| resumed.as_ref().and_then(|v| v.input.clone()))
+        .unwrap_or(serde_json::Value::Null);
     let opts = PlanOptions {
         input: Value::from_json(&input),
         resume: resumed,

@@ -47,6 +47,7 @@ async fn write_run(
         kind: "call".into(),
         config_hash: "h".into(),
         started_at_ms: now,
+        input: None,
     });
     journal.append(Entry::CallStarted {
         run_id: run_id.into(),

@@ -426,6 +426,123 @@ input = { parts = "$work.output", n = "$input.n" }
     assert_eq!(kept + ran, 26, "each instance once: resumed or run");
 }
 
+/// `corral run PLAN --resume ID` with `extra` arguments: exit code and stderr.
+fn resume(fx: &Fixture, plan: &PathBuf, id: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "run",
+        plan.to_str().expect("utf-8"),
+        "--config",
+        cfg(fx),
+        "--resume",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    let out = corral(&args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn resume_takes_only_its_own_plan_and_input_and_never_a_live_run() {
+    let fx = fixture("");
+    let slow = r#"[plan]
+name = "slow"
+
+[[node]]
+id = "wait"
+agent = "chaos"
+input = { do = "sleep_ms", ms = "$input.ms" }
+"#;
+    let p = plan_file(&fx, slow);
+    let input = json!({"ms": 60000}).to_string();
+    let mut child = Command::new(bin("corral"))
+        .args(["run", p.to_str().expect("utf-8"), "--config", cfg(&fx)])
+        .args(["--input", &input])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let run_id = loop {
+        let out = corral(&[
+            "runs",
+            "--config",
+            cfg(&fx),
+            "--json",
+            "--status",
+            "running",
+        ]);
+        let list: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
+        if let Some(id) = list.get(0).and_then(|r| r["run_id"].as_str()) {
+            break id.to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) early");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Live in another supervisor: refused, and the live run goes on.
+    let (code, err) = resume(&fx, &p, &run_id, &["--input", &input]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a supervisor still runs it"), "{err}");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the live run goes on"
+    );
+    // SAFETY: kill of our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let _ = child.wait();
+
+    // Interrupted now; another input or another plan is refused.
+    let (code, err) = resume(&fx, &p, &run_id, &["--input", r#"{"ms":1}"#]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("its input was {\"ms\":60000}"), "{err}");
+    let other = fx.dir.path().join("other.toml");
+    std::fs::write(&other, slow.replace("\"slow\"", "\"other\"")).expect("write");
+    let (code, err) = resume(&fx, &other, &run_id, &["--input", &input]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("it ran plan `slow`"), "{err}");
+    // A call's run is not a plan run.
+    let out = corral(&[
+        "call",
+        "echo",
+        "--config",
+        cfg(&fx),
+        "--input",
+        "1",
+        "--json",
+    ]);
+    let call: J = serde_json::from_slice(&out.stdout).expect("call --json");
+    let call_id = call["run_id"].as_str().expect("run_id");
+    let (code, err) = resume(&fx, &p, call_id, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a plan run"), "{err}");
+
+    // Without --input, a resume runs on the input the run was started with.
+    let quick = plan_file(&fx, FAN_OUT);
+    let files = json!({"files": ["a", "b"], "hint": "h"});
+    let (code, whole) = run(&fx, FAN_OUT, &files, &[]);
+    assert_eq!(code, 0, "{whole}");
+    let id = whole["run_id"].as_str().expect("run_id");
+    let out = corral(&[
+        "run",
+        quick.to_str().expect("utf-8"),
+        "--config",
+        cfg(&fx),
+        "--resume",
+        id,
+        "--json",
+    ]);
+    let again: J = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(out.status.code(), Some(0), "{again}");
+    assert_eq!(again["output"], whole["output"]);
+}
+
 #[test]
 fn a_node_past_its_timeout_is_stopped_and_fails_by_its_policy() {
     let fx = fixture("");

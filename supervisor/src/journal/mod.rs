@@ -188,6 +188,8 @@ pub enum Entry {
         config_hash: String,
         /// When.
         started_at_ms: i64,
+        /// A plan run's input (a call's is its call's).
+        input: Option<serde_json::Value>,
     },
     /// A task was given to an agent (`call` counts from 1 within the run).
     CallStarted {

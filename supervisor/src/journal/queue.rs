@@ -181,8 +181,9 @@ pub(super) fn entry_size(e: &Entry) -> usize {
             agent,
             kind,
             config_hash,
+            input,
             ..
-        } => agent.len() + kind.len() + config_hash.len(),
+        } => agent.len() + kind.len() + config_hash.len() + input.as_ref().map_or(0, json_size),
         Entry::CallStarted {
             agent,
             input,

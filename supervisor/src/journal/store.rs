@@ -90,6 +90,10 @@ pub struct RunView {
     pub started_at: String,
     /// When it ended.
     pub ended_at: Option<String>,
+    /// A plan run's input, as recorded at its start (runs journalled before it was recorded,
+    /// and calls, have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
     /// Its calls, in order.
     pub calls: Vec<CallView>,
 }

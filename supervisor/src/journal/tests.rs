@@ -18,6 +18,7 @@ fn run_entries(run_id: &str, input: serde_json::Value, ended: bool) -> Vec<Entry
             kind: "call".into(),
             config_hash: "abc".into(),
             started_at_ms: 1_000,
+            input: None,
         },
         Entry::CallStarted {
             run_id: run_id.into(),

@@ -71,6 +71,7 @@ impl CallJournal {
             kind: "call".to_string(),
             config_hash: config_digest.to_string(),
             started_at_ms: at_ms,
+            input: None,
         });
         journal.append(Entry::CallStarted {
             run_id: run_id.to_string(),

@@ -63,6 +63,15 @@ pub enum RunError {
     /// outcome is then not reported as known).
     #[error("{0}")]
     Journal(#[from] crate::journal::JournalError),
+    /// A run cannot be resumed as asked (another plan, another input, not a plan run, or
+    /// another supervisor runs it).
+    #[error("cannot resume run `{run_id}`: {reason}")]
+    Resume {
+        /// The run.
+        run_id: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// Policy state of one agent type, shared by all its tasks.
@@ -273,6 +282,13 @@ impl Supervisor {
     /// The journal calls are written to, when it is on.
     pub fn journal(&self) -> Option<&crate::journal::Journal> {
         self.journal.as_ref()
+    }
+
+    /// The journal's file, when it is on.
+    pub(crate) fn journal_path(&self) -> Option<std::path::PathBuf> {
+        self.journal
+            .as_ref()
+            .map(|_| self.config.supervisor.state_dir.join("corral.db"))
     }
 
     /// Run the policy (backoffs, restart intensity, circuit breaker) on `clock` instead of the

@@ -13,6 +13,8 @@
 //! (WAL mode, migrations). Payloads past [`schema::BLOB_THRESHOLD`] bytes of JSON are kept once
 //! in `blobs`, by sha256.
 
+mod claim;
+pub use claim::{claim_run, Claim};
 mod ledger;
 pub use ledger::{LedgerRow, LedgerStore};
 mod read;

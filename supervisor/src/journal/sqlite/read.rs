@@ -102,8 +102,11 @@ impl Reader for SqliteReader {
         let tx = conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let head = tx
             .query_row(
-                "SELECT agent, status, kind, config_hash, started_at_ms, ended_at_ms
-                 FROM runs WHERE run_id = ?1",
+                &format!(
+                    "SELECT agent, status, kind, config_hash, started_at_ms, ended_at_ms, {}
+                     FROM runs WHERE run_id = ?1",
+                    payload("runs", "input")
+                ),
                 [run_id],
                 |r| {
                     Ok(RunView {
@@ -114,6 +117,9 @@ impl Reader for SqliteReader {
                         config_hash: r.get(3)?,
                         started_at: rfc3339_ms(r.get(4)?),
                         ended_at: r.get::<_, Option<i64>>(5)?.map(rfc3339_ms),
+                        input: r
+                            .get::<_, Option<String>>(6)?
+                            .and_then(|t| serde_json::from_str(&t).ok()),
                         calls: Vec::new(),
                     })
                 },

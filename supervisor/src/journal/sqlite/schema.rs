@@ -116,10 +116,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE tool_calls ADD COLUMN deduplicated INTEGER NOT NULL DEFAULT 0;
     ",
+    // 5: a plan run's input, which its resume is checked against (and reads when given none).
+    "
+    ALTER TABLE runs ADD COLUMN input TEXT;
+    ALTER TABLE runs ADD COLUMN input_blob TEXT;
+    ",
 ];
 
 /// Every `(table, column)` that may hold a blob hash.
 pub(super) const BLOB_COLUMNS: &[(&str, &str)] = &[
+    ("runs", "input_blob"),
     ("calls", "input_blob"),
     ("calls", "memory_blob"),
     ("calls", "output_blob"),

@@ -17,6 +17,7 @@ use crate::sandbox::owner::Owner;
 const MAX_OPEN_RUNS: usize = 10_000;
 
 /// A payload as stored: its JSON text inline, or the hash of a blob holding it.
+#[derive(Default)]
 struct Stored {
     inline: Option<String>,
     blob: Option<String>,
@@ -91,11 +92,16 @@ fn write_one(
             kind,
             config_hash,
             started_at_ms,
+            input,
         } => {
+            let input = match input {
+                Some(v) => put(tx, v)?,
+                None => Stored::default(),
+            };
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO runs (run_id, agent, kind, config_hash, status,
-                     started_at_ms, owner_pid, owner_start)
-                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)",
+                     started_at_ms, owner_pid, owner_start, input, input_blob)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 run_id,
@@ -104,7 +110,9 @@ fn write_one(
                 config_hash,
                 started_at_ms,
                 owner.pid,
-                ms_i64(owner.start)
+                ms_i64(owner.start),
+                input.inline,
+                input.blob
             ])?;
         }
         Entry::CallStarted {
