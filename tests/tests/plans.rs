@@ -427,7 +427,7 @@ input = { parts = "$work.output", n = "$input.n" }
 }
 
 /// `corral run PLAN --resume ID` with `extra` arguments: exit code and stderr.
-fn resume(fx: &Fixture, plan: &PathBuf, id: &str, extra: &[&str]) -> (i32, String) {
+fn resume(fx: &Fixture, plan: &std::path::Path, id: &str, extra: &[&str]) -> (i32, String) {
     let mut args = vec![
         "run",
         plan.to_str().expect("utf-8"),
