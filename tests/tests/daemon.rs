@@ -500,6 +500,11 @@ fn get_metrics(port: u16) -> String {
     s.read_to_string(&mut resp).expect("read");
     let (head, body) = resp.split_once("\r\n\r\n").expect("a response");
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    // The body is OpenMetrics (`_total` counters, `# EOF`): said so, for the scraper's parser.
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
     body.to_string()
 }
 
@@ -574,6 +579,45 @@ fn approvals_are_listed_and_decided_over_the_socket() {
     let results = &doc["output"]["results"];
     assert_eq!(results[0]["ok"], true, "{doc}");
     assert_eq!(results[1]["error"]["kind"], "approval_denied", "{doc}");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
+/// A plan run an operator cancelled is not left for the next daemon to resume (a drain's is).
+#[test]
+fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
+    let d = start("");
+    let plan = d.fx.dir.path().join("long.toml");
+    std::fs::write(
+        &plan,
+        "[plan]\nname = \"long\"\n[[node]]\nid = \"wait\"\nagent = \"chaos\"\n\
+         input = { do = \"sleep_ms\", ms = 60000 }\n",
+    )
+    .expect("plan");
+    let out = d.ctl(&["submit", "--plan", plan.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{out:?}");
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let remembered = d.fx.dir.path().join(format!("state/plans/{run_id}.json"));
+    assert!(remembered.is_file(), "remembered while it runs");
+    let out = d.ctl(&["cancel", &run_id]);
+    assert!(out.status.success(), "{out:?}");
+    let config = d.fx.config.to_str().expect("utf-8").to_string();
+    loop {
+        let shown = corral(&["show", &run_id, "--json", "--config", &config]);
+        let run: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        if run["status"].as_str().is_some_and(|s| s != "running") {
+            assert_eq!(run["status"], "interrupted", "{run}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The file goes as the run's task ends, just after its end is journalled (not a timing
+    // assertion: a generous bound, so that a file left behind fails instead of hanging).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while remembered.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!remembered.exists(), "a cancelled run is not left to be resumed");
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }

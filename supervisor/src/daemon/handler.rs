@@ -458,6 +458,7 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
     // Resumed by the next daemon if this one stops before the run ends.
     super::resume::remember(&d, &run_id, path, text, &input);
     tokio::spawn(async move {
+        let why = stop.clone();
         let opts = PlanOptions {
             input,
             resume: None,
@@ -466,7 +467,11 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
             run_id: Some(run_id.clone()),
         };
         let r = run_plan(d.sup.clone(), &plan, opts).await;
-        if !matches!(&r, Ok(o) if o.status == PlanStatus::Cancelled) {
+        // Left for the next daemon only when this one's drain stopped it: a run an operator
+        // cancelled stays cancelled (it can still be resumed by hand, `corral run --resume`).
+        let drained = matches!(&r, Ok(o) if o.status == PlanStatus::Cancelled)
+            && why.reason() == Some(ExitReason::Shutdown);
+        if !drained {
             super::resume::forget(&d, &run_id);
         }
         let resp = match r {

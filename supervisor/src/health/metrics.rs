@@ -224,7 +224,7 @@ pub async fn serve_metrics(
                         ("404 Not Found", "only GET /metrics is served\n".to_string())
                     };
                     let resp = format!(
-                        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.0 {status}\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = stream.write_all(resp.as_bytes()).await;
