@@ -617,7 +617,10 @@ fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
     while remembered.exists() && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!remembered.exists(), "a cancelled run is not left to be resumed");
+    assert!(
+        !remembered.exists(),
+        "a cancelled run is not left to be resumed"
+    );
     let (code, _) = d.term();
     assert_eq!(code, 0);
 }
