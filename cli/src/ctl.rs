@@ -1,8 +1,9 @@
 //! The daemon's verbs: `serve`, and the client verbs that talk to it over its control socket
 //! (`ps`, `status`, `stop|start|restart`, `submit`, `cancel`, `reset`, `logs`, `events`,
 //! `approvals`, `approve`, `deny`). The socket is found with `--socket PATH`, or from the
-//! config the daemon runs on (`--config FILE`, default as for the other verbs). With no daemon:
-//! one line, exit 2.
+//! config the daemon runs on (`--config FILE`, default as for the other verbs); with neither
+//! and no `./corral.toml`, the packaged service's socket ([`PACKAGED_SOCKET`]) when it is there.
+//! With no daemon: one line, exit 2.
 
 use corral::control::{Client, Request, Response};
 use std::path::{Path, PathBuf};
@@ -19,10 +20,19 @@ pub async fn serve(config: &Path) -> ExitCode {
     }
 }
 
+/// The control socket of `packaging/corral.service` with its sample config.
+pub const PACKAGED_SOCKET: &str = "/run/corral/control.sock";
+
 /// Where the control socket is.
 pub fn socket(socket: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, ExitCode> {
     if let Some(s) = socket {
         return Ok(s.to_path_buf());
+    }
+    // An admin on a host running the packaged service need not name its config (which they
+    // may not be allowed to read).
+    let packaged = Path::new(PACKAGED_SOCKET);
+    if config.is_none() && !Path::new("corral.toml").exists() && packaged.exists() {
+        return Ok(packaged.to_path_buf());
     }
     match crate::defaults::load_config(config) {
         Ok(c) => Ok(c.supervisor.control_socket),
