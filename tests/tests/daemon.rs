@@ -583,6 +583,36 @@ fn approvals_are_listed_and_decided_over_the_socket() {
     assert_eq!(code, 0);
 }
 
+/// One daemon per state directory: a second one on it is refused before it touches anything
+/// (it would resume the first one's plan runs), whatever socket it was given.
+#[test]
+fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let d = start("");
+    let text = std::fs::read_to_string(&d.fx.config).expect("config");
+    let other = d.fx.dir.path().join("other.toml");
+    let sock = d.fx.dir.path().join("other.sock");
+    std::fs::write(
+        &other,
+        text.replacen(
+            "[supervisor]\n",
+            &format!("[supervisor]\ncontrol_socket = \"{}\"\n", sock.display()),
+            1,
+        ),
+    )
+    .expect("write");
+    let out = corral(&["serve", "--config", other.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("another corral serve runs on state_dir")
+            && err.contains(&format!("(pid {})", d.child.id())),
+        "{err}"
+    );
+    assert!(!sock.exists(), "it bound nothing");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 /// A plan run an operator cancelled is not left for the next daemon to resume (a drain's is).
 #[test]
 fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {

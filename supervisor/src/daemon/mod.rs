@@ -69,6 +69,62 @@ pub enum DaemonError {
     /// A signal handler could not be installed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
+    /// Another daemon runs on the same state directory (its journal, its plan runs).
+    #[error("another corral serve runs on state_dir {dir}{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    StateDirBusy {
+        /// The state directory.
+        dir: String,
+        /// The other daemon, as its lock file says.
+        pid: Option<u32>,
+    },
+    /// The state directory's lock could not be taken.
+    #[error("state_dir {dir}: lock: {source}")]
+    StateDirLock {
+        /// The state directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One daemon per state directory: an exclusive `flock` on `<state_dir>/daemon.lock`, held for
+/// the daemon's life (the kernel lets it go with the process, `kill -9` included). A second
+/// daemon would resume the first one's plan runs and serve its service agents' journal twice.
+fn lock_state_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Read, Seek, Write};
+    let err = |source| DaemonError::StateDirLock {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("daemon.lock"))
+        .map_err(err)?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(DaemonError::StateDirBusy {
+                dir: dir.display().to_string(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err((_, e)) => return Err(err(e.into())),
+    };
+    // Who holds it, for the next one's message.
+    let pid = std::process::id().to_string();
+    let written = lock
+        .set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| lock.write_all(pid.as_bytes()));
+    written.map_err(err)?;
+    Ok(lock)
 }
 
 /// Run the daemon on the config at `path` until SIGTERM or SIGINT. Tool calls that ask for
@@ -84,6 +140,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
     let config = Config::load(path)?;
+    let _state_lock = lock_state_dir(&config.supervisor.state_dir)?;
     let (admins_tx, admins_rx) = watch::channel(config.supervisor.admins.clone());
     let socket = config.supervisor.control_socket.clone();
     let group = config.supervisor.control_group;
