@@ -655,6 +655,50 @@ fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
     assert_eq!(code, 0);
 }
 
+/// A plan run the next daemon resumed is under way like any: `status` counts it and `cancel`
+/// stops it (for good: it is not left for another resume).
+#[test]
+fn a_resumed_plan_run_can_be_seen_and_cancelled() {
+    let mut d = start("");
+    let plan = d.fx.dir.path().join("long.toml");
+    std::fs::write(
+        &plan,
+        "[plan]\nname = \"long\"\n[[node]]\nid = \"wait\"\nagent = \"chaos\"\n\
+         input = { do = \"sleep_ms\", ms = 60000 }\n",
+    )
+    .expect("plan");
+    let out = d.ctl(&["submit", "--plan", plan.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{out:?}");
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let remembered = d.fx.dir.path().join(format!("state/plans/{run_id}.json"));
+    d.signal(libc::SIGTERM);
+    d.wait_for("STOPPING=1");
+    assert_eq!(d.child.wait().expect("wait daemon").code(), Some(0));
+    assert!(remembered.is_file(), "left for the next daemon");
+    let fx = d.fx;
+    std::fs::remove_file(fx.dir.path().join("notify.sock")).expect("rm notify socket");
+    let d = start_on(fx);
+    // Resumed in the background once the daemon is ready: cancelled as soon as it is known.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = d.ctl(&["status", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        if doc["runs"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never under way: {doc}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = d.ctl(&["cancel", &run_id]);
+    assert!(out.status.success(), "{out:?}");
+    while remembered.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!remembered.exists(), "cancelled for good");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 /// A plan run under way when the daemon stops is resumed by the next daemon: only the
 /// instances that had not finished run again, and the run ends in the journal.
 #[test]

@@ -235,7 +235,7 @@ fn admit(d: &Daemon, what: &str, stop: Option<crate::StopHandle>) -> Result<Stri
     Ok(run_id)
 }
 
-fn finished(d: &Daemon, run_id: &str, status: &str) {
+pub(super) fn finished(d: &Daemon, run_id: &str, status: &str) {
     d.runs
         .lock()
         .unwrap_or_else(|p| p.into_inner())

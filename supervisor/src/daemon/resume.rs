@@ -94,10 +94,23 @@ async fn resume_one(d: &Arc<Daemon>, run_id: &str, file: &Path) {
         .and_then(|j| j.reader().ok())
         .and_then(|r| r.run(run_id).ok().flatten());
     tracing::info!(run = run_id, plan = %plan.name, "resuming a plan run left by the previous daemon");
+    // Under way like a submitted run: in `status` and the metrics, cancelled by `corral
+    // cancel`, stopped by a drain.
+    let (handle, stop) = crate::Stop::new();
+    d.runs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        run_id.to_string(),
+        super::state::RunEntry {
+            what: plan.name.clone(),
+            stop: Some(handle),
+            task: None,
+        },
+    );
+    let why = stop.clone();
     let opts = PlanOptions {
         input: Value::from_json(&left.input),
         resume: view,
         run_id: Some(run_id.to_string()),
+        stop: Some(stop),
         ..Default::default()
     };
     match run_plan(d.sup.clone(), &plan, opts).await {
@@ -107,10 +120,22 @@ async fn resume_one(d: &Arc<Daemon>, run_id: &str, file: &Path) {
                 status = o.status.as_str(),
                 "resumed plan run ended"
             );
-            if o.status != crate::plan::PlanStatus::Cancelled {
+            super::handler::finished(d, run_id, o.status.as_str());
+            // Left for the next daemon again only when this one's drain stopped it.
+            if o.status != crate::plan::PlanStatus::Cancelled
+                || why.reason() != Some(crate::ExitReason::Shutdown)
+            {
                 forget(d, run_id);
             }
         }
-        Err(e) => tracing::warn!(run = run_id, "resumed plan run failed: {e}"),
+        Err(e) => {
+            // Not run (another supervisor may run it now, see `plan::run_plan`): kept for the
+            // next daemon.
+            d.runs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(run_id);
+            tracing::warn!(run = run_id, "resumed plan run failed: {e}");
+        }
     }
 }
