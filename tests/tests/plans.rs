@@ -146,6 +146,139 @@ skip_memory = true
 }
 
 #[test]
+fn notes_reaching_a_node_twice_are_given_once_and_the_budget_counts_the_list() {
+    let fx = fixture("");
+    // d reads a and b; b hands a's notes on with its own: a's reach d twice.
+    let plan = r#"[plan]
+name = "diamond"
+memory_budget = "40B"
+
+[[node]]
+id = "a"
+agent = "chaos"
+input = { do = "remember", notes = ["note-a"] }
+
+[[node]]
+id = "b"
+agent = "chaos"
+input = { do = "remember", notes = ["note-b"], echo = "$a.output.echo" }
+
+[[node]]
+id = "d"
+agent = "chaos"
+input = { do = "remember", x = "$a.output.echo", y = "$b.output.echo" }
+
+[[node]]
+id = "e"
+agent = "chaos"
+input = { do = "remember", notes = ["012345678a", "012345678b", "012345678c", "012345678d"] }
+
+[[node]]
+id = "f"
+agent = "chaos"
+input = { do = "remember", x = "$e.output.echo" }
+"#;
+    let (code, doc) = run(&fx, plan, &J::Null, &[]);
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["output"]["d"]["seen"], json!(["note-a", "note-b"]));
+    // Four notes of 12 bytes as a list: 2 + 4×12 + 3 commas = 53 > 40; three fit (40).
+    let f = nodes(&doc, "f")[0];
+    assert_eq!(f["memory_trimmed"], 1, "{f}");
+    assert!(f["memory_bytes"].as_u64().expect("bytes") <= 40, "{f}");
+}
+
+#[test]
+fn a_skipped_nodes_fields_are_null_downstream_and_the_report_is_in_plan_order() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "skips"
+max_parallel = 1
+
+[[node]]
+id = "first"
+agent = "chaos"
+input = { do = "sleep_ms", ms = 300 }
+
+[[node]]
+id = "opt"
+agent = "chaos"
+input = { do = "fail", retryable = false }
+optional = true
+on_failure = "skip"
+
+[[node]]
+id = "user"
+agent = "echo"
+input = { got = "$opt.output.echo", deep = "$opt.output.a.b" }
+
+[[node]]
+id = "fan"
+agent = "echo"
+for_each = "$opt.output.list"
+input = { i = "$item" }
+"#;
+    let (code, doc) = run(&fx, plan, &J::Null, &[]);
+    assert_eq!(code, 3, "degraded: {doc}");
+    assert_eq!(doc["status"], "degraded");
+    assert_eq!(doc["output"]["user"], json!({"got": null, "deep": null}));
+    assert_eq!(
+        doc["output"]["fan"],
+        json!([]),
+        "a fan-out over a skipped node: none"
+    );
+    let ids: Vec<&str> = doc["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["first", "opt", "user"], "in plan order");
+    // With one slot, `opt` waited for `first`: its queue time covers first's run, which
+    // `first`'s own does not (it waited for nothing).
+    let first = nodes(&doc, "first")[0];
+    let opt = nodes(&doc, "opt")[0];
+    let ran = first["attempts"][0]["duration_ms"]
+        .as_u64()
+        .expect("duration");
+    assert!(first["queue_ms"].as_u64().expect("q") < ran, "{first}");
+    assert!(
+        opt["queue_ms"].as_u64().expect("q") + 5 >= ran,
+        "{opt} {first}"
+    );
+}
+
+#[test]
+fn a_node_that_fails_before_any_agent_runs_is_reported_with_why() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "early"
+
+[[node]]
+id = "a"
+agent = "echo"
+input = { x = 1 }
+
+[[node]]
+id = "b"
+agent = "echo"
+for_each = "$input.xs"
+input = { i = "$item" }
+"#;
+    let (code, doc) = run(&fx, plan, &json!({"xs": 5}), &[]);
+    assert_eq!(code, 1, "{doc}");
+    let b = nodes(&doc, "b");
+    assert_eq!(b.len(), 1, "{doc}");
+    assert_eq!(b[0]["status"], "failed");
+    assert!(
+        b[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a list")),
+        "{}",
+        b[0]
+    );
+}
+
+#[test]
 fn failure_policies_abort_skip_and_fallback() {
     let fx = fixture("[agents.chaos.restart]\n");
     let _ = &fx;

@@ -87,9 +87,11 @@ impl fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: cannot read config: {source}", .path.display())]
+    #[error("{}: cannot read {what}: {source}", .path.display())]
     Read {
-        /// The config file.
+        /// `config` or `plan`.
+        what: &'static str,
+        /// The file.
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
@@ -481,6 +483,7 @@ impl Config {
     /// Reads and parses the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            what: "config",
             path: path.to_path_buf(),
             source,
         })?;
@@ -505,6 +508,7 @@ impl Config {
     /// the agents whose values resolved). `Ok` with the config when there are none.
     pub fn check_all(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            what: "config",
             path: path.to_path_buf(),
             source,
         })?;

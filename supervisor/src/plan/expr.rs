@@ -148,6 +148,11 @@ pub trait Scope {
     fn output(&self, id: &str) -> Option<&Value>;
     /// The item and index of the instance, for a fan-out.
     fn item(&self) -> Option<(&Value, usize)>;
+    /// Whether node `id` was skipped (`on_failure = "skip"`): whatever is selected from its
+    /// output is `null`.
+    fn skipped(&self, _id: &str) -> bool {
+        false
+    }
 }
 
 impl Template {
@@ -218,6 +223,8 @@ pub fn select(e: &Expr, scope: &dyn Scope) -> Result<Value, SelectError> {
     let index;
     let base = match &e.root {
         Root::Input => scope.input(),
+        // A skipped node's dependants receive null, whatever field they select of it.
+        Root::Output(id) if scope.skipped(id) => return Ok(Value::Null),
         Root::Output(id) => scope
             .output(id)
             .ok_or_else(|| missing(format!("node `{id}` has no output")))?,

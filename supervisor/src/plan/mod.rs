@@ -153,6 +153,7 @@ impl Plan {
     /// Read and validate the plan at `path` against `config`'s agents.
     pub fn load(path: &Path, config: &Config) -> Result<Plan, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            what: "plan",
             path: path.to_path_buf(),
             source,
         })?;

@@ -71,6 +71,9 @@ pub struct NodeReport {
     pub queue_ms: u64,
     /// Its attempts' exit records.
     pub attempts: Vec<ExitRecord>,
+    /// Why it failed before any agent ran (its input or `for_each` could not be selected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What a plan run produced.

@@ -19,7 +19,7 @@ use crate::run::journal::{now_ms, JournalCall};
 use crate::run::{CallOptions, CallOutcome, RunError, RunShare, Supervisor};
 use crate::stop::{Stop, StopHandle};
 use corral_proto::Value;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -68,11 +68,14 @@ struct Queued {
     memory: Vec<Value>,
     trimmed: usize,
     since: Instant,
+    /// How long it waited for a slot (set at its launch).
+    queue_ms: u64,
 }
 
 struct Ctx<'a> {
     input: &'a Value,
     outputs: &'a HashMap<String, Value>,
+    skipped: &'a HashSet<String>,
     item: Option<(&'a Value, usize)>,
 }
 
@@ -85,6 +88,9 @@ impl Scope for Ctx<'_> {
     }
     fn item(&self) -> Option<(&Value, usize)> {
         self.item
+    }
+    fn skipped(&self, id: &str) -> bool {
+        self.skipped.contains(id)
     }
 }
 
@@ -177,6 +183,8 @@ struct Sched<'p> {
     run_id: String,
     nodes: Vec<NodeRun>,
     outputs: HashMap<String, Value>,
+    /// Nodes skipped by their policy: what their dependants select of them is `null`.
+    skipped: HashSet<String>,
     queue: VecDeque<Queued>,
     live: usize,
     per_agent: HashMap<String, u32>,
@@ -256,6 +264,7 @@ impl<'p> Sched<'p> {
             run_id,
             nodes,
             outputs: HashMap::new(),
+            skipped: HashSet::new(),
             queue: VecDeque::new(),
             live: 0,
             per_agent: HashMap::new(),
@@ -308,9 +317,14 @@ impl<'p> Sched<'p> {
                 let ctx = Ctx {
                     input: &self.input,
                     outputs: &self.outputs,
+                    skipped: &self.skipped,
                     item: None,
                 };
                 match expr::select(e, &ctx) {
+                    // Over a skipped node's output: no instances (an empty list).
+                    Ok(Value::Null) if matches!(&e.root, expr::Root::Output(id) if self.skipped.contains(id)) => {
+                        Vec::new()
+                    }
                     Ok(Value::List(l)) => l
                         .into_iter()
                         .enumerate()
@@ -318,9 +332,9 @@ impl<'p> Sched<'p> {
                         .collect(),
                     Ok(other) => {
                         let why = format!("for_each `{e}` is {}, not a list", other.kind());
-                        return self.node_failed(i, why);
+                        return self.fail_unstarted(i, None, why);
                     }
-                    Err(err) => return self.node_failed(i, err.to_string()),
+                    Err(err) => return self.fail_unstarted(i, None, err.to_string()),
                 }
             }
         };
@@ -340,6 +354,7 @@ impl<'p> Sched<'p> {
             let ctx = Ctx {
                 input: &self.input,
                 outputs: &self.outputs,
+                skipped: &self.skipped,
                 item: item.as_ref().map(|(v, k)| (v, *k)),
             };
             match n.input.eval(&ctx) {
@@ -350,8 +365,9 @@ impl<'p> Sched<'p> {
                     memory: memory.clone(),
                     trimmed,
                     since: Instant::now(),
+                    queue_ms: 0,
                 }),
-                Err(e) => return self.node_failed(i, e.to_string()),
+                Err(e) => return self.fail_unstarted(i, index, e.to_string()),
             }
         }
         if count == 0 {
@@ -364,15 +380,21 @@ impl<'p> Sched<'p> {
         if n.skip_memory {
             return (Vec::new(), 0);
         }
-        let mut out = Vec::new();
-        let mut used = 0u64;
+        let mut out: Vec<Value> = Vec::new();
+        // Counted as sent: the notes as one JSON list, brackets and commas included.
+        let mut used = 2u64;
         let mut trimmed = 0;
         for d in &n.deps {
             let Some(k) = self.plan.nodes.iter().position(|x| &x.id == d) else {
                 continue;
             };
             for note in self.nodes[k].notes.iter().flatten() {
-                let size = note.to_json().to_string().len() as u64;
+                // A note that reached this node by two paths (a diamond: an upstream node
+                // hands its own notes on) is given once.
+                if out.contains(note) {
+                    continue;
+                }
+                let size = note.to_json().to_string().len() as u64 + u64::from(!out.is_empty());
                 if used + size > self.plan.memory_budget {
                     trimmed += 1;
                     continue;
@@ -409,7 +431,24 @@ impl<'p> Sched<'p> {
             memory_trimmed: 0,
             queue_ms,
             attempts,
+            error: None,
         }
+    }
+
+    /// Node `i` (instance `index`) failed before any agent ran: reported with `why`, then its
+    /// policy applies.
+    fn fail_unstarted(&mut self, i: usize, index: Option<usize>, why: String) {
+        let status = match self.node(i).on_failure {
+            OnFailure::Skip => "skipped",
+            _ => "failed",
+        };
+        let mut rep = self.report(i, index, status, 0, 0, Vec::new());
+        rep.error = Some(why.clone());
+        if let Some(p) = &self.progress {
+            let _ = p.send(rep.clone());
+        }
+        self.reports.push(rep);
+        self.node_failed(i, why);
     }
 
     /// Whether an instance of node `i` may start now.
@@ -441,7 +480,8 @@ impl<'p> Sched<'p> {
         }
     }
 
-    fn launch(&mut self, set: &mut JoinSet<Done>, q: Queued) {
+    fn launch(&mut self, set: &mut JoinSet<Done>, mut q: Queued) {
+        q.queue_ms = u64::try_from(q.since.elapsed().as_millis()).unwrap_or(u64::MAX);
         let i = q.node;
         let n = self.node(i);
         self.live += 1;
@@ -466,6 +506,7 @@ impl<'p> Sched<'p> {
                     "node": n.id,
                     "index": q.index,
                     "parent": self.nodes[i].in_place_of.map(|p| self.node(p).id.clone()),
+                    "queue_ms": q.queue_ms,
                 }),
                 event: "node",
             }),
@@ -541,6 +582,7 @@ impl<'p> Sched<'p> {
                 self.nodes[i].state = State::Done;
                 self.nodes[i].output = Value::Null;
                 self.outputs.insert(n.id.clone(), Value::Null);
+                self.skipped.insert(n.id.clone());
             }
             (OnFailure::Fallback, Some(f)) => {
                 let Some(k) = self.plan.nodes.iter().position(|x| &x.id == f) else {
@@ -647,11 +689,7 @@ impl<'p> Sched<'p> {
                 *c = c.saturating_sub(1);
             }
             let out = out?;
-            let queue_ms = out
-                .attempts
-                .first()
-                .map(|_| q.since.elapsed().as_millis() as u64)
-                .unwrap_or(0);
+            let queue_ms = q.queue_ms;
             let ok = out.ok();
             let status = match (ok, self.cancelled || self.failed) {
                 (true, _) => "succeeded",
@@ -720,11 +758,15 @@ impl<'p> Sched<'p> {
             })
             .await?;
         }
+        // In plan order, then index order, whatever order they ended in.
+        let mut nodes = std::mem::take(&mut self.reports);
+        let at = |id: &str| self.plan.nodes.iter().position(|n| n.id == id);
+        nodes.sort_by_key(|r| (at(&r.node), r.index));
         Ok(PlanOutcome {
             run_id: self.run_id.clone(),
             status,
             output,
-            nodes: std::mem::take(&mut self.reports),
+            nodes,
         })
     }
 
