@@ -203,6 +203,13 @@ pub fn submit(socket: &Path, req: Request, json: bool) -> ExitCode {
                 },
             )
         }
+        // Waiting, and the daemon went before the answer (it stopped).
+        Ok(Response::Accepted { run_id }) => {
+            eprintln!(
+                "corral: the daemon stopped before run {run_id} ended: see `corral show {run_id}`"
+            );
+            ExitCode::from(1)
+        }
         Ok(other) => {
             eprintln!("corral: unexpected answer: {other:?}");
             ExitCode::from(1)

@@ -583,6 +583,29 @@ fn approvals_are_listed_and_decided_over_the_socket() {
     assert_eq!(code, 0);
 }
 
+/// `submit --wait` of a task that fails says why, as `corral call` does.
+#[test]
+fn a_failed_task_waited_for_says_why_as_call_does() {
+    let d = start("");
+    let task = r#"{"do":"fail","retryable":false}"#;
+    let out = d.ctl(&["submit", "chaos", "--input", task, "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let via = String::from_utf8_lossy(&out.stderr).into_owned();
+    let config = d.fx.config.to_str().expect("utf-8").to_string();
+    let direct = corral(&["call", "chaos", "--config", &config, "--input", task]);
+    assert_eq!(direct.status.code(), Some(1), "{direct:?}");
+    let direct = String::from_utf8_lossy(&direct.stderr).into_owned();
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("corral: task failed: "))
+            .map(str::to_string)
+    };
+    assert!(line(&via).is_some(), "{via}");
+    assert_eq!(line(&via), line(&direct), "{via}\n{direct}");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 /// One daemon per state directory: a second one on it is refused before it touches anything
 /// (it would resume the first one's plan runs), whatever socket it was given.
 #[test]

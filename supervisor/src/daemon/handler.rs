@@ -321,16 +321,18 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                     tracing::warn!(run = %run_id, "journal: {e}");
                 }
             }
-            let (doc, output, exit) = match result {
+            let (doc, output, exit, summary) = match result {
                 Ok((out, _)) => {
                     let out = out.to_json();
                     let doc = serde_json::json!({"run_id": run_id, "output": out, "attempts": []});
-                    (doc, out, 0)
+                    (doc, out, 0, String::new())
                 }
                 Err(e) => {
+                    // Said as `corral call` says it.
+                    let summary = format!("corral: task failed: {}: {}", e.kind, e.message);
                     let error = serde_json::json!({"kind": e.kind, "message": e.message, "retryable": e.retryable});
                     let doc = serde_json::json!({"run_id": run_id, "output": null, "error": error, "attempts": []});
-                    (doc, serde_json::Value::Null, 1)
+                    (doc, serde_json::Value::Null, 1, summary)
                 }
             };
             let status = match (exit, cancelled) {
@@ -345,7 +347,7 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                         json: serde_json::to_string_pretty(&doc).unwrap_or_default(),
                         output: output.to_string(),
                         exit,
-                        summary: String::new(),
+                        summary,
                     })
                     .await;
             }
@@ -391,11 +393,24 @@ fn submit_task(d: &Arc<Daemon>, agent: String, input: &str, wait: bool, replies:
                 let output = o.output.as_ref().map(|v| v.to_json());
                 let doc = serde_json::json!({"run_id": o.run_id, "output": output, "attempts": o.attempts});
                 finished(&d, &run_id, if o.ok() { "succeeded" } else { "failed" });
+                // Said as `corral call` says it.
+                let summary = match o.last().filter(|_| !o.ok()) {
+                    Some(last) => format!(
+                        "corral: task failed: {} after {} attempt(s): {}",
+                        last.reason,
+                        o.attempts.len(),
+                        last.error
+                            .as_ref()
+                            .map(|e| e.message.as_str())
+                            .unwrap_or("")
+                    ),
+                    None => String::new(),
+                };
                 Response::Finished {
                     json: serde_json::to_string_pretty(&doc).unwrap_or_default(),
                     output: output.unwrap_or(serde_json::Value::Null).to_string(),
                     exit: if o.ok() { 0 } else { 1 },
-                    summary: String::new(),
+                    summary,
                 }
             }
             Err(e) => {
