@@ -341,7 +341,28 @@ fn init_tracing(verbose: Option<u8>) {
         .try_init();
 }
 
+/// A reader that left (`corral events | head -2`) ends the command quietly, as it ends any
+/// Unix filter, instead of a panic's backtrace: Rust ignores SIGPIPE, so `println!` panics on
+/// the closed pipe, and this hook exits in its place (0, what `head` leaves). Any other panic
+/// is reported as before.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

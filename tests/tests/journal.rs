@@ -466,3 +466,22 @@ fn log_lines_are_journalled_in_order_by_level() {
     let first_log = kinds.iter().position(|k| *k == "log").expect("log");
     assert!(contract < first_log, "{kinds:?}");
 }
+
+/// A reader that leaves (`corral runs | head -1`) ends a verb quietly, as any Unix filter:
+/// no panic, no backtrace.
+#[test]
+fn a_closed_stdout_ends_a_verb_quietly() {
+    let fx = fixture("");
+    let mut child = Command::new(corral_e2e::bin("corral"))
+        .args(["runs", "--config", cfg(&fx)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Closed before the verb prints its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
