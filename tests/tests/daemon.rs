@@ -583,6 +583,32 @@ fn approvals_are_listed_and_decided_over_the_socket() {
     assert_eq!(code, 0);
 }
 
+/// The drain gives each agent the `kill_grace` it has now: one a reload raised is waited for
+/// that long (said to systemd in `EXTEND_TIMEOUT_USEC`).
+#[test]
+fn the_drain_follows_a_kill_grace_a_reload_raised() {
+    let mut d = start("");
+    let good = std::fs::read_to_string(&d.fx.config).expect("read config");
+    std::fs::write(
+        &d.fx.config,
+        good.replace("[agents.chaos]\n", "[agents.chaos]\nkill_grace = \"25s\"\n"),
+    )
+    .expect("write");
+    d.signal(libc::SIGHUP);
+    d.wait_for("RELOADING=1");
+    d.wait_for("READY=1");
+    d.signal(libc::SIGTERM);
+    let stopping = d.wait_for("STOPPING=1");
+    let usec: u64 = stopping
+        .lines()
+        .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no EXTEND_TIMEOUT_USEC: {stopping}"));
+    assert!(usec >= 50_000_000, "twice the new 25 s grace: {stopping}");
+    let status = d.child.wait().expect("wait daemon");
+    assert_eq!(status.code(), Some(0));
+}
+
 /// `submit --wait` of a task that fails says why, as `corral call` does.
 #[test]
 fn a_failed_task_waited_for_says_why_as_call_does() {

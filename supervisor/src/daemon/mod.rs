@@ -218,10 +218,18 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
 
     // The drain.
     daemon.draining.store(true, Ordering::SeqCst);
+    // The agents as configured now (a reload may have changed their `kill_grace`), and as
+    // at start-up (instances of a generation a reload replaced may still be finishing).
+    let now: Vec<_> = sup
+        .agent_names()
+        .iter()
+        .filter_map(|n| sup.agent_spec(n))
+        .collect();
     let grace = sup
         .config()
         .agents
         .values()
+        .chain(now.iter().map(|s| &**s))
         .map(service::drain_time)
         .max()
         .unwrap_or(Duration::from_secs(1))
