@@ -329,6 +329,43 @@ async fn wait_started(daemon: &Daemon) {
 }
 
 /// SIGHUP: read the config again and apply it, or keep the running one.
+/// The `[supervisor]` keys that differ between `running` and `new`, but for `admins` (which a
+/// reload applies): they take effect only when the daemon starts again.
+fn needs_restart(
+    running: &crate::config::SupervisorConfig,
+    new: &crate::config::SupervisorConfig,
+) -> Vec<&'static str> {
+    // Every field named: one added to the section must be placed here or in the reload.
+    let crate::config::SupervisorConfig {
+        state_dir,
+        max_frame,
+        uid_range,
+        journal,
+        journal_keep,
+        journal_sync_full,
+        max_agents,
+        control_socket,
+        control_group,
+        admins: _,
+        metrics_listen,
+    } = running;
+    [
+        ("state_dir", *state_dir != new.state_dir),
+        ("max_frame", *max_frame != new.max_frame),
+        ("uid_range", *uid_range != new.uid_range),
+        ("journal", *journal != new.journal),
+        ("journal_keep", *journal_keep != new.journal_keep),
+        ("journal_sync", *journal_sync_full != new.journal_sync_full),
+        ("max_agents", *max_agents != new.max_agents),
+        ("control_socket", *control_socket != new.control_socket),
+        ("control_group", *control_group != new.control_group),
+        ("metrics_listen", *metrics_listen != new.metrics_listen),
+    ]
+    .into_iter()
+    .filter_map(|(k, differs)| differs.then_some(k))
+    .collect()
+}
+
 fn reload(daemon: &Arc<Daemon>, path: &Path, admins: &watch::Sender<Admins>) {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -338,6 +375,15 @@ fn reload(daemon: &Arc<Daemon>, path: &Path, admins: &watch::Sender<Admins>) {
         }
     };
     daemon.reloads.fetch_add(1, Ordering::Relaxed);
+    let later = needs_restart(&daemon.sup.config().supervisor, &config.supervisor);
+    if !later.is_empty() {
+        tracing::warn!(
+            keys = %later.join(", "),
+            "[supervisor] {} changed: in force at the next restart of the daemon (only `admins` \
+             applies at a reload)",
+            later.join(", ")
+        );
+    }
     let old: std::collections::HashMap<String, String> = daemon
         .sup
         .agent_names()
@@ -385,4 +431,29 @@ fn reload(daemon: &Arc<Daemon>, path: &Path, admins: &watch::Sender<Admins>) {
         }
     }
     tracing::info!(changed = ?changed, "config reloaded from {}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_restart;
+    use crate::Config;
+    use std::path::Path;
+
+    fn sup(text: &str) -> crate::config::SupervisorConfig {
+        Config::parse(text, Path::new("corral.toml"))
+            .expect("config")
+            .supervisor
+    }
+
+    #[test]
+    fn a_reload_names_the_supervisor_keys_left_for_a_restart() {
+        let a = sup("[supervisor]\nmetrics_listen = \"9184\"\nadmins = [\"root\"]\n");
+        let b = sup("[supervisor]\nmetrics_listen = \"9185\"\nadmins = [\"1001\"]\n");
+        assert_eq!(
+            needs_restart(&a, &b),
+            ["metrics_listen"],
+            "admins apply at a reload"
+        );
+        assert!(needs_restart(&a, &a).is_empty());
+    }
 }
