@@ -277,6 +277,20 @@ fn has_location(line: &str) -> bool {
 fn a_peer_not_in_admins_is_refused() {
     let d = start("");
     let socket = d.fx.dir.path().join("state/control.sock");
+    // The socket's mode keeps the other uid out first: said as such, not as "no daemon".
+    let out = Command::new(bin("corral"))
+        .args(["ps", "--socket"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the client as uid 65534");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied: uid 65534 is not root nor in the socket's group"),
+        "{err}"
+    );
     // Let the other uid reach the socket, so that the daemon's own check is what refuses it.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     std::fs::set_permissions(

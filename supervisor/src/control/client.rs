@@ -29,6 +29,17 @@ pub enum ControlError {
     /// The daemon ended the conversation before its final answer.
     #[error("control socket {0}: the daemon closed the connection before answering")]
     Closed(PathBuf),
+    /// The socket (or a directory above it) is not open to this user.
+    #[error(
+        "control socket {path}: permission denied: uid {uid} is not root nor in the socket's \
+         group (`[supervisor] control_group`; the daemon admits `[supervisor] admins`)"
+    )]
+    Denied {
+        /// The socket.
+        path: PathBuf,
+        /// This process's uid.
+        uid: u32,
+    },
 }
 
 /// A connection to the daemon, for one request.
@@ -45,7 +56,16 @@ impl Client {
             path: path.to_path_buf(),
             source,
         };
-        let stream = UnixStream::connect(path).map_err(no_daemon)?;
+        let stream = UnixStream::connect(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                ControlError::Denied {
+                    path: path.to_path_buf(),
+                    uid: nix::unistd::getuid().as_raw(),
+                }
+            } else {
+                no_daemon(e)
+            }
+        })?;
         let read = stream.try_clone().map_err(no_daemon)?;
         Ok(Client {
             path: path.to_path_buf(),
