@@ -374,6 +374,51 @@ fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
     Ok(out)
 }
 
+/// A service agent's tool calls are in the metrics as they are answered, not when its
+/// (long-lived) process ends.
+#[test]
+fn a_service_agents_tool_calls_are_counted_while_it_lives() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let svc = format!(
+        "[agents.tsvc]\ncommand = [\"{}\"]\nservice = true\ntools = [\"fs.list\"]\n",
+        bin("chaos").display()
+    );
+    let fx = fixture(&svc);
+    let cfg_text = std::fs::read_to_string(&fx.config).expect("read");
+    std::fs::write(
+        &fx.config,
+        cfg_text.replace(
+            "[supervisor]\n",
+            &format!("[supervisor]\nmetrics_listen = \"{port}\"\n"),
+        ),
+    )
+    .expect("write");
+    let d = start_on(fx);
+    let pid = d.ready_pid("tsvc", &[]);
+    let task = r#"{"do":"tools","calls":[{"tool":"fs.list","args":{"path":"."}},{"tool":"fs.list","args":{"path":"."}},{"tool":"fs.read","args":{"path":"x"}}]}"#;
+    let out = d.ctl(&["submit", "tsvc", "--input", task, "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let body = get_metrics(port);
+    let count = |tool: &str, status: &str| {
+        let want = format!("corral_tool_calls_total{{tool=\"{tool}\",status=\"{status}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&want))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(count("fs.list", "ok"), Some(2.0), "{body}");
+    assert_eq!(count("fs.read", "permission_denied"), Some(1.0), "{body}");
+    assert_eq!(
+        d.ready_pid("tsvc", &[]),
+        pid,
+        "the same process, still running"
+    );
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn metrics_parse_and_submit_plan_matches_run() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

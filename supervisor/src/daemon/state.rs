@@ -155,15 +155,24 @@ impl Daemon {
         }
     }
 
-    /// Notes of an agent's attempts that keep its `Log` lines for `corral logs`.
+    /// Notes of an agent's attempts: its `Log` lines kept for `corral logs`, its tool calls
+    /// counted in the metrics as they are answered.
     pub(crate) fn log_notes(self: &Arc<Self>, agent: &str) -> Notes {
         let d = Arc::downgrade(self);
         let agent = agent.to_string();
         Arc::new(move |note| {
-            if let (Note::Logs(lines), Some(d)) = (note, d.upgrade()) {
-                for l in lines {
-                    d.log_line(&agent, &format!("{:?} {}", l.level, l.text));
+            let Some(d) = d.upgrade() else { return };
+            match note {
+                Note::Logs(lines) => {
+                    for l in lines {
+                        d.log_line(&agent, &format!("{:?} {}", l.level, l.text));
+                    }
                 }
+                Note::ToolCall { tool, result, .. } => {
+                    let status = result.as_ref().err().map_or("ok", |e| e.kind.as_str());
+                    d.metrics.tool_call(&tool, status);
+                }
+                _ => {}
             }
         })
     }

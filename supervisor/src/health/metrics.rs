@@ -126,15 +126,14 @@ impl Metrics {
         self.exits
             .get_or_create(&labels(&[("agent", &rec.agent), ("reason", reason)]))
             .inc();
-        for t in &rec.tool_calls {
-            let status = match &t.error_kind {
-                None => "ok",
-                Some(k) => k.as_str(),
-            };
-            self.tool_calls
-                .get_or_create(&labels(&[("tool", &t.tool), ("status", status)]))
-                .inc();
-        }
+    }
+
+    /// A tool call was answered (`ok`, or the error's kind), counted as it happens: a service
+    /// agent's attempt may last for days, and its record keeps only the first and last calls.
+    pub fn tool_call(&self, tool: &str, status: &str) {
+        self.tool_calls
+            .get_or_create(&labels(&[("tool", tool), ("status", status)]))
+            .inc();
     }
 
     /// An agent got ready this long after its spawn.
