@@ -101,6 +101,60 @@ impl Daemon {
     }
 }
 
+/// A service instance's exit record says the restart that follows it, as a call's does.
+#[test]
+fn a_service_agents_record_says_its_restart() {
+    use std::io::BufRead;
+    let d = start(SERVICE);
+    let pids = d.wait_pids(&[]);
+    let sock = d.fx.dir.path().join("state/control.sock");
+    let mut follow = Command::new(bin("corral"))
+        .args(["events", "-f", "--socket"])
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("events -f");
+    let out = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(ev) = serde_json::from_str(&line) {
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Following for sure once an event of a task arrives: the `exited` below is not missed.
+    loop {
+        let out = d.ctl(&["submit", "svc", "--input", "1", "--wait"]);
+        assert!(out.status.success(), "{out:?}");
+        if rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+            break;
+        }
+    }
+    let victim = pids[0] as i32;
+    let host = corral_e2e::agent_pid(victim);
+    // SAFETY (test): kill the agent's process (under its init when there is one).
+    unsafe { libc::kill(host, libc::SIGKILL) };
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let rec = loop {
+        let ev = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("an exited event");
+        if ev["event"] == "exited" {
+            break ev["record"].clone();
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(rec["restart_count"], 1, "{rec}");
+    assert!(rec["backoff_ms"].is_u64(), "{rec}");
+    assert_eq!(rec["decision"], "retry", "{rec}");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn notify_order_service_restart_and_drain() {
     let mut d = start(SERVICE);

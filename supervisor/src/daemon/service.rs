@@ -198,17 +198,21 @@ fn instance_loop(
                 .await;
             let ran_for = started.elapsed();
             let stopping = stop.borrow().is_some();
+            // The restart that follows unless the instance leaves, said in the record too.
+            backoff.on_healthy_run(ran_for);
+            let delay = backoff.next_delay(0.5);
+            let restarts = me.info.lock().unwrap_or_else(|p| p.into_inner()).restarts + 1;
             // Settled apart: nothing of the attempt's end (its record is large) is kept in this
             // loop's state across the backoff's wait, for the instance's whole life.
-            let Some(reason) = settle(&me.daemon, &me.spec, &me.info, &me.rx, out, stopping) else {
+            let next = (restarts, delay);
+            let Some(reason) = settle(&me.daemon, &me.spec, &me.info, &me.rx, out, stopping, next)
+            else {
                 break;
             };
             drop(_slot);
-            backoff.on_healthy_run(ran_for);
-            let delay = backoff.next_delay(0.5);
             {
                 let mut i = me.info.lock().unwrap_or_else(|p| p.into_inner());
-                i.restarts += 1;
+                i.restarts = restarts;
                 i.backoff_until = Some(Instant::now() + delay);
             }
             me.daemon.metrics.restarted(&me.spec.name);
@@ -247,8 +251,16 @@ fn settle(
     rx: &async_channel::Receiver<ServiceTask>,
     out: crate::child::AttemptOutcome,
     stopping: bool,
+    (restarts, delay): (u64, std::time::Duration),
 ) -> Option<ExitReason> {
-    let rec = out.record;
+    let mut rec = out.record;
+    let leaving = stopping || rec.reason == ExitReason::Shutdown && rx.is_closed();
+    if !leaving {
+        // The instance is restarted (a service agent's policy is its instance loop's).
+        rec.restart_count = u32::try_from(restarts).unwrap_or(u32::MAX);
+        rec.backoff_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        rec.decision = crate::record::Decision::Retry;
+    }
     daemon.metrics.exited(&rec);
     daemon.event_record(&rec);
     let in_flight = match out.in_flight {
@@ -290,7 +302,7 @@ fn settle(
         i.last_exit = Some(rec.reason);
         i.state = InstanceState::Backoff;
     }
-    if stopping || rec.reason == ExitReason::Shutdown && rx.is_closed() {
+    if leaving {
         return None;
     }
     Some(rec.reason)
