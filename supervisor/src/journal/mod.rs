@@ -22,7 +22,7 @@
 //! let journal = Journal::open(std::path::Path::new("state/corral.db"))?;
 //! journal.append(Entry::RunStarted {
 //!     run_id: "r1".into(), agent: "echo".into(), kind: "call".into(),
-//!     config_hash: "…".into(), started_at_ms: 0,
+//!     config_hash: "…".into(), started_at_ms: 0, input: None,
 //! });
 //! journal.durable(Entry::RunEnded { run_id: "r1".into(), status: RunStatus::Succeeded, at_ms: 1 }).await?;
 //! let runs = journal.reader()?.runs(&RunFilter::default())?;

@@ -216,6 +216,7 @@ impl Plan {
         for n in &mut nodes {
             n.fallback_only = fallbacks.contains(&n.id);
         }
+        check_fallbacks(&at, &nodes, &seen)?;
         check_cycles(&at, &nodes, &seen)?;
         Ok(Plan {
             path: path.to_path_buf(),
@@ -244,6 +245,72 @@ impl Plan {
             .iter()
             .filter(|n| !n.fallback_only && !used.contains(n.id.as_str()))
             .collect()
+    }
+}
+
+/// Fallbacks that could never run as written: one that reads the node it replaces (whose
+/// output never comes: it failed), a node reading a fallback's output by the fallback's name
+/// (it has none unless it ran: its output is its replaced node's), one fallback for two nodes.
+/// Each at the place of the node at fault, all of them at once.
+fn check_fallbacks(
+    at: &At<'_>,
+    nodes: &[Node],
+    ids: &BTreeMap<String, usize>,
+) -> Result<(), ConfigError> {
+    // (place, message), reported in the file's order.
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    let off = |id: &str| ids.get(id).copied().unwrap_or(0);
+    let mut replaces: BTreeMap<&str, &str> = BTreeMap::new();
+    for n in nodes {
+        let Some(f) = n.fallback.as_deref() else {
+            continue;
+        };
+        match replaces.entry(f) {
+            std::collections::btree_map::Entry::Occupied(first) => errors.push((
+                off(&n.id),
+                format!(
+                    "node `{}`: fallback `{f}` already stands in for `{}`: a fallback \
+                     replaces one node",
+                    n.id,
+                    first.get()
+                ),
+            )),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(n.id.as_str());
+            }
+        }
+        if nodes.iter().any(|x| x.id == f && x.deps.contains(&n.id)) {
+            errors.push((
+                off(f),
+                format!(
+                    "node `{f}` runs in place of `{}` when it fails, so it cannot read \
+                     `${}.output`",
+                    n.id, n.id
+                ),
+            ));
+        }
+    }
+    for n in nodes {
+        for d in &n.deps {
+            if let Some(replaced) = replaces.get(d.as_str()) {
+                errors.push((
+                    off(&n.id),
+                    format!(
+                        "node `{}` depends on `{d}`, which runs only in place of `{replaced}`: \
+                         depend on `{replaced}` (`${replaced}.output` is the fallback's output \
+                         when it ran)",
+                        n.id
+                    ),
+                ));
+            }
+        }
+    }
+    errors.sort_by_key(|(o, _)| *o);
+    let mut errors: Vec<ConfigError> = errors.into_iter().map(|(o, m)| at.err(o, m)).collect();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(ConfigError::Many(errors)),
     }
 }
 

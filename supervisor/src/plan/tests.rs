@@ -133,3 +133,49 @@ fn each_error_is_refused_at_its_place() {
     assert!(e.to_string().contains("for_eech"), "{e}");
     assert!(e.location().is_some(), "{e}");
 }
+
+#[test]
+fn fallbacks_that_could_never_run_are_refused_each_at_its_place() {
+    let text = r#"[plan]
+name = "fb"
+
+[[node]]
+id = "m1"
+agent = "lister"
+input = { x = 1 }
+on_failure = "fallback"
+fallback = "backup"
+
+[[node]]
+id = "m2"
+agent = "lister"
+input = { x = 2 }
+on_failure = "fallback"
+fallback = "backup"
+
+[[node]]
+id = "backup"
+agent = "reader"
+input = { got = "$m1.output" }
+
+[[node]]
+id = "user"
+agent = "merger"
+input = { b = "$backup.output" }
+"#;
+    let err = parse(text).expect_err("refused").to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "all at once: {err}");
+    assert!(
+        lines[0].starts_with("plan.toml:12:6:") && lines[0].contains("already stands in for `m1`"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("plan.toml:19:6:") && lines[1].contains("cannot read `$m1.output`"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("plan.toml:24:6:") && lines[2].contains("runs only in place of `m1`"),
+        "{err}"
+    );
+}
