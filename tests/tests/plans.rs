@@ -710,6 +710,51 @@ input = { got = "$slow.output" }
 /// A field path the upstream agent's contract cannot have is refused before anything runs,
 /// at its place; the contracts are asked of the agents once and cached.
 #[test]
+fn a_fan_out_and_its_items_are_checked_against_the_contracts() {
+    let fx = fixture("");
+    let plan = r#"[plan]
+name = "fan"
+
+[[node]]
+id = "a"
+agent = "shout"
+for_each = "$input"
+input = { text = "$item" }
+
+[[node]]
+id = "b"
+agent = "echo"
+for_each = "$a.output"
+input = { got = "$item.nope", ok = "$item.shout" }
+
+[[node]]
+id = "c"
+agent = "echo"
+for_each = "$a.output.0.shout"
+input = { x = 1 }
+"#;
+    let p = plan_file(&fx, plan);
+    let out = corral(&["validate", "--config", cfg(&fx), p.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plan.toml:14:9:")
+            && err.contains("`$item.nope`: the items of `$a.output` have no `nope`"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("$item.shout"),
+        "a field the items have: {err}"
+    );
+    assert!(
+        err.contains("plan.toml:19:12:")
+            && err.contains("for_each `$a.output.0.shout` is of type string")
+            && err.contains("not a list"),
+        "{err}"
+    );
+}
+
+#[test]
 fn field_paths_are_checked_against_the_agents_contracts() {
     let fx = fixture("");
     let plan = |path: &str| {

@@ -1,6 +1,7 @@
 //! Field paths checked against the contracts: `$list.output.files` names a field the `list`
-//! node's agent declares in its output schema (or a place its schema leaves open), before
-//! anything runs. The contracts come from the agents themselves (each started once up to its
+//! node's agent declares in its output schema (or a place its schema leaves open), a
+//! `for_each` over an upstream output selects a list, and `$item.…` a field its items have,
+//! before anything runs. The contracts come from the agents themselves (each started once up to its
 //! handshake: see `Supervisor::probe`) and are cached by the caller.
 
 use super::expr::{Expr, Root};
@@ -45,6 +46,32 @@ fn walk(schema: &Schema, path: &[String]) -> Option<(String, String)> {
     }
 }
 
+/// The schema `path` selects in `schema`, when the schema says it (not past an open place:
+/// `Any`, alternatives, an object's extra fields).
+fn at<'s>(schema: &'s Schema, path: &[String]) -> Option<&'s Schema> {
+    let Some((seg, rest)) = path.split_first() else {
+        return Some(schema);
+    };
+    match schema {
+        Schema::Optional(inner) => at(inner, path),
+        Schema::Object(o) => at(&o.fields.iter().find(|f| &f.name == seg)?.schema, rest),
+        Schema::Map(inner) => at(inner, rest),
+        Schema::List(item) if seg.parse::<usize>().is_ok() => at(item, rest),
+        _ => None,
+    }
+}
+
+/// The items of a list `schema` (through `Optional`); `Err` with what it is instead, when the
+/// schema says it is no list; `Ok(None)` when it cannot tell.
+fn items(schema: &Schema) -> Result<Option<&Schema>, String> {
+    match schema {
+        Schema::List(item) => Ok(Some(item)),
+        Schema::Optional(inner) => items(inner),
+        Schema::Any | Schema::OneOf(_) => Ok(None),
+        other => Err(other.describe()),
+    }
+}
+
 impl Plan {
     /// Every `$node.output…` path that the node's agent's declared output cannot have, at its
     /// place in the plan file. Agents without a known contract are not checked.
@@ -60,24 +87,49 @@ impl Plan {
                 .collect();
             if let Some(f) = &n.for_each {
                 exprs.push((f, n.for_each_at));
+                // What the fan-out goes over: a list, whose items `$item` selects from.
+                if let Some((up, c, schema)) = self.upstream(f, contracts) {
+                    let bad = |message: String| ConfigError::Invalid {
+                        path: self.path.clone(),
+                        location: Some(Location::from_offset(text, n.for_each_at)),
+                        message,
+                    };
+                    match at(&schema, &f.path).map(items) {
+                        Some(Err(found)) => errs.push(bad(format!(
+                            "node `{}`: for_each `{f}` is of type {found} in agent `{}`'s \
+                             output (contract `{}` {}), not a list",
+                            n.id, up.agent, c.name, c.version
+                        ))),
+                        Some(Ok(Some(item))) => {
+                            for e in n.input.exprs() {
+                                if e.root != Root::Item {
+                                    continue;
+                                }
+                                if let Some((seg, found)) = walk(item, &e.path) {
+                                    errs.push(ConfigError::Invalid {
+                                        path: self.path.clone(),
+                                        location: Some(Location::from_offset(text, n.input_at)),
+                                        message: format!(
+                                            "node `{}`: `{e}`: the items of `{f}` have no \
+                                             `{seg}`: each is {found}",
+                                            n.id
+                                        ),
+                                    });
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
             }
-            for (e, at) in exprs {
-                let Root::Output(up) = &e.root else { continue };
-                let Some(upstream) = self.node(up) else {
+            for (e, place) in exprs {
+                let Some((upstream, c, schema)) = self.upstream(e, contracts) else {
                     continue;
-                };
-                let Some(c) = contracts.get(&upstream.agent) else {
-                    continue;
-                };
-                // A fan-out's output is the list of its instances' outputs.
-                let schema = match upstream.for_each {
-                    Some(_) => Schema::List(Box::new(c.output.clone())),
-                    None => c.output.clone(),
                 };
                 if let Some((seg, found)) = walk(&schema, &e.path) {
                     errs.push(ConfigError::Invalid {
                         path: self.path.clone(),
-                        location: Some(Location::from_offset(text, at)),
+                        location: Some(Location::from_offset(text, place)),
                         message: format!(
                             "node `{}`: `{e}`: agent `{}` (contract `{}` {}) declares no `{seg}` there: its output is {found}",
                             n.id, upstream.agent, c.name, c.version
@@ -90,5 +142,24 @@ impl Plan {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// For `$node.output…`: the node, its agent's contract (when known) and the schema of its
+    /// output (a fan-out's is the list of its instances' outputs).
+    fn upstream<'a>(
+        &'a self,
+        e: &Expr,
+        contracts: &'a BTreeMap<String, Contract>,
+    ) -> Option<(&'a super::Node, &'a Contract, Schema)> {
+        let Root::Output(up) = &e.root else {
+            return None;
+        };
+        let node = self.node(up)?;
+        let c = contracts.get(&node.agent)?;
+        let schema = match node.for_each {
+            Some(_) => Schema::List(Box::new(c.output.clone())),
+            None => c.output.clone(),
+        };
+        Some((node, c, schema))
     }
 }
