@@ -101,6 +101,41 @@ impl Daemon {
     }
 }
 
+/// `corral stop|start|restart AGENT`: a stopped service agent is shown stopped (in `ps`,
+/// `status`), started again on new processes; a restart replaces its processes.
+#[test]
+fn stop_start_and_restart_a_service_agent() {
+    let d = start(SERVICE);
+    let pids = d.wait_pids(&[]);
+    let out = d.ctl(&["stop", "svc"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows = d.ps();
+    let svc: Vec<_> = rows.iter().filter(|r| r["agent"] == "svc").collect();
+    assert_eq!(svc.len(), 2, "{rows:?}");
+    assert!(
+        svc.iter()
+            .all(|r| r["service"] == true && r["state"] == "stopped" && r["pid"].is_null()),
+        "{rows:?}"
+    );
+    let status = d.ctl(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert!(
+        doc.to_string().contains("stopped"),
+        "status counts the stopped instances: {doc}"
+    );
+    let out = d.ctl(&["start", "svc"]);
+    assert!(out.status.success(), "{out:?}");
+    let started = d.wait_pids(&pids);
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert!(started.iter().all(|p| !pids.contains(p)), "new processes");
+    let out = d.ctl(&["restart", "svc"]);
+    assert!(out.status.success(), "{out:?}");
+    let restarted = d.wait_pids(&started);
+    assert!(restarted.iter().all(|p| !started.contains(p)), "replaced");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 /// A service instance's exit record says the restart that follows it, as a call's does.
 #[test]
 fn a_service_agents_record_says_its_restart() {

@@ -269,6 +269,19 @@ impl Daemon {
         for name in &self.sup.agent_names() {
             let breaker = self.sup.breaker_state(name);
             self.metrics.breaker(name, breaker);
+            // A service agent an operator stopped: its instances, stopped.
+            if let Some(n) = self.stopped_instances(name) {
+                for index in 0..n {
+                    rows.push(serde_json::json!({
+                        "name": format!("{name}#{index}"),
+                        "agent": name, "instance": index, "service": true,
+                        "state": InstanceState::Stopped.as_str(), "pid": null,
+                        "uptime_s": null, "restarts": 0, "last_exit_reason": null,
+                        "rss_kb": null, "cpu_ms": null, "breaker": breaker, "backoff_ms": null,
+                    }));
+                }
+                continue;
+            }
             let Some(s) = services.get(name) else {
                 let running = {
                     let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
@@ -301,6 +314,18 @@ impl Daemon {
         rows
     }
 
+    /// The instances of service agent `name` when an operator stopped it (`corral stop`).
+    fn stopped_instances(&self, name: &str) -> Option<u32> {
+        let stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if !stopped.contains(name) {
+            return None;
+        }
+        self.sup
+            .agent_spec(name)
+            .filter(|s| s.service)
+            .map(|s| s.instances)
+    }
+
     /// Whether a service instance is still starting (spawned, not ready yet).
     pub(crate) fn any_starting(&self) -> bool {
         let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
@@ -322,6 +347,11 @@ impl Daemon {
             let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
             for name in &self.sup.agent_names() {
                 self.metrics.breaker(name, self.sup.breaker_state(name));
+                if let Some(n) = self.stopped_instances(name) {
+                    agents += i64::from(n);
+                    *by_state.entry(InstanceState::Stopped.as_str()).or_default() += i64::from(n);
+                    continue;
+                }
                 let Some(s) = services.get(name) else {
                     continue;
                 };
