@@ -136,6 +136,43 @@ fn stop_start_and_restart_a_service_agent() {
     assert_eq!(code, 0);
 }
 
+/// While the daemon drains, its socket still answers: `status` says so, new work is refused
+/// `draining`; then it exits 0.
+#[test]
+fn a_draining_daemon_still_answers_and_refuses_new_work() {
+    let slow = format!(
+        "[agents.stub]\ncommand = [\"{}\"]\nservice = true\nkill_grace = \"3s\"\n",
+        bin("chaos").display()
+    );
+    let mut d = start(&slow);
+    d.ready_pid("stub", &[]);
+    // A task that ignores SIGTERM and `Shutdown`: the drain waits its grace.
+    let out = d.ctl(&["submit", "stub", "--input", r#"{"do":"ignore_term"}"#]);
+    assert!(out.status.success(), "{out:?}");
+    // Taken by the instance (not still queued, which the drain would answer at once).
+    loop {
+        let status = d.ctl(&["status", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        if doc["tasks"]["running"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(libc::SIGTERM);
+    d.wait_for("STOPPING=1");
+    let status = d.ctl(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(doc["draining"], true, "{doc}");
+    let out = d.ctl(&["submit", "stub", "--input", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("draining"),
+        "{out:?}"
+    );
+    let status = d.child.wait().expect("wait daemon");
+    assert_eq!(status.code(), Some(0));
+}
+
 /// A service instance's exit record says the restart that follows it, as a call's does.
 #[test]
 fn a_service_agents_record_says_its_restart() {

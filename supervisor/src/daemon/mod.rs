@@ -236,7 +236,8 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
         + Duration::from_secs(5);
     notifier.stopping(grace);
     tracing::info!("draining: no new work; stopping agents");
-    let _ = closed_tx.send(true);
+    // The socket keeps answering meanwhile: `status` says `draining`, new work is refused
+    // `draining`, and waiters get their answers as their runs end.
     for r in daemon
         .runs
         .lock()
@@ -271,6 +272,7 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("drain took longer than {grace:?}: leaving what is left to the reaper");
     }
+    let _ = closed_tx.send(true);
     if let Some(j) = sup.journal() {
         if let Err(e) = j.flush().await {
             tracing::error!("journal flush at shutdown: {e}");
