@@ -817,6 +817,39 @@ fn a_failed_task_waited_for_says_why_as_call_does() {
     assert_eq!(code, 0);
 }
 
+/// A one-shot task an operator cancels ends `cancelled` in the journal, as a service agent's
+/// does (not `failed`).
+#[test]
+fn a_cancelled_one_shot_task_is_journalled_cancelled() {
+    let d = start("");
+    let out = d.ctl(&[
+        "submit",
+        "chaos",
+        "--input",
+        r#"{"do":"sleep_ms","ms":60000}"#,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Under way once the journal has its attempt.
+    let config = d.fx.config.to_str().expect("utf-8").to_string();
+    loop {
+        let shown = corral(&["show", &run_id, "--json", "--config", &config]);
+        let run: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        if run["calls"][0]["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = d.ctl(&["cancel", &run_id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(d.ended_status(&run_id), "cancelled");
+    let (code, _) = d.term();
+    assert_eq!(code, 0);
+}
+
 /// One daemon per state directory: a second one on it is refused before it touches anything
 /// (it would resume the first one's plan runs), whatever socket it was given.
 #[test]

@@ -8,6 +8,7 @@
 
 use crate::child::{Note, Notes};
 use crate::journal::{Entry, Journal, JournalError, RunStatus};
+use crate::record::ExitReason;
 use crate::record::ExitRecord;
 use corral_proto::{AgentError, Value};
 use std::sync::Arc;
@@ -247,10 +248,14 @@ impl CallJournal {
             Ok((o, m)) => (Some(o.to_json()), list_json(m), None),
             Err(e) => (None, list_json(&[]), Some(error_json(e))),
         };
-        let status = match (&output, cancelled) {
-            (Some(_), _) => RunStatus::Succeeded,
-            (None, true) => RunStatus::Cancelled,
-            (None, false) => RunStatus::Failed,
+        let status = match (&output, cancelled, result) {
+            (Some(_), _, _) => RunStatus::Succeeded,
+            (None, true, _) => RunStatus::Cancelled,
+            // Stopped by the daemon's drain.
+            (None, false, Err(e)) if e.kind == ExitReason::Shutdown.as_str() => {
+                RunStatus::Interrupted
+            }
+            (None, false, _) => RunStatus::Failed,
         };
         self.journal.append(Entry::CallEnded {
             run_id: self.run_id.to_string(),
@@ -300,10 +305,12 @@ impl CallJournal {
             at_ms,
         });
         if self.own_run {
-            let status = if output.is_some() {
-                RunStatus::Succeeded
-            } else {
-                RunStatus::Failed
+            // Cancelled by its owner (`corral cancel`), stopped by a shutdown, or failed.
+            let status = match (output, last.map(|r| r.reason)) {
+                (Some(_), _) => RunStatus::Succeeded,
+                (None, Some(ExitReason::Cancelled)) => RunStatus::Cancelled,
+                (None, Some(ExitReason::Shutdown)) => RunStatus::Interrupted,
+                (None, _) => RunStatus::Failed,
             };
             entries.push(Entry::RunEnded {
                 run_id: self.run_id.to_string(),
