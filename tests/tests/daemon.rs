@@ -637,6 +637,12 @@ fn metrics_parse_and_submit_plan_matches_run() {
             prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if *n >= 1.0)),
         "{runs:?}\n{body}"
     );
+    // The journal's commits, timed as the writer makes them (the runs above wrote some).
+    let commits = body
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_journal_write_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(commits.is_some_and(|n| n >= 1.0), "{body}");
     let ready = family("corral_spawn_ready_seconds");
     assert!(
         ready

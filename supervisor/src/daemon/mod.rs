@@ -148,6 +148,10 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
     let sup = Arc::new(Supervisor::new(config)?);
     sup.set_approver(approvals.clone());
     let daemon = Arc::new(Daemon::new(sup.clone(), approvals, path.to_path_buf()));
+    if let Some(j) = sup.journal() {
+        let metrics = daemon.metrics.clone();
+        j.observe_commits(Arc::new(move |d| metrics.journal_write(d)));
+    }
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -205,12 +209,6 @@ pub async fn serve(path: &Path) -> Result<(), DaemonError> {
                 if line != last_status {
                     notifier.status(&line);
                     last_status = line;
-                }
-                if let Some(j) = sup.journal() {
-                    let t = Instant::now();
-                    if j.flush().await.is_ok() {
-                        daemon.metrics.journal_flush(t.elapsed());
-                    }
                 }
             }
         }

@@ -9,8 +9,8 @@
 //! Names (all prefixed `corral_`): `agents{state}`, `restarts_total{agent}`,
 //! `exits_total{agent,reason}`, `spawn_ready_seconds` (histogram), `tool_calls_total{tool,status}`,
 //! `breaker{agent,state}` (1 for the agent's current state), `runs_total{status}`,
-//! `runs_active`, `journal_flush_seconds` (histogram: how long a durable flush of the
-//! journal's writes took, measured each status tick).
+//! `runs_active`, `journal_write_seconds` (histogram: how long each commit of a batch of the
+//! journal's writes took, as the writer makes them).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -88,8 +88,8 @@ impl Metrics {
         registry.register("runs", "Runs ended, by status", runs.clone());
         registry.register("runs_active", "Runs under way", runs_active.clone());
         registry.register(
-            "journal_flush_seconds",
-            "Time of a durable flush of the journal",
+            "journal_write_seconds",
+            "Time of each commit of a batch of journal writes",
             journal_flush.clone(),
         );
         Metrics {
@@ -163,8 +163,8 @@ impl Metrics {
         self.runs_active.set(n);
     }
 
-    /// A journal flush took `d`.
-    pub fn journal_flush(&self, d: Duration) {
+    /// A commit of the journal's writes took `d`.
+    pub fn journal_write(&self, d: Duration) {
         self.journal_flush.observe(d.as_secs_f64());
     }
 

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 pub use store::{
     CallView, EventView, Reader, ReaderSource, RunFilter, RunRow, RunView, Store, ToolCallView,
 };
-pub use writer::{Journal, QUEUE_LIMIT_BYTES};
+pub use writer::{CommitObserver, Journal, QUEUE_LIMIT_BYTES};
 
 /// What can go wrong with the journal. Every variant that concerns a file names it.
 #[derive(Debug, thiserror::Error)]

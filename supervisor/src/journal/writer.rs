@@ -68,7 +68,12 @@ struct Shared {
     readers: ReaderSource,
     /// Retention: runs that ended longer ago than this are pruned.
     keep: Mutex<Option<Duration>>,
+    /// Told how long each batch's commit took (`Journal::observe_commits`).
+    commits: Mutex<Option<CommitObserver>>,
 }
+
+/// What [`Journal::observe_commits`] is given: the time of one batch's commit.
+pub type CommitObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -111,6 +116,7 @@ impl Journal {
             recovered,
             readers: store.readers(),
             keep: Mutex::new(None),
+            commits: Mutex::new(None),
         });
         let for_thread = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -127,6 +133,12 @@ impl Journal {
                 thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// Call `f` with the time each batch of writes took to commit, from now on (the daemon's
+    /// `journal_write_seconds`).
+    pub fn observe_commits(&self, f: CommitObserver) {
+        *lock(&self.inner.shared.commits) = Some(f);
     }
 
     /// Queues an entry and returns at once. Past the queue's byte limit, events and tool calls
@@ -305,7 +317,8 @@ fn write_loop(shared: &Shared, mut store: Box<dyn Store>) {
             }
             continue;
         }
-        write_batch(store.as_mut(), items, dropped);
+        let observer = lock(&shared.commits).clone();
+        write_batch(store.as_mut(), items, dropped, observer.as_deref());
     }
     if let Err(e) = store.checkpoint() {
         tracing::debug!(error = %e, "journal: checkpoint at close failed");
@@ -317,6 +330,7 @@ fn write_batch(
     store: &mut dyn Store,
     items: Vec<Item>,
     dropped: std::collections::BTreeMap<String, super::queue::Dropped>,
+    observer: Option<&(dyn Fn(Duration) + Send + Sync)>,
 ) {
     let mut batch = Vec::with_capacity(items.len() + dropped.len());
     let mut acks = Vec::new();
@@ -339,7 +353,12 @@ fn write_batch(
     let result = if batch.is_empty() {
         Ok(())
     } else {
-        store.append(&batch)
+        let t = Instant::now();
+        let r = store.append(&batch);
+        if let (Ok(()), Some(f)) = (&r, observer) {
+            f(t.elapsed());
+        }
+        r
     };
     match result {
         Ok(()) => {
