@@ -37,6 +37,12 @@ pub fn socket(socket: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, E
     match crate::defaults::load_config(config) {
         Ok(c) => Ok(c.supervisor.control_socket),
         Err(e) => {
+            // The daemon keeps running on the config it loaded when an edit of the file is
+            // invalid (its reload refused it): the socket is still found in the file.
+            if let Some(s) = config.and_then(corral::config::control_socket_of) {
+                eprintln!("corral: warning: {e}");
+                return Ok(s);
+            }
             eprintln!("{e}");
             Err(ExitCode::from(2))
         }

@@ -350,6 +350,14 @@ fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
     d.wait_for("READY=1");
     assert_eq!(d.wait_pids(&[]), pids, "unchanged agents untouched");
     assert_eq!(d.ready_pid("slow", &[]), slow_pid);
+    // The client verbs still find the daemon through the file, with a warning.
+    let config = d.fx.config.to_str().expect("utf-8").to_string();
+    let out = corral(&["ps", "--json", "--config", &config]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{out:?}"
+    );
     // A task of 1.5 s passes within the running wall_time of 20 s.
     let task = r#"{"do":"sleep_ms","ms":1500}"#;
     let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);

@@ -104,3 +104,19 @@ fn metrics_addr(text: &str) -> Result<SocketAddr, String> {
         )
     })
 }
+
+/// Where the daemon running on the config file at `path` listens, read from that file alone
+/// even when the rest of it is invalid now (an edit not yet reloaded, which the daemon refused):
+/// `[supervisor] control_socket`, else `control.sock` under `[supervisor] state_dir`, each
+/// relative to the file's directory. `None` when the file says neither (or is no TOML).
+pub fn control_socket_of(path: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let sup = table.get("supervisor")?.as_table()?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    if let Some(s) = sup.get("control_socket").and_then(toml::Value::as_str) {
+        return Some(base.join(s));
+    }
+    let dir = sup.get("state_dir").and_then(toml::Value::as_str)?;
+    Some(base.join(dir).join(DEFAULT_CONTROL_SOCKET))
+}

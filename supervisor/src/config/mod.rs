@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 // The policy settings of an agent, named here with the rest of its config (the policy room
 // itself is internal).
 pub use crate::policy::{BackoffConfig, BreakerConfig, IntensityConfig, RestartPolicy};
+pub use daemon::control_socket_of;
 pub use schema::Netns;
 pub use tools::{Approve, Builtin, Effect, HttpSpec, ToolKind, ToolSpec};
 
