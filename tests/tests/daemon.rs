@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -894,10 +894,9 @@ fn a_second_daemon_on_the_same_state_dir_is_refused() {
     assert_eq!(code, 0);
 }
 
-/// A plan run an operator cancelled is not left for the next daemon to resume (a drain's is).
-#[test]
-fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
-    let d = start("");
+/// Submit a plan of one node sleeping a minute: its run id, and the file the daemon keeps to
+/// resume it.
+fn submit_long_plan(d: &Daemon) -> (String, PathBuf) {
     let plan = d.fx.dir.path().join("long.toml");
     std::fs::write(
         &plan,
@@ -909,6 +908,14 @@ fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
     assert!(out.status.success(), "{out:?}");
     let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let remembered = d.fx.dir.path().join(format!("state/plans/{run_id}.json"));
+    (run_id, remembered)
+}
+
+/// A plan run an operator cancelled is not left for the next daemon to resume (a drain's is).
+#[test]
+fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
+    let d = start("");
+    let (run_id, remembered) = submit_long_plan(&d);
     assert!(remembered.is_file(), "remembered while it runs");
     let out = d.ctl(&["cancel", &run_id]);
     assert!(out.status.success(), "{out:?}");
@@ -941,17 +948,7 @@ fn a_cancelled_plan_run_is_not_resumed_by_the_next_daemon() {
 #[test]
 fn a_resumed_plan_run_can_be_seen_and_cancelled() {
     let mut d = start("");
-    let plan = d.fx.dir.path().join("long.toml");
-    std::fs::write(
-        &plan,
-        "[plan]\nname = \"long\"\n[[node]]\nid = \"wait\"\nagent = \"chaos\"\n\
-         input = { do = \"sleep_ms\", ms = 60000 }\n",
-    )
-    .expect("plan");
-    let out = d.ctl(&["submit", "--plan", plan.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{out:?}");
-    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let remembered = d.fx.dir.path().join(format!("state/plans/{run_id}.json"));
+    let (run_id, remembered) = submit_long_plan(&d);
     d.signal(libc::SIGTERM);
     d.wait_for("STOPPING=1");
     assert_eq!(d.child.wait().expect("wait daemon").code(), Some(0));

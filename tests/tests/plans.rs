@@ -41,6 +41,27 @@ fn run(fx: &Fixture, plan: &str, input: &J, extra: &[&str]) -> (i32, J) {
     (out.status.code().unwrap_or(-1), doc)
 }
 
+/// The id of the run `child` (a `corral run`) is running, once `ready` says so of it.
+fn running_run(
+    fx: &Fixture,
+    child: &mut std::process::Child,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        let out = corral(&["runs", "--config", cfg(fx), "--json", "--status", "running"]);
+        let list: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
+        if let Some(id) = list.get(0).and_then(|r| r["run_id"].as_str()) {
+            if ready(id) {
+                return id.to_string();
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) early");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn nodes<'a>(doc: &'a J, node: &str) -> Vec<&'a J> {
     doc["nodes"]
         .as_array()
@@ -502,32 +523,15 @@ input = { parts = "$work.output", n = "$input.n" }
         .spawn()
         .expect("spawn");
     // Wait until some instances of `work` are checkpointed, then kill -9 mid-fan-out.
-    let run_id = loop {
-        let out = corral(&[
-            "runs",
-            "--config",
-            cfg(&fx),
-            "--json",
-            "--status",
-            "running",
-        ]);
-        let list: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
-        if let Some(id) = list.get(0).and_then(|r| r["run_id"].as_str()) {
-            let out = corral(&["show", id, "--config", cfg(&fx), "--json"]);
-            let run: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
-            let done = run["calls"]
-                .as_array()
-                .map(|c| c.iter().filter(|c| !c["output"].is_null()).count())
-                .unwrap_or(0);
-            if done >= 6 {
-                break id.to_string();
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before it could be killed");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let run_id = running_run(&fx, &mut child, |id| {
+        let out = corral(&["show", id, "--config", cfg(&fx), "--json"]);
+        let run: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
+        let done = run["calls"]
+            .as_array()
+            .map(|c| c.iter().filter(|c| !c["output"].is_null()).count())
+            .unwrap_or(0);
+        done >= 6
+    });
     // SAFETY: kill of our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGKILL);
@@ -597,24 +601,7 @@ input = { do = "sleep_ms", ms = "$input.ms" }
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let run_id = loop {
-        let out = corral(&[
-            "runs",
-            "--config",
-            cfg(&fx),
-            "--json",
-            "--status",
-            "running",
-        ]);
-        let list: J = serde_json::from_slice(&out.stdout).unwrap_or(J::Null);
-        if let Some(id) = list.get(0).and_then(|r| r["run_id"].as_str()) {
-            break id.to_string();
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) early");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let run_id = running_run(&fx, &mut child, |_| true);
     // Live in another supervisor: refused, and the live run goes on.
     let (code, err) = resume(&fx, &p, &run_id, &["--input", &input]);
     assert_eq!(code, 2, "{err}");
