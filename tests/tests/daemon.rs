@@ -411,14 +411,17 @@ fn has_location(line: &str) -> bool {
 fn a_peer_not_in_admins_is_refused() {
     let d = start("");
     let socket = d.fx.dir.path().join("state/control.sock");
+    let as_nobody = || {
+        Command::new(bin("corral"))
+            .args(["ps", "--socket"])
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run the client as uid 65534")
+    };
     // The socket's mode keeps the other uid out first: said as such, not as "no daemon".
-    let out = Command::new(bin("corral"))
-        .args(["ps", "--socket"])
-        .arg(&socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run the client as uid 65534");
+    let out = as_nobody();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -432,13 +435,7 @@ fn a_peer_not_in_admins_is_refused() {
         std::fs::Permissions::from_mode(0o755),
     )
     .expect("chmod");
-    let out = Command::new(bin("corral"))
-        .args(["ps", "--socket"])
-        .arg(&socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run the client as uid 65534");
+    let out = as_nobody();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("denied") && err.contains("65534"), "{err}");
