@@ -642,6 +642,22 @@ fn metrics_parse_and_submit_plan_matches_run() {
             prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if *n >= 1.0)),
         "{runs:?}\n{body}"
     );
+    // The plans' attempts are counted as their instances end (two submissions of two `echo`
+    // nodes, one attempt each).
+    let exits = |body: &str| {
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix("corral_exits_total{agent=\"echo\",reason=\"completed\"} ")
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let mut body = body;
+    while exits(&body) != Some(4.0) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        body = get_metrics(port);
+    }
+    assert_eq!(exits(&body), Some(4.0), "{body}");
     // The journal's commits, timed as the writer makes them (the runs above wrote some).
     let commits = body
         .lines()

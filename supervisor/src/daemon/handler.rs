@@ -478,7 +478,7 @@ fn submit_plan(d: &Arc<Daemon>, path: &str, text: &str, input: &str, wait: bool,
             input,
             resume: None,
             stop: Some(stop),
-            progress: None,
+            progress: Some(d.plan_progress()),
             run_id: Some(run_id.clone()),
         };
         let r = run_plan(d.sup.clone(), &plan, opts).await;

@@ -111,6 +111,7 @@ async fn resume_one(d: &Arc<Daemon>, run_id: &str, file: &Path) {
         resume: view,
         run_id: Some(run_id.to_string()),
         stop: Some(stop),
+        progress: Some(d.plan_progress()),
         ..Default::default()
     };
     match run_plan(d.sup.clone(), &plan, opts).await {

@@ -243,6 +243,24 @@ impl Daemon {
         let _ = self.events.send(v.to_string());
     }
 
+    /// Where a plan run tells its instances' ends: their attempts counted in the metrics
+    /// (`exits_total`) and published as `exited` events, as each instance ends.
+    pub(crate) fn plan_progress(
+        self: &Arc<Self>,
+    ) -> tokio::sync::mpsc::UnboundedSender<crate::plan::NodeReport> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::plan::NodeReport>();
+        let d = self.clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                for rec in &r.attempts {
+                    d.metrics.exited(rec);
+                    d.event_record(rec);
+                }
+            }
+        });
+        tx
+    }
+
     /// An attempt's end, to the event stream.
     pub(crate) fn event_record(&self, rec: &ExitRecord) {
         if self.events.receiver_count() == 0 {
