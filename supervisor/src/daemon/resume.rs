@@ -112,7 +112,6 @@ async fn resume_one(d: &Arc<Daemon>, run_id: &str, file: &Path) {
         run_id: Some(run_id.to_string()),
         stop: Some(stop),
         progress: Some(d.plan_progress()),
-        ..Default::default()
     };
     match run_plan(d.sup.clone(), &plan, opts).await {
         Ok(o) => {
