@@ -661,6 +661,27 @@ input = { do = "sleep_ms", ms = "$input.ms" }
     });
     assert_eq!(out.status.code(), Some(0), "{again}");
     assert_eq!(again["output"], whole["output"]);
+    // Each instance reported as it was run: its input's and notes' sizes too.
+    let sizes = |doc: &J| -> Vec<(J, J, J)> {
+        doc["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].clone(),
+                    n["input_bytes"].clone(),
+                    n["memory_bytes"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(sizes(&again), sizes(&whole));
+    assert!(again["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .all(|n| n["status"] == "resumed"));
 }
 
 #[test]

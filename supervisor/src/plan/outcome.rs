@@ -90,7 +90,16 @@ pub struct PlanOutcome {
 }
 
 /// Instances of an earlier run of this plan run that finished: (node, index) → output, notes.
-pub(super) type Finished = HashMap<(String, Option<usize>), (Value, Vec<Value>)>;
+pub(super) type Finished = HashMap<(String, Option<usize>), Recorded>;
+
+/// An instance that finished in an earlier run of the plan run, as the journal has it.
+pub(super) struct Recorded {
+    pub(super) output: Value,
+    pub(super) notes: Vec<Value>,
+    /// Bytes of the input and of the memory notes it was given (JSON), as reported then.
+    pub(super) input_bytes: usize,
+    pub(super) memory_bytes: usize,
+}
 
 pub(super) fn finished_of(view: &RunView) -> Finished {
     let mut out = Finished::new();
@@ -112,7 +121,12 @@ pub(super) fn finished_of(view: &RunView) -> Finished {
         if let Some(node) = node {
             out.insert(
                 (node.to_string(), index),
-                (Value::from_json(output), memory),
+                Recorded {
+                    output: Value::from_json(output),
+                    notes: memory,
+                    input_bytes: c.input.to_string().len(),
+                    memory_bytes: c.memory.to_string().len(),
+                },
             );
         }
     }

@@ -345,10 +345,11 @@ impl<'p> Sched<'p> {
         self.nodes[i].pending = count;
         for item in items {
             let index = item.as_ref().map(|(_, k)| *k);
-            if let Some((out, notes)) = self.finished.remove(&(n.id.clone(), index)) {
-                self.reports
-                    .push(self.report(i, index, "resumed", 0, 0, Vec::new()));
-                self.instance_done(i, index, out, notes);
+            if let Some(done) = self.finished.remove(&(n.id.clone(), index)) {
+                let mut rep = self.report(i, index, "resumed", done.input_bytes, 0, Vec::new());
+                rep.memory_bytes = done.memory_bytes;
+                self.reports.push(rep);
+                self.instance_done(i, index, done.output, done.notes);
                 continue;
             }
             let ctx = Ctx {
