@@ -183,6 +183,8 @@ impl Plan {
         if file.node.is_empty() {
             return Err(at.err(file.plan.span().start, "the plan has no [[node]]"));
         }
+        // Every node's problems at once (the first of each node), in the file's order.
+        let mut errors = Vec::new();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for n in &file.node {
             let id = n.get_ref().id.get_ref();
@@ -192,24 +194,28 @@ impl Plan {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
-                return Err(at.err(
+                errors.push(at.err(
                     off,
                     format!("node id {id:?}: use letters, digits, '_' and '-'"),
                 ));
-            }
-            if RESERVED.contains(&id.as_str()) {
-                return Err(at.err(
+            } else if RESERVED.contains(&id.as_str()) {
+                errors.push(at.err(
                     off,
                     format!("node id `{id}` is reserved (it names an expression root)"),
                 ));
-            }
-            if seen.insert(id.clone(), off).is_some() {
-                return Err(at.err(off, format!("node `{id}` is defined twice")));
+            } else if seen.insert(id.clone(), off).is_some() {
+                errors.push(at.err(off, format!("node `{id}` is defined twice")));
             }
         }
         let mut nodes = Vec::with_capacity(file.node.len());
         for n in &file.node {
-            nodes.push(node(&at, n.get_ref(), &seen, config)?);
+            match node(&at, n.get_ref(), &seen, config) {
+                Ok(n) => nodes.push(n),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(e) = ConfigError::from_all(errors) {
+            return Err(e);
         }
         // Nodes that only run as another's fallback.
         let fallbacks: BTreeSet<String> = nodes.iter().filter_map(|n| n.fallback.clone()).collect();

@@ -179,3 +179,40 @@ input = { b = "$backup.output" }
         "{err}"
     );
 }
+
+#[test]
+fn every_nodes_error_is_reported_at_once() {
+    let text = r#"[plan]
+name = "bad"
+
+[[node]]
+id = "a"
+agent = "nobody"
+input = { x = 1 }
+
+[[node]]
+id = "b"
+agent = "lister"
+input = { x = "$ghost.output" }
+
+[[node]]
+id = "c"
+agent = "reader"
+input = { x = "$item" }
+"#;
+    let err = parse(text).expect_err("refused").to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(
+        lines[0].starts_with("plan.toml:6:") && lines[0].contains("nobody"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("plan.toml:") && lines[1].contains("ghost"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("plan.toml:") && lines[2].contains("$item"),
+        "{err}"
+    );
+}
