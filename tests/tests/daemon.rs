@@ -505,19 +505,13 @@ fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
     Ok(out)
 }
 
-/// A service agent's tool calls are in the metrics as they are answered, not when its
-/// (long-lived) process ends.
-#[test]
-fn a_service_agents_tool_calls_are_counted_while_it_lives() {
+/// A daemon on the fixture with `extra`, serving metrics on a free port of loopback.
+fn start_with_metrics(extra: &str) -> (Daemon, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let svc = format!(
-        "[agents.tsvc]\ncommand = [\"{}\"]\nservice = true\ntools = [\"fs.list\"]\n",
-        bin("chaos").display()
-    );
-    let fx = fixture(&svc);
+    let fx = fixture(extra);
     let cfg_text = std::fs::read_to_string(&fx.config).expect("read");
     std::fs::write(
         &fx.config,
@@ -527,7 +521,18 @@ fn a_service_agents_tool_calls_are_counted_while_it_lives() {
         ),
     )
     .expect("write");
-    let d = start_on(fx);
+    (start_on(fx), port)
+}
+
+/// A service agent's tool calls are in the metrics as they are answered, not when its
+/// (long-lived) process ends.
+#[test]
+fn a_service_agents_tool_calls_are_counted_while_it_lives() {
+    let svc = format!(
+        "[agents.tsvc]\ncommand = [\"{}\"]\nservice = true\ntools = [\"fs.list\"]\n",
+        bin("chaos").display()
+    );
+    let (d, port) = start_with_metrics(&svc);
     let pid = d.ready_pid("tsvc", &[]);
     let task = r#"{"do":"tools","calls":[{"tool":"fs.list","args":{"path":"."}},{"tool":"fs.list","args":{"path":"."}},{"tool":"fs.read","args":{"path":"x"}}]}"#;
     let out = d.ctl(&["submit", "tsvc", "--input", task, "--wait"]);
@@ -552,21 +557,8 @@ fn a_service_agents_tool_calls_are_counted_while_it_lives() {
 
 #[test]
 fn metrics_parse_and_submit_plan_matches_run() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let fx = fixture(&SERVICE.replace("ECHO", &bin("echo").display().to_string()));
-    let cfg_text = std::fs::read_to_string(&fx.config).expect("read");
-    std::fs::write(
-        &fx.config,
-        cfg_text.replace(
-            "[supervisor]\n",
-            &format!("[supervisor]\nmetrics_listen = \"{port}\"\n"),
-        ),
-    )
-    .expect("write");
-    let mut d = start_on(fx);
+    let (mut d, port) =
+        start_with_metrics(&SERVICE.replace("ECHO", &bin("echo").display().to_string()));
     let plan = d.fx.dir.path().join("plan.toml");
     std::fs::write(
         &plan,
