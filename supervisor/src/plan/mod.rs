@@ -11,6 +11,7 @@ mod contracts;
 pub mod expr;
 mod outcome;
 mod paths;
+mod resume;
 mod schedule;
 
 pub use contracts::contracts;
