@@ -9,7 +9,8 @@
 //! journal and re-runs only the instances without a recorded output.
 //!
 //! Past ~600 lines on purpose: dispatch, completion, the failure policies and resume share the
-//! scheduler's state and are one loop; expressions, outcomes and paths are rooms of their own.
+//! scheduler's state and are one loop; expressions, outcomes, paths and which run a resume may
+//! take (`resume`) are rooms of their own.
 
 use super::expr::{self, Scope};
 use super::outcome::{finished_of, Finished, NodeReport, PlanOptions, PlanOutcome, PlanStatus};
