@@ -131,7 +131,10 @@ pub async fn corral_ready(
                     }
                 }
                 AttemptEvent::Exited(_) => break,
-                AttemptEvent::Watchdog { .. } | AttemptEvent::Sample { .. } => {}
+                AttemptEvent::Watchdog { .. }
+                | AttemptEvent::Sample { .. }
+                | AttemptEvent::TaskStarted { .. }
+                | AttemptEvent::TaskEnded { .. } => {}
             }
         }
         (spawned, ready, iso, warm_start)

@@ -168,7 +168,10 @@ pub fn row5(env: &Env, sec: &mut Section) -> Result<()> {
                         kill_to_exit.push(now - at);
                     }
                 }
-                AttemptEvent::Spawned { .. } | AttemptEvent::Sample { .. } => {}
+                AttemptEvent::Spawned { .. }
+                | AttemptEvent::Sample { .. }
+                | AttemptEvent::TaskStarted { .. }
+                | AttemptEvent::TaskEnded { .. } => {}
             }
         }
         let total = t0.elapsed();

@@ -158,6 +158,27 @@ fn a_draining_daemon_still_answers_and_refuses_new_work() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // `ps` shows the instance at work (once it was sent the task).
+    loop {
+        let rows = d.ps();
+        let row = rows
+            .iter()
+            .find(|r| r["agent"] == "stub")
+            .expect("stub row");
+        if row["state"] == "busy" {
+            break;
+        }
+        assert_eq!(row["state"], "ready", "{row}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = d.ctl(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert!(
+        doc["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("1 healthy")),
+        "a busy instance is healthy: {doc}"
+    );
     d.signal(libc::SIGTERM);
     d.wait_for("STOPPING=1");
     let status = d.ctl(&["status", "--json"]);

@@ -160,9 +160,12 @@ impl Watch {
         match self.proto.start_task(task.task.clone(), now) {
             Ok(frame) => {
                 self.wire.send_encoded(&frame, &self.poller);
+                let task_id = task.task.task_id;
                 if let Some(s) = self.service.as_mut() {
                     s.begin(task);
                 }
+                self.spec
+                    .emit(|| super::AttemptEvent::TaskStarted { task_id });
             }
             Err(e) => {
                 let _ = task.reply.send(Err(e));

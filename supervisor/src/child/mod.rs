@@ -316,6 +316,16 @@ pub enum AttemptEvent {
         /// CPU used by the agent process so far, ms (user + system).
         cpu_ms: Option<u64>,
     },
+    /// A service agent was sent a task (its owner's `task_id`).
+    TaskStarted {
+        /// The task.
+        task_id: u64,
+    },
+    /// A service agent answered its task (or the task was taken back at its end).
+    TaskEnded {
+        /// The task.
+        task_id: u64,
+    },
     /// The attempt is over.
     Exited(Box<ExitRecord>),
 }

@@ -292,8 +292,10 @@ impl Watch {
             }
             Step::Served(result) => {
                 if let Some(task) = self.service.as_mut().and_then(|s| s.end()) {
+                    let task_id = task.task.task_id;
                     // (The owner may have stopped waiting: nothing to do then.)
                     let _ = task.reply.send(result);
+                    self.spec.emit(|| AttemptEvent::TaskEnded { task_id });
                 }
                 None
             }

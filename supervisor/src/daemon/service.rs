@@ -348,7 +348,11 @@ fn observe(daemon: &Daemon, info: &Mutex<InstanceInfo>, ev: &AttemptEvent, start
         AttemptEvent::Watchdog { reason, .. } => {
             i.last_exit = Some(*reason);
         }
-        AttemptEvent::Exited(_) => {}
+        AttemptEvent::TaskStarted { .. } => i.state = InstanceState::Busy,
+        AttemptEvent::TaskEnded { .. } if i.state == InstanceState::Busy => {
+            i.state = InstanceState::Ready;
+        }
+        AttemptEvent::TaskEnded { .. } | AttemptEvent::Exited(_) => {}
     }
     drop(i);
     daemon.event_attempt(ev);

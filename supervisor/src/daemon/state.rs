@@ -29,6 +29,8 @@ pub(crate) enum InstanceState {
     Starting,
     /// Ready, taking tasks.
     Ready,
+    /// Working on a task.
+    Busy,
     /// Ended; restarting after its backoff.
     Backoff,
     /// Stopped (by an operator, a reload or the drain).
@@ -36,9 +38,10 @@ pub(crate) enum InstanceState {
 }
 
 impl InstanceState {
-    const ALL: [InstanceState; 4] = [
+    const ALL: [InstanceState; 5] = [
         InstanceState::Starting,
         InstanceState::Ready,
+        InstanceState::Busy,
         InstanceState::Backoff,
         InstanceState::Stopped,
     ];
@@ -48,6 +51,7 @@ impl InstanceState {
         match self {
             InstanceState::Starting => "starting",
             InstanceState::Ready => "ready",
+            InstanceState::Busy => "busy",
             InstanceState::Backoff => "backoff",
             InstanceState::Stopped => "stopped",
         }
@@ -238,7 +242,10 @@ impl Daemon {
                 agent, pid, reason, ..
             } => serde_json::json!(
                 {"event": "watchdog", "agent": agent, "pid": pid, "reason": reason.as_str()}),
-            AttemptEvent::Sample { .. } | AttemptEvent::Exited(_) => return,
+            AttemptEvent::Sample { .. }
+            | AttemptEvent::TaskStarted { .. }
+            | AttemptEvent::TaskEnded { .. }
+            | AttemptEvent::Exited(_) => return,
         };
         let _ = self.events.send(v.to_string());
     }
@@ -404,7 +411,11 @@ impl Daemon {
             (runs.len(), queued, running)
         };
         self.metrics.set_runs_active(runs as i64);
-        let healthy = by_state.get("ready").copied().unwrap_or(0);
+        // Healthy: taking tasks, or working on one.
+        let healthy = ["ready", "busy"]
+            .iter()
+            .map(|s| by_state.get(s).copied().unwrap_or(0))
+            .sum::<i64>();
         let mut line = format!("{agents} agents, {healthy} healthy");
         for (s, n) in &by_state {
             if *s == "ready" {
