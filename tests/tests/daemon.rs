@@ -84,6 +84,15 @@ impl Daemon {
         }
     }
 
+    /// Write `text` as the config and reload it: back when the daemon says `READY=1` again
+    /// (after a refused reload too).
+    fn reload(&mut self, text: &str) {
+        std::fs::write(&self.fx.config, text).expect("write");
+        self.signal(libc::SIGHUP);
+        self.wait_for("RELOADING=1");
+        self.wait_for("READY=1");
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY (test): a signal to the daemon this test started.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -119,8 +128,8 @@ fn stop_start_and_restart_a_service_agent() {
     );
     let status = d.ctl(&["status", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert!(
-        doc.to_string().contains("stopped"),
+    assert_eq!(
+        doc["by_state"]["stopped"], 2,
         "status counts the stopped instances: {doc}"
     );
     let out = d.ctl(&["start", "svc"]);
@@ -361,14 +370,7 @@ fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
     let slow_pid = d.ready_pid("slow", &[]);
     let good = std::fs::read_to_string(&d.fx.config).expect("read config");
     // Broken: the daemon goes on with the old config and the same agents.
-    std::fs::write(
-        &d.fx.config,
-        format!("{good}\n[agents.svc2]\ncommand = 3\n"),
-    )
-    .expect("write");
-    d.signal(libc::SIGHUP);
-    d.wait_for("RELOADING=1");
-    d.wait_for("READY=1");
+    d.reload(&format!("{good}\n[agents.svc2]\ncommand = 3\n"));
     assert_eq!(d.wait_pids(&[]), pids, "unchanged agents untouched");
     assert_eq!(d.ready_pid("slow", &[]), slow_pid);
     // The client verbs still find the daemon through the file, with a warning.
@@ -387,14 +389,7 @@ fn sighup_keeps_a_broken_config_and_applies_a_changed_one() {
     assert_eq!(doc["output"]["ok"], true, "{doc}");
     // Changed limit on `slow` only: the same task now fails by its deadline, on a new
     // process, while `svc` (unchanged) keeps its processes.
-    std::fs::write(
-        &d.fx.config,
-        good.replace("wall_time = \"20s\"", "wall_time = \"500ms\""),
-    )
-    .expect("write");
-    d.signal(libc::SIGHUP);
-    d.wait_for("RELOADING=1");
-    d.wait_for("READY=1");
+    d.reload(&good.replace("wall_time = \"20s\"", "wall_time = \"500ms\""));
     d.ready_pid("slow", &[slow_pid]);
     let out = d.ctl(&["submit", "slow", "--input", task, "--wait", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -814,14 +809,7 @@ fn approvals_are_listed_and_decided_over_the_socket() {
 fn the_drain_follows_a_kill_grace_a_reload_raised() {
     let mut d = start("");
     let good = std::fs::read_to_string(&d.fx.config).expect("read config");
-    std::fs::write(
-        &d.fx.config,
-        good.replace("[agents.chaos]\n", "[agents.chaos]\nkill_grace = \"25s\"\n"),
-    )
-    .expect("write");
-    d.signal(libc::SIGHUP);
-    d.wait_for("RELOADING=1");
-    d.wait_for("READY=1");
+    d.reload(&good.replace("[agents.chaos]\n", "[agents.chaos]\nkill_grace = \"25s\"\n"));
     d.signal(libc::SIGTERM);
     let stopping = d.wait_for("STOPPING=1");
     let usec: u64 = stopping

@@ -626,17 +626,8 @@ input = { do = "sleep_ms", ms = "$input.ms" }
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("it ran plan `slow`"), "{err}");
     // A call's run is not a plan run.
-    let out = corral(&[
-        "call",
-        "echo",
-        "--config",
-        cfg(&fx),
-        "--input",
-        "1",
-        "--json",
-    ]);
-    let call: J = serde_json::from_slice(&out.stdout).expect("call --json");
-    let call_id = call["run_id"].as_str().expect("run_id");
+    let call = corral_e2e::call_json(&fx, "echo", "1");
+    let call_id = call.doc["run_id"].as_str().expect("run_id");
     let (code, err) = resume(&fx, &p, call_id, &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a plan run"), "{err}");
