@@ -135,8 +135,18 @@ async fn both_sdks_behave_the_same() {
     ];
     for (json, reason) in cases {
         let (rs, py) = tokio::join!(run_case(&s, "rschaos", json), run_case(&s, "pychaos", json));
-        let (rs, py) = (facts(&rs), facts(&py));
+        let (mut rs, mut py) = (facts(&rs), facts(&py));
         assert_eq!(rs["reason"], *reason, "{json}: the Rust agent: {rs}");
+        if matches!(*reason, "hung" | "stalled") {
+            // After a watchdog's `Shutdown` and SIGTERM, each SDK exits half the kill grace
+            // later, which races the SIGKILL at the grace's end on a loaded machine: how
+            // the process ended is left out here. The Python
+            // SDK's own tests check that exit with no kill racing it.
+            for f in [&mut rs, &mut py] {
+                f["exit_code"] = serde_json::Value::Null;
+                f["signal_name"] = serde_json::Value::Null;
+            }
+        }
         assert_eq!(py, rs, "{json}: the Python agent differs from the Rust one");
     }
 }
