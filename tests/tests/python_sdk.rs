@@ -140,8 +140,8 @@ async fn both_sdks_behave_the_same() {
         if matches!(*reason, "hung" | "stalled") {
             // After a watchdog's `Shutdown` and SIGTERM, each SDK exits half the kill grace
             // later, which races the SIGKILL at the grace's end on a loaded machine: how
-            // the process ended is left out here. The Python
-            // SDK's own tests check that exit with no kill racing it.
+            // the process ended is left out here. The Python SDK's own tests check that exit
+            // with no kill racing it.
             for f in [&mut rs, &mut py] {
                 f["exit_code"] = serde_json::Value::Null;
                 f["signal_name"] = serde_json::Value::Null;
