@@ -333,6 +333,61 @@ async fn an_identical_read_is_served_from_the_trace() {
     assert!(o.attempts[0].tool_calls[1].deduplicated);
 }
 
+/// A file tool's answer depends on who asks (its workspace, its grants): an identical read by
+/// another agent of the run, or by a retry, is done again for that caller, never served from
+/// the first caller's trace.
+#[tokio::test]
+async fn a_file_read_is_not_served_to_another_caller_from_the_trace() {
+    let secret = open_tempdir();
+    std::fs::write(secret.path().join("s.txt"), "only for a").unwrap();
+    std::fs::set_permissions(
+        secret.path().join("s.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let path = secret.path().join("s.txt").display().to_string();
+    let fx = fixture(&format!(
+        "[agents.a]\ncommand = [\"{chaos}\"]\ntools = [\"fs.read\"]\nreadonly_paths = [\"{dir}\"]\n\
+         [agents.b]\ncommand = [\"{chaos}\"]\ntools = [\"fs.read\"]\n{toolbox}",
+        chaos = bin("chaos").display(),
+        dir = secret.path().display(),
+        toolbox = toolbox("fs.list", "[\"fs.list\"]"),
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let broker = Arc::new(Broker::for_supervisor(&sup));
+    let read = calls(&[("fs.read", json!({ "path": path }))]);
+    let mut seen = Vec::new();
+    for agent in ["a", "b"] {
+        let opts = CallOptions {
+            tools: Some(broker.clone().into()),
+            run_id: Some("one-run".into()),
+            ..Default::default()
+        };
+        let o = sup
+            .call(agent, input(&read.to_string()), opts)
+            .await
+            .expect("known agent");
+        seen.push((kinds(&o), o.attempts[0].tool_calls[0].deduplicated));
+    }
+    assert_eq!(
+        seen[0],
+        (vec!["ok".to_string()], false),
+        "a reads its grant"
+    );
+    assert_eq!(
+        seen[1],
+        (vec!["permission_denied".to_string()], false),
+        "b is not answered from a's read"
+    );
+    // A retry lists its own fresh workspace: not its predecessor's answer.
+    let c = json!({"calls": [{"tool": "fs.list", "args": {"path": "."}}], "fail_attempts": 1});
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "toolbox", c).await;
+    assert_eq!(o.attempts.len(), 2, "one retry");
+    assert_eq!(kinds(&o), ["ok"], "{:?}", results(&o));
+    assert_eq!(o.attempts[1].tool_calls_deduplicated, 0);
+    assert!(!o.attempts[1].tool_calls[0].deduplicated);
+}
+
 #[tokio::test]
 async fn a_destructive_call_is_not_executed_twice_across_a_retry() {
     let dir = shared_dir();

@@ -1,7 +1,7 @@
 //! The [`Broker`]: the steps of a tool call (see the room's docs) over the configured tools.
 
 use super::approve::{ApprovalRequest, Approver};
-use super::ledger::{DedupTrace, LedgerEntry, LedgerKey, MemoryLedger, ToolLedger};
+use super::ledger::{DedupKey, DedupTrace, LedgerEntry, LedgerKey, MemoryLedger, ToolLedger};
 use super::{command, err, fs, http, permitted, ErrorKind, ToolError};
 use crate::child::Pools;
 use crate::clock::{Clock, SystemClock};
@@ -238,8 +238,9 @@ impl Broker {
         });
         drop(encoded);
         // Answered from the trace: an identical read, or a destructive call already made.
+        let dedup_key = DedupKey::of(req, spec, &args_hash);
         if spec.dedup {
-            if let Some(v) = self.dedup.get(&req.run_id, name, &args_hash) {
+            if let Some(v) = self.dedup.get(&req.run_id, &dedup_key) {
                 req.note.set(|n| n.deduplicated = true);
                 return self.within(spec, v, req);
             }
@@ -300,7 +301,7 @@ impl Broker {
             }
         }
         if let (true, Ok(v)) = (spec.dedup, &result) {
-            self.dedup.put(&req.run_id, name, &args_hash, v);
+            self.dedup.put(&req.run_id, dedup_key, v);
         }
         result
     }

@@ -6,6 +6,7 @@
 //! it across supervisor restarts; [`MemoryLedger`] keeps it in memory, bounded. Both stores
 //! forget whole runs, oldest first, past their bounds: a run that old is not retried.
 
+use crate::config::{ToolKind, ToolSpec};
 use corral_proto::{AgentError, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -195,30 +196,57 @@ impl ToolLedger for MemoryLedger {
     }
 }
 
-/// The results of read-only and idempotent calls per run, by (tool, args hash).
+/// What makes two calls of a run the same call for de-duplication: the tool, the hash of its
+/// arguments, and for the file tools who asked. A file tool's answer depends on the caller: a
+/// relative path is its attempt's workspace, and what it may reach is its agent's grants. So
+/// one agent is never answered from another's read, nor a retry from its predecessor's
+/// workspace. A command or http tool runs the same whoever calls it (each caller's grant is
+/// checked before the trace is asked), so its identical calls are one across the run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct DedupKey {
+    tool: String,
+    args_hash: String,
+    /// Agent, task and attempt, for a file tool; empty otherwise.
+    caller: String,
+}
+
+impl DedupKey {
+    /// The key of `req`'s call of the tool `spec`.
+    pub(super) fn of(req: &crate::ToolRequest, spec: &ToolSpec, args_hash: &str) -> DedupKey {
+        let caller = match spec.kind {
+            ToolKind::Builtin(_) => format!("{}\0{}\0{}", req.agent, req.task, req.attempt),
+            ToolKind::Command(_) | ToolKind::Http(_) => String::new(),
+        };
+        DedupKey {
+            tool: req.call.tool.clone(),
+            args_hash: args_hash.to_string(),
+            caller,
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.tool.len() + self.args_hash.len() + self.caller.len()
+    }
+}
+
+/// The results of read-only and idempotent calls per run, by [`DedupKey`].
 #[derive(Default)]
 pub(super) struct DedupTrace {
-    runs: Mutex<Runs<(String, String), Value>>,
+    runs: Mutex<Runs<DedupKey, Value>>,
 }
 
 impl DedupTrace {
     /// The result of an earlier identical call in `run`.
-    pub(super) fn get(&self, run: &str, tool: &str, args_hash: &str) -> Option<Value> {
+    pub(super) fn get(&self, run: &str, key: &DedupKey) -> Option<Value> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.get(run, &(tool.to_string(), args_hash.to_string()))
-            .cloned()
+        runs.get(run, key).cloned()
     }
 
     /// Keep a successful result (within the bounds; past them it is simply not kept).
-    pub(super) fn put(&self, run: &str, tool: &str, args_hash: &str, v: &Value) {
-        let size = result_size(&Ok(v.clone())) + tool.len() + args_hash.len();
+    pub(super) fn put(&self, run: &str, key: DedupKey, v: &Value) {
+        let size = result_size(&Ok(v.clone())) + key.size();
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.put(
-            run,
-            (tool.to_string(), args_hash.to_string()),
-            v.clone(),
-            size,
-        );
+        runs.put(run, key, v.clone(), size);
     }
 }
 
@@ -276,12 +304,17 @@ mod tests {
     fn the_dedup_trace_stays_within_its_bytes() {
         let d = DedupTrace::default();
         let big = Value::String("x".repeat(MAX_BYTES / 8));
+        let k = || DedupKey {
+            tool: "t".into(),
+            args_hash: "h".into(),
+            caller: String::new(),
+        };
         for i in 0..32 {
-            d.put(&format!("r{i}"), "t", "h", &big);
+            d.put(&format!("r{i}"), k(), &big);
         }
         let bytes = d.runs.lock().unwrap().bytes;
         assert!(bytes <= MAX_BYTES, "{bytes}");
-        assert!(d.get("r31", "t", "h").is_some(), "the newest run is kept");
-        assert!(d.get("r0", "t", "h").is_none(), "the oldest is gone");
+        assert!(d.get("r31", &k()).is_some(), "the newest run is kept");
+        assert!(d.get("r0", &k()).is_none(), "the oldest is gone");
     }
 }
