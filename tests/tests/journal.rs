@@ -485,3 +485,32 @@ fn a_closed_stdout_ends_a_verb_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Supervisors that open one brand-new journal at once all start: the schema is made once (the
+/// others wait for it, then find it done), and each one's run is journalled.
+#[test]
+fn supervisors_creating_one_journal_at_once_all_start() {
+    for _ in 0..3 {
+        let fx = fixture("");
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                Command::new(corral_e2e::bin("corral"))
+                    .args(["call", "echo", "--config", cfg(&fx), "--input", "{}"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("corral call")
+            })
+            .collect();
+        for c in calls {
+            let out = c.wait_with_output().expect("wait");
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(runs(&fx, &[]).len(), 3);
+    }
+}

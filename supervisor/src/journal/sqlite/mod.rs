@@ -75,8 +75,7 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(path, e))?;
         check_version(&conn, path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| open_error(path, e))?;
+        wal_mode(&conn, path)?;
         conn.pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })
             .map_err(|e| open_error(path, e))?;
         let mut store = SqliteStore {
@@ -94,24 +93,29 @@ impl SqliteStore {
         self.migrate_to(schema::LATEST)
     }
 
-    /// Brings the schema to `version` (tests stop at older ones).
+    /// Brings the schema to `version` (tests stop at older ones). Each step reads the version
+    /// inside its own write transaction (`BEGIN IMMEDIATE`), so two supervisors opening one
+    /// journal at once never both apply the same migration: the second waits, then sees it done.
     pub(crate) fn migrate_to(&mut self, version: i64) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let current = check_version(&self.conn, &path)?;
-        for v in current..version {
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| open_error(&path, e))?;
+            let v = check_version(&tx, &path)?;
             let Some(sql) = usize::try_from(v)
                 .ok()
+                .filter(|_| v < version)
                 .and_then(|i| schema::MIGRATIONS.get(i))
             else {
-                break;
+                return Ok(());
             };
-            let tx = self.conn.transaction().map_err(|e| open_error(&path, e))?;
             tx.execute_batch(sql).map_err(|e| open_error(&path, e))?;
             tx.pragma_update(None, "user_version", v + 1)
                 .map_err(|e| open_error(&path, e))?;
             tx.commit().map_err(|e| open_error(&path, e))?;
         }
-        Ok(())
     }
 
     /// The database file.
@@ -185,6 +189,24 @@ pub(crate) fn open_error(path: &Path, e: rusqlite::Error) -> JournalError {
     match sql_error(path, e) {
         JournalError::Corrupt { path, reason } => JournalError::Open { path, reason },
         other => other,
+    }
+}
+
+/// Put the file in WAL mode. Two supervisors creating one journal at once both ask; the one
+/// that finds the other's lock waits its turn (the busy handler does not cover this step), up
+/// to [`BUSY_TIMEOUT`].
+fn wal_mode(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let until = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r.map_err(|e| open_error(path, e)),
+        }
     }
 }
 

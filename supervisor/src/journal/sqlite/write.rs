@@ -66,7 +66,7 @@ pub(super) fn append(store: &mut SqliteStore, batch: &[Entry]) -> Result<(), Jou
     let path = store.path.clone();
     let tx = store
         .conn
-        .transaction()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| super::sql_error(&path, e))?;
     for entry in batch {
         write_one(&tx, owner, &mut store.next_seq, entry)
@@ -405,7 +405,10 @@ pub(super) fn mark_unfinished(
         }
     }
     let mut recovered = Recovered::default();
-    let tx = store.conn.transaction().map_err(e)?;
+    let tx = store
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e)?;
     for run_id in &orphans {
         let open: Vec<(u32, u32, String, i64)> = {
             let mut stmt = tx
@@ -471,7 +474,10 @@ pub(super) fn prune(
     let path = store.path.clone();
     let e = |e| super::sql_error(&path, e);
     let limit = i64::try_from(max_rows.max(1)).unwrap_or(i64::MAX);
-    let tx = store.conn.transaction().map_err(e)?;
+    let tx = store
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(e)?;
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS prune_runs (run_id TEXT PRIMARY KEY);
          CREATE TEMP TABLE IF NOT EXISTS prune_blobs (hash TEXT PRIMARY KEY);
