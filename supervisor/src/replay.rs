@@ -29,6 +29,14 @@ pub enum ReplayError {
     /// Running the agent failed before any attempt (unknown agent, set-up).
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The agent could not be started now (its recording shows it was): nothing to compare.
+    #[error("agent `{agent}` could not be started to replay: {message}")]
+    NotStarted {
+        /// The agent.
+        agent: String,
+        /// Why, from its attempt's record.
+        message: String,
+    },
 }
 
 /// Where a replay first differed from its recording.
@@ -94,9 +102,24 @@ fn last_attempt(call: &CallView) -> u32 {
         .unwrap_or(1) as u32
 }
 
-/// How an attempt or call ended, as compared: the reason and the error's kind.
-fn ending(reason: Option<&str>, kind: Option<&str>) -> serde_json::Value {
-    serde_json::json!({ "reason": reason, "kind": kind })
+/// How an attempt ended, as compared, from its exit record: the reason, the exit code or
+/// signal, the error's kind, and the error's message when it is the agent's own words (an
+/// `agent_error`; the supervisor's messages for other ends may carry counts and timings).
+fn ending(record: Option<&serde_json::Value>) -> serde_json::Value {
+    let field = |k: &str| record.and_then(|r| r.get(k)).cloned();
+    let reason = field("reason").unwrap_or(serde_json::Value::Null);
+    let error = field("error");
+    let error_field = |k: &str| error.as_ref().and_then(|e| e.get(k)).cloned();
+    let message = (reason == "agent_error")
+        .then(|| error_field("message"))
+        .flatten();
+    serde_json::json!({
+        "reason": reason,
+        "exit_code": field("exit_code"),
+        "signal_name": field("signal_name"),
+        "kind": error_field("kind"),
+        "message": message,
+    })
 }
 
 /// Replay every task of `run` on `sup`, in order, up to the first that diverges (see the
@@ -218,6 +241,26 @@ async fn replay_call(
         .await;
     server.abort();
     let outcome = outcome?;
+    let rec_last = call
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.get("reason").is_some());
+    if let Some(last) = outcome.last() {
+        let recorded_spawn_failed = rec_last
+            .and_then(|a| a.get("reason"))
+            .is_some_and(|r| r == "spawn_failed");
+        if last.reason == crate::record::ExitReason::SpawnFailed && !recorded_spawn_failed {
+            return Err(ReplayError::NotStarted {
+                agent: call.agent.clone(),
+                message: last
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_else(|| "spawn failed".into()),
+            });
+        }
+    }
     let made = made.lock().map(|m| m.clone()).unwrap_or_default();
 
     let divergence = first_tool_divergence(&recorded, &made).or_else(|| {
@@ -235,27 +278,21 @@ async fn replay_call(
             (Some(r), Some(p)) if *r == p => None,
             (Some(r), Some(p)) => Some(at(seq, "output", r.clone(), p)),
             (r, p) => {
-                let rec_reason = call
-                    .attempts
-                    .iter()
-                    .rev()
-                    .find_map(|a| a.get("reason").and_then(|x| x.as_str()));
-                let rec_kind = call
-                    .error
-                    .as_ref()
-                    .and_then(|e| e.get("kind"))
-                    .and_then(|k| k.as_str());
-                let last = outcome.last();
-                let rep_reason = last.map(|l| l.reason.as_str());
-                let rep_kind = last.and_then(|l| l.error.as_ref()).map(|e| e.kind.as_str());
-                if r.is_none() && p.is_none() && rec_reason == rep_reason && rec_kind == rep_kind {
+                let rec_end = ending(rec_last);
+                let rep_end = ending(
+                    outcome
+                        .last()
+                        .and_then(|l| serde_json::to_value(l).ok())
+                        .as_ref(),
+                );
+                if r.is_none() && p.is_none() && rec_end == rep_end {
                     None
                 } else {
                     Some(at(
                         seq,
                         "error",
-                        r.clone().unwrap_or_else(|| ending(rec_reason, rec_kind)),
-                        p.unwrap_or_else(|| ending(rep_reason, rep_kind)),
+                        r.clone().unwrap_or(rec_end),
+                        p.unwrap_or(rep_end),
                     ))
                 }
             }

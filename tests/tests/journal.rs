@@ -514,3 +514,51 @@ fn supervisors_creating_one_journal_at_once_all_start() {
         assert_eq!(runs(&fx, &[]).len(), 3);
     }
 }
+
+/// A failed call replays as identical only when it ended the same way: the same exit code,
+/// not only the same reason.
+#[test]
+fn replay_compares_how_a_failed_call_ended() {
+    let agent = |code: u8| {
+        format!(
+            "[agents.x]\ncommand = [\"/usr/bin/sh\", \"-c\", \"exit {code}\"]\nmax_retries = 0\n"
+        )
+    };
+    let fx = fixture(&agent(3));
+    let called = call_json(&fx, "x", "{}");
+    assert_eq!(called.last()["exit_code"], 3, "{}", called.doc);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The same agent now exits 4.
+    let text = std::fs::read_to_string(&fx.config).unwrap();
+    std::fs::write(&fx.config, text.replace("exit 3", "exit 4")).unwrap();
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let d = &json_of(&out)["divergence"];
+    assert_eq!(d["kind"], "error");
+    assert_eq!(d["recorded"]["exit_code"], 3, "{d}");
+    assert_eq!(d["replayed"]["exit_code"], 4, "{d}");
+}
+
+/// An agent that cannot be started now is a replay that cannot be made (exit 2, saying why),
+/// not a divergence of its tool calls.
+#[test]
+fn replay_of_an_agent_that_cannot_start_is_an_error() {
+    let dir = corral_e2e::open_tempdir();
+    let program = dir.path().join("agent");
+    std::fs::copy(corral_e2e::bin("chaos"), &program).unwrap();
+    let fx = fixture(&format!(
+        "[agents.x]\ncommand = [\"{}\"]\n",
+        program.display()
+    ));
+    let input = r#"{"do":"tools","calls":[{"tool":"t.one","args":{}}]}"#;
+    let called = call_json(&fx, "x", input);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    std::fs::remove_file(&program).unwrap();
+    let out = corral(&["replay", &run_id, "--config", cfg(&fx), "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be started"), "{stderr}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
