@@ -176,15 +176,24 @@ fn call_timeline(out: &mut String, call: &CallView) {
                 .to_string()
         };
         let attempt = field("attempt").as_u64().unwrap_or(0) as u32;
-        let _ = writeln!(
-            out,
-            "  attempt {attempt} · {} → {} ({} ms) · {} · decision {}",
-            text("started_at"),
-            text("ended_at"),
-            field("duration_ms"),
-            text("reason"),
-            text("decision"),
-        );
+        if field("running") == true {
+            let _ = writeln!(
+                out,
+                "  attempt {attempt} · {} → (no end recorded: under way, or its supervisor \
+                 went away)",
+                text("started_at"),
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  attempt {attempt} · {} → {} ({} ms) · {} · decision {}",
+                text("started_at"),
+                text("ended_at"),
+                field("duration_ms"),
+                text("reason"),
+                text("decision"),
+            );
+        }
         if let Some(e) = rec.get("error").filter(|e| !e.is_null()) {
             let _ = writeln!(out, "    error: {}", brief(e));
         }

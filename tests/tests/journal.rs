@@ -562,3 +562,42 @@ fn replay_of_an_agent_that_cannot_start_is_an_error() {
     assert!(stderr.contains("could not be started"), "{stderr}");
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+/// An attempt under way is shown as one: its number, agent and start, no reason yet (not a
+/// `null` in the list nor a made-up line).
+#[test]
+fn show_of_an_attempt_under_way() {
+    use std::io::BufRead;
+    let fx = fixture("");
+    let mut child = Command::new(corral_e2e::bin("corral"))
+        .args(["-v", "call", "chaos", "--config", cfg(&fx), "--input"])
+        .arg(r#"{"do":"sleep_ms","ms":60000}"#)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("corral call");
+    // The agent logs what it is about to do: once that line is out, the attempt is under way.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("chaos: sleep_ms") {
+        line.clear();
+    }
+    assert!(line.contains("chaos: sleep_ms"), "the agent never started");
+    let listed = runs(&fx, &[]);
+    let run_id = listed[0]["run_id"].as_str().expect("run_id").to_string();
+    let doc = show(&fx, &run_id);
+    let a = &doc["calls"][0]["attempts"][0];
+    assert_eq!(a["attempt"], 1, "{doc}");
+    assert_eq!(a["agent"], "chaos", "{doc}");
+    assert_eq!(a["running"], true, "{doc}");
+    assert!(a["reason"].is_null(), "{doc}");
+    assert!(a["started_at"].is_string(), "{doc}");
+    let out = corral(&["show", &run_id, "--config", cfg(&fx)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("attempt 1 ·"), "{text}");
+    assert!(text.contains("no end recorded"), "{text}");
+    assert!(!text.contains("attempt 0"), "{text}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("wait");
+}

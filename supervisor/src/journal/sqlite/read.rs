@@ -182,15 +182,34 @@ impl SqliteReader {
     ) -> Result<(), JournalError> {
         let e = |e| self.err(e);
         let mut stmt = tx
-            .prepare("SELECT record FROM attempts WHERE run_id = ?1 AND call = ?2 ORDER BY attempt")
+            .prepare(
+                "SELECT record, attempt, agent, started_at_ms, pid FROM attempts
+                 WHERE run_id = ?1 AND call = ?2 ORDER BY attempt",
+            )
             .map_err(e)?;
-        let records: Vec<Option<String>> = stmt
-            .query_map(params![run_id, cv.call], |r| r.get(0))
+        type Row = (Option<String>, u32, String, i64, Option<i64>);
+        let rows: Vec<Row> = stmt
+            .query_map(params![run_id, cv.call], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .map_err(e)?
             .collect::<Result<_, _>>()
             .map_err(e)?;
-        for record in records {
-            cv.attempts.push(json("record", record)?);
+        for (record, attempt, agent, started_at_ms, pid) in rows {
+            cv.attempts.push(match record {
+                Some(record) => json("record", Some(record))?,
+                // Under way (or its supervisor went away before its end was written): what is
+                // known of it, with no reason yet.
+                None => serde_json::json!({
+                    "attempt": attempt,
+                    "agent": agent,
+                    "run_id": run_id,
+                    "started_at": rfc3339_ms(started_at_ms),
+                    "pid": pid,
+                    "reason": null,
+                    "running": true,
+                }),
+            });
         }
         let mut stmt = tx
             .prepare(&format!(
