@@ -663,3 +663,19 @@ fn an_agent_with_a_bad_value_is_still_checked_on_the_host() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_grant_table_takes_no_other_key() {
+    let agent = "[agents.a]\ncommand = [\"/bin/true\"]\n";
+    let cfg = ok(&format!(
+        "{agent}tools = [\"fs.read\", {{ name = \"fs.write\", approve = \"ask\" }}]\n"
+    ));
+    assert_eq!(cfg.agents["a"].approve_tools, ["fs.write"]);
+    assert_err(
+        &format!(
+            "{agent}tools = [{{ name = \"fs.write\", approve = \"ask\", approve_timeout = \"1s\" }}]\n"
+        ),
+        "x.toml:3:9: ",
+        "with no other key",
+    );
+}

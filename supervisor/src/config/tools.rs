@@ -53,18 +53,24 @@ impl Effect {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a tool name, or { name = \"…\", approve = \"ask\" }"
+    expecting = "a tool name, or { name = \"…\", approve = \"ask\" } with no other key"
 )]
 pub(super) enum Grant {
     /// The tool, as the tool says.
     Name(String),
     /// The tool, with this agent's own approval.
-    With {
-        /// The tool.
-        name: String,
-        /// Whether this agent's calls of it ask.
-        approve: Approve,
-    },
+    With(GrantWith),
+}
+
+/// `{ name = "…", approve = "ask" }`: no other key (a misspelt or unsupported one, such as an
+/// `approve_timeout` of the grant's own, is an error, not silently dropped).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GrantWith {
+    /// The tool.
+    name: String,
+    /// Whether this agent's calls of it ask.
+    approve: Approve,
 }
 
 /// `approve = "ask"`: whether a call waits for someone's yes.
@@ -521,16 +527,16 @@ pub(super) fn apply_grants(spec: &mut AgentSpec, s: &Settings) {
         spec.tools = v
             .iter()
             .map(|g| match g.get_ref() {
-                Grant::Name(n) | Grant::With { name: n, .. } => n.clone(),
+                Grant::Name(n) | Grant::With(GrantWith { name: n, .. }) => n.clone(),
             })
             .collect();
         spec.approve_tools = v
             .iter()
             .filter_map(|g| match g.get_ref() {
-                Grant::With {
+                Grant::With(GrantWith {
                     name,
                     approve: Approve::Ask,
-                } => Some(name.clone()),
+                }) => Some(name.clone()),
                 _ => None,
             })
             .collect();
