@@ -388,6 +388,49 @@ async fn a_file_read_is_not_served_to_another_caller_from_the_trace() {
     assert!(!o.attempts[1].tool_calls[0].deduplicated);
 }
 
+/// An answer within the tool's `max_response` but past the agent's `max_frame` would be
+/// refused by the agent's decoder (ending it): it gets a `too_large` error instead, and goes on.
+#[tokio::test]
+async fn an_answer_past_the_agents_max_frame_is_too_large_not_fatal() {
+    let dir = open_tempdir();
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(200 << 10)).unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fx = fixture(&format!(
+        "[agents.small]\ncommand = [\"{}\"]\ntools = [\"fs.read\"]\nreadonly_paths = [\"{}\"]\n\
+         max_retries = 0\n",
+        bin("chaos").display(),
+        dir.path().display(),
+    ));
+    let text = std::fs::read_to_string(&fx.config).unwrap();
+    let text = text.replace("[supervisor]\n", "[supervisor]\nmax_frame = \"64KiB\"\n");
+    std::fs::write(&fx.config, text).unwrap();
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let c = calls(&[
+        ("fs.read", json!({ "path": big.display().to_string() })),
+        ("fs.read", json!({ "path": "." })),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "small", c).await;
+    assert_eq!(o.attempts.len(), 1);
+    assert_eq!(
+        o.attempts[0].reason,
+        corral::ExitReason::Completed,
+        "{:?}",
+        o.attempts[0]
+    );
+    let k = kinds(&o);
+    assert_eq!(k[0], "too_large", "{:?}", results(&o));
+    assert_eq!(k.len(), 2, "the agent went on to its next call");
+    let msg = results(&o)[0]["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(msg.contains("max_frame"), "{msg}");
+    let t = &o.attempts[0].tool_calls[0];
+    assert!(!t.ok, "{t:?}");
+    assert_eq!(t.error_kind.as_deref(), Some("too_large"));
+}
+
 #[tokio::test]
 async fn a_destructive_call_is_not_executed_twice_across_a_retry() {
     let dir = shared_dir();

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::record::ExitReason;
 use corral_proto::beat::monotonic_ns;
-use corral_proto::{AgentError, Down, ToolResult, Up, Value};
+use corral_proto::{AgentError, Up, Value};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -406,11 +406,8 @@ impl Watch {
     /// journal's note built) after.
     fn send_answer(&mut self, call_id: u64, result: Result<Value, AgentError>, note: &ToolNote) {
         let now = Instant::now();
-        let answer = Down::ToolResult(ToolResult { call_id, result });
-        self.wire.send(&answer, &self.poller);
-        if let Down::ToolResult(r) = answer {
-            self.proto.answered(call_id, r.result, now, note.get());
-        }
+        let sent = self.wire.send_tool_result(call_id, result, &self.poller);
+        self.proto.answered(call_id, sent, now, note.get());
     }
 
     /// Decode and handle the complete frames buffered, until the agent is backpressured (the

@@ -51,9 +51,55 @@ impl Wire {
 
     /// Say `msg` to the agent (dropped when the agent can no longer be told anything).
     pub(super) fn send(&mut self, msg: &Down, poller: &Poller) {
-        if self.down.is_some() && frame::encode_into(msg, &mut self.pending).is_ok() {
-            self.flush(poller);
+        if self.down.is_none() {
+            return;
         }
+        let at = self.pending.len();
+        if frame::encode_into(msg, &mut self.pending).is_ok() {
+            self.flush(poller);
+        } else {
+            // Nothing of a frame that could not be encoded goes down the pipe.
+            self.pending.truncate(at);
+        }
+    }
+
+    /// Say a tool's answer to call `call_id`. An answer whose frame would pass the agent's
+    /// `max_frame` (its decoder would refuse it, and the agent end) goes as a `too_large`
+    /// error instead, which the agent can handle. What was sent.
+    pub(super) fn send_tool_result(
+        &mut self,
+        call_id: u64,
+        result: Result<corral_proto::Value, corral_proto::AgentError>,
+        poller: &Poller,
+    ) -> Result<corral_proto::Value, corral_proto::AgentError> {
+        use corral_proto::ToolResult;
+        if self.down.is_none() {
+            return result;
+        }
+        let msg = Down::ToolResult(ToolResult { call_id, result });
+        let at = self.pending.len();
+        let encoded = frame::encode_into(&msg, &mut self.pending);
+        let len = (self.pending.len() - at).saturating_sub(4);
+        if encoded.is_ok() && len <= self.max_frame as usize {
+            self.flush(poller);
+            return result_of(msg);
+        }
+        self.pending.truncate(at);
+        let refused = Err(corral_proto::AgentError::new(
+            "too_large",
+            format!(
+                "the tool's answer is {len} bytes encoded, past this agent's max_frame ({} \
+                 bytes)",
+                self.max_frame
+            ),
+            false,
+        ));
+        let msg = Down::ToolResult(ToolResult {
+            call_id,
+            result: refused,
+        });
+        self.send(&msg, poller);
+        result_of(msg)
     }
 
     /// Send a frame encoded already.
@@ -324,5 +370,17 @@ mod tests {
         beats.absorb(&mut proto);
         proto.finish();
         assert_eq!(*seen.lock().expect("lock"), Some((4, 4)));
+    }
+}
+
+/// The result a `ToolResult` carries (only those are passed).
+fn result_of(msg: Down) -> Result<corral_proto::Value, corral_proto::AgentError> {
+    match msg {
+        Down::ToolResult(r) => r.result,
+        _ => Err(corral_proto::AgentError::new(
+            "internal",
+            "not a tool result",
+            false,
+        )),
     }
 }
