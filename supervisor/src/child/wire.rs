@@ -322,6 +322,18 @@ pub(super) fn frame_error(e: corral_proto::FrameError) -> String {
     format!("{} ({})", e, e.kind())
 }
 
+/// The result a `ToolResult` carries (only those are passed).
+fn result_of(msg: Down) -> Result<corral_proto::Value, corral_proto::AgentError> {
+    match msg {
+        Down::ToolResult(r) => r.result,
+        _ => Err(corral_proto::AgentError::new(
+            "internal",
+            "not a tool result",
+            false,
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,17 +382,5 @@ mod tests {
         beats.absorb(&mut proto);
         proto.finish();
         assert_eq!(*seen.lock().expect("lock"), Some((4, 4)));
-    }
-}
-
-/// The result a `ToolResult` carries (only those are passed).
-fn result_of(msg: Down) -> Result<corral_proto::Value, corral_proto::AgentError> {
-    match msg {
-        Down::ToolResult(r) => r.result,
-        _ => Err(corral_proto::AgentError::new(
-            "internal",
-            "not a tool result",
-            false,
-        )),
     }
 }
