@@ -164,6 +164,33 @@ fn a_missing_file_reads_as_no_runs() {
     assert!(!path.exists(), "a reader creates nothing");
 }
 
+/// The reading verbs (`runs`, `show`, `replay`) read a journal an older corral wrote: it is
+/// brought to this schema first, as the next supervisor would.
+#[test]
+fn a_reader_of_an_older_journal_upgrades_it_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        for m in &MIGRATIONS[..MIGRATIONS.len() - 1] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", LATEST - 1)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO runs (run_id, agent, kind, config_hash, status, started_at_ms,
+                 ended_at_ms) VALUES ('old', 'echo', 'call', 'h', 'failed', 5, 6)",
+            [],
+        )
+        .unwrap();
+    }
+    let reader = open_reader(&old).unwrap();
+    let run = reader.run("old").unwrap().expect("the old run");
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(reader.runs(&RunFilter::default()).unwrap().len(), 1);
+    assert_eq!(count(&old, "PRAGMA user_version"), LATEST);
+}
+
 #[test]
 fn a_v1_database_is_migrated_with_its_data() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,20 @@ impl SqliteReader {
     /// Opens the file read-only (a missing file, or one without tables yet, reads as empty).
     pub fn open(path: &Path) -> Result<SqliteReader, JournalError> {
         let conn = match super::open_read_only(path)? {
+            Some((conn, version)) if version > 0 && version < super::schema::LATEST => {
+                // Written by an older corral: brought to this schema first (as the next
+                // supervisor would; the migrations only add), then read.
+                drop(conn);
+                super::SqliteStore::open(path).map_err(|e| JournalError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "written by an older corral (schema version {version}; this one reads \
+                         {}), and it could not be upgraded here: {e}",
+                        super::schema::LATEST
+                    ),
+                })?;
+                super::open_read_only(path)?.map(|(conn, _)| conn)
+            }
             Some((conn, version)) if version > 0 => Some(conn),
             _ => None,
         };
