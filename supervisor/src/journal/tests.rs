@@ -256,6 +256,41 @@ fn a_newer_schema_is_refused_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
+/// The newer version only in the write-ahead log (its writer went away without folding it in):
+/// refused, and the log is left where it is, not folded into the file.
+#[test]
+fn a_newer_schema_in_the_log_only_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.db");
+    let wal = dir.path().join("corral.db-wal");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x)")
+            .unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        conn.execute_batch("CREATE TABLE future (x)").unwrap();
+        conn.pragma_update(None, "user_version", LATEST + 7)
+            .unwrap();
+    }
+    let (before, log) = (std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!log.is_empty());
+    assert!(matches!(
+        Journal::open(&path).err(),
+        Some(JournalError::TooNew { .. })
+    ));
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "the file is as it was"
+    );
+    assert!(std::fs::read(&wal).unwrap() == log, "so is its log");
+}
+
 #[test]
 fn garbage_is_refused_naming_the_file_and_left_as_it_is() {
     let dir = tempfile::tempdir().unwrap();

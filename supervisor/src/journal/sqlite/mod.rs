@@ -71,6 +71,9 @@ impl SqliteStore {
             })?;
         }
         check_header(path)?;
+        // A file of a newer schema is refused by a read-only look first: a read-write
+        // connection closed on it would fold its write-ahead log into it.
+        drop(open_read_only(path)?);
         let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(path, e))?;
