@@ -431,6 +431,60 @@ async fn an_answer_past_the_agents_max_frame_is_too_large_not_fatal() {
     assert_eq!(t.error_kind.as_deref(), Some("too_large"));
 }
 
+/// A file in a directory closed to the agent's uid (mode 0700, owned by root) is out of reach
+/// of its tools as of its own process, though the file itself is open to all and the
+/// directory lies in a granted path.
+#[tokio::test]
+async fn a_file_behind_a_closed_directory_is_out_of_reach() {
+    let dir = open_tempdir();
+    for (sub, mode) in [("open", 0o755), ("closed", 0o700)] {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("f.txt"), "private").unwrap();
+        std::fs::set_permissions(d.join("f.txt"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let fx = fixture(&format!(
+        "[agents.files]\ncommand = [\"{}\"]\ntools = [\"fs.read\", \"fs.write\"]\n\
+         writable_paths = [\"{}\"]\n",
+        bin("chaos").display(),
+        dir.path().display(),
+    ));
+    let sup = Supervisor::new(load(&fx)).unwrap();
+    let at = |p: &str| dir.path().join(p).display().to_string();
+    let c = calls(&[
+        ("fs.read", json!({ "path": at("open/f.txt") })),
+        ("fs.read", json!({ "path": at("closed/f.txt") })),
+        (
+            "fs.write",
+            json!({ "path": at("closed/f.txt"), "content": "x" }),
+        ),
+        (
+            "fs.write",
+            json!({ "path": at("closed/new.txt"), "content": "x" }),
+        ),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "files", c).await;
+    assert_eq!(
+        kinds(&o),
+        [
+            "ok",
+            "permission_denied",
+            "permission_denied",
+            "permission_denied"
+        ],
+        "{:?}",
+        results(&o)
+    );
+    assert_eq!(results(&o)[0]["value"]["content"], "private");
+    let closed = dir.path().join("closed");
+    assert_eq!(
+        std::fs::read_to_string(closed.join("f.txt")).unwrap(),
+        "private"
+    );
+    assert!(!closed.join("new.txt").exists());
+}
+
 #[tokio::test]
 async fn a_destructive_call_is_not_executed_twice_across_a_retry() {
     let dir = shared_dir();

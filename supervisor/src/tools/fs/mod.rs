@@ -11,7 +11,8 @@
 //! of the paths, what the call touches is checked against the file's mode bits for the agent's
 //! uid and gid (the owner of its workspace): an agent cannot read through a tool a file its own
 //! process could not read, nor write one it could not write. A file written is given to the
-//! owner of the directory it was resolved beneath (the agent's uid in its workspace).
+//! owner of the directory it was resolved beneath (the agent's uid in its workspace). The
+//! directories on the way must be searchable by the agent too ([`searchable`]).
 //!
 //! Blocking: a call whose work is small (a file or a directory of at most [`INLINE_BYTES`] and
 //! [`INLINE_ENTRIES`], a write of at most that much) is done where the broker decides it, on the runtime, which costs
@@ -89,6 +90,56 @@ fn check(fd: &OwnedFd, reach: &Reach, want: u32, path: &str) -> Result<(), ToolE
             st.st_mode & 0o7777
         ),
     )
+}
+
+/// Refuse unless the agent may pass through (search, `x`) the root `dir` and every directory
+/// of `rest` before its last part, as its own process must to reach the file: a file in a
+/// directory closed to the agent is not reached through a tool either. A prefix that does not
+/// open is left to the open of the whole path, which says why.
+fn searchable(dir: &impl AsFd, rest: &str, reach: &Reach, path: &str) -> Result<(), ToolError> {
+    if reach.who.is_none() {
+        return Ok(());
+    }
+    let closed = |st: &rustix::fs::Stat| -> Result<(), ToolError> {
+        err(
+            ErrorKind::PermissionDenied,
+            format!(
+                "`{}`: a directory on its way is closed to the agent's uid (mode {:o})",
+                super::broker::clip(path, 256),
+                st.st_mode & 0o7777
+            ),
+        )
+    };
+    let stat = |fd: BorrowedFd<'_>| {
+        rustix::fs::fstat(fd)
+            .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("fstat: {e}")))
+    };
+    let st = stat(dir.as_fd())?;
+    if !may(&st, reach.who, 1) {
+        return closed(&st);
+    }
+    let mut prefix = std::path::PathBuf::new();
+    for part in Path::new(rest)
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+    {
+        prefix.push(part);
+        let Ok(fd) = rustix::fs::openat2(
+            dir,
+            &prefix,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            return Ok(());
+        };
+        let st = stat(fd.as_fd())?;
+        if !may(&st, reach.who, 1) {
+            return closed(&st);
+        }
+    }
+    Ok(())
 }
 
 impl<'r> Reach<'r> {
@@ -317,6 +368,7 @@ fn open<'a>(
             })?,
         ),
     };
+    searchable(&dir, rest, reach, path)?;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(&dir, rest, flags | OFlags::CLOEXEC, mode, resolve) {
         Ok(fd) => Ok((fd, dir)),
