@@ -483,6 +483,36 @@ async fn a_file_behind_a_closed_directory_is_out_of_reach() {
         "private"
     );
     assert!(!closed.join("new.txt").exists());
+
+    // In a directory open to all: a file that was there keeps its owner; one made is the
+    // agent's, given to the directory's owner when its dynamic uid is released, as the files
+    // its process makes there.
+    use std::os::unix::fs::MetadataExt;
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let theirs = shared.join("theirs.txt");
+    std::fs::write(&theirs, "").unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(12345), Some(12345)).unwrap();
+    let c = calls(&[
+        (
+            "fs.write",
+            json!({ "path": at("shared/theirs.txt"), "content": "x" }),
+        ),
+        (
+            "fs.write",
+            json!({ "path": at("shared/made.txt"), "content": "y" }),
+        ),
+    ]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "files", c).await;
+    assert_eq!(kinds(&o), ["ok", "ok"], "{:?}", results(&o));
+    let m = std::fs::metadata(&theirs).unwrap();
+    assert_eq!((m.uid(), m.gid()), (12345, 12345), "the owner stays");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "x");
+    let made = std::fs::metadata(shared.join("made.txt")).unwrap();
+    let d = std::fs::metadata(&shared).unwrap();
+    assert_eq!((made.uid(), made.gid()), (d.uid(), d.gid()));
 }
 
 #[tokio::test]

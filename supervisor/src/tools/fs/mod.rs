@@ -10,8 +10,10 @@
 //! call (a safe wrapper: no `unsafe` here). The supervisor reads and writes as itself, so on top
 //! of the paths, what the call touches is checked against the file's mode bits for the agent's
 //! uid and gid (the owner of its workspace): an agent cannot read through a tool a file its own
-//! process could not read, nor write one it could not write. A file written is given to the
-//! owner of the directory it was resolved beneath (the agent's uid in its workspace). The
+//! process could not read, nor write one it could not write. A file a write makes is given to
+//! the agent's uid and gid, as one its process made (to the owner of the directory it was
+//! resolved beneath for an agent of host root; a dynamic uid's files in writable paths go to
+//! their directory's owner when the uid is released); a file that was there keeps its owner. The
 //! directories on the way must be searchable by the agent too ([`searchable`]).
 //!
 //! Blocking: a call whose work is small (a file or a directory of at most [`INLINE_BYTES`] and
@@ -498,8 +500,11 @@ fn write(reach: &Reach, path: &str, content: &[u8]) -> Result<Value, ToolError> 
     // Checked before anything is created or truncated: the file if it exists, else the
     // directory it would be made in.
     let probe = OFlags::PATH | OFlags::NOFOLLOW;
-    match open(reach, path, true, probe, Mode::empty()) {
-        Ok((fd, _)) => check(&fd, reach, 2, path)?,
+    let existed = match open(reach, path, true, probe, Mode::empty()) {
+        Ok((fd, _)) => {
+            check(&fd, reach, 2, path)?;
+            true
+        }
         Err(_) => {
             let parent = Path::new(path)
                 .parent()
@@ -510,8 +515,9 @@ fn write(reach: &Reach, path: &str, content: &[u8]) -> Result<Value, ToolError> 
             if let Ok((fd, _)) = open(reach, parent, true, dir_flags, Mode::empty()) {
                 check(&fd, reach, 3, parent)?;
             }
+            false
         }
-    }
+    };
     let flags =
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
     let (fd, dir) = open(reach, path, true, flags, Mode::from_raw_mode(0o644))?;
@@ -522,12 +528,19 @@ fn write(reach: &Reach, path: &str, content: &[u8]) -> Result<Value, ToolError> 
             format!("`{path}` is not a regular file"),
         );
     }
-    // The file belongs to whoever owns the directory it was resolved beneath.
-    if let Ok(st) = rustix::fs::fstat(&dir) {
+    // A file made here belongs to the agent (as one its own process made), or, for host
+    // root's agents, to whoever owns the directory it was resolved beneath. A file that was
+    // there keeps its owner.
+    let owner = reach.who.or_else(|| {
+        rustix::fs::fstat(&dir)
+            .ok()
+            .map(|st| (st.st_uid, st.st_gid))
+    });
+    if let (false, Some((uid, gid))) = (existed, owner) {
         let _ = rustix::fs::fchown(
             &fd,
-            Some(rustix::fs::Uid::from_raw(st.st_uid)),
-            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
         );
     }
     use std::io::Write;
