@@ -166,21 +166,24 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// What SIGINT and SIGTERM stop: the calls given it end with escalation and their records
-/// say `shutdown` (instead of being left to PDEATHSIG). Must be called inside the runtime.
+/// What SIGINT, SIGTERM and SIGHUP (the terminal went away) stop: the calls given it end with
+/// escalation and their records say `shutdown` (instead of being left to PDEATHSIG). Must be
+/// called inside the runtime.
 pub fn stop_on_signals() -> corral::Stop {
     let (handle, stop) = corral::Stop::new();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
         ) else {
             return;
         };
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
         handle.stop(corral::ExitReason::Shutdown);
     });

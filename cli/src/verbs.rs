@@ -195,7 +195,7 @@ pub async fn call(
     };
     // One call: a warm stem made after it would only be thrown away at exit.
     sup.disable_prewarm();
-    // SIGINT/SIGTERM stop the agent with escalation and still print its record (reason
+    // SIGINT/SIGTERM/SIGHUP stop the agent with escalation and still print its record (reason
     // `shutdown`), instead of leaving it to PDEATHSIG.
     let stop = crate::defaults::stop_on_signals();
     // Tool calls go through the broker of the config's tools.

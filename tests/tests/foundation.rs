@@ -364,6 +364,16 @@ fn tool_calls_not_granted_are_denied_and_traced() {
 
 #[test]
 fn sigterm_to_corral_stops_the_agent_and_still_records_it() {
+    a_signal_to_corral_stops_the_agent_and_still_records_it(libc::SIGTERM);
+}
+
+/// The terminal went away: as SIGTERM (no attempt left without its record).
+#[test]
+fn sighup_to_corral_stops_the_agent_and_still_records_it() {
+    a_signal_to_corral_stops_the_agent_and_still_records_it(libc::SIGHUP);
+}
+
+fn a_signal_to_corral_stops_the_agent_and_still_records_it(sig: i32) {
     use std::io::BufRead;
     let fx = fixture_with_defaults("max_retries = 0\nheartbeat_timeout = \"60s\"", "");
     let mut child = std::process::Command::new(bin("corral"))
@@ -392,7 +402,7 @@ fn sigterm_to_corral_stops_the_agent_and_still_records_it() {
         "the agent never started its task"
     );
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, sig) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
