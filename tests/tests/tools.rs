@@ -445,13 +445,19 @@ async fn a_file_behind_a_closed_directory_is_out_of_reach() {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let fx = fixture(&format!(
-        "[agents.files]\ncommand = [\"{}\"]\ntools = [\"fs.read\", \"fs.write\"]\n\
-         writable_paths = [\"{}\"]\n",
-        bin("chaos").display(),
-        dir.path().display(),
+        "[agents.files]\ncommand = [\"{c}\"]\ntools = [\"fs.read\", \"fs.write\"]\n\
+         writable_paths = [\"{d}\"]\n\
+         [agents.one]\ncommand = [\"{c}\"]\ntools = [\"fs.read\"]\n\
+         readonly_paths = [\"{d}/open/f.txt\"]\n",
+        c = bin("chaos").display(),
+        d = dir.path().display(),
     ));
     let sup = Supervisor::new(load(&fx)).unwrap();
     let at = |p: &str| dir.path().join(p).display().to_string();
+    // A single file granted is read by its path.
+    let c = calls(&[("fs.read", json!({ "path": at("open/f.txt") }))]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "one", c).await;
+    assert_eq!(kinds(&o), ["ok"], "{:?}", results(&o));
     let c = calls(&[
         ("fs.read", json!({ "path": at("open/f.txt") })),
         ("fs.read", json!({ "path": at("closed/f.txt") })),

@@ -353,22 +353,36 @@ fn open<'a>(
     mode: Mode,
 ) -> Result<(OwnedFd, Dir<'a>), ToolError> {
     let (root, rest) = beneath(reach, path, write)?;
-    let rest = if rest.is_empty() { "." } else { rest };
+    let mut rest = if rest.is_empty() { "." } else { rest };
+    let open_dir = |d: &Path| {
+        rustix::fs::open(
+            d,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let cannot = |e: rustix::io::Errno| {
+        ToolError::new(
+            ErrorKind::ToolFailed,
+            format!("cannot open the directory the path is resolved beneath: {e}"),
+        )
+    };
     let dir = match root {
         Root::Open(dir) => Dir::Shared(dir),
-        Root::Path(root) => Dir::Own(
-            rustix::fs::open(
-                root,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| {
-                ToolError::new(
-                    ErrorKind::ToolFailed,
-                    format!("cannot open the directory the path is resolved beneath: {e}"),
-                )
-            })?,
-        ),
+        Root::Path(root) => match open_dir(root) {
+            Ok(d) => Dir::Own(d),
+            // A single file granted: resolved beneath its directory, by its name.
+            Err(rustix::io::Errno::NOTDIR) if rest == "." => {
+                let (Some(parent), Some(name)) =
+                    (root.parent(), root.file_name().and_then(|n| n.to_str()))
+                else {
+                    return Err(cannot(rustix::io::Errno::NOTDIR));
+                };
+                rest = name;
+                Dir::Own(open_dir(parent).map_err(cannot)?)
+            }
+            Err(e) => return Err(cannot(e)),
+        },
     };
     searchable(&dir, rest, reach, path)?;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
