@@ -108,7 +108,7 @@ enum Command {
         /// Only runs of this agent.
         #[arg(long)]
         agent: Option<String>,
-        /// Only runs in this status: succeeded, failed, degraded, interrupted or running.
+        /// Only runs in this status: succeeded, failed, degraded, interrupted, cancelled or running.
         #[arg(long, value_parser = parse_status)]
         status: Option<corral::journal::RunStatus>,
     },
@@ -276,7 +276,7 @@ enum Daemon {
 /// `--status` of `corral runs`.
 fn parse_status(s: &str) -> Result<corral::journal::RunStatus, String> {
     s.parse().map_err(|_| {
-        format!("`{s}` is not a run status: succeeded, failed, degraded, interrupted or running")
+        format!("`{s}` is not a run status: succeeded, failed, degraded, interrupted, cancelled or running")
     })
 }
 
