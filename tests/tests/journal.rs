@@ -601,3 +601,30 @@ fn show_of_an_attempt_under_way() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().expect("wait");
 }
+
+/// An agent looping on tool calls cannot grow the journal without end: the first 4096 calls of
+/// an attempt are kept, and one event says that the rest were not.
+#[test]
+fn the_tool_calls_journalled_per_attempt_are_bounded() {
+    let fx = fixture("");
+    let calls: Vec<J> = (0..4200)
+        .map(|i| json!({"tool": "t.one", "args": {"i": i}}))
+        .collect();
+    let file = fx.dir.path().join("input.json");
+    std::fs::write(&file, json!({"do": "tools", "calls": calls}).to_string()).unwrap();
+    let called = call_json(&fx, "chaos", &format!("@{}", file.display()));
+    assert_eq!(called.code, 0, "{}", called.stderr);
+    let run_id = called.doc["run_id"].as_str().expect("run_id").to_string();
+    let doc = show(&fx, &run_id);
+    let call = &doc["calls"][0];
+    assert_eq!(call["tool_calls"].as_array().map(Vec::len), Some(4096));
+    let dropped: Vec<&J> = call["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "tool_calls_dropped")
+        .collect();
+    assert_eq!(dropped.len(), 1, "{:?}", call["events"]);
+    assert_eq!(dropped[0]["payload"]["kept"], 4096);
+    assert_eq!(dropped[0]["payload"]["from_seq"], 4097);
+}

@@ -14,6 +14,9 @@ use corral_proto::{AgentError, Value};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// The tool calls of one attempt the journal keeps (the first ones, in the order answered).
+pub const MAX_TOOL_CALLS_PER_ATTEMPT: u64 = 4096;
+
 /// Milliseconds since the epoch, now.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -145,6 +148,7 @@ impl CallJournal {
         let journal = self.journal.clone();
         let run_id = self.run_id.clone();
         let call = self.call;
+        let tool_calls = std::sync::atomic::AtomicU64::new(0);
         Arc::new(move |note: Note| {
             let at_ms = now_ms();
             let event = |kind: &str, payload: serde_json::Value| Entry::Event {
@@ -196,6 +200,18 @@ impl CallJournal {
                     duration_ms,
                     deduplicated,
                 } => {
+                    // A bounded number per attempt: an agent looping on calls cannot grow
+                    // the journal without end. Past it, one event says so.
+                    let n = tool_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n == MAX_TOOL_CALLS_PER_ATTEMPT {
+                        journal.append(event(
+                            "tool_calls_dropped",
+                            serde_json::json!({ "kept": MAX_TOOL_CALLS_PER_ATTEMPT, "from_seq": seq }),
+                        ));
+                    }
+                    if n >= MAX_TOOL_CALLS_PER_ATTEMPT {
+                        return;
+                    }
                     let (status, result) = match &result {
                         Ok(v) => ("ok".to_string(), v.to_json()),
                         Err(e) => (e.kind.clone(), error_json(e)),
