@@ -153,6 +153,19 @@ pub fn host(config: &Config) -> HostReport {
             }
         }
     }
+    // A command tool's program, as an agent's (it runs in an agent's sandbox): found now, not
+    // at its first call.
+    for (name, tool) in &config.tools {
+        if let crate::config::ToolKind::Command(spec) = &tool.kind {
+            let _ = program(spec, &mut |m| {
+                report.problems.push(ConfigError::Invalid {
+                    path: config.path.clone(),
+                    location: None,
+                    message: format!("tool `{name}`: {m}"),
+                })
+            });
+        }
+    }
     report
 }
 

@@ -106,3 +106,17 @@ fn a_script_whose_interpreter_the_agent_cannot_reach_is_named() {
     let said = messages(host(&cfg));
     assert!(said[0].contains("is not executable"), "{said:#?}");
 }
+
+#[test]
+fn a_command_tool_whose_program_is_missing_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.toml");
+    std::fs::write(
+        &path,
+        "[tools.t]\nkind = \"command\"\ncommand = [\"/no/such/prog\"]\n",
+    )
+    .unwrap();
+    let config = crate::config::Config::load(&path).unwrap();
+    let e = super::host(&config).error().expect("a problem").to_string();
+    assert!(e.contains("tool `t`: command: /no/such/prog"), "{e}");
+}
