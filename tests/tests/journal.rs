@@ -583,9 +583,24 @@ fn show_of_an_attempt_under_way() {
         line.clear();
     }
     assert!(line.contains("chaos: sleep_ms"), "the agent never started");
-    let listed = runs(&fx, &[]);
-    let run_id = listed[0]["run_id"].as_str().expect("run_id").to_string();
-    let doc = show(&fx, &run_id);
+    // The journal commits in batches of its own: the attempt's start is read back once it is
+    // in the file (nothing outside the file tells when; bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let doc = loop {
+        let listed = runs(&fx, &[]);
+        if let Some(run_id) = listed.first().and_then(|r| r["run_id"].as_str()) {
+            let doc = show(&fx, run_id);
+            if doc["calls"][0]["attempts"][0].is_object() {
+                break doc;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attempt never reached the journal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let run_id = doc["run_id"].as_str().expect("run_id").to_string();
     let a = &doc["calls"][0]["attempts"][0];
     assert_eq!(a["attempt"], 1, "{doc}");
     assert_eq!(a["agent"], "chaos", "{doc}");
