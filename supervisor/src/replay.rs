@@ -245,7 +245,7 @@ async fn replay_call(
         .attempts
         .iter()
         .rev()
-        .find(|a| a.get("reason").is_some());
+        .find(|a| a.get("reason").is_some_and(|r| !r.is_null()));
     if let Some(last) = outcome.last() {
         let recorded_spawn_failed = rec_last
             .and_then(|a| a.get("reason"))
