@@ -238,9 +238,9 @@ impl Broker {
         });
         drop(encoded);
         // Answered from the trace: an identical read, or a destructive call already made.
-        let dedup_key = DedupKey::of(req, spec, &args_hash);
-        if spec.dedup {
-            if let Some(v) = self.dedup.get(&req.run_id, &dedup_key) {
+        let dedup_key = spec.dedup.then(|| DedupKey::of(req, spec, &args_hash));
+        if let Some(k) = &dedup_key {
+            if let Some(v) = self.dedup.get(&req.run_id, k) {
                 req.note.set(|n| n.deduplicated = true);
                 return self.within(spec, v, req);
             }
@@ -300,8 +300,8 @@ impl Broker {
                 tracing::warn!(tool = %name, run = %req.run_id, "tool ledger: {e}");
             }
         }
-        if let (true, Ok(v)) = (spec.dedup, &result) {
-            self.dedup.put(&req.run_id, dedup_key, v);
+        if let (Some(k), Ok(v)) = (dedup_key, &result) {
+            self.dedup.put(&req.run_id, k, v);
         }
         result
     }
