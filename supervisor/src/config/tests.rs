@@ -679,3 +679,19 @@ fn a_grant_table_takes_no_other_key() {
         "with no other key",
     );
 }
+
+#[test]
+fn an_http_tool_url_is_checked_when_read() {
+    let tool = |url: &str| format!("[tools.t]\nkind = \"http\"\nurl = \"{url}\"\n");
+    ok(&tool("http://127.0.0.1:8080/v1/chat"));
+    assert_err(
+        &tool("http://exa mple .com/%zz"),
+        "x.toml:3:7: ",
+        "is not a valid URL",
+    );
+    assert_err(
+        &tool("https://user:secret@example.com/"),
+        "x.toml:3:7: ",
+        "header_env",
+    );
+}

@@ -476,6 +476,20 @@ fn http(
             format!("url must start with http:// or https://, found {text:?}"),
         ));
     }
+    match text.parse::<ureq::http::Uri>() {
+        Err(e) => {
+            return Err(ctx.at_value(url.span(), format!("url {text:?} is not a valid URL: {e}")))
+        }
+        // Credentials in the URL would be shown in its errors and journalled with them.
+        Ok(u) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            return Err(ctx.at_value(
+                url.span(),
+                "url holds a user or password: give credentials in `headers` or \
+                 `header_env`, which are never journalled",
+            ))
+        }
+        Ok(_) => {}
+    }
     let header_name = |k: &Spanned<String>| -> Result<String, ConfigError> {
         let ok = !k.get_ref().is_empty()
             && k.get_ref()
