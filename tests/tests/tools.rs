@@ -448,7 +448,9 @@ async fn a_file_behind_a_closed_directory_is_out_of_reach() {
         "[agents.files]\ncommand = [\"{c}\"]\ntools = [\"fs.read\", \"fs.write\"]\n\
          writable_paths = [\"{d}\"]\n\
          [agents.one]\ncommand = [\"{c}\"]\ntools = [\"fs.read\"]\n\
-         readonly_paths = [\"{d}/open/f.txt\"]\n",
+         readonly_paths = [\"{d}/open/f.txt\"]\n\
+         [agents.inner]\ncommand = [\"{c}\"]\ntools = [\"fs.read\"]\n\
+         readonly_paths = [\"{d}/closed/f.txt\"]\n",
         c = bin("chaos").display(),
         d = dir.path().display(),
     ));
@@ -458,6 +460,15 @@ async fn a_file_behind_a_closed_directory_is_out_of_reach() {
     let c = calls(&[("fs.read", json!({ "path": at("open/f.txt") }))]);
     let (o, _) = run(&sup, Broker::for_supervisor(&sup), "one", c).await;
     assert_eq!(kinds(&o), ["ok"], "{:?}", results(&o));
+    // A single file granted from inside a closed directory: the agent's process reads it (it
+    // is bound in place), and so does its tool.
+    let own = json!({"do": "read", "path": at("closed/f.txt")});
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "inner", own).await;
+    let out = o.output.as_ref().map(|v| v.to_json()).unwrap_or_default();
+    assert_eq!(out["ok"], true, "the process reads it: {out}");
+    let c = calls(&[("fs.read", json!({ "path": at("closed/f.txt") }))]);
+    let (o, _) = run(&sup, Broker::for_supervisor(&sup), "inner", c).await;
+    assert_eq!(kinds(&o), ["ok"], "so does its tool: {:?}", results(&o));
     let c = calls(&[
         ("fs.read", json!({ "path": at("open/f.txt") })),
         ("fs.read", json!({ "path": at("closed/f.txt") })),

@@ -98,7 +98,15 @@ fn check(fd: &OwnedFd, reach: &Reach, want: u32, path: &str) -> Result<(), ToolE
 /// of `rest` before its last part, as its own process must to reach the file: a file in a
 /// directory closed to the agent is not reached through a tool either. A prefix that does not
 /// open is left to the open of the whole path, which says why.
-fn searchable(dir: &impl AsFd, rest: &str, reach: &Reach, path: &str) -> Result<(), ToolError> {
+///
+/// `root_seen`: whether the agent's process passes through the root itself; not through the
+/// directory of a single file granted (it sees the file bound in place).
+fn searchable(
+    dir: &impl AsFd,
+    (rest, root_seen): (&str, bool),
+    reach: &Reach,
+    path: &str,
+) -> Result<(), ToolError> {
     if reach.who.is_none() {
         return Ok(());
     }
@@ -116,9 +124,11 @@ fn searchable(dir: &impl AsFd, rest: &str, reach: &Reach, path: &str) -> Result<
         rustix::fs::fstat(fd)
             .map_err(|e| ToolError::new(ErrorKind::ToolFailed, format!("fstat: {e}")))
     };
-    let st = stat(dir.as_fd())?;
-    if !may(&st, reach.who, 1) {
-        return closed(&st);
+    if root_seen {
+        let st = stat(dir.as_fd())?;
+        if !may(&st, reach.who, 1) {
+            return closed(&st);
+        }
     }
     let mut prefix = std::path::PathBuf::new();
     for part in Path::new(rest)
@@ -354,6 +364,7 @@ fn open<'a>(
 ) -> Result<(OwnedFd, Dir<'a>), ToolError> {
     let (root, rest) = beneath(reach, path, write)?;
     let mut rest = if rest.is_empty() { "." } else { rest };
+    let mut root_seen = true;
     let open_dir = |d: &Path| {
         rustix::fs::open(
             d,
@@ -379,12 +390,13 @@ fn open<'a>(
                     return Err(cannot(rustix::io::Errno::NOTDIR));
                 };
                 rest = name;
+                root_seen = false;
                 Dir::Own(open_dir(parent).map_err(cannot)?)
             }
             Err(e) => return Err(cannot(e)),
         },
     };
-    searchable(&dir, rest, reach, path)?;
+    searchable(&dir, (rest, root_seen), reach, path)?;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(&dir, rest, flags | OFlags::CLOEXEC, mode, resolve) {
         Ok(fd) => Ok((fd, dir)),
